@@ -1,0 +1,1 @@
+"""Autoencoder model variants for SAR images, audio and file fragments."""
