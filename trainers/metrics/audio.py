@@ -1,0 +1,120 @@
+"""Quality metrics for audio reconstructions: spectral convergence, log-spectral distance, feature MSE.
+
+Waveforms are 1-D arrays ``(T,)`` or batches ``(B, T)`` (numpy arrays or torch tensors). Reference and
+estimate are cropped to the shorter length (the inverse STFT of a reconstruction may be a few samples
+shorter), then each clip is scored on its librosa STFT magnitude (Hann window, centred frames, zero
+padding) and the scores are averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import librosa
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _as_waveforms(a: ArrayLike, name: str) -> np.ndarray:
+    """Float64 ``(B, T)`` from ``(T,)`` or ``(B, T)``."""
+    if isinstance(a, torch.Tensor):
+        if a.is_complex() or a.dtype == torch.bool:
+            raise ValueError(f"{name}: expected a real-valued waveform, got dtype {a.dtype}")
+        arr = a.detach().cpu().double().numpy()
+    elif isinstance(a, np.ndarray):
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"{name}: expected a real-valued waveform, got dtype {a.dtype}")
+        arr = a.astype(np.float64)
+    else:
+        raise ValueError(f"{name}: expected a numpy.ndarray or torch.Tensor waveform, got {type(a).__name__}")
+    if arr.ndim == 1:
+        arr = arr[None]
+    elif arr.ndim != 2:
+        raise ValueError(f"{name}: expected a waveform (T,) or a batch (B, T), got shape {arr.shape}")
+    if arr.shape[-1] == 0 or arr.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one non-empty waveform, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: waveform contains NaN or infinite samples")
+    return arr
+
+
+def _check_stft_params(n_fft: int, hop_length: int) -> None:
+    for pname, v in (("n_fft", n_fft), ("hop_length", hop_length)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
+            raise ValueError(f"{pname}: expected a positive integer, got {v!r}")
+
+
+def _paired_magnitudes(
+    ref: ArrayLike, est: ArrayLike, n_fft: int, hop_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """STFT magnitudes ``(B, bins, frames)`` of both, cropped to the shorter waveform."""
+    _check_stft_params(n_fft, hop_length)
+    r = _as_waveforms(ref, "ref")
+    e = _as_waveforms(est, "est")
+    if r.shape[0] != e.shape[0]:
+        raise ValueError(f"ref and est must hold the same number of clips, got {r.shape[0]} and {e.shape[0]}")
+    n = min(r.shape[-1], e.shape[-1])
+    if n < n_fft:
+        raise ValueError(
+            f"audio too short: {n} samples after cropping to the shorter signal, need at least n_fft={n_fft} "
+            f"(pass a smaller n_fft for short clips)"
+        )
+    kwargs = {"n_fft": n_fft, "hop_length": hop_length, "center": True, "pad_mode": "constant"}
+    return np.abs(librosa.stft(r[:, :n], **kwargs)), np.abs(librosa.stft(e[:, :n], **kwargs))
+
+
+def spectral_convergence(ref: ArrayLike, est: ArrayLike, n_fft: int = 2048, hop_length: int = 512) -> float:
+    """||(|S| - |S_est|)||_F / ||S||_F of the STFT magnitudes, per clip, averaged over the batch.
+
+    0 is a perfect magnitude match; 1 is as wrong as silence. A silent reference clip has no defined SC and
+    is skipped; nan when every reference clip is silent.
+    """
+    s_ref, s_est = _paired_magnitudes(ref, est, n_fft, hop_length)
+    scores = []
+    for a, b in zip(s_ref, s_est, strict=True):
+        denom = np.linalg.norm(a)
+        if denom > 0:
+            scores.append(np.linalg.norm(a - b) / denom)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def log_spectral_distance(
+    ref: ArrayLike, est: ArrayLike, n_fft: int = 2048, hop_length: int = 512, eps: float = 1e-10
+) -> float:
+    """Log-spectral distance in dB: mean over frames of the RMS over bins of the log-power difference.
+
+    LSD = mean_t sqrt(mean_f (10 log10(|S|^2 + eps) - 10 log10(|S_est|^2 + eps))^2), per clip, averaged
+    over the batch. ``eps`` bounds the penalty on bins that are silent in one of the two signals.
+    """
+    if not (isinstance(eps, numbers.Real) and not isinstance(eps, bool) and np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
+    s_ref, s_est = _paired_magnitudes(ref, est, n_fft, hop_length)
+    diff = 10.0 * np.log10(s_ref**2 + eps) - 10.0 * np.log10(s_est**2 + eps)  # (B, bins, frames)
+    per_frame = np.sqrt(np.mean(diff**2, axis=1))
+    return float(per_frame.mean(axis=1).mean())
+
+
+def feature_mse(recon: ArrayLike, target: ArrayLike) -> float:
+    """Mean squared error between feature tensors of the same shape (e.g. (B, 2, 128, 94) spectrograms)."""
+    tensors = []
+    for name, a in (("recon", recon), ("target", target)):
+        if isinstance(a, np.ndarray):
+            if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+                raise ValueError(f"{name}: expected real-valued features, got dtype {a.dtype}")
+            a = torch.from_numpy(a.astype(np.float64))
+        elif not isinstance(a, torch.Tensor):
+            raise ValueError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(a).__name__}")
+        elif a.is_complex() or a.dtype == torch.bool:
+            raise ValueError(f"{name}: expected real-valued features, got dtype {a.dtype}")
+        tensors.append(a.detach().cpu().double())
+    r, t = tensors
+    if r.shape != t.shape:
+        raise ValueError(
+            f"feature_mse: recon and target must have the same shape, got {tuple(r.shape)} "
+            f"and {tuple(t.shape)}"
+        )
+    if r.numel() == 0:
+        raise ValueError("feature_mse: expected non-empty features")
+    return float((r - t).pow(2).mean())
