@@ -32,14 +32,13 @@ from trainers.dataspec import (
         ("audio:n=50", "audio", "synthetic", {"n": 50}),  # no source, no folder: the default source
         ("SAR : Folder , FOLDER=/Data/S1", "sar", "folder", {"folder": "/Data/S1"}),  # values keep case
         (
-            "sar:folder=/d,kind=Amplitude,size=64,recursive=no,val=0.2,seed=7,n=10",
+            "sar:folder=/d,kind=Amplitude,size=64,val=0.2,seed=7,n=10",
             "sar",
             "folder",
             {
                 "folder": "/d",
                 "kind": "amplitude",
                 "size": 64,
-                "recursive": False,
                 "val": 0.2,
                 "seed": 7,
                 "n": 10,
@@ -62,16 +61,13 @@ def test_parse_examples(text: str, domain: str, source: str, options: dict) -> N
 
 
 def test_typed_values() -> None:
-    spec = parse_data_spec("fragments:folder=/f,recursive=ON,max_files=3,ber=1e-3,val=0.25")
-    assert spec.options["recursive"] is True
+    spec = parse_data_spec("fragments:folder=/f,max_files=3,ber=1e-3,val=0.25")
     assert spec.options["max_files"] == 3 and isinstance(spec.options["max_files"], int)
     assert spec.options["ber"] == pytest.approx(0.001)
     assert isinstance(spec.options["val"], float)
     # val: a whole number is a count, a number in (0, 1) a fraction
     assert parse_data_spec("sar:val=200").options["val"] == 200
     assert isinstance(parse_data_spec("sar:val=200").options["val"], int)
-    for word, expected in [("true", True), ("Yes", True), ("1", True), ("off", False), ("0", False)]:
-        assert parse_data_spec(f"audio:folder=/a,recursive={word}").options["recursive"] is expected
 
 
 def test_dataspec_built_from_python_values_is_validated_and_converted() -> None:
@@ -83,8 +79,6 @@ def test_dataspec_built_from_python_values_is_validated_and_converted() -> None:
     assert DataSpec("audio", options={"folder": Path("/clips")}).options["folder"] == "/clips"
     with pytest.raises(ValueError, match=r"'n'.*expected an integer >= 1"):
         DataSpec("sar", options={"n": 2.5})
-    with pytest.raises(ValueError, match=r"'recursive'.*expected true or false"):
-        DataSpec("sar", "folder", {"folder": "/x", "recursive": 1})
 
 
 def _all_keys_spec(domain: str, source: str) -> DataSpec:
@@ -95,7 +89,6 @@ def _all_keys_spec(domain: str, source: str) -> DataSpec:
         "size": 128,
         "looks": 4.4,
         "kind": "intensity",
-        "recursive": True,
         "max_files": 9,
         "ber": 0.001,
         "sub": 0.25,
@@ -127,9 +120,6 @@ def test_format_is_canonical() -> None:
         == "sar:folder=/s,kind=auto,val=0.1"
     )
     assert format_data_spec(parse_data_spec("sar:looks=1")) == "sar:synthetic,looks=1"
-    assert (
-        format_data_spec(parse_data_spec("audio:folder=/a,recursive=1")) == "audio:folder=/a,recursive=true"
-    )
 
 
 @pytest.mark.parametrize(
@@ -216,7 +206,6 @@ def test_table_is_consistent() -> None:
         ("sar:looks=0.5", "expected a number >= 1"),
         ("sar:looks=inf", "expected a number >= 1"),
         ("sar:folder=/x,kind=raw", "expected auto or intensity or amplitude"),
-        ("audio:folder=/x,recursive=maybe", "expected true or false"),
         ("sar:val=0", r"expected a fraction in \(0, 1\) or a count >= 1"),
         ("sar:val=1.5", "expected a fraction in"),
         ("sar:val=-0.1", "expected a fraction in"),

@@ -14,11 +14,11 @@ starts or ends with a space, is written in double quotes with ``\\"`` and ``\\\\
 | domain | source | keys |
 |---|---|---|
 | sar | synthetic (default) | size, looks, n, seed, val |
-| sar | folder | folder, size, kind, recursive, n, seed, val |
+| sar | folder | folder, size, kind, n, seed, val |
 | audio | synthetic (default) | n, seed, val |
-| audio | folder | folder, recursive, n, seed, val |
+| audio | folder | folder, n, seed, val |
 | fragments | python (default) | max_files, ber, sub, erasure, burst, n, seed, val |
-| fragments | folder | folder, recursive, max_files, ber, sub, erasure, burst, n, seed, val |
+| fragments | folder | folder, max_files, ber, sub, erasure, burst, n, seed, val |
 
 | key | type | meaning |
 |---|---|---|
@@ -28,8 +28,7 @@ starts or ends with a space, is written in double quotes with ``\\"`` and ``\\\\
 | size | int >= 32, multiple of 16 | SAR patch size in pixels (larger images are cut into patches) |
 | looks | float >= 1 | number of looks L of the simulated Gamma(L, 1/L) speckle (1 = single-look, strongest) |
 | kind | auto, intensity, amplitude | what the SAR files hold; auto guesses from the value statistics |
-| folder | path | folder to read: .npy/.tif/.png (SAR), .wav/.flac/.ogg (audio), any files (fragments) |
-| recursive | bool (true/false, yes/no, on/off, 1/0) | also read the folder's subfolders |
+| folder | path | folder to read with its subfolders: .npy/.tif/.png, .wav/.flac/.ogg, any files |
 | max_files | int >= 1 | fragments: read at most this many files |
 | ber | float in [0, 1] | fragments: bit error rate of random bit flips |
 | sub | float in [0, 1] | fragments: rate of random byte substitutions |
@@ -57,8 +56,6 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "fragments": ("python", "folder"),
 }
 SAR_KINDS: tuple[str, ...] = ("auto", "intensity", "amplitude")
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
 
 
 @dataclass(frozen=True)
@@ -118,14 +115,6 @@ def _ranged_float(low: float, high: float = math.inf) -> Callable[[Any], float]:
     return convert
 
 
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError("not a bool")
-
-
 def _val(value: Any) -> int | float:
     # A count when it looks like an int ("200"), a fraction otherwise ("0.1"): the two never overlap
     # because a fraction must lie strictly between 0 and 1.
@@ -167,7 +156,6 @@ OPTIONS: dict[str, OptionSpec] = {
     "size": OptionSpec("an integer >= 32 and a multiple of 16", _ranged_int(32, 16), "SAR patch size"),
     "looks": OptionSpec("a number >= 1", _ranged_float(1.0), "looks of the simulated speckle"),
     "kind": OptionSpec(" or ".join(SAR_KINDS), _choice(SAR_KINDS), "what the SAR files hold"),
-    "recursive": OptionSpec("true or false", _bool, "also read subfolders"),
     "max_files": OptionSpec("an integer >= 1", _ranged_int(1), "read at most this many files"),
     "ber": OptionSpec(_RATE_TYPE, _RATE, "bit error rate of random bit flips"),
     "sub": OptionSpec(_RATE_TYPE, _RATE, "rate of random byte substitutions"),
@@ -182,11 +170,11 @@ _COMMON = ("n", "seed", "val")
 # Allowed keys per (domain, source), in the order format_data_spec writes them.
 KEYS: dict[tuple[str, str], tuple[str, ...]] = {
     ("sar", "synthetic"): ("size", "looks", *_COMMON),
-    ("sar", "folder"): ("folder", "size", "kind", "recursive", *_COMMON),
+    ("sar", "folder"): ("folder", "size", "kind", *_COMMON),
     ("audio", "synthetic"): _COMMON,
-    ("audio", "folder"): ("folder", "recursive", *_COMMON),
+    ("audio", "folder"): ("folder", *_COMMON),
     ("fragments", "python"): ("max_files", *_NOISE, *_COMMON),
-    ("fragments", "folder"): ("folder", "recursive", "max_files", *_NOISE, *_COMMON),
+    ("fragments", "folder"): ("folder", "max_files", *_NOISE, *_COMMON),
 }
 _REQUIRED: dict[str, tuple[str, ...]] = {"folder": ("folder",)}
 

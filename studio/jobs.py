@@ -1,0 +1,754 @@
+"""The studio's job manager: every training run is its own `python -m trainers train` process.
+
+Why processes and not threads: a crash, an OOM kill or a CUDA error in a job must never take the app down,
+and a process group is the one thing that can be stopped for sure (SIGTERM, then SIGKILL) even while it
+sits in a C++ kernel. The run store is the source of truth: the trainer writes status and metrics into it,
+the manager only launches, signals and watches processes, and fills in a status when a trainer dies
+without writing one. Because everything it needs is in the store and the jobs run in their own sessions,
+the app can restart while jobs train: a new manager re-attaches to them by pid.
+
+A run is claimed by a compare-and-set from `queued` to `running` ("starting the trainer process") before
+its process starts, so two managers on one runs folder never start the same run twice, and a restart in
+the middle of a launch still finds the pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import math
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainers.store import RunRecord, RunStore
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+LOG_NAME = "job.log"
+CANCEL_GRACE_S = 15.0
+# The domain's headline validation metric for the jobs table, first one present wins.
+KEY_METRICS: dict[str, tuple[str, ...]] = {
+    "sar": ("psnr",),
+    "audio": ("loss",),
+    "fragments": ("accuracy_corrupted", "loss"),
+}
+ACTIVE: tuple[str, ...] = ("queued", "running")
+STARTING_REASON = "starting the trainer process"
+# Queued runs this manager did not submit are picked up only once they are this old and have no pid: a
+# trainer started from a terminal creates its run as queued and marks it running milliseconds later.
+FOREIGN_QUEUED_MIN_AGE_S = 5.0
+# How often running runs that no manager watches (trainer started from a terminal, a manager that died)
+# are looked for; a running run without a pid is left alone this long (another manager may be launching it).
+SWEEP_EVERY_S = 5.0
+UNCLAIMED_PID_GRACE_S = 60.0
+# Process start times from procfs are whole seconds off at most (the boot time is rounded).
+PROCESS_START_SLACK_S = 2.0
+REASON_TAIL_LINES = 5
+REASON_TAIL_CHARS = 600
+# Run settings that are not trainer CLI flags of their own.
+_NOT_FLAGS = frozenset({"variant", "preset", "device", "model"})
+_INT_SETTINGS = ("epochs", "batch_size", "seed", "max_steps", "num_workers", "patience", "log_every")
+_REAL_SETTINGS = ("lr", "kl_weight", "weight_decay", "grad_clip")
+# Flags the manager sets itself (or that are not run settings).
+_MANAGED_FLAGS = frozenset(
+    {"--runs-dir", "--run-id", "--resume", "--set", "--no-progress", "--preset", "--device", "--help"}
+)
+# Flags of `python -m trainers train` when the parser cannot be inspected (see _train_flags).
+_KNOWN_FLAGS = frozenset(
+    {"--epochs", "--batch-size", "--lr", "--kl-weight", "--data", "--seed", "--max-steps", "--num-workers"}
+)
+
+# Processes left running by shutdown(): kept referenced so that their Popen objects are not collected
+# (which warns, and reaps them behind the back of a manager that re-attached to them in this process).
+_DETACHED: list[subprocess.Popen] = []
+
+
+@dataclass
+class _Job:
+    run_id: str
+    pid: int
+    slot: str | None  # "cpu", "cuda:N", or None for a watched process that holds no slot of ours
+    log_path: Path
+    proc: subprocess.Popen | None = None  # None: re-attached, watched by pid
+    cancel_requested: bool = False
+    kill_at: float | None = None  # monotonic time of the SIGKILL when a cancel is not obeyed
+    killed: bool = False
+
+
+class JobManager:
+    """Runs training jobs as background processes, one per GPU (or `cpu_slots` on CPU), FIFO.
+
+    Thread-safe: the Gradio worker threads call submit/cancel/jobs while a scheduler thread starts queued
+    runs and watches the processes every `poll_interval` seconds.
+    """
+
+    def __init__(
+        self,
+        runs_dir: str | Path,
+        store: RunStore | None = None,
+        cpu_slots: int = 2,
+        gpus: list[int] | None = None,
+        python: str = sys.executable,
+        poll_interval: float = 0.5,
+        cancel_grace: float = CANCEL_GRACE_S,
+    ) -> None:
+        if isinstance(cpu_slots, bool) or not isinstance(cpu_slots, int) or cpu_slots < 1:
+            raise ValueError(f"cpu_slots must be a positive int, got {cpu_slots!r}")
+        if not isinstance(poll_interval, (int, float)) or not 0 < poll_interval <= 60:
+            raise ValueError(f"poll_interval must be a number of seconds in (0, 60], got {poll_interval!r}")
+        if not isinstance(cancel_grace, (int, float)) or not 0 <= cancel_grace < math.inf:
+            raise ValueError(f"cancel_grace must be a non-negative number of seconds, got {cancel_grace!r}")
+        if gpus is None:
+            gpus = _detect_gpus()
+        if not isinstance(gpus, (list, tuple)) or any(
+            isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in gpus
+        ):
+            raise ValueError(f"gpus must be a list of GPU indices (ints >= 0) or None, got {gpus!r}")
+        if len(set(gpus)) != len(gpus):
+            raise ValueError(f"gpus lists an index twice: {gpus!r}")
+        self.runs_dir = Path(runs_dir).resolve()
+        if store is not None and Path(store.runs_dir).resolve() != self.runs_dir:
+            raise ValueError(f"store is for {store.runs_dir}, but the job manager was given {runs_dir}")
+        self._own_store = store is None
+        self.store = store if store is not None else RunStore(self.runs_dir)
+        self.cpu_slots = cpu_slots
+        self.gpus = list(gpus)
+        self.python = str(python)
+        self.poll_interval = float(poll_interval)
+        self.cancel_grace = float(cancel_grace)
+        self.host = socket.gethostname()
+        self._jobs: dict[str, _Job] = {}
+        self._submitted: set[str] = set()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._closed = False
+        self._next_sweep = 0.0
+        try:
+            self._sweep(startup=True)
+        except BaseException:
+            if self._own_store:
+                self.store.close()
+            raise
+        self._thread = threading.Thread(target=self._run, name="studio-job-scheduler", daemon=True)
+        self._thread.start()
+
+    # -- public API ---------------------------------------------------------------------------------------
+
+    def submit(self, variant: str, preset: str = "smoke", **settings: Any) -> str:
+        """Validate the settings, queue a run with its full config and return the run id.
+
+        `settings` are RunConfig fields (epochs, batch_size, lr, data, seed, max_steps, model={...}, ...)
+        and `device` ("auto", "cpu" or "cuda"; auto means a GPU when this machine has one).
+        """
+        from models import VARIANTS
+        from trainers.config import make_config
+
+        self._check_open()
+        settings = dict(settings)
+        device = settings.pop("device", None) or "auto"
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda" and not self.gpus:
+            raise ValueError("device 'cuda' was requested but this machine has no GPU; use 'auto' or 'cpu'")
+        for key in _INT_SETTINGS:
+            if key in settings and settings[key] is not None:
+                settings[key] = _whole(key, settings[key])
+        for key in _REAL_SETTINGS:
+            if key in settings and settings[key] is not None:
+                settings[key] = _real(key, settings[key])
+        model = settings.get("model")
+        if model is not None and not isinstance(model, Mapping):
+            raise ValueError(f"model overrides must be a dict of settings, got {type(model).__name__}")
+        if model is not None:
+            settings["model"] = dict(model)
+        cfg = make_config(variant, preset, **settings)  # unknown variant/preset/setting -> ValueError
+        cfg.device = device
+        domain = VARIANTS[variant].domain
+        cfg.data = _checked_data(cfg.data, domain)
+        if cfg.max_steps is not None and cfg.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1 (or None for no limit), got {cfg.max_steps}")
+        for key in ("seed", "num_workers"):
+            if getattr(cfg, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+        for key in ("kl_weight", "weight_decay", "grad_clip"):
+            if getattr(cfg, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+        config = cfg.to_dict()
+        defaults = make_config(variant, preset).to_dict()
+        flags = _train_flags()
+        for key, value in config.items():
+            if key in _NOT_FLAGS or value == defaults.get(key):
+                continue
+            if _flag(key) not in flags:
+                raise ValueError(
+                    f"setting '{key}' cannot be passed to the trainer (`python -m trainers train` has no "
+                    f"{_flag(key)}); settable: {', '.join(sorted(_setting_names(flags)))}, model, device"
+                )
+        _cli_args(config)  # every value must turn into a CLI argument (e.g. JSON-able model overrides)
+        run_id = self.store.create_run(variant, domain, config, status="queued")
+        with self._lock:
+            self._submitted.add(run_id)
+        self._wake.set()
+        return run_id
+
+    def cancel(self, run_id: str) -> str:
+        """Cancel a queued or running run; returns a message for the user (no change for ended runs)."""
+        self._check_open()
+        with self._lock:
+            for _ in range(3):  # the status can change under us (a launch, an exit): act on the fresh one
+                run = self.store.get_run(run_id)
+                if run is None:
+                    raise ValueError(f"no run with id {run_id!r} in {self.runs_dir}")
+                if run.is_terminal:
+                    return f"Run {run_id} already ended ({run.status}); nothing to cancel."
+                if run.status == "queued":
+                    if self.store.set_status(
+                        run_id, "cancelled", "cancelled before it started", from_statuses=("queued",)
+                    ):
+                        self._submitted.discard(run_id)
+                        return f"Cancelled {run_id} before it started."
+                    continue
+                job = self._jobs.get(run_id)
+                if job is not None and not _poll(job)[0]:  # it just ended: record how, then look again
+                    self._monitor()
+                    continue
+                job = job or self._adopt(run)
+                if job is None:
+                    if run.host and run.host != self.host:
+                        return f"Run {run_id} runs on host {run.host}; cancel it there."
+                    if run.pid == os.getpid():
+                        return f"Run {run_id} trains inside this app's own process; it cannot be cancelled."
+                    if self.store.set_status(
+                        run_id,
+                        "cancelled",
+                        "cancelled; its trainer process was already gone",
+                        from_statuses=ACTIVE,
+                    ):
+                        return f"Cancelled {run_id} (its trainer process was already gone)."
+                    continue
+                if job.cancel_requested:
+                    return f"Run {run_id} is already being cancelled."
+                job.cancel_requested = True
+                job.kill_at = time.monotonic() + self.cancel_grace
+                self._signal(job, signal.SIGTERM)
+                self._wake.set()
+                return (
+                    f"Cancelling {run_id}: sent SIGTERM to its trainer (pid {job.pid}); it stops after the "
+                    f"current step and saves its last checkpoint, or is killed after {self.cancel_grace:g} s."
+                )
+        return f"Run {run_id} kept changing status; try again."
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """One row per run, newest first, for the jobs table.
+
+        Keys: id, variant, domain, status, epoch, step, metric ("val/<name>" of the domain's key metric),
+        best (its best value so far or None), elapsed (seconds since the start, None while queued),
+        device, reason.
+        """
+        now = time.time()
+        rows = []
+        for run in self.store.list_runs():
+            metric, best = self._key_metric(run)
+            elapsed = None
+            if run.started_at is not None:
+                elapsed = round(max(0.0, (run.ended_at or now) - run.started_at), 1)
+            rows.append(
+                {
+                    "id": run.id,
+                    "variant": run.variant,
+                    "domain": run.domain,
+                    "status": run.status,
+                    "epoch": run.epoch,
+                    "step": run.step,
+                    "metric": metric,
+                    "best": best,
+                    "elapsed": elapsed,
+                    "device": run.device,
+                    "reason": run.reason,
+                }
+            )
+        return rows
+
+    def log_tail(self, run_id: str, n: int = 40) -> str:
+        """The last `n` lines of the run's job log ("" while the job has not started)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive number of lines, got {n!r}")
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise ValueError(f"no run with id {run_id!r} in {self.runs_dir}")
+        path = Path(run.log_path) if run.log_path else self.store.run_dir(run_id) / LOG_NAME
+        return "\n".join(_tail_lines(path, n))
+
+    def running_jobs(self) -> list[str]:
+        """Ids of the runs whose processes this manager watches right now."""
+        with self._lock:
+            return list(self._jobs)
+
+    def shutdown(self, cancel_running: bool = False) -> None:
+        """Stop the scheduler; jobs keep running (a later manager re-attaches) unless `cancel_running`.
+
+        With `cancel_running`, waits until the jobs have ended (SIGKILL after the grace period). Idempotent.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        try:
+            if cancel_running:
+                with self._lock:
+                    for job in self._jobs.values():
+                        if not job.cancel_requested:
+                            job.cancel_requested = True
+                            job.kill_at = time.monotonic() + self.cancel_grace
+                            self._signal(job, signal.SIGTERM)
+                deadline = time.monotonic() + self.cancel_grace + 10.0
+                while self._jobs and time.monotonic() < deadline:
+                    with self._lock:
+                        self._monitor()
+                    time.sleep(min(self.poll_interval, 0.2))
+            with self._lock:
+                _DETACHED.extend(job.proc for job in self._jobs.values() if job.proc is not None)
+                self._jobs.clear()
+        finally:
+            if self._own_store:
+                self.store.close()
+
+    def __enter__(self) -> JobManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- scheduler ----------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the job manager has been shut down")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    if self._stop.is_set():
+                        break
+                    self._monitor()
+                    if time.monotonic() >= self._next_sweep:
+                        self._sweep()
+                    self._schedule()
+            except Exception:  # a store hiccup must not end scheduling for the app's lifetime
+                log.exception("job scheduler tick failed; retrying")
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+
+    def _monitor(self) -> None:
+        now = time.monotonic()
+        for job in list(self._jobs.values()):
+            alive, code = _poll(job)
+            if alive:
+                if job.kill_at is not None and now >= job.kill_at and not job.killed:
+                    job.killed = True
+                    self._signal(job, signal.SIGKILL)
+                continue
+            del self._jobs[job.run_id]
+            self._finish(job, code)
+
+    def _finish(self, job: _Job, code: int | None) -> None:
+        """The job's process is gone: give the run an end status unless the trainer wrote one."""
+        run = self.store.get_run(job.run_id)
+        if run is None or run.is_terminal:
+            return
+        if job.cancel_requested:
+            how = "killed with SIGKILL after the grace period" if job.killed else "stopped by SIGTERM"
+            reason = f"cancelled (trainer {how}; {_describe_exit(code)})"
+            self.store.set_status(job.run_id, "cancelled", reason, from_statuses=ACTIVE)
+            return
+        if job.proc is None and code is None:
+            what = f"trainer process {job.pid} ended without reporting a status (exit code unknown)"
+        else:
+            what = f"trainer exited with {_describe_exit(code)}"
+        tail = _reason_tail(job.log_path)
+        reason = f"{what}; last log lines: {tail}" if tail else f"{what}; its log is empty"
+        self.store.set_status(job.run_id, "failed", reason, from_statuses=ACTIVE)
+
+    def _sweep(self, startup: bool = False) -> None:
+        """Watch running runs of this host that no one watches; fail those whose process is gone."""
+        self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        for run in self.store.list_runs(statuses="running"):
+            if run.id in self._jobs or (run.host and run.host != self.host) or run.pid == os.getpid():
+                continue  # watched already, elsewhere, or trained inside this very process
+            if run.pid is None:
+                if run.started_at is not None and time.time() - run.started_at < UNCLAIMED_PID_GRACE_S:
+                    continue
+                tail = _reason_tail(self._log_path(run))
+                self.store.set_status(
+                    run.id,
+                    "failed",
+                    "running without a recorded trainer process (app restarted during a launch?)"
+                    + (f"; last log lines: {tail}" if tail else ""),
+                    from_statuses=("running",),
+                )
+                continue
+            if self._adopt(run) is None:
+                tail = _reason_tail(self._log_path(run))
+                when = "app restarted?" if startup else "it ended without reporting a status"
+                reason = f"trainer process {run.pid} is gone ({when})"
+                reason += f"; last log lines: {tail}" if tail else ""
+                self.store.set_status(run.id, "failed", reason, from_statuses=("running",))
+
+    def _adopt(self, run: RunRecord) -> _Job | None:
+        """Start watching the live trainer process of a running run of this host (None when it is gone)."""
+        if run.pid is None or run.pid == os.getpid() or (run.host and run.host != self.host):
+            return None
+        if not _is_run_process(run.pid, run.id, run.started_at):
+            return None
+        job = _Job(run.id, run.pid, self._slot_of(run), self._log_path(run))
+        self._jobs[run.id] = job
+        log.info("re-attached to run %s (pid %d)", run.id, run.pid)
+        return job
+
+    def _slot_of(self, run: RunRecord) -> str | None:
+        # The pinned GPU is in the process environment; fall back on the device the trainer recorded.
+        env = _environ(run.pid) if run.pid is not None else None
+        visible = (env or {}).get("CUDA_VISIBLE_DEVICES")
+        if visible is not None and visible.strip().isdigit() and int(visible) in self.gpus:
+            return f"cuda:{int(visible)}"
+        if visible == "" or (run.device or "").startswith("cpu"):
+            return "cpu"
+        return None
+
+    def _log_path(self, run: RunRecord) -> Path:
+        return Path(run.log_path) if run.log_path else self.store.run_dir(run.id) / LOG_NAME
+
+    def _schedule(self) -> None:
+        queued = self.store.list_runs(statuses="queued")
+        self._submitted &= {run.id for run in queued}
+        now = time.time()
+        for run in sorted(queued, key=lambda r: (r.created_at, r.id)):  # FIFO
+            if run.id not in self._submitted and (
+                run.pid is not None or now - run.created_at < FOREIGN_QUEUED_MIN_AGE_S
+            ):
+                continue
+            want = str(run.config.get("device", "auto"))
+            if want == "cuda" and not self.gpus:
+                self.store.set_status(
+                    run.id,
+                    "failed",
+                    "the run asks for a GPU (device cuda) but this machine has none",
+                    from_statuses=("queued",),
+                )
+                continue
+            slot = self._free_slot("cpu" if want == "cpu" or not self.gpus else "cuda")
+            if slot is not None:
+                self._launch(run, slot)
+
+    def _free_slot(self, kind: str) -> str | None:
+        used = [job.slot for job in self._jobs.values()]
+        if kind == "cuda":
+            return next((f"cuda:{g}" for g in self.gpus if f"cuda:{g}" not in used), None)
+        return "cpu" if used.count("cpu") < self.cpu_slots else None
+
+    def _launch(self, run: RunRecord, slot: str) -> None:
+        if not self.store.set_status(run.id, "running", STARTING_REASON, from_statuses=("queued",)):
+            return  # cancelled, or claimed by another manager, since we listed it
+        self._submitted.discard(run.id)
+        folder = self.store.run_dir(run.id)
+        log_path = folder / LOG_NAME
+        try:
+            args = _cli_args(run.config)
+        except ValueError as exc:
+            self.store.set_status(run.id, "failed", f"cannot start the trainer: {exc}")
+            return
+        device = "cpu" if slot == "cpu" else "cuda"
+        cmd = [self.python, "-m", "trainers", "train", run.variant, "--run-id", run.id]
+        cmd += ["--runs-dir", str(self.runs_dir), "--no-progress", "--device", device, *args]
+        env = self._environment(slot)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as handle:
+                pin = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r}"
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                handle.write(f"[studio {stamp}] {pin} {shlex.join(cmd)}\n".encode())
+                handle.flush()
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    cwd=PROJECT_ROOT,
+                    env=env,
+                    start_new_session=True,  # own process group: a cancel reaches the trainer's workers too
+                    close_fds=True,
+                )
+        except OSError as exc:
+            self.store.set_status(run.id, "failed", f"could not start the trainer process: {exc}")
+            return
+        self._jobs[run.id] = _Job(run.id, proc.pid, slot, log_path, proc=proc)
+        self.store.update_run(run.id, pid=proc.pid, host=self.host, device=slot, log_path=str(log_path))
+        log.info("started run %s on %s (pid %d)", run.id, slot, proc.pid)
+
+    def _environment(self, slot: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"  # the log must show lines as they happen, not when a buffer fills
+        if slot == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = slot.split(":", 1)[1]
+        # Concurrent jobs share the cores; each one spinning up a thread per core would thrash (OpenMP
+        # threads busy-wait). An explicit setting in the app's environment wins.
+        sharing = self.cpu_slots if slot == "cpu" else len(self.gpus)
+        threads = str(max(1, (os.cpu_count() or 1) // max(1, sharing)))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(name, threads)
+        return env
+
+    def _signal(self, job: _Job, sig: signal.Signals) -> None:
+        """Signal the job's process group (it leads one when a manager started it), else the process."""
+        try:
+            group = os.getpgid(job.pid)
+            if group == job.pid and group != os.getpgrp():
+                os.killpg(group, sig)
+            else:
+                os.kill(job.pid, sig)
+        except ProcessLookupError:
+            pass  # it ended meanwhile; the monitor sees that
+        except PermissionError as exc:
+            log.warning("cannot signal run %s (pid %d): %s", job.run_id, job.pid, exc)
+
+    def _key_metric(self, run: RunRecord) -> tuple[str | None, float | None]:
+        best = self.store.best_metrics(run.id)
+        for name in KEY_METRICS.get(run.domain, ("loss",)):
+            value = best.get(name)
+            if value is not None and math.isfinite(value):
+                return f"val/{name}", value
+        names = KEY_METRICS.get(run.domain, ("loss",))
+        return f"val/{names[0]}", None
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _detect_gpus() -> list[int]:
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    except Exception:  # a broken CUDA install must not stop the studio: train on CPU
+        log.warning("could not count CUDA devices; training on CPU", exc_info=True)
+        return []
+
+
+def _whole(key: str, value: Any) -> int:
+    """UI number widgets hand over floats; accept whole numbers, refuse the rest clearly."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be a whole number, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{key} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _real(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _checked_data(data: Any, domain: str) -> str:
+    """The canonical data spec string, checked now so a typo fails at submit and not minutes later."""
+    from trainers.dataspec import DataSpec, format_data_spec, parse_data_spec
+
+    if not data:
+        return ""
+    spec = data if isinstance(data, DataSpec) else parse_data_spec(data) if isinstance(data, str) else None
+    if spec is None:
+        raise ValueError(f"data must be a data spec string such as '{domain}:...', got {type(data).__name__}")
+    if spec.domain != domain:
+        raise ValueError(f"data spec '{data}' is {spec.domain} data, but the variant trains on {domain} data")
+    spec.check_paths()
+    if spec.folder_path is not None:  # the trainer runs in another working directory
+        spec = DataSpec(spec.domain, spec.source, {**spec.options, "folder": str(spec.folder_path.resolve())})
+    return format_data_spec(spec)
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _setting_names(flags: frozenset[str]) -> list[str]:
+    return [f[2:].replace("-", "_") for f in flags if f.startswith("--") and f not in _MANAGED_FLAGS]
+
+
+@functools.cache
+def _train_flags() -> frozenset[str]:
+    """Option strings of `python -m trainers train`, so settings the CLI gains later just work."""
+    try:
+        from trainers.cli import build_parser
+
+        parser = build_parser()
+        for action in parser._actions:  # argparse has no public API to list a subcommand's options
+            if isinstance(action, argparse._SubParsersAction) and "train" in action.choices:
+                train = action.choices["train"]
+                return frozenset(s for a in train._actions for s in a.option_strings)
+    except Exception:
+        log.warning("could not inspect the trainer CLI; assuming its documented flags", exc_info=True)
+    return _KNOWN_FLAGS
+
+
+def _cli_args(config: Mapping[str, Any]) -> list[str]:
+    """The trainer CLI arguments that reproduce a stored run config (device and ids are added apart)."""
+    import json
+
+    flags = _train_flags()
+    args = ["--preset", str(config.get("preset", "full"))]
+    for key, value in config.items():
+        if key in _NOT_FLAGS or value is None or value == "":
+            continue
+        if _flag(key) not in flags:
+            continue  # submit refused non-default values for these; the preset's value applies
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"setting '{key}' must be a number or a string, got {value!r}")
+        args += [_flag(key), repr(value) if isinstance(value, float) else str(value)]
+    model = config.get("model") or {}
+    if not isinstance(model, Mapping):
+        raise ValueError(f"model overrides must be a dict, got {type(model).__name__}")
+    for key, value in model.items():
+        try:
+            args += ["--set", f"{key}={json.dumps(value)}"]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model override '{key}' must be JSON-serialisable: {exc}") from exc
+    return args
+
+
+def _proc_state(pid: int) -> str:
+    """'alive', 'zombie' or 'gone'."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return "gone"
+    except OSError:  # no procfs (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "gone"
+        except PermissionError:
+            return "alive"
+        return "alive"
+    state = stat.rsplit(")", 1)[-1].split()[:1]
+    return "zombie" if state and state[0] in ("Z", "X") else "alive"
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _environ(pid: int) -> dict[str, str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (part.decode(errors="replace").partition("=") for part in raw.split(b"\0") if part)
+    return {key: value for key, _, value in pairs}
+
+
+def _process_start(pid: int) -> float | None:
+    """When the process started (Unix time, to about a second), or None without procfs."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: starttime in ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _is_run_process(pid: int, run_id: str, started_at: float | None) -> bool:
+    """Whether `pid` is still the process that trains this run, and not a recycled pid.
+
+    A process whose command line names the run (the manager's `--run-id`, a `--resume`) is it. So is one
+    that started before the run did: a trainer started from a terminal or a script that calls `train()`
+    (a recycled pid belongs to a process started after the original one ended).
+    """
+    if _proc_state(pid) != "alive":
+        return False
+    args = _cmdline(pid)
+    if args is None:  # without procfs (macOS) the live pid is all there is to go on
+        return not Path("/proc").is_dir()
+    if run_id in args:
+        return True
+    start = _process_start(pid)
+    return start is not None and started_at is not None and start <= started_at + PROCESS_START_SLACK_S
+
+
+def _poll(job: _Job) -> tuple[bool, int | None]:
+    """(alive, exit code); the code is None when unknown (a re-attached process that is not our child)."""
+    if job.proc is not None:
+        code = job.proc.poll()
+        return code is None, code
+    state = _proc_state(job.pid)
+    if state == "alive":
+        return True, None
+    if state == "zombie":  # reap it when it is our child (a re-attach within the same process)
+        with contextlib.suppress(ChildProcessError, OSError):
+            pid, status = os.waitpid(job.pid, os.WNOHANG)
+            if pid == job.pid:
+                return False, os.waitstatus_to_exitcode(status)
+    return False, None
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            return f"code {code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"code {code} (signal {-code})"
+    return f"code {code}"
+
+
+def _tail_lines(path: Path, n: int, max_bytes: int = 256 * 1024) -> list[str]:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            start = max(0, size - max_bytes)
+            handle.seek(start)
+            data = handle.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if start > 0 and lines:
+        lines = lines[1:]  # the first line was cut by the seek
+    return lines[-n:]
+
+
+def _reason_tail(path: Path) -> str:
+    """The last few non-empty log lines on one line, for a run's reason (the table shows one line)."""
+    lines = [line.strip() for line in _tail_lines(path, 50) if line.strip()]
+    text = " | ".join(lines[-REASON_TAIL_LINES:])
+    return text if len(text) <= REASON_TAIL_CHARS else "..." + text[-REASON_TAIL_CHARS:]

@@ -1,0 +1,494 @@
+"""Audio tab: spectrograms and audio players of a VAE's reconstruction, prior samples and interpolations.
+
+The features are rebuilt from the checkpoint's own preprocessing (``model.preprocessing``), so a clip is
+analysed and resynthesised exactly as in training. Pure functions return float32 waveforms at the feature
+sample rate; the Gradio handlers turn them into 16-bit players without the peak normalisation Gradio
+applies to float audio, so a quiet reconstruction sounds quiet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from models.audio import compute_kl_divergence
+from studio.views.common import (
+    dropdown_update,
+    fmt,
+    heatmap,
+    load_checkpoint,
+    model_call,
+    model_device,
+    notes_markdown,
+    run_label,
+    selected_folders,
+    upload_path,
+    user_errors,
+)
+from trainers.data.audio import (
+    SILENCE_RMS,
+    SYNTH_KINDS,
+    AudioFeatureConfig,
+    features_from_dict,
+    load_audio,
+    make_features,
+    synthesize_clip,
+)
+from trainers.metrics.audio import feature_mse, log_spectral_distance, spectral_convergence
+
+SOURCES = ("built-in clip", "upload or recording")
+MIN_SECONDS = 0.25  # shorter clips leave too few STFT frames with content to judge a reconstruction
+GAP_SECONDS = 0.2  # silence between concatenated clips (prior samples, interpolation steps)
+MAX_SAMPLES = 8
+MAX_STEPS = 9
+TABLE_HEADERS = ["figure", "reconstruction", "feature round trip"]
+WEBM_MAGIC = b"\x1a\x45\xdf\xa3"  # EBML header: Matroska/WebM
+
+
+@dataclass
+class AudioClip:
+    wav: np.ndarray  # float32 (n_samples,) at the feature sample rate
+    features: np.ndarray  # (C, n_mels, n_frames)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AudioComparison:
+    sample_rate: int
+    input: np.ndarray
+    roundtrip: np.ndarray
+    reconstruction: np.ndarray
+    features: np.ndarray
+    recon_features: np.ndarray
+    table: list[list[Any]]
+    figure: Any
+    notes: list[str]
+
+
+@dataclass
+class AudioStrip:
+    """Several decoded clips (prior samples or interpolation steps), one after the other."""
+
+    sample_rate: int
+    clips: list[np.ndarray]
+    features: np.ndarray  # (N, C, n_mels, n_frames)
+    audio: np.ndarray  # the clips joined with GAP_SECONDS of silence
+    figure: Any
+    notes: list[str]
+
+
+# ----------------------------------------------------------------------------------------------- features
+def features_for(model: torch.nn.Module) -> tuple[Any, list[str]]:
+    """The feature transform the checkpoint was trained with, checked against the model's input shape."""
+    prep = getattr(model, "preprocessing", None) or {}
+    notes: list[str] = []
+    if "kind" in prep and "config" in prep:
+        features = features_from_dict(prep)
+    else:
+        kind = "mel-if" if model.input_shape[0] == 2 else "log-mel"
+        features = make_features(kind, AudioFeatureConfig())
+        notes.append(f"{model.VARIANT} has no saved feature settings; using the default {kind} features")
+    c = features.config
+    expected = (features.channels, c.n_mels, c.n_frames)
+    if tuple(model.input_shape) != expected:
+        raise ValueError(
+            f"checkpoint {model.VARIANT} expects input {tuple(model.input_shape)} but its features give "
+            f"{expected}; the checkpoint's config.json is inconsistent"
+        )
+    return features, notes
+
+
+def clip_input(
+    features: Any, source: str, kind: str = "note", seed: Any = 0, upload: Any = None, start: Any = 0.0
+) -> AudioClip:
+    """One clip (the built-in synthetic one, or a segment of an upload/recording) and its features."""
+    c = features.config
+    if source == SOURCES[0]:
+        if kind not in SYNTH_KINDS:
+            raise ValueError(f"unknown built-in clip kind {kind!r}; expected one of {', '.join(SYNTH_KINDS)}")
+        seed_i = _whole(seed, "clip seed")
+        wav = synthesize_clip(kind, np.random.default_rng(seed_i), c)
+        return AudioClip(wav, features.encode(wav), [f"built-in {kind} clip #{seed_i}"])
+    if source != SOURCES[1]:
+        raise ValueError(f"unknown clip source {source!r}; expected one of {', '.join(SOURCES)}")
+    path = upload_path(upload, "audio file")
+    with tempfile.TemporaryDirectory() as tmp:
+        readable, original_rate, notes = _readable_audio(path, Path(tmp))
+        try:
+            full = load_audio(readable, c.sample_rate, min_seconds=MIN_SECONDS, pad_to_seconds=None)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(str(exc).replace(str(readable), repr(path.name))) from exc
+    try:
+        start_s = float(start if start is not None else 0.0)
+    except (TypeError, ValueError):
+        raise ValueError(f"start must be a time in seconds, got {start!r}") from None
+    duration = len(full) / c.sample_rate
+    if not np.isfinite(start_s) or start_s < 0 or start_s >= duration:
+        raise ValueError(
+            f"start must be between 0 and {duration:.2f} s (the recording's length), got {start!r}"
+        )
+    i0 = int(round(start_s * c.sample_rate))
+    segment = full[i0 : i0 + c.n_samples]
+    if len(segment) < MIN_SECONDS * c.sample_rate:
+        raise ValueError(
+            f"only {len(segment) / c.sample_rate:.2f} s are left after {start_s:g} s; need {MIN_SECONDS} s"
+        )
+    if float(np.sqrt(np.mean(np.square(segment, dtype=np.float64)))) < SILENCE_RMS:
+        raise ValueError(f"the {c.clip_seconds:g} s from {start_s:g} s of {path.name!r} are silent")
+    notes = [f"{path.name}: {duration:.2f} s", *notes]
+    if original_rate != c.sample_rate:
+        notes.append(f"resampled from {original_rate} Hz to the model's {c.sample_rate} Hz")
+    if duration > c.clip_seconds:
+        notes.append(
+            f"using {start_s:g}–{start_s + len(segment) / c.sample_rate:g} s (the model hears 1 clip)"
+        )
+    wav = np.pad(segment, (0, c.n_samples - len(segment))).astype(np.float32)
+    if len(segment) < c.n_samples:
+        notes.append(f"zero-padded from {len(segment) / c.sample_rate:.2f} s to {c.clip_seconds:g} s")
+    return AudioClip(wav, features.encode(wav), notes)
+
+
+def _readable_audio(path: Path, tmp: Path) -> tuple[Path, int, list[str]]:
+    """A file soundfile can read, its sample rate, and a note when it had to be converted first.
+
+    WAV/FLAC/OGG/MP3 are read directly. Anything else (a browser's microphone recording is WebM/Opus,
+    whatever its name says) is decoded by audioread, which needs ffmpeg, and rewritten as WAV in ``tmp``.
+    """
+    try:
+        return path, int(sf.info(str(path)).samplerate), []
+    except (RuntimeError, TypeError, ValueError):  # soundfile.LibsndfileError is a RuntimeError
+        pass
+    import audioread
+
+    try:
+        with audioread.audio_open(str(path)) as f:
+            rate, channels = int(f.samplerate), max(int(f.channels), 1)
+            pcm = np.frombuffer(b"".join(f), dtype="<i2")
+    except (audioread.exceptions.DecodeError, OSError, EOFError, ValueError) as exc:
+        with open(path, "rb") as fh:
+            webm = fh.read(4) == WEBM_MAGIC
+        hint = " (browser microphone recordings are WebM, which needs ffmpeg on the server)" if webm else ""
+        raise ValueError(
+            f"could not read the audio file {path.name!r}: expected WAV, FLAC, OGG or MP3{hint}"
+        ) from exc
+    out = tmp / "decoded.wav"
+    sf.write(out, pcm[: len(pcm) // channels * channels].reshape(-1, channels), rate, subtype="PCM_16")
+    return out, rate, ["converted to WAV with audioread"]
+
+
+def _whole(value: Any, name: str) -> int:
+    try:
+        v = float(value if value is not None else 0)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if not np.isfinite(v) or v != int(v) or v < 0:
+        raise ValueError(f"{name} must be a non-negative whole number, got {value!r}")
+    return int(v)
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def spectrogram_figure(
+    panels: list[tuple[str, np.ndarray]], config: AudioFeatureConfig, magnitude_only: bool = False
+) -> Any:
+    """Panels side by side; row 1 the log-mel magnitude, row 2 (2-channel features) the mel IF.
+
+    All magnitudes share one colour scale (0 to the largest value shown), all IFs the fixed [-1, 1].
+    """
+    from plotly.subplots import make_subplots
+
+    rows = 1 if magnitude_only or panels[0][1].shape[0] == 1 else 2
+    n = len(panels)
+    titles = [t for t, _ in panels] + ([f"IF · {t}" for t, _ in panels] if rows == 2 else [])
+    fig = make_subplots(
+        rows=rows, cols=n, subplot_titles=titles, horizontal_spacing=0.02, vertical_spacing=0.12
+    )
+    frames = panels[0][1].shape[-1]
+    times = np.arange(frames) * config.hop_length / config.sample_rate
+    for k, (title, feats) in enumerate(panels):
+        mag = heatmap(feats[0], "coloraxis", title)
+        mag.update(x=times)
+        fig.add_trace(mag, row=1, col=k + 1)
+        if rows == 2:
+            inst = heatmap(feats[1], "coloraxis2", f"IF · {title}")
+            inst.update(x=times)
+            fig.add_trace(inst, row=2, col=k + 1)
+    vmax = max(float(np.max(f[0])) for _, f in panels)
+    bar = {"thickness": 12, "len": 1.0 / rows - 0.05}
+    layout: dict[str, Any] = {
+        "coloraxis": {
+            "colorscale": "viridis",
+            "cmin": 0.0,
+            "cmax": max(vmax, 1e-6),
+            "colorbar": {**bar, "y": 1 - 0.5 / rows, "title": "log-mel"},
+        },
+        "height": 260 * rows + 60,
+        "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+    }
+    if rows == 2:
+        layout["coloraxis2"] = {
+            "colorscale": "twilight",
+            "cmin": -1.0,
+            "cmax": 1.0,
+            "colorbar": {**bar, "y": 0.25, "title": "IF/π"},
+        }
+    fig.update_layout(**layout)
+    fig.update_xaxes(matches="x", title_text="time (s)", row=rows)
+    fig.update_yaxes(matches="y", showticklabels=False)
+    fig.update_yaxes(showticklabels=True, title_text="mel band", col=1)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- compute
+def _load(ctx: Any, checkpoint: Any) -> tuple[str, torch.nn.Module, Any, list[str]]:
+    folder = selected_folders(checkpoint, "audio")[0]
+    model = load_checkpoint(ctx, folder, "audio")
+    features, notes = features_for(model)
+    return folder, model, features, [f"checkpoint: {run_label(ctx, folder)} ({model.VARIANT})", *notes]
+
+
+def _decode(features: Any, feats: torch.Tensor | np.ndarray) -> np.ndarray:
+    return features.decode(np.asarray(feats, dtype=np.float32))
+
+
+def join_clips(clips: list[np.ndarray], sample_rate: int, gap_seconds: float = GAP_SECONDS) -> np.ndarray:
+    """The clips one after the other with ``gap_seconds`` of silence between them."""
+    gap = np.zeros(int(round(gap_seconds * sample_rate)), dtype=np.float32)
+    parts: list[np.ndarray] = []
+    for i, clip in enumerate(clips):
+        parts += [gap] if i else []
+        parts.append(np.asarray(clip, dtype=np.float32))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+@torch.no_grad()
+def audio_compare(
+    ctx: Any,
+    checkpoint: Any,
+    source: str = SOURCES[0],
+    kind: str = "note",
+    seed: Any = 0,
+    upload: Any = None,
+    start: Any = 0.0,
+) -> AudioComparison:
+    """Input, feature round trip and reconstruction (decode(mu)) of one clip, with spectral metrics."""
+    _, model, features, notes = _load(ctx, checkpoint)
+    clip = clip_input(features, source, kind, seed, upload, start)
+    x = torch.from_numpy(clip.features)[None].to(model_device(model))
+    mu, logvar = model_call(f"the {model.VARIANT} model", lambda: model.encode(x))
+    recon = model.decode(mu).float()[0].cpu().numpy()
+    roundtrip = _decode(features, clip.features)
+    reconstruction = _decode(features, recon)
+    c = features.config
+    table = [
+        [
+            "spectral convergence",
+            fmt(spectral_convergence(clip.wav, reconstruction, c.n_fft, c.hop_length), 4),
+            fmt(spectral_convergence(clip.wav, roundtrip, c.n_fft, c.hop_length), 4),
+        ],
+        [
+            "log-spectral distance (dB)",
+            fmt(log_spectral_distance(clip.wav, reconstruction, c.n_fft, c.hop_length), 3),
+            fmt(log_spectral_distance(clip.wav, roundtrip, c.n_fft, c.hop_length), 3),
+        ],
+        ["feature MSE", fmt(feature_mse(recon, clip.features), 5), 0.0],
+        ["KL to the prior (nats)", fmt(compute_kl_divergence(mu.float(), logvar.float()), 3), "n/a"],
+    ]
+    figure = spectrogram_figure([("input", clip.features), ("reconstruction", recon)], c)
+    if features.channels == 1:
+        notes.append("1-channel log-mel model: waveforms are resynthesised with Griffin-Lim")
+    return AudioComparison(
+        c.sample_rate,
+        clip.wav,
+        roundtrip,
+        reconstruction,
+        clip.features,
+        recon,
+        table,
+        figure,
+        clip.notes + notes,
+    )
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Reproducible prior draws without disturbing the global RNG that training code may rely on."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def audio_sample(ctx: Any, checkpoint: Any, n: Any = 3, seed: Any = 0) -> AudioStrip:
+    """``n`` draws from the prior, decoded by the model and resynthesised to audio."""
+    n_i = _whole(n, "number of samples")
+    if not 1 <= n_i <= MAX_SAMPLES:
+        raise ValueError(f"number of samples must be between 1 and {MAX_SAMPLES}, got {n}")
+    seed_i = _whole(seed, "sample seed")
+    _, model, features, notes = _load(ctx, checkpoint)
+    device = model_device(model)
+    with _seeded(seed_i, device):
+        feats = (
+            model_call(f"the {model.VARIANT} model", lambda: model.sample(n_i, device)).float().cpu().numpy()
+        )
+    clips = [_decode(features, f) for f in feats]
+    c = features.config
+    figure = spectrogram_figure([(f"sample {i + 1}", f) for i, f in enumerate(feats)], c, magnitude_only=True)
+    notes.append(f"{n_i} samples from N(0, I), seed {seed_i}, played one after the other")
+    return AudioStrip(c.sample_rate, clips, feats, join_clips(clips, c.sample_rate), figure, notes)
+
+
+@torch.no_grad()
+def audio_interpolate(
+    ctx: Any,
+    checkpoint: Any,
+    clip_a: dict[str, Any],
+    clip_b: dict[str, Any],
+    steps: Any = 5,
+) -> AudioStrip:
+    """Decode ``steps`` points on the line between the two clips' posterior means, A (t=0) to B (t=1).
+
+    ``clip_a`` / ``clip_b`` hold :func:`clip_input` arguments: source, kind, seed, upload, start.
+    """
+    steps_i = _whole(steps, "number of steps")
+    if not 2 <= steps_i <= MAX_STEPS:
+        raise ValueError(f"number of steps must be between 2 and {MAX_STEPS}, got {steps}")
+    _, model, features, notes = _load(ctx, checkpoint)
+    a = clip_input(features, **clip_a)
+    b = clip_input(features, **clip_b)
+    x = torch.from_numpy(np.stack([a.features, b.features])).to(model_device(model))
+    mu, _ = model_call(f"the {model.VARIANT} model", lambda: model.encode(x))
+    t = torch.linspace(0.0, 1.0, steps_i, device=mu.device)[:, None]
+    z = (1 - t) * mu[0] + t * mu[1]
+    feats = model.decode(z).float().cpu().numpy()
+    clips = [_decode(features, f) for f in feats]
+    c = features.config
+    titles = [f"t={float(v):.2f}" for v in t[:, 0]]
+    figure = spectrogram_figure(list(zip(titles, feats, strict=True)), c, magnitude_only=True)
+    notes += [f"A: {'; '.join(a.notes)}", f"B: {'; '.join(b.notes)}", f"{steps_i} steps from A to B"]
+    return AudioStrip(c.sample_rate, clips, feats, join_clips(clips, c.sample_rate), figure, notes)
+
+
+def player(sample_rate: int, wav: np.ndarray) -> tuple[int, np.ndarray]:
+    """(rate, int16) for gr.Audio: clipped to [-1, 1], not peak-normalised as Gradio does with floats."""
+    return int(sample_rate), (np.clip(np.asarray(wav, dtype=np.float64), -1.0, 1.0) * 32767).astype(np.int16)
+
+
+# ------------------------------------------------------------------------------------------------- Gradio
+def build_tab(ctx: Any) -> None:
+    """The Audio tab's components and events (call inside ``with gr.Tab("Audio"):``)."""
+    import gradio as gr
+
+    def clip_picker(label: str) -> list[Any]:
+        source = gr.Radio(list(SOURCES), value=SOURCES[0], label=label)
+        with gr.Row():
+            kind = gr.Dropdown(list(SYNTH_KINDS), value="note", label="Built-in kind")
+            seed = gr.Number(value=0, precision=0, minimum=0, label="Clip seed")
+        upload = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Upload or record")
+        upload.change(
+            lambda f: SOURCES[1] if f else gr.update(),
+            inputs=upload,
+            outputs=source,
+            api_visibility="private",
+        )
+        return [source, kind, seed, upload]
+
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Row():
+                checkpoint = gr.Dropdown(
+                    choices=ctx.checkpoint_choices("audio"),
+                    label="Audio VAE checkpoint",
+                    info="audio-vae (magnitude + IF) or audio-vae-mel (log-mel)",
+                    scale=4,
+                )
+                refresh = gr.Button("↻ refresh", scale=1, size="sm")
+            clip_a = clip_picker("Clip")
+            start = gr.Number(value=0.0, minimum=0.0, label="Start of the 1 s clip in an upload (s)")
+            run = gr.Button("Reconstruct", variant="primary")
+        with gr.Column(scale=3):
+            status = gr.Markdown()
+            figure = gr.Plot(label="Spectrograms: input and reconstruction")
+            with gr.Row():
+                input_audio = gr.Audio(label="Input", interactive=False)
+                roundtrip_audio = gr.Audio(label="Feature round trip (the ceiling)", interactive=False)
+                recon_audio = gr.Audio(label="Reconstruction", interactive=False)
+            table = gr.Dataframe(headers=TABLE_HEADERS, label="Metrics against the input", interactive=False)
+    with gr.Accordion("Samples from the prior", open=False), gr.Row():
+        with gr.Column(scale=1):
+            n_samples = gr.Slider(1, MAX_SAMPLES, value=3, step=1, label="Samples")
+            sample_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+            sample_btn = gr.Button("Sample")
+        with gr.Column(scale=3):
+            sample_status = gr.Markdown()
+            sample_audio = gr.Audio(label="Samples, one after the other", interactive=False)
+            sample_figure = gr.Plot(label="Sample spectrograms")
+    with gr.Accordion("Interpolate between two clips", open=False), gr.Row():
+        with gr.Column(scale=1):
+            gr.Markdown("From the clip above (A) to clip B:")
+            clip_b = clip_picker("Clip B")
+            steps = gr.Slider(2, MAX_STEPS, value=5, step=1, label="Steps from A to B")
+            interp_btn = gr.Button("Interpolate")
+        with gr.Column(scale=3):
+            interp_status = gr.Markdown()
+            interp_audio = gr.Audio(label="A → B, one step after the other", interactive=False)
+            interp_figure = gr.Plot(label="Interpolation spectrograms")
+
+    @user_errors
+    def compare(checkpoint, source, kind, seed, upload, start):
+        r = audio_compare(ctx, checkpoint, source, kind, seed, upload, start)
+        sr = r.sample_rate
+        return (
+            notes_markdown(r.notes),
+            r.figure,
+            player(sr, r.input),
+            player(sr, r.roundtrip),
+            player(sr, r.reconstruction),
+            r.table,
+        )
+
+    run.click(
+        compare,
+        inputs=[checkpoint, *clip_a, start],
+        outputs=[status, figure, input_audio, roundtrip_audio, recon_audio, table],
+        api_name="audio_compare",
+    )
+
+    @user_errors
+    def sample(checkpoint, n, seed):
+        r = audio_sample(ctx, checkpoint, n, seed)
+        return notes_markdown(r.notes), player(r.sample_rate, r.audio), r.figure
+
+    sample_btn.click(
+        sample,
+        inputs=[checkpoint, n_samples, sample_seed],
+        outputs=[sample_status, sample_audio, sample_figure],
+        api_name="audio_sample",
+    )
+
+    @user_errors
+    def interpolate(checkpoint, source, kind, seed, upload, start, source_b, kind_b, seed_b, upload_b, steps):
+        a = {"source": source, "kind": kind, "seed": seed, "upload": upload, "start": start}
+        b = {"source": source_b, "kind": kind_b, "seed": seed_b, "upload": upload_b}
+        r = audio_interpolate(ctx, checkpoint, a, b, steps)
+        return notes_markdown(r.notes), player(r.sample_rate, r.audio), r.figure
+
+    interp_btn.click(
+        interpolate,
+        inputs=[checkpoint, *clip_a, start, *clip_b, steps],
+        outputs=[interp_status, interp_audio, interp_figure],
+        api_name="audio_interpolate",
+    )
+
+    @user_errors
+    def audio_checkpoints(current):
+        return dropdown_update(ctx, "audio", current)
+
+    refresh.click(audio_checkpoints, inputs=checkpoint, outputs=checkpoint, api_name="audio_checkpoints")

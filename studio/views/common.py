@@ -1,0 +1,201 @@
+"""Helpers shared by the comparison tabs: error reporting, uploads, checkpoint selection, figures, timing.
+
+The views compute everything in pure functions that raise ValueError / FileNotFoundError with a message
+for a person; :func:`user_errors` turns those into a ``gr.Error`` on the page, so no stack trace ever
+reaches the browser.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DOMAIN_NAMES = {"sar": "SAR", "audio": "audio", "fragments": "fragment"}
+
+
+# -------------------------------------------------------------------------------------------------- errors
+def user_errors(fn: F) -> F:
+    """Wrap a Gradio handler so that bad input shows as a readable message instead of a stack trace.
+
+    ValueError / FileNotFoundError / OSError carry messages written for the user and are shown as they are;
+    anything else is a bug: its traceback goes to the server log and the page gets a short summary.
+    """
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from exc
+        except Exception as exc:  # noqa: BLE001 - the page must never show a traceback
+            log.exception("unexpected error in %s", getattr(fn, "__name__", "handler"))
+            raise gr.Error(
+                html.escape(f"unexpected error ({type(exc).__name__}): {exc}", quote=False),
+                print_exception=False,
+            ) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def model_call(what: str, fn: Callable[[], Any]) -> Any:
+    """Run a model call; a torch RuntimeError (shape/dtype mismatch) becomes a ValueError naming `what`."""
+    try:
+        return fn()
+    except RuntimeError as exc:
+        raise ValueError(f"{what} could not process this input: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------------- uploads
+def upload_path(value: Any, what: str = "file") -> Path:
+    """The local path of an uploaded file (a str/Path, a Gradio FileData dict or an object with ``.name``).
+
+    Refuses a missing upload, a file that is not there any more and an empty file, each with its own message.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"no {what} uploaded: choose a file first")
+    if isinstance(value, dict):
+        value = value.get("path") or value.get("name")
+    elif not isinstance(value, (str, Path)):
+        value = getattr(value, "path", None) or getattr(value, "name", None)
+    if not value:
+        raise ValueError(f"could not read the uploaded {what}: expected a file path")
+    path = Path(value)
+    if not path.exists():
+        raise FileNotFoundError(f"the uploaded {what} {path.name!r} no longer exists; upload it again")
+    if not path.is_file():
+        raise ValueError(f"the uploaded {what} {path.name!r} is not a regular file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"the uploaded {what} {path.name!r} is empty (0 bytes)")
+    return path
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def selected_folders(selection: Any, domain: str, multiple: bool = False) -> list[str]:
+    """Checkpoint folders picked in a dropdown (a str, a list, or None), with a clear error if none is."""
+    if selection is None:
+        items: list[Any] = []
+    elif isinstance(selection, (str, Path)):
+        items = [selection]
+    elif isinstance(selection, Iterable):
+        items = list(selection)
+    else:
+        raise ValueError(f"expected a checkpoint folder (or a list of them), got {type(selection).__name__}")
+    folders = [str(s) for s in items if s is not None and str(s).strip()]
+    if not folders:
+        what = "one or more" if multiple else "a"
+        noun = "checkpoints" if multiple else "checkpoint"
+        raise ValueError(
+            f"no checkpoint chosen: pick {what} {DOMAIN_NAMES[domain]} {noun} (train one in the Train "
+            "tab, or load one in the Hub tab, then press refresh)"
+        )
+    return folders
+
+
+def load_checkpoint(ctx: Any, folder: str, domain: str) -> nn.Module:
+    """``ctx.load_model`` with the folder named in every error (missing folder, other domain, bad weights)."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {folder!r} does not exist (was the run deleted?)")
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise ValueError(f"{folder!r} is not a checkpoint folder: it needs config.json and model.safetensors")
+    try:
+        model = ctx.load_model(path, domain)
+    except (ValueError, FileNotFoundError) as exc:
+        raise type(exc)(f"cannot use checkpoint {run_label(ctx, folder)!r}: {exc}") from exc
+    if getattr(model, "DOMAIN", None) != domain:  # belt and braces: the cache may hold any model
+        raise ValueError(
+            f"checkpoint {run_label(ctx, folder)!r} is a {getattr(model, 'VARIANT', '?')} model; "
+            f"this tab needs a {DOMAIN_NAMES[domain]} model"
+        )
+    return model
+
+
+def run_label(ctx: Any, folder: str | Path) -> str:
+    """Short name of a checkpoint for tables: the run id for runs, the catalogue label for external ones."""
+    folder_s = str(folder)
+    for label, ext in getattr(ctx, "external", {}).items():
+        if str(ext) == folder_s:
+            return str(label)
+    path = Path(folder_s)
+    try:
+        rel = path.resolve().relative_to(Path(ctx.runs_dir).resolve())
+        return f"{rel.parts[0]} ({path.name})" if len(rel.parts) > 1 else rel.parts[0]
+    except (ValueError, AttributeError, OSError, IndexError):
+        return path.name or folder_s
+
+
+def dropdown_update(ctx: Any, domain: str, current: Any = None, multiselect: bool = False) -> Any:
+    """A ``gr.update`` with fresh checkpoint choices, keeping the user's selections that still exist."""
+    import gradio as gr
+
+    choices = ctx.checkpoint_choices(domain)
+    valid = {folder for _, folder in choices}
+    if multiselect:
+        kept = [c for c in (current or []) if c in valid]
+        return gr.update(choices=choices, value=kept)
+    value = current if current in valid else (choices[0][1] if choices else None)
+    return gr.update(choices=choices, value=value)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def timed_ms(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(result, wall time in ms) of one call; synchronises CUDA so the time covers the kernels too."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, (time.perf_counter() - start) * 1000.0
+
+
+# ------------------------------------------------------------------------------------------------ display
+def fmt(value: Any, digits: int = 3) -> Any:
+    """Round floats for tables; NaN/inf are shown as text rather than as a blank cell."""
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if np.isnan(v):
+            return "n/a"
+        if np.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if abs(v) >= 1e4:  # e.g. the ENL ratio of an untrained model: significant digits, not decimals
+            return float(f"{v:.4g}")
+        return round(v, digits)
+    return value
+
+
+def notes_markdown(notes: Sequence[str]) -> str:
+    """Status line(s) for a Markdown component; user-controlled text (file names) is escaped."""
+    return "\n".join(f"- {html.escape(n, quote=False)}" for n in notes)
+
+
+def heatmap(z: np.ndarray, coloraxis: str, name: str) -> Any:
+    """A plotly heatmap of an image with row 0 at the top, sharing the colour axis ``coloraxis``."""
+    import plotly.graph_objects as go
+
+    # float32 keeps the base64-encoded figure at 4 bytes per pixel.
+    return go.Heatmap(
+        z=np.asarray(z, dtype=np.float32),
+        coloraxis=coloraxis,
+        name=name,
+        hovertemplate="x=%{x} y=%{y}<br>%{z:.4f}<extra>" + html.escape(name) + "</extra>",
+    )

@@ -1,0 +1,275 @@
+"""The Audio tab's pure functions on tiny real VAE checkpoints (small feature settings keep them fast)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from models import create_model
+from models.audio import compute_kl_divergence
+from studio.context import StudioContext
+from studio.views import audio as view
+from trainers.data.audio import AudioFeatureConfig, make_features, synthesize_clip
+from trainers.metrics.audio import log_spectral_distance, spectral_convergence
+
+# A small STFT so each decode is a few ms; the views must read these from the checkpoint, not the defaults.
+CFG = AudioFeatureConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, clip_seconds=0.5)
+BUILTIN = view.SOURCES[0]
+UPLOAD = view.SOURCES[1]
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    from trainers.store import RunStore
+
+    root = tmp_path_factory.mktemp("studio")
+    return StudioContext(runs_dir=root / "runs", store=RunStore(root / "runs"))
+
+
+def _save(tmp_path_factory, variant: str, widths: list[int], kind: str) -> str:
+    torch.manual_seed(0)
+    model = create_model(
+        variant,
+        widths=widths,
+        latent_dim=8,
+        n_mels=CFG.n_mels,
+        n_frames=CFG.n_frames,
+        preprocessing=make_features(kind, CFG).preprocessing(),
+    )
+    folder = tmp_path_factory.mktemp(variant) / "ckpt"
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def vae(tmp_path_factory):
+    return _save(tmp_path_factory, "audio-vae", [4, 8, 8, 8, 8], "mel-if")
+
+
+@pytest.fixture(scope="module")
+def vae_mel(tmp_path_factory):
+    return _save(tmp_path_factory, "audio-vae-mel", [4, 8, 8, 8], "log-mel")
+
+
+@pytest.fixture(scope="module")
+def frag_ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("frag") / "ckpt"
+    create_model("fragment-dae", channels=[8, 8, 8]).save_pretrained(folder)
+    return str(folder)
+
+
+def tone(seconds: float, rate: int, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("which, kind, channels", [("vae", "mel-if", 2), ("vae_mel", "log-mel", 1)])
+def test_compare_builtin_clip_uses_the_checkpoint_features(request, ctx, which, kind, channels):
+    folder = request.getfixturevalue(which)
+    r = view.audio_compare(ctx, folder, BUILTIN, "chirp", 3)
+    features = make_features(kind, CFG)
+    wav = synthesize_clip("chirp", np.random.default_rng(3), CFG)
+
+    assert r.sample_rate == CFG.sample_rate
+    for w in (r.input, r.roundtrip, r.reconstruction):
+        assert w.dtype == np.float32 and w.shape == (CFG.n_samples,)
+    np.testing.assert_array_equal(r.input, wav)
+    np.testing.assert_allclose(r.roundtrip, features.decode(features.encode(wav)), atol=1e-6)
+    assert r.features.shape == (channels, CFG.n_mels, CFG.n_frames)
+
+    model = ctx.load_model(folder, "audio")
+    with torch.no_grad():
+        mu, logvar = model.encode(torch.from_numpy(features.encode(wav))[None])
+        recon = model.decode(mu)[0].numpy()
+    np.testing.assert_allclose(r.recon_features, recon, atol=1e-6)
+    np.testing.assert_allclose(r.reconstruction, features.decode(recon), atol=1e-5)
+
+    table = {row[0]: row[1:] for row in r.table}
+    est, rt = r.reconstruction, r.roundtrip
+    kw = {"n_fft": CFG.n_fft, "hop_length": CFG.hop_length}
+    assert table["spectral convergence"] == pytest.approx(
+        [spectral_convergence(wav, est, **kw), spectral_convergence(wav, rt, **kw)], abs=1e-4
+    )
+    assert table["log-spectral distance (dB)"] == pytest.approx(
+        [log_spectral_distance(wav, est, **kw), log_spectral_distance(wav, rt, **kw)], abs=1e-3
+    )
+    assert table["feature MSE"][0] == pytest.approx(
+        float(np.mean((recon - features.encode(wav)) ** 2)), abs=1e-5
+    )
+    assert table["KL to the prior (nats)"][0] == pytest.approx(compute_kl_divergence(mu, logvar), abs=1e-3)
+
+    traces = r.figure.data
+    assert len(traces) == 2 * channels  # input and reconstruction; IF only for the 2-channel model
+    np.testing.assert_allclose(np.asarray(traces[0].z), r.features[0], atol=1e-6)
+    if channels == 2:
+        assert r.figure.layout.coloraxis2.cmin == -1 and r.figure.layout.coloraxis2.cmax == 1
+    else:
+        assert any("Griffin-Lim" in n for n in r.notes)
+
+
+def test_upload_at_another_rate_is_resampled_and_said_so(ctx, vae, tmp_path):
+    rate = 16000
+    y = tone(1.3, rate)
+    path = tmp_path / "tone.wav"
+    sf.write(path, y, rate, subtype="FLOAT")  # no 16-bit rounding, so the comparison can be tight
+    r = view.audio_compare(ctx, vae, UPLOAD, upload=str(path), start=0.2)
+    assert any(f"resampled from {rate} Hz to the model's {CFG.sample_rate} Hz" in n for n in r.notes)
+    assert any("using 0.2–0.7 s" in n for n in r.notes)
+    expected = librosa.resample(y, orig_sr=rate, target_sr=CFG.sample_rate, res_type="soxr_hq")
+    i0 = int(0.2 * CFG.sample_rate)
+    np.testing.assert_allclose(r.input, expected[i0 : i0 + CFG.n_samples], atol=1e-5)
+    assert r.input.shape == r.reconstruction.shape == (CFG.n_samples,)
+
+
+def test_short_upload_is_zero_padded(ctx, vae, tmp_path):
+    path = tmp_path / "short.wav"
+    sf.write(path, tone(0.3, CFG.sample_rate), CFG.sample_rate)
+    r = view.audio_compare(ctx, vae, UPLOAD, upload=str(path))
+    assert r.input.shape == (CFG.n_samples,)
+    assert np.all(r.input[int(0.3 * CFG.sample_rate) :] == 0)
+    assert any("zero-padded from 0.30 s" in n for n in r.notes)
+    assert not any("resampled" in n for n in r.notes)
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, message",
+    [
+        (None, {"checkpoint": None}, "no checkpoint chosen"),
+        (None, {"upload": None}, "no audio file uploaded"),
+        ("tiny", {}, "is 0.10 s long; need at least 0.25 s"),
+        ("empty", {}, "is empty"),
+        ("garbage", {}, "could not read the audio file 'garbage.wav'"),
+        ("silent", {}, "is silent"),
+        ("long", {"start": 5.0}, "start must be between 0 and 1.00 s"),
+        ("long", {"start": 0.9}, "only 0.10 s are left after 0.9 s"),
+        (None, {"source": BUILTIN, "kind": "opera"}, "unknown built-in clip kind"),
+        (None, {"source": BUILTIN, "seed": -2}, "clip seed must be a non-negative whole number"),
+    ],
+)
+def test_bad_inputs_give_clear_messages(ctx, vae, tmp_path, make, kwargs, message):
+    path = tmp_path / f"{make}.wav"
+    if make == "tiny":
+        sf.write(path, tone(0.1, 44100), 44100)
+    elif make == "empty":
+        path.write_bytes(b"")
+    elif make == "garbage":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+    elif make == "silent":
+        sf.write(path, np.zeros(CFG.sample_rate, np.float32), CFG.sample_rate)
+    elif make == "long":
+        sf.write(path, tone(1.0, CFG.sample_rate), CFG.sample_rate)
+    args = {"checkpoint": vae, "source": UPLOAD, "upload": str(path) if make else None}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        view.audio_compare(ctx, **args)
+
+
+def test_other_containers_are_decoded_or_named(ctx, vae, tmp_path, monkeypatch):
+    # A 16-bit stereo WAV that soundfile is told it cannot read goes through the audioread fallback.
+    path = tmp_path / "stereo.wav"
+    y = tone(0.5, CFG.sample_rate)
+    sf.write(path, np.stack([y, y], axis=1), CFG.sample_rate, subtype="PCM_16")
+    real_info = sf.info
+
+    def refuse(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise sf.LibsndfileError(0, "pretend this container is unknown")
+        return real_info(file, *args, **kwargs)
+
+    monkeypatch.setattr(sf, "info", refuse)
+    r = view.audio_compare(ctx, vae, UPLOAD, upload=str(path))
+    assert any("converted to WAV with audioread" in n for n in r.notes)
+    np.testing.assert_allclose(r.input, y, atol=1 / 32767)
+
+    webm = tmp_path / "audio.wav"  # what a browser's microphone recording looks like inside
+    webm.write_bytes(b"\x1a\x45\xdf\xa3" + bytes(range(256)) * 8)
+    if shutil.which("ffmpeg") is None:
+        with pytest.raises(ValueError, match="WebM, which needs ffmpeg"):
+            view.audio_compare(ctx, vae, UPLOAD, upload=str(webm))
+
+
+def test_checkpoint_of_another_domain_is_refused(ctx, frag_ckpt):
+    with pytest.raises(ValueError, match="this view needs an audio model"):
+        view.audio_compare(ctx, frag_ckpt)
+
+
+def test_samples_from_the_prior_are_seeded_and_leave_the_global_rng_alone(ctx, vae):
+    state = torch.get_rng_state()
+    r = view.audio_sample(ctx, vae, 3, seed=11)
+    assert torch.equal(torch.get_rng_state(), state)
+    gap = int(round(view.GAP_SECONDS * CFG.sample_rate))
+    assert r.sample_rate == CFG.sample_rate
+    assert len(r.clips) == 3 and all(c.shape == (CFG.n_samples,) for c in r.clips)
+    assert r.audio.shape == (3 * CFG.n_samples + 2 * gap,)
+    np.testing.assert_array_equal(r.audio[CFG.n_samples : CFG.n_samples + gap], 0)
+    np.testing.assert_array_equal(r.audio[CFG.n_samples + gap : 2 * CFG.n_samples + gap], r.clips[1])
+
+    model = ctx.load_model(vae, "audio")
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        expected = model.sample(3, "cpu").numpy()
+    np.testing.assert_allclose(r.features, expected, atol=1e-6)
+    features = make_features("mel-if", CFG)
+    np.testing.assert_allclose(r.clips[2], features.decode(expected[2]), atol=1e-5)
+    assert len(r.figure.data) == 3  # magnitude strip
+    again = view.audio_sample(ctx, vae, 3, seed=11)
+    np.testing.assert_array_equal(again.audio, r.audio)
+    assert not np.array_equal(view.audio_sample(ctx, vae, 3, seed=12).features, r.features)
+    for n, message in ((0, "between 1 and"), (99, "between 1 and"), (2.5, "whole number")):
+        with pytest.raises(ValueError, match=message):
+            view.audio_sample(ctx, vae, n)
+
+
+def test_interpolation_runs_from_a_to_b(ctx, vae_mel):
+    a = {"source": BUILTIN, "kind": "note", "seed": 1}
+    b = {"source": BUILTIN, "kind": "percussive", "seed": 2}
+    r = view.audio_interpolate(ctx, vae_mel, a, b, steps=4)
+    assert len(r.clips) == 4 and r.features.shape == (4, 1, CFG.n_mels, CFG.n_frames)
+    gap = int(round(view.GAP_SECONDS * CFG.sample_rate))
+    assert r.audio.shape == (4 * CFG.n_samples + 3 * gap,)
+    # The ends are the two clips' deterministic reconstructions decode(mu); the middle is their midpoint.
+    features = make_features("log-mel", CFG)
+    model = ctx.load_model(vae_mel, "audio")
+    clips = [synthesize_clip(c["kind"], np.random.default_rng(c["seed"]), CFG) for c in (a, b)]
+    with torch.no_grad():
+        mu, _ = model.encode(torch.from_numpy(np.stack([features.encode(w) for w in clips])))
+        ends = model.decode(mu).numpy()
+        third = model.decode((2 * mu[0] + mu[1])[None] / 3)[0].numpy()
+    np.testing.assert_allclose(r.features[0], ends[0], atol=1e-5)
+    np.testing.assert_allclose(r.features[-1], ends[1], atol=1e-5)
+    np.testing.assert_allclose(r.features[1], third, atol=1e-5)
+    np.testing.assert_allclose(r.clips[1], features.decode(r.features[1]), atol=1e-5)
+    assert [t.name for t in r.figure.data] == ["t=0.00", "t=0.33", "t=0.67", "t=1.00"]
+    for steps in (1, 50):
+        with pytest.raises(ValueError, match="number of steps must be between 2 and"):
+            view.audio_interpolate(ctx, vae_mel, a, b, steps)
+
+
+def test_player_is_int16_without_peak_normalisation():
+    rate, data = view.player(8000, np.array([0.0, 0.25, -0.5, 2.0], np.float32))
+    assert rate == 8000 and data.dtype == np.int16
+    assert data.tolist() == [0, int(0.25 * 32767), int(-0.5 * 32767), 32767]
+
+
+def test_build_tab_endpoints_and_errors_in_page(ctx, vae):
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        view.build_tab(ctx)
+    fns = {f.api_name: f for f in demo.fns.values() if f.api_name}
+    assert {"audio_compare", "audio_sample", "audio_interpolate", "audio_checkpoints"} <= set(fns)
+    out = fns["audio_compare"].fn(vae, BUILTIN, "noise", 0, None, 0.0)
+    for rate, data in out[2:5]:
+        assert rate == CFG.sample_rate and data.dtype == np.int16 and data.shape == (CFG.n_samples,)
+    with pytest.raises(gr.Error) as err:
+        fns["audio_sample"].fn(None, 2, 0)
+    assert "no checkpoint chosen" in err.value.message

@@ -1,0 +1,227 @@
+"""The Fragments tab's pure functions on a tiny real checkpoint, and its Gradio wiring."""
+
+from __future__ import annotations
+
+import os
+import re
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np
+import pytest
+import torch
+
+from models import create_model
+from studio.context import StudioContext
+from studio.views import fragments as view
+from trainers.data.fragments import NoiseGenerator, bytes_to_tensor
+from trainers.metrics.fragments import fragment_metrics
+from trainers.store import RunStore
+
+SPAN = re.compile(r'<span data-col="(\w+)" data-i="(\d+)" data-mark="(\w*)"[^>]*>([0-9a-f]{2})</span>')
+
+
+def parse_hex(html: str) -> dict[str, dict[int, tuple[str, int]]]:
+    """col -> {index: (mark, byte value)} from the hex view's spans."""
+    out: dict[str, dict[int, tuple[str, int]]] = {"original": {}, "corrupted": {}, "repaired": {}}
+    for col, i, mark, value in SPAN.findall(html):
+        out[col][int(i)] = (mark, int(value, 16))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studio")
+    return StudioContext(runs_dir=root / "runs", store=RunStore(root / "runs"))
+
+
+@pytest.fixture(scope="module")
+def frag_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("frag") / "ckpt"
+    create_model("fragment-dae", channels=[8, 16, 16]).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def bytes_ckpt(tmp_path_factory):
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("fragb") / "ckpt"
+    create_model("fragment-dae-bytes", channels=[8, 16, 16], head_channels=8).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def sar_ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sar") / "ckpt"
+    create_model("sar-baseline", base_channels=4, image_size=32).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture()
+def data_file(tmp_path):
+    rng = np.random.default_rng(5)
+    path = tmp_path / "sample.bin"
+    path.write_bytes(
+        b"<script>alert('x')</script> & text " * 20 + rng.integers(0, 256, 900, np.uint8).tobytes()
+    )
+    return path
+
+
+def test_hex_view_marks_exactly_the_changed_fixed_wrong_and_broken_bytes():
+    n = 40
+    clean = np.arange(n, dtype=np.uint8) + 60
+    corrupted = clean.copy()
+    changed_at = [1, 5, 9, 17, 33]
+    corrupted[changed_at] = [0, 0, 255, 7, 8]
+    changed = corrupted != clean
+    repaired = corrupted.copy()
+    repaired[[1, 17]] = clean[[1, 17]]  # fixed
+    repaired[[20, 39]] = [1, 2]  # intact bytes the repair broke
+    # 5, 9, 33 stay wrong; 9 is "repaired" to another wrong value
+    repaired[9] = 3
+
+    parsed = parse_hex(view.hex_view_html(clean, corrupted, repaired, changed, base_offset=4096))
+    for col, arr in (("original", clean), ("corrupted", corrupted), ("repaired", repaired)):
+        assert sorted(parsed[col]) == list(range(n))
+        assert [parsed[col][i][1] for i in range(n)] == arr.tolist()
+
+    def marked(col, mark):
+        return sorted(i for i, (m, _) in parsed[col].items() if m == mark)
+
+    assert all(m == "" for m, _ in parsed["original"].values())
+    assert marked("corrupted", "changed") == changed_at
+    assert marked("repaired", "fixed") == [1, 17]
+    assert marked("repaired", "wrong") == [5, 9, 33]
+    assert marked("repaired", "broken") == [20, 39]
+    assert len(marked("repaired", "")) == n - 7
+
+
+def test_hex_view_rows_offsets_and_escaping():
+    clean = np.frombuffer(b"<b>&\"'" + bytes(range(26)) + b"</script>", dtype=np.uint8).copy()
+    html = view.hex_view_html(clean, clean.copy(), clean.copy(), np.zeros(clean.size, bool), 0x100, True)
+    rows = re.findall(r"<tr><td[^>]*>([0-9a-f]{8})</td>", html)
+    assert rows == [f"{0x100 + 16 * r:08x}" for r in range(-(-clean.size // 16))]
+    assert "<b>" not in html and "</script>" not in html
+    assert "|&lt;b&gt;&amp;&quot;&#x27;" in html  # the ASCII column, escaped
+    # the legend names every mark with its count
+    for meaning in view.MARK_MEANINGS.values():
+        assert f"{meaning}: 0" in html
+
+
+def test_hex_view_refuses_mismatched_arrays():
+    a = np.zeros(16, np.uint8)
+    with pytest.raises(ValueError, match="same length"):
+        view.hex_view_html(a, a[:8], a, np.zeros(16, bool))
+
+
+@pytest.mark.parametrize("ckpt_name", ["frag_ckpt", "bytes_ckpt"])
+def test_compare_fragment_matches_noise_model_and_metrics(request, ctx, data_file, ckpt_name):
+    folder = request.getfixturevalue(ckpt_name)
+    offset, settings = 100, {"ber": 0.01, "substitution": 0.05, "erasure": 0.004, "burst": 0.01, "seed": 7}
+    r = view.compare_fragment(ctx, folder, "uploaded file", None, str(data_file), offset, **settings)
+
+    clean = np.frombuffer(data_file.read_bytes()[offset : offset + 512], np.uint8)
+    np.testing.assert_array_equal(r.clean, clean)
+    noise = NoiseGenerator(
+        bit_error_rate=0.01, substitution_rate=0.05, erasure_rate=0.004, burst_p_enter=0.01, seed=7
+    )
+    corrupted, changed = noise(clean)
+    np.testing.assert_array_equal(r.corrupted, corrupted)
+    np.testing.assert_array_equal(r.changed, changed)
+    assert changed.any()
+    model = ctx.load_model(folder, "fragments")
+    with torch.no_grad():
+        expected = model.predict_bytes(bytes_to_tensor(corrupted)[None])[0].numpy()
+    np.testing.assert_array_equal(r.repaired, expected)
+
+    m = fragment_metrics(clean, corrupted, expected, changed)
+    assert r.metrics == pytest.approx(m, nan_ok=True)
+    identity = float(np.mean(corrupted == clean))
+    assert m["identity_accuracy"] == pytest.approx(identity)
+    table = {row[0]: row[1:] for row in r.table}
+    n_changed = int(changed.sum())
+    assert table["byte accuracy, all 512 bytes (%)"] == [
+        round(100 * np.mean(expected == clean), 2),
+        round(100 * identity, 2),
+    ]
+    assert table[f"byte accuracy, {n_changed} corrupted bytes (%)"][1] == 0.0
+    fixed = int((changed & (expected == clean)).sum())
+    broken = int((~changed & (expected != clean)).sum())
+    assert table[f"corrupted bytes fixed (of {n_changed})"] == [fixed, 0]
+    assert table[f"intact bytes broken (of {512 - n_changed})"] == [broken, 0]
+
+    parsed = parse_hex(r.html)
+    assert sum(m == "fixed" for m, _ in parsed["repaired"].values()) == fixed
+    assert sum(m == "broken" for m, _ in parsed["repaired"].values()) == broken
+    assert sum(m == "changed" for m, _ in parsed["corrupted"].values()) == n_changed
+    assert re.search(rf">{offset:08x}</td>", r.html)  # rows are labelled with file offsets
+    assert "sample.bin" in r.summary and "identity baseline" in r.summary
+
+
+def test_builtin_file_source(ctx, frag_ckpt):
+    choices = view.builtin_choices(limit=8)
+    assert choices, "the default corpus (the Python installation) should offer files"
+    label, path = choices[0]
+    r = view.compare_fragment(ctx, frag_ckpt, "built-in file", path, None, 0, seed=1)
+    np.testing.assert_array_equal(r.clean, np.fromfile(path, np.uint8, count=512))
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        ({"checkpoint": None}, ValueError, "no checkpoint chosen"),
+        ({"checkpoint": []}, ValueError, "no checkpoint chosen"),
+        ({"checkpoint": "/nonexistent/ckpt"}, FileNotFoundError, "does not exist"),
+        ({"upload": None}, ValueError, "no file uploaded"),
+        ({"upload": "tiny"}, ValueError, "is 10 bytes; a fragment needs 512"),
+        ({"upload": "empty"}, ValueError, "is empty"),
+        ({"offset": 5000}, ValueError, "last valid offset is"),
+        ({"offset": -3}, ValueError, "offset must be a non-negative whole number"),
+        ({"offset": "abc"}, ValueError, "offset must be a whole number"),
+        ({"ber": 1.5}, ValueError, "bit_error_rate must be in"),
+        ({"seed": -1}, ValueError, "seed must be a non-negative integer"),
+        ({"source": "built-in file", "builtin": None}, ValueError, "no built-in file chosen"),
+        ({"source": "telepathy"}, ValueError, "unknown input source"),
+        (
+            {"source": "built-in file", "builtin": "/etc/passwd"},
+            ValueError,
+            "is not one of the built-in files",
+        ),
+    ],
+)
+def test_bad_inputs_give_clear_messages(ctx, frag_ckpt, data_file, tmp_path, kwargs, exc, message):
+    (tmp_path / "tiny.bin").write_bytes(b"0123456789")
+    (tmp_path / "empty.bin").write_bytes(b"")
+    args = {"checkpoint": frag_ckpt, "source": "uploaded file", "builtin": None, "upload": str(data_file)}
+    args.update(kwargs)
+    if args["upload"] in ("tiny", "empty"):
+        args["upload"] = str(tmp_path / f"{args['upload']}.bin")
+    with pytest.raises(exc, match=re.escape(message)):
+        view.compare_fragment(ctx, **args)
+
+
+def test_checkpoint_of_another_domain_is_refused(ctx, sar_ckpt, data_file):
+    with pytest.raises(ValueError, match="'sar-baseline' .* this view needs a fragments model"):
+        view.compare_fragment(ctx, sar_ckpt, "uploaded file", None, str(data_file))
+
+
+def test_build_tab_endpoints_and_errors_in_page(ctx, frag_ckpt, data_file):
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        view.build_tab(ctx)
+    fns = {f.api_name: f for f in demo.fns.values() if f.api_name}
+    assert {"fragments_compare", "fragments_checkpoints"} <= set(fns)
+    compare = fns["fragments_compare"].fn
+    args = ["uploaded file", None, str(data_file), 0, 0.01, 0.0, 0.0, 0.0, 0, False]
+    summary, table, html = compare(frag_ckpt, *args)
+    assert "identity baseline" in summary and len(table) == 5 and 'data-col="repaired"' in html
+    with pytest.raises(gr.Error) as err:
+        compare(None, *args)
+    assert "no checkpoint chosen" in err.value.message
+    with pytest.raises(gr.Error) as err:  # user text in the message is escaped, never rendered as HTML
+        compare(frag_ckpt, "<img src=x>", *args[1:])
+    assert "&lt;img src=x&gt;" in err.value.message
+    update = fns["fragments_checkpoints"].fn(None)
+    assert update["choices"] == []
