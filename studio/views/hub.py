@@ -1,0 +1,236 @@
+"""Hub tab: push a run's checkpoint with its model card, export it to a folder, or load a checkpoint from the
+Hub (or a folder) so that every comparison tab can pick it.
+
+Pure functions (:func:`push`, :func:`export`, :func:`load`, :func:`pushable_runs`) do the work through
+``trainers.hub``; :func:`build_tab` wires them to components and the ``hub_push`` / ``hub_export`` /
+``hub_load`` / ``hub_runs`` API endpoints.
+
+The token field is a password box whose value goes to one push or load and nowhere else. On a Space the
+environment's token (the Space owner's) is never used for a visitor: a push needs a pasted token, a load
+without one is anonymous, and neither the server's folders (export target, load source) are reachable.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from studio.views.common import user_errors
+from trainers import checkpoints
+from trainers import hub as hub_lib
+
+KINDS = ("best", "last")
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _checkpoint_kinds(ctx: Any, run_id: str) -> list[str]:
+    kinds = []
+    for kind in KINDS:
+        try:
+            if checkpoints.checkpoint_path(Path(ctx.runs_dir) / run_id, kind) is not None:
+                kinds.append(kind)
+        except ValueError:  # an incomplete checkpoint cannot be shared; the run is listed without it
+            continue
+    return kinds
+
+
+def pushable_runs(ctx: Any) -> list[tuple[str, str]]:
+    """(label, run id) of every run with a complete checkpoint, newest first."""
+    choices = []
+    for run in ctx.store.list_runs():
+        kinds = _checkpoint_kinds(ctx, run.id)
+        if kinds:
+            choices.append((f"{run.id} · {run.variant} · {run.status} · {'/'.join(kinds)}", run.id))
+    return choices
+
+
+def _run_id(run_id: Any) -> str:
+    text = _text(run_id)
+    if not text:
+        raise ValueError(
+            "no run chosen: pick a run with a checkpoint (train one in the Train tab, then ↻ refresh)"
+        )
+    return text
+
+
+def push(
+    ctx: Any,
+    run_id: Any,
+    kind: Any,
+    repo_id: Any,
+    private: Any = False,
+    branch: Any = None,
+    commit_message: Any = None,
+    token: Any = None,
+) -> str:
+    """Push the chosen checkpoint; returns a Markdown line with the commit link."""
+    run_id = _run_id(run_id)
+    token = _text(token) or None
+    if ctx.space and token is None:
+        raise ValueError(
+            "paste your Hugging Face token (with write access) to push from this Space; "
+            "the Space's own token is never used for visitors"
+        )
+    url = hub_lib.push_checkpoint(
+        run_id,
+        ctx.runs_dir,
+        _text(repo_id),
+        token=token,
+        private=bool(private),
+        branch=_text(branch) or None,
+        commit_message=_text(commit_message) or None,
+        kind=str(kind or "best"),
+    )
+    repo_url = url.split("/commit/", 1)[0]
+    where = f" (branch `{html.escape(_text(branch))}`)" if _text(branch) else ""
+    return (
+        f"✅ Pushed the `{kind}` checkpoint of run `{html.escape(run_id)}` to [{repo_url}]({repo_url})"
+        f"{where}: [commit]({url})."
+    )
+
+
+def export(ctx: Any, run_id: Any, kind: Any, folder: Any) -> str:
+    """Export the chosen checkpoint to a folder on this machine (refused on a Space)."""
+    if ctx.space:
+        raise ValueError(
+            "export to a folder is disabled on a Space (its disk is not yours); push to the Hub instead"
+        )
+    target = hub_lib.export_checkpoint(_run_id(run_id), ctx.runs_dir, _text(folder), kind=str(kind or "best"))
+    files = ", ".join(sorted(p.name for p in target.iterdir()))
+    return f"✅ Exported to `{html.escape(str(target))}`: {html.escape(files)}."
+
+
+def loaded_markdown(ctx: Any) -> str:
+    """The checkpoints loaded in this session and the tab where each one can be picked."""
+    if not ctx.external:
+        return "_No checkpoint loaded from the Hub or a folder yet._"
+    lines = ["| checkpoint | variant | tab |", "|---|---|---|"]
+    for label, folder in ctx.external.items():
+        try:
+            variant, _, tab = hub_lib.domain_tab(folder)
+        except (OSError, ValueError, KeyError):
+            variant, tab = "unreadable", "–"
+        lines.append(f"| {html.escape(label)} | {variant} | {tab} |")
+    return "\n".join(lines)
+
+
+def load(ctx: Any, source: Any, token: Any = None) -> tuple[str, str]:
+    """Fetch a Hub repo (or read a folder), check it loads, register it in ``ctx.external``.
+
+    Returns (status Markdown naming the tab that can use it, the table of loaded checkpoints).
+    """
+    text = _text(source)
+    token_text = _text(token) or None
+    if ctx.space:
+        if text.startswith((".", "/", "~", "\\")) or text.split("@", 1)[0].count("/") > 1:
+            raise ValueError(
+                "loading from a folder is disabled on a Space; give a Hub repo id such as owner/name"
+            )
+        # A visitor without a token loads anonymously instead of with the Space owner's token.
+        label, folder = hub_lib.load_from_hub_or_folder(text, token=token_text or False)
+    else:
+        label, folder = hub_lib.load_from_hub_or_folder(text, token=token_text)
+    variant, domain, tab = hub_lib.domain_tab(folder)
+    ctx.external[label] = str(folder)
+    status = (
+        f"✅ Loaded **{html.escape(label)}** ({variant}, {domain}). Pick it in the **{tab}** tab's "
+        "checkpoint list (press ↻ refresh there)."
+    )
+    return status, loaded_markdown(ctx)
+
+
+def build_tab(ctx: Any) -> None:
+    """The Hub tab's components and events (call inside ``with gr.Tab("Hub"):``)."""
+    import gradio as gr
+
+    runs = pushable_runs(ctx)
+    gr.Markdown(
+        "Share a run's checkpoint: **push** it to a Hugging Face Hub model repo with a model card (metrics, "
+        "loss curve, example reconstructions)"
+        + ("" if ctx.space else ", or **export** the same folder locally")
+        + ". **Load** a checkpoint from the Hub"
+        + ("" if ctx.space else " or a folder")
+        + " to compare it with your runs."
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            gr.Markdown("### Checkpoint")
+            with gr.Row():
+                run = gr.Dropdown(
+                    choices=runs,
+                    value=runs[0][1] if runs else None,
+                    label="Run",
+                    scale=4,
+                    allow_custom_value=False,
+                )
+                refresh = gr.Button("↻ refresh", scale=1, size="sm")
+            kind = gr.Radio(
+                list(KINDS), value="best", label="Checkpoint", info="best validation or most recent"
+            )
+            token = gr.Textbox(
+                label="Hugging Face token",
+                type="password",
+                placeholder="hf_...",
+                info="used for this push or load only, never saved"
+                + ("" if ctx.space else "; empty: HF_TOKEN or `hf auth login`"),
+            )
+        with gr.Column(scale=1):
+            gr.Markdown("### Push to the Hub")
+            repo_id = gr.Textbox(label="Repo id", placeholder="your-name/sar-residual")
+            with gr.Row():
+                private = gr.Checkbox(value=False, label="Private (new repos)")
+                branch = gr.Textbox(label="Branch", placeholder="main")
+            commit_message = gr.Textbox(
+                label="Commit message", placeholder="Upload sar-residual best checkpoint"
+            )
+            push_btn = gr.Button("Push", variant="primary")
+            push_status = gr.Markdown()
+            with gr.Group(visible=not ctx.space):
+                gr.Markdown("### Export to a folder")
+                folder = gr.Textbox(label="Folder", placeholder="exports/my-model (new or empty)")
+                export_btn = gr.Button("Export")
+                export_status = gr.Markdown()
+        with gr.Column(scale=1):
+            gr.Markdown("### Load a checkpoint")
+            source = gr.Textbox(
+                label="Hub repo id" + ("" if ctx.space else " or folder"),
+                placeholder="owner/name, owner/name@branch"
+                + ("" if ctx.space else " or /path/to/checkpoint"),
+            )
+            load_btn = gr.Button("Load")
+            load_status = gr.Markdown()
+            loaded = gr.Markdown(loaded_markdown(ctx))
+
+    @user_errors
+    def hub_push(run_id, kind, repo_id, private, branch, commit_message, token):
+        return push(ctx, run_id, kind, repo_id, private, branch, commit_message, token)
+
+    @user_errors
+    def hub_export(run_id, kind, folder):
+        return export(ctx, run_id, kind, folder)
+
+    @user_errors
+    def hub_load(source, token):
+        return load(ctx, source, token)
+
+    @user_errors
+    def hub_runs(current):
+        choices = pushable_runs(ctx)
+        ids = {run_id for _, run_id in choices}
+        return gr.update(
+            choices=choices, value=current if current in ids else (choices[0][1] if choices else None)
+        )
+
+    push_btn.click(
+        hub_push,
+        inputs=[run, kind, repo_id, private, branch, commit_message, token],
+        outputs=push_status,
+        api_name="hub_push",
+    )
+    export_btn.click(hub_export, inputs=[run, kind, folder], outputs=export_status, api_name="hub_export")
+    load_btn.click(hub_load, inputs=[source, token], outputs=[load_status, loaded], api_name="hub_load")
+    refresh.click(hub_runs, inputs=run, outputs=run, api_name="hub_runs")

@@ -1,0 +1,484 @@
+"""Hub export/push/load end to end: a smoke-trained checkpoint goes through the real huggingface_hub client
+to a local fake Hub and back with identical outputs; the model card carries the run's metrics; the export
+loads in a fresh process; every Hub failure has its own message; the token is never written anywhere."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fake_hub import FakeHub, Token, use_fake_hub
+from huggingface_hub import ModelCard, constants
+from PIL import Image
+
+from models import load_pretrained
+from models.fragments import FragmentAutoencoder
+from trainers import checkpoints, cli, hub, model_card
+from trainers.config import make_config
+from trainers.loop import train
+from trainers.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+# Random per session and shaped like real tokens, so a leak anywhere is found by a plain text search.
+ALICE = "hf_" + secrets.token_hex(17)
+ALICE_READ = "hf_" + secrets.token_hex(17)
+TOKENS = (ALICE, ALICE_READ)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One fragment-dae smoke run, trained for a few steps on a few files (val metrics + both checkpoints)."""
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = make_config(
+        "fragment-dae",
+        "smoke",
+        data="fragments:python,max_files=8,n=64",
+        batch_size=16,
+        max_steps=8,
+        device="cpu",
+    )
+    with RunStore(runs) as store:
+        result = train(cfg, store)
+    assert result.status == "completed", result.reason
+    return runs, result.run_id
+
+
+@pytest.fixture(scope="module")
+def fake_hub():
+    with FakeHub({ALICE: Token("alice", orgs=("lab",)), ALICE_READ: Token("alice", role="read")}) as server:
+        server.add_repo("bob/their-model", owner="bob", files={"README.md": b"bob's model\n"})
+        server.add_repo("bob/not-a-checkpoint", owner="bob", files={"config.json": b'{"hidden_size": 8}'})
+        yield server
+
+
+@pytest.fixture
+def hub_env(fake_hub, tmp_path, monkeypatch):
+    use_fake_hub(monkeypatch, fake_hub, tmp_path)
+    return fake_hub
+
+
+def _checkpoint(runs: Path, run_id: str, kind: str = "best") -> Path:
+    folder = checkpoints.checkpoint_path(runs / run_id, kind)
+    assert folder is not None
+    return folder
+
+
+def _outputs(model: torch.nn.Module) -> torch.Tensor:
+    x = torch.rand(4, 1, 512, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------------- export
+def test_export_writes_loadable_folder_with_card_of_the_run(trained, tmp_path):
+    runs, run_id = trained
+    folder = hub.export_checkpoint(run_id, runs, tmp_path / "export", kind="best")
+    ckpt = _checkpoint(runs, run_id)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(hub.EXPORT_FILES)
+    assert (folder / "model.safetensors").read_bytes() == (ckpt / "model.safetensors").read_bytes()
+    assert json.loads((folder / "config.json").read_text()) == json.loads((ckpt / "config.json").read_text())
+
+    # The card's metadata and its model-index hold the validation metrics logged at the checkpoint's step.
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "autoencoder-comparison-studio" and card.data.license == "mit"
+    assert {"fragments", "fragment-dae", "autoencoder"} <= set(card.data.tags)
+    step = checkpoints.read_trainer_state(ckpt)["step"]
+    with RunStore(runs) as store:
+        rows = [r for r in store.metrics_after(0, run_ids=[run_id])[0] if r.split == "val" and r.step == step]
+        best = store.best_metrics(run_id)
+    logged = {r.name: r.value for r in rows}
+    assert {"loss", "accuracy", "identity_accuracy"} <= set(logged)
+    indexed = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert set(indexed) == {k for k, v in logged.items() if math.isfinite(v)}
+    for name, value in indexed.items():
+        assert value == pytest.approx(logged[name], abs=1e-6)
+    assert card.data.eval_results[0].dataset_name == "fragments:python,max_files=8,n=64"
+    table_row = next(line for line in card.text.splitlines() if line.startswith("| loss |"))
+    assert table_row.split("|")[2].strip() == f"{logged['loss']:.4g}"
+    assert table_row.split("|")[3].strip() == f"{best['loss']:.4g}"
+    assert "lower" in table_row
+    assert f"run `{run_id}`" in card.text and f"step {step}" in card.text
+    assert "![training and validation loss](loss_curve.png)" in card.text
+    assert "![example reconstructions](examples.png)" in card.text
+
+    curve = np.asarray(Image.open(folder / "loss_curve.png").convert("RGB"))
+    train_colour = np.array(model_card.SERIES_COLOURS[0])
+    assert (
+        curve.shape[0] >= 400 and (np.abs(curve - train_colour).sum(-1) < 30).sum() > 200
+    )  # the drawn curve
+    examples = Image.open(folder / "examples.png")
+    assert examples.size[0] >= 600 and examples.size[1] >= 300
+
+
+def test_export_loads_in_a_fresh_process(trained, hub_env, tmp_path):
+    """The exported folder, and the pushed repo through HF_ENDPOINT as a user would set it, load in a new
+    interpreter (nothing of this process's state) and compute what the run's checkpoint computes."""
+    runs, run_id = trained
+    folder = hub.export_checkpoint(run_id, runs, tmp_path / "fresh", kind="last")
+    hub.push_checkpoint(run_id, runs, "alice/fresh", token=ALICE, kind="last")
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from models import load_pretrained\n"
+        "x = torch.rand(4, 1, 512, generator=torch.Generator().manual_seed(0))\n"
+        "for source, out in ((sys.argv[1], sys.argv[2]), ('alice/fresh', sys.argv[3])):\n"
+        "    model = load_pretrained(source)\n"
+        "    with torch.no_grad():\n"
+        "        np.save(out, model(x).numpy())\n"
+        "    print(type(model).__name__, model.VARIANT)\n"
+    )
+    outs = [tmp_path / "folder.npy", tmp_path / "hub.npy"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # HF_ENDPOINT, HF_HOME, HF_HUB_CACHE set by hub_env
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(folder), *map(str, outs)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["FragmentAutoencoder", "fragment-dae"] * 2
+    expected = _outputs(load_pretrained(_checkpoint(runs, run_id, "last")))
+    for out in outs:
+        torch.testing.assert_close(torch.from_numpy(np.load(out)), expected, rtol=0, atol=1e-6)
+
+
+def test_export_refuses_bad_input_and_changes_nothing(trained, tmp_path):
+    runs, run_id = trained
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds other files"):
+        hub.export_checkpoint(run_id, runs, busy)
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+    with pytest.raises(FileNotFoundError, match="no runs database"):
+        hub.export_checkpoint(run_id, tmp_path / "no-runs-here", tmp_path / "x")
+    assert not (tmp_path / "no-runs-here").exists() and not (tmp_path / "x").exists()
+    with pytest.raises(FileNotFoundError, match="no run with id"):
+        hub.export_checkpoint("20200101-000000-nope-0000", runs, tmp_path / "x")
+    with pytest.raises(ValueError, match="kind must be one of best, last"):
+        hub.export_checkpoint(run_id, runs, tmp_path / "x", kind="worst")
+    with pytest.raises(ValueError, match="no export folder"):
+        hub.export_checkpoint(run_id, runs, "  ")
+    a_file = tmp_path / "file.bin"
+    a_file.write_bytes(b"1")
+    with pytest.raises(ValueError, match="not a folder"):
+        hub.export_checkpoint(run_id, runs, a_file)
+    assert not (tmp_path / "x").exists()
+    # A run without checkpoints (queued, never started) says so.
+    with RunStore(runs) as store:
+        queued = store.create_run("fragment-dae", "fragments", {"variant": "fragment-dae"})
+    with pytest.raises(FileNotFoundError, match="has no 'best' checkpoint; it has none yet"):
+        hub.export_checkpoint(queued, runs, tmp_path / "x")
+    # Exporting again into an earlier export replaces it.
+    first = hub.export_checkpoint(run_id, runs, tmp_path / "again")
+    (first / "README.md").write_text("stale")
+    hub.export_checkpoint(run_id, runs, tmp_path / "again")
+    assert (first / "README.md").read_text().startswith("---")
+
+
+# ----------------------------------------------------------------------------------------------- push
+def test_push_end_to_end_and_download_back_identical(trained, hub_env, tmp_path):
+    runs, run_id = trained
+    url = hub.push_checkpoint(run_id, runs, "alice/frag-dae", token=ALICE, commit_message="first push")
+    assert url.startswith(f"{hub_env.url}/alice/frag-dae/commit/")
+    repo = hub_env.repos["alice/frag-dae"]
+    assert repo.owner == "alice" and not repo.private
+    assert repo.messages[repo.branches["main"]] == "first push"
+    files = hub_env.files("alice/frag-dae")
+    ckpt = _checkpoint(runs, run_id)
+    assert set(hub.EXPORT_FILES) <= set(files)
+    assert files["model.safetensors"] == (ckpt / "model.safetensors").read_bytes()
+    card = ModelCard(files["README.md"].decode())
+    assert 'load_pretrained("alice/frag-dae")' in card.text
+    assert card.data.model_name == "alice/frag-dae"
+
+    # Back through from_pretrained (the mixin) and through the studio's loader: identical outputs.
+    expected = _outputs(load_pretrained(ckpt))
+    model = FragmentAutoencoder.from_pretrained("alice/frag-dae", cache_dir=tmp_path / "c1")
+    torch.testing.assert_close(_outputs(model), expected, rtol=0, atol=0)
+    label, folder = hub.load_from_hub_or_folder("alice/frag-dae", cache_dir=tmp_path / "c2")
+    assert label == "hub alice/frag-dae · fragment-dae"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    torch.testing.assert_close(_outputs(load_pretrained(folder)), expected, rtol=0, atol=0)
+
+    # A second push of the same checkpoint adds a commit on top; the URL names the new commit.
+    url2 = hub.push_checkpoint(run_id, runs, f"{hub_env.url}/alice/frag-dae", token=ALICE, kind="last")
+    assert url2 != url and repo.branches["main"] in url2
+    assert (
+        hub_env.files("alice/frag-dae")["model.safetensors"]
+        == (_checkpoint(runs, run_id, "last") / "model.safetensors").read_bytes()
+    )
+
+
+def test_push_private_branch_and_default_namespace(trained, hub_env, tmp_path, monkeypatch):
+    runs, run_id = trained
+    url = hub.push_checkpoint(run_id, runs, "frag-private", token=ALICE, private=True, branch="exp/v1")
+    assert "/alice/frag-private/commit/" in url  # a bare name goes to the token's user
+    repo = hub_env.repos["alice/frag-private"]
+    assert repo.private and set(repo.branches) == {"main", "exp/v1"}
+    assert set(hub_env.files("alice/frag-private", "main")) == {".gitattributes"}
+    assert "model.safetensors" in hub_env.files("alice/frag-private", "exp/v1")
+
+    # Private: invisible without the token, loadable with it, from the branch.
+    with pytest.raises(FileNotFoundError, match="not found, or it is private"):
+        hub.load_from_hub_or_folder("alice/frag-private@exp/v1", cache_dir=tmp_path / "c")
+    label, folder = hub.load_from_hub_or_folder(
+        "alice/frag-private@exp/v1", cache_dir=tmp_path / "c", token=ALICE
+    )
+    assert label == "hub alice/frag-private@exp/v1 · fragment-dae"
+    assert load_pretrained(folder).VARIANT == "fragment-dae"
+
+    # An org the user belongs to; the token from HF_TOKEN when none is passed.
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    assert "/lab/frag/commit/" in hub.push_checkpoint(run_id, runs, "lab/frag")
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "token", "error", "pattern"),
+    [
+        ("alice/m", "hf_" + "x" * 34, PermissionError, r"rejected the token \(401 Unauthorized\)"),
+        ("alice/m", None, PermissionError, "no Hugging Face token.*HF_TOKEN"),
+        ("alice/m", ALICE_READ, PermissionError, "read-only"),
+        ("bob/their-model", ALICE, PermissionError, r"namespace 'bob'.*'alice' has no write access.*403"),
+        ("carol/new-model", ALICE, PermissionError, r"namespace 'carol'.*'alice' has no write access.*403"),
+    ],
+    ids=[
+        "401-bad-token",
+        "no-token",
+        "403-read-only-token",
+        "403-repo-of-another-owner",
+        "403-foreign-namespace",
+    ],
+)
+def test_push_hub_errors_have_their_message(trained, hub_env, repo_id, token, error, pattern):
+    runs, run_id = trained
+    before = {rid: dict(r.branches) for rid, r in hub_env.repos.items()}
+    with pytest.raises(error, match=pattern):
+        hub.push_checkpoint(run_id, runs, repo_id, token=token)
+    assert {rid: dict(r.branches) for rid, r in hub_env.repos.items()} == before  # nothing was committed
+
+
+def test_push_without_network_or_offline(trained, hub_env, monkeypatch):
+    runs, run_id = trained
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    with pytest.raises(
+        ConnectionError, match=r"cannot be reached \(ConnectError.*Check the network connection"
+    ):
+        hub.push_checkpoint(run_id, runs, "alice/m", token=ALICE)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://no-such-host.invalid")
+    with pytest.raises(ConnectionError, match="cannot be reached"):
+        hub.push_checkpoint(run_id, runs, "alice/m", token=ALICE)
+    monkeypatch.setattr(constants, "ENDPOINT", hub_env.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    seen = len(hub_env.requests)
+    with pytest.raises(ConnectionError, match="offline mode is on"):
+        hub.push_checkpoint(run_id, runs, "alice/m", token=ALICE)
+    assert len(hub_env.requests) == seen
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"repo_id": "not a repo!"}, "invalid Hub repo id"),
+        ({"repo_id": "a/b/c"}, "invalid Hub repo id"),
+        ({"repo_id": "  "}, "no Hub repo id"),
+        ({"repo_id": "alice/m", "branch": "bad branch"}, "invalid branch name"),
+        ({"repo_id": "alice/m", "branch": "../x"}, "invalid branch name"),
+        ({"repo_id": "alice/m", "kind": "worst"}, "kind must be one of"),
+    ],
+)
+def test_push_rejects_malformed_input_before_any_request(trained, hub_env, kwargs, pattern):
+    runs, run_id = trained
+    seen = len(hub_env.requests)
+    with pytest.raises(ValueError, match=pattern):
+        hub.push_checkpoint(run_id, runs, token=ALICE, **kwargs)
+    assert len(hub_env.requests) == seen
+
+
+@pytest.mark.parametrize(
+    ("text", "allow_revision", "expected"),
+    [
+        (" alice/m ", False, ("alice/m", None)),
+        ("https://huggingface.co/alice/m", False, ("alice/m", None)),
+        ("alice/m@exp/v1", True, ("alice/m", "exp/v1")),
+        ("https://huggingface.co/alice/m/tree/dev", True, ("alice/m", "dev")),
+        ("m", False, ("m", None)),
+    ],
+)
+def test_repo_id_forms(text, allow_revision, expected):
+    assert hub.parse_repo_id(text, allow_revision=allow_revision) == expected
+    with pytest.raises(ValueError, match="invalid Hub repo id"):
+        hub.parse_repo_id("alice/m@dev")  # a revision only where one makes sense (loading)
+
+
+# ----------------------------------------------------------------------------------------------- load
+def test_load_from_folder_and_its_errors(trained, hub_env, tmp_path, monkeypatch):
+    runs, run_id = trained
+    ckpt = _checkpoint(runs, run_id)
+    label, folder = hub.load_from_hub_or_folder(str(ckpt))
+    assert folder == ckpt and label == f"folder {ckpt.name} · fragment-dae"
+    assert hub.domain_tab(folder) == ("fragment-dae", "fragments", "Fragments")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hub.load_from_hub_or_folder(str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="not a checkpoint this studio can load.*config.json"):
+        hub.load_from_hub_or_folder(str(empty))
+    with pytest.raises(ValueError, match="nothing to load"):
+        hub.load_from_hub_or_folder("")
+    with pytest.raises(FileNotFoundError, match="'alice/does-not-exist' not found"):
+        hub.load_from_hub_or_folder("alice/does-not-exist", cache_dir=tmp_path / "c", token=ALICE)
+    with pytest.raises(ValueError, match="not a checkpoint this studio can load"):
+        hub.load_from_hub_or_folder("bob/not-a-checkpoint", cache_dir=tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="branch or revision not found"):
+        hub.load_from_hub_or_folder("bob/their-model@nope", cache_dir=tmp_path / "c")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    with pytest.raises(ConnectionError, match="cannot be reached"):
+        hub.load_from_hub_or_folder("bob/their-model", cache_dir=tmp_path / "c3")
+
+
+def test_load_offline_uses_the_cache_or_says_offline(trained, hub_env, tmp_path, monkeypatch):
+    runs, run_id = trained
+    hub.push_checkpoint(run_id, runs, "alice/cached", token=ALICE)
+    _, online = hub.load_from_hub_or_folder("alice/cached", cache_dir=tmp_path / "c")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _, offline = hub.load_from_hub_or_folder("alice/cached", cache_dir=tmp_path / "c")
+    assert offline == online
+    with pytest.raises(ConnectionError, match="offline mode is on.*not in the local cache"):
+        hub.load_from_hub_or_folder("alice/never-fetched", cache_dir=tmp_path / "c")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _args(run_id: str, runs: Path, **kw) -> list[str]:
+    argv = ["push", run_id, "--runs-dir", str(runs)]
+    for key, value in kw.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def test_cli_push_export_and_errors(trained, hub_env, tmp_path, monkeypatch, capsys):
+    runs, run_id = trained
+    assert cli.main(_args(run_id, runs, repo_id="alice/frag")) == 2
+    assert "error: cannot push to 'alice/frag': no Hugging Face token" in capsys.readouterr().err
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    assert (
+        cli.main(_args(run_id, runs, repo_id="alice/cli-frag", branch="dev", commit_message="from cli")) == 0
+    )
+    out = capsys.readouterr().out
+    assert f"pushed run {run_id} (best checkpoint): {hub_env.url}/alice/cli-frag/commit/" in out
+    repo = hub_env.repos["alice/cli-frag"]
+    assert repo.messages[repo.branches["dev"]] == "from cli"
+
+    assert cli.main(_args(run_id, runs, to_folder=tmp_path / "cli-export", kind="last")) == 0
+    assert "exported run" in capsys.readouterr().out
+    assert (tmp_path / "cli-export" / "model.safetensors").is_file()
+
+    for argv, message in [
+        (_args(run_id, runs), "--repo-id OWNER/NAME is required"),
+        (_args(run_id, runs, repo_id="alice/x", to_folder=tmp_path / "y"), "either --repo-id"),
+        (_args(run_id, runs, to_folder=tmp_path / "y", private=True), "--private applies to a Hub push"),
+        (_args(run_id, runs, repo_id="bob/their-model"), "no write access"),
+    ]:
+        assert cli.main(argv) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    args = argparse.Namespace(
+        run_id=run_id,
+        repo_id="alice/x",
+        to_folder=None,
+        private=False,
+        branch=None,
+        commit_message=None,
+        kind="best",
+        runs_dir=str(runs),
+    )
+    assert hub.cli_push(args) == 2
+    assert "error: cannot push to 'alice/x': the Hugging Face Hub at" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------- token hygiene
+def test_token_is_never_written_or_logged(trained, hub_env, tmp_path, monkeypatch, capfd, caplog):
+    """Push (ok and failing), export, load and the CLI with debug logging on; then search everything."""
+    runs, run_id = trained
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="huggingface_hub")
+    monkeypatch.setattr(constants, "HF_DEBUG", True)  # curl-like request lines in the debug log
+    hub.push_checkpoint(run_id, runs, "alice/hygiene", token=ALICE, branch="b1")
+    for repo_id, token in [("bob/their-model", ALICE), ("alice/m", ALICE_READ), ("alice/m", ALICE + "x")]:
+        with pytest.raises(PermissionError) as info:
+            hub.push_checkpoint(run_id, runs, repo_id, token=token)
+        assert not any(t in str(info.value) for t in TOKENS)
+    hub.load_from_hub_or_folder("alice/hygiene@b1", token=ALICE)
+    export = hub.export_checkpoint(run_id, runs, tmp_path / "hygiene-export")
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    assert cli.main(_args(run_id, runs, repo_id="alice/hygiene-cli")) == 0
+
+    captured = capfd.readouterr()
+    texts = {"stdout": captured.out, "stderr": captured.err, "log": caplog.text}
+    for where, text in texts.items():
+        assert not any(t in text for t in TOKENS), f"token found in {where}"
+    scanned = 0
+    # Everything this session wrote: every test's runs, exports, download caches and hf_xet logs.
+    assert export.is_relative_to(tmp_path) and Path(constants.HF_HUB_CACHE).is_relative_to(tmp_path)
+    for root in {runs.parent, tmp_path.parent}:
+        for path in root.rglob("*"):
+            if path.is_file() and path.stat().st_size < 50_000_000:
+                data = path.read_bytes()
+                assert not any(t.encode() in data for t in TOKENS), f"token found in {path}"
+                scanned += 1
+    for repo_id in ("alice/hygiene", "alice/hygiene-cli"):
+        for revision in hub_env.repos[repo_id].branches:
+            for name, data in hub_env.files(repo_id, revision).items():
+                assert not any(t.encode() in data for t in TOKENS), f"token pushed in {repo_id}/{name}"
+    assert scanned > 10  # the run database, checkpoints, the export and the download cache were searched
+    with RunStore(runs) as store:
+        assert not any(t in json.dumps(r.config) for r in store.list_runs() for t in TOKENS)
+
+
+# ---------------------------------------------------------------------------------------- model card
+def test_chart_ticks_log_axis_and_missing_values():
+    assert model_card._nice_ticks(0.0, 1.0) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert model_card._nice_ticks(3.0, 97.0) == pytest.approx([20.0, 40.0, 60.0, 80.0])
+    colour = np.array(model_card.SERIES_COLOURS[0])
+
+    def drawn(image: Image.Image) -> int:
+        return int((np.abs(np.asarray(image.convert("RGB")) - colour).sum(-1) < 30).sum())
+
+    steps = list(range(1, 101))
+    decaying = model_card.render_chart({"train/loss": [(s, 10.0 / s**2) for s in steps]}, "t", y_label="loss")
+    assert decaying.size == (900, 500) and drawn(decaying) > 300
+    # The automatic log axis puts 10/s^2 at s=10 (0.1, two decades below the start) mid-height; a linear
+    # axis squashes it to the bottom. Plot area: x 90..876 for steps 1..100, y 56..436.
+    column = round(90 + (10 - 1) / 99 * (876 - 90))
+
+    def row_of_step_10(image: Image.Image) -> float:
+        pixels = np.abs(np.asarray(image.convert("RGB")) - colour).sum(-1) < 30
+        rows = np.nonzero(pixels[:, column - 1 : column + 2].any(axis=1))[0]
+        assert rows.size
+        return float(rows.mean())
+
+    assert 56 + 0.3 * 380 < row_of_step_10(decaying) < 56 + 0.7 * 380
+    linear = model_card.render_chart({"train/loss": [(s, 10.0 / s**2) for s in steps]}, "t", log_y=False)
+    assert row_of_step_10(linear) > 56 + 0.9 * 380
+    only_nan = model_card.render_chart({"train/loss": [(1, math.nan), (2, math.inf)]}, "t")
+    assert drawn(only_nan) == 0
+    assert model_card.lower_is_better("broken_fraction") and model_card.lower_is_better("val_loss")
+    assert not model_card.lower_is_better("accuracy")
