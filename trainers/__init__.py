@@ -1,0 +1,1 @@
+"""Data, training loop, metrics, run store and the `python -m trainers` CLI."""

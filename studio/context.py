@@ -1,0 +1,81 @@
+"""What every studio tab shares: the runs folder, the run store, the job manager and a checkpoint catalog."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from models import VARIANTS, load_pretrained
+from trainers import checkpoints
+from trainers.store import RunStore
+
+# Loaded models kept in memory for the comparison views; a few per domain is plenty on a Space.
+MODEL_CACHE_SIZE = 8
+
+
+@dataclass
+class StudioContext:
+    runs_dir: Path
+    store: RunStore
+    jobs: Any = None  # studio.jobs.JobManager; Any keeps this module importable without starting threads
+    space: bool = False
+    # Checkpoints loaded from the Hub or a local folder: label -> folder, shown beside the runs' own.
+    external: dict[str, str] = field(default_factory=dict)
+    _models: OrderedDict = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def checkpoint_choices(self, domain: str) -> list[tuple[str, str]]:
+        """(label, folder) of every checkpoint of `domain`: runs' best (else last), then external ones."""
+        choices: list[tuple[str, str]] = []
+        for run in self.store.list_runs():
+            info = VARIANTS.get(run.variant)
+            if info is None or info.domain != domain:
+                continue
+            run_folder = self.runs_dir / run.id
+            for kind in ("best", "last"):
+                path = checkpoints.checkpoint_path(run_folder, kind)
+                if path is not None:
+                    choices.append((f"{run.id} · {run.variant} · {kind} · {run.status}", str(run_folder / "checkpoints" / kind)))
+                    break
+        for label, folder in self.external.items():
+            try:
+                variant = _variant_of(folder)
+            except (OSError, ValueError):
+                continue
+            if VARIANTS.get(variant) is not None and VARIANTS[variant].domain == domain:
+                choices.append((label, folder))
+        return choices
+
+    def load_model(self, folder: str | Path, domain: str | None = None) -> nn.Module:
+        """Load (and cache) the checkpoint in `folder`; a checkpoint of another domain is a clear error."""
+        folder = Path(folder)
+        key = (str(folder.resolve()), _mtime(folder))
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+        if model is None:
+            model = load_pretrained(folder, expected_domain=domain).eval()
+            with self._lock:
+                self._models[key] = model
+                while len(self._models) > MODEL_CACHE_SIZE:
+                    self._models.popitem(last=False)
+        elif domain is not None and model.DOMAIN != domain:
+            raise ValueError(f"checkpoint is a '{model.VARIANT}' ({model.DOMAIN}) model; this view needs a {domain} model")
+        return model
+
+
+def _mtime(folder: Path) -> float:
+    weights = folder / "model.safetensors"
+    return weights.stat().st_mtime if weights.exists() else 0.0
+
+
+def _variant_of(folder: str | Path) -> str:
+    import json
+
+    return json.loads((Path(folder) / "config.json").read_text())["variant"]

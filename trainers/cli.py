@@ -1,0 +1,266 @@
+"""`python -m trainers`: train, list runs, evaluate checkpoints (and push/export them to the Hub)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RUNS_DIR = os.environ.get("STUDIO_RUNS_DIR", "runs")
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """`--set key=value` model overrides; values are parsed as JSON when they can be (numbers, lists)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one variant")
+    p.add_argument("variant", help="variant name, e.g. sar-residual (see `python -m trainers variants`)")
+    p.add_argument("--preset", choices=["smoke", "full"], default="full")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--kl-weight", type=float)
+    p.add_argument(
+        "--data", help="data spec DOMAIN:KEY=VALUE,... e.g. sar:folder=/data/s1 (default: built-in)"
+    )
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID from its last checkpoint")
+    p.add_argument("--run-id", help="attach to a run created beforehand (the studio's job manager uses this)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="model architecture override"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("runs", help="list runs with status and best metrics")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("eval", help="evaluate a run's best checkpoint or a checkpoint folder on any data")
+    p.add_argument("source", metavar="RUN_ID|CHECKPOINT_DIR")
+    p.add_argument("--data", help="data spec; default: the domain's built-in data")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--kind", choices=["best", "last"], default="best")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("variants", help="list the model variants")
+
+    p = sub.add_parser("push", help="push a run's best checkpoint to a Hugging Face Hub model repo")
+    p.add_argument("run_id")
+    p.add_argument("--repo-id", help="e.g. user/sar-residual (required unless --to-folder)")
+    p.add_argument("--to-folder", help="export the same folder locally instead of pushing")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--branch")
+    p.add_argument("--commit-message")
+    p.add_argument("--kind", choices=["best", "last"], default="best")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.simplefilter("default")
+    try:
+        return _COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainers.config import make_config
+    from trainers.loop import resume_config, train
+    from trainers.store import RunStore
+
+    overrides = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "kl_weight": args.kl_weight,
+        "data": args.data,
+        "device": args.device if args.device != "auto" else None,
+        "seed": args.seed,
+        "max_steps": args.max_steps,
+        "num_workers": args.num_workers,
+    }
+    model_overrides = _parse_set(args.set)
+    with RunStore(args.runs_dir) as store:
+        if args.resume:
+            cfg = resume_config(store, args.resume, **overrides)
+            cfg.model.update(model_overrides)
+        else:
+            cfg = make_config(args.variant, args.preset, model=model_overrides, **overrides)
+        if args.data:
+            from trainers.dataspec import parse_data_spec
+
+            parse_data_spec(args.data)  # fail before creating a run
+        result = train(cfg, store, run_id=args.run_id, resume=args.resume, progress=not args.no_progress)
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.val_metrics.items()) if _finite(v))
+    print(
+        f"run {result.run_id}: {result.status} after {result.step} steps / {result.epoch} epochs."
+        f" {result.reason}"
+    )
+    if metrics:
+        print(f"final val: {metrics}")
+    return 0 if result.status in ("completed", "cancelled") else 1
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from trainers.store import RunStore
+
+    if not Path(args.runs_dir).exists():
+        raise FileNotFoundError(f"runs folder not found: {args.runs_dir}")
+    with RunStore(args.runs_dir) as store:
+        rows = []
+        for run in store.list_runs():
+            rows.append(
+                {
+                    "id": run.id,
+                    "variant": run.variant,
+                    "status": run.status,
+                    "reason": run.reason,
+                    "step": run.step,
+                    "epoch": run.epoch,
+                    "device": run.device,
+                    "best": store.best_metrics(run.id),
+                    "best_checkpoint": run.best_checkpoint,
+                }
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2, default=_json_default))
+        return 0
+    if not rows:
+        print(f"no runs in {args.runs_dir}")
+        return 0
+    for r in rows:
+        best = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["best"].items()) if _finite(v))
+        print(f"{r['id']}  {r['variant']:<20} {r['status']:<10} epoch {r['epoch'] or 0:<3} {best}")
+        if r["reason"]:
+            print(f"    {r['reason']}")
+    return 0
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return str(v)
+
+
+def resolve_checkpoint(source: str, runs_dir: str | Path, kind: str = "best") -> Path:
+    """A run id (its `best`, else `last`, checkpoint) or a checkpoint folder, as a folder path."""
+    from trainers import checkpoints
+
+    path = Path(source)
+    if path.is_dir():
+        return path
+    run_folder = Path(runs_dir) / source
+    if not run_folder.is_dir():
+        raise FileNotFoundError(f"'{source}' is neither a checkpoint folder nor a run id in {runs_dir}")
+    for k in (kind, "last"):
+        found = checkpoints.checkpoint_path(run_folder, k)
+        if found is not None:
+            return found
+    raise FileNotFoundError(f"run '{source}' has no checkpoint yet")
+
+
+def evaluate_checkpoint(folder: Path, data: str | None, device: str = "auto", batch_size: int = 8) -> dict:
+    """Metrics of the checkpoint in `folder` on the data spec (default: the domain's built-in data)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from models import load_pretrained
+    from trainers.dataspec import default_data_spec, parse_data_spec
+    from trainers.loop import resolve_device
+    from trainers.tasks import AudioTask, task_for
+
+    model = load_pretrained(folder)
+    config = json.loads((Path(folder) / "config.json").read_text())
+    task = task_for(model.VARIANT)
+    spec = parse_data_spec(data) if data else default_data_spec(task.domain)
+    if spec.domain != task.domain:
+        raise ValueError(
+            f"checkpoint is a {task.domain} model ({model.VARIANT}); data spec '{data}' is {spec.domain}"
+        )
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    dataset = task.dataset_for_eval(spec, dict(model.preprocessing), config)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with torch.no_grad():
+        if isinstance(task, AudioTask):
+            metrics = task.evaluate(model, loader, dev, dataset=dataset)
+        else:
+            metrics = task.evaluate(model, loader, dev)
+    return {
+        "variant": model.VARIANT,
+        "checkpoint": str(folder),
+        "data": str(spec),
+        "n": len(dataset),
+        **metrics,
+    }
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    folder = resolve_checkpoint(args.source, args.runs_dir, args.kind)
+    result = evaluate_checkpoint(folder, args.data, args.device, args.batch_size)
+    if args.json:
+        print(json.dumps(result, indent=2, default=_json_default))
+    else:
+        print(f"{result['variant']} from {result['checkpoint']} on {result['data']} ({result['n']} samples)")
+        for k, v in result.items():
+            if k not in ("variant", "checkpoint", "data", "n"):
+                print(f"  {k:<32} {v:.5g}" if isinstance(v, float) else f"  {k:<32} {v}")
+    return 0
+
+
+def _cmd_variants(args: argparse.Namespace) -> int:  # noqa: ARG001
+    from models import VARIANTS
+
+    for name, info in VARIANTS.items():
+        print(f"{name:<20} {info.domain:<10} {info.description}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from trainers import hub
+
+    return hub.cli_push(args)
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "runs": _cmd_runs,
+    "eval": _cmd_eval,
+    "variants": _cmd_variants,
+    "push": _cmd_push,
+}

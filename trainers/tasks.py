@@ -1,0 +1,386 @@
+"""One task object per domain: how to build its data, its loss, and its validation metrics.
+
+The training loop is domain-agnostic; everything that differs between SAR, audio and fragments lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from models import VARIANTS
+from models.audio import vae_loss
+from trainers.dataspec import DataSpec, default_data_spec
+from trainers.metrics import audio as audio_metrics
+from trainers.metrics import fragments as fragment_metrics
+from trainers.metrics import sar as sar_metrics
+
+# How many validation clips get decoded to audio for the spectral metrics: decoding (iSTFT, Griffin-Lim for
+# the 1-channel variant) is far slower than a forward pass, and a few clips give a stable figure.
+AUDIO_DECODED_CLIPS = 4
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    preprocessing: dict[str, Any]
+
+
+def _split(dataset: Dataset, val: float | int, seed: int) -> tuple[Subset, Subset]:
+    """Deterministic train/val split of a folder dataset (val: a fraction < 1 or a count)."""
+    n = len(dataset)
+    n_val = int(round(n * val)) if isinstance(val, float) and val < 1 else int(val)
+    n_val = min(max(n_val, 1), n - 1) if n > 1 else 0
+    if n < 2:
+        raise ValueError(f"need at least 2 samples to split into train and validation, found {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return Subset(dataset, order[n_val:].tolist()), Subset(dataset, order[:n_val].tolist())
+
+
+def _cap(dataset: Dataset, options: dict[str, Any]) -> Dataset:
+    """`n=` on a folder source: use at most that many samples (the first ones, deterministically)."""
+    n = options.get("n")
+    return Subset(dataset, list(range(min(int(n), len(dataset))))) if n else dataset
+
+
+def _val_count(options: dict[str, Any], n: int, default_fraction: float = 0.2) -> int:
+    val = options.get("val", default_fraction)
+    return max(1, int(round(n * val)) if isinstance(val, float) and val < 1 else int(val))
+
+
+class Task:
+    """Base class: subclasses define the data, the loss and the metrics of one domain."""
+
+    domain = ""
+    # Validation metric that selects the `best` checkpoint, and whether lower is better.
+    monitor = "loss"
+    monitor_mode = "min"
+
+    def __init__(self, variant: str, kl_weight: float = 0.01) -> None:
+        self.variant = variant
+        self.kl_weight = kl_weight
+
+    def build_data(self, spec: DataSpec | None, model_config: dict[str, Any], seed: int) -> DataBundle:
+        raise NotImplementedError
+
+    def batch_to(self, batch: Any, device: torch.device) -> Any:
+        if isinstance(batch, (list, tuple)):
+            return [b.to(device, non_blocking=True) for b in batch]
+        return batch.to(device, non_blocking=True)
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], device: torch.device) -> dict[str, float]:
+        raise NotImplementedError
+
+    def dataset_for_eval(self, spec: DataSpec, preprocessing: dict[str, Any], model_config: dict[str, Any]):
+        """The whole data set of `spec` preprocessed exactly as at training time (for `trainers eval`)."""
+        raise NotImplementedError
+
+
+def _mean_dict(acc: dict[str, float], counts: dict[str, int]) -> dict[str, float]:
+    return {k: acc[k] / counts[k] if counts[k] else math.nan for k in acc}
+
+
+class _Averager:
+    """Sample-weighted running means of per-batch metric dicts (NaN entries are left out)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, float], n: int) -> None:
+        for k, v in values.items():
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                self.sums.setdefault(k, 0.0)
+                self.counts.setdefault(k, 0)
+                continue
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * n
+            self.counts[k] = self.counts.get(k, 0) + n
+
+    def result(self) -> dict[str, float]:
+        return _mean_dict(self.sums, self.counts)
+
+
+# ----------------------------------------------------------------------------------------------------- SAR
+class SARTask(Task):
+    domain = "sar"
+
+    def _datasets(self, spec: DataSpec, image_size: int, normalizer=None):
+        from trainers.data import sar
+
+        opts = spec.options
+        size = int(opts.get("size", image_size))
+        if size % 16:
+            raise ValueError(f"SAR image size must be a multiple of 16, got {size}")
+        if spec.source == "synthetic":
+            n = int(opts.get("n", 256))
+            seed = int(opts.get("seed", 0))
+            looks = float(opts.get("looks", 4.0))
+            n_val = _val_count(opts, n)
+            train = sar.SyntheticSARDataset(n, image_size=size, looks=looks, seed=seed, normalizer=normalizer)
+            val = sar.SyntheticSARDataset(
+                n_val, image_size=size, looks=looks, seed=seed + 1_000_003, normalizer=train.normalizer
+            )
+            return train, val, train.preprocessing()
+        ds = sar.SARFolderDataset(
+            opts["folder"], image_size=size, input_kind=opts.get("kind", "auto"), normalizer=normalizer
+        )
+        train, val = _split(_cap(ds, opts), opts.get("val", 0.2), int(opts.get("seed", 0)))
+        return train, val, ds.preprocessing()
+
+    def build_data(self, spec, model_config, seed):
+        spec = spec or default_data_spec("sar")
+        image_size = int(model_config.get("image_size", 256))
+        train, val, prep = self._datasets(spec, image_size)
+        return DataBundle(train, val, prep)
+
+    def dataset_for_eval(self, spec, preprocessing, model_config):
+        from trainers.data import sar
+
+        normalizer = sar.SARNormalizer.from_dict(preprocessing) if preprocessing else None
+        image_size = int(model_config.get("image_size", 256))
+        opts = spec.options
+        size = int(opts.get("size", image_size))
+        if spec.source == "synthetic":
+            return sar.SyntheticSARDataset(
+                int(opts.get("n", 64)),
+                image_size=size,
+                looks=float(opts.get("looks", 4.0)),
+                seed=int(opts.get("seed", 0)) + 2_000_003,
+                normalizer=normalizer,
+            )
+        return sar.SARFolderDataset(
+            opts["folder"], image_size=size, input_kind=opts.get("kind", "auto"), normalizer=normalizer
+        )
+
+    def loss(self, model, batch):
+        x = batch
+        x_hat, _ = model(x)
+        return sar_metrics.sar_loss(x_hat.float(), x)
+
+    @torch.no_grad()
+    def evaluate(self, model, batches, device):
+        avg = _Averager()
+        for batch in batches:
+            x = self.batch_to(batch, device)
+            x_hat, z = model(x)
+            x_hat = x_hat.float()
+            values = sar_metrics.sar_metrics(x, x_hat, z)
+            values["loss"] = float(sar_metrics.sar_loss(x_hat, x))
+            avg.add(values, x.shape[0])
+        return avg.result()
+
+
+# --------------------------------------------------------------------------------------------------- audio
+class AudioTask(Task):
+    domain = "audio"
+
+    def __init__(self, variant: str, kl_weight: float = 0.01) -> None:
+        super().__init__(variant, kl_weight)
+        self._ceiling: dict[tuple[int, int], dict[str, float]] = {}
+
+    def feature_kind(self) -> str:
+        return "log-mel" if self.variant == "audio-vae-mel" else "mel-if"
+
+    def _features(self, preprocessing: dict[str, Any] | None = None):
+        from trainers.data import audio
+
+        if preprocessing:
+            config = audio.AudioFeatureConfig.from_dict(preprocessing.get("config", preprocessing))
+        else:
+            config = audio.AudioFeatureConfig()
+        return audio.make_features(self.feature_kind(), config)
+
+    def _dataset(self, spec: DataSpec, features, seed_offset: int = 0, n_default: int = 256):
+        from trainers.data import audio
+
+        opts = spec.options
+        if spec.source == "synthetic":
+            return audio.SyntheticAudioDataset(
+                int(opts.get("n", n_default)), features=features, seed=int(opts.get("seed", 0)) + seed_offset
+            )
+        return _cap(audio.AudioFolderDataset(opts["folder"], features=features), opts)
+
+    def build_data(self, spec, model_config, seed):
+        spec = spec or default_data_spec("audio")
+        features = self._features()
+        if spec.source == "synthetic":
+            from trainers.data import audio
+
+            opts = spec.options
+            n = int(opts.get("n", 256))
+            train = self._dataset(spec, features)
+            val = audio.SyntheticAudioDataset(
+                _val_count(opts, n), features=features, seed=int(opts.get("seed", 0)) + 1_000_003
+            )
+        else:
+            train, val = _split(self._dataset(spec, features), spec.options.get("val", 0.2), seed)
+        return DataBundle(train, val, features.preprocessing())
+
+    def dataset_for_eval(self, spec, preprocessing, model_config):
+        return self._dataset(spec, self._features(preprocessing), seed_offset=2_000_003, n_default=32)
+
+    def loss(self, model, batch):
+        recon, mu, logvar = model(batch)
+        total, _, _ = vae_loss(recon.float(), batch, mu.float(), logvar.float(), self.kl_weight)
+        return total
+
+    @torch.no_grad()
+    def evaluate(self, model, batches, device, dataset: Dataset | None = None):
+        avg = _Averager()
+        for batch in batches:
+            x = self.batch_to(batch, device)
+            recon, mu, logvar = model(x)
+            total, rec, kl = vae_loss(recon.float(), x, mu.float(), logvar.float(), self.kl_weight)
+            avg.add({"loss": float(total), "mse": float(rec), "kl": float(kl)}, x.shape[0])
+        result = avg.result()
+        if dataset is not None:
+            result.update(self.audio_metrics(model, dataset, device))
+        return result
+
+    @torch.no_grad()
+    def audio_metrics(self, model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
+        """Spectral convergence and log-spectral distance of decoded audio: model and feature round trip."""
+        waveform = _waveform_getter(dataset)
+        if waveform is None:
+            return {}
+        features = self._features(getattr(model, "preprocessing", None))
+        avg = _Averager()
+        n = min(AUDIO_DECODED_CLIPS, len(dataset))
+        for i in range(n):
+            ref = waveform(i)
+            x = dataset[i].unsqueeze(0).to(device)
+            est = features.decode(model.reconstruct(x).float()[0].cpu().numpy())
+            avg.add(
+                {
+                    "spectral_convergence": audio_metrics.spectral_convergence(ref, est),
+                    "lsd": audio_metrics.log_spectral_distance(ref, est),
+                },
+                1,
+            )
+        # The feature round trip does not depend on the model: decode it once per validation set.
+        key = (id(dataset), n)
+        if key not in self._ceiling:
+            ceiling = _Averager()
+            for i in range(n):
+                ref = waveform(i)
+                est = features.decode(dataset[i].numpy())
+                ceiling.add(
+                    {
+                        "roundtrip_spectral_convergence": audio_metrics.spectral_convergence(ref, est),
+                        "roundtrip_lsd": audio_metrics.log_spectral_distance(ref, est),
+                    },
+                    1,
+                )
+            self._ceiling[key] = ceiling.result()
+        return {**avg.result(), **self._ceiling[key]}
+
+
+def _unwrap(dataset: Dataset) -> Dataset:
+    return _unwrap(dataset.dataset) if isinstance(dataset, Subset) else dataset
+
+
+def _waveform_getter(dataset: Dataset):
+    """`waveform(i)` of a dataset, looking through a Subset to the dataset beneath it."""
+    if isinstance(dataset, Subset):
+        inner = _waveform_getter(dataset.dataset)
+        return None if inner is None else (lambda i: inner(dataset.indices[i]))
+    return getattr(dataset, "waveform", None)
+
+
+# ----------------------------------------------------------------------------------------------- fragments
+class FragmentTask(Task):
+    domain = "fragments"
+
+    def _noise(self, opts: dict[str, Any], seed: int):
+        from trainers.data.fragments import NoiseGenerator
+
+        kwargs: dict[str, Any] = {"seed": seed}
+        for key, arg in (
+            ("ber", "bit_error_rate"),
+            ("sub", "substitution_rate"),
+            ("erasure", "erasure_rate"),
+        ):
+            if key in opts:
+                kwargs[arg] = float(opts[key])
+        if "burst" in opts:
+            kwargs["burst_p_enter"] = float(opts["burst"])
+        return NoiseGenerator(**kwargs)
+
+    def _dataset(self, spec: DataSpec, split: str, seed: int, noise_dict: dict | None = None):
+        from trainers.data.fragments import FragmentDataset, NoiseGenerator, default_corpus_paths
+
+        opts = spec.options
+        noise = NoiseGenerator.from_dict(noise_dict) if noise_dict else self._noise(opts, seed)
+        if spec.source == "folder":
+            folder = Path(opts["folder"])
+            if not folder.is_dir():
+                raise FileNotFoundError(f"fragment folder not found: {folder}")
+            paths = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            paths = default_corpus_paths()
+        if "max_files" in opts:
+            paths = paths[: int(opts["max_files"])]
+        # The split is by file, so a `val` count means a count of files.
+        val = opts.get("val", 0.2)
+        val_fraction = float(val) if isinstance(val, float) else min(int(val) / max(len(paths), 1), 0.5)
+        dataset = FragmentDataset(paths=paths, noise=noise, split=split, val_fraction=val_fraction, seed=seed)
+        return _cap(dataset, opts)
+
+    def build_data(self, spec, model_config, seed):
+        spec = spec or default_data_spec("fragments")
+        seed = int(spec.options.get("seed", seed))
+        train = self._dataset(spec, "train", seed)
+        val = self._dataset(spec, "val", seed + 1_000_003)
+        return DataBundle(train, val, _unwrap(train).preprocessing())
+
+    def dataset_for_eval(self, spec, preprocessing, model_config):
+        noise = preprocessing.get("noise") if preprocessing else None
+        explicit_noise = any(k in spec.options for k in ("ber", "sub", "erasure", "burst"))
+        seed = int(spec.options.get("seed", 0)) + 2_000_003
+        return self._dataset(spec, "all", seed, None if explicit_noise else noise)
+
+    def loss(self, model, batch):
+        corrupted, clean, _ = batch
+        out = model(corrupted)
+        if out.shape[1] == 256:  # per-byte classifier head: cross-entropy against the clean byte values
+            target = torch.round(clean[:, 0] * 255).long()
+            return F.cross_entropy(out.float(), target)
+        return F.mse_loss(out.float(), clean)
+
+    @torch.no_grad()
+    def evaluate(self, model, batches, device):
+        avg = _Averager()
+        for batch in batches:
+            corrupted, clean, changed = self.batch_to(batch, device)
+            loss = float(self.loss(model, (corrupted, clean, changed)))
+            repaired = model.predict_bytes(corrupted).cpu().numpy().astype(np.uint8)
+            clean_b = np.rint(clean[:, 0].cpu().numpy() * 255).astype(np.uint8)
+            corrupt_b = np.rint(corrupted[:, 0].cpu().numpy() * 255).astype(np.uint8)
+            values = fragment_metrics.fragment_metrics(clean_b, corrupt_b, repaired, changed.cpu().numpy())
+            values["loss"] = loss
+            avg.add(values, corrupted.shape[0])
+        return avg.result()
+
+
+_TASKS = {"sar": SARTask, "audio": AudioTask, "fragments": FragmentTask}
+
+
+def task_for(variant: str, kl_weight: float = 0.01) -> Task:
+    """The task object of a variant's domain."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant '{variant}'; choose one of: {', '.join(VARIANTS)}")
+    return _TASKS[VARIANTS[variant].domain](variant, kl_weight=kl_weight)
