@@ -40,7 +40,12 @@ class StudioContext:
             for kind in ("best", "last"):
                 path = checkpoints.checkpoint_path(run_folder, kind)
                 if path is not None:
-                    choices.append((f"{run.id} · {run.variant} · {kind} · {run.status}", str(run_folder / "checkpoints" / kind)))
+                    choices.append(
+                        (
+                            f"{run.id} · {run.variant} · {kind} · {run.status}",
+                            str(run_folder / "checkpoints" / kind),
+                        )
+                    )
                     break
         for label, folder in self.external.items():
             try:
@@ -65,8 +70,10 @@ class StudioContext:
                 self._models[key] = model
                 while len(self._models) > MODEL_CACHE_SIZE:
                     self._models.popitem(last=False)
-        elif domain is not None and model.DOMAIN != domain:
-            raise ValueError(f"checkpoint is a '{model.VARIANT}' ({model.DOMAIN}) model; this view needs a {domain} model")
+        elif domain is not None and domain != model.DOMAIN:
+            raise ValueError(
+                f"checkpoint is a '{model.VARIANT}' ({model.DOMAIN}) model; this view needs a {domain} model"
+            )
         return model
 
 

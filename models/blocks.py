@@ -1,0 +1,174 @@
+"""Residual and attention building blocks shared by the SAR autoencoders."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CBAM",
+    "ChannelAttention",
+    "PreActResidualBlock",
+    "ResidualBlock",
+    "ResidualBlockWithCBAM",
+    "ResidualBlockWithDownsample",
+    "ResidualBlockWithUpsample",
+    "SpatialAttention",
+]
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    # No bias: every 3x3 conv here is followed (directly or after the residual add) by a BatchNorm.
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class PreActResidualBlock(nn.Module):
+    """Pre-activation residual block (He et al. 2016, "Identity Mappings in Deep Residual Networks").
+
+    BN -> ReLU -> Conv3x3(stride) -> BN -> ReLU -> Conv3x3, plus a shortcut that is the identity, or a 1x1
+    conv with the stride when the shape changes. Nothing follows the addition, so the identity path stays
+    clean from block to block (the output can be negative).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = _conv3x3(in_channels, out_channels, stride)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = _conv3x3(out_channels, out_channels)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut: nn.Module = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + self.shortcut(x)
+
+
+class ResidualBlock(nn.Module):
+    """Post-activation residual block (He et al. 2015): Conv-BN-ReLU-Conv-BN, add shortcut, then ReLU.
+
+    The shortcut is the identity, or 1x1 conv + BN with the stride when the shape changes.
+    ``activate_output=False`` drops the final ReLU (used where the output is a latent code).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, activate_output: bool = True
+    ) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = _conv3x3(out_channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.activate_output = activate_output
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        return F.relu(out) if self.activate_output else out
+
+
+class ResidualBlockWithDownsample(ResidualBlock):
+    """Post-activation residual block that halves the resolution (stride-2 conv and projection shortcut)."""
+
+    def __init__(self, in_channels: int, out_channels: int, activate_output: bool = True) -> None:
+        super().__init__(in_channels, out_channels, stride=2, activate_output=activate_output)
+
+
+class ResidualBlockWithUpsample(ResidualBlock):
+    """Bilinear x2 upsampling, then a post-activation residual block (avoids checkerboards)."""
+
+    def __init__(self, in_channels: int, out_channels: int, activate_output: bool = True) -> None:
+        super().__init__(in_channels, out_channels, stride=1, activate_output=activate_output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+
+
+class ChannelAttention(nn.Module):
+    """CBAM channel attention: sigmoid(MLP(avgpool(x)) + MLP(maxpool(x))), one MLP shared by both pools.
+
+    Returns the attention weights, shape (B, C, 1, 1); the hidden width is max(C // reduction, 1) so that
+    narrow layers (e.g. a 16-channel latent) still get a valid MLP.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        if channels <= 0 or reduction <= 0:
+            raise ValueError(f"channels and reduction must be positive, got {channels} and {reduction}")
+        hidden = max(channels // reduction, 1)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Start the squeeze layer as random non-negative averaging weights, U(0, 2/C).
+
+        Max-pooled features are almost always positive, so a non-negative squeeze layer starts every hidden
+        ReLU unit active; with a single hidden unit (a 16-channel latent) a unit that starts dead would turn
+        the attention into a constant 0.5 that gets no gradient to recover. Averaging-scale weights keep the
+        hidden values O(1), so the sigmoid does not start saturated; the expand layer is variance-preserving.
+        """
+        squeeze, expand = self.mlp[0], self.mlp[2]
+        nn.init.uniform_(squeeze.weight, 0.0, 2.0 / squeeze.in_channels)
+        nn.init.kaiming_normal_(expand.weight, mode="fan_in", nonlinearity="linear")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(F.adaptive_avg_pool2d(x, 1))
+        mx = self.mlp(F.adaptive_max_pool2d(x, 1))
+        return torch.sigmoid(avg + mx)
+
+
+class SpatialAttention(nn.Module):
+    """CBAM spatial attention: sigmoid(Conv_k([channel mean; channel max])), shape (B, 1, H, W)."""
+
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        if kernel_size <= 0 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al. 2018): channel attention, then spatial attention.
+
+    out = x' * spatial(x') with x' = x * channel(x).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.channel_attention = ChannelAttention(channels, reduction)
+        self.spatial_attention = SpatialAttention(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.channel_attention(x)
+        return x * self.spatial_attention(x)
+
+
+class ResidualBlockWithCBAM(nn.Module):
+    """A :class:`PreActResidualBlock`, then a :class:`CBAM` (attention after the block, not inside it)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, reduction: int = 16, kernel_size: int = 7
+    ) -> None:
+        super().__init__()
+        self.block = PreActResidualBlock(in_channels, out_channels, stride)
+        self.cbam = CBAM(out_channels, reduction, kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cbam(self.block(x))

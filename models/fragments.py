@@ -1,0 +1,204 @@
+"""1D-convolutional denoising autoencoders for 512-byte file fragments.
+
+Fragments enter as (B, 1, fragment_size) floats = byte / 255. ``FragmentAutoencoder`` ("fragment-dae")
+regresses the clean fragment through a Sigmoid (trained with MSE); ``ByteFragmentAutoencoder``
+("fragment-dae-bytes") shares the encoder but classifies every position into one of 256 byte values
+(trained with cross-entropy), which avoids MSE's bias towards averaging nearby byte values.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .base import (
+    LIBRARY_NAME,
+    LICENSE,
+    AutoencoderHubMixin,
+    check_int_tuple,
+    check_positive_int,
+    check_tensor,
+    init_weights,
+)
+
+__all__ = ["ByteFragmentAutoencoder", "FragmentAutoencoder", "FragmentEncoder"]
+
+N_BYTE_VALUES = 256
+
+
+class FragmentEncoder(nn.Module):
+    """Conv1d(stride 2) + BN + ReLU per entry of ``channels``: (B, 1, L) -> (B, channels[-1], L / 2**n)."""
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), kernel_size: int = 7) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 1
+        for c_out in channels:
+            layers += [
+                nn.Conv1d(c_in, c_out, kernel_size, stride=2, padding=kernel_size // 2, bias=False),
+                nn.BatchNorm1d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c_out
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def _up(c_in: int, c_out: int, kernel_size: int) -> nn.ConvTranspose1d:
+    # padding k//2 with output_padding 1 doubles the length exactly for odd kernels.
+    return nn.ConvTranspose1d(c_in, c_out, kernel_size, stride=2, padding=kernel_size // 2, output_padding=1)
+
+
+class _FragmentModel(
+    nn.Module,
+    AutoencoderHubMixin,
+    library_name=LIBRARY_NAME,
+    tags=["file-fragments", "denoising-autoencoder", "data-recovery"],
+    license=LICENSE,
+):
+    """Shared validation and encoder for the fragment models."""
+
+    DOMAIN = "fragments"
+
+    def _init_fragment(self, fragment_size: int, channels: Sequence[int], kernel_size: int) -> None:
+        self.fragment_size = check_positive_int("fragment_size", fragment_size)
+        self.channels = check_int_tuple("channels", channels)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        if kernel_size % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd so the decoder restores the length exactly, got {kernel_size}"
+            )
+        factor = 2 ** len(self.channels)
+        if fragment_size % factor:
+            raise ValueError(
+                f"fragment_size must be a multiple of {factor} (one halving per encoder layer), "
+                f"got {fragment_size}"
+            )
+        self.encoder = FragmentEncoder(self.channels, self.kernel_size)
+
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        return check_tensor(x, ("B", 1, self.fragment_size))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, L) -> latent (B, channels[-1], L / 2**len(channels))."""
+        return self.encoder(self._check_input(x))
+
+    def _decoder_trunk(self, head_channels: int) -> list[nn.Module]:
+        """Transposed convs mirroring the encoder; the last one maps to ``head_channels`` (no activation)."""
+        widths = [*reversed(self.channels), head_channels]
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            layers.append(_up(c_in, c_out, self.kernel_size))
+            if i < len(widths) - 2:
+                layers += [nn.BatchNorm1d(c_out), nn.ReLU(inplace=True)]
+        return layers
+
+
+class FragmentAutoencoder(_FragmentModel, tags=["fragment-dae"]):
+    """Three Conv1d (stride 2) down, three ConvTranspose1d up, Sigmoid: (B, 1, 512) -> (B, 1, 512)."""
+
+    VARIANT = "fragment-dae"
+
+    def __init__(
+        self,
+        fragment_size: int = 512,
+        channels: Sequence[int] = (32, 64, 128),
+        kernel_size: int = 7,
+        variant: str = "fragment-dae",
+        preprocessing: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_common(variant, preprocessing)
+        self._init_fragment(fragment_size, channels, kernel_size)
+        self.decoder = nn.Sequential(*self._decoder_trunk(1), nn.Sigmoid())
+        init_weights(self)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        check_tensor(
+            z, ("B", self.channels[-1], self.fragment_size // 2 ** len(self.channels)), what="latent"
+        )
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, L) floats in [0, 1] -> repaired (B, 1, L) in [0, 1]."""
+        return self.decoder(self.encode(x))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+    def predict_bytes(self, x: torch.Tensor) -> torch.Tensor:
+        """Repaired bytes as a LongTensor (B, L) in 0..255: round(x_hat * 255)."""
+        return torch.round(self.forward(x).squeeze(1) * 255).clamp(0, 255).long()
+
+
+class ByteFragmentAutoencoder(_FragmentModel, tags=["fragment-dae-bytes"]):
+    """Same encoder as :class:`FragmentAutoencoder`; the decoder ends in a 256-way per-byte classifier.
+
+    ``forward`` returns logits (B, 256, L) for ``F.cross_entropy(logits, target_bytes)``.
+    The classifier also sees a learned embedding of each input byte (a skip connection around the
+    bottleneck): most bytes of a corrupted fragment are right, and without the skip the network must first
+    relearn the identity through a 64-position bottleneck before it can repair anything. With it, the
+    encoder-decoder supplies the context that says which bytes to change. ``byte_embedding=0`` turns it off.
+    """
+
+    VARIANT = "fragment-dae-bytes"
+
+    def __init__(
+        self,
+        fragment_size: int = 512,
+        channels: Sequence[int] = (32, 64, 128),
+        kernel_size: int = 7,
+        head_channels: int = 64,
+        byte_embedding: int = 32,
+        variant: str = "fragment-dae-bytes",
+        preprocessing: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_common(variant, preprocessing)
+        self._init_fragment(fragment_size, channels, kernel_size)
+        self.head_channels = check_positive_int("head_channels", head_channels)
+        if int(byte_embedding) < 0:
+            raise ValueError(f"byte_embedding must be >= 0, got {byte_embedding}")
+        self.byte_embedding = int(byte_embedding)
+        self.decoder = nn.Sequential(
+            *self._decoder_trunk(head_channels),
+            nn.BatchNorm1d(head_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.embed = nn.Embedding(N_BYTE_VALUES, self.byte_embedding) if self.byte_embedding else None
+        self.head = nn.Conv1d(head_channels + self.byte_embedding, N_BYTE_VALUES, kernel_size=1)
+        init_weights(self)
+
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent (and the input fragment, for the byte skip connection) -> logits (B, 256, L)."""
+        check_tensor(
+            z, ("B", self.channels[-1], self.fragment_size // 2 ** len(self.channels)), what="latent"
+        )
+        features = self.decoder(z)
+        if self.embed is not None:
+            if x is None:
+                skip = features.new_zeros(features.shape[0], self.byte_embedding, features.shape[-1])
+            else:
+                byte_ids = torch.round(x[:, 0].float().clamp(0, 1) * 255).long()
+                skip = self.embed(byte_ids).transpose(1, 2).to(features.dtype)
+            features = torch.cat([features, skip], dim=1)
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, L) floats in [0, 1] -> per-byte logits (B, 256, L)."""
+        return self.decode(self.encode(x), x)
+
+    def count_parameters(self) -> dict[str, int]:
+        counts = super().count_parameters()
+        counts["decoder"] = counts["total"] - counts["encoder"]  # the byte embedding and head belong to it
+        return counts
+
+    def predict_bytes(self, x: torch.Tensor) -> torch.Tensor:
+        """Most likely byte per position, LongTensor (B, L) in 0..255."""
+        return self.forward(x).argmax(dim=1)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Most likely bytes / 255 as (B, 1, L), i.e. in the input's space."""
+        return (self.predict_bytes(x).to(x.dtype) / 255.0).unsqueeze(1)

@@ -1,0 +1,432 @@
+"""SAR image autoencoders: plain-conv baseline, post-activation ResNet, Variant B (pre-activation residual)
+and Variant C (B + CBAM attention).
+
+All four map (B, C, H, W) in [0, 1] with H, W multiples of 16 to a latent (B, latent_channels, H/16, W/16)
+and back through a Sigmoid. They are fully convolutional; ``image_size`` is the training size, used only
+for :meth:`get_latent_size` and :meth:`get_compression_ratio`. Every width derives from ``base_channels``
+so that small smoke-test models (e.g. ``base_channels=8, image_size=64``) keep the same topology.
+"""
+
+import torch
+from torch import nn
+
+from .base import (
+    LIBRARY_NAME,
+    LICENSE,
+    AutoencoderHubMixin,
+    check_positive_int,
+    check_tensor,
+    init_weights,
+)
+from .blocks import (
+    ChannelAttention,
+    PreActResidualBlock,
+    ResidualBlock,
+    ResidualBlockWithCBAM,
+    ResidualBlockWithDownsample,
+    ResidualBlockWithUpsample,
+)
+
+__all__ = [
+    "AttentionAutoencoder",
+    "AttentionDecoder",
+    "AttentionEncoder",
+    "BaselineAutoencoder",
+    "BaselineDecoder",
+    "BaselineEncoder",
+    "PreActResidualDecoder",
+    "PreActResidualEncoder",
+    "ResNetAutoencoder",
+    "ResNetDecoder",
+    "ResNetEncoder",
+    "ResidualAutoencoder",
+]
+
+DOWNSAMPLING = 16  # every SAR variant halves the resolution four times
+
+
+def _upsample() -> nn.Upsample:
+    return nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------- baseline
+
+
+class BaselineEncoder(nn.Module):
+    """Four stride-2 KxK convs: in -> b -> 2b -> 4b (each + BN + ReLU) -> latent (linear)."""
+
+    def __init__(
+        self, in_channels: int = 1, base_channels: int = 64, latent_channels: int = 16, kernel_size: int = 5
+    ) -> None:
+        super().__init__()
+        widths = [in_channels, base_channels, base_channels * 2, base_channels * 4]
+        pad = kernel_size // 2
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [
+                nn.Conv2d(c_in, c_out, kernel_size, 2, pad, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(True),
+            ]
+        layers.append(nn.Conv2d(widths[-1], latent_channels, kernel_size, 2, pad))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class BaselineDecoder(nn.Module):
+    """Mirror of :class:`BaselineEncoder`: four (bilinear x2 upsample + KxK conv) stages, then Sigmoid."""
+
+    def __init__(
+        self, out_channels: int = 1, base_channels: int = 64, latent_channels: int = 16, kernel_size: int = 5
+    ) -> None:
+        super().__init__()
+        widths = [latent_channels, base_channels * 4, base_channels * 2, base_channels]
+        pad = kernel_size // 2
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [
+                _upsample(),
+                nn.Conv2d(c_in, c_out, kernel_size, 1, pad, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(True),
+            ]
+        layers += [_upsample(), nn.Conv2d(widths[-1], out_channels, kernel_size, 1, pad), nn.Sigmoid()]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layers(z)
+
+
+# --------------------------------------------------------------------------------------------- ResNet
+
+
+class ResNetEncoder(nn.Module):
+    """Stem Conv7x7 + 4 stages of [ResidualBlock, ResidualBlockWithDownsample] (post-activation).
+
+    Stage widths b, 2b, 4b, latent. The very last block skips its output ReLU so the latent code is not
+    clipped at zero (a ReLU on a 16-channel bottleneck risks dead channels).
+    """
+
+    def __init__(self, in_channels: int = 1, base_channels: int = 64, latent_channels: int = 16) -> None:
+        super().__init__()
+        b = base_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, b, 7, 1, 3, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)
+        )
+        widths = [b, b, 2 * b, 4 * b, latent_channels]
+        stages = []
+        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            last = i == len(widths) - 2
+            stages.append(
+                nn.Sequential(
+                    ResidualBlock(c_in, c_in),
+                    ResidualBlockWithDownsample(c_in, c_out, activate_output=not last),
+                )
+            )
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+class ResNetDecoder(nn.Module):
+    """Mirror of :class:`ResNetEncoder`: 4 x [ResidualBlockWithUpsample, ResidualBlock], Conv7x7 + Sigmoid."""
+
+    def __init__(self, out_channels: int = 1, base_channels: int = 64, latent_channels: int = 16) -> None:
+        super().__init__()
+        b = base_channels
+        widths = [latent_channels, 4 * b, 2 * b, b, b]
+        self.stages = nn.ModuleList(
+            nn.Sequential(ResidualBlockWithUpsample(c_in, c_out), ResidualBlock(c_out, c_out))
+            for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.head = nn.Sequential(nn.Conv2d(b, out_channels, 7, 1, 3), nn.Sigmoid())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            z = stage(z)
+        return self.head(z)
+
+
+# ------------------------------------------------------------------------------------ Variants B and C
+
+
+def _preact_block(c_in: int, c_out: int, stride: int, reduction: int | None, kernel_size: int) -> nn.Module:
+    if reduction is None:
+        return PreActResidualBlock(c_in, c_out, stride)
+    return ResidualBlockWithCBAM(c_in, c_out, stride, reduction, kernel_size)
+
+
+class PreActResidualEncoder(nn.Module):
+    """Variant B encoder: stem Conv7x7 + BN + ReLU, 4 stages of 2 pre-activation blocks, the first strided.
+
+    Widths b -> 2b -> 4b -> 8b -> latent (64 -> 128 -> 256 -> 512 -> 16 at the defaults). With ``reduction``
+    set, every block is followed by a CBAM (Variant C).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        latent_channels: int = 16,
+        reduction: int | None = None,
+        kernel_size: int = 7,
+    ) -> None:
+        super().__init__()
+        b = base_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, b, 7, 1, 3, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)
+        )
+        widths = [b, 2 * b, 4 * b, 8 * b, latent_channels]
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                _preact_block(c_in, c_out, 2, reduction, kernel_size),
+                _preact_block(c_out, c_out, 1, reduction, kernel_size),
+            )
+            for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+class PreActResidualDecoder(nn.Module):
+    """Variant B decoder, mirroring the encoder: per stage bilinear x2 upsample + 1x1 conv, then 2 blocks.
+
+    Widths latent -> 8b -> 4b -> 2b -> b; the 1x1 conv makes the channel change so both blocks of a stage keep
+    identity shortcuts. Head BN -> ReLU -> Conv7x7(b -> out) + Sigmoid: pre-activation blocks leave their sum
+    un-normalised, so (as in He et al. 2016) a final BN-ReLU precedes the output layer; without it the
+    residual sums grow with depth and the Sigmoid starts saturated, with no gradient to learn from.
+    """
+
+    def __init__(
+        self,
+        out_channels: int = 1,
+        base_channels: int = 64,
+        latent_channels: int = 16,
+        reduction: int | None = None,
+        kernel_size: int = 7,
+    ) -> None:
+        super().__init__()
+        b = base_channels
+        widths = [latent_channels, 8 * b, 4 * b, 2 * b, b]
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                _upsample(),
+                nn.Conv2d(c_in, c_out, 1),
+                _preact_block(c_out, c_out, 1, reduction, kernel_size),
+                _preact_block(c_out, c_out, 1, reduction, kernel_size),
+            )
+            for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(b), nn.ReLU(inplace=True), nn.Conv2d(b, out_channels, 7, 1, 3), nn.Sigmoid()
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            z = stage(z)
+        return self.head(z)
+
+
+class AttentionEncoder(PreActResidualEncoder):
+    """Variant C encoder: :class:`PreActResidualEncoder` with a CBAM after every residual block (8 CBAMs)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        latent_channels: int = 16,
+        reduction: int = 16,
+        kernel_size: int = 7,
+    ) -> None:
+        super().__init__(in_channels, base_channels, latent_channels, reduction, kernel_size)
+
+
+class AttentionDecoder(PreActResidualDecoder):
+    """Variant C decoder: :class:`PreActResidualDecoder` with a CBAM after every residual block (8 CBAMs)."""
+
+    def __init__(
+        self,
+        out_channels: int = 1,
+        base_channels: int = 64,
+        latent_channels: int = 16,
+        reduction: int = 16,
+        kernel_size: int = 7,
+    ) -> None:
+        super().__init__(out_channels, base_channels, latent_channels, reduction, kernel_size)
+
+
+# --------------------------------------------------------------------------------------------- wrappers
+
+
+class SarAutoencoder(
+    nn.Module,
+    AutoencoderHubMixin,
+    library_name=LIBRARY_NAME,
+    tags=["sar", "image", "autoencoder", "despeckling"],
+    license=LICENSE,
+):
+    """Shared API of the SAR autoencoders; subclasses build ``self.encoder`` and ``self.decoder``."""
+
+    DOMAIN = "sar"
+
+    def _init_sar(self, in_channels: int, base_channels: int, latent_channels: int, image_size: int) -> None:
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.base_channels = check_positive_int("base_channels", base_channels)
+        self.latent_channels = check_positive_int("latent_channels", latent_channels)
+        self.image_size = check_positive_int("image_size", image_size)
+        if image_size % DOWNSAMPLING:
+            raise ValueError(f"image_size must be a multiple of {DOWNSAMPLING}, got {image_size}")
+
+    def _finish_init(self) -> None:
+        init_weights(self)
+        for m in self.modules():
+            if isinstance(m, ChannelAttention):  # keeps its own (non-negative squeeze) init
+                m.reset_parameters()
+        # The output conv feeds a Sigmoid, not a ReLU: a variance-preserving (fan-in, linear) init keeps the
+        # Sigmoid out of saturation at the start, where Kaiming's ReLU gain would push it to 0/1.
+        head = [m for m in self.decoder.modules() if isinstance(m, nn.Conv2d)][-1]
+        nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="linear")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) with H, W multiples of 16 -> latent (B, latent_channels, H/16, W/16)."""
+        check_tensor(x, ("B", self.in_channels, "H", "W"), note=" with H and W multiples of 16")
+        h, w = x.shape[-2:]
+        if h % DOWNSAMPLING or w % DOWNSAMPLING or h == 0 or w == 0:
+            raise ValueError(
+                f"expected input of shape (B, {self.in_channels}, H, W) with H and W positive multiples of "
+                f"{DOWNSAMPLING}, got {tuple(x.shape)}"
+            )
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent (B, latent_channels, h, w) -> reconstruction (B, C, 16h, 16w) in [0, 1]."""
+        check_tensor(z, ("B", self.latent_channels, "h", "w"), what="latent")
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(x_hat, z)``."""
+        z = self.encode(x)
+        return self.decode(z), z
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction in the input's space (the caller picks eval mode / no_grad)."""
+        return self.forward(x)[0]
+
+    def get_latent_size(self) -> tuple[int, int, int]:
+        """(C, h, w) of the latent for an ``image_size`` x ``image_size`` input."""
+        side = self.image_size // DOWNSAMPLING
+        return (self.latent_channels, side, side)
+
+    def get_compression_ratio(self) -> float:
+        """Input values per latent value: image_size^2 * in_channels / (h * w * C); 16.0 at the defaults."""
+        c, h, w = self.get_latent_size()
+        return float(self.image_size**2 * self.in_channels) / float(c * h * w)
+
+
+class BaselineAutoencoder(SarAutoencoder, tags=["sar-baseline"]):
+    """Plain convolutional autoencoder (~2.3M parameters at the defaults): the reference to beat."""
+
+    VARIANT = "sar-baseline"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        latent_channels: int = 16,
+        image_size: int = 256,
+        kernel_size: int = 5,
+        variant: str = "sar-baseline",
+        preprocessing: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_common(variant, preprocessing)
+        self._init_sar(in_channels, base_channels, latent_channels, image_size)
+        k = check_positive_int("kernel_size", kernel_size)
+        if k % 2 == 0:
+            raise ValueError(f"kernel_size must be odd so stride-2 convs halve the size exactly, got {k}")
+        self.kernel_size = k
+        self.encoder = BaselineEncoder(in_channels, base_channels, latent_channels, k)
+        self.decoder = BaselineDecoder(in_channels, base_channels, latent_channels, k)
+        self._finish_init()
+
+
+class ResNetAutoencoder(SarAutoencoder, tags=["sar-resnet"]):
+    """Post-activation residual autoencoder (~5.6M parameters at the defaults)."""
+
+    VARIANT = "sar-resnet"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        latent_channels: int = 16,
+        image_size: int = 256,
+        variant: str = "sar-resnet",
+        preprocessing: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_common(variant, preprocessing)
+        self._init_sar(in_channels, base_channels, latent_channels, image_size)
+        self.encoder = ResNetEncoder(in_channels, base_channels, latent_channels)
+        self.decoder = ResNetDecoder(in_channels, base_channels, latent_channels)
+        self._finish_init()
+
+
+class ResidualAutoencoder(SarAutoencoder, tags=["sar-residual"]):
+    """Variant B: pre-activation residual autoencoder, 8 blocks in the encoder and 8 in the decoder."""
+
+    VARIANT = "sar-residual"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        latent_channels: int = 16,
+        image_size: int = 256,
+        variant: str = "sar-residual",
+        preprocessing: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_common(variant, preprocessing)
+        self._init_sar(in_channels, base_channels, latent_channels, image_size)
+        self.encoder = PreActResidualEncoder(in_channels, base_channels, latent_channels)
+        self.decoder = PreActResidualDecoder(in_channels, base_channels, latent_channels)
+        self._finish_init()
+
+
+class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
+    """Variant C: Variant B with a CBAM after every residual block (16 CBAM modules)."""
+
+    VARIANT = "sar-attention"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        latent_channels: int = 16,
+        image_size: int = 256,
+        reduction: int = 16,
+        kernel_size: int = 7,
+        variant: str = "sar-attention",
+        preprocessing: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_common(variant, preprocessing)
+        self._init_sar(in_channels, base_channels, latent_channels, image_size)
+        self.reduction = check_positive_int("reduction", reduction)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size (spatial attention) must be odd, got {kernel_size}")
+        self.encoder = AttentionEncoder(in_channels, base_channels, latent_channels, reduction, kernel_size)
+        self.decoder = AttentionDecoder(in_channels, base_channels, latent_channels, reduction, kernel_size)
+        self._finish_init()

@@ -1,0 +1,35 @@
+"""The README states facts the code must keep true: the parameter table and the two set-up commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from models import VARIANTS, create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _table_counts() -> dict[str, int]:
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \| [^|]+ \| `\w+` \| ([\d,]+) \|", README, flags=re.M)
+    return {name: int(count.replace(",", "")) for name, count in rows}
+
+
+def test_readme_lists_every_variant_once():
+    assert sorted(_table_counts()) == sorted(VARIANTS)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_readme_parameter_counts_match_the_models(variant):
+    assert create_model(variant).count_parameters()["total"] == _table_counts()[variant]
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = re.findall(r"```bash\n(pip install -r [^\n]+)\n```", README)
+    assert len(commands) == 2, commands
+    studio, tests = commands
+    assert "python app.py" in studio and "pytest" in tests
+    assert tests in (ROOT / ".ci" / "run").read_text()
