@@ -151,14 +151,16 @@ class JobManager:
     def submit(self, variant: str, preset: str = "smoke", **settings: Any) -> str:
         """Validate the settings, queue a run with its full config and return the run id.
 
-        `settings` are RunConfig fields (epochs, batch_size, lr, data, seed, max_steps, model={...}, ...)
-        and `device` ("auto", "cpu" or "cuda"; auto means a GPU when this machine has one).
+        `settings` are RunConfig fields (epochs, batch_size, lr, data, seed, max_steps, model={...}, ...),
+        `device` ("auto", "cpu" or "cuda"; auto means a GPU when this machine has one) and `owner` (who
+        may cancel it on a public Space).
         """
         from models import VARIANTS
         from trainers.config import make_config
 
         self._check_open()
         settings = dict(settings)
+        owner = settings.pop("owner", None)
         device = settings.pop("device", None) or "auto"
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
@@ -200,19 +202,28 @@ class JobManager:
                 )
         _cli_args(config)  # every value must turn into a CLI argument (e.g. JSON-able model overrides)
         run_id = self.store.create_run(variant, domain, config, status="queued")
+        if owner:
+            self.store.update_run(run_id, owner=str(owner))
         with self._lock:
             self._submitted.add(run_id)
         self._wake.set()
         return run_id
 
-    def cancel(self, run_id: str) -> str:
-        """Cancel a queued or running run; returns a message for the user (no change for ended runs)."""
+    def cancel(self, run_id: str, requester: str | None = None) -> str:
+        """Cancel a queued or running run; returns a message for the user (no change for ended runs).
+
+        `requester` (the browser session on a public Space) may cancel only the runs it submitted.
+        """
         self._check_open()
         with self._lock:
             for _ in range(3):  # the status can change under us (a launch, an exit): act on the fresh one
                 run = self.store.get_run(run_id)
                 if run is None:
                     raise ValueError(f"no run with id {run_id!r} in {self.runs_dir}")
+                if requester is not None and run.owner != requester:
+                    raise PermissionError(
+                        f"run {run_id} was started by someone else; only they may cancel it"
+                    )
                 if run.is_terminal:
                     return f"Run {run_id} already ended ({run.status}); nothing to cancel."
                 if run.status == "queued":

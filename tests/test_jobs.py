@@ -485,3 +485,21 @@ def test_restart_tells_a_live_trainer_from_a_recycled_pid(tmp_path: Path, manage
         if recycled is not None:
             recycled.kill()
             recycled.wait()
+
+
+def test_only_the_owner_may_cancel_when_a_requester_is_named(tmp_path: Path, managers: list) -> None:
+    """On a public Space the Train tab names the browser session; one visitor cannot cancel another's job."""
+    python = fake_python(tmp_path, "sleep 60\n")
+    jm = JobManager(tmp_path / "runs", cpu_slots=1, gpus=[], python=python, **FAST)
+    managers.append(jm)
+    running = jm.submit("fragment-dae", "smoke", owner="session-a")
+    queued = jm.submit("fragment-dae", "smoke", owner="session-a")
+    wait_for(lambda: jm.store.get_run(running).status == "running", 20, "the first job to start")
+    assert jm.store.get_run(queued).owner == "session-a"
+    for run_id in (running, queued):
+        with pytest.raises(PermissionError, match="someone else"):
+            jm.cancel(run_id, requester="session-b")
+    assert jm.store.get_run(running).status == "running" and jm.store.get_run(queued).status == "queued"
+    assert "Cancelled" in jm.cancel(queued, requester="session-a")
+    jm.cancel(running, requester="session-a")
+    wait_for(lambda: jm.store.get_run(running).status == "cancelled", 30, "the owner's cancel")

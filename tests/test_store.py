@@ -33,7 +33,7 @@ def test_database_is_wal_with_schema(tmp_path: Path) -> None:
         run_cols = [row[1] for row in conn.execute("PRAGMA table_info(runs)")]
         assert run_cols == [
             "id", "variant", "domain", "config", "status", "reason", "created_at", "started_at", "ended_at",
-            "device", "pid", "host", "best_checkpoint", "last_checkpoint", "step", "epoch", "log_path",
+            "device", "pid", "host", "best_checkpoint", "last_checkpoint", "step", "epoch", "log_path", "owner",
         ]  # fmt: skip
         metric_cols = [row[1] for row in conn.execute("PRAGMA table_info(metrics)")]
         assert metric_cols == ["seq", "run_id", "step", "epoch", "split", "name", "value", "time"]

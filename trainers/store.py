@@ -56,6 +56,7 @@ _RUN_COLUMNS: tuple[str, ...] = (
     "step",
     "epoch",
     "log_path",
+    "owner",
 )
 UPDATABLE_COLUMNS: frozenset[str] = frozenset(_RUN_COLUMNS) - {"id"}
 
@@ -77,7 +78,8 @@ CREATE TABLE IF NOT EXISTS runs (
     last_checkpoint TEXT,
     step INTEGER,
     epoch INTEGER,
-    log_path TEXT
+    log_path TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -125,6 +127,8 @@ class RunRecord:
     step: int | None = None
     epoch: int | None = None
     log_path: str | None = None
+    # Who launched it from the studio (a browser session on a public Space); None from the CLI.
+    owner: str | None = None
 
     @property
     def is_terminal(self) -> bool:
