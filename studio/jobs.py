@@ -62,10 +62,6 @@ REASON_TAIL_CHARS = 600
 _NOT_FLAGS = frozenset({"variant", "preset", "device", "model"})
 _INT_SETTINGS = ("epochs", "batch_size", "seed", "max_steps", "num_workers", "patience", "log_every")
 _REAL_SETTINGS = ("lr", "kl_weight", "weight_decay", "grad_clip")
-# Flags the manager sets itself (or that are not run settings).
-_MANAGED_FLAGS = frozenset(
-    {"--runs-dir", "--run-id", "--resume", "--set", "--no-progress", "--preset", "--device", "--help"}
-)
 # Flags of `python -m trainers train` when the parser cannot be inspected (see _train_flags).
 _KNOWN_FLAGS = frozenset(
     {"--epochs", "--batch-size", "--lr", "--kl-weight", "--data", "--seed", "--max-steps", "--num-workers"}
@@ -190,16 +186,7 @@ class JobManager:
             if getattr(cfg, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
         config = cfg.to_dict()
-        defaults = make_config(variant, preset).to_dict()
-        flags = _train_flags()
-        for key, value in config.items():
-            if key in _NOT_FLAGS or value == defaults.get(key):
-                continue
-            if _flag(key) not in flags:
-                raise ValueError(
-                    f"setting '{key}' cannot be passed to the trainer (`python -m trainers train` has no "
-                    f"{_flag(key)}); settable: {', '.join(sorted(_setting_names(flags)))}, model, device"
-                )
+        # The trainer attached with --run-id starts from this stored config, so every setting reaches it.
         _cli_args(config)  # every value must turn into a CLI argument (e.g. JSON-able model overrides)
         run_id = self.store.create_run(variant, domain, config, status="queued")
         if owner:
@@ -601,10 +588,6 @@ def _checked_data(data: Any, domain: str) -> str:
 
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
-
-
-def _setting_names(flags: frozenset[str]) -> list[str]:
-    return [f[2:].replace("-", "_") for f in flags if f.startswith("--") and f not in _MANAGED_FLAGS]
 
 
 @functools.cache

@@ -317,7 +317,7 @@ def test_restart_fails_runs_whose_process_is_gone_and_reattached_jobs_can_be_can
         ("fragment-dae", {"lr": -1.0}, ValueError, "learning rate must be positive"),
         ("fragment-dae", {"max_steps": 0}, ValueError, "max_steps must be at least 1"),
         ("fragment-dae", {"colour": "red"}, ValueError, "unknown run setting 'colour'"),
-        ("fragment-dae", {"patience": 2}, ValueError, "cannot be passed to the trainer"),
+        ("fragment-dae", {"patience": 1.5}, ValueError, "patience must be a whole number"),
         ("fragment-dae", {"data": "sar:synthetic"}, ValueError, "is sar data"),
         ("fragment-dae", {"data": "fragments:max_files=lots"}, ValueError, "max_files"),
         ("fragment-dae", {"data": "fragments:folder=/no/such/folder"}, FileNotFoundError, "does not exist"),

@@ -112,8 +112,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     }
     model_overrides = _parse_set(args.set)
     with RunStore(args.runs_dir) as store:
-        if args.resume:
-            cfg = resume_config(store, args.resume, **overrides)
+        attach = store.get_run(args.run_id) if args.run_id else None
+        if args.resume or (attach is not None and attach.config):
+            # Resuming, or attaching to a run the studio queued: its stored config is the base, so settings
+            # that have no flag (patience, grad_clip, ...) survive; explicit flags still win.
+            cfg = resume_config(store, args.resume or args.run_id, **overrides)
             cfg.model.update(model_overrides)
         else:
             cfg = make_config(args.variant, args.preset, model=model_overrides, **overrides)
