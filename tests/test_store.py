@@ -33,7 +33,8 @@ def test_database_is_wal_with_schema(tmp_path: Path) -> None:
         run_cols = [row[1] for row in conn.execute("PRAGMA table_info(runs)")]
         assert run_cols == [
             "id", "variant", "domain", "config", "status", "reason", "created_at", "started_at", "ended_at",
-            "device", "pid", "host", "best_checkpoint", "last_checkpoint", "step", "epoch", "log_path", "owner",
+            "device", "pid", "host", "best_checkpoint", "last_checkpoint", "step", "epoch", "log_path",
+            "owner",
         ]  # fmt: skip
         metric_cols = [row[1] for row in conn.execute("PRAGMA table_info(metrics)")]
         assert metric_cols == ["seq", "run_id", "step", "epoch", "split", "name", "value", "time"]
@@ -415,3 +416,25 @@ def test_forked_child_reopens_its_own_connection(store: RunStore) -> None:
     assert proc.exitcode == 0
     # The parent's connection still works and sees the child's row.
     assert store.metric_series(run_id, "train/loss") == [(1, 1.0), (7, 0.125)]
+
+
+def test_database_of_an_older_version_gains_new_columns_and_keeps_its_runs(tmp_path: Path) -> None:
+    folder = tmp_path / "old"
+    folder.mkdir()
+    conn = sqlite3.connect(folder / "runs.sqlite")
+    conn.executescript(
+        "CREATE TABLE runs (id TEXT PRIMARY KEY, variant TEXT NOT NULL, domain TEXT NOT NULL,"
+        " config TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',"
+        " created_at REAL NOT NULL, started_at REAL,"
+        " ended_at REAL, device TEXT, pid INTEGER, host TEXT, best_checkpoint TEXT, last_checkpoint TEXT,"
+        " step INTEGER, epoch INTEGER, log_path TEXT);"
+        "INSERT INTO runs (id, variant, domain, config, status, created_at)"
+        " VALUES ('old-run', 'fragment-dae', 'fragments', '{}', 'completed', 1.0);"
+    )
+    conn.commit()
+    conn.close()
+    with RunStore(folder) as store:
+        runs = store.list_runs()
+        assert [r.id for r in runs] == ["old-run"] and runs[0].owner is None
+        store.update_run("old-run", owner="someone")
+        assert store.get_run("old-run").owner == "someone"

@@ -60,6 +60,9 @@ _RUN_COLUMNS: tuple[str, ...] = (
 )
 UPDATABLE_COLUMNS: frozenset[str] = frozenset(_RUN_COLUMNS) - {"id"}
 
+# Columns added after the first release, with their SQL types (see _add_missing_columns).
+_COLUMN_TYPES: dict[str, str] = {"owner": "TEXT"}
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -100,6 +103,14 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Keys/values that would put a Hub token into a run config (the spec forbids writing tokens to disk).
 _TOKEN_KEYS = frozenset({"token", "hf_token", "hub_token", "use_auth_token", "huggingface_token"})
 _HF_TOKEN_VALUE = re.compile(r"^hf_[A-Za-z0-9]{20,}$")
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an older version up to the current `runs` columns, keeping every row."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    for name in _RUN_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {_COLUMN_TYPES.get(name, 'TEXT')}")
 
 
 # Connections inherited through fork(); never touched again in the child (see RunStore._cursor).
@@ -261,6 +272,7 @@ class RunStore:
                 )
             conn.execute("PRAGMA synchronous = NORMAL")  # safe in WAL; a crash loses at most the last commits
             self._retry_busy(lambda: conn.executescript(_SCHEMA))
+            self._retry_busy(lambda: _add_missing_columns(conn))
         except sqlite3.DatabaseError as exc:
             conn.close()
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
