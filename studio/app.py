@@ -1,0 +1,216 @@
+"""The studio's Gradio app: the tabs, the shared context, and the `python app.py` entry point.
+
+Gradio, torch and the views are imported when the app is built, not with this module, so that
+`python app.py --help` is instant and a bad GRADIO_SERVER_PORT (which Gradio itself reads when imported)
+gets our message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from studio.context import StudioContext
+
+log = logging.getLogger(__name__)
+
+TITLE = "Autoencoder Comparison Studio"
+DEFAULT_PORT = 7860
+DEFAULT_RUNS_DIR = "runs"
+# Waiting events per app: enough for a few users, few enough that a flood is refused instead of queued for
+# minutes. A Space's small CPU gets a shorter queue.
+QUEUE_SIZE = 64
+SPACE_QUEUE_SIZE = 16
+# Inference handlers of the comparison tabs run a model on the CPU/GPU; two at once keeps a page responsive
+# without oversubscribing a small machine. Polling handlers set their own (unlimited) limits.
+DEFAULT_CONCURRENCY = 2
+MAX_UPLOAD = "500mb"
+SPACE_MAX_UPLOAD = "50mb"
+
+CSS = """
+#train-status p { margin: 0.25em 0; }
+#train-log textarea { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px; }
+"""
+
+INTRO = (
+    f"# {TITLE}\n"
+    "Train autoencoder variants for SAR images, audio and 512-byte file fragments, watch their curves, "
+    "and compare the reconstructions of their checkpoints side by side."
+)
+
+# (tab label, module of studio.views with build_tab(ctx)), in page order.
+TABS: tuple[tuple[str, str], ...] = (
+    ("Train", "train"),
+    ("SAR", "sar"),
+    ("Audio", "audio"),
+    ("Fragments", "fragments"),
+    ("Hub", "hub"),
+)
+
+
+def is_space() -> bool:
+    """Whether we run on a Hugging Face Space (the platform sets SPACE_ID)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def default_cpu_slots(space: bool) -> int:
+    """CPU training jobs at once: one on a Space; else a job per 4 cores (each job uses its share of them)."""
+    if space:
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+def make_context(
+    runs_dir: str | Path = DEFAULT_RUNS_DIR, cpu_slots: int | None = None, space: bool | None = None
+) -> StudioContext:
+    """Open the run store in `runs_dir` and start the job manager; `space=None` detects a Space."""
+    from studio.context import StudioContext
+    from studio.jobs import JobManager
+    from trainers.store import RunStore
+
+    space = is_space() if space is None else bool(space)
+    slots = default_cpu_slots(space) if cpu_slots is None else cpu_slots
+    folder = Path(runs_dir).expanduser().resolve()
+    store = RunStore(folder)
+    try:
+        jobs = JobManager(folder, store=store, cpu_slots=slots)
+    except BaseException:
+        store.close()
+        raise
+    return StudioContext(runs_dir=folder, store=store, jobs=jobs, space=space)
+
+
+def build_app(ctx: StudioContext) -> gr.Blocks:
+    """The studio page: Train, SAR, Audio, Fragments and Hub tabs over one shared context."""
+    import gradio as gr
+
+    from studio.views import audio, fragments, hub, sar, train
+
+    views = {"train": train, "sar": sar, "audio": audio, "fragments": fragments, "hub": hub}
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs():
+            for label, name in TABS:
+                with gr.Tab(label, id=name, elem_id=f"tab-{name}"):
+                    views[name].build_tab(ctx)
+    demo.queue(
+        max_size=SPACE_QUEUE_SIZE if ctx.space else QUEUE_SIZE,
+        default_concurrency_limit=DEFAULT_CONCURRENCY,
+    )
+    return demo
+
+
+def launch_kwargs(ctx: StudioContext) -> dict[str, Any]:
+    """Settings for ``Blocks.launch`` besides host and port (Gradio 6 takes theme and css here)."""
+    import gradio as gr
+
+    return {
+        "theme": gr.themes.Soft(),
+        "css": CSS,
+        # Handlers turn bad input into messages; an unexpected error shows its message, never a traceback.
+        "show_error": True,
+        "max_file_size": SPACE_MAX_UPLOAD if ctx.space else MAX_UPLOAD,
+        "footer_links": ["api", "gradio", "settings"],
+    }
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number in 1-65535, got {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be a number in 1-65535, got {port}")
+    return port
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {number}")
+    return number
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command line of `python app.py`; environment variables give the defaults (see --help)."""
+    space = is_space()
+    env_port = os.environ.get("GRADIO_SERVER_PORT")
+    parser = argparse.ArgumentParser(prog="python app.py", description=f"Serve the {TITLE}.")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if space else "127.0.0.1"),
+        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 on a Space; "
+        "env GRADIO_SERVER_NAME)",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help=f"port (default: env GRADIO_SERVER_PORT, else {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--runs-dir",
+        default=os.environ.get("STUDIO_RUNS_DIR") or DEFAULT_RUNS_DIR,
+        help="folder of the run store, checkpoints and logs (default: env STUDIO_RUNS_DIR, else ./runs)",
+    )
+    parser.add_argument(
+        "--cpu-slots",
+        type=_positive,
+        default=None,
+        help="training jobs that may run at once on the CPU (default: 1 on a Space, else cores/4, at most 4)",
+    )
+    args = parser.parse_args(argv)
+    if args.port is None:
+        args.port = _port(env_port) if env_port else DEFAULT_PORT
+    return args
+
+
+def _interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve the studio until Ctrl-C or SIGTERM; training jobs keep running and are re-attached next time."""
+    try:
+        args = parse_args(argv)
+    except argparse.ArgumentTypeError as exc:  # an invalid GRADIO_SERVER_PORT
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Gradio parses GRADIO_SERVER_PORT when imported; make it the (checked) port we serve on.
+    os.environ["GRADIO_SERVER_PORT"] = str(args.port)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        ctx = make_context(args.runs_dir, args.cpu_slots)
+    except (ValueError, OSError) as exc:
+        print(f"error: cannot open the runs folder {args.runs_dir}: {exc}", file=sys.stderr)
+        return 2
+    # SIGTERM (a service manager, a test fixture) takes the same clean path as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    demo = None
+    try:
+        demo = build_app(ctx)
+        demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(ctx))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # port in use, address not available
+        print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if demo is not None:
+            demo.close()
+        if ctx.jobs is not None:
+            ctx.jobs.shutdown()
+        ctx.store.close()
+    return 0

@@ -1,0 +1,133 @@
+"""The studio in a real headless Chromium: launch a smoke job from the Train tab, watch its curve and its
+completion, then open each comparison tab with a checkpoint and check that images, audio players and the
+hex view render. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+FRAGMENT_DATA = "fragments:python,max_files=12"
+JOB_TIMEOUT_MS = 180_000
+# True once the plot in the page draws at least n points of the run (plotly's own parsed trace data).
+PLOTTED_POINTS = """([runId, n]) => {
+    const graph = document.querySelector('#train-plot .js-plotly-plot');
+    const traces = (graph && graph._fullData) || [];
+    return traces.some(t => t.meta === runId && t.visible !== false && t.x && t.x.length >= n);
+}"""
+X_RANGE = "() => document.querySelector('#train-plot .js-plotly-plot')._fullLayout.xaxis.range"
+X_AUTORANGE = "() => document.querySelector('#train-plot .js-plotly-plot')._fullLayout.xaxis.autorange"
+# True once the figure drawn is the unsmoothed one (no faint raw copies behind the curves).
+NO_RAW_TRACES = """() => {
+    const graph = document.querySelector('#train-plot .js-plotly-plot');
+    return graph && graph._fullData.length > 0 && !graph._fullData.some(t => t.name.endsWith('(raw)'));
+}"""
+
+
+def pick_option(page, tab, label: str, text: str) -> None:
+    """Open the Gradio dropdown labelled `label` inside `tab` and choose the option containing `text`."""
+    tab.get_by_label(label).click()
+    page.get_by_role("option").filter(has_text=text).first.click()
+    page.keyboard.press("Escape")
+
+
+def refresh_and_pick(page, tab, label: str, text: str) -> None:
+    tab.get_by_role("button", name="↻ refresh").click()
+    page.wait_for_timeout(500)
+    pick_option(page, tab, label, text)
+
+
+@pytest.fixture
+def failure_screenshot(page, artifacts, request):
+    """On failure, a screenshot of the page as it was, next to the others."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        page.screenshot(path=str(artifacts / f"failure-{request.node.name}.png"), full_page=True)
+
+
+def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifacts, failure_screenshot):
+    page.goto(studio.url)
+    train = page.locator("#tab-train")
+    train.get_by_text("fragment-dae — 1D-conv denoising autoencoder for 512-byte fragments").click()
+    page.locator("#train-epochs textarea, #train-epochs input").first.fill("2")
+    page.locator("#train-data textarea, #train-data input").first.fill(FRAGMENT_DATA)
+    page.locator("#train-preset-info").get_by_text("fragment-dae").wait_for()
+    page.locator("#train-launch").click()
+    status = page.locator("#train-status")
+    status.get_by_text("Queued 1 run").wait_for()
+    run_id = re.search(r"\d{8}-\d{6}-fragment-dae-[0-9a-f]{4}", status.inner_text()).group(0)
+
+    # Live curve: the plot gets a line while the job runs, and the jobs table shows it complete.
+    page.wait_for_function(PLOTTED_POINTS, arg=[run_id, 1], timeout=JOB_TIMEOUT_MS)
+    info = page.locator("#train-curve-info")
+    assert re.search(r"[1-9]\d* points", info.inner_text()), info.inner_text()
+    row = re.compile(rf"{run_id}\s+fragment-dae\s+completed\s+2 / \d+\s+accuracy_corrupted 0\.\d+")
+    expect(page.locator("#train-jobs")).to_contain_text(row, timeout=JOB_TIMEOUT_MS)
+    assert page.locator("#train-log textarea").input_value().strip(), "the log of the selected run is empty"
+    page.wait_for_function(PLOTTED_POINTS, arg=[run_id, 2], timeout=30_000)  # both epochs' points drawn
+    assert page.locator("#train-plot .legendtext", has_text=run_id).count() == 1
+    page.screenshot(path=str(artifacts / "train.png"), full_page=True)
+
+    # Zoom with the mouse, then redraw (smoothing off): the zoomed range must survive the refresh.
+    drag = page.locator("#train-plot .nsewdrag").first
+    drag.scroll_into_view_if_needed()
+    area = drag.bounding_box()
+    y = area["y"] + area["height"] / 2
+    page.mouse.move(area["x"] + area["width"] * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(area["x"] + area["width"] * 0.7, y, steps=8)
+    page.mouse.up()
+    zoomed = page.evaluate(X_RANGE)
+    assert not page.evaluate(X_AUTORANGE), "the mouse drag did not zoom the plot"
+    smoothing = page.locator("#train-smoothing input[type=number]")
+    smoothing.fill("0")
+    smoothing.press("Enter")
+    page.wait_for_function(NO_RAW_TRACES, timeout=15_000)
+    assert page.evaluate(X_RANGE) == pytest.approx(zoomed)
+
+    cli_checkpoints.wait()
+
+    # SAR: input, reconstruction and error map as one heatmap figure, plus a metrics table.
+    page.get_by_role("tab", name="SAR").click()
+    sar = page.locator("#tab-sar")
+    refresh_and_pick(page, sar, "SAR checkpoints", "sar-baseline")
+    sar.get_by_role("button", name="Compare").click()
+    heatmaps = sar.locator(".plotly .heatmaplayer image")
+    heatmaps.first.wait_for(timeout=60_000)
+    assert heatmaps.count() >= 3  # input, reconstruction, error map
+    sar.locator("table", has_text="sar-baseline").first.wait_for()
+    page.screenshot(path=str(artifacts / "sar.png"), full_page=True)
+
+    # Audio: spectrograms and three players with sound in them.
+    page.get_by_role("tab", name="Audio").click()
+    audio = page.locator("#tab-audio")
+    refresh_and_pick(page, audio, "Audio VAE checkpoint", "audio-vae")
+    audio.get_by_role("button", name="Reconstruct").click()
+    spectrograms = audio.locator(".plotly .heatmaplayer image")
+    spectrograms.first.wait_for(timeout=60_000)
+    assert spectrograms.count() >= 4  # magnitude and IF of the input and the reconstruction
+    # Three players with a 1 s clip each (the prior's and interpolation players stay empty until asked).
+    expect(audio.locator("[data-testid='waveform-controls']")).to_have_count(3, timeout=30_000)
+    for label in ("Input", "Feature round trip (the ceiling)", "Reconstruction"):
+        expect(audio.locator("[data-testid='block-label']", has_text=label).first).to_be_visible()
+    page.screenshot(path=str(artifacts / "audio.png"), full_page=True)
+
+    # Fragments: the hex views of original, corrupted and repaired bytes with marks, and the accuracy table.
+    page.get_by_role("tab", name="Fragments").click()
+    fragments = page.locator("#tab-fragments")
+    refresh_and_pick(page, fragments, "Fragment checkpoint", run_id)
+    fragments.get_by_role("button", name="Corrupt and repair").click()
+    fragments.get_by_text("Accuracy").first.wait_for()
+    fragments.locator("table", has_text="identity baseline").first.wait_for(timeout=60_000)
+    hex_view = fragments.locator(".fragment-hex").first
+    expect(hex_view).to_contain_text("00000000")
+    expect(hex_view).to_contain_text("000001f0")  # 32 rows of 16: all 512 bytes
+    page.screenshot(path=str(artifacts / "fragments.png"), full_page=True)
+
+    (artifacts / "console-errors.txt").write_text("\n".join(page.console_errors))
+    assert not page.console_errors, page.console_errors

@@ -1,0 +1,340 @@
+"""The Train tab's logic without a browser: the incremental curve cache, the figure, and the handlers'
+answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from studio.app import make_context  # noqa: E402
+from studio.curves import (  # noqa: E402
+    CurveCache,
+    curve_uirevision,
+    ema,
+    figure_points,
+    keep_view,
+    make_figure,
+)
+from studio.views.train import (  # noqa: E402
+    cancel_run,
+    check_curve_request,
+    format_elapsed,
+    job_table,
+    launch_runs,
+    log_tail,
+    parse_settings,
+    preset_summary,
+)
+from trainers.config import make_config  # noqa: E402
+from trainers.store import RunStore  # noqa: E402
+
+
+class CountingStore:
+    """Wraps a RunStore and records every metrics_after call, to see what the cache asks for."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.calls: list[tuple[int, list[str], int]] = []
+
+    def metrics_after(self, cursor, run_ids=None, names=None, limit=None):
+        rows, new_cursor = self.store.metrics_after(cursor, run_ids, names, limit)
+        self.calls.append((cursor, list(run_ids or []), len(rows)))
+        return rows, new_cursor
+
+
+@pytest.fixture
+def store(tmp_path):
+    with RunStore(tmp_path / "runs") as s:
+        yield s
+
+
+def _log_losses(store: RunStore, run_id: str, steps: range, offset: float = 0.0) -> None:
+    for step in steps:
+        store.log_metrics(run_id, step, 0, "train", {"loss": 1.0 / (step + 1) + offset})
+
+
+# ------------------------------------------------------------------------------------------------ cache
+def test_cache_reads_only_new_rows(store):
+    a = store.create_run("fragment-dae", "fragments", {"lr": 1e-3})
+    b = store.create_run("sar-baseline", "sar", {"lr": 1e-3})
+    _log_losses(store, a, range(0, 10))
+    _log_losses(store, b, range(0, 4))
+    store.log_metrics(a, 10, 1, "val", {"loss": 0.3, "byte_accuracy": 0.9})
+    counting = CountingStore(store)
+    cache = CurveCache()
+
+    assert cache.update(counting, [a, b]) == 10 + 4 + 2
+    first_cursor = cache.cursor(a)
+    assert first_cursor == cache.cursor(b) == store.metrics_after(0)[1]
+    assert cache.update(counting, [a, b]) == 0
+    assert counting.calls[-1] == (first_cursor, [a, b], 0)  # nothing re-read
+
+    _log_losses(store, a, range(11, 14))
+    _log_losses(store, b, range(4, 6))
+    assert cache.update(counting, [a, b]) == 5
+    assert counting.calls[-1] == (first_cursor, [a, b], 5)
+    assert cache.last_rows_read == 5
+    steps, values = cache.series(a, "train/loss")
+    np.testing.assert_array_equal(steps, [*range(10), 11, 12, 13])
+    np.testing.assert_allclose(values, [1.0 / (s + 1) for s in steps])
+    assert cache.series(a, "val/byte_accuracy")[1].tolist() == [0.9]
+    assert cache.metric_names([a]) == ["train/loss", "val/byte_accuracy", "val/loss"]
+    assert cache.point_counts("train/loss", [a, b]) == {a: 13, b: 6}
+
+
+def test_cache_adds_a_run_without_losing_or_duplicating_points(store):
+    a = store.create_run("fragment-dae", "fragments", {})
+    b = store.create_run("fragment-dae", "fragments", {})
+    _log_losses(store, a, range(5))
+    _log_losses(store, b, range(7))
+    cache = CurveCache()
+    assert cache.update(store, [a]) == 5
+    # b joins: its history is read once, a's rows that come back in the same query are skipped.
+    assert cache.update(store, [a, b]) == 7
+    assert cache.point_counts("train/loss", [a, b]) == {a: 5, b: 7}
+    assert cache.cursor(a) == cache.cursor(b)
+    _log_losses(store, b, range(7, 9))
+    assert cache.update(store, [b]) == 2  # a is not watched now; its cursor stays
+    _log_losses(store, a, range(5, 6))
+    assert cache.update(store, [a, b]) == 1
+    assert cache.point_counts("train/loss", [a, b]) == {a: 6, b: 9}
+
+
+def test_cache_keeps_the_latest_value_of_a_repeated_step_and_nan(store):
+    run = store.create_run("fragment-dae", "fragments", {})
+    _log_losses(store, run, range(4))
+    store.log_metrics(run, 2, 0, "train", {"loss": 5.0})  # a resumed run logs step 2 again
+    store.log_metrics(run, 4, 0, "train", {"loss": math.nan})
+    cache = CurveCache()
+    cache.update(store, [run])
+    steps, values = cache.series(run, "train/loss")
+    assert steps.tolist() == [0, 1, 2, 3, 4]
+    assert values[2] == 5.0 and math.isnan(values[4])
+    reference = store.metric_series(run, "train/loss")
+    assert [s for s, _ in reference] == steps.tolist()
+    np.testing.assert_allclose([v for _, v in reference], values)
+
+
+def test_cache_rejects_bad_run_ids(store):
+    with pytest.raises(ValueError, match="run ids"):
+        CurveCache().update(store, ["", None])
+
+
+# ------------------------------------------------------------------------------------------------ figure
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.9, 0.99])
+def test_smoothing_matches_a_debiased_ema_reference(weight):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200).cumsum()
+    reference = pd.Series(x).ewm(alpha=1.0 - weight, adjust=True).mean().to_numpy() if weight else x
+    np.testing.assert_allclose(ema(x, weight), reference, rtol=1e-10, atol=1e-12)
+    # The same recursion written out, TensorBoard style.
+    last, out = 0.0, []
+    for i, value in enumerate(x):
+        last = last * weight + (1 - weight) * value
+        out.append(last / (1 - weight ** (i + 1)) if weight else value)
+    np.testing.assert_allclose(ema(x, weight), out, rtol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 2, "0.5", True, math.nan])
+def test_smoothing_out_of_range_is_refused(bad):
+    with pytest.raises(ValueError, match=r"smoothing must be a number in \[0, 1\)"):
+        ema([1.0, 2.0], bad)
+    with pytest.raises(ValueError, match="smoothing"):
+        make_figure(CurveCache(), "train/loss", [], bad)
+
+
+def test_figure_draws_smoothed_curves_and_log_axis(store):
+    a = store.create_run("fragment-dae", "fragments", {})
+    b = store.create_run("fragment-dae", "fragments", {})
+    _log_losses(store, a, range(20))
+    _log_losses(store, b, range(10), offset=0.5)
+    store.log_metrics(b, 10, 0, "train", {"loss": math.inf})
+    cache = CurveCache()
+    cache.update(store, [a, b])
+
+    fig = make_figure(cache, "train/loss", [a, b], smoothing=0.6, log_y=True)
+    assert fig.layout.yaxis.type == "log"
+    assert figure_points(fig) == {a: 20, b: 10}  # the inf point is left out
+    main = [t for t in fig.data if t.meta == a][0]
+    raw = [t for t in fig.data if t.name == f"{a} (raw)"][0]
+    np.testing.assert_allclose(raw.y, [1.0 / (s + 1) for s in range(20)])
+    np.testing.assert_allclose(main.y, ema(raw.y, 0.6))
+    assert main.line.color == raw.line.color
+
+    linear = make_figure(cache, "train/loss", [a, b], smoothing=0.0, log_y=False)
+    assert linear.layout.yaxis.type == "linear"
+    assert len(linear.data) == 2  # no raw copies without smoothing
+    np.testing.assert_allclose([t for t in linear.data if t.meta == a][0].y, raw.y)
+
+
+def test_uirevision_is_stable_across_refreshes_and_changes_with_the_selection(store):
+    a = store.create_run("fragment-dae", "fragments", {})
+    b = store.create_run("fragment-dae", "fragments", {})
+    cache = CurveCache()
+    _log_losses(store, a, range(3))
+    cache.update(store, [a, b])
+    before = make_figure(cache, "train/loss", [a, b], 0.5, False).layout.uirevision
+    _log_losses(store, a, range(3, 8))
+    _log_losses(store, b, range(2))
+    cache.update(store, [a, b])
+    after = make_figure(cache, "train/loss", [b, a], 0.8, False)  # other order, other smoothing
+    assert after.layout.uirevision == before == curve_uirevision("train/loss", [a, b], False)
+    assert figure_points(after) == {a: 8, b: 2}
+    others = {
+        make_figure(cache, "val/loss", [a, b], 0.5, False).layout.uirevision,
+        make_figure(cache, "train/loss", [a], 0.5, False).layout.uirevision,
+        make_figure(cache, "train/loss", [a, b], 0.5, True).layout.uirevision,
+    }
+    assert before not in others and len(others) == 3
+
+
+def test_figure_without_points_says_so():
+    fig = make_figure(CurveCache(), "val/psnr", ["nope"], 0.0, False)
+    assert not fig.data
+    assert "No points of val/psnr yet" in fig.layout.annotations[0].text
+
+
+# ------------------------------------------------------------------------------------------------ handlers
+@pytest.fixture
+def ctx(tmp_path):
+    """A real studio context (store + job manager); the bad inputs below must never reach a trainer."""
+    context = make_context(tmp_path / "runs", cpu_slots=1, space=False)
+    yield context
+    context.jobs.shutdown()
+    context.store.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"variants": []}, ValueError, "No variant chosen: tick one or more variants"),
+        ({"variants": None}, ValueError, "No variant chosen"),
+        ({"variants": ["sar-huge"]}, ValueError, "unknown variant(s) 'sar-huge'"),
+        ({"preset": "medium"}, ValueError, "preset must be one of smoke, full"),
+        ({"lr": "fast"}, ValueError, "learning rate must be a positive number such as 3e-4"),
+        ({"lr": "0"}, ValueError, "learning rate must be a positive number"),
+        ({"lr": -1e-3}, ValueError, "learning rate must be a positive number"),
+        ({"lr": "nan"}, ValueError, "learning rate must be a positive number"),
+        ({"epochs": "0"}, ValueError, "epochs must be a whole number >= 1"),
+        ({"epochs": "two"}, ValueError, "epochs must be a whole number >= 1"),
+        ({"batch_size": 2.5}, ValueError, "batch size must be a whole number >= 1"),
+        ({"seed": "-1"}, ValueError, "seed must be a whole number >= 0"),
+        ({"data": "pictures:n=3"}, ValueError, "unknown data domain 'pictures'"),
+        ({"data": "fragments:colour=red"}, ValueError, "colour"),
+        (
+            {"data": "sar:synthetic,n=8"},
+            ValueError,
+            "is sar data, but fragment-dae train(s) on fragments data",
+        ),
+        ({"data": "fragments:folder=/no/such/dir"}, FileNotFoundError, "/no/such/dir"),
+    ],
+)
+def test_launch_refuses_bad_input_with_a_message_and_queues_nothing(ctx, kwargs, error, message):
+    settings = {"variants": ["fragment-dae"], "preset": "smoke", **kwargs}
+    with pytest.raises(error) as info:
+        launch_runs(ctx, **settings)
+    assert message in str(info.value)
+    assert ctx.store.list_runs() == []
+
+
+def test_one_bad_variant_setting_queues_none_of_the_others(ctx):
+    # The data spec fits sar-baseline but not fragment-dae: neither may be queued.
+    with pytest.raises(ValueError, match="fragment-dae"):
+        launch_runs(ctx, ["sar-baseline", "fragment-dae"], "smoke", data="sar:synthetic,n=8,size=64")
+    assert ctx.store.list_runs() == []
+
+
+def test_a_space_launches_only_the_smoke_preset(tmp_path):
+    context = make_context(tmp_path / "runs", cpu_slots=1, space=True)
+    try:
+        with pytest.raises(ValueError, match="only the smoke preset"):
+            launch_runs(context, ["sar-residual"], "full")
+        with pytest.raises(ValueError, match="at most 10 epochs"):
+            launch_runs(context, ["sar-residual"], "smoke", epochs="11")
+        with pytest.raises(ValueError, match="built-in data only"):
+            launch_runs(context, ["fragment-dae"], "smoke", data=f"fragments:folder={tmp_path}")
+        assert context.store.list_runs() == []
+    finally:
+        context.jobs.shutdown()
+        context.store.close()
+
+
+def test_parse_settings_leaves_blanks_to_the_preset():
+    assert parse_settings("", " ", None, "", "") == {}
+    assert parse_settings("3", 16.0, " 3e-4 ", " sar:synthetic,n=8 ", 0) == {
+        "epochs": 3,
+        "batch_size": 16,
+        "lr": 3e-4,
+        "data": "sar:synthetic,n=8",
+        "seed": 0,
+    }
+
+
+def test_jobs_table_formats_the_job_managers_rows(ctx):
+    done = ctx.store.create_run("fragment-dae", "fragments", {"epochs": 2}, status="running")
+    ctx.store.update_run(done, epoch=2, step=40, device="cpu")
+    ctx.store.log_metrics(done, 20, 1, "val", {"accuracy_corrupted": 0.25, "loss": 0.5})
+    ctx.store.log_metrics(done, 40, 2, "val", {"accuracy_corrupted": 0.75, "loss": 0.4})
+    ctx.store.set_status(done, "completed")
+    failed = ctx.store.create_run("sar-baseline", "sar", {}, status="failed")
+    ctx.store.set_status(failed, "failed", "CUDA out of memory " + "x" * 200)
+    table = job_table(ctx.jobs.jobs())
+    assert [row[0] for row in table] == [failed, done]
+    assert table[1][1:5] == ["fragment-dae", "completed", "2 / 40", "accuracy_corrupted 0.75"]
+    assert table[1][6] == "cpu"
+    assert table[0][2:5] == ["failed", "0 / 0", "–"]
+    assert table[0][7].startswith("CUDA out of memory") and len(table[0][7]) <= 90
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(None, "–"), (0.4, "0 s"), (42, "42 s"), (185, "3m 05s"), (3720, "1h 02m")]
+)
+def test_format_elapsed(seconds, text):
+    assert format_elapsed(seconds) == text
+
+
+def test_cancel_log_and_curves_need_a_run(ctx):
+    with pytest.raises(ValueError, match="No run selected"):
+        cancel_run(ctx, "")
+    with pytest.raises(ValueError, match="no run with id 'nope'"):
+        cancel_run(ctx, "nope")
+    assert log_tail(ctx, None) == ""
+    with pytest.raises(ValueError, match="No metric chosen"):
+        check_curve_request("", ["a"])
+    assert check_curve_request("val/psnr", "a") == ("val/psnr", ["a"])
+
+
+def test_preset_summary_lists_each_variants_preset_values():
+    text = preset_summary(["fragment-dae", "sar-baseline"], "smoke")
+    smoke = make_config("sar-baseline", "smoke")
+    assert "`fragment-dae`" in text and f"batch {smoke.batch_size}" in text and smoke.data in text
+    assert preset_summary([], "smoke") == ""
+
+
+def test_keep_view_carries_the_pages_zoom_over_only_for_the_same_uirevision(store):
+    run = store.create_run("fragment-dae", "fragments", {})
+    _log_losses(store, run, range(10))
+    cache = CurveCache()
+    cache.update(store, [run])
+    fig = make_figure(cache, "train/loss", [run], 0.0, True)
+    same = json.dumps({"uirevision": fig.layout.uirevision, "x": [2, 5], "y": None})
+    zoomed = keep_view(fig, same)
+    assert list(zoomed.layout.xaxis.range) == [2, 5] and zoomed.layout.xaxis.autorange is False
+    assert zoomed.layout.yaxis.range is None  # y was not zoomed: it keeps autoscaling
+
+    for view in (
+        "",
+        "not json",
+        json.dumps({"uirevision": curve_uirevision("train/loss", [run], False), "x": [2, 5]}),  # other axis
+        json.dumps({"uirevision": fig.layout.uirevision, "x": [3, "a"]}),
+        json.dumps({"uirevision": fig.layout.uirevision, "x": [3, 3]}),
+    ):
+        fresh = make_figure(cache, "train/loss", [run], 0.0, True)
+        assert keep_view(fresh, view).layout.xaxis.range is None, view
