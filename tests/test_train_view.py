@@ -261,8 +261,14 @@ def test_a_space_launches_only_the_smoke_preset(tmp_path):
         with pytest.raises(ValueError, match="built-in data only"):
             launch_runs(context, ["fragment-dae"], "smoke", data=f"fragments:folder={tmp_path}")
         assert context.store.list_runs() == []
+        # One visitor's job cannot be cancelled from another visitor's session.
+        (run_id,) = launch_runs(context, ["fragment-dae"], "smoke", epochs="1", owner="visitor-a")
+        with pytest.raises(PermissionError, match="someone else"):
+            cancel_run(context, run_id, requester="visitor-b")
+        assert context.store.get_run(run_id).status in ("queued", "running")
+        assert "ancel" in cancel_run(context, run_id, requester="visitor-a")
     finally:
-        context.jobs.shutdown()
+        context.jobs.shutdown(cancel_running=True)
         context.store.close()
 
 

@@ -139,8 +139,12 @@ def launch_runs(
     data: Any = None,
     seed: Any = None,
     device: Any = "auto",
+    owner: str | None = None,
 ) -> list[str]:
-    """Queue one run per chosen variant; every setting is checked first, so bad input launches nothing."""
+    """Queue one run per chosen variant; every setting is checked first, so bad input launches nothing.
+
+    `owner` (the browser session, on a public Space) is recorded so only that visitor can cancel the runs.
+    """
     chosen = _chosen_variants(variants)
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
@@ -171,6 +175,8 @@ def launch_runs(
         raise ValueError("this studio has no job manager; start it with `python app.py`")
     if device not in (None, "", "auto"):
         settings["device"] = device
+    if owner:
+        settings["owner"] = owner
     queued: list[str] = []
     for variant in chosen:
         try:
@@ -220,13 +226,21 @@ def job_table(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     return table
 
 
-def cancel_run(ctx: StudioContext, run_id: Any) -> str:
-    """Ask the job manager to cancel a run; its answer is the message for the user."""
+def cancel_run(ctx: StudioContext, run_id: Any, requester: str | None = None) -> str:
+    """Ask the job manager to cancel a run; its answer is the message for the user.
+
+    On a public Space `requester` is the browser session: a visitor may cancel only the runs they launched.
+    """
     if _blank(run_id):
         raise ValueError("No run selected: pick a run in the jobs table (or the run dropdown) to cancel.")
     if ctx.jobs is None:
         raise ValueError("this studio has no job manager; start it with `python app.py`")
-    return str(ctx.jobs.cancel(str(run_id)))
+    return str(ctx.jobs.cancel(str(run_id), requester=requester if ctx.space else None))
+
+
+def _session(ctx: StudioContext, request: gr.Request | None) -> str | None:
+    """Who is asking, on a public Space (None elsewhere: a local studio has one user)."""
+    return getattr(request, "session_hash", None) if ctx.space else None
 
 
 def log_tail(ctx: StudioContext, run_id: Any, lines: int = LOG_LINES) -> str:
@@ -451,9 +465,12 @@ def build_tab(ctx: StudioContext) -> None:
         device: str,
         plotted_runs: list[str],
         state: TrainSession,
+        request: gr.Request,
     ):
         try:
-            launched = launch_runs(ctx, variants, preset, epochs, batch_size, lr, data, seed, device)
+            launched = launch_runs(
+                ctx, variants, preset, epochs, batch_size, lr, data, seed, device, _session(ctx, request)
+            )
         except (ValueError, FileNotFoundError) as exc:
             return warn(exc), gr.skip(), gr.skip(), state
         gr.Info(f"Queued {len(launched)} run(s)")
@@ -495,10 +512,10 @@ def build_tab(ctx: StudioContext) -> None:
 
     gr.api(jobs, api_name="jobs", concurrency_limit=None)
 
-    def cancel(run_id: str) -> str:
+    def cancel(run_id: str, request: gr.Request) -> str:
         try:
-            return cancel_run(ctx, run_id)
-        except (ValueError, FileNotFoundError) as exc:
+            return cancel_run(ctx, run_id, _session(ctx, request))
+        except (ValueError, FileNotFoundError, PermissionError) as exc:
             return warn(exc)
 
     cancel_btn.click(cancel, inputs=selected_dd, outputs=status_md, api_name="cancel", concurrency_limit=4)
