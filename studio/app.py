@@ -100,8 +100,12 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Tabs():
             for label, name in TABS:
-                with gr.Tab(label, id=name, elem_id=f"tab-{name}"):
-                    views[name].build_tab(ctx)
+                with gr.Tab(label, id=name, elem_id=f"tab-{name}") as tab:
+                    refresher = views[name].build_tab(ctx)
+                if refresher is not None:
+                    # Opening a tab refreshes its checkpoint picker, so runs finished meanwhile are listed.
+                    refresh_fn, picker = refresher
+                    tab.select(refresh_fn, inputs=picker, outputs=picker, api_visibility="private")
     demo.queue(
         max_size=SPACE_QUEUE_SIZE if ctx.space else QUEUE_SIZE,
         default_concurrency_limit=DEFAULT_CONCURRENCY,

@@ -382,7 +382,7 @@ def player(sample_rate: int, wav: np.ndarray) -> tuple[int, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------- Gradio
-def build_tab(ctx: Any) -> None:
+def build_tab(ctx: Any) -> tuple[Any, Any]:
     """The Audio tab's components and events (call inside ``with gr.Tab("Audio"):``)."""
     import gradio as gr
 
@@ -492,3 +492,4 @@ def build_tab(ctx: Any) -> None:
         return dropdown_update(ctx, "audio", current)
 
     refresh.click(audio_checkpoints, inputs=checkpoint, outputs=checkpoint, api_name="audio_checkpoints")
+    return audio_checkpoints, checkpoint

@@ -301,7 +301,7 @@ def compare_fragment(
 
 
 # ------------------------------------------------------------------------------------------------- Gradio
-def build_tab(ctx: Any) -> None:
+def build_tab(ctx: Any) -> tuple[Any, Any]:
     """The Fragments tab's components and events (call inside ``with gr.Tab("Fragments"):``)."""
     import gradio as gr
 
@@ -335,7 +335,8 @@ def build_tab(ctx: Any) -> None:
         with gr.Column(scale=3):
             summary = gr.Markdown()
             table = gr.Dataframe(headers=METRIC_HEADERS, label="Accuracy", interactive=False)
-            hex_view = gr.HTML()
+    # Full width: three 16-byte hex columns side by side do not fit beside the controls.
+    hex_view = gr.HTML()
 
     # Uploading a file is a clear intent to use it.
     upload.upload(lambda _f: SOURCES[1], inputs=upload, outputs=source, api_visibility="private")
@@ -386,3 +387,4 @@ def build_tab(ctx: Any) -> None:
     refresh.click(
         fragments_checkpoints, inputs=checkpoint, outputs=checkpoint, api_name="fragments_checkpoints"
     )
+    return fragments_checkpoints, checkpoint

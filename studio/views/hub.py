@@ -143,7 +143,7 @@ def load(ctx: Any, source: Any, token: Any = None) -> tuple[str, str]:
     return status, loaded_markdown(ctx)
 
 
-def build_tab(ctx: Any) -> None:
+def build_tab(ctx: Any) -> tuple[Any, Any]:
     """The Hub tab's components and events (call inside ``with gr.Tab("Hub"):``)."""
     import gradio as gr
 
@@ -234,3 +234,4 @@ def build_tab(ctx: Any) -> None:
     export_btn.click(hub_export, inputs=[run, kind, folder], outputs=export_status, api_name="hub_export")
     load_btn.click(hub_load, inputs=[source, token], outputs=[load_status, loaded], api_name="hub_load")
     refresh.click(hub_runs, inputs=run, outputs=run, api_name="hub_runs")
+    return hub_runs, run

@@ -281,7 +281,7 @@ def sar_compare(
 
 
 # ------------------------------------------------------------------------------------------------- Gradio
-def build_tab(ctx: Any) -> None:
+def build_tab(ctx: Any) -> tuple[Any, Any]:
     """The SAR tab's components and events (call inside ``with gr.Tab("SAR"):``)."""
     import gradio as gr
 
@@ -343,3 +343,4 @@ def build_tab(ctx: Any) -> None:
         return dropdown_update(ctx, "sar", current, multiselect=True)
 
     refresh.click(sar_checkpoints, inputs=checkpoints, outputs=checkpoints, api_name="sar_checkpoints")
+    return sar_checkpoints, checkpoints
