@@ -242,3 +242,22 @@ def artifacts() -> Path:
     """test-artifacts/ at the repository root, for screenshots."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def seeded() -> None:
+    """Same random weights and inputs on every run (for the model tests)."""
+    import torch
+
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread: on the shared 2-core CI box two threads contend and run ~3x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -12,18 +12,7 @@ from models.audio import ConvDecoder, ConvEncoder, ConvVAE, MelConvVAE, compute_
 SMALL_2CH = {"latent_dim": 16, "n_mels": 32, "n_frames": 20, "widths": (8, 16, 32, 64, 128)}
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """One intra-op thread: on the shared 2-core CI box two threads contend and run ~3x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("seeded", "single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,7 @@ from torch import nn
 
 from models.fragments import ByteFragmentAutoencoder, FragmentAutoencoder
 
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """One intra-op thread: on the shared 2-core CI box two threads contend and run ~3x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("seeded", "single_thread")
 
 
 def _fragments(n: int, length: int = 512) -> tuple[torch.Tensor, torch.Tensor]:

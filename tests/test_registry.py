@@ -41,18 +41,7 @@ SMALL = {
 PREPROCESSING = {"method": "log-minmax", "low": -3.25, "high": 2.5, "looks": 4, "clip": [0.01, 99.9]}
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """One intra-op thread: on the shared 2-core CI box two threads contend and run ~3x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("seeded", "single_thread")
 
 
 def _example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
