@@ -617,7 +617,9 @@ def _cli_args(config: Mapping[str, Any]) -> list[str]:
             continue
         if _flag(key) not in flags:
             continue  # submit refused non-default values for these; the preset's value applies
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if isinstance(value, bool):
+            continue  # switches travel in the stored config the trainer starts from
+        if not isinstance(value, (int, float, str)):
             raise ValueError(f"setting '{key}' must be a number or a string, got {value!r}")
         args += [_flag(key), repr(value) if isinstance(value, float) else str(value)]
     model = config.get("model") or {}

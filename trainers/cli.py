@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--num-workers", type=int)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA only)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID from its last checkpoint")
     p.add_argument("--run-id", help="attach to a run created beforehand (the studio's job manager uses this)")
     p.add_argument(
@@ -109,6 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "max_steps": args.max_steps,
         "num_workers": args.num_workers,
+        "compile": args.compile,
     }
     model_overrides = _parse_set(args.set)
     with RunStore(args.runs_dir) as store:

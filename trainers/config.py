@@ -78,6 +78,9 @@ class RunConfig:
     max_steps: int | None = None
     log_every: int = 5
     num_workers: int = 0
+    # torch.compile the model on CUDA. Off by default: it costs minutes of compilation on short runs and has
+    # not been checked against fp32 on a GPU here (see BENCHMARKS.md).
+    compile: bool = False
     model: dict[str, Any] = field(default_factory=dict)
 
     @property
