@@ -121,8 +121,14 @@ class _Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         if self.enabled and dist.is_initialized():
+            # After a normal finish every rank waits here before any tears the group down: a rank that exits
+            # while another is still in a collective makes gloo abort it ("terminate called ..."). After an
+            # error the other ranks may never arrive, so no barrier then.
+            if finished:
+                with contextlib.suppress(RuntimeError):
+                    dist.barrier()
             dist.destroy_process_group()
 
 
@@ -214,7 +220,7 @@ def train(
                 f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
             )
             store.set_status(run_id, "failed", reason)
-        ddp.close()
+        ddp.close(finished=False)
         raise
     ddp.close()
     return result
