@@ -103,6 +103,15 @@ def test_overhead_pairs_both_orders_with_identical_losses():
     for p in r["pairs"]:
         assert p["ours_s"] > 0 and p["bare_s"] > 0 and 0 < p["ours_store_s"] < p["ours_s"]
     assert figures[0].value == pytest.approx(r["wall"]["median"])
+    assert r["control_wall"] is None and r["control_pairs"] == []
+
+
+def test_overhead_control_runs_a_bare_loop_in_our_place():
+    # The A/A control: a second bare loop behind train()'s interface, same work, no run store.
+    pairs = paired_windows(overhead_config("fragment-dae", 15), bare_first=True, control=True)
+    assert [p["step"] for p in pairs] == [10, 15]
+    assert all(p["ours_loss"] == p["bare_loss"] and p["ours_store_s"] == 0 for p in pairs)
+    assert all(p["ours_s"] > 0 and p["bare_s"] > 0 for p in pairs)
 
 
 def test_overhead_loops_draw_the_same_random_numbers():
