@@ -28,19 +28,19 @@ _FULL: dict[str, dict[str, Any]] = {
 # and widths than the SPEC, a higher learning rate, a few epochs on a few dozen samples.
 _SMOKE: dict[str, dict[str, Any]] = {
     "sar": {
-        "epochs": 4,
+        "epochs": 6,
         "batch_size": 8,
         "lr": 2e-3,
         "patience": 10,
-        "data": "sar:synthetic,n=48,size=64,val=16",
+        "data": "sar:synthetic,n=128,size=64,val=16",
         "model": {"base_channels": 8, "image_size": 64},
     },
     "audio": {
-        "epochs": 4,
+        "epochs": 5,
         "batch_size": 8,
         "lr": 2e-3,
         "patience": 10,
-        "data": "audio:synthetic,n=48,val=16",
+        "data": "audio:synthetic,n=96,val=16",
         "model": {"widths": [8, 16, 32, 64, 128], "latent_dim": 32},
     },
     "fragments": {
