@@ -180,7 +180,7 @@ class JobManager:
         if cfg.max_steps is not None and cfg.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1 (or None for no limit), got {cfg.max_steps}")
         for key in ("seed", "num_workers"):
-            if getattr(cfg, key) < 0:
+            if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
         for key in ("kl_weight", "weight_decay", "grad_clip"):
             if getattr(cfg, key) < 0:

@@ -305,3 +305,13 @@ def test_fragment_repair_beats_identity_on_held_out_text_files(tmp_path, store):
     assert val["accuracy_corrupted"] > val["identity_accuracy_corrupted"] + 0.1, val
     assert val["accuracy"] > val["identity_accuracy"], val
     assert math.isfinite(val["ber"]) and val["ber"] < val["identity_ber"]
+
+
+def test_data_workers_default_to_none_on_cpu_and_some_on_cuda():
+    from trainers.loop import data_workers
+
+    assert data_workers(None, torch.device("cpu")) == 0
+    assert 1 <= data_workers(None, torch.device("cuda")) <= 4
+    assert data_workers(3, torch.device("cpu")) == 3
+    with pytest.raises(ValueError, match="num_workers"):
+        data_workers(-1, torch.device("cpu"))

@@ -77,7 +77,9 @@ class RunConfig:
     device: str = "auto"
     max_steps: int | None = None
     log_every: int = 5
-    num_workers: int = 0
+    # DataLoader workers; None = automatic: 0 on CPU (they would compete with the model for the cores), a
+    # few on CUDA so batches are made while the GPU computes (see loop.data_workers).
+    num_workers: int | None = None
     # torch.compile the model on CUDA. Off by default: it costs minutes of compilation on short runs and has
     # not been checked against fp32 on a GPU here (see BENCHMARKS.md).
     compile: bool = False

@@ -52,6 +52,15 @@ class RunResult:
     val_metrics: dict[str, float]
 
 
+def data_workers(requested: int | None, device: torch.device) -> int:
+    """DataLoader workers: as asked, else none on CPU and up to 4 (half the cores) on CUDA."""
+    if requested is not None:
+        if requested < 0:
+            raise ValueError(f"num_workers must be >= 0, got {requested}")
+        return requested
+    return min(4, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA when present; asking for CUDA on a machine without it is a clear error."""
     if name == "auto":
@@ -267,16 +276,17 @@ def _train(
         )
         sampler = DistributedSampler(data.train, num_replicas=ddp.world, rank=ddp.rank, seed=cfg.seed)
     pin = device.type == "cuda"
+    workers = data_workers(cfg.num_workers, device)
     train_loader = DataLoader(
         data.train,
         batch_size=cfg.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
-        num_workers=cfg.num_workers,
+        num_workers=workers,
         pin_memory=pin,
         drop_last=len(data.train) > cfg.batch_size,
         generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]),
-        persistent_workers=cfg.num_workers > 0,
+        persistent_workers=workers > 0,
     )
     val_loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False, num_workers=0, pin_memory=pin)
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
