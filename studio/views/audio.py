@@ -20,7 +20,7 @@ import torch
 
 from models.audio import compute_kl_divergence
 from studio.views.common import (
-    dropdown_update,
+    checkpoint_picker,
     fmt,
     heatmap,
     load_checkpoint,
@@ -402,14 +402,9 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
 
     with gr.Row():
         with gr.Column(scale=1):
-            with gr.Row():
-                checkpoint = gr.Dropdown(
-                    choices=ctx.checkpoint_choices("audio"),
-                    label="Audio VAE checkpoint",
-                    info="audio-vae (magnitude + IF) or audio-vae-mel (log-mel)",
-                    scale=4,
-                )
-                refresh = gr.Button("↻ refresh", scale=1, size="sm")
+            checkpoint, audio_checkpoints = checkpoint_picker(
+                ctx, "audio", "Audio VAE checkpoint", "audio-vae (magnitude + IF) or audio-vae-mel (log-mel)"
+            )
             clip_a = clip_picker("Clip")
             start = gr.Number(value=0.0, minimum=0.0, label="Start of the 1 s clip in an upload (s)")
             run = gr.Button("Reconstruct", variant="primary")
@@ -487,9 +482,4 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         api_name="audio_interpolate",
     )
 
-    @user_errors
-    def audio_checkpoints(current):
-        return dropdown_update(ctx, "audio", current)
-
-    refresh.click(audio_checkpoints, inputs=checkpoint, outputs=checkpoint, api_name="audio_checkpoints")
     return audio_checkpoints, checkpoint

@@ -153,6 +153,29 @@ def dropdown_update(ctx: Any, domain: str, current: Any = None, multiselect: boo
     return gr.update(choices=choices, value=value)
 
 
+def checkpoint_picker(
+    ctx: Any, domain: str, label: str, info: str, multiselect: bool = False
+) -> tuple[Any, Callable[[Any], Any]]:
+    """A checkpoint dropdown of `domain` with a refresh button (API endpoint ``<domain>_checkpoints``).
+
+    Returns (dropdown, refresh function); the app also runs the refresh when the tab is opened.
+    """
+    import gradio as gr
+
+    with gr.Row():
+        dropdown = gr.Dropdown(
+            choices=ctx.checkpoint_choices(domain), multiselect=multiselect, label=label, info=info, scale=4
+        )
+        button = gr.Button("↻ refresh", scale=1, size="sm")
+
+    @user_errors
+    def refresh(current: Any) -> Any:
+        return dropdown_update(ctx, domain, current, multiselect=multiselect)
+
+    button.click(refresh, inputs=dropdown, outputs=dropdown, api_name=f"{domain}_checkpoints")
+    return dropdown, refresh
+
+
 def model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 

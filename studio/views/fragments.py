@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from studio.views.common import (
-    dropdown_update,
+    checkpoint_picker,
     fmt,
     load_checkpoint,
     model_call,
@@ -308,14 +308,9 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     choices = builtin_choices()
     with gr.Row():
         with gr.Column(scale=1):
-            with gr.Row():
-                checkpoint = gr.Dropdown(
-                    choices=ctx.checkpoint_choices("fragments"),
-                    label="Fragment checkpoint",
-                    info="fragment-dae or fragment-dae-bytes",
-                    scale=4,
-                )
-                refresh = gr.Button("↻ refresh", scale=1, size="sm")
+            checkpoint, fragments_checkpoints = checkpoint_picker(
+                ctx, "fragments", "Fragment checkpoint", "fragment-dae or fragment-dae-bytes"
+            )
             source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Input")
             builtin = gr.Dropdown(
                 choices=choices,
@@ -380,11 +375,4 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         api_name="fragments_compare",
     )
 
-    @user_errors
-    def fragments_checkpoints(current):
-        return dropdown_update(ctx, "fragments", current)
-
-    refresh.click(
-        fragments_checkpoints, inputs=checkpoint, outputs=checkpoint, api_name="fragments_checkpoints"
-    )
     return fragments_checkpoints, checkpoint

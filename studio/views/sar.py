@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from studio.views.common import (
-    dropdown_update,
+    checkpoint_picker,
     fmt,
     heatmap,
     load_checkpoint,
@@ -287,15 +287,9 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
 
     with gr.Row():
         with gr.Column(scale=1):
-            with gr.Row():
-                checkpoints = gr.Dropdown(
-                    choices=ctx.checkpoint_choices("sar"),
-                    multiselect=True,
-                    label="SAR checkpoints",
-                    info="any SAR variants, compared side by side",
-                    scale=4,
-                )
-                refresh = gr.Button("↻ refresh", scale=1, size="sm")
+            checkpoints, sar_checkpoints = checkpoint_picker(
+                ctx, "sar", "SAR checkpoints", "any SAR variants, compared side by side", multiselect=True
+            )
             source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Input")
             with gr.Group():
                 seed = gr.Slider(0, 255, value=0, step=1, label="Validation sample (synthetic scene #)")
@@ -338,9 +332,4 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         api_name="sar_compare",
     )
 
-    @user_errors
-    def sar_checkpoints(current):
-        return dropdown_update(ctx, "sar", current, multiselect=True)
-
-    refresh.click(sar_checkpoints, inputs=checkpoints, outputs=checkpoints, api_name="sar_checkpoints")
     return sar_checkpoints, checkpoints
