@@ -315,3 +315,34 @@ def test_data_workers_default_to_none_on_cpu_and_some_on_cuda():
     assert data_workers(3, torch.device("cpu")) == 3
     with pytest.raises(ValueError, match="num_workers"):
         data_workers(-1, torch.device("cpu"))
+
+
+def test_sigterm_during_validation_cancels_at_once_and_keeps_the_epoch(store, monkeypatch):
+    """The job manager SIGKILLs a trainer that ignores SIGTERM for too long; validation must not delay it."""
+    from trainers.tasks import SARTask
+
+    original = SARTask.evaluate
+    seen: list[int] = []
+
+    def evaluate_then_get_cancelled(self, model, batches, device):
+        def batches_with_signal():
+            for i, batch in enumerate(batches):
+                if i == 0:
+                    os.kill(os.getpid(), signal.SIGTERM)  # caught by the loop's handler: sets its cancel flag
+                seen.append(i)
+                yield batch
+
+        return original(self, model, batches_with_signal(), device)
+
+    monkeypatch.setattr(SARTask, "evaluate", evaluate_then_get_cancelled)
+    cfg = make_config(
+        "sar-baseline", "smoke", data="sar:synthetic,n=16,size=64,val=16", epochs=3, batch_size=4
+    )
+    result = train(cfg, store)
+    assert result.status == "cancelled" and "during validation" in result.reason
+    assert seen == [0], "validation stopped after the batch in flight"
+    run = store.get_run(result.run_id)
+    assert run.status == "cancelled" and run.epoch == 1
+    assert not [r for r in store.metrics_after(0, run_ids=[result.run_id])[0] if r.split == "val"]
+    last = checkpoints.checkpoint_path(Path(store.runs_dir) / result.run_id, "last")
+    assert checkpoints.read_trainer_state(last)["epoch"] == 1

@@ -344,10 +344,22 @@ def _train(
             improved = False
             if ddp.main:
                 model.eval()
+                val_batches = _until(val_loader, cancel)
                 if isinstance(task, AudioTask):
-                    last_val = task.evaluate(model, val_loader, device, dataset=data.val)
+                    last_val = task.evaluate(model, val_batches, device, dataset=data.val)
                 else:
-                    last_val = task.evaluate(model, val_loader, device)
+                    last_val = task.evaluate(model, val_batches, device)
+            if ddp.any(cancel.set):
+                # SIGTERM during validation: the epoch's training is done, so keep its weights as `last`
+                # (now, within the job manager's grace period) and drop the partial metrics.
+                status, reason = "cancelled", f"cancelled at step {state['step']} (during validation)"
+                last_val = {}
+                if ddp.main:
+                    _save(folder, "last", model, optimizer, state, epoch, best)
+                    last = str(folder / "checkpoints" / "last")
+                    store.update_run(run_id, last_checkpoint=last, epoch=epoch)
+                break
+            if ddp.main:
                 store.log_metrics(run_id, state["step"], epoch, "val", last_val)
                 value = last_val.get(task.monitor, math.nan)
                 improved = math.isfinite(value) and (best is None or sign * value < sign * best)
@@ -379,6 +391,14 @@ def _train(
     if ddp.main:
         store.set_status(run_id, status, reason)
     return RunResult(run_id, status, reason, state["step"], state["epoch"], best, last_val)
+
+
+def _until(batches: Any, cancel: _CancelFlag) -> Any:
+    """The batches, stopping early once a cancel has been asked for."""
+    for batch in batches:
+        if cancel.set:
+            return
+        yield batch
 
 
 def _flush(window, state, epoch, store, run_id, ddp, bar, on_step) -> None:
