@@ -312,6 +312,9 @@ def test_cancel_log_and_curves_need_a_run(ctx):
     with pytest.raises(ValueError, match="no run with id 'nope'"):
         cancel_run(ctx, "nope")
     assert log_tail(ctx, None) == ""
+    # A run trained from the command line has no job log; say why rather than "not started".
+    cli_run = ctx.store.create_run("fragment-dae", "fragments", {}, status="completed")
+    assert "started outside the studio" in log_tail(ctx, cli_run)
     with pytest.raises(ValueError, match="No metric chosen"):
         check_curve_request("", ["a"])
     assert check_curve_request("val/psnr", "a") == ("val/psnr", ["a"])

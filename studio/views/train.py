@@ -250,7 +250,12 @@ def log_tail(ctx: StudioContext, run_id: Any, lines: int = LOG_LINES) -> str:
     if ctx.jobs is None:
         return "(no job manager in this studio)"
     text = ctx.jobs.log_tail(str(run_id), lines)
-    return text or "(no log yet: the run has not started)"
+    if text:
+        return text
+    run = ctx.store.get_run(str(run_id))
+    if run is None or run.status == "queued":
+        return "(no log yet: the run has not started)"
+    return "(no log here: this run was started outside the studio, e.g. `python -m trainers train`)"
 
 
 def check_curve_request(metric: Any, runs: Any) -> tuple[str, list[str]]:
