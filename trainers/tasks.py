@@ -36,6 +36,15 @@ class DataBundle:
     preprocessing: dict[str, Any]
 
 
+def _prefilled(bundle: DataBundle) -> DataBundle:
+    """The bundle with its cached items made up front (see trainers.data.prefill)."""
+    from trainers.data.prefill import prefill
+
+    prefill(bundle.train)
+    prefill(bundle.val)
+    return bundle
+
+
 def _split(dataset: Dataset, val: float | int, seed: int) -> tuple[Subset, Subset]:
     """Deterministic train/val split of a folder dataset (val: a fraction < 1 or a count)."""
     n = len(dataset)
@@ -147,7 +156,7 @@ class SARTask(Task):
         spec = spec or default_data_spec("sar")
         image_size = int(model_config.get("image_size", 256))
         train, val, prep = self._datasets(spec, image_size)
-        return DataBundle(train, val, prep)
+        return _prefilled(DataBundle(train, val, prep))
 
     def dataset_for_eval(self, spec, preprocessing, model_config):
         from trainers.data import sar
@@ -230,7 +239,7 @@ class AudioTask(Task):
             )
         else:
             train, val = _split(self._dataset(spec, features), spec.options.get("val", 0.2), seed)
-        return DataBundle(train, val, features.preprocessing())
+        return _prefilled(DataBundle(train, val, features.preprocessing()))
 
     def dataset_for_eval(self, spec, preprocessing, model_config):
         return self._dataset(spec, self._features(preprocessing), seed_offset=2_000_003, n_default=32)

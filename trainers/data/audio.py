@@ -473,11 +473,14 @@ class _FeatureDataset(Dataset):
             raise IndexError(f"clip index {i} out of range for {n} clips")
         return int(i) % n
 
+    def _compute(self, i: int) -> np.ndarray:
+        return self.features.encode(self.waveform(i))
+
     def __getitem__(self, i: int) -> torch.Tensor:
         i = self._index(i)
         x = self._cache.get(i)
         if x is None:
-            x = self.features.encode(self.waveform(i))
+            x = self._compute(i)
             if self.cache:
                 self._cache[i] = x
         return torch.from_numpy(x.copy())

@@ -373,11 +373,14 @@ class SyntheticSARDataset(Dataset):
         """The speckled intensity of image ``i`` (float32, H×W), before normalisation."""
         return self._scene(i)[1]
 
+    def _compute(self, i: int) -> np.ndarray:
+        return self.normalizer.to_model(self.intensity(i))[None]
+
     def __getitem__(self, i: int) -> torch.Tensor:
         i = self._index(i)
         x = self._cache.get(i)
         if x is None:
-            x = self.normalizer.to_model(self.intensity(i))[None]
+            x = self._compute(i)
             if self.cache:
                 self._cache[i] = x
         return torch.from_numpy(x.copy())
