@@ -14,9 +14,7 @@ the middle of a launch still finds the pid.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -58,14 +56,8 @@ UNCLAIMED_PID_GRACE_S = 60.0
 PROCESS_START_SLACK_S = 2.0
 REASON_TAIL_LINES = 5
 REASON_TAIL_CHARS = 600
-# Run settings that are not trainer CLI flags of their own.
-_NOT_FLAGS = frozenset({"variant", "preset", "device", "model"})
 _INT_SETTINGS = ("epochs", "batch_size", "seed", "max_steps", "num_workers", "patience", "log_every")
 _REAL_SETTINGS = ("lr", "kl_weight", "weight_decay", "grad_clip")
-# Flags of `python -m trainers train` when the parser cannot be inspected (see _train_flags).
-_KNOWN_FLAGS = frozenset(
-    {"--epochs", "--batch-size", "--lr", "--kl-weight", "--data", "--seed", "--max-steps", "--num-workers"}
-)
 
 # Processes left running by shutdown(): kept referenced so that their Popen objects are not collected
 # (which warns, and reaps them behind the back of a manager that re-attached to them in this process).
@@ -185,10 +177,9 @@ class JobManager:
         for key in ("kl_weight", "weight_decay", "grad_clip"):
             if getattr(cfg, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-        config = cfg.to_dict()
-        # The trainer attached with --run-id starts from this stored config, so every setting reaches it.
-        _cli_args(config)  # every value must turn into a CLI argument (e.g. JSON-able model overrides)
-        run_id = self.store.create_run(variant, domain, config, status="queued")
+        # The trainer attached with --run-id starts from this stored config, so every setting reaches it
+        # (create_run refuses a config that is not JSON).
+        run_id = self.store.create_run(variant, domain, cfg.to_dict(), status="queued")
         if owner:
             self.store.update_run(run_id, owner=str(owner))
         with self._lock:
@@ -469,14 +460,10 @@ class JobManager:
         self._submitted.discard(run.id)
         folder = self.store.run_dir(run.id)
         log_path = folder / LOG_NAME
-        try:
-            args = _cli_args(run.config)
-        except ValueError as exc:
-            self.store.set_status(run.id, "failed", f"cannot start the trainer: {exc}")
-            return
         device = "cpu" if slot == "cpu" else "cuda"
+        # Only where and as what to run: the trainer reads every setting from the run's stored config.
         cmd = [self.python, "-m", "trainers", "train", run.variant, "--run-id", run.id]
-        cmd += ["--runs-dir", str(self.runs_dir), "--no-progress", "--device", device, *args]
+        cmd += ["--runs-dir", str(self.runs_dir), "--no-progress", "--device", device]
         env = self._environment(slot)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -584,53 +571,6 @@ def _checked_data(data: Any, domain: str) -> str:
     if spec.folder_path is not None:  # the trainer runs in another working directory
         spec = DataSpec(spec.domain, spec.source, {**spec.options, "folder": str(spec.folder_path.resolve())})
     return format_data_spec(spec)
-
-
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
-@functools.cache
-def _train_flags() -> frozenset[str]:
-    """Option strings of `python -m trainers train`, so settings the CLI gains later just work."""
-    try:
-        from trainers.cli import build_parser
-
-        parser = build_parser()
-        for action in parser._actions:  # argparse has no public API to list a subcommand's options
-            if isinstance(action, argparse._SubParsersAction) and "train" in action.choices:
-                train = action.choices["train"]
-                return frozenset(s for a in train._actions for s in a.option_strings)
-    except Exception:
-        log.warning("could not inspect the trainer CLI; assuming its documented flags", exc_info=True)
-    return _KNOWN_FLAGS
-
-
-def _cli_args(config: Mapping[str, Any]) -> list[str]:
-    """The trainer CLI arguments that reproduce a stored run config (device and ids are added apart)."""
-    import json
-
-    flags = _train_flags()
-    args = ["--preset", str(config.get("preset", "full"))]
-    for key, value in config.items():
-        if key in _NOT_FLAGS or value is None or value == "":
-            continue
-        if _flag(key) not in flags:
-            continue  # submit refused non-default values for these; the preset's value applies
-        if isinstance(value, bool):
-            continue  # switches travel in the stored config the trainer starts from
-        if not isinstance(value, (int, float, str)):
-            raise ValueError(f"setting '{key}' must be a number or a string, got {value!r}")
-        args += [_flag(key), repr(value) if isinstance(value, float) else str(value)]
-    model = config.get("model") or {}
-    if not isinstance(model, Mapping):
-        raise ValueError(f"model overrides must be a dict, got {type(model).__name__}")
-    for key, value in model.items():
-        try:
-            args += ["--set", f"{key}={json.dumps(value)}"]
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"model override '{key}' must be JSON-serialisable: {exc}") from exc
-    return args
 
 
 def _proc_state(pid: int) -> str:

@@ -9,6 +9,7 @@ that plays the trainer: it is still a real process group that is signalled and w
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -23,9 +24,8 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from studio.jobs import LOG_NAME, JobManager, _cli_args, _cmdline, _proc_state  # noqa: E402
+from studio.jobs import LOG_NAME, JobManager, _cmdline, _proc_state  # noqa: E402
 from trainers import checkpoints  # noqa: E402
-from trainers.cli import _parse_set, build_parser  # noqa: E402
 from trainers.config import make_config  # noqa: E402
 from trainers.store import RunStore  # noqa: E402
 
@@ -351,37 +351,32 @@ def test_cancel_of_unknown_or_ended_runs_changes_nothing(tmp_path: Path, manager
     assert jm.log_tail(done) == ""
 
 
-def test_cli_args_reproduce_the_submitted_config(tmp_path: Path) -> None:
-    """The trainer rebuilds the config from its command line, so the arguments must give back the same."""
-    data = tmp_path / "corpus"
-    data.mkdir()
-    cfg = make_config(
-        "audio-vae",
-        "smoke",
-        epochs=3,
-        batch_size=4,
-        lr=3.5e-4,
-        kl_weight=0.05,
-        seed=7,
-        max_steps=11,
-        data=f"audio:folder={data},n=9",
-        model={"widths": [4, 8, 16, 32, 64], "latent_dim": 8},
-    ).to_dict()
-    args = build_parser().parse_args(["train", "audio-vae", *_cli_args(cfg)])
-    rebuilt = make_config(
-        "audio-vae",
-        args.preset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        kl_weight=args.kl_weight,
-        seed=args.seed,
-        max_steps=args.max_steps,
-        data=args.data,
-        model=_parse_set(args.set),
-    ).to_dict()
-    assert rebuilt == cfg
-    assert args.set == ["widths=[4, 8, 16, 32, 64]", "latent_dim=8"]
+@pytest.mark.timeout(240)
+def test_the_trainer_runs_exactly_the_submitted_config(tmp_path: Path, managers: list) -> None:
+    """The manager passes only the run id: every setting, flagless ones included, reaches the trainer."""
+    jm = JobManager(tmp_path / "runs", cpu_slots=1, gpus=[], **FAST)
+    managers.append(jm)
+    settings = {
+        "epochs": 1,
+        "max_steps": 3,
+        "batch_size": 16,
+        "patience": 2,
+        "grad_clip": 0.5,
+        "seed": 7,
+        "data": "fragments:python,max_files=12",
+        "model": {"channels": [8, 16, 32]},
+    }
+    run_id = jm.submit("fragment-dae", "smoke", **settings)
+    submitted = jm.store.get_run(run_id).config
+    wait_for(lambda: jm.store.get_run(run_id).status == "completed", 200, "the run to complete")
+    run = jm.store.get_run(run_id)
+    assert {**run.config, "device": "auto"} == submitted  # the trainer records what it ran; only the
+    assert run.config["device"] == "cpu"  # device is the slot's
+    assert run.step == 3
+    folder = Path(run.last_checkpoint)
+    assert json.loads((folder / "config.json").read_text())["channels"] == [8, 16, 32]
+    launch_line = jm.log_tail(run_id, n=200).splitlines()[0]
+    assert f"--run-id {run_id}" in launch_line and "--epochs" not in launch_line
 
 
 def test_jobs_rows_show_the_domains_key_metric(tmp_path: Path, managers: list) -> None:
