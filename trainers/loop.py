@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from models import create_model, load_pretrained
 from trainers import checkpoints
 from trainers.config import RunConfig
-from trainers.dataspec import parse_data_spec
+from trainers.dataspec import DataSpec, parse_data_spec
 from trainers.store import RunStore
 from trainers.tasks import AudioTask, Task, task_for
 
@@ -216,7 +216,7 @@ def train(
             )
             store.set_status(run_id, "running", "resumed" if resume else "")
         result = _train(
-            cfg, task, store, run_id, folder, device, ddp, state, resume_folder, progress, on_step
+            cfg, task, spec, store, run_id, folder, device, ddp, state, resume_folder, progress, on_step
         )
     except Diverged as exc:
         if ddp.main:
@@ -243,6 +243,7 @@ def _describe(device: torch.device, world: int) -> str:
 def _train(
     cfg: RunConfig,
     task: Task,
+    spec: DataSpec | None,
     store: RunStore,
     run_id: str,
     folder: Path,
@@ -253,7 +254,6 @@ def _train(
     progress: bool,
     on_step: Callable[[int, float], None] | None,
 ) -> RunResult:
-    spec = parse_data_spec(cfg.data) if cfg.data else None
     data = task.build_data(spec, cfg.model, cfg.seed)
     if resume_folder is not None:
         model = load_pretrained(resume_folder, expected_variant=cfg.variant)
