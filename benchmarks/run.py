@@ -29,7 +29,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from benchmarks.common import REPO_ROOT, Figure, format_table, machine_info  # noqa: E402
 
-SECTIONS: tuple[str, ...] = ("overhead", "throughput", "gpu", "startup", "curves", "memory")
+SECTIONS: tuple[str, ...] = ("overhead", "throughput", "fastpath", "gpu", "startup", "curves", "memory")
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 START_MARK = "<!-- results:start (written by benchmarks/run.py; edit outside these marks) -->"
@@ -41,6 +41,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "overhead": {"steps": 40, "repeats": 4, "control": True},
         "throughput": {"steps": 8},
+        "fastpath": {"steps": 20, "compile": True},
         "gpu": {"steps": 50, "warmup": 10},
         "startup": {"repeats": 3},
         "curves": {"n_runs": 20, "histories": (1_000, 10_000), "repeats": 10},
@@ -49,6 +50,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "overhead": {"steps": 15, "repeats": 1},
         "throughput": {"steps": 2},
+        "fastpath": {"steps": 10},
         "gpu": {"steps": 10, "warmup": 3},
         "startup": {"repeats": 1},
         "curves": {"n_runs": 20, "histories": (1_000, 10_000), "repeats": 3},
@@ -57,6 +59,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "dry": {
         "overhead": {"steps": 10, "repeats": 1, "variants": ("fragment-dae",)},
         "throughput": {"steps": 1, "variants": ("sar-baseline", "fragment-dae"), "batch_size": 2},
+        "fastpath": {"steps": 2, "n_batches": 1, "variants": ("fragment-dae",)},
         "gpu": {"steps": 2, "warmup": 1, "variants": ("fragment-dae",)},
         "startup": {"repeats": 1},
         "curves": {"n_runs": 3, "histories": (20, 200), "repeats": 2},
@@ -75,6 +78,10 @@ def _runner(section: str) -> Callable[..., tuple[list[Figure], dict[str, Any]]]:
         from benchmarks.throughput import measure_cpu_throughput
 
         return measure_cpu_throughput
+    if section == "fastpath":
+        from benchmarks.fastpath import measure_fastpath_agreement
+
+        return measure_fastpath_agreement
     if section == "gpu":
         from benchmarks.throughput import measure_gpu_throughput
 

@@ -5,14 +5,17 @@ The variants of a domain take turns step by step, so their relative cost is meas
 speeds are reported relative to the domain's reference variant, memory as the peak RSS growth while a
 variant builds its data and model and trains on the first pass (read from /proc, reset between variants).
 
-GPU (when CUDA is present): the SPEC's models and batch sizes, each variant in three set-ups: fp32 eager;
-bf16 autocast (what `trainers.loop` does on CUDA today); bf16 autocast + channels_last + `torch.compile` +
-fused AdamW. Reported: samples/s, `torch.cuda.max_memory_allocated`, and the achieved FLOP rate as a
-fraction of this GPU's measured bf16 matmul peak (model FLOPs per step counted by FlopCounterMode).
+GPU (when CUDA is present): the SPEC's models and batch sizes, each variant in the three set-ups of
+`GPU_MODES`, built by `trainers.fastpath` exactly as the training loop builds them: fp32 eager; the loop's
+CUDA default (bf16 autocast + channels_last + fused Adam); that plus `torch.compile`. Reported: samples/s,
+`torch.cuda.max_memory_allocated`, and the achieved FLOP rate as a fraction of this GPU's measured bf16
+matmul peak (model FLOPs per step counted by FlopCounterMode). Every set-up starts from the same weights and
+sees the same batches, so their losses are comparable (`benchmarks/fastpath.py` checks they agree).
 
-The data share is the time `DataLoader` takes to hand over a batch (generation/loading, collation; the
-loop's default `num_workers=0`) over the whole step, on the first pass (SAR and audio features are made and
-cached then) and on a later pass (cached; fragments are corrupted afresh every pass).
+The data share is the time `DataLoader` takes to hand over a batch (generation/loading, collation) in the
+main process over the whole step, on the first pass (SAR and audio features are made and cached then) and
+on a later pass (cached; fragments are corrupted afresh every pass). On CUDA the loop loads in worker
+processes that overlap the step, so there the figure is an upper bound.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import ctypes
 import gc
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -40,20 +43,31 @@ from benchmarks.common import (
     rss_mib,
     sized_config,
 )
+from trainers.fastpath import FastPath
 
 # Speeds within a domain are given relative to its plainest model.
 REFERENCE: dict[str, str] = {"sar": "sar-baseline", "audio": "audio-vae-mel", "fragments": "fragment-dae"}
 DATA_SHARE_TARGET = 0.10
-GPU_MODES: dict[str, dict[str, bool]] = {
-    "fp32-eager": {"autocast": False, "channels_last": False, "compile": False, "fused": False},
-    "bf16-autocast": {"autocast": True, "channels_last": False, "compile": False, "fused": False},
-    "bf16-fast": {"autocast": True, "channels_last": True, "compile": True, "fused": True},
-}
+# The set-ups compared on a GPU, as `trainers.fastpath` builds them for a domain. "default" is what the
+# training loop runs on CUDA; "compiled" adds `torch.compile` (the loop's `--compile`).
+GPU_MODES: tuple[str, ...] = ("fp32-eager", "default", "compiled")
 GPU_MODE_LABELS: dict[str, str] = {
     "fp32-eager": "fp32 eager",
-    "bf16-autocast": "bf16 autocast (the loop today)",
-    "bf16-fast": "bf16 + channels_last + compile + fused AdamW",
+    "default": "bf16 + channels_last + fused Adam (the loop's CUDA default)",
+    "compiled": "bf16 + channels_last + fused Adam + compile",
 }
+
+
+def gpu_setup(mode: str, domain: str) -> FastPath:
+    """The `FastPath` of one GPU mode for `domain`.
+
+    Fused Adam stands for the issue's fused AdamW: the two are the same maths at weight decay 0, the presets'.
+    """
+    if mode == "fp32-eager":
+        return FastPath()
+    if mode in ("default", "compiled"):
+        return FastPath.cuda_default(domain, compile=mode == "compiled")
+    raise ValueError(f"unknown GPU mode '{mode}'; choose from: {', '.join(GPU_MODES)}")
 
 
 def _release_memory() -> None:
@@ -255,12 +269,10 @@ def _is_image_model(batch: Any) -> bool:
     return first.dim() == 4
 
 
-def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
-    def move(t: torch.Tensor) -> torch.Tensor:
-        t = t.to(device, non_blocking=True)
-        return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
-
-    return [move(b) for b in batch] if isinstance(batch, (list, tuple)) else move(batch)
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, (list, tuple)):
+        return [b.to(device, non_blocking=True) for b in batch]
+    return batch.to(device, non_blocking=True)
 
 
 def count_step_flops(task: Any, model: nn.Module, batch: Any) -> int:
@@ -275,44 +287,38 @@ def count_step_flops(task: Any, model: nn.Module, batch: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def run_gpu_mode(
+def run_setup(
     cfg: Any,
     task: Any,
     preprocessing: dict[str, Any],
     cpu_batches: list[Any],
-    mode: str,
+    fast: FastPath,
     steps: int,
     warmup: int,
     device: str = "cuda",
-) -> dict[str, Any]:
-    """Train a fresh copy of the model (same init) for ``warmup`` + ``steps`` steps in one set-up.
+    compile_on_cpu: bool = False,
+) -> tuple[dict[str, Any], nn.Module]:
+    """Train a fresh copy of the model (same init, same random draws) for ``warmup`` + ``steps`` steps in
+    the set-up ``fast``, exactly as `trainers.loop` runs a step. Returns the timings and the trained model.
 
-    ``device`` may be "cpu" to check the code path without a GPU (then no compile and no CUDA timing).
+    ``device`` may be "cpu" to run the code path without a GPU: there is then no CUDA timing, and
+    ``torch.compile`` only with ``compile_on_cpu`` (inductor's C++ back end takes ~20 s per model here).
     """
     from models import create_model
 
-    opts = GPU_MODES[mode]
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    image = _is_image_model(cpu_batches[0])
-    channels_last = opts["channels_last"] and image
+    if fast.compile and not (cuda or compile_on_cpu):
+        fast = replace(fast, compile=False)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.variant, preprocessing=preprocessing, **cfg.model).to(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     model.train()
-    if opts["fused"]:
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
-        )
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    forward = torch.compile(model) if opts["compile"] and cuda else model
-    batches = [_to_device(b, dev, channels_last) for b in cpu_batches]
-    autocast = opts["autocast"] and (not cuda or torch.cuda.is_bf16_supported())
+    forward = fast.prepare(model)
+    optimizer = fast.optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    batches = [fast.inputs(_to_device(b, dev)) for b in cpu_batches]
 
     def step(batch: Any) -> torch.Tensor:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+        with fast.autocast(dev):
             loss = task.loss(forward, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -328,29 +334,32 @@ def run_gpu_mode(
     if cuda:
         sync()
         torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for i in range(warmup):
-        step(batches[i % len(batches)])
-    sync()
-    warmup_s = time.perf_counter() - t0
+    torch.manual_seed(cfg.seed + 1)  # the VAE's sampling draws the same numbers in every set-up
     losses = []
     t0 = time.perf_counter()
-    for i in range(steps):
+    for i in range(warmup):
+        losses.append(step(batches[i % len(batches)]))
+    sync()
+    warmup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + steps):
         losses.append(step(batches[i % len(batches)]))
     sync()
     elapsed = time.perf_counter() - t0
-    final_loss = float(torch.stack(losses).float().mean()) if losses else float("nan")
+    trajectory = [float(x) for x in torch.stack(losses).float().cpu()] if losses else []
+    timed = trajectory[warmup:]
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
-    return {
-        "mode": mode,
-        "options": {**opts, "channels_last": channels_last, "compile": opts["compile"] and cuda},
+    result = {
+        "options": asdict(fast),
         "steps": steps,
         "seconds": elapsed,
         "warmup_s": warmup_s,
         "samples_per_s": len(_first(cpu_batches[0])) * steps / elapsed,
         "peak_allocated_mib": peak,
-        "mean_loss": final_loss,
+        "mean_loss": sum(timed) / len(timed) if timed else float("nan"),
+        "losses": trajectory,
     }
+    return result, model
 
 
 def _first(batch: Any) -> torch.Tensor:
@@ -392,7 +401,7 @@ def measure_gpu_variant(
     flops = None
     try:
         model.to(dev).train()
-        flops = count_step_flops(task, model, _to_device(cpu_batches[0], dev, False))
+        flops = count_step_flops(task, model, _to_device(cpu_batches[0], dev))
     except Exception as exc:  # noqa: BLE001 - the FLOP count only feeds the MFU figure
         flops_error = f"{type(exc).__name__}: {exc}"
     else:
@@ -400,13 +409,15 @@ def measure_gpu_variant(
     del model
     modes: dict[str, Any] = {}
     for mode in GPU_MODES:
+        fast = gpu_setup(mode, task.domain)
         try:
-            modes[mode] = run_gpu_mode(
-                cfg, task, data.preprocessing, cpu_batches, mode, steps, warmup, device
+            modes[mode], _ = run_setup(
+                cfg, task, data.preprocessing, cpu_batches, fast, steps, warmup, device
             )
+            modes[mode]["mode"] = mode
         except Exception as exc:  # noqa: BLE001 - one failing set-up (e.g. compile) must not hide the others
             modes[mode] = {"mode": mode, "error": f"{type(exc).__name__}: {exc}"}
-        if GPU_MODES[mode]["compile"]:
+        if fast.compile:
             torch._dynamo.reset()  # compiled graphs keep the model alive; the next variant starts clean
         gc.collect()
         if dev.type == "cuda":
@@ -500,7 +511,7 @@ def gpu_figures(peak_tflops: float, raw: dict[str, dict[str, Any]]) -> list[Figu
                     "samples/s",
                 )
             )
-            for mode in ("bf16-autocast", "bf16-fast"):
+            for mode in ("default", "compiled"):
                 if mode in ok:
                     figures.append(
                         Figure(
@@ -513,7 +524,7 @@ def gpu_figures(peak_tflops: float, raw: dict[str, dict[str, Any]]) -> list[Figu
                         )
                     )
         # The fastest set-up that ran leads; the others go in the notes.
-        head = next((mode for mode in ("bf16-fast", "bf16-autocast", "fp32-eager") if mode in ok), None)
+        head = next((mode for mode in ("compiled", "default", "fp32-eager") if mode in ok), None)
         if head is None:
             continue
         others = [m for m in ok if m != head]
@@ -540,7 +551,7 @@ def gpu_figures(peak_tflops: float, raw: dict[str, dict[str, Any]]) -> list[Figu
                 else f"no FLOP count: {r['flops_error']}"[:200],
             )
         )
-        today = "bf16-autocast" if "bf16-autocast" in ok else head
+        today = "default" if "default" in ok else head
         figures.append(
             Figure(
                 f"gpu/{v}/{today}/data_share",

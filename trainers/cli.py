@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA only)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="bf16 autocast: auto (default) = on CUDA GPUs with bf16, off on CPU; fp32 turns it off",
+    )
     p.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID from its last checkpoint")
     p.add_argument("--run-id", help="attach to a run created beforehand (the studio's job manager uses this)")
     p.add_argument(
@@ -111,6 +116,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "max_steps": args.max_steps,
         "num_workers": args.num_workers,
         "compile": args.compile,
+        "precision": args.precision,
     }
     model_overrides = _parse_set(args.set)
     with RunStore(args.runs_dir) as store:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import VARIANTS
+from trainers.fastpath import PRECISIONS
 
 PRESETS = ("smoke", "full")
 
@@ -80,6 +81,8 @@ class RunConfig:
     # DataLoader workers; None = automatic: 0 on CPU (they would compete with the model for the cores), a
     # few on CUDA so batches are made while the GPU computes (see loop.data_workers).
     num_workers: int | None = None
+    # bf16 autocast: "auto" = on CUDA GPUs that have bf16, off on CPU (see trainers.fastpath).
+    precision: str = "auto"
     # torch.compile the model on CUDA. Off by default: it costs minutes of compilation on short runs and has
     # not been checked against fp32 on a GPU here (see BENCHMARKS.md).
     compile: bool = False
@@ -130,4 +133,6 @@ def make_config(variant: str, preset: str = "full", **overrides: Any) -> RunConf
         raise ValueError(f"batch size must be at least 1, got {cfg.batch_size}")
     if not cfg.lr > 0:
         raise ValueError(f"learning rate must be positive, got {cfg.lr}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
     return cfg

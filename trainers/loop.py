@@ -25,13 +25,11 @@ from models import create_model, load_pretrained
 from trainers import checkpoints
 from trainers.config import RunConfig
 from trainers.dataspec import DataSpec, parse_data_spec
+from trainers.fastpath import FastPath
 from trainers.store import RunStore
 from trainers.tasks import AudioTask, Task, task_for
 
 log = logging.getLogger(__name__)
-
-# 2-D conv nets run faster with NHWC tensors on tensor-core GPUs (bf16); the 1-D fragment nets do not apply.
-CHANNELS_LAST_DOMAINS = ("sar", "audio")
 
 # A `last` checkpoint is also written mid-epoch this often, so a killed long epoch loses little work.
 CHECKPOINT_EVERY_S = 300.0
@@ -192,6 +190,7 @@ def train(
         run_id = resume
 
     task = task_for(cfg.variant, kl_weight=cfg.kl_weight)
+    fast = FastPath.resolve(device, task.domain, cfg.precision, cfg.compile)
     _seed_everything(cfg.seed + state["step"])
     spec = parse_data_spec(cfg.data) if cfg.data else None
     if spec is not None and spec.domain != task.domain:
@@ -212,11 +211,14 @@ def train(
     try:
         if ddp.main:
             store.update_run(
-                run_id, device=_describe(device, ddp.world), pid=os.getpid(), host=socket.gethostname()
+                run_id,
+                device=f"{_describe(device, ddp.world)}, {fast.describe()}",
+                pid=os.getpid(),
+                host=socket.gethostname(),
             )
             store.set_status(run_id, "running", "resumed" if resume else "")
         result = _train(
-            cfg, task, spec, store, run_id, folder, device, ddp, state, resume_folder, progress, on_step
+            cfg, task, fast, spec, store, run_id, folder, device, ddp, state, resume_folder, progress, on_step
         )
     except Diverged as exc:
         if ddp.main:
@@ -243,6 +245,7 @@ def _describe(device: torch.device, world: int) -> str:
 def _train(
     cfg: RunConfig,
     task: Task,
+    fast: FastPath,
     spec: DataSpec | None,
     store: RunStore,
     run_id: str,
@@ -261,14 +264,10 @@ def _train(
         model = create_model(cfg.variant, preprocessing=data.preprocessing, **cfg.model)
     cuda = device.type == "cuda"
     model.to(device)
-    if cuda and task.domain in CHANNELS_LAST_DOMAINS:
-        model.to(memory_format=torch.channels_last)
-    # The fused Adam kernel does the whole update in a few launches on CUDA; same maths as the default.
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
+    train_model = fast.prepare(model)
+    optimizer = fast.optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     if resume_folder is not None:
         checkpoints.load_optimizer_state(resume_folder, optimizer)
-
-    train_model: nn.Module = torch.compile(model) if cfg.compile and cuda else model
     sampler = None
     if ddp.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -289,7 +288,6 @@ def _train(
         persistent_workers=workers > 0,
     )
     val_loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False, num_workers=0, pin_memory=pin)
-    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     best = state["best"]
     sign = 1.0 if task.monitor_mode == "min" else -1.0
@@ -310,8 +308,8 @@ def _train(
             model.train()
             window: list[torch.Tensor] = []
             for batch in train_loader:
-                batch = task.batch_to(batch, device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                batch = fast.inputs(task.batch_to(batch, device))
+                with fast.autocast(device):
                     loss = task.loss(train_model, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

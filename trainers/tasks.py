@@ -85,8 +85,6 @@ class Task:
     def batch_to(self, batch: Any, device: torch.device) -> Any:
         if isinstance(batch, (list, tuple)):
             return [b.to(device, non_blocking=True) for b in batch]
-        if device.type == "cuda" and batch.dim() == 4:  # matches the channels_last model (see loop.py)
-            return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
         return batch.to(device, non_blocking=True)
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
