@@ -20,10 +20,14 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from scipy.signal import lfilter
+from tsdownsample import MinMaxLTTBDownsampler
 
 # Rows read per update at most: a long run's first read is spread over a few ticks instead of one slow one.
 MAX_ROWS_PER_UPDATE = 50_000
 PALETTE: tuple[str, ...] = tuple(qualitative.Plotly) + tuple(qualitative.D3)
+# Points drawn per trace at most. A screen is ~2k pixels wide, so more points add no detail, only JSON and
+# browser work that grows with the run's length; MinMaxLTTB keeps the spikes, the first and the last point.
+MAX_POINTS_PER_TRACE = 2_000
 
 
 class CurveCache:
@@ -137,6 +141,15 @@ def curve_uirevision(metric: str, runs: Iterable[str], log_y: bool) -> str:
     return f"{metric}|{'log' if log_y else 'linear'}|{','.join(sorted(set(runs)))}"
 
 
+def thin(steps: np.ndarray, values: np.ndarray, max_points: int = MAX_POINTS_PER_TRACE):
+    """At most ``max_points`` of a curve, chosen to look the same on screen (MinMaxLTTB: the extremes of
+    each step bucket, then the most visible of them)."""
+    if steps.size <= max_points:
+        return steps, values
+    keep = MinMaxLTTBDownsampler().downsample(steps, values, n_out=max_points)
+    return steps[keep], values[keep]
+
+
 def make_figure(
     cache: CurveCache,
     metric: str,
@@ -145,6 +158,7 @@ def make_figure(
     log_y: bool = False,
 ) -> go.Figure:
     """One line per run of ``metric`` against step; with smoothing, the raw curve stays behind, faint.
+    Long curves are drawn with at most ``MAX_POINTS_PER_TRACE`` points each (``thin``).
 
     Non-finite values (a diverged run) and, on a log axis, values <= 0 cannot be drawn and are left out.
     Traces carry their run id in ``meta`` (see ``figure_points``).
@@ -163,11 +177,13 @@ def make_figure(
         if steps.size == 0:
             continue
         color = PALETTE[index % len(PALETTE)]
+        smoothed = ema(values, smoothing)  # over every point; only the drawing is thinned
         if smoothing > 0:
+            raw_x, raw_y = thin(steps, values)
             fig.add_trace(
                 go.Scatter(
-                    x=steps,
-                    y=values,
+                    x=raw_x,
+                    y=raw_y,
                     mode="lines",
                     line={"color": color, "width": 1},
                     opacity=0.3,
@@ -177,10 +193,11 @@ def make_figure(
                     hoverinfo="skip",
                 )
             )
+        line_x, line_y = thin(steps, smoothed)
         fig.add_trace(
             go.Scatter(
-                x=steps,
-                y=ema(values, smoothing),
+                x=line_x,
+                y=line_y,
                 mode="lines+markers" if steps.size < 30 else "lines",
                 line={"color": color, "width": 2},
                 marker={"size": 5},

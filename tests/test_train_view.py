@@ -21,6 +21,7 @@ from studio.curves import (  # noqa: E402
     figure_points,
     keep_view,
     make_figure,
+    thin,
 )
 from studio.views.train import (  # noqa: E402
     cancel_run,
@@ -172,6 +173,37 @@ def test_figure_draws_smoothed_curves_and_log_axis(store):
     assert linear.layout.yaxis.type == "linear"
     assert len(linear.data) == 2  # no raw copies without smoothing
     np.testing.assert_allclose([t for t in linear.data if t.meta == a][0].y, raw.y)
+
+
+def test_long_curves_are_thinned_but_keep_their_spikes_and_ends():
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 20_001, dtype=np.int64)
+    values = 1.0 / np.sqrt(steps) + 0.01 * rng.standard_normal(steps.size)
+    values[12_345], values[3_000] = 5.0, -1.0  # a loss spike and a dip that must stay visible
+    x, y = thin(steps, values, 2_000)
+    assert x.size == 2_000 and np.all(np.diff(x) > 0)
+    assert {1, 20_000, 12_346, 3_001} <= set(x.tolist())
+    np.testing.assert_array_equal(y, values[x - 1])  # thinned points are real points
+    short_x, short_y = thin(steps[:50], values[:50], 2_000)
+    np.testing.assert_array_equal(short_x, steps[:50])
+    np.testing.assert_array_equal(short_y, values[:50])
+
+
+def test_figure_of_a_long_run_draws_a_bounded_number_of_points(tmp_path):
+    from benchmarks.studio import fill_store
+    from studio.curves import MAX_POINTS_PER_TRACE
+
+    store, (a,) = fill_store(tmp_path / "long", 1, 3 * MAX_POINTS_PER_TRACE)
+    with store:
+        cache = CurveCache()
+        cache.update(store, [a])
+    fig = make_figure(cache, "train/loss", [a], smoothing=0.9)
+    assert len(fig.data) == 2 and all(len(t.x) == MAX_POINTS_PER_TRACE for t in fig.data)
+    main = next(t for t in fig.data if t.meta == a)
+    steps, values = cache.series(a, "train/loss")
+    assert steps.size == 3 * MAX_POINTS_PER_TRACE
+    # The smoothing runs over every point; only the drawing is thinned.
+    assert main.x[-1] == steps[-1] and main.y[-1] == pytest.approx(ema(values, 0.9)[-1])
 
 
 def test_uirevision_is_stable_across_refreshes_and_changes_with_the_selection(store):
