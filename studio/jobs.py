@@ -28,9 +28,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainers.store import RunRecord, RunStore
+
+if TYPE_CHECKING:  # trainers.config imports torch; the job manager does not need it at import time
+    from trainers.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -139,16 +142,32 @@ class JobManager:
     def submit(self, variant: str, preset: str = "smoke", **settings: Any) -> str:
         """Validate the settings, queue a run with its full config and return the run id.
 
-        `settings` are RunConfig fields (epochs, batch_size, lr, data, seed, max_steps, model={...}, ...),
-        `device` ("auto", "cpu" or "cuda"; auto means a GPU when this machine has one) and `owner` (who
-        may cancel it on a public Space).
+        `settings` are those of `check` plus `owner` (who may cancel the run on a public Space).
+        """
+        self._check_open()
+        settings = dict(settings)
+        owner = settings.pop("owner", None)
+        cfg = self.check(variant, preset, **settings)
+        # The trainer attached with --run-id starts from this stored config, so every setting reaches it
+        # (create_run refuses a config that is not JSON).
+        run_id = self.store.create_run(variant, cfg.domain, cfg.to_dict(), status="queued")
+        if owner:
+            self.store.update_run(run_id, owner=str(owner))
+        with self._lock:
+            self._submitted.add(run_id)
+        self._wake.set()
+        return run_id
+
+    def check(self, variant: str, preset: str = "smoke", **settings: Any) -> RunConfig:
+        """The run config `submit` would queue, or a ValueError/FileNotFoundError that says what is wrong.
+
+        `settings` are RunConfig fields (epochs, batch_size, lr, data, seed, max_steps, model={...}, ...) and
+        `device` ("auto", "cpu" or "cuda"; auto means a GPU when this machine has one). Changes nothing.
         """
         from models import VARIANTS
         from trainers.config import make_config
 
-        self._check_open()
         settings = dict(settings)
-        owner = settings.pop("owner", None)
         device = settings.pop("device", None) or "auto"
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
@@ -167,8 +186,7 @@ class JobManager:
             settings["model"] = dict(model)
         cfg = make_config(variant, preset, **settings)  # unknown variant/preset/setting -> ValueError
         cfg.device = device
-        domain = VARIANTS[variant].domain
-        cfg.data = _checked_data(cfg.data, domain)
+        cfg.data = _checked_data(cfg.data, VARIANTS[variant].domain)
         if cfg.max_steps is not None and cfg.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1 (or None for no limit), got {cfg.max_steps}")
         for key in ("seed", "num_workers"):
@@ -177,15 +195,7 @@ class JobManager:
         for key in ("kl_weight", "weight_decay", "grad_clip"):
             if getattr(cfg, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-        # The trainer attached with --run-id starts from this stored config, so every setting reaches it
-        # (create_run refuses a config that is not JSON).
-        run_id = self.store.create_run(variant, domain, cfg.to_dict(), status="queued")
-        if owner:
-            self.store.update_run(run_id, owner=str(owner))
-        with self._lock:
-            self._submitted.add(run_id)
-        self._wake.set()
-        return run_id
+        return cfg
 
     def cancel(self, run_id: str, requester: str | None = None) -> str:
         """Cancel a queued or running run; returns a message for the user (no change for ended runs).

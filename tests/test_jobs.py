@@ -324,6 +324,7 @@ def test_restart_fails_runs_whose_process_is_gone_and_reattached_jobs_can_be_can
         ("fragment-dae", {"device": "cuda"}, ValueError, "no GPU"),
         ("fragment-dae", {"device": "tpu"}, ValueError, "device must be"),
         ("fragment-dae", {"model": [1, 2]}, ValueError, "model overrides must be a dict"),
+        ("fragment-dae", {"precision": "fp16"}, ValueError, "unknown precision 'fp16'"),
     ],
 )
 def test_bad_settings_raise_and_queue_nothing(
@@ -333,6 +334,8 @@ def test_bad_settings_raise_and_queue_nothing(
     managers.append(jm)
     settings = dict(settings)
     preset = settings.pop("preset", "smoke")
+    with pytest.raises(error, match=message):
+        jm.check(variant, preset, **settings)
     with pytest.raises(error, match=message):
         jm.submit(variant, preset, **settings)
     assert jm.store.list_runs() == []
@@ -433,6 +436,9 @@ def test_submit_stores_the_full_config_with_an_absolute_data_folder(
         "fragment-dae", "smoke", epochs=2, lr=1.0, data=f"fragments:folder={tmp_path / 'corpus'},val=0.25"
     ).to_dict()
     assert jm.store.get_run(run_id).config == expected
+    assert jm.check(
+        "fragment-dae", "smoke", epochs=2.0, lr=1, data="fragments:folder=corpus,val=0.25"
+    ).to_dict() == (expected)
     # /bin/false plays a trainer that dies at once without a word: failed, with its exit code.
     wait_for(lambda: jm.store.get_run(run_id).status == "failed", 20, "the failed start")
     assert jm.store.get_run(run_id).reason.startswith("trainer exited with code 1; last log lines: [studio")

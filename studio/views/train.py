@@ -168,13 +168,12 @@ def launch_runs(
                 f"train(s) on {VARIANTS[wrong[0]].domain} data: launch other domains separately or leave "
                 "the data blank"
             )
-        spec.check_paths()
-    for variant in chosen:  # the job manager checks again; this catches everything before the first submit
-        make_config(variant, preset, **{k: v for k, v in settings.items() if k != "data"})
     if ctx.jobs is None:
         raise ValueError("this studio has no job manager; start it with `python app.py`")
     if device not in (None, "", "auto"):
         settings["device"] = device
+    for variant in chosen:  # every variant's settings are checked before the first one is queued
+        ctx.jobs.check(variant, preset, **settings)
     if owner:
         settings["owner"] = owner
     queued: list[str] = []
