@@ -49,7 +49,6 @@ GAP_SECONDS = 0.2  # silence between concatenated clips (prior samples, interpol
 MAX_SAMPLES = 8
 MAX_STEPS = 9
 TABLE_HEADERS = ["figure", "reconstruction", "feature round trip"]
-WEBM_MAGIC = b"\x1a\x45\xdf\xa3"  # EBML header: Matroska/WebM
 
 
 @dataclass
@@ -159,28 +158,37 @@ def _readable_audio(path: Path, tmp: Path) -> tuple[Path, int, list[str]]:
     """A file soundfile can read, its sample rate, and a note when it had to be converted first.
 
     WAV/FLAC/OGG/MP3 are read directly. Anything else (a browser's microphone recording is WebM/Opus,
-    whatever its name says) is decoded by audioread, which needs ffmpeg, and rewritten as WAV in ``tmp``.
+    whatever its name says; AAC, M4A) is decoded with PyAV, whose wheels carry their own FFmpeg, averaged to
+    mono and rewritten as WAV in ``tmp``.
     """
     try:
         return path, int(sf.info(str(path)).samplerate), []
     except (RuntimeError, TypeError, ValueError):  # soundfile.LibsndfileError is a RuntimeError
         pass
-    import audioread
+    import av
 
     try:
-        with audioread.audio_open(str(path)) as f:
-            rate, channels = int(f.samplerate), max(int(f.channels), 1)
-            pcm = np.frombuffer(b"".join(f), dtype="<i2")
-    except (audioread.exceptions.DecodeError, OSError, EOFError, ValueError) as exc:
-        with open(path, "rb") as fh:
-            webm = fh.read(4) == WEBM_MAGIC
-        hint = " (browser microphone recordings are WebM, which needs ffmpeg on the server)" if webm else ""
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise ValueError("no audio stream")
+            stream = container.streams.audio[0]
+            rate = int(stream.rate or stream.codec_context.sample_rate)
+            # Planar float in the stream's own layout, averaged here: FFmpeg's own downmix sums the
+            # channels at -3 dB each, which would make a stereo file louder than the same file in mono.
+            planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
+            frames = [g for f in container.decode(stream) for g in planar.resample(f)]
+            chunks = [g.to_ndarray().mean(axis=0) for g in [*frames, *planar.resample(None)]]
+    except (av.FFmpegError, OSError, ValueError) as exc:
         raise ValueError(
-            f"could not read the audio file {path.name!r}: expected WAV, FLAC, OGG or MP3{hint}"
+            f"could not read the audio file {path.name!r}: expected WAV, FLAC, OGG, MP3 or a browser "
+            f"recording (WebM/Opus); {exc}"
         ) from exc
+    pcm = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if pcm.size == 0:
+        raise ValueError(f"the audio file {path.name!r} holds no samples")
     out = tmp / "decoded.wav"
-    sf.write(out, pcm[: len(pcm) // channels * channels].reshape(-1, channels), rate, subtype="PCM_16")
-    return out, rate, ["converted to WAV with audioread"]
+    sf.write(out, pcm, rate, subtype="FLOAT")
+    return out, rate, [f"decoded from {container.format.name} with PyAV"]
 
 
 def _whole(value: Any, name: str) -> int:
