@@ -148,6 +148,21 @@ def build_run(cfg):
     return task, data, model
 
 
+def train_loader(cfg, dataset, pin_memory: bool = False):
+    """The training batches a benchmark times: shuffled with the run's seed, whole batches only."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        pin_memory=pin_memory,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ memory
 def _status_kib(field: str, pid: int | str = "self") -> int | None:
     try:

@@ -19,9 +19,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
-from benchmarks.common import Figure, build_run, sized_config
+from benchmarks.common import Figure, build_run, sized_config, train_loader
 from benchmarks.throughput import run_setup
 from trainers.fastpath import FastPath
 
@@ -61,14 +60,7 @@ def compare_variant(
     held = 2
     cfg = sized_config(variant, preset, n_batches + held, device=device)
     task, data, _ = build_run(cfg)
-    loader = DataLoader(
-        data.train,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    batches = list(loader)
+    batches = list(train_loader(cfg, data.train))
     train_batches, held_batches = batches[:n_batches], batches[n_batches : n_batches + held]
     dev = torch.device(device)
     setups = {"fp32": FastPath(), "fast": FastPath.cuda_default(task.domain, compile=compile)}

@@ -42,6 +42,7 @@ from benchmarks.common import (
     reset_peak_rss,
     rss_mib,
     sized_config,
+    train_loader,
 )
 from trainers.fastpath import FastPath
 
@@ -101,13 +102,7 @@ def _trainee(variant: str, batches: int, batch_size: int | None) -> _Trainee:
     task, data, model = build_run(cfg)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = DataLoader(
-        data.train,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    loader = train_loader(cfg, data.train)
     return _Trainee(variant, cfg, task, model, optimizer, loader)
 
 
@@ -377,14 +372,7 @@ def measure_gpu_variant(
     """One variant at the preset's batch size in every GPU set-up, plus the data share of its loader."""
     cfg = sized_config(variant, preset, n_batches, device=device)
     task, data, model = build_run(cfg)
-    loader = DataLoader(
-        data.train,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        pin_memory=device.startswith("cuda"),
-    )
+    loader = train_loader(cfg, data.train, pin_memory=device.startswith("cuda"))
     data_s: dict[str, float] = {}
     cpu_batches: list[Any] = []
     for name in ("first_pass", "later_pass"):

@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from benchmarks.common import Figure, build_run, median, sized_config
+from benchmarks.common import Figure, build_run, median, sized_config, train_loader
 from trainers.store import RunStore
 
 _clock = time.perf_counter
@@ -63,14 +62,7 @@ class _BareLoop:
                 f"{cfg.max_steps} timed steps; use fewer steps or a smaller batch"
             )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        loader = DataLoader(
-            data.train,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )
-        self.batches = iter(loader)
+        self.batches = iter(train_loader(cfg, data.train))
         self.model.train()
         self.rng_state = torch.get_rng_state()
 
