@@ -33,7 +33,7 @@ def test_cuda_default_is_bf16_fused_and_channels_last_for_2d_nets():
     assert FastPath.cuda_default("sar") == FastPath(bf16=True, channels_last=True, fused=True)
     assert FastPath.cuda_default("audio", compile=True) == FastPath(True, True, True, True)
     assert FastPath.cuda_default("fragments") == FastPath(bf16=True, fused=True), "1-D nets keep NCL"
-    assert FastPath().describe() == "fp32 eager"
+    assert FastPath().describe() == "fp32"
     assert FastPath.cuda_default("sar").describe() == "bf16 + channels_last + fused"
 
 

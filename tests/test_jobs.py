@@ -115,7 +115,7 @@ def test_two_cpu_jobs_run_at_once_queue_waits_cancel_and_kill(tmp_path: Path, ma
     )
     assert statuses(store, a, b) == ["running", "running"]
     ra, rb = store.get_run(a), store.get_run(b)
-    assert ra.pid != rb.pid and ra.device == rb.device == "cpu, fp32 eager"
+    assert ra.pid != rb.pid and ra.device == rb.device == "cpu, fp32"
     assert store.get_run(c).status == "queued" and store.get_run(c).pid is None
     assert sorted(jm.running_jobs()) == sorted([a, b])
     env_a = Path(f"/proc/{ra.pid}/environ").read_bytes().split(b"\0")

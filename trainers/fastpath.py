@@ -54,7 +54,7 @@ class FastPath:
 
     def describe(self) -> str:
         on = [name for name, value in asdict(self).items() if value]
-        return "fp32 eager" if not on else " + ".join(on)
+        return "fp32" if not on else " + ".join(on)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Put `model` in this set-up's memory format (in place) and return the module to call in training

@@ -25,6 +25,7 @@ from studio.context import StudioContext
 from studio.curves import CurveCache, figure_points, is_finite_number, keep_view, make_figure
 from trainers.config import PRESETS, make_config
 from trainers.dataspec import parse_data_spec
+from trainers.fastpath import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ def launch_runs(
     seed: Any = None,
     device: Any = "auto",
     owner: str | None = None,
+    precision: Any = "auto",
+    compile: Any = False,
 ) -> list[str]:
     """Queue one run per chosen variant; every setting is checked first, so bad input launches nothing.
 
@@ -172,6 +175,12 @@ def launch_runs(
         raise ValueError("this studio has no job manager; start it with `python app.py`")
     if device not in (None, "", "auto"):
         settings["device"] = device
+    if precision not in (None, "", "auto"):
+        settings["precision"] = precision
+    if compile not in (None, False):
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be true or false, got {compile!r}")
+        settings["compile"] = compile
     for variant in chosen:  # every variant's settings are checked before the first one is queued
         ctx.jobs.check(variant, preset, **settings)
     if owner:
@@ -344,6 +353,17 @@ def build_tab(ctx: StudioContext) -> None:
                 device_radio = gr.Radio(
                     ["auto", "cpu", "cuda"], value="auto", label="Device", visible=bool(gpus)
                 )
+            # Both only act on a GPU (trainers.fastpath), so a CPU-only studio does not show them.
+            with gr.Row(visible=bool(gpus)):
+                precision_radio = gr.Radio(
+                    list(PRECISIONS),
+                    value="auto",
+                    label="Precision",
+                    info="auto: bf16 autocast on GPUs that have it; fp32: exact reference",
+                )
+                compile_box = gr.Checkbox(
+                    False, label="torch.compile", info="faster steps after ~1 min of compiling"
+                )
             with gr.Row():
                 epochs_box = gr.Textbox("", label="Epochs", placeholder="preset", elem_id="train-epochs")
                 batch_box = gr.Textbox("", label="Batch size", placeholder="preset", elem_id="train-batch")
@@ -467,13 +487,26 @@ def build_tab(ctx: StudioContext) -> None:
         data: str,
         seed: str,
         device: str,
+        precision: str,
+        compile: bool,
         plotted_runs: list[str],
         state: TrainSession,
         request: gr.Request,
     ):
         try:
             launched = launch_runs(
-                ctx, variants, preset, epochs, batch_size, lr, data, seed, device, _session(ctx, request)
+                ctx,
+                variants,
+                preset,
+                epochs,
+                batch_size,
+                lr,
+                data,
+                seed,
+                device,
+                _session(ctx, request),
+                precision,
+                compile,
             )
         except (ValueError, FileNotFoundError) as exc:
             return warn(exc), gr.skip(), gr.skip(), state
@@ -501,6 +534,8 @@ def build_tab(ctx: StudioContext) -> None:
             data_box,
             seed_box,
             device_radio,
+            precision_radio,
+            compile_box,
             runs_dd,
             session,
         ],
