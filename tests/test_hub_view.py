@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -120,6 +121,37 @@ def test_push_export_and_load_through_the_handlers(ctx, studio, hub_env, tmp_pat
     status = fns["hub_export"](run_id, "best", str(tmp_path / "exported"))
     assert "Exported to" in status and "model.safetensors" in status
     assert (tmp_path / "exported" / "README.md").read_text().startswith("---")
+    status = fns["hub_export"](run_id, "best", str(tmp_path / "exported"))
+    assert status.startswith("✅ Replaced the earlier export in")
+
+
+def test_relative_export_goes_under_the_runs_folder_and_foreign_files_are_safe(
+    ctx, studio, tmp_path, monkeypatch
+):
+    _, _, run_id, _ = studio
+    monkeypatch.chdir(tmp_path)  # where the app happens to run: nothing may land here
+    _, fns = _endpoints(ctx)
+    status = fns["hub_export"](run_id, "best", "my-model")
+    target = Path(ctx.runs_dir).resolve() / "exports" / "my-model"
+    assert (target / "model.safetensors").is_file() and str(target) in status.replace("\\", "")
+    assert not (tmp_path / "my-model").exists()
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    with pytest.raises(gr.Error, match="already holds other files"):
+        fns["hub_export"](run_id, "best", str(precious))
+    assert sorted(p.name for p in precious.iterdir()) == ["chapter1.tex"]
+    with pytest.raises(gr.Error, match="no export folder given"):
+        fns["hub_export"](run_id, "best", "  ")
+
+
+def test_push_suggestions_follow_the_chosen_run(ctx, studio):
+    from studio.views.hub import hub_placeholders
+
+    _, _, run_id, _ = studio
+    variant = ctx.store.get_run(run_id).variant
+    assert hub_placeholders(ctx, run_id) == (f"your-name/{variant}", f"Upload {variant} checkpoint")
+    assert hub_placeholders(ctx, None)[0] == "your-name/sar-residual"
 
 
 def test_space_never_uses_the_owners_token_nor_server_folders(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -86,8 +87,11 @@ def upload_path(value: Any, what: str = "file") -> Path:
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
-def selected_folders(selection: Any, domain: str, multiple: bool = False) -> list[str]:
-    """Checkpoint folders picked in a dropdown (a str, a list, or None), with a clear error if none is."""
+def selected_folders(selection: Any, domain: str, multiple: bool = False, ctx: Any = None) -> list[str]:
+    """Checkpoint folders picked in a dropdown (a str, a list, or None), with a clear error if none is.
+
+    With `ctx`, each item may also name a run, as API clients do (see `resolve_checkpoint`).
+    """
     if selection is None:
         items: list[Any] = []
     elif isinstance(selection, (str, Path)):
@@ -104,7 +108,37 @@ def selected_folders(selection: Any, domain: str, multiple: bool = False) -> lis
             f"no checkpoint chosen: pick {what} {DOMAIN_NAMES[domain]} {noun} (train one in the Train "
             "tab, or load one in the Hub tab, then press refresh)"
         )
-    return folders
+    return folders if ctx is None else [resolve_checkpoint(ctx, f, domain) for f in folders]
+
+
+def resolve_checkpoint(ctx: Any, name: str, domain: str) -> str:
+    """The checkpoint folder `name` stands for: a folder, a dropdown label, a run id (its best checkpoint,
+    else its last) or ``RUN_ID/last``.
+
+    The dropdowns accept values outside their choices so that an API client need not fetch a session's
+    choices first; this is where such a value is checked.
+    """
+    name = str(name).strip()
+    choices = ctx.checkpoint_choices(domain)
+    for label, folder in choices:
+        if name in (folder, label):
+            return folder
+    run_id, _, kind = name.partition("/")
+    if kind in ("", "best", "last") and ctx.store.get_run(run_id) is not None:
+        from trainers import checkpoints
+
+        run_dir = Path(ctx.runs_dir) / run_id
+        for k in [kind] if kind else ["best", "last"]:
+            if checkpoints.checkpoint_path(run_dir, k) is not None:
+                return str(run_dir / checkpoints.CHECKPOINTS_DIR / k)
+        raise ValueError(f"run {run_id!r} has no {kind or 'saved'} checkpoint yet")
+    if Path(name).is_dir():  # a folder outside the catalogue (scripts, the Hub tab's exports)
+        return name
+    known = ", ".join(label.split(" · ")[0] for label, _ in choices[:5]) or "none yet"
+    raise ValueError(
+        f"unknown checkpoint {name!r}: give a run id, RUN_ID/last or a checkpoint folder "
+        f"({DOMAIN_NAMES[domain]} checkpoints here: {known}{', ...' if len(choices) > 5 else ''})"
+    )
 
 
 def load_checkpoint(ctx: Any, folder: str, domain: str) -> nn.Module:
@@ -164,7 +198,12 @@ def checkpoint_picker(
 
     with gr.Row():
         dropdown = gr.Dropdown(
-            choices=ctx.checkpoint_choices(domain), multiselect=multiselect, label=label, info=info, scale=4
+            choices=ctx.checkpoint_choices(domain),
+            multiselect=multiselect,
+            label=label,
+            info=info,
+            scale=4,
+            allow_custom_value=True,  # API clients may name a run; `resolve_checkpoint` checks the value
         )
         button = gr.Button("↻ refresh", scale=1, size="sm")
 
@@ -206,9 +245,18 @@ def fmt(value: Any, digits: int = 3) -> Any:
     return value
 
 
+# Characters that Markdown reads as formatting: `__future__.py` would otherwise show as a bold "future".
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
+
+
+def escape_markdown(text: str) -> str:
+    """Plain text (file names, user input) that a Markdown component shows exactly as written."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+
+
 def notes_markdown(notes: Sequence[str]) -> str:
-    """Status line(s) for a Markdown component; user-controlled text (file names) is escaped."""
-    return "\n".join(f"- {html.escape(n, quote=False)}" for n in notes)
+    """Status line(s) for a Markdown component; the notes are plain text, escaped as such."""
+    return "\n".join(f"- {escape_markdown(n)}" for n in notes)
 
 
 def heatmap(z: np.ndarray, coloraxis: str, name: str) -> Any:

@@ -16,11 +16,13 @@ import html
 from pathlib import Path
 from typing import Any
 
-from studio.views.common import user_errors
+from studio.views.common import escape_markdown, user_errors
 from trainers import checkpoints
 from trainers import hub as hub_lib
 
 KINDS = ("best", "last")
+# Exports named by a relative path go here, inside the runs folder.
+EXPORTS_DIR = "exports"
 
 
 def _text(value: Any) -> str:
@@ -99,9 +101,31 @@ def export(ctx: Any, run_id: Any, kind: Any, folder: Any) -> str:
         raise ValueError(
             "export to a folder is disabled on a Space (its disk is not yours); push to the Hub instead"
         )
-    target = hub_lib.export_checkpoint(_run_id(run_id), ctx.runs_dir, _text(folder), kind=str(kind or "best"))
+    run_id = _run_id(run_id)
+    text = _text(folder)
+    if not text:
+        raise ValueError("no export folder given: type a folder name, e.g. my-model, or an absolute path")
+    target = export_folder(ctx, text)
+    earlier = target.is_dir() and any(target.iterdir())
+    target = hub_lib.export_checkpoint(run_id, ctx.runs_dir, target, kind=str(kind or "best"))
     files = ", ".join(sorted(p.name for p in target.iterdir()))
-    return f"✅ Exported to `{html.escape(str(target))}`: {html.escape(files)}."
+    verb = "Replaced the earlier export in" if earlier else "Exported to"
+    return f"✅ {verb} `{escape_markdown(str(target))}`: {escape_markdown(files)}."
+
+
+def export_folder(ctx: Any, text: str) -> Path:
+    """Where an export goes: an absolute (or ~) path as given, a relative one under the runs folder's
+    `exports/`. Relative to the server's working directory it would land wherever the app was started,
+    often inside a source checkout."""
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else Path(ctx.runs_dir).resolve() / EXPORTS_DIR / path
+
+
+def hub_placeholders(ctx: Any, run_id: Any) -> tuple[str, str]:
+    """Repo id and commit message suggestions for the chosen run."""
+    run = ctx.store.get_run(_text(run_id)) if _text(run_id) else None
+    variant = run.variant if run is not None else "sar-residual"
+    return f"your-name/{variant}", f"Upload {variant} checkpoint"
 
 
 def loaded_markdown(ctx: Any) -> str:
@@ -167,7 +191,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
                     scale=4,
                     allow_custom_value=False,
                 )
-                refresh = gr.Button("↻ refresh", scale=1, size="sm")
+                refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
             kind = gr.Radio(
                 list(KINDS), value="best", label="Checkpoint", info="best validation or most recent"
             )
@@ -180,18 +204,22 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             )
         with gr.Column(scale=1):
             gr.Markdown("### Push to the Hub")
-            repo_id = gr.Textbox(label="Repo id", placeholder="your-name/sar-residual")
+            repo_hint, message_hint = hub_placeholders(ctx, runs[0][1] if runs else None)
+            repo_id = gr.Textbox(label="Repo id", placeholder=repo_hint)
             with gr.Row():
                 private = gr.Checkbox(value=False, label="Private (new repos)")
                 branch = gr.Textbox(label="Branch", placeholder="main")
-            commit_message = gr.Textbox(
-                label="Commit message", placeholder="Upload sar-residual best checkpoint"
-            )
+            commit_message = gr.Textbox(label="Commit message", placeholder=message_hint)
             push_btn = gr.Button("Push", variant="primary")
             push_status = gr.Markdown()
             with gr.Group(visible=not ctx.space):
                 gr.Markdown("### Export to a folder")
-                folder = gr.Textbox(label="Folder", placeholder="exports/my-model (new or empty)")
+                folder = gr.Textbox(
+                    label="Folder",
+                    placeholder="my-model, or an absolute path",
+                    info=f"a relative name goes under {Path(ctx.runs_dir).resolve() / EXPORTS_DIR}; "
+                    "an earlier export there is replaced, other files are never touched",
+                )
                 export_btn = gr.Button("Export")
                 export_status = gr.Markdown()
         with gr.Column(scale=1):
@@ -225,6 +253,10 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             choices=choices, value=current if current in ids else (choices[0][1] if choices else None)
         )
 
+    def suggest(run_id):
+        repo_hint, message_hint = hub_placeholders(ctx, run_id)
+        return gr.update(placeholder=repo_hint), gr.update(placeholder=message_hint)
+
     push_btn.click(
         hub_push,
         inputs=[run, kind, repo_id, private, branch, commit_message, token],
@@ -232,6 +264,14 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         api_name="hub_push",
     )
     export_btn.click(hub_export, inputs=[run, kind, folder], outputs=export_status, api_name="hub_export")
-    load_btn.click(hub_load, inputs=[source, token], outputs=[load_status, loaded], api_name="hub_load")
+    # A failed load marks only its status line; the table of loaded checkpoints stays as it was.
+    load_btn.click(
+        hub_load,
+        inputs=[source, token],
+        outputs=[load_status, loaded],
+        api_name="hub_load",
+        show_progress_on=[load_status],
+    )
+    run.change(suggest, inputs=run, outputs=[repo_id, commit_message], api_visibility="private")
     refresh.click(hub_runs, inputs=run, outputs=run, api_name="hub_runs")
     return hub_runs, run

@@ -1,0 +1,67 @@
+"""What the comparison tabs share: plain text shown exactly as written in Markdown, and checkpoints named
+the way people and API clients name them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from markdown_it import MarkdownIt
+
+from models import create_model
+from studio.context import StudioContext
+from studio.views.common import escape_markdown, notes_markdown, resolve_checkpoint, selected_folders
+from trainers import checkpoints
+from trainers.store import RunStore
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["python3.11/__future__.py", "__my__*data*.bin", "<b>bold</b> & [link](x) `code` a\\b #1 | ~x~"],
+)
+def test_notes_render_exactly_as_written(text):
+    html = MarkdownIt().render(notes_markdown([text]))
+    rendered = html.removeprefix("<ul>\n<li>").removesuffix("</li>\n</ul>\n")
+    assert rendered == text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    assert escape_markdown("plain words, 3.5 dB") == "plain words, 3.5 dB"
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    with RunStore(tmp_path / "runs") as store:
+        yield StudioContext(runs_dir=tmp_path / "runs", store=store)
+
+
+def _run_with(ctx: StudioContext, kinds: tuple[str, ...]) -> str:
+    config = {"variant": "fragment-dae"}
+    run_id = ctx.store.create_run("fragment-dae", "fragments", config, status="completed")
+    torch.manual_seed(0)
+    model = create_model("fragment-dae", channels=[8, 16, 16])
+    for kind in kinds:
+        checkpoints.save_checkpoint(ctx.store.run_dir(run_id), kind, model, state={"step": 1, "epoch": 1})
+    return run_id
+
+
+def test_a_checkpoint_can_be_named_by_run_id_label_or_folder(ctx):
+    both = _run_with(ctx, ("best", "last"))
+    last_only = _run_with(ctx, ("last",))
+    run_dir = ctx.runs_dir / both
+    assert resolve_checkpoint(ctx, both, "fragments") == str(run_dir / "checkpoints" / "best")
+    assert resolve_checkpoint(ctx, f"{both}/last", "fragments") == str(run_dir / "checkpoints" / "last")
+    assert resolve_checkpoint(ctx, last_only, "fragments").endswith(f"{last_only}/checkpoints/last")
+    label, folder = ctx.checkpoint_choices("fragments")[0]
+    assert resolve_checkpoint(ctx, label, "fragments") == folder
+    assert resolve_checkpoint(ctx, folder, "fragments") == folder
+    assert selected_folders([both, f" {last_only} "], "fragments", multiple=True, ctx=ctx) == [
+        str(run_dir / "checkpoints" / "best"),
+        resolve_checkpoint(ctx, last_only, "fragments"),
+    ]
+
+
+def test_unknown_checkpoint_names_say_what_would_do(ctx):
+    run_id = _run_with(ctx, ("best",))
+    with pytest.raises(ValueError, match=rf"unknown checkpoint 'nope'.*{run_id}"):
+        resolve_checkpoint(ctx, "nope", "fragments")
+    with pytest.raises(ValueError, match="has no last checkpoint yet"):
+        resolve_checkpoint(ctx, f"{run_id}/last", "fragments")
+    with pytest.raises(ValueError, match="no checkpoint chosen"):
+        selected_folders([], "fragments", ctx=ctx)
