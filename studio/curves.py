@@ -212,7 +212,9 @@ def make_figure(
         template="plotly_white",
         title={"text": metric or "no metric chosen", "x": 0.01},
         xaxis={"title": {"text": "step"}},
-        yaxis={"title": {"text": metric}, "type": "log" if log_y else "linear"},
+        # On a log axis plotly labels the ticks between decades with a bare digit ("3" for 0.3).
+        yaxis={"title": {"text": metric}, "type": "log" if log_y else "linear"}
+        | ({"tickformat": ".2~g"} if log_y else {}),
         uirevision=curve_uirevision(metric, runs, log_y),
         legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
         margin={"l": 60, "r": 20, "t": 50, "b": 40},

@@ -31,6 +31,7 @@ from studio.views.train import (  # noqa: E402
     launch_runs,
     log_tail,
     parse_settings,
+    plot_selection,
     preset_summary,
 )
 from trainers.config import make_config  # noqa: E402
@@ -161,7 +162,7 @@ def test_figure_draws_smoothed_curves_and_log_axis(store):
     cache.update(store, [a, b])
 
     fig = make_figure(cache, "train/loss", [a, b], smoothing=0.6, log_y=True)
-    assert fig.layout.yaxis.type == "log"
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.tickformat == ".2~g"  # 0.3, not "3"
     assert figure_points(fig) == {a: 20, b: 10}  # the inf point is left out
     main = [t for t in fig.data if t.meta == a][0]
     raw = [t for t in fig.data if t.name == f"{a} (raw)"][0]
@@ -241,6 +242,15 @@ def ctx(tmp_path):
     yield context
     context.jobs.shutdown()
     context.store.close()
+
+
+def test_a_launch_plots_the_new_runs_beside_those_of_their_domain(ctx):
+    sar = ctx.store.create_run("sar-baseline", "sar", {})
+    frag = ctx.store.create_run("fragment-dae", "fragments", {})
+    new_sar = ctx.store.create_run("sar-resnet", "sar", {})
+    assert plot_selection(ctx, [sar, frag], [new_sar]) == [sar, new_sar]
+    assert plot_selection(ctx, [sar, "deleted-run"], [frag]) == [frag]
+    assert plot_selection(ctx, None, [new_sar, sar]) == [new_sar, sar]
 
 
 @pytest.mark.parametrize(
