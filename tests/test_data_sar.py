@@ -20,7 +20,11 @@ from trainers.data.sar import (
     SyntheticSARDataset,
     apply_speckle,
     load_sar_image,
+    log_median,
+    log_range_centre,
     patchify,
+    quicklook_gain,
+    read_sar_image,
     simulate_reflectivity,
 )
 
@@ -158,6 +162,11 @@ def test_synthetic_preprocessing_rebuilds_the_normaliser():
     prep = json.loads(json.dumps(train.preprocessing()))
     assert prep["kind"] == "sar-log-intensity" and prep["looks"] == 2
     assert SARNormalizer.from_dict(prep) == train.normalizer
+    # Calibrated scale, and the median ln(I) of the fitted scenes for reading quick-looks of unknown gain.
+    assert prep["scale"] == "calibrated"
+    logs = np.concatenate([np.log(train.intensity(i).astype(np.float64)).ravel() for i in range(4)])
+    assert prep["log_median"] == pytest.approx(float(np.median(logs)), abs=1e-9)
+    assert "log_median" not in val.preprocessing()  # a given normaliser: nothing was fitted here
 
 
 # ---------------------------------------------------------------------------------------------- patches
@@ -254,6 +263,105 @@ def test_load_rejects_bad_files(tmp_path):
         load_sar_image(tmp_path / "ok.npy", "decibels")
 
 
+def test_read_sar_image_says_how_pixels_were_read(tmp_path):
+    rng = np.random.default_rng(1)
+    inten = rng.gamma(4, 0.25, (20, 24)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", inten)
+    img = read_sar_image(tmp_path / "f.tif")
+    assert (img.kind, img.quicklook, img.dtype) == ("intensity", False, "float32")
+    assert img.describe() == "intensity (float32)"
+    # Integer PNG/TIFF grey levels are quick-looks; "auto" reads them as amplitude, 8 or 16 bits.
+    dn16 = (np.sqrt(inten) * 20000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "q16.tif", dn16)
+    img = read_sar_image(tmp_path / "q16.tif")
+    assert (img.kind, img.quicklook) == ("amplitude", True)
+    np.testing.assert_allclose(img.intensity, dn16.astype(np.float64) ** 2, rtol=1e-6)
+    assert img.describe() == "16-bit amplitude quick-look (uncalibrated grey levels)"
+    Image.fromarray((np.sqrt(inten) * 100).astype(np.uint8)).save(tmp_path / "q8.png")
+    img = read_sar_image(tmp_path / "q8.png", "intensity")
+    assert (img.kind, img.quicklook) == ("intensity", True)
+    assert img.describe() == "8-bit intensity quick-look (uncalibrated grey levels)"
+    # Integer .npy arrays come from processing code, not viewers: read as calibrated intensity.
+    np.save(tmp_path / "i.npy", dn16)
+    assert read_sar_image(tmp_path / "i.npy").quicklook is False
+    slc = (rng.standard_normal((8, 8)) + 1j * rng.standard_normal((8, 8))).astype(np.complex64)
+    np.save(tmp_path / "slc.npy", slc)
+    assert read_sar_image(tmp_path / "slc.npy", "amplitude").kind == "complex"
+
+
+def test_quicklook_gain_undoes_an_unknown_display_gain():
+    rng = np.random.default_rng(2)
+    scene = apply_speckle(simulate_reflectivity(128, rng), 4, rng).astype(np.float64)
+    norm = SARNormalizer(-6.0, 2.0)
+    ref = float(np.median(np.log(scene)))
+    for display_gain in (1e-3, 1.0, 4e4):
+        shown = scene * display_gain
+        gain = quicklook_gain(shown, norm, ref)
+        # The rescaled image is the scene itself, whatever gain the quick-look was made with.
+        np.testing.assert_allclose(shown * gain, scene, rtol=1e-9)
+        # Without a reference median, the 0.5-99.5 % log range is centred on the normaliser's range.
+        centred = shown * quicklook_gain(shown, norm)
+        lo, hi = np.percentile(np.log(centred), [0.5, 99.5])
+        assert (lo + hi) / 2 == pytest.approx((norm.log_min + norm.log_max) / 2, abs=1e-9)
+    # No-data zeros take no part in the statistics; an image of zeros has no level at all.
+    with_border = np.pad(scene, 20)
+    assert log_median(with_border) == pytest.approx(ref, abs=1e-12)
+    assert log_range_centre(with_border) == pytest.approx(log_range_centre(scene), abs=1e-12)
+    with pytest.raises(ValueError, match="zero everywhere"):
+        quicklook_gain(np.zeros((8, 8)), norm, ref)
+    with pytest.raises(ValueError, match="finite"):
+        quicklook_gain(scene, norm, float("nan"))
+
+
+def test_folder_of_quicklooks_and_mixed_folders(tmp_path):
+    rng = np.random.default_rng(4)
+    scenes = [apply_speckle(simulate_reflectivity(64, rng), 4, rng).astype(np.float64) for _ in range(2)]
+    dns = [
+        np.clip(np.rint(np.sqrt(s) / np.percentile(np.sqrt(s), 99) * 230), 1, 255).astype(np.uint8)
+        for s in scenes
+    ]
+    display = tmp_path / "display"
+    display.mkdir()
+    for k, dn in enumerate(dns):
+        Image.fromarray(dn).save(display / f"q{k}.png")
+    # Only quick-looks: the normaliser is fitted on their grey levels, read as they are (display scale).
+    ds = SARFolderDataset(display, image_size=64)
+    dn2 = [dn.astype(np.float64) ** 2 for dn in dns]
+    assert ds.normalizer == SARNormalizer.fit(dn2)
+    np.testing.assert_allclose(ds[1][0].numpy(), ds.normalizer.to_model(dn2[1]), atol=1e-6)
+    prep = ds.preprocessing()
+    assert prep["scale"] == "display" and prep["log_median"] == pytest.approx(log_median(dn2))
+
+    # Calibrated data and a quick-look together: the normaliser comes from the calibrated data only, and
+    # the quick-look is brought onto it with the calibrated data's median.
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    np.save(mixed / "a.npy", scenes[0].astype(np.float32))
+    Image.fromarray(dns[0]).save(mixed / "b.png")  # a quick-look of the same scene
+    with pytest.warns(UserWarning, match=r"1 integer quick-look\(s\) among calibrated images .*b\.png"):
+        ds = SARFolderDataset(mixed, image_size=64)
+    calibrated = scenes[0].astype(np.float32)
+    assert ds.normalizer == SARNormalizer.fit([calibrated]) and ds.preprocessing()["scale"] == "calibrated"
+    gain = np.exp(log_median(calibrated) - np.median(np.log(dn2[0])))
+    np.testing.assert_allclose(ds[1][0].numpy(), ds.normalizer.to_model(dn2[0] * gain), atol=1e-5)
+    # So the quick-look's patch lands on its calibrated twin, 8-bit rounding and clipping aside.
+    assert np.abs(ds[1][0].numpy() - ds[0][0].numpy()).mean() < 0.03
+    with pytest.raises(ValueError, match="scale must be one of"):
+        SARFolderDataset(mixed, scale="dB")
+
+    # `trainers eval` of that checkpoint on a folder of the quick-look alone feeds the model the same patch.
+    from trainers.dataspec import parse_data_spec
+    from trainers.tasks import task_for
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    Image.fromarray(dns[0]).save(alone / "b.png")
+    spec = parse_data_spec(f"sar:folder={alone}")
+    with pytest.warns(UserWarning, match="quick-look"):
+        evald = task_for("sar-baseline").dataset_for_eval(spec, ds.preprocessing(), {"image_size": 64})
+    np.testing.assert_allclose(evald[0][0].numpy(), ds[1][0].numpy(), atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------- folder dataset
 def test_folder_dataset_patches_and_skips(tmp_path):
     rng = np.random.default_rng(0)
@@ -310,5 +418,8 @@ def test_example_sar_assets(tmp_path):
         np.testing.assert_array_equal(load_sar_image(p), load_sar_image(shipped / p.name))
     intensity = load_sar_image(shipped / "scene_512_intensity.npy")
     assert intensity.shape == (512, 512) and intensity.min() >= 0
-    ds = SARFolderDataset(shipped, image_size=256)
-    assert len(ds) == 8
+    with pytest.warns(UserWarning, match="scene_512_amplitude.png"):  # the PNG is a quick-look
+        ds = SARFolderDataset(shipped, image_size=256)
+    assert len(ds) == 8 and ds.scale == "calibrated"
+    # Every patch is on the scale of the calibrated scene, none saturated (the PNG's were all 1 before).
+    assert max(float((ds[i] >= 1).float().mean()) for i in range(len(ds))) < 0.05

@@ -32,6 +32,7 @@ from trainers.metrics import (
     ssim_tensor,
     to_bytes,
 )
+from trainers.metrics.sar import ENL_VAR_FLOOR
 
 
 def speckle(shape: tuple[int, ...], looks: int, seed: int, level: float = 0.5) -> np.ndarray:
@@ -196,15 +197,51 @@ def test_enl_ratio_identity_smoothing_and_reference() -> None:
     x, y = image[0, 0, :20, :20], smoothed[0, 0, :20, :20]
     window, r = 7, 3
     px, py = np.pad(x, r, mode="symmetric"), np.pad(y, r, mode="symmetric")
-    enl_x, enl_y = [], []
+    boxes = []
     for i in range(20):
         for j in range(20):
             bx, by = px[i : i + window, j : j + window], py[i : i + window, j : j + window]
             if bx.std() / bx.mean() < 0.3:
-                enl_x.append(bx.mean() ** 2 / bx.var())
-                enl_y.append(by.mean() ** 2 / by.var())
-    assert len(enl_x) > 100
-    assert enl_ratio(x, y, window=window) == pytest.approx(np.mean(enl_y) / np.mean(enl_x), rel=1e-9)
+                boxes.append((bx.mean() ** 2, bx.var(), by.mean() ** 2, by.var()))
+    assert len(boxes) > 100
+    m2x, vx, m2y, vy = np.mean(boxes, axis=0)  # moments pooled over the boxes, then one ENL each
+    assert enl_ratio(x, y, window=window) == pytest.approx((m2y / vy) / (m2x / vx), rel=1e-9)
+
+
+def two_field_scene(size: int, looks: int, seed: int) -> np.ndarray:
+    """Two fields of reflectivity 0.3 and 0.7 (left / right) under L-look intensity speckle."""
+    level = np.where(np.arange(size) < size // 2, 0.3, 0.7)[None, :] * np.ones((size, 1))
+    return level * np.random.default_rng(seed).gamma(looks, 1.0 / looks, (size, size))
+
+
+def test_enl_ratio_of_known_looks_across_regions_and_sizes() -> None:
+    # Speckle of 16 looks in, 64 looks out: ENL goes from ~16 to ~64, so the ratio is ~4, also with two
+    # fields of different brightness in the mask and whatever the image size.
+    for size in (64, 256, 512):
+        x = two_field_scene(size, 16, seed=size)
+        y = two_field_scene(size, 64, seed=size + 1)
+        assert enl_ratio(x, y) == pytest.approx(4.0, rel=0.1)
+    # A single ENL over the pooled masked pixels would count the 0.3/0.7 step as speckle.
+    mask = homogeneous_mask(x)
+    assert enl(y, mask) / enl(x, mask) < 2.0
+
+
+def test_enl_ratio_is_not_dominated_by_flat_boxes() -> None:
+    x = speckle((128, 128), 16, seed=20)
+    y = x.copy()
+    y[40:60, 40:60] = y[40:60, 40:60].mean()  # a small flat patch: 2.4 % of the pixels
+    # Per-box ENLs of the flat boxes are ~1e12 and their mean was 1e8-fold off; pooled moments barely move.
+    assert 1.0 < enl_ratio(x, y) < 1.2
+    # A constant output: variance floored at 8-bit rounding noise, finite and far above the target range.
+    flat = np.full_like(x, x.mean())
+    mask = homogeneous_mask(x)
+    mean_x = ndimage.uniform_filter(x, 15, mode="reflect")
+    var_x = ndimage.uniform_filter(x * x, 15, mode="reflect") - mean_x**2
+    enl_x = np.mean(mean_x[mask] ** 2) / np.mean(var_x[mask])
+    expected = (x.mean() ** 2 / ENL_VAR_FLOOR) / enl_x
+    assert pytest.approx((1 / 255) ** 2 / 12) == ENL_VAR_FLOOR
+    assert enl_ratio(x, flat) == pytest.approx(expected, rel=1e-6)
+    assert 1e3 < enl_ratio(x, flat) < 1e5
 
 
 def test_enl_ratio_skips_images_without_homogeneous_pixels() -> None:

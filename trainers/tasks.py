@@ -171,8 +171,15 @@ class SARTask(Task):
                 seed=int(opts.get("seed", 0)) + 2_000_003,
                 normalizer=normalizer,
             )
+        # The checkpoint's scale: a model trained on calibrated data sees quick-looks rescaled as in training.
+        prep = preprocessing or {}
         return sar.SARFolderDataset(
-            opts["folder"], image_size=size, input_kind=opts.get("kind", "auto"), normalizer=normalizer
+            opts["folder"],
+            image_size=size,
+            input_kind=opts.get("kind", "auto"),
+            normalizer=normalizer,
+            scale=prep.get("scale", "auto"),
+            median_hint=prep.get("log_median"),
         )
 
     def loss(self, model, batch):

@@ -4,6 +4,11 @@ Speckle in SAR is multiplicative: an L-look intensity image is reflectivity × G
 log turns it into additive noise of fixed variance, which is why the models see ln(intensity) mapped to
 [0, 1]. The two constants of that map travel with each checkpoint (``preprocessing()``), so a model
 trained on one data set reads new images on the same scale.
+
+8/16-bit PNG/TIFF quick-looks are the exception: their grey levels are amplitude times an unknown display
+gain, an unknown offset in the log domain. They are flagged when read (:func:`read_sar_image`) and brought
+onto a checkpoint's scale by :func:`quicklook_gain` unless the checkpoint was itself trained on such grey
+levels (``preprocessing()["scale"] == "display"``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from torch.utils.data import Dataset
 
 SAR_EXTENSIONS = (".npy", ".tif", ".tiff", ".png")
 INPUT_KINDS = ("auto", "intensity", "amplitude")
+#: What a checkpoint's normaliser was fitted on: linear backscatter, or the grey levels of quick-looks.
+SCALES = ("calibrated", "display")
 
 
 def _db(x: np.ndarray | float) -> np.ndarray:
@@ -256,12 +263,33 @@ def _to_single_band(a: np.ndarray, path: Path) -> np.ndarray:
     return a
 
 
-def load_sar_image(path: str | Path, input_kind: str = "auto") -> np.ndarray:
-    """Read one SAR image as intensity, float32 (H, W).
+@dataclass(frozen=True)
+class SARImage:
+    """One SAR image as read from disk: linear intensity plus what the loader decided about its pixels."""
 
-    ``input_kind`` says what real-valued pixels are: "intensity", "amplitude" (squared here) or "auto"
-    (PNG → amplitude, since 8/16-bit quick-looks store amplitude; .npy/.tif → intensity). Complex arrays
-    are single-look complex data and become |z|² whatever ``input_kind`` says.
+    intensity: np.ndarray  # float32 (H, W)
+    kind: str  # how the pixels were read: "intensity", "amplitude" or "complex" (|z|^2)
+    quicklook: bool  # integer grey levels of a PNG/TIFF: proportional to amplitude/intensity, not calibrated
+    dtype: str  # the stored pixel type, e.g. "uint8"
+
+    def describe(self) -> str:
+        if self.kind == "complex":
+            return "complex (SLC) samples, read as |z|^2 intensity"
+        if self.quicklook:
+            bits = np.dtype(self.dtype).itemsize * 8 if self.dtype != "bool" else 1
+            return f"{bits}-bit {self.kind} quick-look (uncalibrated grey levels)"
+        return f"{self.kind} ({self.dtype})"
+
+
+def read_sar_image(path: str | Path, input_kind: str = "auto") -> SARImage:
+    """Read one SAR image as linear intensity and say how its pixels were interpreted.
+
+    ``input_kind`` says what real-valued pixels are: "intensity", "amplitude" (squared here) or "auto".
+    "auto" reads integer PNG/TIFF grey levels as amplitude, since 8/16-bit quick-looks and GRD products store
+    amplitude, and floating-point data as intensity. Integer PNG/TIFF images are flagged as quick-looks: their
+    grey levels carry an unknown display gain, so callers must not read them on a calibrated scale as they
+    are (see :func:`quicklook_gain`). Complex arrays are single-look complex data and become |z|^2 whatever
+    ``input_kind`` says.
     """
     path = Path(path)
     if input_kind not in INPUT_KINDS:
@@ -299,11 +327,14 @@ def load_sar_image(path: str | Path, input_kind: str = "auto") -> np.ndarray:
     if a.size == 0:
         raise ValueError(f"{path}: the image has no pixels (shape {a.shape})")
     a = _to_single_band(a, path)
+    dtype = str(a.dtype)
     if np.iscomplexobj(a):
         intensity = np.abs(a.astype(np.complex128)) ** 2
+        kind, quicklook = "complex", False
     else:
+        quicklook = ext != ".npy" and a.dtype.kind in "biu"
         a = a.astype(np.float64)
-        kind = input_kind if input_kind != "auto" else ("amplitude" if ext == ".png" else "intensity")
+        kind = input_kind if input_kind != "auto" else ("amplitude" if quicklook else "intensity")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{path}: the image contains NaN or infinite values")
         if np.any(a < 0):
@@ -314,7 +345,56 @@ def load_sar_image(path: str | Path, input_kind: str = "auto") -> np.ndarray:
         intensity = a**2 if kind == "amplitude" else a
     if not np.all(np.isfinite(intensity)):
         raise ValueError(f"{path}: the image contains NaN or infinite values")
-    return intensity.astype(np.float32)
+    return SARImage(intensity.astype(np.float32), kind, quicklook, dtype)
+
+
+def load_sar_image(path: str | Path, input_kind: str = "auto") -> np.ndarray:
+    """Read one SAR image as intensity, float32 (H, W); :func:`read_sar_image` also says how."""
+    return read_sar_image(path, input_kind).intensity
+
+
+def _log_positive(intensity: np.ndarray) -> np.ndarray:
+    """ln of a bounded regular subsample of the non-zero pixels (as SARNormalizer.fit subsamples).
+
+    Zero grey levels are left out because quick-looks use them for no-data borders, and ln(0) would drag
+    the statistics to the normaliser's epsilon.
+    """
+    a = np.asarray(intensity, dtype=np.float64).ravel()
+    a = a[a > 0]
+    if a.size == 0:
+        raise ValueError("the image is zero everywhere: there is no signal to read")
+    return np.log(a[:: max(1, a.size // 262_144)])
+
+
+def log_range_centre(intensity: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> float:
+    """Centre of the ``low_pct``-``high_pct`` percentile range of ln(intensity) over the non-zero pixels."""
+    lo, hi = np.percentile(_log_positive(intensity), [low_pct, high_pct])
+    return float((lo + hi) / 2.0)
+
+
+def log_median(intensities: np.ndarray | Iterable[np.ndarray]) -> float:
+    """Median of ln(intensity) over the non-zero pixels of one or more images."""
+    images = [intensities] if isinstance(intensities, np.ndarray) else list(intensities)
+    return float(np.median(np.concatenate([_log_positive(im) for im in images])))
+
+
+def quicklook_gain(
+    intensity: np.ndarray, normalizer: SARNormalizer, reference_log_median: float | None = None
+) -> float:
+    """Intensity gain that puts an uncalibrated image on the scale of a normaliser's training data.
+
+    A quick-look's grey levels are amplitude (or intensity) times an unknown display gain, which in the log
+    domain the models see is an unknown offset; a gain leaves the image's contrast and speckle unchanged.
+    With the training data's median log-intensity (``preprocessing()["log_median"]``), the gain moves the
+    image's median there: the median is the statistic least moved by how many bright targets or dark water
+    a scene has. Checkpoints saved without it only have the normaliser, whose range is the 0.5-99.5 %
+    percentiles of the training data, so the image's own 0.5-99.5 % range is centred on it instead.
+    """
+    if reference_log_median is not None:
+        if not np.isfinite(reference_log_median):
+            raise ValueError(f"the reference log-median must be finite, got {reference_log_median!r}")
+        return float(np.exp(reference_log_median - log_median(intensity)))
+    return float(np.exp((normalizer.log_min + normalizer.log_max) / 2.0 - log_range_centre(intensity)))
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -348,9 +428,13 @@ class SyntheticSARDataset(Dataset):
         # default only sets up to 512 MiB are kept (each DataLoader worker keeps its own copy).
         self.cache = cache if cache is not None else self.n_images * self.image_size**2 * 4 <= 512 * 2**20
         self._cache: dict[int, np.ndarray] = {}
-        self.normalizer = normalizer or SARNormalizer.fit(
-            [self.intensity(i) for i in range(min(8, self.n_images))]
-        )
+        # The median log-intensity lets quick-looks of unknown gain be put on this data's scale later.
+        self.log_median: float | None = None
+        self.normalizer = normalizer
+        if normalizer is None:
+            first = [self.intensity(i) for i in range(min(8, self.n_images))]
+            self.log_median = log_median(first)
+            self.normalizer = SARNormalizer.fit(first)
 
     def __len__(self) -> int:
         return self.n_images
@@ -386,7 +470,13 @@ class SyntheticSARDataset(Dataset):
         return torch.from_numpy(x.copy())
 
     def preprocessing(self) -> dict[str, Any]:
-        return {"kind": "sar-log-intensity", **self.normalizer.to_dict(), "looks": self.looks}
+        prep = {
+            "kind": "sar-log-intensity",
+            **self.normalizer.to_dict(),
+            "looks": self.looks,
+            "scale": "calibrated",
+        }
+        return prep if self.log_median is None else {**prep, "log_median": self.log_median}
 
 
 class SARFolderDataset(Dataset):
@@ -394,6 +484,13 @@ class SARFolderDataset(Dataset):
 
     Images are loaded once and kept in memory on the model's scale. Unreadable images and images smaller
     than one patch are skipped with a warning.
+
+    ``scale`` says what the pixel values are on. "display": the grey levels of the files as they are (a
+    folder of 8/16-bit quick-looks from one source, whose normaliser is fitted on those grey levels).
+    "calibrated": linear backscatter; any quick-look in the folder is first brought onto the normaliser's
+    scale by :func:`quicklook_gain`, as the studio does for an uploaded quick-look. "auto" is "display"
+    when every file is an integer quick-look and "calibrated" otherwise, so that a mixed folder does not fit
+    one normaliser across two unrelated scales. The choice is saved in ``preprocessing()["scale"]``.
     """
 
     def __init__(
@@ -403,10 +500,16 @@ class SARFolderDataset(Dataset):
         input_kind: str = "auto",
         normalizer: SARNormalizer | None = None,
         stride: int | None = None,
+        scale: str = "auto",
+        median_hint: float | None = None,
     ) -> None:
+        """`median_hint`: with a given `normalizer`, the training data's median log-intensity (a checkpoint's
+        ``preprocessing["log_median"]``), which rescales quick-looks exactly as the studio does."""
         self.folder = Path(folder)
         if input_kind not in INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
+        if scale not in ("auto", *SCALES):
+            raise ValueError(f"scale must be one of {('auto', *SCALES)}, got {scale!r}")
         if isinstance(image_size, bool) or int(image_size) < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         if stride is not None and int(stride) < 1:
@@ -423,14 +526,14 @@ class SARFolderDataset(Dataset):
             if p.is_file() and p.suffix.lower() in SAR_EXTENSIONS and not p.name.startswith(".")
         )
         self.files: list[Path] = []
-        intensities: list[np.ndarray] = []
+        images: list[SARImage] = []
         for p in files:
             try:
-                img = load_sar_image(p, input_kind)
+                img = read_sar_image(p, input_kind)
             except (ValueError, OSError) as e:
                 warnings.warn(f"skipping {p}: {e}", stacklevel=2)
                 continue
-            h, w = img.shape
+            h, w = img.intensity.shape
             if h < self.image_size or w < self.image_size:
                 s = self.image_size
                 warnings.warn(
@@ -438,13 +541,35 @@ class SARFolderDataset(Dataset):
                 )
                 continue
             self.files.append(p)
-            intensities.append(img)
-        if not intensities:
+            images.append(img)
+        if not images:
             raise ValueError(
                 f"no usable SAR image in {self.folder}: need {', '.join(SAR_EXTENSIONS)} files of at least "
                 f"{self.image_size}x{self.image_size} pixels"
             )
-        self.normalizer = normalizer or SARNormalizer.fit(intensities)
+        if scale == "auto":
+            scale = "display" if all(im.quicklook for im in images) else "calibrated"
+        self.scale = scale
+        intensities = [im.intensity for im in images]
+        if scale == "calibrated":
+            calibrated = [im.intensity for im in images if not im.quicklook] or intensities
+            self.log_median = median_hint if normalizer else log_median(calibrated)
+            self.normalizer = normalizer or SARNormalizer.fit(calibrated)
+            quick = [k for k, im in enumerate(images) if im.quicklook]
+            for k in quick:
+                gain = quicklook_gain(intensities[k], self.normalizer, self.log_median)
+                intensities[k] = (intensities[k].astype(np.float64) * gain).astype(np.float32)
+            if quick:
+                names = ", ".join(self.files[k].name for k in quick[:5]) + (" ..." if len(quick) > 5 else "")
+                warnings.warn(
+                    f"{len(quick)} integer quick-look(s) among calibrated images in {self.folder} ({names}): "
+                    "their grey levels have no calibration, so each was rescaled to centre its log-intensity "
+                    "range on the normalisation range",
+                    stacklevel=2,
+                )
+        else:
+            self.log_median = median_hint if normalizer else log_median(intensities)
+            self.normalizer = normalizer or SARNormalizer.fit(intensities)
         self._images = [self.normalizer.to_model(im) for im in intensities]
         self._index: list[tuple[int, int, int]] = [
             (k, y, x)
@@ -466,7 +591,13 @@ class SARFolderDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(self._images[k][y : y + s, x : x + s])[None])
 
     def preprocessing(self) -> dict[str, Any]:
-        return {"kind": "sar-log-intensity", **self.normalizer.to_dict(), "input_kind": self.input_kind}
+        prep = {
+            "kind": "sar-log-intensity",
+            **self.normalizer.to_dict(),
+            "input_kind": self.input_kind,
+            "scale": self.scale,
+        }
+        return prep if self.log_median is None else {**prep, "log_median": self.log_median}
 
 
 def normalize_patches(
@@ -480,12 +611,18 @@ def normalize_patches(
 __all__ = [
     "INPUT_KINDS",
     "SAR_EXTENSIONS",
+    "SCALES",
     "SARFolderDataset",
+    "SARImage",
     "SARNormalizer",
     "SyntheticSARDataset",
     "apply_speckle",
     "load_sar_image",
+    "log_median",
+    "log_range_centre",
     "normalize_patches",
     "patchify",
+    "quicklook_gain",
+    "read_sar_image",
     "simulate_reflectivity",
 ]

@@ -26,9 +26,11 @@ PSNR_CAP_DB = 100.0
 SSIM_WIN_SIZE = 11
 SSIM_WIN_SIGMA = 1.5
 
-# Floor on local variance in the ENL map: a perfectly flat reconstruction would otherwise give an infinite
-# ENL. With it, such a region reports a very large finite ENL (flagging over-smoothing) instead of inf.
-_ENL_VAR_FLOOR = 1e-12
+# Floor on the speckle variance in the ENL ratio: the variance of rounding to 8 bits, (1/255)^2/12, in the
+# normalised [0, 1] domain. Texture below it cannot be shown on an 8-bit display, so an output that flat
+# counts as perfectly smooth; it keeps the ratio of a constant reconstruction finite (a few thousand for a
+# 4-look input) instead of infinite, and loud enough to flag the over-smoothing.
+ENL_VAR_FLOOR = (1.0 / 255.0) ** 2 / 12.0
 
 
 def _as_tensor(a: ArrayLike, name: str) -> torch.Tensor:
@@ -235,12 +237,15 @@ def homogeneous_mask(image: ArrayLike, window: int = 15, cv_threshold: float = 0
 def enl_ratio(inp: ArrayLike, recon: ArrayLike, window: int = 15, cv_threshold: float = 0.3) -> float:
     """ENL(recon) / ENL(input) over the pixels that are homogeneous in the input (SPEC target 0.7-1.3).
 
-    ENL is computed locally (local mean^2 / local variance in the same window x window box that decides
-    homogeneity), so that a homogeneous mask made of several regions of different brightness does not count
-    the brightness differences as speckle. Per image, the local ENL of each is averaged over the input's
-    homogeneous pixels and the two averages are divided; the ratios are averaged over the batch. Images
-    with no homogeneous pixel are skipped; nan when no image has one. Above 1 the reconstruction is smoother
-    than the input (speckle removed), below 1 it is noisier.
+    ENL = mean^2 / var over the homogeneous pixels, where both moments are pooled from the window x window
+    boxes centred on those pixels (the same boxes that decided homogeneity, and the same boxes in the
+    reconstruction): mean^2 is the average squared local mean and var the average local variance. Pooling
+    within boxes keeps brightness differences between separate homogeneous regions from counting as speckle,
+    and pooling the moments before dividing (not averaging per-box ENLs) keeps a few nearly flat boxes from
+    dominating: per-box ENL is unbounded as a box's variance goes to zero. Variances are floored at
+    ``ENL_VAR_FLOOR`` (8-bit rounding noise in the [0, 1] domain). Computed per image and averaged over the
+    batch; images with no homogeneous pixel are skipped, nan when none has one. Above 1 the reconstruction
+    is smoother than the input (speckle removed), below 1 it is noisier.
     """
     _check_window(window, cv_threshold)
     x, _ = _as_image_stack(inp, "inp")
@@ -250,9 +255,14 @@ def enl_ratio(inp: ArrayLike, recon: ArrayLike, window: int = 15, cv_threshold: 
     mask = homogeneous_mask(x, window, cv_threshold)
     mean_x, var_x = _local_moments(x, int(window))
     mean_y, var_y = _local_moments(y, int(window))
-    enl_x = mean_x**2 / np.maximum(var_x, _ENL_VAR_FLOOR)
-    enl_y = mean_y**2 / np.maximum(var_y, _ENL_VAR_FLOOR)
-    ratios = [enl_y[i][mask[i]].mean() / enl_x[i][mask[i]].mean() for i in range(len(x)) if mask[i].any()]
+    ratios = []
+    for i in range(len(x)):
+        m = mask[i]
+        if not m.any():
+            continue
+        enl_x = np.mean(mean_x[i][m] ** 2) / max(float(np.mean(var_x[i][m])), ENL_VAR_FLOOR)
+        enl_y = np.mean(mean_y[i][m] ** 2) / max(float(np.mean(var_y[i][m])), ENL_VAR_FLOOR)
+        ratios.append(enl_y / enl_x)
     return float(np.mean(ratios)) if ratios else float("nan")
 
 
