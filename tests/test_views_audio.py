@@ -294,6 +294,55 @@ def test_build_tab_endpoints_and_errors_in_page(ctx, vae):
     out = fns["audio_compare"].fn(vae, BUILTIN, "noise", 0, None, 0.0)
     for rate, data in out[2:5]:
         assert rate == CFG.sample_rate and data.dtype == np.int16 and data.shape == (CFG.n_samples,)
+    assert view.ROUNDTRIP_NOTE in out[0]  # the short player label is explained in the status
     with pytest.raises(gr.Error) as err:
         fns["audio_sample"].fn(None, 2, 0)
     assert "no checkpoint chosen" in err.value.message
+
+
+@pytest.mark.parametrize("api_name", ["audio_compare", "audio_sample", "audio_interpolate"])
+def test_a_bad_input_marks_only_the_status_line(ctx, api_name):
+    """The spinner and the "Error" badge go on the section's status Markdown alone, so a failed run leaves
+    the previous figure and players visible instead of covering each of them with an error."""
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        view.build_tab(ctx)
+    fn = next(f for f in demo.fns.values() if f.api_name == api_name)
+    status = fn.outputs[0]
+    assert isinstance(status, gr.Markdown) and status.value  # a hint, so the badge has a place to sit
+    assert list(fn.show_progress_on) == [status]
+    assert any(isinstance(o, gr.Plot) for o in fn.outputs)
+
+
+def test_plots_have_no_label_badge_over_the_titles_and_players_have_short_labels(ctx):
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        view.build_tab(ctx)
+    plots = [b for b in demo.blocks.values() if isinstance(b, gr.Plot)]
+    assert len(plots) == 3 and not any(p.show_label for p in plots)
+    compare = next(f for f in demo.fns.values() if f.api_name == "audio_compare")
+    labels = [o.label for o in compare.outputs if isinstance(o, gr.Audio)]
+    assert labels == ["Input", "Round trip (ceiling)", "Reconstruction"]
+
+
+@pytest.mark.parametrize("which", ["compare", "samples", "interpolation"])
+def test_subplot_titles_fit_their_columns(ctx, vae, vae_mel, which):
+    """With the most panels each figure can have, every title is narrower than its panel when the figure
+    gets the ~900 px the tab gives it in a 1400 px window, and the top margin holds the first row's titles."""
+    if which == "compare":
+        fig = view.audio_compare(ctx, vae, BUILTIN).figure  # 2 channels: a second row of "IF · ..." titles
+    elif which == "samples":
+        fig = view.audio_sample(ctx, vae_mel, view.MAX_SAMPLES).figure
+    else:
+        clip = {"source": BUILTIN}
+        fig = view.audio_interpolate(ctx, vae_mel, clip, clip, view.MAX_STEPS).figure
+    cols = {"compare": 2, "samples": view.MAX_SAMPLES, "interpolation": view.MAX_STEPS}[which]
+    width_px = 900 - 80  # minus the colour bar and the mel-band axis
+    column_px = width_px * (1 - 0.02 * (cols - 1)) / cols
+    assert len(fig.layout.annotations) == len(fig.data) >= cols
+    for ann in fig.layout.annotations:
+        assert ann.font.size <= view.TITLE_FONT_SIZE
+        assert 0.6 * ann.font.size * len(ann.text) < column_px, ann.text  # 0.6 em: a wide character
+    assert fig.layout.margin.t >= 2 * view.TITLE_FONT_SIZE

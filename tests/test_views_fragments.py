@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html as htmlmod
 import os
 import re
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,16 +100,60 @@ def test_hex_view_marks_exactly_the_changed_fixed_wrong_and_broken_bytes():
     assert len(marked("repaired", "")) == n - 7
 
 
+ROW_OFFSETS = re.compile(r"<tr[^>]*><td[^>]*>([0-9a-f]{8})</td>")
+
+
 def test_hex_view_rows_offsets_and_escaping():
     clean = np.frombuffer(b"<b>&\"'" + bytes(range(26)) + b"</script>", dtype=np.uint8).copy()
     html = view.hex_view_html(clean, clean.copy(), clean.copy(), np.zeros(clean.size, bool), 0x100, True)
-    rows = re.findall(r"<tr><td[^>]*>([0-9a-f]{8})</td>", html)
-    assert rows == [f"{0x100 + 16 * r:08x}" for r in range(-(-clean.size // 16))]
+    per_row = view.BYTES_PER_ROW_ASCII
+    rows = ROW_OFFSETS.findall(html)
+    assert rows == [f"{0x100 + per_row * r:08x}" for r in range(-(-clean.size // per_row))]
     assert "<b>" not in html and "</script>" not in html
     assert "|&lt;b&gt;&amp;&quot;&#x27;" in html  # the ASCII column, escaped
     # the legend names every mark with its count
     for meaning in view.MARK_MEANINGS.values():
         assert f"{meaning}: 0" in html
+
+
+@pytest.mark.parametrize("show_ascii", [False, True])
+def test_hex_view_fits_a_1400px_page_and_keeps_every_byte(show_ascii):
+    """The widest row (offset, three hex columns, with or without the ASCII gutter) stays within the
+    ~1200 px a 1400 px window gives the tab, and the rows scroll in a box no taller than the window, so the
+    repaired column and a horizontal scrollbar are in reach; no byte or mark is lost on the way."""
+    rng = np.random.default_rng(3)
+    clean = rng.integers(0, 256, 512, np.uint8)
+    corrupted = clean.copy()
+    corrupted[::7] ^= 0xFF
+    changed = corrupted != clean
+    repaired = corrupted.copy()
+    repaired[::14] = clean[::14]
+    html = view.hex_view_html(clean, corrupted, repaired, changed, 0, show_ascii)
+
+    per_row = view.BYTES_PER_ROW_ASCII if show_ascii else view.BYTES_PER_ROW
+    assert len(ROW_OFFSETS.findall(html)) == 512 // per_row
+    rows = re.findall(r"<tr[^>]*>(<td.*?)</tr>", html)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
+    text = [[htmlmod.unescape(re.sub(r"<[^>]+>", "", c)) for c in row] for row in cells]
+    # 12 px monospace is ~7.3 px a character; each cell has 1.2 em (~15 px) of padding on its right.
+    widest = max(sum(7.3 * len(c) + 15 for c in row) for row in text)
+    assert widest < 1200, widest
+    assert "max-height:70vh" in html and "overflow:auto" in html
+    assert "position:sticky" in html  # column names stay visible while the rows scroll
+
+    parsed = parse_hex(html)
+    for col, arr in (("original", clean), ("corrupted", corrupted), ("repaired", repaired)):
+        assert [parsed[col][i][1] for i in range(512)] == arr.tolist()
+    marks = view.byte_marks(clean, corrupted, repaired, changed)
+    for mark in ("fixed", "wrong", "broken"):
+        got = sorted(i for i, (m, _) in parsed["repaired"].items() if m == mark)
+        assert got == np.flatnonzero(marks[mark]).tolist()
+    assert (
+        sorted(i for i, (m, _) in parsed["corrupted"].items() if m == "changed")
+        == np.flatnonzero(changed).tolist()
+    )
+    if show_ascii:
+        assert text[0][1].endswith("|" + "".join(chr(b) if 32 <= b < 127 else "." for b in clean[:8]) + "|")
 
 
 def test_hex_view_refuses_mismatched_arrays():
@@ -167,6 +214,38 @@ def test_builtin_file_source(ctx, frag_ckpt):
     np.testing.assert_array_equal(r.clean, np.fromfile(path, np.uint8, count=512))
 
 
+def test_builtin_files_are_named_without_the_server_path(ctx, frag_ckpt):
+    """A public Space must not show where Python is installed: built-in files are named from the
+    installation's lib folder (python3.X/...), in the list, the caption and the error messages."""
+    import sysconfig
+
+    lib = Path(sysconfig.get_paths()["stdlib"]).parent
+    choices = view.builtin_choices(limit=8)
+    for label, path in choices:
+        assert label.startswith(Path(path).relative_to(lib).as_posix() + " (")
+        assert str(lib) not in label
+    label, path = choices[0]
+    name = Path(path).relative_to(lib).as_posix()
+    assert name.startswith("python3.") and name.endswith(Path(path).name)
+    r = view.compare_fragment(ctx, frag_ckpt, "built-in file", path, None, 0, seed=1)
+    shown = r.summary.replace("\\", "")  # the caption escapes Markdown (the _ of __future__.py)
+    assert f"input: {name}, bytes 0..511" in shown and str(lib) not in shown
+    with pytest.raises(ValueError) as err:
+        view.compare_fragment(ctx, frag_ckpt, "built-in file", path, None, 10**9)
+    assert name in str(err.value) and str(lib) not in str(err.value)
+    assert view.corpus_name("/somewhere/else/data.bin") == "data.bin"
+
+
+def test_uploads_are_named_by_their_file_name_alone(ctx, frag_ckpt, data_file):
+    r = view.compare_fragment(ctx, frag_ckpt, "uploaded file", None, str(data_file), 0)
+    shown = r.summary.replace("\\", "")  # the caption escapes Markdown
+    assert "input: sample.bin, bytes 0..511" in shown and str(data_file.parent) not in shown
+    with pytest.raises(ValueError) as err:
+        view.compare_fragment(ctx, frag_ckpt, "uploaded file", None, str(data_file), 10**9)
+    assert "sample.bin" in str(err.value)
+    assert str(data_file.parent) not in str(err.value)
+
+
 @pytest.mark.parametrize(
     "kwargs, exc, message",
     [
@@ -225,3 +304,17 @@ def test_build_tab_endpoints_and_errors_in_page(ctx, frag_ckpt, data_file):
     assert "&lt;img src=x&gt;" in err.value.message
     update = fns["fragments_checkpoints"].fn(None)
     assert update["choices"] == []
+
+
+def test_a_bad_input_marks_only_the_summary(ctx):
+    """The spinner and the "Error" badge go on the summary Markdown alone, so a failed run leaves the
+    previous accuracy table and hex view visible instead of covering them with errors."""
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        view.build_tab(ctx)
+    fn = next(f for f in demo.fns.values() if f.api_name == "fragments_compare")
+    summary, table, hex_view = fn.outputs
+    assert isinstance(summary, gr.Markdown) and summary.value  # a hint, so the badge has a place to sit
+    assert isinstance(table, gr.Dataframe) and isinstance(hex_view, gr.HTML)
+    assert list(fn.show_progress_on) == [summary]

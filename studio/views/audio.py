@@ -49,6 +49,11 @@ GAP_SECONDS = 0.2  # silence between concatenated clips (prior samples, interpol
 MAX_SAMPLES = 8
 MAX_STEPS = 9
 TABLE_HEADERS = ["figure", "reconstruction", "feature round trip"]
+TITLE_FONT_SIZE = 12  # subplot titles; at Plotly's default 16 px, nine interpolation steps run together
+ROUNDTRIP_NOTE = (
+    "round trip (ceiling): the input's own features turned straight back into audio, without the model; "
+    "no reconstruction can sound better"
+)
 
 
 @dataclass
@@ -217,6 +222,7 @@ def spectrogram_figure(
     fig = make_subplots(
         rows=rows, cols=n, subplot_titles=titles, horizontal_spacing=0.02, vertical_spacing=0.12
     )
+    fig.update_annotations(font_size=TITLE_FONT_SIZE)
     frames = panels[0][1].shape[-1]
     times = np.arange(frames) * config.hop_length / config.sample_rate
     for k, (title, feats) in enumerate(panels):
@@ -237,7 +243,7 @@ def spectrogram_figure(
             "colorbar": {**bar, "y": 1 - 0.5 / rows, "title": "log-mel"},
         },
         "height": 260 * rows + 60,
-        "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+        "margin": {"l": 10, "r": 10, "t": 30, "b": 10},
     }
     if rows == 2:
         layout["coloraxis2"] = {
@@ -309,6 +315,7 @@ def audio_compare(
         ["KL to the prior (nats)", fmt(compute_kl_divergence(mu.float(), logvar.float()), 3), "n/a"],
     ]
     figure = spectrogram_figure([("input", clip.features), ("reconstruction", recon)], c)
+    notes.append(ROUNDTRIP_NOTE)
     if features.channels == 1:
         notes.append("1-channel log-mel model: waveforms are resynthesised with Griffin-Lim")
     return AudioComparison(
@@ -417,11 +424,16 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             start = gr.Number(value=0.0, minimum=0.0, label="Start of the 1 s clip in an upload (s)")
             run = gr.Button("Reconstruct", variant="primary")
         with gr.Column(scale=3):
-            status = gr.Markdown()
-            figure = gr.Plot(label="Spectrograms: input and reconstruction")
+            # Each section's status line starts with a hint: the progress spinner and a bad input's "Error"
+            # badge sit on it alone (show_progress_on), so it needs a height, and the previous figures and
+            # players stay readable.
+            status = gr.Markdown("Pick a checkpoint and a clip, then press **Reconstruct**.")
+            # No label badge: it would sit on top of the first subplot's title.
+            figure = gr.Plot(label="Spectrograms: input and reconstruction", show_label=False)
             with gr.Row():
                 input_audio = gr.Audio(label="Input", interactive=False)
-                roundtrip_audio = gr.Audio(label="Feature round trip (the ceiling)", interactive=False)
+                # Short, so the download/share icons do not cover it; ROUNDTRIP_NOTE in the status explains.
+                roundtrip_audio = gr.Audio(label="Round trip (ceiling)", interactive=False)
                 recon_audio = gr.Audio(label="Reconstruction", interactive=False)
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Metrics against the input", interactive=False)
     with gr.Accordion("Samples from the prior", open=False), gr.Row():
@@ -430,9 +442,9 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             sample_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
             sample_btn = gr.Button("Sample")
         with gr.Column(scale=3):
-            sample_status = gr.Markdown()
+            sample_status = gr.Markdown("Decode draws from the prior N(0, I): press **Sample**.")
             sample_audio = gr.Audio(label="Samples, one after the other", interactive=False)
-            sample_figure = gr.Plot(label="Sample spectrograms")
+            sample_figure = gr.Plot(label="Sample spectrograms", show_label=False)
     with gr.Accordion("Interpolate between two clips", open=False), gr.Row():
         with gr.Column(scale=1):
             gr.Markdown("From the clip above (A) to clip B:")
@@ -440,9 +452,9 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             steps = gr.Slider(2, MAX_STEPS, value=5, step=1, label="Steps from A to B")
             interp_btn = gr.Button("Interpolate")
         with gr.Column(scale=3):
-            interp_status = gr.Markdown()
+            interp_status = gr.Markdown("Pick clip B, then press **Interpolate**.")
             interp_audio = gr.Audio(label="A → B, one step after the other", interactive=False)
-            interp_figure = gr.Plot(label="Interpolation spectrograms")
+            interp_figure = gr.Plot(label="Interpolation spectrograms", show_label=False)
 
     @user_errors
     def compare(checkpoint, source, kind, seed, upload, start):
@@ -462,6 +474,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         inputs=[checkpoint, *clip_a, start],
         outputs=[status, figure, input_audio, roundtrip_audio, recon_audio, table],
         api_name="audio_compare",
+        show_progress_on=[status],
     )
 
     @user_errors
@@ -474,6 +487,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         inputs=[checkpoint, n_samples, sample_seed],
         outputs=[sample_status, sample_audio, sample_figure],
         api_name="audio_sample",
+        show_progress_on=[sample_status],
     )
 
     @user_errors
@@ -488,6 +502,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         inputs=[checkpoint, *clip_a, start, *clip_b, steps],
         outputs=[interp_status, interp_audio, interp_figure],
         api_name="audio_interpolate",
+        show_progress_on=[interp_status],
     )
 
     return audio_checkpoints, checkpoint

@@ -6,6 +6,7 @@ wires them to Gradio components and the ``fragments_compare`` / ``fragments_chec
 
 from __future__ import annotations
 
+import contextlib
 import html
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from trainers.data.fragments import FRAGMENT_SIZE, NoiseGenerator, bytes_to_tens
 from trainers.metrics.fragments import fragment_metrics
 
 BYTES_PER_ROW = 16
+# With the ASCII gutter three 16-byte columns need ~1500 px; 8 bytes a row keeps them within a 1400 px page.
+BYTES_PER_ROW_ASCII = 8
 BUILTIN_CHOICES = 40  # a dropdown, not a file browser: a few dozen corpus files of every kind
 SOURCES = ("built-in file", "uploaded file")
 
@@ -63,6 +66,19 @@ class FragmentComparison:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
+def corpus_name(path: str | Path) -> str:
+    """A built-in file's name relative to the Python installation's ``lib`` folder, e.g.
+    ``python3.11/__future__.py``: the app may be public, and absolute paths would describe the server."""
+    import sysconfig
+
+    path = Path(path)
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib"):
+        with contextlib.suppress(KeyError, ValueError):
+            return path.relative_to(Path(paths[key]).parent).as_posix()
+    return path.name
+
+
 def builtin_choices(limit: int = BUILTIN_CHOICES) -> list[tuple[str, str]]:
     """(label, path) of files from the default corpus (the Python installation), spread over its kinds."""
     from trainers.data.fragments import default_corpus_paths
@@ -77,7 +93,7 @@ def builtin_choices(limit: int = BUILTIN_CHOICES) -> list[tuple[str, str]]:
             size = p.stat().st_size
         except OSError:
             continue
-        out.append((f"{p.parent.name}/{p.name} ({size:,} bytes)", str(p)))
+        out.append((f"{corpus_name(p)} ({size:,} bytes)", str(p)))
     return out
 
 
@@ -96,7 +112,7 @@ def fragment_input(
         if str(builtin) not in {p for _, p in builtin_choices()}:
             raise ValueError(f"{str(builtin)!r} is not one of the built-in files; pick one from the list")
         path = Path(builtin)
-        name = str(path)
+        name = corpus_name(path)
     else:
         raise ValueError(f"unknown input source {source!r}; expected one of {', '.join(SOURCES)}")
     try:
@@ -104,7 +120,8 @@ def fragment_input(
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"file not found: {name}") from exc
     except ValueError as exc:
-        # read_fragment names the temporary upload path; name the file the user knows instead.
+        # read_fragment names the full path (a temporary upload, or the server's Python installation);
+        # name the file the user knows instead.
         raise ValueError(str(exc).replace(str(path), name)) from exc
     return data, f"{name}, bytes {offset_i}..{offset_i + size - 1} of {path.stat().st_size:,}"
 
@@ -180,7 +197,8 @@ def hex_view_html(
     base_offset: int = 0,
     show_ascii: bool = False,
 ) -> str:
-    """Original, corrupted and repaired bytes side by side, 16 per row, with the file offset of each row.
+    """Original, corrupted and repaired bytes side by side with the file offset of each row: 16 bytes a
+    row, or :data:`BYTES_PER_ROW_ASCII` with the ASCII gutter, so the three columns fit a 1400 px page.
 
     Every byte is a ``<span data-col=... data-i=... data-mark=...>`` so the marks can be checked (and
     styled) without parsing colours: ``changed`` in the corrupted column; ``fixed``, ``wrong`` or
@@ -191,13 +209,18 @@ def hex_view_html(
         raise ValueError("hex view needs three 1-D uint8 arrays of the same length")
     marks = byte_marks(*arrays, changed)
     n = arrays[0].shape[0]
+    per_row = BYTES_PER_ROW_ASCII if show_ascii else BYTES_PER_ROW
     repaired_mark = np.full(n, "", dtype=object)
     for name in ("fixed", "wrong", "broken"):
         repaired_mark[marks[name]] = name
+    # Inline cell styles: Gradio's prose table rules (cell padding and borders) would otherwise make the
+    # table several screens tall.
+    cell_style = "padding:0 1.2em 0 0;border:none;white-space:pre;line-height:1.5"
+    row_style = "border:none;border-bottom:1px solid var(--border-color-primary,#e5e7eb)"
     rows = []
-    for start in range(0, n, BYTES_PER_ROW):
-        stop = min(start + BYTES_PER_ROW, n)
-        cells = [f'<td style="color:#888;padding-right:1em">{base_offset + start:08x}</td>']
+    for start in range(0, n, per_row):
+        stop = min(start + per_row, n)
+        cells = [f'<td style="{cell_style};color:#888">{base_offset + start:08x}</td>']
         for col, arr in zip(("original", "corrupted", "repaired"), arrays, strict=True):
             spans = []
             for i in range(start, stop):
@@ -213,20 +236,29 @@ def hex_view_html(
             cell = " ".join(spans)
             if show_ascii:
                 cell += f' <span style="color:#888">|{_ascii(arr[start:stop])}|</span>'
-            cells.append(f'<td style="padding-right:1.5em;white-space:pre">{cell}</td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+            cells.append(f'<td style="{cell_style}">{cell}</td>')
+        rows.append(f'<tr style="{row_style}">' + "".join(cells) + "</tr>")
     legend = " ".join(
-        f'<span style="{MARK_STYLES[m]};padding:0 .4em">{html.escape(MARK_MEANINGS[m])}: '
+        f'<span style="{MARK_STYLES[m]};padding:0 .4em;white-space:nowrap">{html.escape(MARK_MEANINGS[m])}: '
         f"{int(marks[m].sum())}</span>"
         for m in MARK_STYLES
     )
+    # A sticky header: the rows scroll inside a box of at most 70% of the window, so the column names and
+    # (on a narrow window) the horizontal scrollbar stay in reach.
+    head_style = (
+        "text-align:left;padding:0 1.2em 0 0;border:none;position:sticky;top:0;"
+        "background:var(--background-fill-primary,#fff)"
+    )
     header = "".join(
-        f'<th style="text-align:left">{h}</th>' for h in ("offset", "original", "corrupted", "repaired")
+        f'<th style="{head_style}">{h}</th>' for h in ("offset", "original", "corrupted", "repaired")
     )
     return (
-        '<div class="fragment-hex" style="font-family:ui-monospace,monospace;font-size:12px;overflow-x:auto">'
+        '<div class="fragment-hex" style="font-family:ui-monospace,monospace;font-size:12px">'
         f'<div style="margin-bottom:.5em;line-height:1.8">{legend}</div>'
-        f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        '<div class="fragment-hex-rows" style="max-height:70vh;overflow:auto">'
+        '<table style="border-collapse:collapse;border:none;width:auto;margin:0">'
+        f'<thead><tr style="{row_style}">{header}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></div>"
     )
 
 
@@ -328,7 +360,8 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             show_ascii = gr.Checkbox(value=False, label="Show ASCII")
             run = gr.Button("Corrupt and repair", variant="primary")
         with gr.Column(scale=3):
-            summary = gr.Markdown()
+            # Starts with a hint so the progress spinner and an "Error" badge have a visible place to sit.
+            summary = gr.Markdown("Pick a checkpoint and a fragment, then press **Corrupt and repair**.")
             table = gr.Dataframe(headers=METRIC_HEADERS, label="Accuracy", interactive=False)
     # Full width: three 16-byte hex columns side by side do not fit beside the controls.
     hex_view = gr.HTML()
@@ -373,6 +406,9 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         ],
         outputs=[summary, table, hex_view],
         api_name="fragments_compare",
+        # Progress and a bad input's "Error" badge go on the caption alone: the previous table and hex view
+        # stay as they were instead of being covered.
+        show_progress_on=[summary],
     )
 
     return fragments_checkpoints, checkpoint
