@@ -144,6 +144,12 @@ def read_checkpoint_config(source: str | Path, **hub_kwargs: Any) -> dict[str, A
     return config
 
 
+def wrong_domain_message(variant: str, domain: str, needed: str) -> str:
+    """What a view says when handed a checkpoint of another domain."""
+    a_domain = {"sar": "a SAR", "audio": "an audio", "fragments": "a fragment"}.get(needed, f"a {needed}")
+    return f"checkpoint is a '{variant}' ({domain}) model; this view needs {a_domain} model"
+
+
 def load_pretrained(
     source: str | Path,
     expected_variant: str | None = None,
@@ -168,11 +174,7 @@ def load_pretrained(
             f"this view needs a '{expected_variant}' model"
         )
     if expected_domain is not None and info.domain != expected_domain:
-        article = "a" if expected_domain == "fragments" else "an"  # "an sar", "an audio"
-        raise ValueError(
-            f"checkpoint is a '{info.name}' ({info.domain}) model; "
-            f"this view needs {article} {expected_domain} model"
-        )
+        raise ValueError(wrong_domain_message(info.name, info.domain, expected_domain))
     try:
         return info.cls.from_pretrained(source, **hub_kwargs)
     except TypeError as exc:  # config.json with an argument of the wrong type

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from models import VARIANTS, load_pretrained
+from models.registry import wrong_domain_message
 from trainers import checkpoints
 from trainers.store import RunStore
 
@@ -71,9 +72,7 @@ class StudioContext:
                 while len(self._models) > MODEL_CACHE_SIZE:
                     self._models.popitem(last=False)
         elif domain is not None and domain != model.DOMAIN:
-            raise ValueError(
-                f"checkpoint is a '{model.VARIANT}' ({model.DOMAIN}) model; this view needs a {domain} model"
-            )
+            raise ValueError(wrong_domain_message(model.VARIANT, model.DOMAIN, domain))
         return model
 
 

@@ -204,6 +204,31 @@ def test_comparison_and_hub_tabs_through_the_api(client, studio, cli_checkpoints
         client.predict(str(tmp_path / "missing"), "", api_name="/hub_load")
 
 
+def test_a_fresh_api_session_names_checkpoints_by_run_id(studio, cli_checkpoints):
+    """No checkpoint-list call first, no server folder paths: what a script knows is the run id."""
+    from gradio_client import Client
+
+    cli_checkpoints.wait()
+    with RunStore(studio.runs_dir) as store:
+        runs = store.list_runs()
+    run_id = next(r.id for r in runs if r.variant == "fragment-dae" and r.status == "completed")
+    fresh = Client(studio.url, verbose=False)
+    try:
+        builtin = builtin_choices()[0][1]
+        notes, table, hex_html = fresh.predict(
+            run_id, "built-in file", builtin, None, 0, 0.01, 0.0, 0.0, 0.0, 0, False,
+            api_name="/fragments_compare",
+        )  # fmt: skip
+        assert run_id in notes.replace("\\", "") and "000001f0" in hex_html
+        with pytest.raises(AppError, match="unknown checkpoint 'no-such-run'"):
+            fresh.predict(
+                "no-such-run", "built-in file", builtin, None, 0, 0.01, 0.0, 0.0, 0.0, 0, False,
+                api_name="/fragments_compare",
+            )  # fmt: skip
+    finally:
+        fresh.close()
+
+
 def test_parse_args_defaults_and_environment(monkeypatch):
     for name in ("GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME", "STUDIO_RUNS_DIR", "SPACE_ID"):
         monkeypatch.delenv(name, raising=False)
@@ -250,9 +275,8 @@ def test_bad_uploads_through_the_running_app_give_messages_and_the_app_keeps_wor
     for path, message in ((empty, "empty"), (corrupt, "corrupt.png")):
         with pytest.raises(AppError, match=message):
             sar_upload(path, [sar_folder])
-    # A checkpoint of another domain is never offered by the SAR picker, and Gradio refuses it by name
-    # (the view's own message for it is tested in test_views_sar.py).
-    with pytest.raises(AppError, match="not in the list of choices"):
+    # A checkpoint of another domain is never offered by the SAR picker; named anyway, it is refused.
+    with pytest.raises(AppError, match="fragment-dae.*this view needs a SAR model"):
         client.predict([fragment_folder], *SAR_SETTINGS, api_name="/sar_compare")
     with pytest.raises(AppError, match="0.10 s"):
         client.predict(audio_folder, "upload or recording", "note", 0, handle_file(str(short)), 0.0,

@@ -194,7 +194,7 @@ def test_domain_mismatch_message(tmp_path: Path) -> None:
     _trained_checkpoint("fragment-dae", tmp_path)
     with pytest.raises(ValueError) as e:
         load_pretrained(tmp_path, expected_domain="sar")
-    assert str(e.value) == "checkpoint is a 'fragment-dae' (fragments) model; this view needs an sar model"
+    assert str(e.value) == "checkpoint is a 'fragment-dae' (fragments) model; this view needs a SAR model"
     with pytest.raises(ValueError, match="this view needs an audio model"):
         load_pretrained(tmp_path, expected_domain="audio")
     with pytest.raises(ValueError, match="unknown domain 'images'"):

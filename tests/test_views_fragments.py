@@ -281,7 +281,7 @@ def test_bad_inputs_give_clear_messages(ctx, frag_ckpt, data_file, tmp_path, kwa
 
 
 def test_checkpoint_of_another_domain_is_refused(ctx, sar_ckpt, data_file):
-    with pytest.raises(ValueError, match="'sar-baseline' .* this view needs a fragments model"):
+    with pytest.raises(ValueError, match="'sar-baseline' .* this view needs a fragment model"):
         view.compare_fragment(ctx, sar_ckpt, "uploaded file", None, str(data_file))
 
 

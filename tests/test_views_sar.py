@@ -343,7 +343,7 @@ def test_bad_inputs_give_clear_messages(ctx, run_ckpt, tmp_path, make, kwargs, e
 
 
 def test_checkpoint_of_another_domain_is_refused(ctx, run_ckpt, frag_ckpt):
-    with pytest.raises(ValueError, match="'fragment-dae' .* this view needs an sar model"):
+    with pytest.raises(ValueError, match="'fragment-dae' .* this view needs a SAR model"):
         view.sar_compare(ctx, [run_ckpt[1], frag_ckpt], size=32)
 
 

@@ -261,7 +261,7 @@ def spectrogram_figure(
 
 # ----------------------------------------------------------------------------------------------- compute
 def _load(ctx: Any, checkpoint: Any) -> tuple[str, torch.nn.Module, Any, list[str]]:
-    folder = selected_folders(checkpoint, "audio")[0]
+    folder = selected_folders(checkpoint, "audio", ctx=ctx)[0]
     model = load_checkpoint(ctx, folder, "audio")
     features, notes = features_for(model)
     return folder, model, features, [f"checkpoint: {run_label(ctx, folder)} ({model.VARIANT})", *notes]

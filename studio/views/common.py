@@ -132,7 +132,9 @@ def resolve_checkpoint(ctx: Any, name: str, domain: str) -> str:
             if checkpoints.checkpoint_path(run_dir, k) is not None:
                 return str(run_dir / checkpoints.CHECKPOINTS_DIR / k)
         raise ValueError(f"run {run_id!r} has no {kind or 'saved'} checkpoint yet")
-    if Path(name).is_dir():  # a folder outside the catalogue (scripts, the Hub tab's exports)
+    if Path(name).is_absolute() or name.count("/") > 1 or Path(name).is_dir():
+        # A folder outside the catalogue (scripts, the Hub tab's exports), or one that has gone: loading
+        # it says which.
         return name
     known = ", ".join(label.split(" · ")[0] for label, _ in choices[:5]) or "none yet"
     raise ValueError(

@@ -299,7 +299,7 @@ def compare_fragment(
     show_ascii: bool = False,
 ) -> FragmentComparison:
     """Corrupt the chosen fragment with seeded noise, repair it with the checkpoint, and score both."""
-    folder = selected_folders(checkpoint, "fragments")[0]
+    folder = selected_folders(checkpoint, "fragments", ctx=ctx)[0]
     noise = make_noise(ber, substitution, erasure, burst, seed)
     model = load_checkpoint(ctx, folder, "fragments")
     size = int(getattr(model, "fragment_size", FRAGMENT_SIZE))

@@ -24,6 +24,7 @@ from studio.views.common import (
     model_call,
     model_device,
     notes_markdown,
+    resolve_checkpoint,
     run_label,
     selected_folders,
     timed_ms,
@@ -333,6 +334,7 @@ def sar_compare(
         raise ValueError(
             f"choose at most {MAX_CHECKPOINTS} checkpoints to compare at once, got {len(folders)}"
         )
+    folders = [resolve_checkpoint(ctx, f, "sar") for f in folders]
     if error_scale not in ERROR_SCALES:
         raise ValueError(f"unknown error scale {error_scale!r}; expected one of {', '.join(ERROR_SCALES)}")
     models = [load_checkpoint(ctx, f, "sar") for f in folders]
