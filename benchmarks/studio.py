@@ -368,7 +368,12 @@ def measure_app_memory(
                     for _ in range(count):
                         data = JOB_DATA[VARIANTS[variant].domain]
                         client.predict(
-                            [variant], "smoke", "100", "", "", data, "", "cpu", [], api_name="/launch"
+                            variants=[variant],
+                            preset="smoke",
+                            epochs="100",
+                            data=data,
+                            device="cpu",
+                            api_name="/launch",
                         )
                 store = RunStore(runs_dir)
                 with store:
