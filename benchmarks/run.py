@@ -13,6 +13,7 @@ GPU figures are measured when CUDA is present and read "not measured (no CUDA)" 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -135,28 +136,38 @@ def run_sections(
     return figures, raw
 
 
-def render_results(figures: Sequence[Figure], info: dict[str, Any], command: str, when: str) -> str:
-    """The generated part of BENCHMARKS.md: machine, date, command, load and the table."""
-    gpu = info.get("gpu", "none (CUDA not available)")
-    load = info.get("load_average")
-    lines = [
-        START_MARK,
-        "",
-        f"Measured {when} with `{command}`.",
-        "",
-        f"- CPU: {info['cpu']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads), "
-        f"{info['memory_gib']} GiB RAM",
-        f"- GPU: {gpu}",
-        f"- Python {info['python']}, torch {info['torch']}, {info['platform']}",
-        f"- Load average at the start and end (1/5/15 min): {load} / {info.get('load_average_end')}",
-    ]
-    if load and load[0] > 0.5:  # measured before the benchmarks start: that load is someone else's
-        lines.append(
-            "- Other processes shared the CPU cores during this run: timings are noisier than on a quiet "
-            "machine (the ratios, measured side by side, less so than absolute times)."
-        )
+def render_results(sections: dict[str, dict[str, Any]]) -> str:
+    """The generated part of BENCHMARKS.md: for each run that measured some of ``sections`` its machine,
+    date, command and load, then one table of every section's figures in `SECTIONS` order."""
+    runs: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for name, payload in sections.items():
+        measured = payload["measured"]
+        key = json.dumps(measured, sort_keys=True, default=str)
+        runs.setdefault(key, (measured, []))[1].append(name)
+    lines = [START_MARK, ""]
+    for measured, names in runs.values():
+        info = measured["machine"]
+        gpu = info.get("gpu", "none (CUDA not available)")
+        load = info.get("load_average")
+        lines += [
+            f"Measured {measured['date']} with `{measured['command']}`"
+            + ("" if len(runs) == 1 else f" ({', '.join(names)})")
+            + ":",
+            "",
+            f"- CPU: {info['cpu']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads), "
+            f"{info['memory_gib']} GiB RAM",
+            f"- GPU: {gpu}",
+            f"- Python {info['python']}, torch {info['torch']}, {info['platform']}",
+            f"- Load average at the start and end (1/5/15 min): {load} / {info.get('load_average_end')}",
+        ]
+        if load and load[0] > 0.5:  # measured before the benchmarks start: that load is someone else's
+            lines.append(
+                "- Other processes shared the CPU cores during this run: timings are noisier than on a "
+                "quiet machine (the ratios, measured side by side, less so than absolute times)."
+            )
+        lines.append("")
+    figures = [figure_from_dict(f) for payload in sections.values() for f in payload["figures"]]
     lines += [
-        "",
         format_table(figures),
         "",
         "Notes on each figure, and every raw timing, are in `benchmarks/results/*.json`.",
@@ -164,6 +175,40 @@ def render_results(figures: Sequence[Figure], info: dict[str, Any], command: str
         END_MARK,
     ]
     return "\n".join(lines)
+
+
+def figure_from_dict(data: dict[str, Any]) -> Figure:
+    names = ("key", "label", "value", "unit", "bound", "goal", "note")
+    return Figure(**{k: data.get(k) if k != "note" else data.get(k) or "" for k in names})
+
+
+def merged_sections(results_dir: Path, fresh: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """This run's sections plus those an earlier run left in ``results_dir``, in `SECTIONS` order.
+
+    So `--only gpu` on a GPU machine adds its rows beside the CPU rows measured elsewhere instead of
+    replacing them; each section keeps the machine and command it was measured with.
+    """
+    previous: dict[str, Any] = {}
+    summary = results_dir / "summary.json"
+    if summary.exists():  # sections written before they carried `measured` were measured by that run
+        with contextlib.suppress(ValueError, OSError):
+            old = json.loads(summary.read_text(encoding="utf-8"))
+            previous = {k: old[k] for k in ("command", "date", "machine") if k in old}
+    out: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        if name in fresh:
+            out[name] = fresh[name]
+            continue
+        path = results_dir / f"{name}.json"
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if "measured" not in payload and len(previous) == 3:
+            payload["measured"] = previous
+        if "measured" in payload and isinstance(payload.get("figures"), list):
+            out[name] = payload
+    return out
 
 
 def update_markdown(path: Path, block: str) -> None:
@@ -238,8 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "figures": [f.to_dict() for f in figures],
     }
     if chosen == "full" and not args.no_write:
-        written = write_results(args.results_dir, raw, summary)
-        update_markdown(args.markdown, render_results(figures, info, command.strip(), started))
+        measured = {"command": command.strip(), "date": started, "machine": info}
+        fresh = {name: {**payload, "measured": measured} for name, payload in raw.items()}
+        sections = merged_sections(args.results_dir, fresh)
+        summary["figures"] = [f for payload in sections.values() for f in payload["figures"]]
+        written = write_results(args.results_dir, sections, summary)
+        update_markdown(args.markdown, render_results(sections))
         print(f"wrote {args.markdown} and {len(written)} files in {args.results_dir}", file=sys.stderr)
     print(
         f"\n{chosen} run of {', '.join(sections)} in {summary['seconds']:.0f} s on {info['cpu']} "

@@ -316,6 +316,35 @@ def test_run_full_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
     assert md.read_text().count(bench_run.START_MARK) == 1
 
 
+def test_a_partial_run_adds_its_rows_beside_those_measured_elsewhere(tmp_path, monkeypatch, capsys):
+    """`--only gpu` on a GPU machine must not drop the CPU rows measured on another machine."""
+    results, md = tmp_path / "results", tmp_path / "BENCHMARKS.md"
+    elsewhere = {"command": "python benchmarks/run.py", "date": "2026-01-01 00:00 UTC"}
+    machine = {**bench_run.machine_info(), "cpu": "Elsewhere CPU", "gpu": "Elsewhere GPU"}
+    old = Figure("throughput/x", "an older throughput row", 2.0, "x", bound=1.0, goal="min")
+    results.mkdir()
+    (results / "throughput.json").write_text(
+        json.dumps({"figures": [old.to_dict()], "measured": {**elsewhere, "machine": machine}})
+    )
+    monkeypatch.setitem(
+        bench_run.SETTINGS["full"], "curves", {"n_runs": 2, "histories": (10, 40), "repeats": 2}
+    )
+    args = ["--only", "curves", "--results-dir", str(results), "--markdown", str(md)]
+    assert bench_run.main(args) == 0
+    capsys.readouterr()
+    text = md.read_text()
+    # Both runs are described, each naming its sections, and the table holds both sections' rows in order.
+    assert "Elsewhere CPU" in text and "Elsewhere GPU" in text and "(throughput):" in text
+    assert "(curves):" in text and text.index("an older throughput row") < text.index("| curve refresh")
+    summary = json.loads((results / "summary.json").read_text())
+    assert [f["key"] for f in summary["figures"]][0] == "throughput/x" and len(summary["figures"]) == 5
+    assert bench_run.main(args) == 0  # rerunning a section replaces its rows
+    capsys.readouterr()
+    assert md.read_text().count("| curve refresh with new points") == 1
+    kept = json.loads((results / "throughput.json").read_text())
+    assert kept["measured"]["machine"]["cpu"] == "Elsewhere CPU"
+
+
 def test_run_failing_section_becomes_a_row(monkeypatch):
     def broken(**kwargs):
         raise RuntimeError("no luck")
