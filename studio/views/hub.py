@@ -212,7 +212,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             commit_message = gr.Textbox(label="Commit message", placeholder=message_hint)
             push_btn = gr.Button("Push", variant="primary")
             push_status = gr.Markdown()
-            with gr.Group(visible=not ctx.space):
+            with gr.Column(visible=not ctx.space):
                 gr.Markdown("### Export to a folder")
                 folder = gr.Textbox(
                     label="Folder",
