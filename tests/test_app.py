@@ -291,3 +291,25 @@ def test_bad_uploads_through_the_running_app_give_messages_and_the_app_keeps_wor
     assert "22050" in notes and "resampled" in notes
     table = client.predict([sar_folder], *SAR_SETTINGS, api_name="/sar_compare")[2]
     assert [row[0] for row in table["data"]] == ["sar-baseline"]
+
+
+def test_every_api_parameter_and_result_has_a_name(tmp_path):
+    """gradio_client users read these names in view_api(); an unlabelled component shows as value_71."""
+    from studio.app import build_app, make_context
+
+    ctx = make_context(tmp_path / "runs", cpu_slots=1, space=False)
+    try:
+        endpoints = build_app(ctx).get_api_info()["named_endpoints"]
+    finally:
+        ctx.jobs.shutdown()
+        ctx.store.close()
+    assert {"/launch", "/sar_compare", "/audio_compare", "/fragments_compare", "/hub_load"} <= set(endpoints)
+    unnamed = {
+        name: [item.get("label") for item in ep["parameters"] + ep["returns"]]
+        for name, ep in endpoints.items()
+        if any(
+            not item.get("label") or item["label"].startswith("value_")
+            for item in ep["parameters"] + ep["returns"]
+        )
+    }
+    assert not unnamed, unnamed

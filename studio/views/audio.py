@@ -427,7 +427,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             # Each section's status line starts with a hint: the progress spinner and a bad input's "Error"
             # badge sit on it alone (show_progress_on), so it needs a height, and the previous figures and
             # players stay readable.
-            status = gr.Markdown("Pick a checkpoint and a clip, then press **Reconstruct**.")
+            status = gr.Markdown("Pick a checkpoint and a clip, then press **Reconstruct**.", label="Notes")
             # No label badge: it would sit on top of the first subplot's title.
             figure = gr.Plot(label="Spectrograms: input and reconstruction", show_label=False)
             with gr.Row():
@@ -442,7 +442,9 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             sample_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
             sample_btn = gr.Button("Sample")
         with gr.Column(scale=3):
-            sample_status = gr.Markdown("Decode draws from the prior N(0, I): press **Sample**.")
+            sample_status = gr.Markdown(
+                "Decode draws from the prior N(0, I): press **Sample**.", label="Sample notes"
+            )
             sample_audio = gr.Audio(label="Samples, one after the other", interactive=False)
             sample_figure = gr.Plot(label="Sample spectrograms", show_label=False)
     with gr.Accordion("Interpolate between two clips", open=False), gr.Row():
@@ -452,7 +454,9 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             steps = gr.Slider(2, MAX_STEPS, value=5, step=1, label="Steps from A to B")
             interp_btn = gr.Button("Interpolate")
         with gr.Column(scale=3):
-            interp_status = gr.Markdown("Pick clip B, then press **Interpolate**.")
+            interp_status = gr.Markdown(
+                "Pick clip B, then press **Interpolate**.", label="Interpolation notes"
+            )
             interp_audio = gr.Audio(label="A → B, one step after the other", interactive=False)
             interp_figure = gr.Plot(label="Interpolation spectrograms", show_label=False)
 

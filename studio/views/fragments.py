@@ -361,10 +361,12 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             run = gr.Button("Corrupt and repair", variant="primary")
         with gr.Column(scale=3):
             # Starts with a hint so the progress spinner and an "Error" badge have a visible place to sit.
-            summary = gr.Markdown("Pick a checkpoint and a fragment, then press **Corrupt and repair**.")
+            summary = gr.Markdown(
+                "Pick a checkpoint and a fragment, then press **Corrupt and repair**.", label="Notes"
+            )
             table = gr.Dataframe(headers=METRIC_HEADERS, label="Accuracy", interactive=False)
     # Full width: three 16-byte hex columns side by side do not fit beside the controls.
-    hex_view = gr.HTML()
+    hex_view = gr.HTML(label="Hex view")
 
     # Uploading a file is a clear intent to use it.
     upload.upload(lambda _f: SOURCES[1], inputs=upload, outputs=source, api_visibility="private")

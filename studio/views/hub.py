@@ -211,7 +211,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
                 branch = gr.Textbox(label="Branch", placeholder="main")
             commit_message = gr.Textbox(label="Commit message", placeholder=message_hint)
             push_btn = gr.Button("Push", variant="primary")
-            push_status = gr.Markdown()
+            push_status = gr.Markdown(label="Push status")
             with gr.Column(visible=not ctx.space):
                 gr.Markdown("### Export to a folder")
                 folder = gr.Textbox(
@@ -221,7 +221,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
                     "an earlier export there is replaced, other files are never touched",
                 )
                 export_btn = gr.Button("Export")
-                export_status = gr.Markdown()
+                export_status = gr.Markdown(label="Export status")
         with gr.Column(scale=1):
             gr.Markdown("### Load a checkpoint")
             source = gr.Textbox(
@@ -230,8 +230,8 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
                 + ("" if ctx.space else " or /path/to/checkpoint"),
             )
             load_btn = gr.Button("Load")
-            load_status = gr.Markdown()
-            loaded = gr.Markdown(loaded_markdown(ctx))
+            load_status = gr.Markdown(label="Load status")
+            loaded = gr.Markdown(loaded_markdown(ctx), label="Loaded checkpoints")
 
     @user_errors
     def hub_push(run_id, kind, repo_id, private, branch, commit_message, token):

@@ -421,7 +421,9 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             error_scale = gr.Radio(list(ERROR_SCALES), value=ERROR_SCALES[0], label="Error map scale")
             run = gr.Button("Compare", variant="primary")
         with gr.Column(scale=3):
-            status = gr.Markdown("Choose one or more checkpoints and an input, then press **Compare**.")
+            status = gr.Markdown(
+                "Choose one or more checkpoints and an input, then press **Compare**.", label="Notes"
+            )
             # The label badge would sit on top of the first panel's title; the panels are titled anyway.
             figure = gr.Plot(label="Input, reconstructions and absolute error maps", show_label=False)
             # Fixed shares of the width so the last columns (bpp, params, time) are not pushed off-screen.
