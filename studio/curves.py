@@ -168,6 +168,7 @@ def make_figure(
         raise ValueError(f"metric must be a name like 'train/loss', got {metric!r}")
     fig = go.Figure()
     drawn = 0
+    lows, highs = [], []
     for index, run_id in enumerate(runs):
         steps, values = cache.series(run_id, metric)
         keep = np.isfinite(values)
@@ -178,6 +179,8 @@ def make_figure(
             continue
         color = PALETTE[index % len(PALETTE)]
         smoothed = ema(values, smoothing)  # over every point; only the drawing is thinned
+        lows.append(float(values.min()))
+        highs.append(float(values.max()))
         if smoothing > 0:
             raw_x, raw_y = thin(steps, values)
             fig.add_trace(
@@ -212,9 +215,8 @@ def make_figure(
         template="plotly_white",
         title={"text": metric or "no metric chosen", "x": 0.01},
         xaxis={"title": {"text": "step"}},
-        # On a log axis plotly labels the ticks between decades with a bare digit ("3" for 0.3).
         yaxis={"title": {"text": metric}, "type": "log" if log_y else "linear"}
-        | ({"tickformat": ".2~g"} if log_y else {}),
+        | (log_ticks(math.log10(max(highs) / min(lows))) if log_y and lows else {}),
         uirevision=curve_uirevision(metric, runs, log_y),
         legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
         margin={"l": 60, "r": 20, "t": 50, "b": 40},
@@ -251,7 +253,17 @@ def keep_view(fig: go.Figure, view: Any) -> go.Figure:
             and bounds[0] != bounds[1]
         ):
             fig.update_layout({f"{axis}axis": {"range": list(bounds), "autorange": False}})
+            if axis == "y" and fig.layout.yaxis.type == "log":  # the zoomed span decides the labels
+                fig.update_layout(yaxis={"tickformat": None, "dtick": None})
+                fig.update_layout(yaxis=log_ticks(abs(bounds[1] - bounds[0])))
     return fig
+
+
+def log_ticks(decades: float) -> dict[str, Any]:
+    """Tick settings of a log axis spanning ``decades``. Over a decade or more: labels at 1, 2 and 5 of each
+    decade written out (0.2, not plotly's bare "2" between 0.1 and 1, and not every digit, which overlap).
+    Within a decade plotly's own ticks, which are already plain numbers there."""
+    return {"dtick": "D2", "tickformat": ".2~g"} if decades >= 1.0 else {}
 
 
 def figure_points(fig: go.Figure) -> dict[str, int]:

@@ -162,7 +162,17 @@ def test_figure_draws_smoothed_curves_and_log_axis(store):
     cache.update(store, [a, b])
 
     fig = make_figure(cache, "train/loss", [a, b], smoothing=0.6, log_y=True)
-    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.tickformat == ".2~g"  # 0.3, not "3"
+    # Over a decade: 1-2-5 labels written out (0.2, not a bare "2"), not every digit (they overlap).
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == "D2"
+    assert fig.layout.yaxis.tickformat == ".2~g"
+    narrow = CurveCache()
+    c = store.create_run("fragment-dae", "fragments", {})
+    _log_losses(store, c, range(20), offset=0.25)  # 1.25 .. 0.3: under a decade, plotly's own ticks
+    narrow.update(store, [c])
+    assert make_figure(narrow, "train/loss", [c], log_y=True).layout.yaxis.dtick is None
+    view = {"uirevision": fig.layout.uirevision, "x": [0, 5], "y": [-0.5, -0.2]}  # zoomed within a decade
+    zoomed = keep_view(fig, view)
+    assert zoomed.layout.yaxis.dtick is None and zoomed.layout.yaxis.tickformat is None
     assert figure_points(fig) == {a: 20, b: 10}  # the inf point is left out
     main = [t for t in fig.data if t.meta == a][0]
     raw = [t for t in fig.data if t.name == f"{a} (raw)"][0]
