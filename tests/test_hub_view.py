@@ -143,6 +143,11 @@ def test_relative_export_goes_under_the_runs_folder_and_foreign_files_are_safe(
     assert sorted(p.name for p in precious.iterdir()) == ["chapter1.tex"]
     with pytest.raises(gr.Error, match="no export folder given"):
         fns["hub_export"](run_id, "best", "  ")
+    with pytest.raises(gr.Error, match="a relative export name stays inside"):
+        fns["hub_export"](run_id, "best", "../../escaped")
+    assert not (Path(ctx.runs_dir).resolve().parent / "escaped").exists()
+    with pytest.raises(gr.Error, match="no run with id 'no-such-run'"):
+        fns["hub_export"]("no-such-run", "best", "other")
 
 
 def test_push_suggestions_follow_the_chosen_run(ctx, studio):

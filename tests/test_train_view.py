@@ -254,6 +254,22 @@ def ctx(tmp_path):
     context.store.close()
 
 
+def test_a_fresh_page_plots_the_newest_runs_of_one_domain():
+    from studio.views.train import initial_curve_runs
+
+    rows = [  # newest first, as the jobs table lists them
+        {"id": "f2", "variant": "fragment-dae-bytes", "status": "completed"},
+        {"id": "s2", "variant": "sar-resnet", "status": "running"},
+        {"id": "f1", "variant": "fragment-dae", "status": "completed"},
+        {"id": "s1", "variant": "sar-baseline", "status": "running"},
+        {"id": "a1", "variant": "audio-vae", "status": "running"},
+    ]
+    assert initial_curve_runs(rows) == ["s2", "s1"]  # the running ones, of the newest one's domain
+    ended = [{**row, "status": "completed"} for row in rows]
+    assert initial_curve_runs(ended) == ["f2", "f1"]
+    assert initial_curve_runs([]) == []
+
+
 def test_a_launch_plots_the_new_runs_beside_those_of_their_domain(ctx):
     sar = ctx.store.create_run("sar-baseline", "sar", {})
     frag = ctx.store.create_run("fragment-dae", "fragments", {})

@@ -50,12 +50,14 @@ def pushable_runs(ctx: Any) -> list[tuple[str, str]]:
     return choices
 
 
-def _run_id(run_id: Any) -> str:
+def _run_id(ctx: Any, run_id: Any) -> str:
     text = _text(run_id)
     if not text:
         raise ValueError(
             "no run chosen: pick a run with a checkpoint (train one in the Train tab, then ↻ refresh)"
         )
+    if ctx.store.get_run(text) is None:
+        raise ValueError(f"no run with id {text!r} in {ctx.runs_dir}")
     return text
 
 
@@ -70,7 +72,7 @@ def push(
     token: Any = None,
 ) -> str:
     """Push the chosen checkpoint; returns a Markdown line with the commit link."""
-    run_id = _run_id(run_id)
+    run_id = _run_id(ctx, run_id)
     token = _text(token) or None
     if ctx.space and token is None:
         raise ValueError(
@@ -101,7 +103,7 @@ def export(ctx: Any, run_id: Any, kind: Any, folder: Any) -> str:
         raise ValueError(
             "export to a folder is disabled on a Space (its disk is not yours); push to the Hub instead"
         )
-    run_id = _run_id(run_id)
+    run_id = _run_id(ctx, run_id)
     text = _text(folder)
     if not text:
         raise ValueError("no export folder given: type a folder name, e.g. my-model, or an absolute path")
@@ -118,7 +120,16 @@ def export_folder(ctx: Any, text: str) -> Path:
     `exports/`. Relative to the server's working directory it would land wherever the app was started,
     often inside a source checkout."""
     path = Path(text).expanduser()
-    return path if path.is_absolute() else Path(ctx.runs_dir).resolve() / EXPORTS_DIR / path
+    if path.is_absolute():
+        return path
+    root = Path(ctx.runs_dir).resolve() / EXPORTS_DIR
+    target = (root / path).resolve()
+    if not target.is_relative_to(root):
+        raise ValueError(
+            f"a relative export name stays inside {root}; {text!r} leads out of it: give an absolute path "
+            "to export elsewhere"
+        )
+    return target
 
 
 def hub_placeholders(ctx: Any, run_id: Any) -> tuple[str, str]:
@@ -189,7 +200,8 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
                     value=runs[0][1] if runs else None,
                     label="Run",
                     scale=4,
-                    allow_custom_value=False,
+                    # API clients name runs started after this page was built; `_run_id` checks them.
+                    allow_custom_value=True,
                 )
                 refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
             kind = gr.Radio(

@@ -278,9 +278,18 @@ def comparison_figure(
         height=330 * 2,
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
     )
-    # Square pixels, row 0 on top, no ticks, and zoom/pan linked across every panel.
-    fig.update_xaxes(showticklabels=False, matches="x", constrain="domain")
-    fig.update_yaxes(showticklabels=False, matches="y", autorange="reversed", scaleanchor="x")
+    # Square pixels, row 0 on top, no ticks, and zoom/pan linked across every panel. No grid or tinted
+    # background: square pixels leave part of each cell empty, and it should look empty.
+    fig.update_layout(plot_bgcolor="rgba(0,0,0,0)")
+    fig.update_xaxes(showticklabels=False, matches="x", constrain="domain", showgrid=False, zeroline=False)
+    fig.update_yaxes(
+        showticklabels=False,
+        matches="y",
+        autorange="reversed",
+        scaleanchor="x",
+        showgrid=False,
+        zeroline=False,
+    )
     fig.update_xaxes(visible=False, row=2, col=1)
     fig.update_yaxes(visible=False, row=2, col=1)
     return fig

@@ -292,9 +292,16 @@ def check_curve_request(metric: Any, runs: Any) -> tuple[str, list[str]]:
 
 
 def initial_curve_runs(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The runs a fresh page plots: those running now, else the newest few."""
-    running = [row["id"] for row in rows if row.get("status") == "running"]
-    return (running or [row["id"] for row in rows])[:INITIAL_CURVE_RUNS]
+    """The runs a fresh page plots: those running now, else the newest few; of one domain, the newest
+    one's, since one axis cannot show a fragment cross-entropy of ~5 and a SAR loss of ~0.3 together."""
+    candidates = [row for row in rows if row.get("status") == "running"] or list(rows)
+
+    def domain(row: Mapping[str, Any]) -> str | None:
+        info = VARIANTS.get(str(row.get("variant")))
+        return info.domain if info is not None else None
+
+    first = domain(candidates[0]) if candidates else None
+    return [row["id"] for row in candidates if domain(row) == first][:INITIAL_CURVE_RUNS]
 
 
 # -------------------------------------------------------------------------------------------- page state
