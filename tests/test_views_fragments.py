@@ -207,11 +207,17 @@ def test_compare_fragment_matches_noise_model_and_metrics(request, ctx, data_fil
 
 
 def test_builtin_file_source(ctx, frag_ckpt):
-    choices = view.builtin_choices(limit=8)
+    choices = view.builtin_choices()
     assert choices, "the default corpus (the Python installation) should offer files"
-    label, path = choices[0]
-    r = view.compare_fragment(ctx, frag_ckpt, "built-in file", path, None, 0, seed=1)
+    label, name = choices[0]
+    path = view.builtin_path(name)
+    r = view.compare_fragment(ctx, frag_ckpt, "built-in file", name, None, 0, seed=1)
     np.testing.assert_array_equal(r.clean, np.fromfile(path, np.uint8, count=512))
+    # The server path an older client sent still works; any other file does not.
+    r_path = view.compare_fragment(ctx, frag_ckpt, "built-in file", str(path), None, 0, seed=1)
+    np.testing.assert_array_equal(r_path.clean, r.clean)
+    with pytest.raises(ValueError, match="'passwd' is not one of the built-in files"):
+        view.compare_fragment(ctx, frag_ckpt, "built-in file", "/etc/passwd", None, 0)
 
 
 def test_builtin_files_are_named_without_the_server_path(ctx, frag_ckpt):
@@ -220,18 +226,18 @@ def test_builtin_files_are_named_without_the_server_path(ctx, frag_ckpt):
     import sysconfig
 
     lib = Path(sysconfig.get_paths()["stdlib"]).parent
-    choices = view.builtin_choices(limit=8)
-    for label, path in choices:
-        assert label.startswith(Path(path).relative_to(lib).as_posix() + " (")
-        assert str(lib) not in label
-    label, path = choices[0]
-    name = Path(path).relative_to(lib).as_posix()
-    assert name.startswith("python3.") and name.endswith(Path(path).name)
-    r = view.compare_fragment(ctx, frag_ckpt, "built-in file", path, None, 0, seed=1)
+    choices = view.builtin_choices()
+    for label, name in choices:
+        assert label.startswith(name + " (") and name == view.builtin_path(name).relative_to(lib).as_posix()
+        assert str(lib) not in label + name
+    label, name = choices[0]
+    path = view.builtin_path(name)
+    assert name.startswith("python3.") and name.endswith(path.name)
+    r = view.compare_fragment(ctx, frag_ckpt, "built-in file", name, None, 0, seed=1)
     shown = r.summary.replace("\\", "")  # the caption escapes Markdown (the _ of __future__.py)
     assert f"input: {name}, bytes 0..511" in shown and str(lib) not in shown
     with pytest.raises(ValueError) as err:
-        view.compare_fragment(ctx, frag_ckpt, "built-in file", path, None, 10**9)
+        view.compare_fragment(ctx, frag_ckpt, "built-in file", name, None, 10**9)
     assert name in str(err.value) and str(lib) not in str(err.value)
     assert view.corpus_name("/somewhere/else/data.bin") == "data.bin"
 

@@ -80,7 +80,22 @@ def corpus_name(path: str | Path) -> str:
 
 
 def builtin_choices(limit: int = BUILTIN_CHOICES) -> list[tuple[str, str]]:
-    """(label, path) of files from the default corpus (the Python installation), spread over its kinds."""
+    """(label, name) of files from the default corpus (the Python installation), spread over its kinds;
+    the value is the `corpus_name`, so neither the page nor the API's schema shows server paths."""
+    return [(label, corpus_name(path)) for label, path in _builtin_files(limit)]
+
+
+def builtin_path(choice: str) -> Path:
+    """The corpus file a built-in choice names (its `corpus_name`, or its path as older clients sent)."""
+    for _, path in _builtin_files(BUILTIN_CHOICES):
+        if choice in (corpus_name(path), path):
+            return Path(path)
+    # Only the listed corpus files: the API must not become a way to read any file on the server.
+    raise ValueError(f"{corpus_name(choice)!r} is not one of the built-in files; pick one from the list")
+
+
+def _builtin_files(limit: int) -> list[tuple[str, str]]:
+    """(label, path) of the built-in files."""
     from trainers.data.fragments import default_corpus_paths
 
     try:
@@ -108,10 +123,7 @@ def fragment_input(
     elif source == SOURCES[0]:
         if not builtin:
             raise ValueError("no built-in file chosen: pick one from the list, or upload a file")
-        # Only the listed corpus files: the API must not become a way to read any file on the server.
-        if str(builtin) not in {p for _, p in builtin_choices()}:
-            raise ValueError(f"{str(builtin)!r} is not one of the built-in files; pick one from the list")
-        path = Path(builtin)
+        path = builtin_path(str(builtin))
         name = corpus_name(path)
     else:
         raise ValueError(f"unknown input source {source!r}; expected one of {', '.join(SOURCES)}")
