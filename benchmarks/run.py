@@ -178,8 +178,8 @@ def render_results(sections: dict[str, dict[str, Any]]) -> str:
 
 
 def figure_from_dict(data: dict[str, Any]) -> Figure:
-    names = ("key", "label", "value", "unit", "bound", "goal", "note")
-    return Figure(**{k: data.get(k) if k != "note" else data.get(k) or "" for k in names})
+    fields = {k: data.get(k) for k in ("key", "label", "value", "unit", "bound", "goal")}
+    return Figure(**fields, note=data.get("note") or "")
 
 
 def merged_sections(results_dir: Path, fresh: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -258,11 +258,11 @@ def test_a_fresh_page_plots_the_newest_runs_of_one_domain():
     from studio.views.train import initial_curve_runs
 
     rows = [  # newest first, as the jobs table lists them
-        {"id": "f2", "variant": "fragment-dae-bytes", "status": "completed"},
-        {"id": "s2", "variant": "sar-resnet", "status": "running"},
-        {"id": "f1", "variant": "fragment-dae", "status": "completed"},
-        {"id": "s1", "variant": "sar-baseline", "status": "running"},
-        {"id": "a1", "variant": "audio-vae", "status": "running"},
+        {"id": "f2", "variant": "fragment-dae-bytes", "domain": "fragments", "status": "completed"},
+        {"id": "s2", "variant": "sar-resnet", "domain": "sar", "status": "running"},
+        {"id": "f1", "variant": "fragment-dae", "domain": "fragments", "status": "completed"},
+        {"id": "s1", "variant": "sar-baseline", "domain": "sar", "status": "running"},
+        {"id": "a1", "variant": "audio-vae", "domain": "audio", "status": "running"},
     ]
     assert initial_curve_runs(rows) == ["s2", "s1"]  # the running ones, of the newest one's domain
     ended = [{**row, "status": "completed"} for row in rows]

@@ -198,12 +198,8 @@ def launch_runs(
 def plot_selection(ctx: StudioContext, plotted: Sequence[str] | None, launched: Sequence[str]) -> list[str]:
     """The runs to plot after a launch: the new ones, plus those already plotted of the same domains (a
     fragment cross-entropy of ~5 would flatten a SAR loss of ~0.3 on a shared axis)."""
-    domains = {VARIANTS[ctx.store.get_run(r).variant].domain for r in launched}
-    kept = []
-    for run_id in plotted or []:
-        run = ctx.store.get_run(run_id)
-        if run is not None and run.variant in VARIANTS and VARIANTS[run.variant].domain in domains:
-            kept.append(run_id)
+    domains = {ctx.store.get_run(r).domain for r in launched}
+    kept = [r for r in plotted or [] if (run := ctx.store.get_run(r)) is not None and run.domain in domains]
     return list(dict.fromkeys([*kept, *launched]))
 
 
@@ -295,13 +291,8 @@ def initial_curve_runs(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The runs a fresh page plots: those running now, else the newest few; of one domain, the newest
     one's, since one axis cannot show a fragment cross-entropy of ~5 and a SAR loss of ~0.3 together."""
     candidates = [row for row in rows if row.get("status") == "running"] or list(rows)
-
-    def domain(row: Mapping[str, Any]) -> str | None:
-        info = VARIANTS.get(str(row.get("variant")))
-        return info.domain if info is not None else None
-
-    first = domain(candidates[0]) if candidates else None
-    return [row["id"] for row in candidates if domain(row) == first][:INITIAL_CURVE_RUNS]
+    first = candidates[0].get("domain") if candidates else None
+    return [row["id"] for row in candidates if row.get("domain") == first][:INITIAL_CURVE_RUNS]
 
 
 # -------------------------------------------------------------------------------------------- page state
