@@ -298,6 +298,70 @@ def _bernoulli_positions(rng: np.random.Generator, n: int, rate: float) -> np.nd
     return np.sort(rng.choice(n, size=int(rng.binomial(n, rate)), replace=False))
 
 
+# ----------------------------------------------------------------------------------------------- file types
+FILE_TYPES: tuple[str, ...] = ("text", "elf", "compressed", "bytecode", "other")
+# Leading bytes of compressed containers and of media that is compressed inside (their fragments look
+# alike: near-random bytes that no repair can predict).
+_COMPRESSED_MAGIC: tuple[bytes, ...] = (
+    b"PK\x03\x04",  # zip, wheel, jar, docx
+    b"PK\x05\x06",  # empty zip
+    b"\x1f\x8b",  # gzip
+    b"BZh",  # bzip2
+    b"\xfd7zXZ\x00",  # xz
+    b"\x28\xb5\x2f\xfd",  # zstd
+    b"7z\xbc\xaf\x27\x1c",  # 7-zip
+    b"Rar!\x1a\x07",  # rar
+    b"\x04\x22\x4d\x18",  # lz4 frame
+    b"\x89PNG\r\n\x1a\n",  # PNG (deflate inside)
+    b"\xff\xd8\xff",  # JPEG
+    b"OggS",  # Ogg (Vorbis/Opus)
+    b"fLaC",  # FLAC
+)
+_TEXT_SAMPLE = 65536
+# Control bytes other than tab, newline, carriage return, form feed and escape: a few are tolerated in text.
+_CONTROL = bytes(b for b in range(32) if b not in (9, 10, 12, 13, 27)) + b"\x7f"
+
+
+def _is_pyc(head: bytes) -> bool:
+    # CPython .pyc: a 2-byte little-endian magic (20121 for 1.5 ... 3000-3999 for Python 3) then b"\r\n".
+    if len(head) < 16 or head[2:4] != b"\r\n":
+        return False
+    magic = int.from_bytes(head[:2], "little")
+    return 3000 <= magic < 4000 or magic in (20121, 50428, 50823, 60202, 60717, 62011, 62211)
+
+
+def file_type(path: str | Path) -> str:
+    """The kind of a file from its content, never its name: one of :data:`FILE_TYPES`.
+
+    ``elf``: ELF executables and shared objects; ``compressed``: compressed containers (zip/wheel, gzip,
+    bzip2, xz, zstd, 7z, rar, lz4) and media compressed inside (PNG, JPEG, Ogg, FLAC); ``bytecode``: CPython
+    .pyc, Java class files and WebAssembly; ``text``: the first 64 KiB decode as UTF-8 (a character cut at the
+    end allowed) with no NUL and under 1% other control bytes; ``other``: everything else (and unreadable
+    files). Repair figures differ greatly between these: text is redundant, compressed data is not.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_TEXT_SAMPLE)
+    except OSError:
+        return "other"
+    if head.startswith(b"\x7fELF"):
+        return "elf"
+    if any(head.startswith(m) for m in _COMPRESSED_MAGIC):
+        return "compressed"
+    if _is_pyc(head) or head.startswith(b"\xca\xfe\xba\xbe") or head.startswith(b"\x00asm"):
+        return "bytecode"
+    if head and b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            utf8 = True
+        except UnicodeDecodeError as exc:
+            # Only a multi-byte character cut by the 64 KiB sample is allowed.
+            utf8 = exc.start >= len(head) - 3 and exc.reason == "unexpected end of data"
+        if utf8 and sum(head.count(c) for c in _CONTROL) <= 0.01 * len(head):
+            return "text"
+    return "other"
+
+
 # ------------------------------------------------------------------------------------------------ dataset
 def _split_key(path: Path, root: Path | None) -> str:
     """The name a file is hashed by: relative to the corpus root, so the split survives a moved install."""
@@ -466,6 +530,7 @@ class FragmentDataset(Dataset):
             raise ValueError(f"no readable file in the {split} split of {source}")
         self._fragments = np.stack(fragments)
         self._origins = origins
+        self._file_types: list[str] | None = None
         self._noise_epoch: int | None = None
         self._noise_cache: tuple[np.ndarray, np.ndarray] = (
             self._fragments,
@@ -487,6 +552,17 @@ class FragmentDataset(Dataset):
         """(file, byte offset) of fragment ``i``."""
         file_no, off = self._origins[self._index(i)]
         return self.files[file_no], off
+
+    def fragment_info(self, i: int) -> tuple[Path, int]:
+        """(file, byte offset) of fragment ``i``: its provenance, e.g. to report figures per file type."""
+        return self.fragment_source(i)
+
+    def fragment_type(self, i: int) -> str:
+        """The :func:`file_type` of the file fragment ``i`` comes from (read once per file)."""
+        file_no, _ = self._origins[self._index(i)]
+        if self._file_types is None:
+            self._file_types = [file_type(p) for p in self.files]
+        return self._file_types[file_no]
 
     def corrupt(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(clean, corrupted, changed) of fragment ``i`` as uint8/uint8/bool arrays."""
@@ -540,8 +616,10 @@ __all__ = [
     "FRAGMENT_SIZE",
     "FragmentDataset",
     "NoiseGenerator",
+    "FILE_TYPES",
     "bytes_to_tensor",
     "default_corpus_paths",
+    "file_type",
     "read_fragment",
     "split_files",
 ]
