@@ -16,7 +16,6 @@ from trainers.metrics import (
     bit_error_rate,
     byte_accuracy,
     enl,
-    enl_ratio,
     epi,
     feature_mse,
     fragment_metrics,
@@ -27,12 +26,13 @@ from trainers.metrics import (
     psnr_8bit,
     sar_loss,
     sar_metrics,
+    sar_metrics_per_image,
+    sar_metrics_reference,
     spectral_convergence,
     ssim,
     ssim_tensor,
     to_bytes,
 )
-from trainers.metrics.sar import ENL_VAR_FLOOR
 
 
 def speckle(shape: tuple[int, ...], looks: int, seed: int, level: float = 0.5) -> np.ndarray:
@@ -187,75 +187,183 @@ def test_homogeneous_mask_matches_brute_force_windows() -> None:
                 assert mask[b, 0, i, j] == (box.std() / box.mean() < 0.35)
 
 
-def test_enl_ratio_identity_smoothing_and_reference() -> None:
-    image = speckle((1, 1, 64, 64), 16, seed=10)
-    assert enl_ratio(image, image) == pytest.approx(1.0, abs=1e-12)
-    smoothed = ndimage.uniform_filter(image, size=(1, 1, 3, 3))
-    assert enl_ratio(image, smoothed) > 2.0  # averaging 9 looks-16 pixels raises the ENL several-fold
-
-    # Brute-force reference of the documented definition on a small image.
-    x, y = image[0, 0, :20, :20], smoothed[0, 0, :20, :20]
-    window, r = 7, 3
-    px, py = np.pad(x, r, mode="symmetric"), np.pad(y, r, mode="symmetric")
-    boxes = []
-    for i in range(20):
-        for j in range(20):
-            bx, by = px[i : i + window, j : j + window], py[i : i + window, j : j + window]
-            if bx.std() / bx.mean() < 0.3:
-                boxes.append((bx.mean() ** 2, bx.var(), by.mean() ** 2, by.var()))
-    assert len(boxes) > 100
-    m2x, vx, m2y, vy = np.mean(boxes, axis=0)  # moments pooled over the boxes, then one ENL each
-    assert enl_ratio(x, y, window=window) == pytest.approx((m2y / vy) / (m2x / vx), rel=1e-9)
-
-
 def two_field_scene(size: int, looks: int, seed: int) -> np.ndarray:
     """Two fields of reflectivity 0.3 and 0.7 (left / right) under L-look intensity speckle."""
     level = np.where(np.arange(size) < size // 2, 0.3, 0.7)[None, :] * np.ones((size, 1))
     return level * np.random.default_rng(seed).gamma(looks, 1.0 / looks, (size, size))
 
 
-def test_enl_ratio_of_known_looks_across_regions_and_sizes() -> None:
-    # Speckle of 16 looks in, 64 looks out: ENL goes from ~16 to ~64, so the ratio is ~4, also with two
-    # fields of different brightness in the mask and whatever the image size.
-    for size in (64, 256, 512):
-        x = two_field_scene(size, 16, seed=size)
-        y = two_field_scene(size, 64, seed=size + 1)
-        assert enl_ratio(x, y) == pytest.approx(4.0, rel=0.1)
-    # A single ENL over the pooled masked pixels would count the 0.3/0.7 step as speckle.
-    mask = homogeneous_mask(x)
-    assert enl(y, mask) / enl(x, mask) < 2.0
+def db_unit(intensity: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[np.ndarray, np.ndarray]:
+    """The contract's per-image dB normalisation: x in [0, 1] and [db_lo, db_hi] (robust percentiles)."""
+    db = 10.0 * np.log10(intensity)
+    lo, hi = np.percentile(db, [low, high])
+    return np.clip((db - lo) / (hi - lo), 0.0, 1.0), np.array([lo, hi])
 
 
-def test_enl_ratio_is_not_dominated_by_flat_boxes() -> None:
-    x = speckle((128, 128), 16, seed=20)
-    y = x.copy()
-    y[40:60, 40:60] = y[40:60, 40:60].mean()  # a small flat patch: 2.4 % of the pixels
-    # Per-box ENLs of the flat boxes are ~1e12 and their mean was 1e8-fold off; pooled moments barely move.
-    assert 1.0 < enl_ratio(x, y) < 1.2
-    # A constant output: variance floored at 8-bit rounding noise, finite and far above the target range.
+def in_range(intensity: np.ndarray, db_range: np.ndarray) -> np.ndarray:
+    """Another image's intensity on a given dB range (how a reconstruction maps back)."""
+    return np.clip((10.0 * np.log10(intensity) - db_range[0]) / (db_range[1] - db_range[0]), 0.0, 1.0)
+
+
+def enl_cap(db_range: np.ndarray) -> float:
+    step = math.log(10) / 10 * (db_range[1] - db_range[0]) / 255
+    return 12 / step**2
+
+
+def per_image(x, y, valid=None, db_range=None, z=(1, 16, 4, 4)) -> dict[str, np.ndarray]:
+    """sar_metrics_per_image on numpy images (H, W) or stacks, as numpy (B,) arrays."""
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(-1, 1, *np.shape(x)[-2:]))
+    yt = torch.from_numpy(np.asarray(y, dtype=np.float64).reshape(xt.shape))
+    vt = None if valid is None else torch.from_numpy(np.asarray(valid, dtype=np.float64).reshape(xt.shape))
+    out = sar_metrics_per_image(xt, yt, (xt.shape[0], *z[1:]), vt, db_range)
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def test_spec_cv_rule_selects_nothing_for_few_looks() -> None:
+    # Why enl_ratio does not use "CV < 0.3": L-look intensity speckle has CV 1/sqrt(L) > 0.3 for L <= 11.
+    for looks in (1, 2, 4):
+        assert not homogeneous_mask(speckle((96, 96), looks, seed=looks), cv_threshold=0.3).any()
+
+
+@pytest.mark.parametrize("looks", [1, 4])
+def test_enl_ratio_identity_smoothed_and_constant(looks: int) -> None:
+    x, r = db_unit(two_field_scene(128, looks, seed=30 + looks))
+    assert per_image(x, x, db_range=r)["enl_ratio"][0] == pytest.approx(1.0, abs=1e-12)
+    smoothed = ndimage.uniform_filter(x, 3)  # a despeckled reconstruction: ENL rises
+    assert per_image(x, smoothed, db_range=r)["enl_ratio"][0] > 1.5
     flat = np.full_like(x, x.mean())
-    mask = homogeneous_mask(x)
-    mean_x = ndimage.uniform_filter(x, 15, mode="reflect")
-    var_x = ndimage.uniform_filter(x * x, 15, mode="reflect") - mean_x**2
-    enl_x = np.mean(mean_x[mask] ** 2) / np.mean(var_x[mask])
-    expected = (x.mean() ** 2 / ENL_VAR_FLOOR) / enl_x
-    assert pytest.approx((1 / 255) ** 2 / 12) == ENL_VAR_FLOOR
-    assert enl_ratio(x, flat) == pytest.approx(expected, rel=1e-6)
-    assert 1e3 < enl_ratio(x, flat) < 1e5
+    ratio = per_image(x, flat, db_range=r)["enl_ratio"][0]
+    # A flat output hits the 8-bit cap on ENL: cap / ENL(input), with ENL(input) near L.
+    assert math.isfinite(ratio) and 0.5 * enl_cap(r) / looks < ratio < 2 * enl_cap(r) / looks < 1e5
 
 
-def test_enl_ratio_skips_images_without_homogeneous_pixels() -> None:
-    good = speckle((32, 32), 16, seed=11)
-    noisy = speckle((32, 32), 1, seed=12)  # CV ~ 1 everywhere
-    smooth_good = ndimage.uniform_filter(good, 3)
-    batch_in = np.stack([good, noisy])[:, None]
-    batch_out = np.stack([smooth_good, noisy])[:, None]
-    assert enl_ratio(batch_in, batch_out) == pytest.approx(enl_ratio(good, smooth_good), rel=1e-12)
-    assert math.isnan(enl_ratio(noisy, noisy))
+def test_enl_ratio_of_known_looks_on_intensity() -> None:
+    # 4-look speckle in, 16-look speckle of the same field out (in the input's dB range): ENL 4 -> 16.
+    for size in (64, 256):
+        x, r = db_unit(speckle((size, size), 4, seed=size))
+        y = in_range(speckle((size, size), 16, seed=size + 1), r)
+        assert per_image(x, y, db_range=r)["enl_ratio"][0] == pytest.approx(4.0, rel=0.1)
+    # Two fields: boxes across the 0.3 / 0.7 step weigh more in the smoother output, so a little below 4.
+    x, r = db_unit(two_field_scene(256, 4, seed=3))
+    y = in_range(two_field_scene(256, 16, seed=4), r)
+    assert 3.0 < per_image(x, y, db_range=r)["enl_ratio"][0] < 4.4
+
+
+def test_enl_ratio_missing_when_no_usable_region() -> None:
+    x, r = db_unit(two_field_scene(64, 4, seed=40))
+    assert math.isnan(per_image(x, x)["enl_ratio"][0])  # no db_range: intensity unknown
+    assert math.isnan(per_image(x, x, db_range=np.array([3.0, 3.0]))["enl_ratio"][0])
+    assert math.isnan(per_image(x, x, valid=np.zeros_like(x), db_range=r)["enl_ratio"][0])
+    assert math.isnan(per_image(x[:14, :20], x[:14, :20], db_range=r)["enl_ratio"][0])  # smaller than a box
+    # Heavy texture everywhere (K-like: gamma texture times single-look speckle): nothing is homogeneous.
+    rng = np.random.default_rng(41)
+    textured = rng.gamma(0.3, 1 / 0.3, (64, 64)) * rng.exponential(1.0, (64, 64))
+    xt, rt = db_unit(textured)
+    assert math.isnan(per_image(xt, xt, db_range=rt)["enl_ratio"][0])
+
+
+def test_enl_ratio_with_dark_clipped_areas_stays_bounded() -> None:
+    # A dark no-return area clipped to x = 0 (not marked invalid), as in issue 10's 6.8e32 case.
+    intensity = two_field_scene(128, 2, seed=50)
+    intensity[:, :40] = 1e-9
+    x, r = db_unit(intensity, low=20.0)  # the 20th percentile falls inside the dark area: it clips to 0
+    assert (x[:, :40] == 0).all()
+    y = x.copy()
+    y[:, :40] = 0.02 + 0.01 * np.random.default_rng(51).random((128, 40))  # the model invents texture there
+    ratio = per_image(x, y, db_range=r)["enl_ratio"][0]
+    assert ratio == pytest.approx(1.0, abs=0.05)  # the clipped boxes are not homogeneous regions
+    assert 0 < per_image(x, np.full_like(x, 0.01), db_range=r)["enl_ratio"][0] < enl_cap(r)
+
+
+def sar_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Input, reconstruction, valid mask and dB range of varied batches (masks, clipping, 1 to 8 looks)."""
+    rng = np.random.default_rng(60)
+    xs, ys, vs, rs = [], [], [], []
+    for i, looks in enumerate((1, 2, 4, 8)):
+        scene = np.kron(rng.random((6, 6)) + 0.2, np.ones((12, 12)))[:70, :70]
+        x, r = db_unit(scene * rng.gamma(looks, 1 / looks, scene.shape))
+        y = np.clip(ndimage.gaussian_filter(x, 0.7 * i) + 0.03 * rng.standard_normal(x.shape), 0, 1)
+        v = np.ones_like(x)
+        if i == 1:
+            v[:, :9] = 0  # a no-data border
+        if i == 2:
+            v[30:40, 30:40] = 0  # a hole
+        xs.append(x), ys.append(y), vs.append(v), rs.append(r)
+    return [np.stack(a)[:, None] if a[0].ndim == 2 else np.stack(a) for a in (xs, ys, vs, rs)]
+
+
+def test_sar_metrics_per_image_match_the_numpy_reference() -> None:
+    # Tolerance: 1e-9 absolute (both float64; they differ only by the order of the sums).
+    x, y, v, r = sar_cases()
+    z = torch.zeros(4, 16, 4, 4)
+    got = sar_metrics_per_image(torch.from_numpy(x).float(), torch.from_numpy(y).float(), z, v, r)
+    ref = sar_metrics_reference(torch.from_numpy(x).float(), torch.from_numpy(y).float(), z, v, r)
+    assert (
+        set(got)
+        == set(ref)
+        == {"psnr", "psnr_8bit", "ssim", "enl_ratio", "epi", "mse", "bpp_float32", "bpp_8bit"}
+    )
+    for key, value in got.items():
+        assert value.dtype == torch.float64 and value.shape == (4,), key
+        assert np.isfinite(ref[key]).all(), key
+        np.testing.assert_allclose(value.numpy(), ref[key], rtol=1e-9, atol=1e-9, err_msg=key)
+    # Without a mask, SSIM is the skimage / pytorch_msssim value and EPI the reference's.
+    full = sar_metrics_per_image(torch.from_numpy(x), torch.from_numpy(y), z)
+    for i in range(4):
+        sk = structural_similarity(
+            x[i, 0], y[i, 0], data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
+        assert float(full["ssim"][i]) == pytest.approx(sk, abs=1e-7)
+        assert float(full["epi"][i]) == pytest.approx(epi(x[i, 0], y[i, 0]), abs=1e-12)
+        assert float(full["psnr"][i]) == pytest.approx(psnr(x[i : i + 1], y[i : i + 1]), abs=1e-9)
+    assert math.isnan(full["enl_ratio"][0])  # no db_range given
+
+
+def test_invalid_pixels_never_count() -> None:
+    x, y, v, r = sar_cases()
+    z = (4, 16, 4, 4)
+    base = sar_metrics_per_image(torch.from_numpy(x), torch.from_numpy(y), z, v, r)
+    rng = np.random.default_rng(61)
+    garbage = np.where(v > 0, y, rng.random(y.shape))
+    garbage_x = np.where(v > 0, x, 0.0)
+    other = sar_metrics_per_image(torch.from_numpy(garbage_x), torch.from_numpy(garbage), z, v, r)
+    for key in base:
+        np.testing.assert_allclose(base[key].numpy(), other[key].numpy(), rtol=1e-12, err_msg=key)
+    assert float(base["psnr"][1]) != pytest.approx(
+        float(sar_metrics_per_image(torch.from_numpy(x), torch.from_numpy(garbage), z, None, r)["psnr"][1]),
+        abs=1e-3,
+    )
+
+
+def test_sar_metrics_is_the_nan_ignoring_mean() -> None:
+    x, y, v, r = sar_cases()
+    v[3] = 0  # the last image has no valid pixel: every value missing
+    per = sar_metrics_per_image(torch.from_numpy(x), torch.from_numpy(y), (4, 16, 4, 4), v, r)
+    assert all(math.isnan(float(per[k][3])) for k in ("psnr", "ssim", "enl_ratio", "epi", "mse"))
+    means = sar_metrics(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(4, 16, 4, 4), v, r)
+    assert all(isinstance(val, float) for val in means.values())
+    for key, val in means.items():
+        assert val == pytest.approx(float(np.nanmean(per[key].numpy())), rel=1e-12), key
+    assert means["bpp_float32"] == 32 * 256 / 4900 and means["bpp_8bit"] == 8 * 256 / 4900
+
+
+def test_sar_metrics_reject_bad_inputs() -> None:
+    x = torch.rand(2, 1, 32, 32)
+    z = torch.zeros(2, 4, 4, 4)
     with pytest.raises(ValueError, match="same shape"):
-        enl_ratio(good, good[:30])
+        sar_metrics(x, x[:, :, :30], z)
     with pytest.raises(ValueError, match="single-channel"):
-        enl_ratio(np.zeros((1, 3, 8, 8)), np.zeros((1, 3, 8, 8)))
+        sar_metrics(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), z)
+    with pytest.raises(ValueError, match="latent"):
+        sar_metrics(x, x, torch.zeros(3, 4, 4, 4))
+    with pytest.raises(ValueError, match="valid"):
+        sar_metrics(x, x, z, valid=torch.ones(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="db_range"):
+        sar_metrics(x, x, z, db_range=torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="finite"):
+        sar_metrics(x, torch.full_like(x, math.nan), z)
+    with pytest.raises(ValueError, match="at least 11x11"):
+        sar_metrics(x[..., :8, :8], x[..., :8, :8], z)
 
 
 def test_epi_identity_blur_monotone_and_reference() -> None:
@@ -291,22 +399,6 @@ def test_latent_bits_per_pixel() -> None:
         latent_bits_per_pixel((3, 16, 16, 16), (4, 1, 256, 256))
     with pytest.raises(ValueError, match="bits"):
         latent_bits_per_pixel((16, 16, 16), (1, 256, 256), bits=0)
-
-
-def test_sar_metrics_bundle_agrees_with_parts() -> None:
-    x, y = correlated_pair(2, 32, 32, seed=15)
-    x_hat = y.float().requires_grad_(True)
-    z = torch.zeros(2, 4, 4, 4)
-    m = sar_metrics(x.float(), x_hat, z)
-    assert set(m) == {"psnr", "psnr_8bit", "ssim", "enl_ratio", "epi", "bpp_float32", "bpp_8bit", "mse"}
-    assert all(isinstance(v, float) for v in m.values())
-    assert m["psnr"] == pytest.approx(psnr(x.float(), y.float()), abs=1e-9)
-    assert m["ssim"] == pytest.approx(ssim(x.float(), y.float()), abs=1e-9)
-    assert m["epi"] == pytest.approx(epi(x.float(), y.float()), abs=1e-9)
-    assert m["mse"] == pytest.approx(float(F.mse_loss(y.float(), x.float())), rel=1e-6)
-    assert m["bpp_float32"] == 32 * 64 / 1024 and m["bpp_8bit"] == 8 * 64 / 1024
-    with pytest.raises(ValueError, match="latent z"):
-        sar_metrics(x, y, torch.zeros(3, 4, 4, 4))
 
 
 # ----------------------------------------------------------------------------------------------- audio

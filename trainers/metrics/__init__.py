@@ -18,6 +18,8 @@ from trainers.metrics.sar import (
     quantize_8bit,
     sar_loss,
     sar_metrics,
+    sar_metrics_per_image,
+    sar_metrics_reference,
     ssim,
     ssim_tensor,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "quantize_8bit",
     "sar_loss",
     "sar_metrics",
+    "sar_metrics_per_image",
+    "sar_metrics_reference",
     "spectral_convergence",
     "ssim",
     "ssim_tensor",
