@@ -53,6 +53,7 @@ TABS: tuple[tuple[str, str], ...] = (
     ("SAR", "sar"),
     ("Audio", "audio"),
     ("Fragments", "fragments"),
+    ("Compare", "compare"),
     ("Hub", "hub"),
 )
 
@@ -90,12 +91,19 @@ def make_context(
 
 
 def build_app(ctx: StudioContext) -> gr.Blocks:
-    """The studio page: Train, SAR, Audio, Fragments and Hub tabs over one shared context."""
+    """The studio page: Train, SAR, Audio, Fragments, Compare and Hub tabs over one shared context."""
     import gradio as gr
 
-    from studio.views import audio, fragments, hub, sar, train
+    from studio.views import audio, compare, fragments, hub, sar, train
 
-    views = {"train": train, "sar": sar, "audio": audio, "fragments": fragments, "hub": hub}
+    views = {
+        "train": train,
+        "sar": sar,
+        "audio": audio,
+        "fragments": fragments,
+        "compare": compare,
+        "hub": hub,
+    }
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():

@@ -1,4 +1,4 @@
-"""`python -m trainers`: train, list runs, evaluate checkpoints (and push/export them to the Hub)."""
+"""`python -m trainers`: train, list runs, evaluate and compare checkpoints, push/export them to the Hub."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one variant")
     p.add_argument("variant", help="variant name, e.g. sar-residual (see `python -m trainers variants`)")
-    p.add_argument("--preset", choices=["smoke", "full"], default="full")
+    p.add_argument("--preset", choices=["smoke", "reference", "full"], default="full")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -75,6 +75,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["best", "last"], default="best")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "compare",
+        help="leaderboard: several runs/checkpoints (and classic codecs) on the same examples",
+        description="Evaluate every model on the same examples of one domain: per metric the mean with a "
+        "95%% bootstrap CI over examples, plus parameters, bpp and inference time. See README, 'Compare'.",
+    )
+    p.add_argument("sources", nargs="+", metavar="RUN_OR_CHECKPOINT", help="run ids or checkpoint folders")
+    p.add_argument(
+        "--data",
+        help="data spec, e.g. sar:folder=PATH, audio:folder=PATH, fragments:folder=PATH or a built-in one "
+        "such as sar:synthetic,n=16 (default: the models' domain's built-in data)",
+    )
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add classic codecs (SAR: JPEG, JPEG 2000, WebP; "
+        "audio: feature round trip and Opus; fragments: the identity baseline)",
+    )
+    p.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    p.add_argument(
+        "--out", metavar="DIR", help="also write compare.md, compare.json, rd.html and rd.png there"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (built-in data takes its own seed= key)")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    p.add_argument("--kind", choices=["best", "last"], default="best", help="which checkpoint of a run")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+
     sub.add_parser("variants", help="list the model variants")
 
     p = sub.add_parser("push", help="push a run's best checkpoint to a Hugging Face Hub model repo")
@@ -96,8 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -254,6 +286,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from trainers.compare import markdown_report, run_compare, to_json, write_outputs
+
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative whole number, got {args.seed}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        result = run_compare(
+            args.sources,
+            args.data,
+            baselines=args.baselines,
+            seed=args.seed,
+            runs_dir=args.runs_dir,
+            kind=args.kind,
+            device=args.device,
+            batch_size=args.batch_size,
+        )
+    except OSError as exc:  # an unreadable file or folder surfaced by a library
+        raise ValueError(f"cannot read the data: {exc}") from exc
+    for skipped in result.get("skipped_files", []):
+        print(f"warning: skipped {skipped['file']}: {skipped['reason']}", file=sys.stderr)
+    print(to_json(result) if args.json else markdown_report(result), end="" if not args.json else "\n")
+    if args.out:
+        paths = write_outputs(result, args.out)
+        print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
 def _cmd_variants(args: argparse.Namespace) -> int:  # noqa: ARG001
     from models import VARIANTS
 
@@ -272,6 +333,7 @@ _COMMANDS = {
     "train": _cmd_train,
     "runs": _cmd_runs,
     "eval": _cmd_eval,
+    "compare": _cmd_compare,
     "variants": _cmd_variants,
     "push": _cmd_push,
 }
