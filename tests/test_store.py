@@ -283,39 +283,63 @@ def test_metric_series_and_names(store: RunStore) -> None:
     assert store.metric_names([]) == []
 
 
-def test_best_metrics_min_for_losses_max_otherwise(store: RunStore) -> None:
+def test_best_metrics_follow_the_metric_registry(store: RunStore) -> None:
     run_id = store.create_run("fragment-dae", "fragments", {})
     history = [
         {"loss": 0.5, "mse": 0.05, "kl": 2.0, "ber": 0.02, "lsd": 3.0, "spectral_convergence": 0.4,
-         "psnr": 20.0, "ssim": 0.60, "byte_accuracy": 0.91},
+         "psnr": 20.0, "ssim": 0.60, "accuracy": 0.91, "broken_fraction": 0.02, "enl_ratio": 0.5,
+         "identity_accuracy": 0.9, "byte_accuracy": 0.1},
         {"loss": 0.3, "mse": 0.07, "kl": 1.0, "ber": 0.03, "lsd": 2.0, "spectral_convergence": 0.5,
-         "psnr": 23.0, "ssim": 0.58, "byte_accuracy": 0.95},
+         "psnr": 23.0, "ssim": 0.58, "accuracy": 0.95, "broken_fraction": 0.01, "enl_ratio": 2.5,
+         "identity_accuracy": 0.8, "byte_accuracy": 0.3},
         {"loss": 0.4, "mse": 0.06, "kl": 1.5, "ber": 0.01, "lsd": 2.5, "spectral_convergence": 0.3,
-         "psnr": 22.0, "ssim": 0.70, "byte_accuracy": 0.93},
+         "psnr": 22.0, "ssim": 0.70, "accuracy": 0.93, "broken_fraction": 0.03, "enl_ratio": 1.45,
+         "identity_accuracy": 0.85, "byte_accuracy": 0.2},
     ]  # fmt: skip
     for step, values in enumerate(history):
         store.log_metrics(run_id, step, step, "val", values)
     store.log_metrics(run_id, 3, 3, "train", {"loss": 0.01, "psnr": 99.0})  # train never counts
-    store.log_metrics(run_id, 4, 4, "val", {"loss": float("nan"), "only_nan": float("nan")})
+    store.log_metrics(run_id, 4, 4, "val", {"loss": float("nan"), "psnr": float("inf"), "ssim": float("nan")})
+    store.log_metrics(run_id, 5, 5, "val", {"fixed_fraction": float("nan")})
     best = store.best_metrics(run_id)
-    expected = {}
-    for name in history[0]:
-        values = [h[name] for h in history]
-        expected[name] = min(values) if lower_is_better(name) else max(values)
-    expected["only_nan"] = math.nan
-    assert set(best) == set(expected)
-    for name, value in expected.items():
-        assert best[name] == value or (math.isnan(value) and math.isnan(best[name])), name
-    assert best["loss"] == 0.3 and best["psnr"] == 23.0 and best["ber"] == 0.01  # NaN ignored
+    # Minima, maxima (NaN and inf ignored), the ENL ratio closest to its 0.7-1.3 band (1.45, not the max
+    # 2.5), broken_fraction the least (the old substring rules disagreed on it), a metric only ever NaN.
+    assert best == {
+        "loss": 0.3, "mse": 0.05, "ber": 0.01, "lsd": 2.0, "spectral_convergence": 0.3, "psnr": 23.0,
+        "ssim": 0.70, "accuracy": 0.95, "broken_fraction": 0.01, "enl_ratio": 1.45,
+        "fixed_fraction": pytest.approx(math.nan, nan_ok=True),
+    }  # fmt: skip
+    # KL (a regulariser) and identity_accuracy (a baseline) have no better side; byte_accuracy is not a
+    # registered metric: none of them gets a "best".
     assert store.best_metrics(store.create_run("sar-baseline", "sar", {})) == {}
     with pytest.raises(ValueError, match="no run with id 'x'"):
         store.best_metrics("x")
 
 
-def test_lower_is_better() -> None:
-    for name in ["loss", "recon_loss", "MSE", "kl", "ber", "lsd", "spectral_convergence", "roundtrip_lsd"]:
+def test_lower_is_better_reads_the_registry() -> None:
+    for name in [
+        "loss",
+        "val/loss",
+        "MSE",
+        "ber",
+        "lsd",
+        "spectral_convergence",
+        "roundtrip_lsd",
+        "broken_fraction",
+    ]:
         assert lower_is_better(name), name
-    for name in ["psnr", "ssim", "psnr_8bit", "epi", "enl_ratio", "byte_accuracy"]:
+    # recon_loss and byte_accuracy are not registered: unknown, not guessed from "loss" / "accuracy".
+    for name in [
+        "psnr",
+        "ssim",
+        "psnr_8bit",
+        "epi",
+        "enl_ratio",
+        "accuracy",
+        "kl",
+        "recon_loss",
+        "identity_ber",
+    ]:
         assert not lower_is_better(name), name
 
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from models.base import LIBRARY_NAME, LICENSE
-from trainers import store
+from trainers.metrics import registry
 
 LOSS_CURVE_FILE = "loss_curve.png"
 EXAMPLES_FILE = "examples.png"
@@ -54,8 +54,6 @@ DOMAIN_INFO: dict[str, dict[str, Any]] = {
         ),
     },
 }
-# Lower-is-better metric names beyond the store's loss-like ones (fragments: intact bytes a repair broke).
-LOWER_IS_BETTER_EXTRA = ("broken",)
 TAB_OF_DOMAIN = {"sar": "SAR", "audio": "Audio", "fragments": "Fragments"}
 
 # Tableau-like colours: distinguishable and readable on white.
@@ -87,19 +85,20 @@ class CardInfo:
 
 
 # ------------------------------------------------------------------------------------------- model card
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | None, name: str = "") -> str:
+    """A metric value as the registry formats it ("–" when absent, "n/a" when missing or not finite)."""
     if value is None or not isinstance(value, (int, float)):
         return "–"
-    if math.isnan(value):
-        return "n/a"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.4g}"
+    return registry.format_value(name, value)
+
+
+def _missing(value: object) -> bool:
+    return isinstance(value, (int, float)) and not math.isfinite(value)
 
 
 def lower_is_better(name: str) -> bool:
-    """Whether a smaller value of metric ``name`` is better (losses, errors, distances, broken bytes)."""
-    return store.lower_is_better(name) or any(part in name.lower() for part in LOWER_IS_BETTER_EXTRA)
+    """Whether a smaller value of metric ``name`` is better, as the metric registry says."""
+    return registry.direction(name) == "min"
 
 
 def _metric_order(domain: str, names: set[str]) -> list[str]:
@@ -118,10 +117,14 @@ def metrics_table(info: CardInfo) -> str:
         "|---|---|---|---|---|",
     ]
     for name in _metric_order(info.domain, names):
-        better = "lower" if lower_is_better(name) else "higher"
+        better = registry.better_text(name)
+        reason = registry.missing_reason(name)
+        if reason and any(_missing(d.get(name)) for d in (info.checkpoint_metrics, info.final_metrics)):
+            better += f"; n/a: {reason}"
         lines.append(
-            f"| {name} | {_fmt(info.checkpoint_metrics.get(name))} | {_fmt(info.best_metrics.get(name))} "
-            f"| {_fmt(info.final_metrics.get(name))} | {better} |"
+            f"| {name} | {_fmt(info.checkpoint_metrics.get(name), name)} "
+            f"| {_fmt(info.best_metrics.get(name), name)} "
+            f"| {_fmt(info.final_metrics.get(name), name)} | {better} |"
         )
     return "\n".join(lines)
 

@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainers.metrics import registry
+
 STATUSES: tuple[str, ...] = ("queued", "running", "completed", "failed", "cancelled", "diverged")
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "diverged"})
 
 DB_NAME = "runs.sqlite"
 BUSY_TIMEOUT_S = 10.0
-
-# Substrings that mark a metric where lower is better (for best_metrics and the studio's "best" column).
-LOSS_LIKE: tuple[str, ...] = ("loss", "mse", "kl", "ber", "lsd", "convergence")
 
 _RUN_COLUMNS: tuple[str, ...] = (
     "id",
@@ -166,9 +165,8 @@ class MetricRow:
 
 
 def lower_is_better(name: str) -> bool:
-    """True for loss-like metric names (see ``LOSS_LIKE``); the rest (PSNR, SSIM, accuracy) are maxima."""
-    lowered = name.lower()
-    return any(part in lowered for part in LOSS_LIKE)
+    """True where the metric registry says lower is better; False for the rest, unknown names included."""
+    return registry.direction(name) == "min"
 
 
 def _check_status(status: object) -> str:
@@ -632,18 +630,24 @@ class RunStore:
         return sorted(f"{split}/{name}" for split, name in raw)
 
     def best_metrics(self, run_id: str) -> dict[str, float]:
-        """Best value of each "val" metric over the run: the min for loss-like names (see LOSS_LIKE), else
-        the max. NaN values are ignored; a metric that was only ever NaN reads NaN."""
+        """Best value of each "val" metric over the run, as the metric registry ranks it: the max, the min,
+        or the value closest to the target band (ENL ratio). NaN values are ignored; a metric that was only
+        ever NaN reads NaN. Metrics without a better side (baselines, KL) and unknown ones are left out:
+        there is no "best" of them to show."""
         with self._cursor() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise ValueError(f"no run with id {run_id!r}")
             raw = conn.execute(
-                "SELECT name, MIN(value), MAX(value) FROM metrics"
-                " WHERE run_id = ? AND split = 'val' GROUP BY name",
+                "SELECT name, value FROM metrics WHERE run_id = ? AND split = 'val' ORDER BY seq",
                 (run_id,),
             ).fetchall()
+        values: dict[str, list[float | None]] = {}
+        for name, value in raw:
+            values.setdefault(name, []).append(value)
         best: dict[str, float] = {}
-        for name, low, high in raw:
-            value = low if lower_is_better(name) else high
+        for name, vals in values.items():
+            if registry.direction(name) in (None, "info"):
+                continue
+            value = registry.best_value(name, vals)
             best[name] = math.nan if value is None else float(value)
         return dict(sorted(best.items()))
