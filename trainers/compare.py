@@ -391,7 +391,12 @@ def _compare_sar(
             for target, names in sorted(targets.items()):
                 setting, _ = codecs.match_rate(codec, images, target)
                 row = _sar_codec_row(codec, setting, images, x_all, valid_all, db_all, device)
-                row.extra = {"codec_setting": setting, "matched_to": names, "target_bpp": target}
+                row.extra = {
+                    "codec": codec.name,
+                    "codec_setting": setting,
+                    "matched_to": names,
+                    "target_bpp": target,
+                }
                 rows.append(row)
             for setting in codecs.SWEEP[codec.name]:
                 point = _sar_codec_row(codec, setting, images, x_all, valid_all, db_all, device)
@@ -476,14 +481,31 @@ def _compare_audio(
     if n == 0:
         raise ValueError("the audio data has no window to compare on")
     waves = [np.asarray(waveform(i), dtype=np.float32) for i in range(n)]
-    sample_rate = int(first_task._features(dict(first.model.preprocessing)).config.sample_rate)
+    # Feature objects are costly to build (a mel pseudo-inverse): one per distinct kind and configuration,
+    # starting with the one the data set already made.
+    cache: dict[str, Any] = {}
+
+    def features_of(src: ModelSource) -> Any:
+        key = json.dumps([AudioTask(src.variant).feature_kind(), src.model.preprocessing], sort_keys=True)
+        if key not in cache:
+            cache[key] = AudioTask(src.variant)._features(dict(src.model.preprocessing))
+        return cache[key]
+
+    base = dataset
+    while isinstance(base, Subset):
+        base = base.dataset
+    if getattr(base, "features", None) is not None:
+        cache[json.dumps([first_task.feature_kind(), first.model.preprocessing], sort_keys=True)] = (
+            base.features
+        )
+    sample_rate = int(features_of(first).config.sample_rate)
     rows: list[Row] = []
     feature_sets: dict[str, Any] = {}
     steps = len(models) + (1 + len(codecs.OPUS_SWEEP) if baselines else 0)
 
     for k, src in enumerate(models):
         progress(k / steps, f"{src.name} on {n} windows")
-        features = AudioTask(src.variant)._features(dict(src.model.preprocessing))
+        features = features_of(src)
         feature_sets.setdefault(features.kind, features)
         home = _model_home(src.model)
         model = src.model.to(device)
@@ -560,7 +582,7 @@ def _compare_audio(
                         {"lsd": np.array(lsd), "spectral_convergence": np.array(sc)},
                         total_ms / n,
                     )
-                    row.extra = {"codec_setting": bitrate}
+                    row.extra = {"codec": "Opus", "codec_setting": bitrate}
                     rows.append(row)
         extra = {"rd_sweep": sweep, "skipped": skipped}
     return rows, n, extra
