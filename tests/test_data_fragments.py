@@ -348,3 +348,58 @@ def test_example_fragment_assets_are_reproducible(tmp_path):
     for p in made:
         assert 512 <= p.stat().st_size <= 300_000
         assert read_fragment(shipped / p.name).shape == (512,)
+
+
+# ------------------------------------------------------------------------------------ provenance and types
+def test_file_type_reads_the_content_not_the_name(tmp_path):
+    import py_compile
+    import zipfile
+
+    from trainers.data.fragments import file_type
+
+    rng = np.random.default_rng(0)
+    text = "café: naïve ünïcode text\n" * 200
+    cases = {
+        # The extensions lie on purpose: only the bytes decide.
+        "a.bin": text.encode("utf-8"),
+        "b.txt": gzip.compress(text.encode()),
+        "c.py": b"\x7fELF\x02\x01\x01" + bytes(600),
+        "d.so": b"\xca\xfe\xba\xbe" + bytes(600),  # a Java class file
+        "e.txt": rng.integers(0, 256, 4000, np.uint8).tobytes(),
+        "f.md": b"text with\x00a NUL byte " * 40,
+        # A multi-byte character cut by the 64 KiB sample is still text.
+        "g": ("a" * 65535 + "é" * 10).encode("utf-8"),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    with zipfile.ZipFile(tmp_path / "h.txt", "w") as zf:
+        zf.writestr("x", text)
+    (tmp_path / "mod.py").write_text("x = 1\n" * 200)
+    py_compile.compile(str(tmp_path / "mod.py"), cfile=str(tmp_path / "i.dat"))
+    expected = {
+        "a.bin": "text",
+        "b.txt": "compressed",
+        "c.py": "elf",
+        "d.so": "bytecode",
+        "e.txt": "other",
+        "f.md": "other",
+        "g": "text",
+        "h.txt": "compressed",
+        "i.dat": "bytecode",
+    }
+    assert {name: file_type(tmp_path / name) for name in expected} == expected
+    assert file_type(tmp_path / "missing") == "other"
+
+
+def test_the_python_corpus_holds_each_kind_and_fragments_know_their_file(tmp_path):
+    from trainers.data.fragments import file_type
+
+    paths = default_corpus_paths(max_files=8)
+    kinds = {p.suffix: file_type(p) for p in paths}
+    assert kinds.get(".py") == "text" and kinds.get(".pyc") == "bytecode" and kinds.get(".so") == "elf"
+    ds = FragmentDataset(paths=paths[:4], noise=NoiseGenerator(seed=0))
+    for i in (0, len(ds) // 2, len(ds) - 1):
+        path, offset = ds.fragment_info(i)
+        assert offset % 512 == 0
+        np.testing.assert_array_equal(ds.fragment_bytes(i), read_fragment(path, offset))
+        assert ds.fragment_type(i) == file_type(path)

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from trainers.dataspec import DataSpec, default_data_spec, parse_data_spec
+from trainers.metrics import registry
 
 BOOTSTRAP_RESAMPLES = 1000
 # Metrics of the leaderboard per domain, in column order; the first is the rate-distortion plot's y axis.
@@ -51,60 +52,24 @@ Progress = Callable[[float, str], None]
 
 
 # ------------------------------------------------------------------------------------------ metric metadata
-def _registry() -> Any:
-    try:
-        from trainers.metrics import registry
-    except ImportError:  # the registry is added by the metrics work; until then the fallback below
-        return None
-    return registry
-
-
-_FALLBACK_DIRECTION = {
-    "psnr": "max",
-    "psnr_8bit": "max",
-    "ssim": "max",
-    "epi": "max",
-    "enl_ratio": "band",
-    "lsd": "min",
-    "spectral_convergence": "min",
-    "accuracy": "max",
-    "accuracy_corrupted": "max",
-    "fixed_fraction": "max",
-    "broken_fraction": "min",
-    "ber": "min",
-}
-
-
 def metric_arrow(name: str) -> str:
     """↑, ↓ or the target band of a metric, from the metric registry."""
-    reg = _registry()
-    if reg is not None:
-        return reg.arrow(name)
-    return {"max": "↑", "min": "↓", "band": "target 0.7–1.3"}.get(_FALLBACK_DIRECTION.get(name, ""), "")
+    return registry.arrow(name)
 
 
 def format_metric(name: str, value: float | None) -> str:
     """A finite value rounded per the registry's format; "n/a" for a missing one."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    reg = _registry()
-    if reg is not None:
-        return reg.format_value(name, value)
-    return f"{value:.4g}"
+    return registry.format_value(name, value)
 
 
 def _missing_reason(name: str) -> str:
-    reg = _registry()
-    reason = reg.missing_reason(name) if reg is not None and hasattr(reg, "missing_reason") else ""
+    reason = registry.missing_reason(name)
     return f"missing for every example: {reason}" if reason else "missing for every example"
 
 
 def metric_direction(name: str) -> str:
-    reg = _registry()
-    if reg is not None:
-        info = reg.metric_info(name)
-        return info.direction if info is not None else ""
-    return _FALLBACK_DIRECTION.get(name, "")
+    info = registry.metric_info(name)
+    return info.direction if info is not None else ""
 
 
 # ---------------------------------------------------------------------------------------------- bootstrap
@@ -277,39 +242,25 @@ def _no_progress(fraction: float, desc: str) -> None:  # noqa: ARG001
 
 
 # ---------------------------------------------------------------------------------------------------- SAR
-def _sar_items(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(x (N,1,H,W), valid (N,1,H,W), db_range (N,2) or None) of every item of a SAR dataset.
-
-    Items are ``(x, valid, db_range)`` tuples; a plain tensor item (older data code) counts as all valid.
-    """
-    xs, valids, ranges = [], [], []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        if isinstance(item, (tuple, list)):
-            x, valid, db_range = item[0], item[1], item[2] if len(item) > 2 else None
-        else:
-            x, valid, db_range = item, torch.ones_like(item), None
-        xs.append(x.float())
-        valids.append(valid.float())
-        ranges.append(db_range)
-    if not xs:
+def _sar_items(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x (N,1,H,W), valid (N,1,H,W) bool, db_range (N,2)) of every ``(x, valid, db_range)`` SAR item."""
+    if len(dataset) == 0:
         raise ValueError("the SAR data has no patch to compare on")
-    db = None if any(r is None for r in ranges) else torch.stack([torch.as_tensor(r).float() for r in ranges])
-    return torch.stack(xs), torch.stack(valids), db
+    items = [dataset[i] for i in range(len(dataset))]
+    return (
+        torch.stack([it[0].float() for it in items]),
+        torch.stack([it[1] > 0 for it in items]),  # bool: a quarter of the memory of float32
+        torch.stack([torch.as_tensor(it[2]).float() for it in items]),
+    )
 
 
 def _sar_per_image(
-    x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, db_range: torch.Tensor | None
+    x: torch.Tensor, x_hat: torch.Tensor, z: Any, valid: torch.Tensor, db_range: torch.Tensor | None
 ) -> dict[str, np.ndarray]:
-    from trainers.metrics import sar as sar_metrics
+    from trainers.metrics.sar import sar_metrics_per_image
 
-    per_image = getattr(sar_metrics, "sar_metrics_per_image", None)
-    if per_image is not None:
-        values = per_image(x, x_hat, z, valid=valid, db_range=db_range)
-        return {k: v.detach().cpu().double().numpy() for k, v in values.items() if k in METRICS["sar"]}
-    # Older metrics module: the batch function on one image at a time.
-    rows = [sar_metrics.sar_metrics(x[i : i + 1], x_hat[i : i + 1], z[i : i + 1]) for i in range(x.shape[0])]
-    return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in METRICS["sar"]}
+    values = sar_metrics_per_image(x, x_hat, z, valid=valid, db_range=db_range)
+    return {k: v.detach().cpu().double().numpy() for k, v in values.items() if k in METRICS["sar"]}
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -366,8 +317,8 @@ def _compare_sar(
         parts, total_ms, bpp = [], 0.0, None
         for start in range(0, n, batch_size):
             x = x_all[start : start + batch_size].to(device)
-            valid = valid_all[start : start + batch_size].to(device)
-            db = None if db_all is None else db_all[start : start + batch_size].to(device)
+            valid = valid_all[start : start + batch_size].to(device).float()
+            db = db_all[start : start + batch_size].to(device)
             (x_hat, z), ms = _timed(partial(_model_call, src.name, partial(model, x)), device)
             total_ms += ms
             bpp = latent_bits_per_pixel(tuple(z.shape), tuple(x.shape), bits=8)
@@ -419,7 +370,15 @@ def _finite_mean(values: np.ndarray) -> float | None:
     return float(v.mean()) if v.size else None
 
 
-def _sar_codec_row(codec, setting, images, x_all, valid_all, db_all, device) -> Row:
+def _sar_codec_row(
+    codec: Any,
+    setting: float,
+    images: list[np.ndarray],
+    x_all: torch.Tensor,
+    valid_all: torch.Tensor,
+    db_all: torch.Tensor,
+    device: torch.device,
+) -> Row:
     decoded, nbytes, total_ms = [], [], 0.0
     for img in images:
         start = time.perf_counter()
@@ -428,13 +387,13 @@ def _sar_codec_row(codec, setting, images, x_all, valid_all, db_all, device) -> 
         decoded.append(out)
         nbytes.append(size)
     x_hat = torch.from_numpy(np.stack(decoded).astype(np.float32) / 255.0)[:, None]
-    z = torch.zeros(x_all.shape[0], 1, 1, 1)  # no latent: the codec's rate comes from its bytes
+    z = (x_all.shape[0], 1, 1, 1)  # no latent: the codec's rate comes from its bytes
     values = _sar_per_image(
         x_all.to(device),
         x_hat.to(device),
-        z.to(device),
-        valid_all.to(device),
-        None if db_all is None else db_all.to(device),
+        z,
+        valid_all.to(device).float(),
+        db_all.to(device),
     )
     pixels = images[0].size
     bpp = float(np.mean([8.0 * b / pixels for b in nbytes]))
