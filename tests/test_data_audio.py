@@ -267,10 +267,10 @@ def test_load_audio_bad_files(tmp_path):
 
 
 def test_audio_folder_dataset(tmp_path, mel_if):
-    sf.write(tmp_path / "a.wav", tone(440, 2.5), 48000)  # 1 s + 1 s + 0.5 s zero-padded
+    sf.write(tmp_path / "a.wav", tone(440, 2.5), 48000)  # windows at 0, 0.5, 1, 1.5 s
     gap = np.concatenate([tone(1000, 1.0), np.zeros(48000, np.float32)])
-    sf.write(tmp_path / "b.flac", gap, 48000)  # the silent second clip is dropped
-    sf.write(tmp_path / "c.ogg", tone(660, 1.0, sr=22050), 22050)
+    sf.write(tmp_path / "b.flac", gap, 48000)  # windows at 0 and 0.5 s; the silent one at 1 s is skipped
+    sf.write(tmp_path / "c.ogg", tone(660, 1.0, sr=22050), 22050)  # exactly one window
     sf.write(tmp_path / "short.wav", tone(440, 0.1), 48000)
     sf.write(tmp_path / "silent.wav", np.zeros(48000, np.float32), 48000)
     (tmp_path / "broken.wav").write_bytes(b"not audio" * 30)
@@ -282,20 +282,23 @@ def test_audio_folder_dataset(tmp_path, mel_if):
     for name in ("short.wav", "silent.wav", "broken.wav"):
         assert name in messages
     assert "notes.txt" not in messages
-    assert len(ds) == 5
-    assert [ds.clip_source(i)[0].name for i in range(5)] == ["a.wav"] * 3 + ["b.flac", "c.ogg"]
-    assert ds.clip_source(2)[1] == pytest.approx(2.0)
-    assert np.abs(ds.waveform(2)[24000 + 10 :]).max() == 0.0
-    x = ds[4]
+    assert "1 silent 1 s window(s) of b.flac skipped" in messages
+    assert ds.silent_windows == 1 and len(ds) == 7
+    assert [ds.window_info(i)[0].name for i in range(7)] == ["a.wav"] * 4 + ["b.flac"] * 2 + ["c.ogg"]
+    assert [ds.window_info(i)[1] for i in range(4)] == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    assert ds.clip_source(3) == ds.window_info(3)
+    np.testing.assert_allclose(ds.waveform(1), tone(440, 2.5)[24000:72000], atol=1 / 32768)  # 16-bit
+    assert np.abs(ds.waveform(5)[24000 + 10 :]).max() == 0.0  # b.flac's second half-window is silence
+    x = ds[6]
     assert x.shape == (2, 128, 94)
-    np.testing.assert_array_equal(x.numpy(), mel_if.encode(ds.waveform(4)))
+    np.testing.assert_array_equal(x.numpy(), mel_if.encode(ds.waveform(6)))
 
 
 def test_audio_folder_bad_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="folder not found: .*nowhere"):
         AudioFolderDataset(tmp_path / "nowhere")
     (tmp_path / "readme.txt").write_text("no audio")
-    with pytest.raises(ValueError, match=r"no usable audio in .*\.wav, \.flac, \.ogg"):
+    with pytest.raises(ValueError, match=r"no usable audio in .*\.wav, \.flac, \.ogg, \.mp3"):
         AudioFolderDataset(tmp_path)
 
 
@@ -314,4 +317,4 @@ def test_example_audio_assets(tmp_path, mel_if):
         assert sr == sr_kept == 48000
         np.testing.assert_array_equal(fresh, kept)
     ds = AudioFolderDataset(shipped, features=mel_if)
-    assert len(ds) == 3  # note: 1 s + 0.5 s padded; percussion: 1 s
+    assert len(ds) == 3  # note (1.5 s): windows at 0 and 0.5 s; percussion (1 s): one window

@@ -94,6 +94,7 @@ def _all_keys_spec(domain: str, source: str) -> DataSpec:
         "sub": 0.25,
         "erasure": 0.5,
         "burst": 1e-05,
+        "hop": 0.25,
         "seed": 0,
         "val": 0.15,
     }

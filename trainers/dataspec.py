@@ -16,7 +16,7 @@ starts or ends with a space, is written in double quotes with ``\\"`` and ``\\\\
 | sar | synthetic (default) | size, looks, n, seed, val |
 | sar | folder | folder, size, kind, n, seed, val |
 | audio | synthetic (default) | n, seed, val |
-| audio | folder | folder, n, seed, val |
+| audio | folder | folder, hop, n, seed, val |
 | fragments | python (default) | max_files, ber, sub, erasure, burst, n, seed, val |
 | fragments | folder | folder, max_files, ber, sub, erasure, burst, n, seed, val |
 
@@ -34,6 +34,7 @@ starts or ends with a space, is written in double quotes with ``\\"`` and ``\\\\
 | sub | float in [0, 1] | fragments: rate of random byte substitutions |
 | erasure | float in [0, 1] | fragments: rate of zeroed runs (erasures) |
 | burst | float in [0, 1] | fragments: rate of Gilbert-Elliott error bursts |
+| hop | float in [0.01, 60] | audio: seconds between the starts of the 1 s windows cut from each file (0.5) |
 
 The fragments source ``python`` is the machine's own Python installation (source text, bytecode, shared
 libraries, archives): real files that every machine has.
@@ -162,6 +163,7 @@ OPTIONS: dict[str, OptionSpec] = {
     "erasure": OptionSpec(_RATE_TYPE, _RATE, "rate of zeroed runs"),
     "burst": OptionSpec(_RATE_TYPE, _RATE, "rate of Gilbert-Elliott error bursts"),
     "seed": OptionSpec("an integer >= 0", _ranged_int(0), "random seed"),
+    "hop": OptionSpec("seconds in [0.01, 60]", _ranged_float(0.01, 60.0), "seconds between audio windows"),
     "val": OptionSpec("a fraction in (0, 1) or a count >= 1", _val, "validation fraction or count"),
 }
 
@@ -172,7 +174,7 @@ KEYS: dict[tuple[str, str], tuple[str, ...]] = {
     ("sar", "synthetic"): ("size", "looks", *_COMMON),
     ("sar", "folder"): ("folder", "size", "kind", *_COMMON),
     ("audio", "synthetic"): _COMMON,
-    ("audio", "folder"): ("folder", *_COMMON),
+    ("audio", "folder"): ("folder", "hop", *_COMMON),
     ("fragments", "python"): ("max_files", *_NOISE, *_COMMON),
     ("fragments", "folder"): ("folder", "max_files", *_NOISE, *_COMMON),
 }

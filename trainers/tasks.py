@@ -206,7 +206,7 @@ class AudioTask(Task):
 
     def __init__(self, variant: str, kl_weight: float = 0.01) -> None:
         super().__init__(variant, kl_weight)
-        self._ceiling: dict[tuple[int, int], dict[str, float]] = {}
+        self._ceiling: dict[tuple[int, tuple[int, ...]], dict[str, np.ndarray]] = {}
 
     def feature_kind(self) -> str:
         return "log-mel" if self.variant == "audio-vae-mel" else "mel-if"
@@ -228,9 +228,15 @@ class AudioTask(Task):
             return audio.SyntheticAudioDataset(
                 int(opts.get("n", n_default)), features=features, seed=int(opts.get("seed", 0)) + seed_offset
             )
-        return _cap(audio.AudioFolderDataset(opts["folder"], features=features), opts)
+        # Every window of every file; `n=` stops reading files once that many windows are kept.
+        return audio.AudioFolderDataset(
+            opts["folder"], features=features, hop_s=float(opts.get("hop", 0.5)), max_windows=opts.get("n")
+        )
 
-    def build_data(self, spec, model_config, seed):
+    def build_data(self, spec, model_config, seed, device: torch.device | str | None = None):
+        """Train/validation sets with every feature made up front by the batched torch path on ``device``
+        (default: the current CUDA device when there is one, else the CPU). A folder is split by file, so
+        overlapping windows of one recording never land on both sides."""
         spec = spec or default_data_spec("audio")
         features = self._features()
         if spec.source == "synthetic":
@@ -243,11 +249,19 @@ class AudioTask(Task):
                 _val_count(opts, n), features=features, seed=int(opts.get("seed", 0)) + 1_000_003
             )
         else:
-            train, val = _split(self._dataset(spec, features), spec.options.get("val", 0.2), seed)
+            train, val = _split_by_file(self._dataset(spec, features), spec.options.get("val", 0.2), seed)
+        device = device if device is not None else _feature_device()
+        for part in (train, val):
+            _unwrap(part).fill(device)
+        # Training-time validation decodes a fixed few clips (decoding is far slower than a forward pass);
+        # eval and compare score every window (see audio_metrics).
+        val.metric_clips = AUDIO_DECODED_CLIPS
         return _prefilled(DataBundle(train, val, features.preprocessing()))
 
     def dataset_for_eval(self, spec, preprocessing, model_config):
-        return self._dataset(spec, self._features(preprocessing), seed_offset=2_000_003, n_default=32)
+        dataset = self._dataset(spec, self._features(preprocessing), seed_offset=2_000_003, n_default=32)
+        dataset.fill(_feature_device())
+        return dataset
 
     def loss(self, model, batch):
         recon, mu, logvar = model(batch)
@@ -255,7 +269,9 @@ class AudioTask(Task):
         return total
 
     @torch.no_grad()
-    def evaluate(self, model, batches, device, dataset: Dataset | None = None):
+    def evaluate(self, model, batches, device, dataset: Dataset | None = None, max_clips: int | None = None):
+        """Loss terms over ``batches``; with ``dataset``, also the spectral metrics of decoded audio (see
+        :meth:`audio_metrics` for ``max_clips``)."""
         avg = _Averager()
         for batch in batches:
             x = self.batch_to(batch, device)
@@ -264,45 +280,123 @@ class AudioTask(Task):
             avg.add({"loss": float(total), "mse": float(rec), "kl": float(kl)}, x.shape[0])
         result = avg.result()
         if dataset is not None:
-            result.update(self.audio_metrics(model, dataset, device))
+            result.update(self.audio_metrics(model, dataset, device, max_clips))
         return result
 
     @torch.no_grad()
-    def audio_metrics(self, model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
-        """Spectral convergence and log-spectral distance of decoded audio: model and feature round trip."""
+    def audio_metrics(
+        self, model: nn.Module, dataset: Dataset, device: torch.device, max_clips: int | None = None
+    ) -> dict[str, float]:
+        """Spectral convergence and log-spectral distance of decoded audio, model and feature round trip:
+        the means over clips of :meth:`audio_metrics_per_clip` (clips without a value are left out).
+
+        ``max_clips=None`` scores every clip (window) of ``dataset`` unless the dataset carries a
+        ``metric_clips`` limit (build_data sets one on the training-time validation set); eval and compare
+        therefore average over every window of every file.
+        """
+        per_clip = self.audio_metrics_per_clip(model, dataset, device, max_clips)
+        return {k: _nanmean(v) for k, v in per_clip.items()}
+
+    @torch.no_grad()
+    def audio_metrics_per_clip(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        device: torch.device,
+        max_clips: int | None = None,
+        batch_size: int = 16,
+    ) -> dict[str, np.ndarray]:
+        """Per clip i (the first ``max_clips``, see :meth:`audio_metrics`): spectral_convergence, lsd and
+        their roundtrip_* ceilings, each a float64 array (n,) with NaN where a clip has no value (a silent
+        reference). The model runs in batches of ``batch_size``; each clip is then decoded to audio."""
         waveform = _waveform_getter(dataset)
         if waveform is None:
             return {}
+        limit = max_clips if max_clips is not None else getattr(dataset, "metric_clips", None)
+        n = len(dataset) if limit is None else min(int(limit), len(dataset))
         features = self._features(getattr(model, "preprocessing", None))
-        avg = _Averager()
-        n = min(AUDIO_DECODED_CLIPS, len(dataset))
-        for i in range(n):
-            ref = waveform(i)
-            x = dataset[i].unsqueeze(0).to(device)
-            est = features.decode(model.reconstruct(x).float()[0].cpu().numpy())
-            avg.add(
-                {
-                    "spectral_convergence": audio_metrics.spectral_convergence(ref, est),
-                    "lsd": audio_metrics.log_spectral_distance(ref, est),
-                },
-                1,
-            )
-        # The feature round trip does not depend on the model: decode it once per validation set.
-        key = (id(dataset), n)
-        if key not in self._ceiling:
-            ceiling = _Averager()
-            for i in range(n):
-                ref = waveform(i)
-                est = features.decode(dataset[i].numpy())
-                ceiling.add(
-                    {
-                        "roundtrip_spectral_convergence": audio_metrics.spectral_convergence(ref, est),
-                        "roundtrip_lsd": audio_metrics.log_spectral_distance(ref, est),
-                    },
-                    1,
+        c = features.config
+        keys = ("spectral_convergence", "lsd")
+        out = {k: np.full(n, np.nan) for k in keys}
+        for k0 in range(0, n, batch_size):
+            idx = range(k0, min(n, k0 + batch_size))
+            x = torch.stack([dataset[i] for i in idx]).to(device)
+            recon = model.reconstruct(x).float().cpu().numpy()
+            for j, i in enumerate(idx):
+                ref, est = waveform(i), features.decode(recon[j])
+                out["spectral_convergence"][i] = audio_metrics.spectral_convergence(
+                    ref, est, c.n_fft, c.hop_length
                 )
-            self._ceiling[key] = ceiling.result()
-        return {**avg.result(), **self._ceiling[key]}
+                out["lsd"][i] = audio_metrics.log_spectral_distance(ref, est, c.n_fft, c.hop_length)
+        # The feature round trip does not depend on the model: decode it once per data set.
+        key = (id(dataset), (n, c.n_fft, c.hop_length, features.channels))
+        if key not in self._ceiling:
+            ceiling = {f"roundtrip_{k}": np.full(n, np.nan) for k in keys}
+            for i in range(n):
+                ref, est = waveform(i), features.decode(dataset[i].numpy())
+                ceiling["roundtrip_spectral_convergence"][i] = audio_metrics.spectral_convergence(
+                    ref, est, c.n_fft, c.hop_length
+                )
+                ceiling["roundtrip_lsd"][i] = audio_metrics.log_spectral_distance(
+                    ref, est, c.n_fft, c.hop_length
+                )
+            self._ceiling[key] = ceiling
+        return {**out, **{k: v.copy() for k, v in self._ceiling[key].items()}}
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def _feature_device() -> torch.device:
+    """Where the built-in features are made: the current CUDA device when there is one (under DDP the loop
+    has set each rank's), else the CPU."""
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+
+
+def _split_by_file(dataset: Dataset, val: float | int, seed: int) -> tuple[Subset, Subset]:
+    """Train/validation split of an audio folder's windows that keeps each file's windows together (they
+    overlap in time, so a random split would validate on audio seen in training). Whole files, in a seeded
+    order, go to validation until it holds the requested share (a fraction < 1 or a count) of windows; at
+    least one file stays for training. One file: its last windows validate and training keeps only the
+    windows that end before them."""
+    ds = _unwrap(dataset)
+    n = len(dataset)
+    if n < 2:
+        raise ValueError(f"need at least 2 windows to split into train and validation, found {n}")
+    n_val = int(round(n * val)) if isinstance(val, float) and val < 1 else int(val)
+    n_val = min(max(n_val, 1), n - 1)
+    indices = list(dataset.indices) if isinstance(dataset, Subset) else list(range(n))
+    by_file: dict[int, list[int]] = {}
+    for pos, i in enumerate(indices):
+        by_file.setdefault(ds.window_file(i), []).append(pos)
+    if len(by_file) > 1:
+        order = [list(by_file)[k] for k in np.random.default_rng(seed).permutation(len(by_file))]
+        val_pos: list[int] = []
+        for f in order[:-1]:
+            if len(val_pos) >= n_val:
+                break
+            val_pos += by_file[f]
+        held = set(val_pos)
+        train_pos = [p for p in range(n) if p not in held]
+    else:
+        window = ds.features.config.clip_seconds
+        val_pos = list(range(n - n_val, n))
+        first_val = ds.window_info(indices[val_pos[0]])[1]
+        train_pos = [
+            p for p in range(n - n_val) if ds.window_info(indices[p])[1] + window <= first_val + 1e-9
+        ]
+        if not train_pos:
+            raise ValueError(
+                f"{ds.files[0].name} is too short to split into train and validation windows that do not "
+                "overlap: add recordings or use a shorter hop"
+            )
+    return Subset(dataset, sorted(train_pos)), Subset(dataset, sorted(val_pos))
 
 
 def _unwrap(dataset: Dataset) -> Dataset:
