@@ -19,6 +19,7 @@ from trainers.metrics import (
     epi,
     feature_mse,
     fragment_metrics,
+    fragment_metrics_per_fragment,
     homogeneous_mask,
     latent_bits_per_pixel,
     log_spectral_distance,
@@ -447,6 +448,11 @@ def test_spectral_metrics_batch_cropping_and_bad_input() -> None:
         log_spectral_distance(a, b, n_fft=512, hop_length=128)
     )
     assert math.isnan(spectral_convergence(np.zeros(4096), b[0]))  # silent reference: undefined
+    # Nearly silent (-180 dBFS): the ratio would read ~1e9 for an ordinary estimate; it is missing instead.
+    assert math.isnan(spectral_convergence(1e-9 * a[0], b[0]))
+    kw = {"n_fft": 512, "hop_length": 128}
+    assert spectral_convergence(np.stack([1e-9 * a[0], a[1]]), b, **kw) == pytest.approx(per_clip[1])
+    assert 0 < log_spectral_distance(1e-9 * a[0], b[0]) < 300  # eps bounds the log-power gap
     with pytest.raises(ValueError, match="too short"):
         spectral_convergence(a[0, :100], b[0, :100])
     with pytest.raises(ValueError, match="same number of clips"):
@@ -527,3 +533,38 @@ def test_to_bytes_round_trip_and_fragment_bad_input() -> None:
         byte_accuracy(every, every, np.full(256, 2))
     with pytest.raises(ValueError, match="at least one byte"):
         byte_accuracy(np.array([], dtype=np.uint8), np.array([], dtype=np.uint8))
+
+
+def test_fragment_metrics_per_fragment_and_pooled_agree_with_the_numpy_parts() -> None:
+    rng = np.random.default_rng(70)
+    clean = rng.integers(0, 256, (6, 512), dtype=np.uint8)
+    corrupted = clean.copy()
+    hit = rng.random(clean.shape) < 0.05
+    hit[5] = False  # one fragment the noise left alone: its corrupted-byte figures are missing
+    corrupted[hit] = rng.integers(0, 256, int(hit.sum()), dtype=np.uint8)  # may redraw the same value
+    repaired = np.where(rng.random(clean.shape) < 0.9, clean, corrupted).astype(np.uint8)
+    per = fragment_metrics_per_fragment(torch.from_numpy(clean), torch.from_numpy(corrupted), repaired, hit)
+    for i in range(6):
+        assert float(per["accuracy"][i]) == pytest.approx(byte_accuracy(clean[i], repaired[i]), abs=1e-15)
+        assert float(per["ber"][i]) == pytest.approx(bit_error_rate(clean[i], repaired[i]), abs=1e-15)
+        assert float(per["identity_ber"][i]) == pytest.approx(
+            bit_error_rate(clean[i], corrupted[i]), abs=1e-15
+        )
+        single = fragment_metrics(clean[i], corrupted[i], repaired[i], hit[i])
+        for key, value in single.items():
+            assert float(per[key][i]) == pytest.approx(value, abs=1e-15, nan_ok=True), key
+    assert math.isnan(float(per["accuracy_corrupted"][5])) and math.isnan(float(per["fixed_fraction"][5]))
+    # Pooled over the batch: byte-weighted, the same as the numpy byte_accuracy over every byte.
+    pooled = fragment_metrics(
+        torch.from_numpy(clean), torch.from_numpy(corrupted), torch.from_numpy(repaired)
+    )
+    assert pooled["accuracy"] == pytest.approx(byte_accuracy(clean, repaired), abs=1e-15)
+    assert pooled["accuracy_corrupted"] == pytest.approx(byte_accuracy(clean, repaired, corrupted != clean))
+    assert pooled["ber"] == pytest.approx(bit_error_rate(clean, repaired), abs=1e-15)
+    assert all(0.0 <= v <= 1.0 for v in pooled.values())
+    with pytest.raises(ValueError, match="integer byte values"):
+        fragment_metrics(
+            torch.rand(2, 8), torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(2, 8, dtype=torch.uint8)
+        )
+    with pytest.raises(ValueError, match="mask shape"):
+        fragment_metrics(clean, corrupted, repaired, torch.zeros(3, 3, dtype=torch.bool))

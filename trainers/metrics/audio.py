@@ -16,6 +16,10 @@ import torch
 
 ArrayLike = np.ndarray | torch.Tensor
 
+#: A reference clip quieter than this RMS (-100 dBFS, below 16-bit dither) counts as silent: its spectral
+#: convergence ||S - S_est|| / ||S|| would divide by (almost) nothing and read 1e8 for an ordinary estimate.
+SILENT_RMS = 1e-5
+
 
 def _as_waveforms(a: ArrayLike, name: str) -> np.ndarray:
     """Float64 ``(B, T)`` from ``(T,)`` or ``(B, T)``."""
@@ -47,9 +51,10 @@ def _check_stft_params(n_fft: int, hop_length: int) -> None:
 
 
 def _paired_magnitudes(
-    ref: ArrayLike, est: ArrayLike, n_fft: int, hop_length: int
+    ref: ArrayLike, est: ArrayLike, n_fft: int, hop_length: int, rms: list | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """STFT magnitudes ``(B, bins, frames)`` of both, cropped to the shorter waveform."""
+    """STFT magnitudes ``(B, bins, frames)`` of both, cropped to the shorter waveform (and, into ``rms``,
+    the RMS of each cropped reference clip)."""
     _check_stft_params(n_fft, hop_length)
     r = _as_waveforms(ref, "ref")
     e = _as_waveforms(est, "est")
@@ -61,6 +66,8 @@ def _paired_magnitudes(
             f"audio too short: {n} samples after cropping to the shorter signal, need at least n_fft={n_fft} "
             f"(pass a smaller n_fft for short clips)"
         )
+    if rms is not None:
+        rms.extend(np.sqrt(np.mean(r[:, :n] ** 2, axis=-1)))
     kwargs = {"n_fft": n_fft, "hop_length": hop_length, "center": True, "pad_mode": "constant"}
     return np.abs(librosa.stft(r[:, :n], **kwargs)), np.abs(librosa.stft(e[:, :n], **kwargs))
 
@@ -68,15 +75,16 @@ def _paired_magnitudes(
 def spectral_convergence(ref: ArrayLike, est: ArrayLike, n_fft: int = 2048, hop_length: int = 512) -> float:
     """||(|S| - |S_est|)||_F / ||S||_F of the STFT magnitudes, per clip, averaged over the batch.
 
-    0 is a perfect magnitude match; 1 is as wrong as silence. A silent reference clip has no defined SC and
-    is skipped; nan when every reference clip is silent.
+    0 is a perfect magnitude match; 1 is as wrong as silence. A silent reference clip (RMS below
+    ``SILENT_RMS``, -100 dBFS) has no meaningful SC and is skipped; nan when every reference clip is silent.
     """
-    s_ref, s_est = _paired_magnitudes(ref, est, n_fft, hop_length)
-    scores = []
-    for a, b in zip(s_ref, s_est, strict=True):
-        denom = np.linalg.norm(a)
-        if denom > 0:
-            scores.append(np.linalg.norm(a - b) / denom)
+    rms: list[float] = []
+    s_ref, s_est = _paired_magnitudes(ref, est, n_fft, hop_length, rms)
+    scores = [
+        np.linalg.norm(a - b) / np.linalg.norm(a)
+        for a, b, level in zip(s_ref, s_est, rms, strict=True)
+        if level >= SILENT_RMS and np.linalg.norm(a) > 0
+    ]
     return float(np.mean(scores)) if scores else float("nan")
 
 
