@@ -850,6 +850,15 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# One colour per codec, shared by its matched rows and its sweep; models take the others in turn.
+CODEC_COLOURS = {"JPEG": "#9467bd", "JPEG 2000": "#8c564b", "WebP": "#e377c2", "Opus": "#2ca02c"}
+MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#d62728", "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939")
+
+
+def _colour(point: dict[str, Any], k: int) -> str:
+    return CODEC_COLOURS.get(point.get("codec") or "", MODEL_COLOURS[k % len(MODEL_COLOURS)])
+
+
 def _rd_points(result: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     metric = result["metrics"][0]["name"]
     points = []
@@ -864,6 +873,7 @@ def _rd_points(result: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
                 "bpp": row.get("bpp"),
                 "mean": s["mean"],
                 "ci95": s.get("ci95"),
+                "codec": row.get("codec"),
             }
         )
     return metric, points
@@ -887,7 +897,7 @@ def rd_figure(result: dict[str, Any]) -> Any:
                 mode="markers+text",
                 text=[p["name"] for p in pts],
                 textposition="top center",
-                marker={"symbol": symbol, "size": 10},
+                marker={"symbol": symbol, "size": 10, "color": [_colour(p, k) for k, p in enumerate(pts)]},
                 name={"run": "runs", "checkpoint": "checkpoints", "codec": "codecs"}[kind],
                 error_y={
                     "type": "data",
@@ -909,7 +919,7 @@ def rd_figure(result: dict[str, Any]) -> Any:
                 mode="lines+markers",
                 name=f"{codec} sweep",
                 marker={"size": 5},
-                line={"dash": "dot"},
+                line={"dash": "dot", "color": CODEC_COLOURS.get(codec)},
             )
         )
     for p in points:
@@ -943,7 +953,7 @@ def write_png(result: dict[str, Any], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=100)
     try:
         markers = {"run": "o", "checkpoint": "D", "codec": "s"}
-        for p in points:
+        for k, p in enumerate(points):
             if p["bpp"] is None:
                 ax.axhline(p["mean"], ls="--", lw=1, color="grey")
                 ax.annotate(
@@ -963,6 +973,7 @@ def write_png(result: dict[str, Any], path: str | Path) -> Path:
                 yerr=[[p["mean"] - ci[0]], [ci[1] - p["mean"]]],
                 fmt=markers[p["kind"]],
                 capsize=3,
+                color=_colour(p, k),
             )
             ax.annotate(
                 p["name"], (p["bpp"], p["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8
@@ -973,11 +984,24 @@ def write_png(result: dict[str, Any], path: str | Path) -> Path:
                 (s for s in sweep if s["codec"] == codec and s["mean"] is not None), key=lambda s: s["bpp"]
             )
             ax.plot(
-                [s["bpp"] for s in pts], [s["mean"] for s in pts], ":", marker=".", label=f"{codec} sweep"
+                [s["bpp"] for s in pts],
+                [s["mean"] for s in pts],
+                ":",
+                marker=".",
+                label=f"{codec} sweep",
+                color=CODEC_COLOURS.get(codec),
             )
         positive = [p["bpp"] for p in points if p["bpp"]] + [s["bpp"] for s in sweep if s.get("bpp")]
         if positive and max(positive) / max(min(positive), 1e-12) > 20:
+            from matplotlib.ticker import FuncFormatter
+
+            def label(v: float, _pos: int) -> str:  # 0.2, 0.3, 0.5, 1, 2, ... written out
+                lead = v / 10 ** math.floor(math.log10(v) + 1e-9) if v > 0 else 0
+                return f"{v:g}" if round(lead, 6) in (1, 2, 3, 5) else ""
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(label))
+            ax.xaxis.set_minor_formatter(FuncFormatter(label))
         arrow = metric_arrow(metric)
         ax.set_xlabel(f"bpp: {result['bpp_unit']}", fontsize=8)
         ax.set_ylabel(f"{metric} ({arrow})" if arrow else metric)
