@@ -359,6 +359,8 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(case, needle, ckpts, capsys
     assert needle in lines[0]
     if case == "no readable file":
         assert "scene.npy" in lines[0]  # the unreadable file is named
+    if case == "unknown run":
+        assert lines[0].startswith("error: '20990101-000000-nope' is neither")
 
 
 def test_cli_process_prints_no_traceback(ckpts):

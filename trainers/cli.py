@@ -97,7 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", metavar="DIR", help="also write compare.md, compare.json, rd.html and rd.png there"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (built-in data takes its own seed= key)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the bootstrap resampling (built-in data takes its own seed= key)",
+    )
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     p.add_argument("--kind", choices=["best", "last"], default="best", help="which checkpoint of a run")
     p.add_argument("--device", default="auto")
@@ -304,6 +309,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
         )
+    except (FileNotFoundError, PermissionError):
+        raise  # their messages name the missing run, folder or file
     except OSError as exc:  # an unreadable file or folder surfaced by a library
         raise ValueError(f"cannot read the data: {exc}") from exc
     for skipped in result.get("skipped_files", []):
