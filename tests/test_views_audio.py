@@ -290,11 +290,14 @@ def test_build_tab_endpoints_and_errors_in_page(ctx, vae):
     with gr.Blocks() as demo:
         view.build_tab(ctx)
     fns = {f.api_name: f for f in demo.fns.values() if f.api_name}
-    assert {"audio_compare", "audio_sample", "audio_interpolate", "audio_checkpoints"} <= set(fns)
+    expected = {"audio_compare", "audio_sample", "audio_interpolate", "audio_windows", "audio_checkpoints"}
+    assert expected <= set(fns)
     out = fns["audio_compare"].fn(vae, BUILTIN, "noise", 0, None, 0.0)
     for rate, data in out[2:5]:
         assert rate == CFG.sample_rate and data.dtype == np.int16 and data.shape == (CFG.n_samples,)
     assert view.ROUNDTRIP_NOTE in out[0]  # the short player label is explained in the status
+    status, _, table = fns["audio_windows"].fn(vae, [], BUILTIN, "noise", 0, None)
+    assert "1 window(s) of 0.5 s" in status and table["headers"][0] == "window" and len(table["data"]) == 2
     with pytest.raises(gr.Error) as err:
         fns["audio_sample"].fn(None, 2, 0)
     assert "no checkpoint chosen" in err.value.message
@@ -321,7 +324,7 @@ def test_plots_have_no_label_badge_over_the_titles_and_players_have_short_labels
     with gr.Blocks() as demo:
         view.build_tab(ctx)
     plots = [b for b in demo.blocks.values() if isinstance(b, gr.Plot)]
-    assert len(plots) == 3 and not any(p.show_label for p in plots)
+    assert len(plots) == 4 and not any(p.show_label for p in plots)
     compare = next(f for f in demo.fns.values() if f.api_name == "audio_compare")
     labels = [o.label for o in compare.outputs if isinstance(o, gr.Audio)]
     assert labels == ["Input", "Round trip (ceiling)", "Reconstruction"]
@@ -346,3 +349,43 @@ def test_subplot_titles_fit_their_columns(ctx, vae, vae_mel, which):
         assert ann.font.size <= view.TITLE_FONT_SIZE
         assert 0.6 * ann.font.size * len(ann.text) < column_px, ann.text  # 0.6 em: a wide character
     assert fig.layout.margin.t >= 2 * view.TITLE_FONT_SIZE
+
+
+def test_every_window_of_a_2_5_s_upload_is_scored_per_checkpoint(ctx, vae, vae_mel, tmp_path):
+    rate = CFG.sample_rate
+    y = tone(2.5, rate)
+    y[int(1.0 * rate) : int(1.5 * rate)] = 0  # the window at 1.0 s is silence
+    path = tmp_path / "speech.wav"
+    sf.write(path, y, rate, subtype="FLOAT")
+    r = view.audio_windows(ctx, [vae, vae_mel], UPLOAD, upload=str(path))
+    assert r.starts == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])  # 0.5 s windows of the small CFG
+    labels = list(r.scores)
+    assert len(labels) == 3 and labels[-1] == "round trip"
+    assert r.headers[0] == "window" and len(r.headers) == 1 + 2 * 3
+    assert all(h.endswith("↓") for h in r.headers[1:])  # both figures: lower is better (registry)
+    assert [row[0] for row in r.table] == ["0.0–0.5 s", "0.5–1.0 s", "1.0–1.5 s", "1.5–2.0 s", "2.0–2.5 s",
+                                           "mean of 4 scored"]  # fmt: skip
+    assert r.table[2][1:] == ["silent: not scored"] * 6
+    assert any("1 silent window(s)" in n for n in r.notes)
+
+    # Window 3 (1.5–2.0 s) of the first checkpoint against a manual decode, and the mean row.
+    features = make_features("mel-if", CFG)
+    wav = y[int(1.5 * rate) : int(2.0 * rate)]
+    model = ctx.load_model(vae, "audio")
+    with torch.no_grad():
+        est = features.decode(model.reconstruct(torch.from_numpy(features.encode(wav))[None])[0].numpy())
+    kw = {"n_fft": CFG.n_fft, "hop_length": CFG.hop_length}
+    assert r.table[3][1] == pytest.approx(spectral_convergence(wav, est, **kw), abs=2e-4)
+    assert r.table[3][2] == pytest.approx(log_spectral_distance(wav, est, **kw), abs=2e-3)
+    sc = r.scores[labels[0]]["spectral_convergence"]
+    assert np.isnan(sc[2]) and r.table[-1][1] == pytest.approx(np.nanmean(sc), abs=1e-4)
+    rt = r.scores["round trip"]["spectral_convergence"]
+    assert np.all(rt[np.isfinite(rt)] < sc[np.isfinite(sc)])  # the ceiling beats an untrained model
+    assert len(r.figure.data) == 2 * 3  # SC and LSD lines for each checkpoint and the round trip
+
+
+def test_a_short_built_in_clip_is_one_window_and_bad_choices_are_named(ctx, vae, tmp_path):
+    r = view.audio_windows(ctx, vae, BUILTIN, "note", 1)
+    assert r.starts == [0.0] and len(r.table) == 2
+    with pytest.raises(ValueError, match="no checkpoint chosen"):
+        view.audio_windows(ctx, [], BUILTIN)

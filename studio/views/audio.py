@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +35,26 @@ from studio.views.common import (
 )
 from trainers.data.audio import (
     SILENCE_RMS,
+    SILENT_WINDOW_DBFS,
     SYNTH_KINDS,
     AudioFeatureConfig,
     features_from_dict,
     load_audio,
     make_features,
     synthesize_clip,
+    window_starts,
 )
 from trainers.metrics.audio import feature_mse, log_spectral_distance, spectral_convergence
+from trainers.metrics.registry import arrow
 
 SOURCES = ("built-in clip", "upload or recording")
 MIN_SECONDS = 0.25  # shorter clips leave too few STFT frames with content to judge a reconstruction
 GAP_SECONDS = 0.2  # silence between concatenated clips (prior samples, interpolation steps)
 MAX_SAMPLES = 8
 MAX_STEPS = 9
+HOP_SECONDS = 0.5  # windows of the per-window figures start every half second, as in training and eval
+MAX_WINDOWS = 120  # a minute of audio at that hop; `python -m trainers eval` scores longer recordings
+WINDOW_METRICS = (("spectral_convergence", "SC"), ("lsd", "LSD (dB)"))
 TABLE_HEADERS = ["figure", "reconstruction", "feature round trip"]
 TITLE_FONT_SIZE = 12  # subplot titles; at Plotly's default 16 px, nine interpolation steps run together
 ROUNDTRIP_NOTE = (
@@ -71,6 +78,18 @@ class AudioComparison:
     reconstruction: np.ndarray
     features: np.ndarray
     recon_features: np.ndarray
+    table: list[list[Any]]
+    figure: Any
+    notes: list[str]
+
+
+@dataclass
+class AudioWindows:
+    """Spectral figures of every window of a clip, for each chosen checkpoint and the feature round trip."""
+
+    starts: list[float]  # seconds
+    scores: dict[str, dict[str, np.ndarray]]  # label or "round trip" -> metric -> (n,); NaN: silent
+    headers: list[str]
     table: list[list[Any]]
     figure: Any
     notes: list[str]
@@ -122,13 +141,7 @@ def clip_input(
         return AudioClip(wav, features.encode(wav), [f"built-in {kind} clip #{seed_i}"])
     if source != SOURCES[1]:
         raise ValueError(f"unknown clip source {source!r}; expected one of {', '.join(SOURCES)}")
-    path = upload_path(upload, "audio file")
-    with tempfile.TemporaryDirectory() as tmp:
-        readable, original_rate, notes = _readable_audio(path, Path(tmp))
-        try:
-            full = load_audio(readable, c.sample_rate, min_seconds=MIN_SECONDS, pad_to_seconds=None)
-        except (ValueError, FileNotFoundError) as exc:
-            raise ValueError(str(exc).replace(str(readable), repr(path.name))) from exc
+    path, full, original_rate, notes = _full_upload(upload, c.sample_rate)
     try:
         start_s = float(start if start is not None else 0.0)
     except (TypeError, ValueError):
@@ -151,12 +164,25 @@ def clip_input(
         notes.append(f"resampled from {original_rate} Hz to the model's {c.sample_rate} Hz")
     if duration > c.clip_seconds:
         notes.append(
-            f"using {start_s:g}–{start_s + len(segment) / c.sample_rate:g} s (the model hears 1 clip)"
+            f"using {start_s:g}–{start_s + len(segment) / c.sample_rate:g} s (the model hears 1 clip); "
+            "every window of the recording is scored under *Every window of the clip*"
         )
     wav = np.pad(segment, (0, c.n_samples - len(segment))).astype(np.float32)
     if len(segment) < c.n_samples:
         notes.append(f"zero-padded from {len(segment) / c.sample_rate:.2f} s to {c.clip_seconds:g} s")
     return AudioClip(wav, features.encode(wav), notes)
+
+
+def _full_upload(upload: Any, sample_rate: int) -> tuple[Path, np.ndarray, int, list[str]]:
+    """(path, whole recording as mono float32 at ``sample_rate``, its original rate, decoding notes)."""
+    path = upload_path(upload, "audio file")
+    with tempfile.TemporaryDirectory() as tmp:
+        readable, original_rate, notes = _readable_audio(path, Path(tmp))
+        try:
+            full = load_audio(readable, sample_rate, min_seconds=MIN_SECONDS, pad_to_seconds=None)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(str(exc).replace(str(readable), repr(path.name))) from exc
+    return path, full, original_rate, notes
 
 
 def _readable_audio(path: Path, tmp: Path) -> tuple[Path, int, list[str]]:
@@ -331,6 +357,152 @@ def audio_compare(
     )
 
 
+def _window_label(start: float, seconds: float) -> str:
+    return f"{start:.1f}–{start + seconds:.1f} s"
+
+
+@torch.no_grad()
+def audio_windows(
+    ctx: Any,
+    checkpoints: Any,
+    source: str = SOURCES[0],
+    kind: str = "note",
+    seed: Any = 0,
+    upload: Any = None,
+) -> AudioWindows:
+    """Spectral convergence and log-spectral distance of every window of the whole clip, per checkpoint.
+
+    The clip is cut as ``AudioFolderDataset`` cuts a recording: 1 s windows every ``HOP_SECONDS``, the last
+    zero-padded, so a 1.4 s recording gives two windows and none of it goes unscored. Silent windows
+    (below −60 dBFS) get no figures, and say so. The round trip (ceiling) uses the first checkpoint's
+    features.
+    """
+    folders = selected_folders(checkpoints, "audio", multiple=True, ctx=ctx)
+    folders = list(dict.fromkeys(folders))
+    notes: list[str] = []
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    starts_s: list[float] = []
+    window_s = 0.0
+    full_cache: dict[int, tuple[np.ndarray, list[str]]] = {}
+    for k, folder in enumerate(folders):
+        model = load_checkpoint(ctx, folder, "audio")
+        features, feature_notes = features_for(model)
+        c = features.config
+        label = run_label(ctx, folder)
+        if label in scores:  # two runs or folders of one name: tell them apart
+            named = f"{label} ({model.VARIANT})"
+            label = named if named not in scores else f"{label} #{k + 1}"
+        notes += [f"{label}: {n}" for n in feature_notes]
+        if c.sample_rate not in full_cache:
+            full_cache[c.sample_rate] = _whole_clip(features, source, kind, seed, upload)
+        full, clip_notes = full_cache[c.sample_rate]
+        starts = window_starts(len(full), c.n_samples, max(1, int(round(HOP_SECONDS * c.sample_rate))))
+        if len(starts) > MAX_WINDOWS:
+            clip_notes = [*clip_notes, f"only the first {MAX_WINDOWS} windows are scored here; "
+                          "`python -m trainers eval` scores every window of a folder"]  # fmt: skip
+            starts = starts[:MAX_WINDOWS]
+        if k == 0:
+            notes = clip_notes + notes
+            starts_s = [s / c.sample_rate for s in starts]
+            window_s = c.clip_seconds
+        elif [s / c.sample_rate for s in starts] != starts_s:
+            raise ValueError(
+                f"{label} hears {c.clip_seconds:g} s clips, unlike the first checkpoint's {window_s:g} s: "
+                "score checkpoints with the same clip length together"
+            )
+        segments = [full[s : s + c.n_samples] for s in starts]
+        wavs = [np.pad(g, (0, c.n_samples - len(g))).astype(np.float32) for g in segments]
+        loud = [i for i, g in enumerate(segments) if _dbfs(g) >= SILENT_WINDOW_DBFS]
+        rows = {m: np.full(len(starts), np.nan) for m, _ in WINDOW_METRICS}
+        trip = {m: np.full(len(starts), np.nan) for m, _ in WINDOW_METRICS}
+        if loud:
+            feats = features.encode_batch(np.stack([wavs[i] for i in loud]))
+            x = feats.to(model_device(model))
+            recon = model_call(f"the {model.VARIANT} model", partial(model.reconstruct, x)).float().cpu()
+            for j, i in enumerate(loud):
+                _score_into(rows, i, wavs[i], features.decode(recon[j].numpy()), c)
+                if k == 0:
+                    _score_into(trip, i, wavs[i], features.decode(feats[j].numpy()), c)
+        scores[label] = rows
+        if k == 0:
+            round_trip = trip
+    scores["round trip"] = round_trip
+    n_silent = int(np.isnan(round_trip["lsd"]).sum())
+    if n_silent:
+        notes.append(
+            f"{n_silent} silent window(s) (below {SILENT_WINDOW_DBFS:g} dBFS) not scored: spectral figures "
+            "of silence are meaningless"
+        )
+    notes.append(
+        f"{len(starts_s)} window(s) of {window_s:g} s every {HOP_SECONDS:g} s; the mean row is what "
+        "`python -m trainers eval` reports for this recording. " + ROUNDTRIP_NOTE
+    )
+    headers = ["window"] + [
+        f"{label} · {short} {arrow(metric)}".strip() for label in scores for metric, short in WINDOW_METRICS
+    ]
+    table: list[list[Any]] = []
+    for i, start in enumerate(starts_s):
+        cells: list[Any] = [_window_label(start, window_s)]
+        for values in scores.values():
+            cells += [fmt(values[m][i], 4) if np.isfinite(values[m][i]) else "silent: not scored"
+                      for m, _ in WINDOW_METRICS]  # fmt: skip
+        table.append(cells)
+    mean_row: list[Any] = [f"mean of {len(starts_s) - n_silent} scored"]
+    for values in scores.values():
+        for m, _ in WINDOW_METRICS:
+            finite = values[m][np.isfinite(values[m])]
+            mean_row.append(fmt(float(finite.mean()), 4) if finite.size else "n/a: every window is silent")
+    table.append(mean_row)
+    return AudioWindows(starts_s, scores, headers, table, _windows_figure(starts_s, scores), notes)
+
+
+def _dbfs(y: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) if len(y) else 0.0
+    return 20 * np.log10(rms) if rms > 0 else -np.inf
+
+
+def _score_into(target: dict[str, np.ndarray], i: int, ref: np.ndarray, est: np.ndarray, c: Any) -> None:
+    target["spectral_convergence"][i] = spectral_convergence(ref, est, c.n_fft, c.hop_length)
+    target["lsd"][i] = log_spectral_distance(ref, est, c.n_fft, c.hop_length)
+
+
+def _whole_clip(
+    features: Any, source: str, kind: str, seed: Any, upload: Any
+) -> tuple[np.ndarray, list[str]]:
+    """The whole clip at the features' rate: the built-in clip, or the entire upload/recording."""
+    c = features.config
+    if source == SOURCES[0]:
+        clip = clip_input(features, source, kind, seed)
+        return clip.wav, clip.notes
+    if source != SOURCES[1]:
+        raise ValueError(f"unknown clip source {source!r}; expected one of {', '.join(SOURCES)}")
+    path, full, original_rate, notes = _full_upload(upload, c.sample_rate)
+    notes = [f"{path.name}: {len(full) / c.sample_rate:.2f} s", *notes]
+    if original_rate != c.sample_rate:
+        notes.append(f"resampled from {original_rate} Hz to the model's {c.sample_rate} Hz")
+    return full, notes
+
+
+def _windows_figure(starts: list[float], scores: dict[str, dict[str, np.ndarray]]) -> Any:
+    """Spectral convergence and LSD against the window's start, one line per checkpoint."""
+    from plotly.subplots import make_subplots
+
+    titles = [f"{short} {arrow(m)}".strip() for m, short in WINDOW_METRICS]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.08)
+    fig.update_annotations(font_size=TITLE_FONT_SIZE)
+    for label, values in scores.items():
+        dash = "dash" if label == "round trip" else None
+        for col, (m, _) in enumerate(WINDOW_METRICS, start=1):
+            y = [float(v) if np.isfinite(v) else None for v in values[m]]  # a gap where a window is silent
+            fig.add_scatter(
+                x=starts, y=y, mode="lines+markers", name=label, legendgroup=label, showlegend=col == 1,
+                line={"dash": dash}, row=1, col=col,
+            )  # fmt: skip
+    fig.update_xaxes(title_text="window start (s)")
+    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h"})
+    return fig
+
+
 @contextlib.contextmanager
 def _seeded(seed: int, device: torch.device):
     """Reproducible prior draws without disturbing the global RNG that training code may rely on."""
@@ -436,6 +608,22 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
                 roundtrip_audio = gr.Audio(label="Round trip (ceiling)", interactive=False)
                 recon_audio = gr.Audio(label="Reconstruction", interactive=False)
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Metrics against the input", interactive=False)
+            gr.Markdown("**Every window of the clip**: the figures of each 1 s window, every 0.5 s")
+            with gr.Row():
+                also = gr.Dropdown(
+                    choices=ctx.checkpoint_choices("audio"),
+                    multiselect=True,
+                    allow_custom_value=True,
+                    label="Also score these checkpoints",
+                    info="the checkpoint above is always scored; its features give the round trip",
+                    scale=4,
+                )
+                windows_btn = gr.Button("Score every window", scale=1)
+            windows_status = gr.Markdown(
+                "**Reconstruct** also scores every window of the clip.", label="Window notes"
+            )
+            windows_figure = gr.Plot(label="Figures per window", show_label=False)
+            windows_table = gr.Dataframe(label="Figures per window", interactive=False, wrap=True)
     with gr.Accordion("Samples from the prior", open=False), gr.Row():
         with gr.Column(scale=1):
             n_samples = gr.Slider(1, MAX_SAMPLES, value=3, step=1, label="Samples")
@@ -473,13 +661,25 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             r.table,
         )
 
+    @user_errors
+    def windows(checkpoint, extra, source, kind, seed, upload):
+        chosen = [checkpoint, *(extra or [])] if checkpoint else list(extra or [])
+        r = audio_windows(ctx, chosen, source, kind, seed, upload)
+        return notes_markdown(r.notes), r.figure, {"headers": r.headers, "data": r.table}
+
+    windows_io = {
+        "inputs": [checkpoint, also, *clip_a],
+        "outputs": [windows_status, windows_figure, windows_table],
+        "show_progress_on": [windows_status],
+    }
     run.click(
         compare,
         inputs=[checkpoint, *clip_a, start],
         outputs=[status, figure, input_audio, roundtrip_audio, recon_audio, table],
         api_name="audio_compare",
         show_progress_on=[status],
-    )
+    ).success(windows, **windows_io, api_visibility="private")
+    windows_btn.click(windows, **windows_io, api_name="audio_windows")
 
     @user_errors
     def sample(checkpoint, n, seed):
