@@ -361,7 +361,7 @@ def test_jobs_table_formats_the_job_managers_rows(ctx):
     ctx.store.set_status(failed, "failed", "CUDA out of memory " + "x" * 200)
     table = job_table(ctx.jobs.jobs())
     assert [row[0] for row in table] == [failed, done]
-    assert table[1][1:5] == ["fragment-dae", "completed", "2 / 40", "accuracy_corrupted 0.75"]
+    assert table[1][1:5] == ["fragment-dae", "completed", "2 / 40", "accuracy_corrupted ↑ 0.7500"]
     assert table[1][6] == "cpu"
     assert table[0][2:5] == ["failed", "0 / 0", "–"]
     assert table[0][7].startswith("CUDA out of memory") and len(table[0][7]) <= 90

@@ -26,6 +26,7 @@ from studio.curves import CurveCache, figure_points, is_finite_number, keep_view
 from trainers.config import PRESETS, make_config
 from trainers.dataspec import parse_data_spec
 from trainers.fastpath import PRECISIONS
+from trainers.metrics.registry import arrow, format_value
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,10 @@ def job_table(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     for row in rows:
         best = row.get("best")
         metric = str(row.get("metric") or "").split("/", 1)[-1]
-        best_text = f"{metric} {best:.4g}" if is_finite_number(best) else "–"
+        # Which way is better and how to round, from the metric registry: "psnr ↑ 23.41".
+        best_text = (
+            f"{metric} {arrow(metric)} {format_value(metric, best)}" if is_finite_number(best) else "–"
+        )
         started = row.get("status") != "queued"
         progress = f"{row.get('epoch') or 0} / {row.get('step') or 0}" if started else "–"
         note = str(row.get("reason") or "")
