@@ -1,9 +1,10 @@
-"""SAR data: speckle statistics, the log-intensity normaliser, simulated and folder datasets, file loading."""
+"""SAR data: speckle statistics, per-image dB normalisation, simulated and folder datasets, file loading."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -15,17 +16,20 @@ from PIL import Image
 from scipy import stats
 
 from trainers.data.sar import (
+    PREPROCESSING_KIND,
     SARFolderDataset,
-    SARNormalizer,
     SyntheticSARDataset,
     apply_speckle,
+    denormalize_db,
+    legacy_preprocessing_note,
     load_sar_image,
-    log_median,
-    log_range_centre,
+    natural_images,
+    normalize_db,
+    normalize_patches,
     patchify,
-    quicklook_gain,
     read_sar_image,
     simulate_reflectivity,
+    simulate_scene,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,71 +80,143 @@ def test_speckle_rejects_bad_input():
     with pytest.raises(ValueError, match="looks"):
         apply_speckle(np.ones((4, 4)), 0, rng)
     with pytest.raises(ValueError, match="looks"):
-        apply_speckle(np.ones((4, 4)), 2.5, rng)
+        apply_speckle(np.ones((4, 4)), float("nan"), rng)
     with pytest.raises(ValueError, match="non-negative"):
         apply_speckle(-np.ones((4, 4)), 4, rng)
+    # Real multi-looked products have non-integer ENL (e.g. 4.4): Gamma speckle takes it as it is.
+    ratio = apply_speckle(np.ones((256, 256)), 4.4, rng).astype(np.float64)
+    assert ratio.mean() ** 2 / ratio.var() == pytest.approx(4.4, rel=0.05)
 
 
-# ----------------------------------------------------------------------------------------------- normaliser
-def test_normalizer_formula_and_round_trip():
-    norm = SARNormalizer(log_min=-6.0, log_max=2.0, eps=1e-6)
-    intensity = np.array([[0.0, 1e-3, 0.1], [1.0, 5.0, 1e4]])
-    x = norm.to_model(intensity)
-    expected = np.clip((np.log(intensity + 1e-6) + 6.0) / 8.0, 0, 1)
-    assert x.dtype == np.float32
-    np.testing.assert_allclose(x, expected, atol=1e-6)
-    inside = (expected > 0) & (expected < 1)
-    np.testing.assert_allclose(norm.to_intensity(x)[inside], intensity[inside], rtol=1e-5)
-    assert norm.to_intensity(np.array([1.0]))[0] == pytest.approx(np.exp(2.0) - 1e-6, rel=1e-6)
+# -------------------------------------------------------------------------------------------- scenes
+def test_natural_images_load_offline_from_scikit_image():
+    images = natural_images()
+    assert len(images) >= 10
+    for a in images:
+        assert a.ndim == 2 and a.dtype == np.float32 and a.min() >= 0.0 and a.max() <= 1.0 and a.std() > 0.02
 
 
-def test_normalizer_fit_uses_percentiles():
+def test_simulated_scenes_are_speckled_heavy_tailed_and_reproducible():
+    kinds, looks, textured = set(), set(), 0
+    for s in range(24):
+        scene = simulate_scene(64, np.random.default_rng([5, s]))
+        again = simulate_scene(64, np.random.default_rng([5, s]))
+        np.testing.assert_array_equal(scene.intensity, again.intensity)
+        assert scene.intensity.dtype == np.float32 and scene.intensity.shape == (64, 64)
+        assert np.all(scene.intensity[scene.valid] > 0) and np.all(scene.intensity[~scene.valid] == 0)
+        assert scene.reflectivity.max() >= 10**2.0  # bright point targets (>= 20 dB) in every scene
+        kinds.add(scene.kind)
+        looks.add(scene.looks)
+        textured += scene.texture_shape is not None
+    assert kinds == {"geometric", "natural", "blend"} and looks == {1.0, 2.0, 3.0, 4.0}
+    assert 4 <= textured <= 20
+    # A fixed L is respected; the K texture makes intensity over a flat reflectivity heavier-tailed than
+    # Gamma speckle alone (kurtosis above the Gamma's 3 + 6/L).
+    assert simulate_scene(32, np.random.default_rng(1), looks=2.5).looks == 2.5
     rng = np.random.default_rng(0)
-    images = [apply_speckle(simulate_reflectivity(64, rng), 4, rng) for _ in range(3)]
-    norm = SARNormalizer.fit(images, low_pct=1.0, high_pct=99.0)
-    logs = np.log(np.concatenate([im.ravel() for im in images]).astype(np.float64) + 1e-6)
-    lo, hi = np.percentile(logs, [1.0, 99.0])
-    assert norm.log_min == pytest.approx(lo) and norm.log_max == pytest.approx(hi)
-    x = np.concatenate([norm.to_model(im).ravel() for im in images])
-    assert (x == 0).mean() == pytest.approx(0.01, abs=0.002)
-    assert (x == 1).mean() == pytest.approx(0.01, abs=0.002)
+    nu = 2.0
+    k = np.ones((256, 256)) * rng.gamma(nu, 1 / nu, (256, 256)) * rng.gamma(4, 0.25, (256, 256))
+    assert stats.kurtosis(k.ravel(), fisher=False) > 3 + 6 / 4
 
 
-def test_normalizer_dict_round_trip_and_errors():
-    norm = SARNormalizer(-5.5, 1.25, 1e-5)
-    d = json.loads(json.dumps(norm.to_dict()))
-    assert SARNormalizer.from_dict(d) == norm
-    assert SARNormalizer.from_dict({**d, "kind": "sar-log-intensity", "looks": 4}) == norm
-    with pytest.raises(ValueError, match="missing"):
-        SARNormalizer.from_dict({"log_min": 0.0})
-    with pytest.raises(ValueError, match="log_max > log_min"):
-        SARNormalizer(1.0, 1.0)
-    with pytest.raises(ValueError, match="eps"):
-        SARNormalizer(0.0, 1.0, 0.0)
-    with pytest.raises(ValueError, match="non-negative"):
-        norm.to_model(np.array([-1.0]))
-    with pytest.raises(ValueError, match="NaN"):
-        norm.to_model(np.array([np.nan]))
-    with pytest.raises(ValueError, match="constant"):
-        SARNormalizer.fit([np.ones((8, 8))])
-    with pytest.raises(ValueError, match="percentile|low_pct"):
-        SARNormalizer.fit([np.ones((8, 8))], low_pct=50, high_pct=10)
+def test_simulation_cost_per_scene_is_modest():
+    ds = SyntheticSARDataset(12, 256, seed=3, cache=False)
+    ds[0]  # warm up (scikit-image sample images load once)
+    start = time.perf_counter()
+    for i in range(1, 12):
+        ds[i]
+    ms = (time.perf_counter() - start) / 11 * 1000
+    assert ms < 150, f"{ms:.0f} ms per 256x256 scene"
+
+
+# -------------------------------------------------------------------------------------- normalisation
+def test_normalize_db_formula_mask_and_round_trip():
+    rng = np.random.default_rng(0)
+    intensity = rng.gamma(2.0, 0.5, (64, 64)) * 10 ** rng.uniform(-3, 1, (64, 64))
+    intensity[:4] = 0.0
+    intensity[10, 10] = np.nan
+    intensity[11, 11] = np.inf
+    x, valid, (lo, hi) = normalize_db(intensity)
+    db = 10 * np.log10(intensity[valid])
+    assert valid.sum() == 64 * 60 - 2 and not valid[:4].any() and not valid[10, 10] and not valid[11, 11]
+    # Robust percentiles: the bounds sit in the gap at 0.5 % and 99.5 % of the sorted valid dB values.
+    assert np.percentile(db, 0.4) <= lo <= np.percentile(db, 0.6)
+    assert np.percentile(db, 99.4) <= hi <= np.percentile(db, 99.6)
+    assert (db <= lo).sum() == int(0.005 * db.size) and (db >= hi).sum() == int(0.005 * db.size)
+    np.testing.assert_allclose(x[valid], np.clip((db - lo) / (hi - lo), 0, 1), atol=1e-5)
+    assert x.dtype == np.float32 and np.all(x[~valid] == 0)
+    assert ((x[valid] == 0) | (x[valid] == 1)).mean() <= 0.01
+    inside = valid & (x > 0) & (x < 1)
+    np.testing.assert_allclose(denormalize_db(x, (lo, hi))[inside], intensity[inside], rtol=1e-4)
+    # Scaling the image (another calibration or display gain) only shifts the range: x is unchanged.
+    x2, _, (lo2, hi2) = normalize_db(intensity * 1e4)
+    np.testing.assert_allclose(x2, x, atol=1e-5)
+    assert (lo2 - lo, hi2 - hi) == pytest.approx((40.0, 40.0), abs=1e-3)
+    # A mask given by the caller is honoured too; percentiles are configurable.
+    mask = np.ones_like(valid)
+    mask[:, :32] = False
+    assert not normalize_db(intensity, mask)[1][:, :32].any()
+    lo1, hi1 = normalize_db(intensity, low_pct=5, high_pct=95)[2]
+    assert lo1 > lo and hi1 < hi
+
+
+def test_denormalize_db_on_torch_batches():
+    x = torch.rand(3, 1, 8, 8)
+    ranges = torch.tensor([[-20.0, 5.0], [0.0, 40.0], [10.0, 11.0]])
+    i = denormalize_db(x, ranges)
+    for b in range(3):
+        lo, hi = ranges[b]
+        torch.testing.assert_close(i[b], 10 ** ((x[b] * (hi - lo) + lo) / 10))
+    with pytest.raises(ValueError, match="2 dB ranges for a batch"):
+        denormalize_db(x, ranges[:2])
+
+
+def test_normalize_db_quantised_levels_and_edge_cases():
+    # 8-bit grey levels: whole levels sit at the percentiles; they must not all clip.
+    rng = np.random.default_rng(1)
+    dn = np.clip(np.rint(np.sqrt(rng.gamma(1.0, 1.0, (128, 128))) * 40), 1, 255).astype(np.float64)
+    x, valid, _ = normalize_db(dn**2)
+    assert ((x == 0) | (x == 1)).mean() <= 0.01
+    # A constant image is mid-grey, not an error; an image of no-data is an error.
+    x, _, (lo, hi) = normalize_db(np.full((8, 8), 2.0))
+    assert np.all(x == 0.5) and hi - lo == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no valid pixel"):
+        normalize_db(np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="percentiles"):
+        normalize_db(np.ones((8, 8)), low_pct=50, high_pct=10)
+    with pytest.raises(ValueError, match="real-valued"):
+        normalize_db(np.ones((8, 8), np.complex64))
+
+
+def test_legacy_preprocessing_note():
+    assert "different normalisation" in legacy_preprocessing_note({"kind": "sar-log-intensity", "log_min": 0})
+    assert "different normalisation" in legacy_preprocessing_note({"log_min": -3.2, "log_max": 4.1})
+    assert legacy_preprocessing_note({"kind": PREPROCESSING_KIND}) == ""
+    assert legacy_preprocessing_note(None) == ""
 
 
 # -------------------------------------------------------------------------------------- synthetic dataset
 def test_synthetic_dataset_items():
     ds = SyntheticSARDataset(n_images=6, image_size=64, looks=4, seed=1)
     assert len(ds) == 6
-    x = ds[2]
-    assert isinstance(x, torch.Tensor) and x.shape == (1, 64, 64) and x.dtype == torch.float32
+    x, valid, db_range = ds[2]
+    assert x.shape == valid.shape == (1, 64, 64) and x.dtype == valid.dtype == torch.float32
+    assert db_range.shape == (2,) and db_range.dtype == torch.float32
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    np.testing.assert_array_equal(x[0].numpy(), ds.normalizer.to_model(ds.intensity(2)))
+    scene = ds.scene(2)
+    ref_x, ref_valid, ref_range = normalize_db(scene.intensity, scene.valid)
+    np.testing.assert_array_equal(x[0].numpy(), ref_x)
+    np.testing.assert_array_equal(valid[0].numpy(), ref_valid.astype(np.float32))
+    np.testing.assert_allclose(db_range.numpy(), ref_range, rtol=1e-6)
+    assert scene.looks == 4.0
     # The speckled image is the clean one times unit-mean speckle.
-    ratio = ds.intensity(2) / ds.clean_intensity(2)
+    ratio = ds.intensity(2)[ref_valid] / ds.clean_intensity(2)[ref_valid]
     assert ratio.mean() == pytest.approx(1.0, rel=0.05)
-    assert not torch.equal(ds[0], ds[1])
+    assert not torch.equal(ds[0][0], ds[1][0])
     with pytest.raises(IndexError):
         ds[6]
+    with pytest.raises(ValueError, match="looks"):
+        SyntheticSARDataset(2, 32, looks=0.5)
 
 
 def test_synthetic_dataset_is_deterministic_per_seed_and_index():
@@ -149,24 +225,20 @@ def test_synthetic_dataset_is_deterministic_per_seed_and_index():
     c = SyntheticSARDataset(n_images=4, image_size=64, seed=8)
     for i in (3, 1, 3):
         torch.testing.assert_close(a[i], b[i], rtol=0, atol=0)
-    assert not torch.equal(a[0], c[0])
+    assert not torch.equal(a[0][0], c[0][0])
     # A longer set with the same seed starts with the same images.
-    longer = SyntheticSARDataset(n_images=8, image_size=64, seed=7, normalizer=a.normalizer)
+    longer = SyntheticSARDataset(n_images=8, image_size=64, seed=7)
     torch.testing.assert_close(longer[2], a[2], rtol=0, atol=0)
+    # Default L is drawn from 1-4 per scene.
+    assert {SyntheticSARDataset(40, 16, seed=0).scene(i).looks for i in range(40)} == {1.0, 2.0, 3.0, 4.0}
 
 
-def test_synthetic_preprocessing_rebuilds_the_normaliser():
-    train = SyntheticSARDataset(n_images=4, image_size=64, looks=2, seed=0)
-    val = SyntheticSARDataset(n_images=2, image_size=64, looks=2, seed=99, normalizer=train.normalizer)
-    assert val.normalizer == train.normalizer
-    prep = json.loads(json.dumps(train.preprocessing()))
-    assert prep["kind"] == "sar-log-intensity" and prep["looks"] == 2
-    assert SARNormalizer.from_dict(prep) == train.normalizer
-    # Calibrated scale, and the median ln(I) of the fitted scenes for reading quick-looks of unknown gain.
-    assert prep["scale"] == "calibrated"
-    logs = np.concatenate([np.log(train.intensity(i).astype(np.float64)).ravel() for i in range(4)])
-    assert prep["log_median"] == pytest.approx(float(np.median(logs)), abs=1e-9)
-    assert "log_median" not in val.preprocessing()  # a given normaliser: nothing was fitted here
+def test_synthetic_preprocessing():
+    prep = json.loads(
+        json.dumps(SyntheticSARDataset(n_images=4, image_size=64, looks=2, seed=0).preprocessing())
+    )
+    assert prep == {"kind": "sar-db-per-image", "low_pct": 0.5, "high_pct": 99.5, "looks": 2.0}
+    assert SyntheticSARDataset(2, 32).preprocessing()["looks"] == "1-4"
 
 
 # ---------------------------------------------------------------------------------------------- patches
@@ -187,6 +259,16 @@ def test_patchify_order_and_edges():
         patchify(img, 64, stride=0)
 
 
+def test_normalize_patches_carry_the_whole_image_range():
+    rng = np.random.default_rng(0)
+    img = rng.gamma(4, 0.25, (64, 96)) * np.linspace(0.01, 10, 96)
+    x, valid, ranges = normalize_patches(img, size=32)
+    assert x.shape == valid.shape == (6, 1, 32, 32) and ranges.shape == (6, 2)
+    full_x, _, full_range = normalize_db(img)
+    np.testing.assert_array_equal(x[4, 0].numpy(), full_x[32:64, 32:64])
+    np.testing.assert_allclose(ranges.numpy(), np.tile(full_range, (6, 1)), rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- loading
 def test_load_npy_tif_kinds(tmp_path):
     rng = np.random.default_rng(0)
@@ -196,9 +278,15 @@ def test_load_npy_tif_kinds(tmp_path):
     np.testing.assert_allclose(
         load_sar_image(tmp_path / "i.npy", "amplitude"), inten.astype(np.float64) ** 2, rtol=1e-6
     )
+    np.save(tmp_path / "db.npy", 10 * np.log10(inten) - 12.0)  # mostly negative floats: dB
+    img = read_sar_image(tmp_path / "db.npy")
+    assert img.kind == "db" and img.detected
+    np.testing.assert_allclose(img.intensity, inten * 10**-1.2, rtol=1e-4)
     slc = (rng.standard_normal((40, 30)) + 1j * rng.standard_normal((40, 30))).astype(np.complex64)
     np.save(tmp_path / "slc.npy", slc)
     np.testing.assert_allclose(load_sar_image(tmp_path / "slc.npy"), np.abs(slc) ** 2, rtol=1e-5)
+    np.save(tmp_path / "slc128.npy", slc.astype(np.complex128))
+    np.testing.assert_allclose(load_sar_image(tmp_path / "slc128.npy"), np.abs(slc) ** 2, rtol=1e-5)
     np.save(tmp_path / "band.npy", inten[None])
     assert load_sar_image(tmp_path / "band.npy").shape == (40, 30)
     tifffile.imwrite(tmp_path / "i.tif", inten[:, :, None])
@@ -207,10 +295,68 @@ def test_load_npy_tif_kinds(tmp_path):
     np.testing.assert_allclose(load_sar_image(tmp_path / "amp.tiff", "amplitude"), inten, rtol=1e-5)
 
 
+def test_iq_pairs_and_bands(tmp_path):
+    rng = np.random.default_rng(2)
+    iq = rng.integers(-300, 300, (24, 20, 2)).astype(np.int16)
+    power = iq[..., 0].astype(np.float64) ** 2 + iq[..., 1].astype(np.float64) ** 2
+    tifffile.imwrite(tmp_path / "iq.tif", iq, photometric="minisblack", planarconfig="contig")
+    np.save(tmp_path / "iq_first.npy", np.ascontiguousarray(np.moveaxis(iq, -1, 0)))
+    for name in ("iq.tif", "iq_first.npy"):
+        img = read_sar_image(tmp_path / name)
+        assert img.kind == "complex" and img.dtype == "complex int16 I/Q" and img.band is None
+        np.testing.assert_allclose(img.intensity[img.valid], power[power > 0], rtol=1e-6)
+    # Two float bands are bands unless "complex" is stated; a band choice reads one band.
+    pair = rng.gamma(4, 0.25, (2, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "two.npy", pair)
+    assert read_sar_image(tmp_path / "two.npy").kind == "intensity"
+    np.testing.assert_allclose(
+        read_sar_image(tmp_path / "two.npy", "complex").intensity, (pair**2).sum(0), rtol=1e-5
+    )
+    img = read_sar_image(tmp_path / "two.npy", band=1)
+    np.testing.assert_array_equal(img.intensity, pair[1])
+    assert img.band == 1 and img.n_bands == 2 and "band 2 of 2" in img.describe()
+    # A multi-band GeoTIFF with its GDAL no-data value, bands first or last.
+    stack = rng.gamma(4, 0.25, (3, 16, 18)).astype(np.float32)
+    stack[:, :, :3] = -9999.0
+    tifffile.imwrite(tmp_path / "planar.tif", stack, photometric="minisblack", planarconfig="separate",
+                     extratags=[(42113, "s", 0, "-9999", True)])  # fmt: skip
+    tifffile.imwrite(tmp_path / "contig.tif", np.moveaxis(stack, 0, -1), photometric="minisblack",
+                     planarconfig="contig", extratags=[(42113, "s", 0, "-9999", True)])  # fmt: skip
+    for name in ("planar.tif", "contig.tif"):
+        img = read_sar_image(tmp_path / name, band=2)
+        assert img.kind == "intensity" and img.n_bands == 3 and not img.valid[:, :3].any()
+        np.testing.assert_array_equal(img.intensity[:, 3:], stack[2, :, 3:])
+        assert img.nodata_fraction == pytest.approx(3 / 18)
+        with pytest.raises(ValueError, match="band 3 asked for, but the file has 3 bands"):
+            read_sar_image(tmp_path / name, band=3)
+    with pytest.raises(ValueError, match="needs complex samples or I/Q pairs"):
+        read_sar_image(tmp_path / "planar.tif", "complex")
+
+
+def test_no_data_is_masked_not_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    a = rng.gamma(4, 0.25, (32, 32)).astype(np.float32)
+    a[:4] = 0.0
+    a[5, 5], a[6, 6], a[7, 7] = np.nan, np.inf, -np.inf
+    a[8, 8] = -0.01  # thermal-noise removal leaves a few negative σ⁰
+    np.save(tmp_path / "a.npy", a)
+    img = read_sar_image(tmp_path / "a.npy")
+    assert img.kind == "intensity" and int((~img.valid).sum()) == 4 * 32 + 4
+    assert np.all(img.intensity[~img.valid] == 0) and img.negative_fraction == pytest.approx(1 / 1024)
+    db = 10 * np.log10(np.where(a > 0, a, 1.0))
+    db[:4] = np.nan
+    db[9, 9] = -9999.0  # a dB fill value
+    np.save(tmp_path / "db.npy", db.astype(np.float32) - 15)
+    img = read_sar_image(tmp_path / "db.npy", "db")
+    assert not img.valid[:4].any() and not img.valid[9, 9] and img.valid[10:].all()
+
+
 def test_load_png_amplitude_8_and_16_bit_and_rgb(tmp_path):
     amp8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
     Image.fromarray(amp8).save(tmp_path / "a8.png")
-    np.testing.assert_array_equal(load_sar_image(tmp_path / "a8.png"), amp8.astype(np.float32) ** 2)
+    img = read_sar_image(tmp_path / "a8.png")
+    assert img.kind == "amplitude" and img.detected and not img.valid[0, 0]  # grey level 0: no-data
+    np.testing.assert_array_equal(img.intensity, amp8.astype(np.float32) ** 2)
     np.testing.assert_array_equal(load_sar_image(tmp_path / "a8.png", "intensity"), amp8.astype(np.float32))
     amp16 = (np.arange(256, dtype=np.uint16) * 250).reshape(16, 16)
     Image.fromarray(amp16).save(tmp_path / "a16.png")
@@ -241,17 +387,19 @@ def test_load_rejects_bad_files(tmp_path):
     (tmp_path / "img.jpg").write_bytes(b"x" * 100)
     with pytest.raises(ValueError, match=r"unsupported .*\.npy, \.tif, \.tiff, \.png"):
         load_sar_image(tmp_path / "img.jpg")
-    np.save(tmp_path / "rgb.npy", np.ones((3, 8, 8)))
-    with pytest.raises(ValueError, match="2-D single-band"):
-        load_sar_image(tmp_path / "rgb.npy")
+    np.save(tmp_path / "cube.npy", np.ones((3, 8, 8, 2)))
+    with pytest.raises(ValueError, match="2-D image or a stack of bands"):
+        load_sar_image(tmp_path / "cube.npy")
     np.save(tmp_path / "neg.npy", -np.ones((8, 8)))
-    with pytest.raises(ValueError, match="non-negative"):
-        load_sar_image(tmp_path / "neg.npy")
-    bad = np.ones((8, 8))
-    bad[2, 2] = np.inf
-    np.save(tmp_path / "inf.npy", bad)
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        load_sar_image(tmp_path / "inf.npy")
+    with pytest.raises(ValueError, match="100 % of the values are negative, which intensity cannot be"):
+        load_sar_image(tmp_path / "neg.npy", "intensity")
+    np.save(tmp_path / "far.npy", np.linspace(-190, 150, 64).reshape(8, 8))
+    with pytest.raises(ValueError, match="not a plausible dB range"):
+        load_sar_image(tmp_path / "far.npy")
+    bad = np.full((8, 8), np.nan)
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(ValueError, match="every pixel is no-data"):
+        load_sar_image(tmp_path / "nan.npy")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="could not read"):
         load_sar_image(tmp_path / "obj.npy")  # never unpickles
@@ -261,113 +409,20 @@ def test_load_rejects_bad_files(tmp_path):
     np.save(tmp_path / "ok.npy", np.ones((8, 8)))
     with pytest.raises(ValueError, match="input_kind"):
         load_sar_image(tmp_path / "ok.npy", "decibels")
-
-
-def test_read_sar_image_says_how_pixels_were_read(tmp_path):
-    rng = np.random.default_rng(1)
-    inten = rng.gamma(4, 0.25, (20, 24)).astype(np.float32)
-    tifffile.imwrite(tmp_path / "f.tif", inten)
-    img = read_sar_image(tmp_path / "f.tif")
-    assert (img.kind, img.quicklook, img.dtype) == ("intensity", False, "float32")
-    assert img.describe() == "intensity (float32)"
-    # Integer PNG/TIFF grey levels are quick-looks; "auto" reads them as amplitude, 8 or 16 bits.
-    dn16 = (np.sqrt(inten) * 20000).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "q16.tif", dn16)
-    img = read_sar_image(tmp_path / "q16.tif")
-    assert (img.kind, img.quicklook) == ("amplitude", True)
-    np.testing.assert_allclose(img.intensity, dn16.astype(np.float64) ** 2, rtol=1e-6)
-    assert img.describe() == "16-bit amplitude quick-look (uncalibrated grey levels)"
-    Image.fromarray((np.sqrt(inten) * 100).astype(np.uint8)).save(tmp_path / "q8.png")
-    img = read_sar_image(tmp_path / "q8.png", "intensity")
-    assert (img.kind, img.quicklook) == ("intensity", True)
-    assert img.describe() == "8-bit intensity quick-look (uncalibrated grey levels)"
-    # Integer .npy arrays come from processing code, not viewers: read as calibrated intensity.
-    np.save(tmp_path / "i.npy", dn16)
-    assert read_sar_image(tmp_path / "i.npy").quicklook is False
-    slc = (rng.standard_normal((8, 8)) + 1j * rng.standard_normal((8, 8))).astype(np.complex64)
-    np.save(tmp_path / "slc.npy", slc)
-    assert read_sar_image(tmp_path / "slc.npy", "amplitude").kind == "complex"
-
-
-def test_quicklook_gain_undoes_an_unknown_display_gain():
-    rng = np.random.default_rng(2)
-    scene = apply_speckle(simulate_reflectivity(128, rng), 4, rng).astype(np.float64)
-    norm = SARNormalizer(-6.0, 2.0)
-    ref = float(np.median(np.log(scene)))
-    for display_gain in (1e-3, 1.0, 4e4):
-        shown = scene * display_gain
-        gain = quicklook_gain(shown, norm, ref)
-        # The rescaled image is the scene itself, whatever gain the quick-look was made with.
-        np.testing.assert_allclose(shown * gain, scene, rtol=1e-9)
-        # Without a reference median, the 0.5-99.5 % log range is centred on the normaliser's range.
-        centred = shown * quicklook_gain(shown, norm)
-        lo, hi = np.percentile(np.log(centred), [0.5, 99.5])
-        assert (lo + hi) / 2 == pytest.approx((norm.log_min + norm.log_max) / 2, abs=1e-9)
-    # No-data zeros take no part in the statistics; an image of zeros has no level at all.
-    with_border = np.pad(scene, 20)
-    assert log_median(with_border) == pytest.approx(ref, abs=1e-12)
-    assert log_range_centre(with_border) == pytest.approx(log_range_centre(scene), abs=1e-12)
-    with pytest.raises(ValueError, match="zero everywhere"):
-        quicklook_gain(np.zeros((8, 8)), norm, ref)
-    with pytest.raises(ValueError, match="finite"):
-        quicklook_gain(scene, norm, float("nan"))
-
-
-def test_folder_of_quicklooks_and_mixed_folders(tmp_path):
-    rng = np.random.default_rng(4)
-    scenes = [apply_speckle(simulate_reflectivity(64, rng), 4, rng).astype(np.float64) for _ in range(2)]
-    dns = [
-        np.clip(np.rint(np.sqrt(s) / np.percentile(np.sqrt(s), 99) * 230), 1, 255).astype(np.uint8)
-        for s in scenes
-    ]
-    display = tmp_path / "display"
-    display.mkdir()
-    for k, dn in enumerate(dns):
-        Image.fromarray(dn).save(display / f"q{k}.png")
-    # Only quick-looks: the normaliser is fitted on their grey levels, read as they are (display scale).
-    ds = SARFolderDataset(display, image_size=64)
-    dn2 = [dn.astype(np.float64) ** 2 for dn in dns]
-    assert ds.normalizer == SARNormalizer.fit(dn2)
-    np.testing.assert_allclose(ds[1][0].numpy(), ds.normalizer.to_model(dn2[1]), atol=1e-6)
-    prep = ds.preprocessing()
-    assert prep["scale"] == "display" and prep["log_median"] == pytest.approx(log_median(dn2))
-
-    # Calibrated data and a quick-look together: the normaliser comes from the calibrated data only, and
-    # the quick-look is brought onto it with the calibrated data's median.
-    mixed = tmp_path / "mixed"
-    mixed.mkdir()
-    np.save(mixed / "a.npy", scenes[0].astype(np.float32))
-    Image.fromarray(dns[0]).save(mixed / "b.png")  # a quick-look of the same scene
-    with pytest.warns(UserWarning, match=r"1 integer quick-look\(s\) among calibrated images .*b\.png"):
-        ds = SARFolderDataset(mixed, image_size=64)
-    calibrated = scenes[0].astype(np.float32)
-    assert ds.normalizer == SARNormalizer.fit([calibrated]) and ds.preprocessing()["scale"] == "calibrated"
-    gain = np.exp(log_median(calibrated) - np.median(np.log(dn2[0])))
-    np.testing.assert_allclose(ds[1][0].numpy(), ds.normalizer.to_model(dn2[0] * gain), atol=1e-5)
-    # So the quick-look's patch lands on its calibrated twin, 8-bit rounding and clipping aside.
-    assert np.abs(ds[1][0].numpy() - ds[0][0].numpy()).mean() < 0.03
-    with pytest.raises(ValueError, match="scale must be one of"):
-        SARFolderDataset(mixed, scale="dB")
-
-    # `trainers eval` of that checkpoint on a folder of the quick-look alone feeds the model the same patch.
-    from trainers.dataspec import parse_data_spec
-    from trainers.tasks import task_for
-
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    Image.fromarray(dns[0]).save(alone / "b.png")
-    spec = parse_data_spec(f"sar:folder={alone}")
-    with pytest.warns(UserWarning, match="quick-look"):
-        evald = task_for("sar-baseline").dataset_for_eval(spec, ds.preprocessing(), {"image_size": 64})
-    np.testing.assert_allclose(evald[0][0].numpy(), ds[1][0].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="single band"):
+        load_sar_image(tmp_path / "ok.npy", band=1)
+    with pytest.raises(ValueError, match="band must be"):
+        load_sar_image(tmp_path / "ok.npy", band=-1)
 
 
 # --------------------------------------------------------------------------------------- folder dataset
-def test_folder_dataset_patches_and_skips(tmp_path):
+def test_folder_dataset_patches_ranges_and_skips(tmp_path):
     rng = np.random.default_rng(0)
     big = apply_speckle(simulate_reflectivity(256, rng), 4, rng)
-    np.save(tmp_path / "big.npy", big)  # 4 patches of 128
-    tifffile.imwrite(tmp_path / "mid.tif", big[:150, :140])  # 1 patch
+    big[:, :100] = 0.0  # no-data: patches at x=0 are 100/128 no-data and skipped
+    np.save(tmp_path / "big.npy", big)
+    mid = big[:150, 100:240] * 1e5  # another calibration: its own range
+    tifffile.imwrite(tmp_path / "mid.tif", mid)  # 1 patch
     Image.fromarray(np.full((64, 64), 90, np.uint8)).save(tmp_path / "small.png")
     (tmp_path / "broken.png").write_bytes(b"not an image" * 20)
     (tmp_path / "notes.txt").write_text("ignored")
@@ -378,21 +433,20 @@ def test_folder_dataset_patches_and_skips(tmp_path):
     assert "small.png" in messages and "64x64" in messages
     assert "broken.png" in messages
     assert "notes.txt" not in messages
-    assert len(ds) == 5 and [p.name for p in ds.files] == ["big.npy", "mid.tif"]
-    x = ds[1]
-    assert x.shape == (1, 128, 128) and x.dtype == torch.float32
-    path, y0, x0 = ds.patch_origin(1)
-    assert (path.name, y0, x0) == ("big.npy", 0, 128)
-    np.testing.assert_array_equal(x[0].numpy(), ds.normalizer.to_model(big[0:128, 128:256]))
-    # The normaliser is fitted on the folder; a given one is used as is.
-    assert ds.normalizer == SARNormalizer.fit([big, big[:150, :140]])
-    fixed = SARNormalizer(-8.0, 3.0)
+    assert len(ds) == 3 and [p.name for p in ds.files] == ["big.npy", "mid.tif"]
+    assert [ds.patch_origin(i)[1:] for i in range(3)] == [(0, 128), (128, 128), (0, 0)]
+    x, valid, db_range = ds[1]
+    assert x.shape == valid.shape == (1, 128, 128) and x.dtype == torch.float32
+    ref_x, ref_valid, ref_range = normalize_db(big)  # the whole image's range
+    np.testing.assert_array_equal(x[0].numpy(), ref_x[128:256, 128:256])
+    np.testing.assert_allclose(db_range.numpy(), ref_range, rtol=1e-6)
+    mid_range = ds[2][2].numpy()
+    np.testing.assert_allclose(mid_range, normalize_db(mid)[2], rtol=1e-6)
+    prep = json.loads(json.dumps(ds.preprocessing()))
+    assert prep["kind"] == "sar-db-per-image" and prep["input_kind"] == "auto"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds2 = SARFolderDataset(tmp_path, image_size=128, normalizer=fixed, stride=64)
-    assert ds2.normalizer is fixed and len(ds2) == 9 + 1
-    prep = json.loads(json.dumps(ds2.preprocessing()))
-    assert prep["kind"] == "sar-log-intensity" and SARNormalizer.from_dict(prep) == fixed
+        assert len(SARFolderDataset(tmp_path, image_size=128, stride=64)) == 3 * 2 + 1
 
 
 def test_folder_dataset_bad_folders(tmp_path):
@@ -402,7 +456,7 @@ def test_folder_dataset_bad_folders(tmp_path):
     with pytest.raises(ValueError, match=r"no usable SAR image in .*\.npy, \.tif, \.tiff, \.png"):
         SARFolderDataset(tmp_path)
     with pytest.raises(ValueError, match="input_kind"):
-        SARFolderDataset(tmp_path, input_kind="db")
+        SARFolderDataset(tmp_path, input_kind="decibel")
 
 
 # -------------------------------------------------------------------------------------------------- assets
@@ -418,8 +472,9 @@ def test_example_sar_assets(tmp_path):
         np.testing.assert_array_equal(load_sar_image(p), load_sar_image(shipped / p.name))
     intensity = load_sar_image(shipped / "scene_512_intensity.npy")
     assert intensity.shape == (512, 512) and intensity.min() >= 0
-    with pytest.warns(UserWarning, match="scene_512_amplitude.png"):  # the PNG is a quick-look
-        ds = SARFolderDataset(shipped, image_size=256)
-    assert len(ds) == 8 and ds.scale == "calibrated"
-    # Every patch is on the scale of the calibrated scene, none saturated (the PNG's were all 1 before).
-    assert max(float((ds[i] >= 1).float().mean()) for i in range(len(ds))) < 0.05
+    ds = SARFolderDataset(shipped, image_size=256)
+    assert len(ds) == 8
+    # Every patch, quick-look or float, fills [0, 1] without saturating (the PNG's were all 1 once).
+    for i in range(len(ds)):
+        x = ds[i][0]
+        assert float(((x == 0) | (x == 1)).float().mean()) < 0.03 and float(x.std()) > 0.08

@@ -89,6 +89,7 @@ def _all_keys_spec(domain: str, source: str) -> DataSpec:
         "size": 128,
         "looks": 4.4,
         "kind": "intensity",
+        "band": 1,
         "max_files": 9,
         "ber": 0.001,
         "sub": 0.25,

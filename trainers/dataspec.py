@@ -14,7 +14,7 @@ starts or ends with a space, is written in double quotes with ``\\"`` and ``\\\\
 | domain | source | keys |
 |---|---|---|
 | sar | synthetic (default) | size, looks, n, seed, val |
-| sar | folder | folder, size, kind, n, seed, val |
+| sar | folder | folder, size, kind, band, n, seed, val |
 | audio | synthetic (default) | n, seed, val |
 | audio | folder | folder, hop, n, seed, val |
 | fragments | python (default) | max_files, ber, sub, erasure, burst, n, seed, val |
@@ -26,8 +26,9 @@ starts or ends with a space, is written in double quotes with ``\\"`` and ``\\\\
 | val | float in (0, 1) or int >= 1 | validation share: a fraction ("0.1") or a count ("200") |
 | seed | int >= 0 | seed of generation, shuffling, the train/val split and the corruption noise |
 | size | int >= 32, multiple of 16 | SAR patch size in pixels (larger images are cut into patches) |
-| looks | float >= 1 | number of looks L of the simulated Gamma(L, 1/L) speckle (1 = single-look, strongest) |
-| kind | auto, intensity, amplitude | what the SAR files hold; auto guesses from the value statistics |
+| looks | float >= 1 | looks L of the simulated Gamma(L, 1/L) speckle (default: drawn from 1-4 per scene) |
+| kind | auto, intensity, amplitude, db, complex | what the SAR files hold (auto: see README, SAR input) |
+| band | int >= 0 | SAR: band of multi-band files (0 = first) |
 | folder | path | folder to read with its subfolders: .npy/.tif/.png, .wav/.flac/.ogg, any files |
 | max_files | int >= 1 | fragments: read at most this many files |
 | ber | float in [0, 1] | fragments: bit error rate of random bit flips |
@@ -56,7 +57,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "audio": ("synthetic", "folder"),
     "fragments": ("python", "folder"),
 }
-SAR_KINDS: tuple[str, ...] = ("auto", "intensity", "amplitude")
+SAR_KINDS: tuple[str, ...] = ("auto", "intensity", "amplitude", "db", "complex")
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ OPTIONS: dict[str, OptionSpec] = {
     "size": OptionSpec("an integer >= 32 and a multiple of 16", _ranged_int(32, 16), "SAR patch size"),
     "looks": OptionSpec("a number >= 1", _ranged_float(1.0), "looks of the simulated speckle"),
     "kind": OptionSpec(" or ".join(SAR_KINDS), _choice(SAR_KINDS), "what the SAR files hold"),
+    "band": OptionSpec("an integer >= 0", _ranged_int(0), "band of multi-band SAR files (0 = first)"),
     "max_files": OptionSpec("an integer >= 1", _ranged_int(1), "read at most this many files"),
     "ber": OptionSpec(_RATE_TYPE, _RATE, "bit error rate of random bit flips"),
     "sub": OptionSpec(_RATE_TYPE, _RATE, "rate of random byte substitutions"),
@@ -172,7 +174,7 @@ _COMMON = ("n", "seed", "val")
 # Allowed keys per (domain, source), in the order format_data_spec writes them.
 KEYS: dict[tuple[str, str], tuple[str, ...]] = {
     ("sar", "synthetic"): ("size", "looks", *_COMMON),
-    ("sar", "folder"): ("folder", "size", "kind", *_COMMON),
+    ("sar", "folder"): ("folder", "size", "kind", "band", *_COMMON),
     ("audio", "synthetic"): _COMMON,
     ("audio", "folder"): ("folder", "hop", *_COMMON),
     ("fragments", "python"): ("max_files", *_NOISE, *_COMMON),

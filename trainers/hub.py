@@ -198,7 +198,9 @@ def _examples(model: Any, config: dict[str, Any]):
         return fragment_examples(model, corrupted, clean)
     n = 3 if task.domain == "sar" else 2
     data = task.dataset_for_eval(DataSpec(task.domain, options={"n": n}), preprocessing, config)
-    batch = torch.stack([data[i] for i in range(min(n, len(data)))]).float()
+    items = [data[i] for i in range(min(n, len(data)))]
+    # SAR items are (x, valid, db_range): the examples show the normalised images.
+    batch = torch.stack([it[0] if isinstance(it, tuple) else it for it in items]).float()
     return sar_examples(model, batch) if task.domain == "sar" else audio_examples(model, batch)
 
 

@@ -6,6 +6,7 @@ The training loop is domain-agnostic; everything that differs between SAR, audio
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,10 +125,37 @@ class _Averager:
 
 
 # ----------------------------------------------------------------------------------------------------- SAR
+def sar_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x, valid, db_range) of a SAR batch; a bare image tensor (older callers): all valid, no range."""
+    if isinstance(batch, torch.Tensor):
+        return batch, torch.ones_like(batch), None
+    x, valid, db_range = batch
+    return x, valid, db_range
+
+
+def masked_sar_loss(
+    x_hat: torch.Tensor,
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    mse_weight: float = 0.7,
+    ssim_weight: float = 0.3,
+) -> torch.Tensor:
+    """0.7 * MSE over the valid pixels + 0.3 * (1 - SSIM) (SPEC weights).
+
+    SSIM needs whole windows, so no-data pixels of the reconstruction are replaced by the input there:
+    they then add no dissimilarity, and the model is never pushed to reproduce no-data borders.
+    """
+    v = valid.to(x.dtype)
+    mse = ((x_hat - x).pow(2) * v).sum() / v.sum().clamp_min(1.0)
+    filled = torch.where(v > 0, x_hat, x)
+    return mse_weight * mse + ssim_weight * (1.0 - sar_metrics.ssim_tensor(filled, x, data_range=1.0))
+
+
 class SARTask(Task):
     domain = "sar"
 
-    def _datasets(self, spec: DataSpec, image_size: int, normalizer=None):
+    def _datasets(self, spec: DataSpec, image_size: int, offset: int = 0, n: int | None = None):
+        """The synthetic set (``n`` scenes, default the spec's, data seed + ``offset``) or the folder set."""
         from trainers.data import sar
 
         opts = spec.options
@@ -135,67 +163,57 @@ class SARTask(Task):
         if size % 16:
             raise ValueError(f"SAR image size must be a multiple of 16, got {size}")
         if spec.source == "synthetic":
-            n = int(opts.get("n", 256))
-            seed = int(opts.get("seed", 0))
-            looks = float(opts.get("looks", 4.0))
-            n_val = _val_count(opts, n)
-            train = sar.SyntheticSARDataset(n, image_size=size, looks=looks, seed=seed, normalizer=normalizer)
-            val = sar.SyntheticSARDataset(
-                n_val, image_size=size, looks=looks, seed=seed + 1_000_003, normalizer=train.normalizer
-            )
-            return train, val, train.preprocessing()
-        ds = sar.SARFolderDataset(
-            opts["folder"], image_size=size, input_kind=opts.get("kind", "auto"), normalizer=normalizer
-        )
-        train, val = _split(_cap(ds, opts), opts.get("val", 0.2), int(opts.get("seed", 0)))
-        return train, val, ds.preprocessing()
-
-    def build_data(self, spec, model_config, seed):
-        spec = spec or default_data_spec("sar")
-        image_size = int(model_config.get("image_size", 256))
-        train, val, prep = self._datasets(spec, image_size)
-        return _prefilled(DataBundle(train, val, prep))
-
-    def dataset_for_eval(self, spec, preprocessing, model_config):
-        from trainers.data import sar
-
-        normalizer = sar.SARNormalizer.from_dict(preprocessing) if preprocessing else None
-        image_size = int(model_config.get("image_size", 256))
-        opts = spec.options
-        size = int(opts.get("size", image_size))
-        if spec.source == "synthetic":
-            return sar.SyntheticSARDataset(
-                int(opts.get("n", 64)),
-                image_size=size,
-                looks=float(opts.get("looks", 4.0)),
-                seed=int(opts.get("seed", 0)) + 2_000_003,
-                normalizer=normalizer,
-            )
-        # The checkpoint's scale: a model trained on calibrated data sees quick-looks rescaled as in training.
-        prep = preprocessing or {}
+            looks = float(opts["looks"]) if "looks" in opts else None  # None: L drawn from 1 ... 4
+            n = int(opts.get("n", 256)) if n is None else n
+            seed = int(opts.get("seed", 0)) + offset
+            return sar.SyntheticSARDataset(n, image_size=size, looks=looks, seed=seed)
+        band = opts.get("band")
         return sar.SARFolderDataset(
             opts["folder"],
             image_size=size,
             input_kind=opts.get("kind", "auto"),
-            normalizer=normalizer,
-            scale=prep.get("scale", "auto"),
-            median_hint=prep.get("log_median"),
+            band=None if band is None else int(band),
         )
 
+    def build_data(self, spec, model_config, seed):
+        spec = spec or default_data_spec("sar")
+        image_size = int(model_config.get("image_size", 256))
+        opts = spec.options
+        if spec.source == "synthetic":
+            train = self._datasets(spec, image_size)
+            val = self._datasets(spec, image_size, offset=1_000_003, n=_val_count(opts, len(train)))
+            prep = train.preprocessing()
+        else:
+            ds = self._datasets(spec, image_size)
+            train, val = _split(_cap(ds, opts), opts.get("val", 0.2), int(opts.get("seed", 0)))
+            prep = ds.preprocessing()
+        return _prefilled(DataBundle(train, val, prep))
+
+    def dataset_for_eval(self, spec, preprocessing, model_config):
+        """The eval data, normalised per image as every SAR input now is; a checkpoint trained with the
+        older global normalisation gets a warning saying so (its figures are not on its training scale)."""
+        from trainers.data import sar
+
+        note = sar.legacy_preprocessing_note(preprocessing)
+        if note:
+            warnings.warn(note, stacklevel=2)
+        image_size = int(model_config.get("image_size", 256))
+        return self._datasets(spec, image_size, offset=2_000_003, n=int(spec.options.get("n", 64)))
+
     def loss(self, model, batch):
-        x = batch
+        x, valid, _ = sar_batch(batch)
         x_hat, _ = model(x)
-        return sar_metrics.sar_loss(x_hat.float(), x)
+        return masked_sar_loss(x_hat.float(), x, valid)
 
     @torch.no_grad()
     def evaluate(self, model, batches, device):
         avg = _Averager()
         for batch in batches:
-            x = self.batch_to(batch, device)
+            x, valid, db_range = sar_batch(self.batch_to(batch, device))
             x_hat, z = model(x)
             x_hat = x_hat.float()
-            values = sar_metrics.sar_metrics(x, x_hat, z)
-            values["loss"] = float(sar_metrics.sar_loss(x_hat, x))
+            values = sar_metrics.sar_metrics(x, x_hat, z, valid, db_range)
+            values["loss"] = float(masked_sar_loss(x_hat, x, valid))
             avg.add(values, x.shape[0])
         return avg.result()
 

@@ -1,13 +1,13 @@
 """SAR tab: reconstructions and error maps of several SAR checkpoints on one input, with a metrics table.
 
-Each checkpoint reads the input through its own normaliser (``model.preprocessing``), and its metrics are
-computed in that model's own [0, 1] domain, as in training. For display, every reconstruction is mapped to
-the first checkpoint's scale so that all panels share one colour axis (a no-op when the normalisers agree).
+The input is normalised on its own, in dB (``trainers.data.sar.normalize_db``): every checkpoint sees the
+same [0, 1] image, as in training, whatever product the pixels came from. Panels show the input and each
+reconstruction mapped back through the input's dB range, i.e. in dB of the input's own units; metrics are
+computed with the input's no-data mask and dB range.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +18,6 @@ import torch
 
 from studio.views.common import (
     checkpoint_picker,
-    fmt,
     heatmap,
     load_checkpoint,
     model_call,
@@ -33,12 +32,13 @@ from studio.views.common import (
 )
 from trainers.data.sar import (
     INPUT_KINDS,
-    SARNormalizer,
     SyntheticSARDataset,
-    log_median,
-    quicklook_gain,
+    legacy_preprocessing_note,
+    normalize_db,
     read_sar_image,
+    x_to_db,
 )
+from trainers.metrics import registry
 from trainers.metrics.sar import sar_metrics
 
 SOURCES = ("validation sample", "uploaded image")
@@ -50,35 +50,47 @@ MAX_CHECKPOINTS = 6  # more panels than this no longer fit side by side
 SHORT_LABEL = 28  # characters of a run label in plot titles and the table
 # The trainer's synthetic validation set uses data seed + 1_000_003, so "sample i" is its i-th image.
 VALIDATION_SEED_OFFSET = 1_000_003
+#: (metric key, header) of the table's metric columns; each header carries its direction from the registry.
+TABLE_METRICS = (
+    ("psnr", "PSNR (dB)"),
+    ("ssim", "SSIM"),
+    ("enl_ratio", "ENL ratio"),
+    ("epi", "EPI"),
+    ("bpp_8bit", "latent bpp (8-bit)"),
+)
+
+
+def _header(key: str, title: str) -> str:
+    mark = registry.arrow(key)
+    return f"{title} {mark}" if mark else title
+
+
 TABLE_HEADERS = [
     "variant",
     "run",
-    "PSNR (dB)",
-    "SSIM",
-    "ENL ratio",
-    "EPI",
-    "latent bpp (8-bit)",
+    *(_header(k, t) for k, t in TABLE_METRICS),
     "params",
-    "inference (ms)",
+    "inference (ms) ↓",
 ]
 
 
 @dataclass
 class SARInput:
-    intensity: np.ndarray  # (H, W) linear intensity, sides multiples of 16; grey-level units for quick-looks
+    """The model-scale input (sides multiples of 16) and what is needed to show it in the input's units."""
+
+    x: np.ndarray  # (H, W) float32 in [0, 1], normalised per image in dB; 0 at no-data
+    valid: np.ndarray  # (H, W) bool
+    db_range: tuple[float, float]  # [db_lo, db_hi] of the whole source image
     notes: list[str]
-    # The whole uncalibrated quick-look (not just the crop), from which each checkpoint's gain is estimated;
-    # None for calibrated data.
-    quicklook: np.ndarray | None = None
 
 
 @dataclass
 class SARComparison:
-    image: np.ndarray  # (H, W) input on the display scale (the first checkpoint's normaliser)
-    recons: list[np.ndarray]  # (H, W) per checkpoint, display scale
-    errors: list[np.ndarray]  # |image - recon| per checkpoint
+    image: np.ndarray  # (H, W) input in dB of its own units, NaN at no-data
+    recons: list[np.ndarray]  # (H, W) per checkpoint, dB, NaN at no-data
+    errors: list[np.ndarray]  # |image - recon| in dB per checkpoint
     labels: list[str]  # "variant · full run id" per checkpoint (hover text)
-    metrics: list[dict[str, float]]  # sar_metrics in each model's own domain, plus params and time
+    metrics: list[dict[str, float]]  # sar_metrics (masked, with the dB range), plus params and time
     table: list[list[Any]]
     figure: Any  # plotly Figure
     notes: list[str] = field(default_factory=list)
@@ -97,8 +109,9 @@ def _as_int(value: Any, name: str, minimum: int = 0) -> int:
 
 def crop_for_model(
     image: np.ndarray, patch: str = PATCHES[0], max_side: int = MAX_SIDE
-) -> tuple[np.ndarray, str]:
-    """A crop whose sides are multiples of 16 and at most ``max_side`` (centre or top-left), and a note."""
+) -> tuple[tuple[slice, slice], str]:
+    """The window (rows, columns) of a crop whose sides are multiples of 16 and at most ``max_side``
+    (centre or top-left), and a note when it is not the whole image."""
     h, w = image.shape
     if h < MULTIPLE or w < MULTIPLE:
         raise ValueError(f"the image is {h}x{w} pixels; SAR models need at least {MULTIPLE}x{MULTIPLE}")
@@ -107,40 +120,46 @@ def crop_for_model(
     th = min(h, max_side) // MULTIPLE * MULTIPLE
     tw = min(w, max_side) // MULTIPLE * MULTIPLE
     y0, x0 = ((h - th) // 2, (w - tw) // 2) if patch == PATCHES[0] else (0, 0)
-    crop = np.ascontiguousarray(image[y0 : y0 + th, x0 : x0 + tw])
     note = (
         "" if (th, tw) == (h, w) else f"the {h}x{w} image was cropped to its {th}x{tw} patch at ({y0}, {x0})"
     )
-    return crop, note
+    return (slice(y0, y0 + th), slice(x0, x0 + tw)), note
+
+
+def _range_note(db_range: tuple[float, float]) -> str:
+    lo, hi = db_range
+    return f"normalised per image in dB: {lo:.1f} … {hi:.1f} dB (its 0.5-99.5 % percentiles) map to 0 … 1"
 
 
 def sar_input(
     source: str,
     seed: Any = 0,
     size: Any = MAX_SIDE,
-    looks: Any = 4,
+    looks: Any = 0,
     upload: Any = None,
     input_kind: str = "auto",
     patch: str = PATCHES[0],
 ) -> SARInput:
-    """The input as linear intensity (H, W) with sides multiples of 16, and notes on how it was obtained."""
+    """The normalised input (sides multiples of 16), its mask and dB range, and notes on how it was read.
+
+    ``looks`` 0 draws L from 1 … 4 per scene, as the built-in training data does.
+    """
     if source == SOURCES[0]:
         seed_i = _as_int(seed, "sample seed")
         size_i = _as_int(size, "image size", MULTIPLE)
         if size_i % MULTIPLE:
             raise ValueError(f"image size must be a multiple of {MULTIPLE}, got {size_i}")
-        looks_i = _as_int(looks, "number of looks", 1)
-        # A fixed normaliser skips fitting one on 8 scenes; only the raw intensity is used here.
+        looks_i = _as_int(looks, "number of looks")
         data = SyntheticSARDataset(
-            1,
-            image_size=size_i,
-            looks=looks_i,
-            seed=VALIDATION_SEED_OFFSET + seed_i,
-            normalizer=SARNormalizer(-10.0, 5.0),
-            cache=False,
+            seed_i + 1, image_size=size_i, looks=looks_i or None, seed=VALIDATION_SEED_OFFSET, cache=False
         )
-        note = f"synthetic {size_i}x{size_i} scene #{seed_i}, {looks_i}-look speckle"
-        return SARInput(data.intensity(0), [note])
+        scene = data.scene(seed_i)
+        x, valid, db_range = normalize_db(scene.intensity, scene.valid, data.low_pct, data.high_pct)
+        note = (
+            f"synthetic {size_i}x{size_i} scene #{seed_i} ({scene.kind} reflectivity), "
+            f"{scene.looks:g}-look speckle" + ("" if looks_i else " (L drawn from 1-4, as in training)")
+        )
+        return SARInput(x, valid, db_range, [note, _range_note(db_range)])
     if source != SOURCES[1]:
         raise ValueError(f"unknown input source {source!r}; expected one of {', '.join(SOURCES)}")
     path = upload_path(upload, "SAR image")
@@ -151,69 +170,21 @@ def sar_input(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             img = read_sar_image(path, input_kind)
-        if img.quicklook:
-            log_median(img.intensity)  # an all-zero quick-look has no level to match: refuse it here
+            # The range comes from the whole image, so every patch of it is on one scale.
+            x, valid, db_range = normalize_db(img.intensity, img.valid)
     except (ValueError, FileNotFoundError) as exc:
         raise ValueError(str(exc).replace(str(path), path.name)) from exc
-    crop, note = crop_for_model(img.intensity, patch)
-    h, w = img.intensity.shape
+    window, note = crop_for_model(x, patch)
+    h, w = x.shape
+    x, valid = np.ascontiguousarray(x[window]), np.ascontiguousarray(valid[window])
+    if not valid.any():
+        raise ValueError(f"the {patch} patch of {path.name} is all no-data; choose the other patch position")
     notes = [f"uploaded {path.name}: {h}x{w} pixels, read as {img.describe()}"]
     notes += [str(w.message).replace(str(path), path.name) for w in caught]  # e.g. RGB turned to luminance
-    return SARInput(crop, notes + ([note] if note else []), img.intensity if img.quicklook else None)
-
-
-def normalizer_of(model: torch.nn.Module, intensity: np.ndarray) -> tuple[SARNormalizer, str]:
-    """The checkpoint's own normaliser; one fitted on the input (with a note) if it saved none."""
-    prep = getattr(model, "preprocessing", None) or {}
-    if "log_min" in prep and "log_max" in prep:
-        return SARNormalizer.from_dict(prep), ""
-    return SARNormalizer.fit(
-        intensity
-    ), f"{model.VARIANT} has no saved normalisation; fitted one on this input"
-
-
-def reference_log_median(model: torch.nn.Module) -> float | None:
-    """Median log-intensity of the checkpoint's training data, if it is known or can be reproduced.
-
-    Checkpoints save it in ``preprocessing["log_median"]``. Older ones trained on the built-in simulator
-    (``looks`` in their preprocessing) did not, but the trainer fits its normaliser on the first 8 scenes
-    of data seed 0, so simulating those again gives the same number (and a close one for another data seed:
-    the simulator's median varies little from scene to scene).
-    """
-    prep = getattr(model, "preprocessing", None) or {}
-    median = prep.get("log_median")
-    if isinstance(median, int | float) and not isinstance(median, bool) and np.isfinite(median):
-        return float(median)
-    looks, size = prep.get("looks"), getattr(model, "image_size", None)
-    if isinstance(looks, int | float) and isinstance(size, int) and looks >= 1 and size >= MULTIPLE:
-        return _simulated_log_median(size, int(looks))
-    return None
-
-
-@functools.lru_cache(maxsize=16)
-def _simulated_log_median(size: int, looks: int) -> float | None:
-    return SyntheticSARDataset(8, image_size=size, looks=looks, seed=0, cache=False).log_median
-
-
-def input_gain(model: torch.nn.Module, norm: SARNormalizer, inp: SARInput, fitted: bool) -> tuple[float, str]:
-    """Intensity gain that puts the input on ``model``'s scale, and how it was chosen when it is not 1.
-
-    Quick-look grey levels have no calibration, so reading them with a normaliser fitted on backscatter
-    saturates it (every pixel maps to 1). A checkpoint trained on quick-looks (``scale`` "display", as a
-    folder of PNGs gives) reads them as they are, like in training; a normaliser fitted on this very input
-    needs no gain either.
-    """
-    prep = getattr(model, "preprocessing", None) or {}
-    if inp.quicklook is None or fitted or prep.get("scale") == "display":
-        return 1.0, ""
-    median = reference_log_median(model)
-    gain = quicklook_gain(inp.quicklook, norm, median)
-    how = (
-        "move their median log-intensity to that of the training data"
-        if median is not None
-        else "centre their 0.5-99.5 % log-intensity range on the normalisation range"
-    )
-    return gain, f"scaled by {10 * np.log10(gain):+.1f} dB to {how}"
+    notes += [note] if note else []
+    if not valid.all():
+        notes.append(f"{100 * (1 - valid.mean()):.1f} % of the patch is no-data: masked, not scored")
+    return SARInput(x, valid, db_range, notes + [_range_note(db_range)])
 
 
 # ----------------------------------------------------------------------------------------------- compute
@@ -232,13 +203,14 @@ def comparison_figure(
     labels: list[str],
     error_scale: str = ERROR_SCALES[0],
     titles: list[str] | None = None,
+    db_range: tuple[float, float] = (0.0, 1.0),
 ) -> Any:
     """Input and reconstructions (top row) over their error maps (bottom row), all axes linked.
 
-    Images share one grey scale [0, 1]; the error maps share one scale among themselves, either stretched
-    to the largest error of any checkpoint or the images' own [0, 1]. ``labels`` (full names) go in the
-    hover text; ``titles`` are the short panel titles (default: the labels), since up to seven columns
-    must fit side by side.
+    Images are in dB of the input's units and share one grey scale, ``db_range`` (NaN pixels, no-data,
+    are left blank); the error maps share one scale among themselves, either stretched to the largest
+    error of any checkpoint or the images' own span. ``labels`` (full names) go in the hover text;
+    ``titles`` are the short panel titles (default: the labels), since up to seven columns must fit.
     """
     from plotly.subplots import make_subplots
 
@@ -260,20 +232,22 @@ def comparison_figure(
     # Two-line titles in a small font: long names would otherwise run into the next panel's title.
     fig.update_annotations(font_size=12)
     same = error_scale == ERROR_SCALES[1]
-    emax = 1.0 if same else max(max((float(e.max()) for e in errors), default=0.0), 1e-6)
+    lo, hi = (float(v) for v in db_range)
+    largest = max((float(np.nanmax(e)) for e in errors if np.isfinite(e).any()), default=0.0)
+    emax = hi - lo if same else max(largest, 1e-6)
     bar = {"len": 0.42, "thickness": 12, "title": {"side": "right", "font": {"size": 11}}}
     fig.update_layout(
         coloraxis={
             "colorscale": "gray",
-            "cmin": 0.0,
-            "cmax": 1.0,
-            "colorbar": {**bar, "y": 0.78, "title": {**bar["title"], "text": "normalised log-intensity"}},
+            "cmin": lo,
+            "cmax": hi,
+            "colorbar": {**bar, "y": 0.78, "title": {**bar["title"], "text": "dB (input's units)"}},
         },
         coloraxis2={
             "colorscale": "gray" if same else "inferno",
             "cmin": 0.0,
             "cmax": emax,
-            "colorbar": {**bar, "y": 0.22, "title": {**bar["title"], "text": "|input − reconstruction|"}},
+            "colorbar": {**bar, "y": 0.22, "title": {**bar["title"], "text": "|input − reconstruction| dB"}},
         },
         height=330 * 2,
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
@@ -309,17 +283,24 @@ def short_run(run: str, variant: str) -> str:
 
 
 def metrics_row(label_variant: str, run: str, metrics: dict[str, float]) -> list[Any]:
+    """A table row: every figure finite and rounded per the metric registry, "n/a" where missing."""
     return [
         label_variant,
         run,
-        fmt(metrics["psnr"], 2),
-        fmt(metrics["ssim"], 4),
-        fmt(metrics["enl_ratio"], 3),
-        fmt(metrics["epi"], 3),
-        fmt(metrics["bpp_8bit"], 3),
+        *(registry.format_value(k, metrics.get(k)) for k, _ in TABLE_METRICS),
         int(metrics["params"]),
-        fmt(metrics["inference_ms"], 1),
+        f"{metrics['inference_ms']:.1f}",
     ]
+
+
+def _missing_notes(metrics: list[dict[str, float]]) -> list[str]:
+    """Why a table cell reads n/a, once per metric."""
+    notes = []
+    for key, title in TABLE_METRICS:
+        if any(not np.isfinite(m.get(key, np.nan)) for m in metrics):
+            reason = registry.missing_reason(key) or "no value for this input"
+            notes.append(f"{title} n/a: {reason}")
+    return notes
 
 
 def sar_compare(
@@ -328,7 +309,7 @@ def sar_compare(
     source: str = SOURCES[0],
     seed: Any = 0,
     size: Any = 0,
-    looks: Any = 4,
+    looks: Any = 0,
     upload: Any = None,
     input_kind: str = "auto",
     patch: str = PATCHES[0],
@@ -351,50 +332,39 @@ def sar_compare(
         size = int(getattr(models[0], "image_size", MAX_SIDE))
     inp = sar_input(source, seed, size, looks, upload, input_kind, patch)
     notes = list(inp.notes)
+    legacy = [m.VARIANT for m in models if legacy_preprocessing_note(getattr(m, "preprocessing", None))]
+    if legacy:
+        note = legacy_preprocessing_note({"kind": "sar-log-intensity"})
+        notes.append(f"{', '.join(dict.fromkeys(legacy))}: {note}")
 
-    # Each checkpoint reads the input through its own normaliser and gain; (norm, gain) together say how
-    # model-scale values map back to the input's intensity units, which is how panels share one scale.
-    scales, gain_notes = [], {}
-    for model in models:
-        norm, fit_note = normalizer_of(model, inp.intensity)
-        gain, gain_note = input_gain(model, norm, inp, fitted=bool(fit_note))
-        notes += [fit_note] if fit_note and fit_note not in notes else []
-        if gain_note:
-            gain_notes.setdefault(gain_note, []).append(model.VARIANT)
-        scales.append((norm, gain))
-    for gain_note, variants in gain_notes.items():
-        who = f" (for {', '.join(dict.fromkeys(variants))})" if len(gain_notes) > 1 else ""
-        notes.append(
-            f"the quick-look's grey levels are not calibrated backscatter: they were {gain_note}{who}"
-        )
-    ref_norm, ref_gain = scales[0]
-    image = ref_norm.to_model(inp.intensity * ref_gain)
+    x_t = torch.from_numpy(inp.x)[None, None]
+    valid_t = torch.from_numpy(inp.valid.astype(np.float32))[None, None]
+    range_t = torch.tensor([inp.db_range], dtype=torch.float64)
+    blank = ~inp.valid
+    image = x_to_db(inp.x.astype(np.float64), inp.db_range)
+    image[blank] = np.nan
     recons, errors, labels, metrics, table = [], [], [], [], []
-    for folder, model, (norm, gain) in zip(folders, models, scales, strict=True):
-        x = norm.to_model(inp.intensity * gain)
-        x_hat, z, ms = reconstruct(model, x)
-        values = sar_metrics(torch.from_numpy(x)[None, None], torch.from_numpy(x_hat)[None, None], z)
+    for folder, model in zip(folders, models, strict=True):
+        x_hat, z, ms = reconstruct(model, inp.x)
+        values = sar_metrics(x_t, torch.from_numpy(x_hat)[None, None], z, valid_t, range_t)
         values["params"] = float(model.count_parameters()["total"])
         values["inference_ms"] = ms
-        # Map to the reference scale only when this checkpoint reads intensity differently.
-        same = norm == ref_norm and gain == ref_gain
-        shown = x_hat if same else ref_norm.to_model(norm.to_intensity(x_hat) / gain * ref_gain)
+        shown = x_to_db(np.clip(x_hat, 0.0, 1.0).astype(np.float64), inp.db_range)
+        shown[blank] = np.nan
         run = run_label(ctx, folder)
         recons.append(shown)
         errors.append(np.abs(image - shown))
         labels.append(f"{model.VARIANT} · {run}")
         metrics.append(values)
         table.append(metrics_row(model.VARIANT, short_run(run, model.VARIANT), values))
-    if len(set(scales)) > 1:
-        notes.append(
-            "the checkpoints use different normalisations: metrics are in each model's own scale, "
-            "images on the first checkpoint's"
-        )
+    notes += _missing_notes(metrics)
     shorts = [
         f"{model.VARIANT}<br>{short_run(run_label(ctx, f), model.VARIANT)}"
         for f, model in zip(folders, models, strict=True)
     ]
-    figure = comparison_figure(image, recons, errors, labels, error_scale, titles=shorts)
+    figure = comparison_figure(
+        image, recons, errors, labels, error_scale, titles=shorts, db_range=inp.db_range
+    )
     return SARComparison(image, recons, errors, labels, metrics, table, figure, notes)
 
 
@@ -418,14 +388,22 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
                     step=MULTIPLE,
                     label="Image size (0: the first checkpoint's training size)",
                 )
-                looks = gr.Slider(1, 16, value=4, step=1, label="Speckle looks")
+                looks = gr.Slider(
+                    0,
+                    16,
+                    value=0,
+                    step=1,
+                    label="Speckle looks (0: drawn from 1-4 per scene, as in training)",
+                )
             with gr.Group():
                 upload = gr.File(
                     label="Or upload a SAR image (.npy / .tif / .png)",
                     file_types=[".npy", ".tif", ".tiff", ".png"],
                     type="filepath",
                 )
-                input_kind = gr.Radio(list(INPUT_KINDS), value="auto", label="Pixel values are")
+                input_kind = gr.Radio(
+                    list(INPUT_KINDS), value="auto", label="Pixel values are (auto: see the caption)"
+                )
                 patch = gr.Radio(list(PATCHES), value=PATCHES[0], label="256x256 patch of a larger image")
             error_scale = gr.Radio(list(ERROR_SCALES), value=ERROR_SCALES[0], label="Error map scale")
             run = gr.Button("Compare", variant="primary")

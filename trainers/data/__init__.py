@@ -3,7 +3,8 @@
 
 Every dataset is a ``torch.utils.data.Dataset``, reproducible from its seed, and exposes
 ``preprocessing() -> dict`` (JSON-serialisable) so a checkpoint can rebuild exactly the same input
-pipeline: ``SARNormalizer.from_dict``, ``audio.features_from_dict`` and ``NoiseGenerator.from_dict``.
+pipeline: SAR's per-image dB normalisation settings, ``audio.features_from_dict`` and
+``NoiseGenerator.from_dict``.
 
 Names are imported lazily, so ``trainers.data.fragments`` does not pay for importing librosa.
 """
@@ -28,13 +29,16 @@ _EXPORTS = {
     "fragments": ("FragmentDataset", "NoiseGenerator", "default_corpus_paths", "read_fragment"),
     "sar": (
         "SARFolderDataset",
-        "SARNormalizer",
         "SyntheticSARDataset",
         "apply_speckle",
+        "denormalize_db",
         "load_sar_image",
+        "normalize_db",
         "normalize_patches",
         "patchify",
+        "read_sar_image",
         "simulate_reflectivity",
+        "simulate_scene",
     ),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

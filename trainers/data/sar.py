@@ -1,21 +1,27 @@
-"""SAR images: simulated speckled scenes, real image files, and the log-intensity normalisation.
+"""SAR images: reading real products, the per-image dB normalisation, and simulated speckled scenes.
 
-Speckle in SAR is multiplicative: an L-look intensity image is reflectivity × Gamma(L, 1/L). Taking the
-log turns it into additive noise of fixed variance, which is why the models see ln(intensity) mapped to
-[0, 1]. The two constants of that map travel with each checkpoint (``preprocessing()``), so a model
-trained on one data set reads new images on the same scale.
+Real SAR spans many orders of magnitude across products (calibrated σ⁰ around 1e-3 … 50, uncalibrated
+DN² up to 1e7 and more, dB values, complex SLC samples), so no single stored constant can map them all
+onto the models' [0, 1] scale. Every image is therefore normalised on its own, in the dB domain where
+speckle is additive with a fixed variance::
 
-8/16-bit PNG/TIFF quick-looks are the exception: their grey levels are amplitude times an unknown display
-gain, an unknown offset in the log domain. They are flagged when read (:func:`read_sar_image`) and brought
-onto a checkpoint's scale by :func:`quicklook_gain` unless the checkpoint was itself trained on such grey
-levels (``preprocessing()["scale"] == "display"``).
+    x = clip((10·log10(I) − db_lo) / (db_hi − db_lo), 0, 1)        I = 10^((x·(db_hi − db_lo) + db_lo) / 10)
+
+with ``db_lo``/``db_hi`` robust percentiles of the image's valid pixels (:func:`normalize_db`). Each
+example carries its ``db_range`` so a reconstruction inverts to the input's own units
+(:func:`denormalize_db`). Amplitude and intensity differ by a factor 2 in dB, which the per-image map
+absorbs: both give the same ``x``, only the units of ``db_range`` differ.
+
+No-data pixels (zeros, NaN, ±inf, a GeoTIFF's GDAL_NODATA value) are not errors: they form the ``valid``
+mask, get ``x = 0``, and take no part in the statistics, the loss or the metrics.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +29,422 @@ import numpy as np
 import tifffile
 import torch
 from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 from torch.utils.data import Dataset
 
 SAR_EXTENSIONS = (".npy", ".tif", ".tiff", ".png")
-INPUT_KINDS = ("auto", "intensity", "amplitude")
-#: What a checkpoint's normaliser was fitted on: linear backscatter, or the grey levels of quick-looks.
-SCALES = ("calibrated", "display")
+#: What real-valued pixels hold; "complex" also reads I/Q pairs stored as two real bands.
+INPUT_KINDS = ("auto", "intensity", "amplitude", "db", "complex")
+#: The ``preprocessing["kind"]`` of checkpoints trained with this normalisation, and of older ones.
+PREPROCESSING_KIND = "sar-db-per-image"
+LEGACY_PREPROCESSING_KINDS = ("sar-log-intensity",)
+#: Robust range of the normalisation, in percent of the valid pixels' dB values (see README: chosen so
+#: that single-look speckle, whose dB histogram has a long dark tail, still fills >= 90 % of [0, 1]
+#: between its 1st and 99th percentiles while <= 1 % of pixels clip).
+DEFAULT_LOW_PCT = 0.5
+DEFAULT_HIGH_PCT = 99.5
+#: A folder patch with fewer valid pixels than this fraction is not used.
+MIN_VALID_FRACTION = 0.5
+#: dB values below this are fill values (-9999, -inf …), i.e. no-data.
+DB_FILL_BELOW = -200.0
+#: "auto" reads floats as dB when at least this fraction of the finite non-zero values is negative...
+AUTO_DB_NEGATIVE_FRACTION = 0.05
+#: ... and their 1st-99th percentiles lie within this plausible dB range.
+AUTO_DB_RANGE = (-100.0, 100.0)
+#: Stated or detected intensity/amplitude may hold a few negative values (thermal-noise removal leaves
+#: some in calibrated σ⁰); they are masked as no-data. More than this fraction is refused.
+MAX_NEGATIVE_FRACTION = 0.05
+#: A multi-band array's band axis is at most this long (otherwise it is not a band axis).
+MAX_BANDS = 64
+_STATS_SAMPLES = 1 << 20  # at most this many valid pixels enter the percentiles
+_ROWS = 512  # images are converted to float32 intensity this many rows at a time
 
 
 def _db(x: np.ndarray | float) -> np.ndarray:
+    """dB -> linear power."""
     return np.power(10.0, np.asarray(x) / 10.0)
+
+
+def _check_pcts(low_pct: float, high_pct: float) -> None:
+    ok = all(
+        isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) for v in (low_pct, high_pct)
+    )
+    if not ok or not 0.0 <= low_pct < high_pct <= 100.0:
+        raise ValueError(f"need percentiles 0 <= low_pct < high_pct <= 100, got {low_pct!r} and {high_pct!r}")
+
+
+# --------------------------------------------------------------------------------------- normalisation
+def _robust_range(values: np.ndarray, low_pct: float, high_pct: float) -> tuple[float, float]:
+    """The ``low_pct``/``high_pct`` percentiles of the dB values, each placed in the gap between two levels.
+
+    A bound sits half-way between the last value allowed to clip and the first that must not, and below
+    (above) a level that many pixels share: integer products (8-bit quick-looks, DN) put many pixels on one
+    level, which would otherwise all clip. So at most ``low_pct`` % of the pixels clip to 0 and at most
+    100 - ``high_pct`` % to 1, exactly, ties included.
+    """
+    s = np.sort(values.astype(np.float64, copy=False))
+    m = s.size
+
+    def below(v: float) -> float:  # half-way to the next lower level, or half a step under the lowest
+        k = int(np.searchsorted(s, v, "left"))
+        if k > 0:
+            return (float(s[k - 1]) + v) / 2
+        j = int(np.searchsorted(s, v, "right"))
+        return v - ((float(s[j]) - v) / 2 if j < m else 0.5)
+
+    def above(v: float) -> float:
+        k = int(np.searchsorted(s, v, "right"))
+        if k < m:
+            return (v + float(s[k])) / 2
+        j = int(np.searchsorted(s, v, "left"))
+        return v + ((v - float(s[j - 1])) / 2 if j > 0 else 0.5)
+
+    lo = below(float(s[min(m - 1, int(low_pct / 100 * m))]))
+    hi = above(float(s[max(0, m - 1 - int((100 - high_pct) / 100 * m))]))
+    return float(lo), float(hi)
+
+
+def normalize_db(
+    intensity: np.ndarray,
+    valid: np.ndarray | None = None,
+    low_pct: float = DEFAULT_LOW_PCT,
+    high_pct: float = DEFAULT_HIGH_PCT,
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Linear intensity -> (x float32 in [0, 1], valid bool, (db_lo, db_hi)), per image in dB.
+
+    ``x = clip((10·log10(I) − db_lo) / (db_hi − db_lo), 0, 1)`` with db_lo/db_hi the ``low_pct``/
+    ``high_pct`` percentiles of the valid pixels' dB values. Valid pixels are those that ``valid`` allows
+    (all if None) and whose intensity is finite and > 0; the others get x = 0.
+    """
+    _check_pcts(low_pct, high_pct)
+    i = np.asarray(intensity)
+    if i.dtype.kind not in "biuf":
+        raise ValueError(
+            f"intensity must be a real-valued array, got dtype {i.dtype} "
+            "(complex data: read it with read_sar_image)"
+        )
+    if i.size == 0:
+        raise ValueError(f"the image has no pixels (shape {i.shape})")
+    i = i.astype(np.float32, copy=False)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = np.isfinite(i) & (i > 0)
+    if valid is not None:
+        v = np.asarray(valid)
+        if v.shape != i.shape:
+            raise ValueError(f"the valid mask has shape {v.shape}, the image {i.shape}")
+        ok &= v.astype(bool, copy=False)
+    n = int(ok.sum())
+    if n == 0:
+        raise ValueError("the image has no valid pixel: every pixel is no-data (zero, NaN or infinite)")
+    db = np.zeros(i.shape, dtype=np.float32)
+    np.log10(i, out=db, where=ok)
+    db *= 10.0
+    sample = db[ok]
+    lo, hi = _robust_range(sample[:: max(1, n // _STATS_SAMPLES)], low_pct, high_pct)
+    x = db  # reuse the buffer
+    x -= np.float32(lo)
+    x /= np.float32(hi - lo)
+    np.clip(x, 0.0, 1.0, out=x)
+    x[~ok] = 0.0
+    return x, ok, (lo, hi)
+
+
+def _range_parts(x: Any, db_range: Any) -> tuple[Any, Any]:
+    """db_lo, db_hi shaped to broadcast against ``x``: one (2,) range, or (B, 2) for a batch (B, ...)."""
+    is_t = isinstance(x, torch.Tensor)
+    r = (
+        torch.as_tensor(db_range, dtype=x.dtype, device=x.device)
+        if is_t
+        else np.asarray(db_range, np.float64)
+    )
+    if r.shape[-1:] != (2,) or r.ndim > 2:
+        raise ValueError(
+            f"db_range must be [db_lo, db_hi] or a (B, 2) batch of them, got shape {tuple(r.shape)}"
+        )
+    lo, hi = r[..., 0], r[..., 1]
+    if r.ndim == 2:
+        if x.ndim < 1 or x.shape[0] != r.shape[0]:
+            raise ValueError(f"{r.shape[0]} dB ranges for a batch of shape {tuple(x.shape)}")
+        shape = (r.shape[0],) + (1,) * (x.ndim - 1)
+        lo, hi = lo.reshape(shape), hi.reshape(shape)
+    return lo, hi
+
+
+def x_to_db(x: Any, db_range: Any) -> Any:
+    """Model scale -> dB of the input's own units (numpy or torch)."""
+    lo, hi = _range_parts(x, db_range)
+    return x * (hi - lo) + lo
+
+
+def denormalize_db(x: Any, db_range: Any) -> Any:
+    """The inverse of :func:`normalize_db` inside its range: ``I = 10^((x·(db_hi − db_lo) + db_lo)/10)``.
+
+    ``x`` is a numpy array or a tensor; ``db_range`` one [db_lo, db_hi] or a (B, 2) batch of ranges for a
+    batch ``x`` of shape (B, ...). Returns intensity in the input's units (float32 for numpy input).
+    """
+    db = x_to_db(x, db_range)
+    if isinstance(db, torch.Tensor):
+        return torch.pow(10.0, db / 10.0)
+    return np.power(10.0, np.asarray(db, np.float64) / 10.0).astype(np.float32)
+
+
+def legacy_preprocessing_note(preprocessing: dict[str, Any] | None) -> str:
+    """A note for checkpoints whose training normalisation differs from the per-image one, else ""."""
+    kind = (preprocessing or {}).get("kind")
+    if kind == PREPROCESSING_KIND:
+        return ""
+    if kind in LEGACY_PREPROCESSING_KINDS or (preprocessing or {}).get("log_min") is not None:
+        return (
+            "this checkpoint was trained with a different normalisation (one global log-intensity scale for "
+            "its whole training set); inputs are now normalised per image in dB "
+            f"({DEFAULT_LOW_PCT:g}-{DEFAULT_HIGH_PCT:g} % percentiles), "
+            "so its figures may be lower than on the data it was trained on"
+        )
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------ reading
+@dataclass(frozen=True)
+class SARImage:
+    """One SAR image as read from disk: linear intensity, its valid mask, and how the pixels were read."""
+
+    intensity: np.ndarray  # float32 (H, W), linear intensity in the file's own units; 0 where not valid
+    valid: np.ndarray  # bool (H, W): False for no-data (zeros, NaN, inf, the file's no-data value)
+    kind: str  # how the pixels were read: "intensity", "amplitude", "db" or "complex"
+    detected: bool  # True when "auto" chose the kind
+    dtype: str  # the stored sample type, e.g. "uint16" or "complex int16 I/Q"
+    band: int | None = None  # 0-based band read from a multi-band file; None for a single band
+    n_bands: int = 1
+    negative_fraction: float = 0.0  # negative intensity/amplitude values masked as no-data
+
+    @property
+    def nodata_fraction(self) -> float:
+        return float(1.0 - self.valid.mean())
+
+    def describe(self) -> str:
+        """How the pixels were read, e.g. "amplitude (uint16, detected), band 2 of 3, 4.1 % no-data"."""
+        what = {
+            "complex": "complex SLC samples read as |z|² intensity",
+            "db": "dB values",
+            "amplitude": "amplitude, squared to intensity",
+            "intensity": "intensity",
+        }[self.kind]
+        text = f"{what} ({self.dtype}{', detected' if self.detected else ''})"
+        if self.band is not None:
+            text += f", band {self.band + 1} of {self.n_bands}"
+        text += f", {100 * self.nodata_fraction:.1f} % no-data"
+        if self.negative_fraction:
+            text += f" (incl. {100 * self.negative_fraction:.2f} % negative values)"
+        return text
+
+
+def _gdal_nodata(tif: tifffile.TiffFile) -> float | None:
+    tag = tif.pages[0].tags.get("GDAL_NODATA")
+    if tag is None:
+        return None
+    try:
+        return float(str(tag.value).strip().strip("\x00"))
+    except ValueError:
+        return None
+
+
+def _read_raw(path: Path, ext: str) -> tuple[np.ndarray, str | None, float | None]:
+    """The stored array (native dtype; .npy memory-mapped), its axes if the file says, its no-data value."""
+    if ext == ".npy":
+        return np.load(path, mmap_mode="r", allow_pickle=False), None, None
+    if ext in (".tif", ".tiff"):
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return series.asarray(), series.axes, _gdal_nodata(tif)
+    with Image.open(path) as im:
+        if im.mode not in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
+            warnings.warn(
+                f"{path}: {im.mode} image converted to luminance (SAR is single-band)", stacklevel=3
+            )
+            im = im.convert("L")
+        return np.array(im), "YX", None
+
+
+def _band_axis(a: np.ndarray, axes: str | None, path: Path) -> int | None:
+    """Which axis of a 3-D array holds bands (None for a 2-D image): the file's axes, else the short end."""
+    if a.ndim == 2:
+        return None
+    if a.ndim != 3:
+        raise ValueError(f"{path}: expected a 2-D image or a stack of bands, got an array of shape {a.shape}")
+    if axes is not None and len(axes) == 3:
+        others = [k for k, c in enumerate(axes) if c not in "YX"]
+        if len(others) == 1:
+            return others[0]
+    axis = 0 if a.shape[0] <= a.shape[-1] else 2
+    if a.shape[axis] > MAX_BANDS:
+        raise ValueError(
+            f"{path}: expected a 2-D image or a stack of at most {MAX_BANDS} bands, got shape {a.shape}"
+        )
+    return axis
+
+
+def _auto_real_kind(a: np.ndarray, nodata: float | None, path: Path) -> str:
+    """The "auto" rule for real samples: integers are amplitude DN; floats are dB when a good share of
+    them is negative and they lie in a plausible dB range, and intensity otherwise."""
+    if a.dtype.kind in "biu":
+        return "amplitude"
+    flat = a.reshape(-1)
+    sample = np.asarray(flat[:: max(1, flat.size // _STATS_SAMPLES)], dtype=np.float64)
+    keep = np.isfinite(sample) & (sample != 0) & (sample > DB_FILL_BELOW)
+    if nodata is not None:
+        keep &= sample != nodata
+    sample = sample[keep]
+    if sample.size == 0 or (sample < 0).mean() < AUTO_DB_NEGATIVE_FRACTION:
+        return "intensity"
+    p1, p99 = np.percentile(sample, [1, 99])
+    if AUTO_DB_RANGE[0] <= p1 and p99 <= AUTO_DB_RANGE[1]:
+        return "db"
+    raise ValueError(
+        f"{path}: {100 * (sample < 0).mean():.0f} % of the values are negative, but they span "
+        f"{p1:.3g} … {p99:.3g}, not a plausible dB range: state what the pixels are (kind)"
+    )
+
+
+def _convert(
+    a: np.ndarray, kind: str, iq_axis: int | None, nodata: float | None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(float32 intensity, valid mask, number of negative values) of a 2-D array, or of I/Q pairs along
+    ``iq_axis``, a block of rows at a time (no float64 copy of a large image is ever made whole)."""
+    h = a.shape[1] if iq_axis == 0 else a.shape[0]
+    w = a.shape[2] if iq_axis == 0 else a.shape[1]
+    out = np.empty((h, w), dtype=np.float32)
+    valid = np.empty((h, w), dtype=bool)
+    negatives = 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for r0 in range(0, h, _ROWS):
+            r1 = min(h, r0 + _ROWS)
+            if iq_axis is not None:
+                i_, q_ = (a[0, r0:r1], a[1, r0:r1]) if iq_axis == 0 else (a[r0:r1, :, 0], a[r0:r1, :, 1])
+                i_, q_ = np.asarray(i_, np.float32), np.asarray(q_, np.float32)
+                block, raw_ok = i_ * i_ + q_ * q_, np.ones(i_.shape, bool)
+            else:
+                raw = np.asarray(a[r0:r1])
+                raw_ok = np.ones(raw.shape, bool) if nodata is None else raw != nodata
+                if np.iscomplexobj(raw):
+                    re, im = raw.real.astype(np.float32), raw.imag.astype(np.float32)
+                    block = re * re + im * im
+                elif kind == "db":
+                    f = raw.astype(np.float32)
+                    raw_ok &= (f != 0) & (f > DB_FILL_BELOW)
+                    block = np.power(np.float32(10.0), f / np.float32(10.0))
+                else:
+                    f = raw.astype(np.float32)
+                    neg = (f < 0) & raw_ok & np.isfinite(f)
+                    negatives += int(neg.sum())
+                    raw_ok &= ~neg
+                    block = f * f if kind == "amplitude" else f
+            ok = raw_ok & np.isfinite(block) & (block > 0)
+            block[~ok] = 0.0
+            out[r0:r1] = block
+            valid[r0:r1] = ok
+    return out, valid, negatives
+
+
+def read_sar_image(path: str | Path, input_kind: str = "auto", band: int | None = None) -> SARImage:
+    """Read one SAR image (GeoTIFF, .npy, 8/16-bit PNG) as float32 linear intensity with a valid mask.
+
+    ``input_kind``: "intensity", "amplitude" (squared), "db" (10^(v/10)), "complex" (|z|², from complex
+    samples or from I/Q pairs: a leading or trailing axis of two real values), or "auto":
+
+    - complex samples -> complex; signed integers with a leading/trailing axis of 2 -> I/Q pairs;
+    - other integers (DN, PNG grey levels) -> amplitude;
+    - floats of which >= 5 % (of the finite, non-zero values) are negative, with their 1st-99th
+      percentiles inside -100 … 100 -> dB; other floats -> intensity.
+
+    A stated kind always wins. Multi-band arrays, (bands, H, W) or (H, W, bands) (a GeoTIFF's own axes
+    decide), give ``band`` (0-based; default the first). No-data - zeros, NaN, ±inf, the GeoTIFF's
+    GDAL_NODATA value, dB fill values below -200, a few negative intensities - is masked, not an error;
+    an image with no valid pixel at all is.
+    """
+    path = Path(path)
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
+    if band is not None and (isinstance(band, bool) or not isinstance(band, (int, np.integer)) or band < 0):
+        raise ValueError(f"band must be a band number >= 0 (0 is the first band), got {band!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"SAR image not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    ext = path.suffix.lower()
+    if ext not in SAR_EXTENSIONS:
+        raise ValueError(
+            f"{path}: unsupported SAR image type '{ext}'; expected one of {', '.join(SAR_EXTENSIONS)}"
+        )
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty")
+    try:
+        a, axes, nodata = _read_raw(path, ext)
+    except (OSError, ValueError, IndexError, UnidentifiedImageError, EOFError, tifffile.TiffFileError) as e:
+        raise ValueError(f"{path}: could not read the file as {ext} ({e or type(e).__name__})") from e
+    if not isinstance(a, np.ndarray) or a.dtype == object or a.dtype.kind not in "biufc":
+        raise ValueError(f"{path}: expected a numeric array, got {getattr(a, 'dtype', type(a).__name__)}")
+    if a.size == 0:
+        raise ValueError(f"{path}: the image has no pixels (shape {a.shape})")
+    if a.dtype.kind == "b":
+        a = a.astype(np.uint8)
+    if a.ndim == 3 and 1 in (a.shape[0], a.shape[-1]) and min(a.shape[0], a.shape[-1]) == 1:
+        a = a[0] if a.shape[0] == 1 else a[..., 0]
+    axis = _band_axis(a, axes, path)
+    n_bands = 1 if axis is None else a.shape[axis]
+    if axis == 1:
+        raise ValueError(f"{path}: bands in the middle axis are not supported (shape {a.shape})")
+
+    iq_axis = None
+    complex_dtype = a.dtype.kind == "c"
+    iq_possible = axis is not None and n_bands == 2 and not complex_dtype and band is None
+    if iq_possible and (input_kind == "complex" or (input_kind == "auto" and a.dtype.kind == "i")):
+        iq_axis = axis
+    elif axis is not None:
+        b = 0 if band is None else int(band)
+        if b >= n_bands:
+            raise ValueError(
+                f"{path}: band {b} asked for, but the file has {n_bands} bands (0 … {n_bands - 1})"
+            )
+        a = a[b] if axis == 0 else a[..., b]
+    elif band not in (None, 0):
+        raise ValueError(f"{path}: band {band} asked for, but the file has a single band")
+
+    if iq_axis is not None or complex_dtype:
+        if input_kind not in ("auto", "complex"):
+            what = "I/Q pairs" if iq_axis is not None else "complex samples"
+            warnings.warn(
+                f"{path}: {what} are always read as |z|² intensity, not as {input_kind}", stacklevel=2
+            )
+        kind = "complex"
+    elif input_kind == "complex":
+        raise ValueError(
+            f"{path}: 'complex' needs complex samples or I/Q pairs (a leading or trailing axis of 2), "
+            f"got {a.dtype} of shape {a.shape}"
+        )
+    else:
+        kind = _auto_real_kind(a, nodata, path) if input_kind == "auto" else input_kind
+
+    intensity, valid, negatives = _convert(a, kind, iq_axis, nodata)
+    n = valid.size
+    if kind in ("intensity", "amplitude") and negatives > MAX_NEGATIVE_FRACTION * n:
+        raise ValueError(
+            f"{path}: {100 * negatives / n:.0f} % of the values are negative, which {kind} cannot be "
+            "(is the image in dB? choose 'db')"
+        )
+    if not valid.any():
+        raise ValueError(
+            f"{path}: every pixel is no-data (zeros, NaN, infinite or the file's no-data value): "
+            "there is no signal to read"
+        )
+    dtype = f"complex {a.dtype} I/Q" if iq_axis is not None else str(a.dtype)
+    band_read = None if axis is None or iq_axis is not None else (0 if band is None else int(band))
+    return SARImage(intensity, valid, kind, input_kind == "auto", dtype, band_read, n_bands, negatives / n)
+
+
+def load_sar_image(path: str | Path, input_kind: str = "auto", band: int | None = None) -> np.ndarray:
+    """Read one SAR image as float32 intensity (H, W), 0 at no-data; :func:`read_sar_image` also says how."""
+    return read_sar_image(path, input_kind, band).intensity
 
 
 # ------------------------------------------------------------------------------------------- simulation
@@ -50,16 +461,32 @@ def _nearest_seed(pts: tuple[np.ndarray, np.ndarray], seeds: np.ndarray) -> np.n
     return labels
 
 
+def _check_size(size: Any) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
+        raise ValueError(f"size must be an integer of at least 16 pixels, got {size!r}")
+    return int(size)
+
+
+def _add_point_targets(refl: np.ndarray, rng: np.random.Generator, low_db: float = 15.0) -> None:
+    """Point targets (ships, pylons, corner reflectors) with the cross-shaped sidelobes of a SAR response."""
+    size = refl.shape[0]
+    scale = size / 256.0
+    n_points = int(rng.integers(2, 10) * max(scale**2, 0.25)) + 1
+    for y, x in rng.integers(1, size - 1, (n_points, 2)):
+        peak = _db(rng.uniform(low_db, low_db + 10.0))
+        refl[y, x] = max(refl[y, x], peak)
+        for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            refl[y + dy, x + dx] = max(refl[y + dy, x + dx], 0.05 * peak)
+
+
 def simulate_reflectivity(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A noise-free reflectivity (σ⁰, linear) scene of ``size``×``size`` pixels, float32 and > 0.
+    """A geometric noise-free reflectivity (σ⁰, linear) scene of ``size``×``size`` pixels, float32 and > 0.
 
     Agricultural parcels (polygons and rectangles of different backscatter with mild texture), possibly a
     river (very dark meandering band), roads (dark lines), urban blocks (bright rectangles with strong
     double-bounce edges) and a few point targets. Backscatter levels follow typical C-band σ⁰ in dB.
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
-        raise ValueError(f"size must be an integer of at least 16 pixels, got {size!r}")
-    size = int(size)
+    size = _check_size(size)
     scale = size / 256.0
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     c = (size - 1) / 2.0
@@ -125,106 +552,133 @@ def simulate_reflectivity(size: int, rng: np.random.Generator) -> np.ndarray:
         edge = block & (pu < street + 1.0)
         refl[edge] = _db(rng.uniform(8.0, 14.0))
 
-    # Point targets (ships, pylons, corner reflectors) with the cross-shaped sidelobes of a SAR response.
-    n_points = int(rng.integers(2, 10) * max(scale**2, 0.25)) + 1
-    for y, x in rng.integers(1, size - 1, (n_points, 2)):
-        peak = _db(rng.uniform(15.0, 25.0))
-        refl[y, x] = max(refl[y, x], peak)
-        for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-            refl[y + dy, x + dx] = max(refl[y + dy, x + dx], 0.05 * peak)
-
+    _add_point_targets(refl, rng)
     return np.maximum(refl, 1e-4).astype(np.float32)
 
 
-def apply_speckle(reflectivity: np.ndarray, looks: int, rng: np.random.Generator) -> np.ndarray:
+#: Natural grey images shipped inside scikit-image (no download), used as reflectivity maps as in the
+#: despeckling literature: they bring the irregular textures and edges that geometric scenes lack.
+NATURAL_IMAGES = (
+    "camera",
+    "astronaut",
+    "moon",
+    "grass",
+    "gravel",
+    "brick",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "coins",
+    "clock",
+    "text",
+    "page",
+    "hubble_deep_field",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def natural_images() -> tuple[np.ndarray, ...]:
+    """The scikit-image sample images as float32 grey levels in [0, 1] (loaded once per process)."""
+    from skimage import data
+
+    out = []
+    for name in NATURAL_IMAGES:
+        a = np.asarray(getattr(data, name)(), dtype=np.float32)
+        if a.ndim == 3:
+            a = a[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+        out.append(np.ascontiguousarray(a / 255.0))
+    return tuple(out)
+
+
+def natural_reflectivity(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A reflectivity (σ⁰, linear) of ``size``×``size`` from a random crop of a scikit-image sample image.
+
+    A crop of 0.5-2x the output size (so scales vary), randomly flipped and turned, resampled bilinearly;
+    its grey levels map linearly onto dB around a random mean level (-16 … -4 dB) over a random
+    dynamic range (15 … 30 dB), float32 and > 0.
+    """
+    size = _check_size(size)
+    images = natural_images()
+    img = images[int(rng.integers(len(images)))]
+    h, w = img.shape
+    side = int(min(h, w, max(16, round(size * rng.uniform(0.5, 2.0)))))
+    y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    crop = img[y0 : y0 + side, x0 : x0 + side]
+    crop = np.rot90(crop, int(rng.integers(4)))
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    g = ndimage.zoom(np.ascontiguousarray(crop), size / side, order=1, grid_mode=True, mode="nearest")
+    g = g[:size, :size]
+    if g.shape != (size, size):  # zoom's rounding can leave a pixel short
+        g = np.pad(g, ((0, size - g.shape[0]), (0, size - g.shape[1])), mode="edge")
+    spread = float(g.std()) + 1e-3
+    db = rng.uniform(-16.0, -4.0) + rng.uniform(15.0, 30.0) / 4.0 * (g - g.mean()) / spread
+    return _db(np.clip(db, -35.0, 20.0)).astype(np.float32)
+
+
+def apply_speckle(reflectivity: np.ndarray, looks: float, rng: np.random.Generator) -> np.ndarray:
     """Fully developed L-look speckle: intensity = reflectivity · Gamma(shape=L, scale=1/L) (mean 1)."""
-    if isinstance(looks, bool) or not isinstance(looks, (int, np.integer)) or looks < 1:
-        raise ValueError(f"looks must be a positive integer, got {looks!r}")
+    if isinstance(looks, bool) or not isinstance(looks, (int, float, np.integer, np.floating)):
+        raise ValueError(f"looks must be a number >= 1, got {looks!r}")
+    if not (math.isfinite(looks) and looks >= 1):
+        raise ValueError(f"looks must be a number >= 1, got {looks!r}")
     r = np.asarray(reflectivity)
     if not np.isrealobj(r) or not np.all(np.isfinite(r)) or np.any(r < 0):
         raise ValueError("reflectivity must be real, finite and non-negative")
     return (r * rng.gamma(shape=looks, scale=1.0 / looks, size=r.shape)).astype(np.float32)
 
 
-# --------------------------------------------------------------------------------------------- normaliser
 @dataclass(frozen=True)
-class SARNormalizer:
-    """Maps intensity to the model's [0, 1] scale: x = clip((ln(I + eps) − log_min) / (log_max − log_min))."""
+class SARScene:
+    """One simulated scene: what was drawn, and the speckled intensity a sensor would measure."""
 
-    log_min: float
-    log_max: float
-    eps: float = 1e-6
+    reflectivity: np.ndarray  # float32 (H, W): noise-free σ⁰ including the K texture
+    intensity: np.ndarray  # float32 (H, W): reflectivity · speckle; 0 in no-data borders
+    valid: np.ndarray  # bool (H, W)
+    looks: float
+    kind: str  # "geometric", "natural" or "blend"
+    texture_shape: float | None  # ν of the Gamma texture (K-distributed clutter), None if none
 
-    def __post_init__(self) -> None:
-        vals = (self.log_min, self.log_max, self.eps)
-        if not all(isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v) for v in vals):
-            raise ValueError(f"SARNormalizer needs finite numbers, got {asdict(self)}")
-        if not self.log_max > self.log_min:
-            raise ValueError(f"SARNormalizer needs log_max > log_min, got {self.log_min} and {self.log_max}")
-        if not self.eps > 0:
-            raise ValueError(f"SARNormalizer needs eps > 0, got {self.eps}")
 
-    def to_model(self, intensity: np.ndarray) -> np.ndarray:
-        """Intensity (≥ 0) → float32 in [0, 1]."""
-        i = np.asarray(intensity, dtype=np.float64)
-        if not np.all(np.isfinite(i)):
-            raise ValueError("intensity contains NaN or infinite values")
-        if np.any(i < 0):
-            raise ValueError(f"intensity must be non-negative, found a minimum of {i.min():.4g}")
-        x = (np.log(i + self.eps) - self.log_min) / (self.log_max - self.log_min)
-        return np.clip(x, 0.0, 1.0).astype(np.float32)
+def simulate_scene(size: int, rng: np.random.Generator, looks: float | None = None) -> SARScene:
+    """A speckled scene closer to real SAR than geometric shapes alone.
 
-    def to_intensity(self, x: np.ndarray) -> np.ndarray:
-        """Model scale → intensity (the inverse of ``to_model`` inside the clipping range)."""
-        x = np.asarray(x, dtype=np.float64)
-        if not np.all(np.isfinite(x)):
-            raise ValueError("model-scale values contain NaN or infinite values")
-        i = np.exp(np.clip(x, 0.0, 1.0) * (self.log_max - self.log_min) + self.log_min) - self.eps
-        return np.maximum(i, 0.0).astype(np.float32)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"log_min": float(self.log_min), "log_max": float(self.log_max), "eps": float(self.eps)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SARNormalizer:
-        """Rebuild from ``to_dict()`` or from a dataset's ``preprocessing()`` (extra keys are ignored)."""
-        if not isinstance(d, dict):
-            raise ValueError(f"expected a dict with log_min, log_max and eps, got {type(d).__name__}")
-        missing = [k for k in ("log_min", "log_max") if k not in d]
-        if missing:
-            raise ValueError(f"SAR normalisation parameters are missing {missing}; got keys {sorted(d)}")
-        return cls(float(d["log_min"]), float(d["log_max"]), float(d.get("eps", 1e-6)))
-
-    @classmethod
-    def fit(
-        cls,
-        intensities: np.ndarray | Iterable[np.ndarray],
-        low_pct: float = 0.5,
-        high_pct: float = 99.5,
-        eps: float = 1e-6,
-    ) -> SARNormalizer:
-        """Percentiles of ln(I + eps) over the images, so a few extreme pixels do not squash the range."""
-        if not 0.0 <= low_pct < high_pct <= 100.0:
-            raise ValueError(f"need 0 <= low_pct < high_pct <= 100, got {low_pct} and {high_pct}")
-        images = [intensities] if isinstance(intensities, np.ndarray) else list(intensities)
-        logs = []
-        for im in images:
-            a = np.asarray(im, dtype=np.float64).ravel()
-            if a.size == 0:
-                continue
-            if not np.all(np.isfinite(a)) or np.any(a < 0):
-                raise ValueError("intensities to fit must be finite and non-negative")
-            step = max(1, a.size // 262_144)  # a regular subsample bounds the cost of large images
-            logs.append(np.log(a[::step] + eps))
-        if not logs:
-            raise ValueError("cannot fit a SAR normaliser on no pixels")
-        lo, hi = np.percentile(np.concatenate(logs), [low_pct, high_pct])
-        if not hi > lo:
-            raise ValueError(
-                f"cannot fit a SAR normaliser: the images are constant (log-intensity {lo:.4g}) "
-                "between the chosen percentiles"
-            )
-        return cls(float(lo), float(hi), float(eps))
+    Reflectivity: a geometric scene (30 %), a natural image (35 %) or the geometric scene with a natural
+    image's texture on top (35 %); then extra bright point targets, and in half the scenes a Gamma(ν, 1/ν)
+    texture multiplier per pixel (ν 1.5 … 20), which makes the intensity K-distributed (the heavy tails
+    of sea clutter, forest, urban areas). Speckle: fully developed, ``looks`` looks (default: L drawn from
+    1 … 4). One scene in ten has a no-data border (zeros) along one side, as at a swath edge.
+    """
+    size = _check_size(size)
+    mode = rng.choice(3, p=[0.3, 0.35, 0.35])
+    if mode == 0:
+        refl, kind = simulate_reflectivity(size, rng), "geometric"
+    elif mode == 1:
+        refl, kind = natural_reflectivity(size, rng), "natural"
+        _add_point_targets(refl, rng)
+    else:
+        geo = simulate_reflectivity(size, rng)
+        nat = natural_reflectivity(size, rng)
+        w = rng.uniform(0.3, 0.8)
+        log_nat = np.log(nat)
+        refl, kind = (geo * np.exp(w * (log_nat - log_nat.mean()))).astype(np.float32), "blend"
+    _add_point_targets(refl, rng, low_db=20.0)
+    nu = None
+    if rng.random() < 0.5:
+        nu = float(np.exp(rng.uniform(np.log(1.5), np.log(20.0))))
+        refl = (refl * rng.gamma(nu, 1.0 / nu, refl.shape)).astype(np.float32)
+    L = float(rng.integers(1, 5)) if looks is None else float(looks)
+    intensity = apply_speckle(np.maximum(refl, 1e-6), L, rng)
+    valid = np.ones((size, size), dtype=bool)
+    if rng.random() < 0.1:
+        yy, xx = np.mgrid[0:size, 0:size]
+        edge = rng.uniform(0.05, 0.3) * size + rng.uniform(-0.1, 0.1) * (yy - size / 2)
+        valid = xx >= edge
+        for _ in range(int(rng.integers(4))):  # turn to a random side
+            valid = np.rot90(valid)
+        valid = np.ascontiguousarray(valid)
+        intensity[~valid] = 0.0
+    return SARScene(refl.astype(np.float32), intensity, valid, L, kind, nu)
 
 
 # ------------------------------------------------------------------------------------------------ patches
@@ -244,197 +698,80 @@ def patchify(image: np.ndarray, size: int, stride: int | None = None) -> list[np
         raise ValueError(f"image is {h}x{w} pixels; need at least {size}x{size} for one patch")
     return [
         np.ascontiguousarray(image[y : y + size, x : x + size])
-        for y in range(0, h - size + 1, stride)
-        for x in range(0, w - size + 1, stride)
+        for y, x in _patch_origins(image.shape, size, stride)
     ]
 
 
-def _patch_origins(shape: tuple[int, int], size: int, stride: int) -> list[tuple[int, int]]:
+def _patch_origins(shape: tuple[int, ...], size: int, stride: int) -> list[tuple[int, int]]:
     h, w = shape
     return [(y, x) for y in range(0, h - size + 1, stride) for x in range(0, w - size + 1, stride)]
 
 
-# ------------------------------------------------------------------------------------------------ loading
-def _to_single_band(a: np.ndarray, path: Path) -> np.ndarray:
-    if a.ndim == 3 and 1 in (a.shape[0], a.shape[-1]):
-        a = a.reshape(a.shape[1:] if a.shape[0] == 1 else a.shape[:-1])
-    if a.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D single-band image, got an array of shape {a.shape}")
-    return a
+def _item(x: np.ndarray, valid: np.ndarray, db_range: tuple[float, float]) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[None]),
+        torch.from_numpy(np.ascontiguousarray(valid, dtype=np.float32)[None]),
+        torch.tensor(db_range, dtype=torch.float32),
+    )
 
 
-@dataclass(frozen=True)
-class SARImage:
-    """One SAR image as read from disk: linear intensity plus what the loader decided about its pixels."""
-
-    intensity: np.ndarray  # float32 (H, W)
-    kind: str  # how the pixels were read: "intensity", "amplitude" or "complex" (|z|^2)
-    quicklook: bool  # integer grey levels of a PNG/TIFF: proportional to amplitude/intensity, not calibrated
-    dtype: str  # the stored pixel type, e.g. "uint8"
-
-    def describe(self) -> str:
-        if self.kind == "complex":
-            return "complex (SLC) samples, read as |z|^2 intensity"
-        if self.quicklook:
-            bits = np.dtype(self.dtype).itemsize * 8 if self.dtype != "bool" else 1
-            return f"{bits}-bit {self.kind} quick-look (uncalibrated grey levels)"
-        return f"{self.kind} ({self.dtype})"
-
-
-def read_sar_image(path: str | Path, input_kind: str = "auto") -> SARImage:
-    """Read one SAR image as linear intensity and say how its pixels were interpreted.
-
-    ``input_kind`` says what real-valued pixels are: "intensity", "amplitude" (squared here) or "auto".
-    "auto" reads integer PNG/TIFF grey levels as amplitude, since 8/16-bit quick-looks and GRD products store
-    amplitude, and floating-point data as intensity. Integer PNG/TIFF images are flagged as quick-looks: their
-    grey levels carry an unknown display gain, so callers must not read them on a calibrated scale as they
-    are (see :func:`quicklook_gain`). Complex arrays are single-look complex data and become |z|^2 whatever
-    ``input_kind`` says.
-    """
-    path = Path(path)
-    if input_kind not in INPUT_KINDS:
-        raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
-    if not path.exists():
-        raise FileNotFoundError(f"SAR image not found: {path}")
-    if not path.is_file():
-        raise ValueError(f"{path} is not a file")
-    ext = path.suffix.lower()
-    if ext not in SAR_EXTENSIONS:
-        raise ValueError(
-            f"{path}: unsupported SAR image type '{ext}'; expected one of {', '.join(SAR_EXTENSIONS)}"
-        )
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty")
-
-    try:
-        if ext == ".npy":
-            a = np.load(path, allow_pickle=False)
-        elif ext in (".tif", ".tiff"):
-            a = tifffile.imread(path)
-        else:
-            with Image.open(path) as im:
-                if im.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr", "PA"):
-                    warnings.warn(
-                        f"{path}: {im.mode} image converted to luminance (SAR is single-band)", stacklevel=2
-                    )
-                    im = im.convert("L")
-                a = np.array(im)
-    except (OSError, ValueError, UnidentifiedImageError, EOFError, tifffile.TiffFileError) as e:
-        raise ValueError(f"{path}: could not read the file as {ext} ({e})") from e
-
-    if not isinstance(a, np.ndarray) or a.dtype == object or a.dtype.kind not in "biufc":
-        raise ValueError(f"{path}: expected a numeric array, got {getattr(a, 'dtype', type(a).__name__)}")
-    if a.size == 0:
-        raise ValueError(f"{path}: the image has no pixels (shape {a.shape})")
-    a = _to_single_band(a, path)
-    dtype = str(a.dtype)
-    if np.iscomplexobj(a):
-        intensity = np.abs(a.astype(np.complex128)) ** 2
-        kind, quicklook = "complex", False
-    else:
-        quicklook = ext != ".npy" and a.dtype.kind in "biu"
-        a = a.astype(np.float64)
-        kind = input_kind if input_kind != "auto" else ("amplitude" if quicklook else "intensity")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{path}: the image contains NaN or infinite values")
-        if np.any(a < 0):
-            raise ValueError(
-                f"{path}: {kind} must be non-negative, found a minimum of {a.min():.4g} "
-                "(is it already in dB? convert it to linear intensity first)"
-            )
-        intensity = a**2 if kind == "amplitude" else a
-    if not np.all(np.isfinite(intensity)):
-        raise ValueError(f"{path}: the image contains NaN or infinite values")
-    return SARImage(intensity.astype(np.float32), kind, quicklook, dtype)
-
-
-def load_sar_image(path: str | Path, input_kind: str = "auto") -> np.ndarray:
-    """Read one SAR image as intensity, float32 (H, W); :func:`read_sar_image` also says how."""
-    return read_sar_image(path, input_kind).intensity
-
-
-def _log_positive(intensity: np.ndarray) -> np.ndarray:
-    """ln of a bounded regular subsample of the non-zero pixels (as SARNormalizer.fit subsamples).
-
-    Zero grey levels are left out because quick-looks use them for no-data borders, and ln(0) would drag
-    the statistics to the normaliser's epsilon.
-    """
-    a = np.asarray(intensity, dtype=np.float64).ravel()
-    a = a[a > 0]
-    if a.size == 0:
-        raise ValueError("the image is zero everywhere: there is no signal to read")
-    return np.log(a[:: max(1, a.size // 262_144)])
-
-
-def log_range_centre(intensity: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> float:
-    """Centre of the ``low_pct``-``high_pct`` percentile range of ln(intensity) over the non-zero pixels."""
-    lo, hi = np.percentile(_log_positive(intensity), [low_pct, high_pct])
-    return float((lo + hi) / 2.0)
-
-
-def log_median(intensities: np.ndarray | Iterable[np.ndarray]) -> float:
-    """Median of ln(intensity) over the non-zero pixels of one or more images."""
-    images = [intensities] if isinstance(intensities, np.ndarray) else list(intensities)
-    return float(np.median(np.concatenate([_log_positive(im) for im in images])))
-
-
-def quicklook_gain(
-    intensity: np.ndarray, normalizer: SARNormalizer, reference_log_median: float | None = None
-) -> float:
-    """Intensity gain that puts an uncalibrated image on the scale of a normaliser's training data.
-
-    A quick-look's grey levels are amplitude (or intensity) times an unknown display gain, which in the log
-    domain the models see is an unknown offset; a gain leaves the image's contrast and speckle unchanged.
-    With the training data's median log-intensity (``preprocessing()["log_median"]``), the gain moves the
-    image's median there: the median is the statistic least moved by how many bright targets or dark water
-    a scene has. Checkpoints saved without it only have the normaliser, whose range is the 0.5-99.5 %
-    percentiles of the training data, so the image's own 0.5-99.5 % range is centred on it instead.
-    """
-    if reference_log_median is not None:
-        if not np.isfinite(reference_log_median):
-            raise ValueError(f"the reference log-median must be finite, got {reference_log_median!r}")
-        return float(np.exp(reference_log_median - log_median(intensity)))
-    return float(np.exp((normalizer.log_min + normalizer.log_max) / 2.0 - log_range_centre(intensity)))
+def normalize_patches(
+    intensity: np.ndarray,
+    valid: np.ndarray | None = None,
+    size: int = 256,
+    stride: int | None = None,
+    low_pct: float = DEFAULT_LOW_PCT,
+    high_pct: float = DEFAULT_HIGH_PCT,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An intensity image -> batches x (N, 1, s, s), valid (N, 1, s, s), db_range (N, 2) of its patches,
+    all normalised with the whole image's dB range (patches with under half valid pixels are kept here:
+    a caller choosing patches decides)."""
+    x, ok, rng = normalize_db(intensity, valid, low_pct, high_pct)
+    xs = patchify(x, size, stride)
+    vs = patchify(ok, size, stride)
+    return (
+        torch.from_numpy(np.stack(xs))[:, None],
+        torch.from_numpy(np.stack(vs).astype(np.float32))[:, None],
+        torch.tensor([rng] * len(xs), dtype=torch.float32),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- datasets
 class SyntheticSARDataset(Dataset):
-    """Simulated speckled scenes. Item ``i`` is float32 (1, H, W) in [0, 1], a pure function of (seed, i).
+    """Simulated speckled scenes (:func:`simulate_scene`), each normalised on its own in dB.
 
-    The normaliser is fitted on the first few images unless one is given; a validation set should be given
-    the training set's normaliser so both are on the same scale.
+    Item ``i`` is ``(x, valid, db_range)`` (see :func:`normalize_db`), a pure function of (seed, i).
+    ``looks`` fixes L for every scene; None draws L from 1 … 4 per scene.
     """
 
     def __init__(
         self,
         n_images: int = 64,
         image_size: int = 256,
-        looks: int = 4,
+        looks: float | None = None,
         seed: int = 0,
-        normalizer: SARNormalizer | None = None,
         cache: bool | None = None,
+        low_pct: float = DEFAULT_LOW_PCT,
+        high_pct: float = DEFAULT_HIGH_PCT,
     ) -> None:
         if int(n_images) < 1:
             raise ValueError(f"n_images must be at least 1, got {n_images}")
         if int(image_size) < 16:
             raise ValueError(f"image_size must be at least 16, got {image_size}")
-        if int(looks) < 1:
-            raise ValueError(f"looks must be a positive integer, got {looks}")
+        if looks is not None and not (
+            isinstance(looks, (int, float)) and math.isfinite(looks) and looks >= 1
+        ):
+            raise ValueError(f"looks must be a number >= 1 (or None: drawn from 1 … 4), got {looks!r}")
+        _check_pcts(low_pct, high_pct)
         self.n_images = int(n_images)
         self.image_size = int(image_size)
-        self.looks = int(looks)
+        self.looks = None if looks is None else float(looks)
         self.seed = int(seed)
-        # Simulating a 256x256 scene costs ~15 ms of CPU; keeping the items makes later epochs free. By
+        self.low_pct, self.high_pct = float(low_pct), float(high_pct)
+        # Simulating a 256x256 scene costs ~20 ms of CPU; keeping the items makes later epochs free. By
         # default only sets up to 512 MiB are kept (each DataLoader worker keeps its own copy).
-        self.cache = cache if cache is not None else self.n_images * self.image_size**2 * 4 <= 512 * 2**20
-        self._cache: dict[int, np.ndarray] = {}
-        # The median log-intensity lets quick-looks of unknown gain be put on this data's scale later.
-        self.log_median: float | None = None
-        self.normalizer = normalizer
-        if normalizer is None:
-            first = [self.intensity(i) for i in range(min(8, self.n_images))]
-            self.log_median = log_median(first)
-            self.normalizer = SARNormalizer.fit(first)
+        self.cache = cache if cache is not None else self.n_images * self.image_size**2 * 5 <= 512 * 2**20
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
 
     def __len__(self) -> int:
         return self.n_images
@@ -444,53 +781,48 @@ class SyntheticSARDataset(Dataset):
             raise IndexError(f"image index {i} out of range for {self.n_images} images")
         return int(i) % self.n_images
 
-    def _scene(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def scene(self, i: int) -> SARScene:
+        """Everything simulated for image ``i``."""
         rng = np.random.default_rng([self.seed, self._index(i)])
-        clean = simulate_reflectivity(self.image_size, rng)
-        return clean, apply_speckle(clean, self.looks, rng)
+        return simulate_scene(self.image_size, rng, self.looks)
 
     def clean_intensity(self, i: int) -> np.ndarray:
         """The noise-free reflectivity of image ``i`` (float32, H×W)."""
-        return self._scene(i)[0]
+        return self.scene(i).reflectivity
 
     def intensity(self, i: int) -> np.ndarray:
-        """The speckled intensity of image ``i`` (float32, H×W), before normalisation."""
-        return self._scene(i)[1]
+        """The speckled intensity of image ``i`` (float32, H×W; 0 at no-data), before normalisation."""
+        return self.scene(i).intensity
 
-    def _compute(self, i: int) -> np.ndarray:
-        return self.normalizer.to_model(self.intensity(i))[None]
+    def _compute(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        s = self.scene(i)
+        return normalize_db(s.intensity, s.valid, self.low_pct, self.high_pct)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         i = self._index(i)
-        x = self._cache.get(i)
-        if x is None:
-            x = self._compute(i)
+        item = self._cache.get(i)
+        if item is None:
+            item = self._compute(i)
             if self.cache:
-                self._cache[i] = x
-        return torch.from_numpy(x.copy())
+                self._cache[i] = item
+        return _item(*item)
 
     def preprocessing(self) -> dict[str, Any]:
-        prep = {
-            "kind": "sar-log-intensity",
-            **self.normalizer.to_dict(),
-            "looks": self.looks,
-            "scale": "calibrated",
+        return {
+            "kind": PREPROCESSING_KIND,
+            "low_pct": self.low_pct,
+            "high_pct": self.high_pct,
+            "looks": self.looks if self.looks is not None else "1-4",
         }
-        return prep if self.log_median is None else {**prep, "log_median": self.log_median}
 
 
 class SARFolderDataset(Dataset):
     """Every ``image_size`` patch of the .npy/.tif/.tiff/.png images in a folder (recursively).
 
-    Images are loaded once and kept in memory on the model's scale. Unreadable images and images smaller
-    than one patch are skipped with a warning.
-
-    ``scale`` says what the pixel values are on. "display": the grey levels of the files as they are (a
-    folder of 8/16-bit quick-looks from one source, whose normaliser is fitted on those grey levels).
-    "calibrated": linear backscatter; any quick-look in the folder is first brought onto the normaliser's
-    scale by :func:`quicklook_gain`, as the studio does for an uploaded quick-look. "auto" is "display"
-    when every file is an integer quick-look and "calibrated" otherwise, so that a mixed folder does not fit
-    one normaliser across two unrelated scales. The choice is saved in ``preprocessing()["scale"]``.
+    Item ``i`` is ``(x, valid, db_range)``: each image is normalised on its own (:func:`normalize_db`)
+    and its patches carry its dB range. Patches with fewer than half valid pixels are not used; unreadable
+    images and images smaller than one patch are skipped with a warning. Images are read once and kept in
+    memory on the model's scale (float32 plus a mask).
     """
 
     def __init__(
@@ -498,84 +830,74 @@ class SARFolderDataset(Dataset):
         folder: str | Path,
         image_size: int = 256,
         input_kind: str = "auto",
-        normalizer: SARNormalizer | None = None,
         stride: int | None = None,
-        scale: str = "auto",
-        median_hint: float | None = None,
+        band: int | None = None,
+        low_pct: float = DEFAULT_LOW_PCT,
+        high_pct: float = DEFAULT_HIGH_PCT,
     ) -> None:
-        """`median_hint`: with a given `normalizer`, the training data's median log-intensity (a checkpoint's
-        ``preprocessing["log_median"]``), which rescales quick-looks exactly as the studio does."""
         self.folder = Path(folder)
         if input_kind not in INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
-        if scale not in ("auto", *SCALES):
-            raise ValueError(f"scale must be one of {('auto', *SCALES)}, got {scale!r}")
         if isinstance(image_size, bool) or int(image_size) < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         if stride is not None and int(stride) < 1:
             raise ValueError(f"stride must be a positive integer, got {stride!r}")
+        _check_pcts(low_pct, high_pct)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"SAR image folder not found: {self.folder}")
         self.image_size = int(image_size)
         self.stride = int(stride) if stride is not None else self.image_size
         self.input_kind = input_kind
+        self.band = band
+        self.low_pct, self.high_pct = float(low_pct), float(high_pct)
 
         files = sorted(
             p
             for p in self.folder.rglob("*")
             if p.is_file() and p.suffix.lower() in SAR_EXTENSIONS and not p.name.startswith(".")
         )
+        s = self.image_size
         self.files: list[Path] = []
-        images: list[SARImage] = []
+        self.descriptions: list[str] = []
+        self.db_ranges: list[tuple[float, float]] = []
+        self._images: list[tuple[np.ndarray, np.ndarray]] = []
+        self._index: list[tuple[int, int, int]] = []
         for p in files:
             try:
-                img = read_sar_image(p, input_kind)
+                img = read_sar_image(p, input_kind, band)
             except (ValueError, OSError) as e:
                 warnings.warn(f"skipping {p}: {e}", stacklevel=2)
                 continue
             h, w = img.intensity.shape
-            if h < self.image_size or w < self.image_size:
-                s = self.image_size
+            if h < s or w < s:
                 warnings.warn(
                     f"skipping {p}: it is {h}x{w} pixels, smaller than one {s}x{s} patch", stacklevel=2
                 )
                 continue
-            self.files.append(p)
-            images.append(img)
-        if not images:
-            raise ValueError(
-                f"no usable SAR image in {self.folder}: need {', '.join(SAR_EXTENSIONS)} files of at least "
-                f"{self.image_size}x{self.image_size} pixels"
-            )
-        if scale == "auto":
-            scale = "display" if all(im.quicklook for im in images) else "calibrated"
-        self.scale = scale
-        intensities = [im.intensity for im in images]
-        if scale == "calibrated":
-            calibrated = [im.intensity for im in images if not im.quicklook] or intensities
-            self.log_median = median_hint if normalizer else log_median(calibrated)
-            self.normalizer = normalizer or SARNormalizer.fit(calibrated)
-            quick = [k for k, im in enumerate(images) if im.quicklook]
-            for k in quick:
-                gain = quicklook_gain(intensities[k], self.normalizer, self.log_median)
-                intensities[k] = (intensities[k].astype(np.float64) * gain).astype(np.float32)
-            if quick:
-                names = ", ".join(self.files[k].name for k in quick[:5]) + (" ..." if len(quick) > 5 else "")
+            x, valid, rng = normalize_db(img.intensity, img.valid, self.low_pct, self.high_pct)
+            origins = [
+                (y, x0)
+                for y, x0 in _patch_origins(x.shape, s, self.stride)
+                if valid[y : y + s, x0 : x0 + s].mean() >= MIN_VALID_FRACTION
+            ]
+            if not origins:
                 warnings.warn(
-                    f"{len(quick)} integer quick-look(s) among calibrated images in {self.folder} ({names}): "
-                    "their grey levels have no calibration, so each was rescaled to centre its log-intensity "
-                    "range on the normalisation range",
+                    f"skipping {p}: no {s}x{s} patch has at least {MIN_VALID_FRACTION:.0%} valid pixels "
+                    f"({100 * img.nodata_fraction:.0f} % of the image is no-data)",
                     stacklevel=2,
                 )
-        else:
-            self.log_median = median_hint if normalizer else log_median(intensities)
-            self.normalizer = normalizer or SARNormalizer.fit(intensities)
-        self._images = [self.normalizer.to_model(im) for im in intensities]
-        self._index: list[tuple[int, int, int]] = [
-            (k, y, x)
-            for k, im in enumerate(self._images)
-            for (y, x) in _patch_origins(im.shape, self.image_size, self.stride)
-        ]
+                continue
+            k = len(self.files)
+            self.files.append(p)
+            self.descriptions.append(img.describe())
+            self.db_ranges.append(rng)
+            self._images.append((x, valid))
+            self._index += [(k, y, x0) for y, x0 in origins]
+        if not self._images:
+            raise ValueError(
+                f"no usable SAR image in {self.folder}: need {', '.join(SAR_EXTENSIONS)} files of at least "
+                f"{s}x{s} pixels, at least half of them valid"
+            )
 
     def __len__(self) -> int:
         return len(self._index)
@@ -585,44 +907,45 @@ class SARFolderDataset(Dataset):
         k, y, x = self._index[i]
         return self.files[k], y, x
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        k, y, x = self._index[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k, y, x0 = self._index[i]
         s = self.image_size
-        return torch.from_numpy(np.ascontiguousarray(self._images[k][y : y + s, x : x + s])[None])
+        x, valid = self._images[k]
+        return _item(x[y : y + s, x0 : x0 + s], valid[y : y + s, x0 : x0 + s], self.db_ranges[k])
 
     def preprocessing(self) -> dict[str, Any]:
-        prep = {
-            "kind": "sar-log-intensity",
-            **self.normalizer.to_dict(),
+        return {
+            "kind": PREPROCESSING_KIND,
+            "low_pct": self.low_pct,
+            "high_pct": self.high_pct,
             "input_kind": self.input_kind,
-            "scale": self.scale,
+            "band": self.band,
         }
-        return prep if self.log_median is None else {**prep, "log_median": self.log_median}
-
-
-def normalize_patches(
-    image: np.ndarray, normalizer: SARNormalizer, size: int = 256, stride: int | None = None
-) -> torch.Tensor:
-    """An intensity image → (N, 1, size, size) model-scale patches (for uploads in the studio)."""
-    patches = patchify(np.asarray(image), size, stride)
-    return torch.from_numpy(np.stack([normalizer.to_model(p) for p in patches])[:, None])
 
 
 __all__ = [
+    "DEFAULT_HIGH_PCT",
+    "DEFAULT_LOW_PCT",
     "INPUT_KINDS",
+    "MIN_VALID_FRACTION",
+    "NATURAL_IMAGES",
+    "PREPROCESSING_KIND",
     "SAR_EXTENSIONS",
-    "SCALES",
     "SARFolderDataset",
     "SARImage",
-    "SARNormalizer",
+    "SARScene",
     "SyntheticSARDataset",
     "apply_speckle",
+    "denormalize_db",
+    "legacy_preprocessing_note",
     "load_sar_image",
-    "log_median",
-    "log_range_centre",
+    "natural_images",
+    "natural_reflectivity",
+    "normalize_db",
     "normalize_patches",
     "patchify",
-    "quicklook_gain",
     "read_sar_image",
     "simulate_reflectivity",
+    "simulate_scene",
+    "x_to_db",
 ]
