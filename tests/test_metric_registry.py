@@ -151,3 +151,20 @@ def test_fragment_directions_agree_with_the_definitions() -> None:
     # The identity baselines do not depend on the repair: no direction to rank runs by.
     assert good["identity_accuracy"] == bad["identity_accuracy"]
     assert all(metric_info(k).direction == "info" for k in good if k.startswith("identity_"))
+
+
+def test_model_card_table_reads_the_registry() -> None:
+    from trainers.model_card import CardInfo, metrics_table
+
+    info = CardInfo(
+        run_id="r", variant="fragment-dae", domain="fragments", kind="best", step=10, epoch=1,
+        status="completed", run_config={}, model_config={}, parameters={}, model_class="m",
+        checkpoint_metrics={"broken_fraction": 0.01, "accuracy_corrupted": math.nan, "identity_ber": 0.2,
+                            "mystery": math.inf},
+        best_metrics={"broken_fraction": 0.01},
+    )  # fmt: skip
+    rows = {line.split(" | ")[0].strip("| "): line for line in metrics_table(info).splitlines()[2:]}
+    assert rows["broken_fraction"].endswith("| lower |") and "| 0.0100 |" in rows["broken_fraction"]
+    assert "n/a: the noise changed no byte" in rows["accuracy_corrupted"]
+    assert rows["identity_ber"].endswith("| no direction |")
+    assert "unknown metric" in rows["mystery"] and "inf" not in rows["mystery"].replace("info", "")
