@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -15,8 +16,26 @@ from models.registry import wrong_domain_message
 from trainers import checkpoints
 from trainers.store import RunStore
 
+log = logging.getLogger(__name__)
+
 # Loaded models kept in memory for the comparison views; a few per domain is plenty on a Space.
 MODEL_CACHE_SIZE = 8
+
+#: Small checkpoints trained reproducibly by `assets/make_reference.py`, one per variant, so that a fresh
+#: install and a Space visitor see a real comparison before training anything.
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "assets" / "reference"
+REFERENCE_PREFIX = "reference · "
+
+
+def reference_checkpoints(folder: Path = REFERENCE_DIR) -> dict[str, str]:
+    """label -> folder of the shipped reference checkpoints (none when the folder is absent or empty)."""
+    found: dict[str, str] = {}
+    if not folder.is_dir():
+        return found
+    for sub in sorted(folder.iterdir()):
+        if (sub / "config.json").is_file() and (sub / "model.safetensors").is_file():
+            found[f"{REFERENCE_PREFIX}{sub.name}"] = str(sub)
+    return found
 
 
 @dataclass
@@ -27,11 +46,14 @@ class StudioContext:
     space: bool = False
     # Checkpoints loaded from the Hub or a local folder: label -> folder, shown beside the runs' own.
     external: dict[str, str] = field(default_factory=dict)
+    # The shipped reference checkpoints, listed after the runs' own and selected by default in the tabs.
+    reference: dict[str, str] = field(default_factory=reference_checkpoints)
     _models: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def checkpoint_choices(self, domain: str) -> list[tuple[str, str]]:
-        """(label, folder) of every checkpoint of `domain`: runs' best (else last), then external ones."""
+        """(label, folder) of every checkpoint of `domain`: runs' best (else last), the shipped reference
+        checkpoints, then external ones (loaded from the Hub or a folder)."""
         choices: list[tuple[str, str]] = []
         for run in self.store.list_runs():
             info = VARIANTS.get(run.variant)
@@ -39,7 +61,12 @@ class StudioContext:
                 continue
             run_folder = self.runs_dir / run.id
             for kind in ("best", "last"):
-                path = checkpoints.checkpoint_path(run_folder, kind)
+                try:
+                    path = checkpoints.checkpoint_path(run_folder, kind)
+                except (ValueError, OSError) as exc:
+                    # One broken or escaping link must not take down the app or a tab: skip that checkpoint.
+                    log.warning("skipping %s checkpoint of run %s: %s", kind, run.id, exc)
+                    continue
                 if path is not None:
                     choices.append(
                         (
@@ -48,7 +75,7 @@ class StudioContext:
                         )
                     )
                     break
-        for label, folder in self.external.items():
+        for label, folder in {**self.reference, **self.external}.items():
             try:
                 variant = _variant_of(folder)
             except (OSError, ValueError):
@@ -56,6 +83,10 @@ class StudioContext:
             if VARIANTS.get(variant) is not None and VARIANTS[variant].domain == domain:
                 choices.append((label, folder))
         return choices
+
+    def default_checkpoints(self, domain: str) -> list[str]:
+        """Folders a comparison tab selects before the user chooses: the domain's reference checkpoints."""
+        return [folder for label, folder in self.checkpoint_choices(domain) if label in self.reference]
 
     def load_model(self, folder: str | Path, domain: str | None = None) -> nn.Module:
         """Load (and cache) the checkpoint in `folder`; a checkpoint of another domain is a clear error."""

@@ -65,3 +65,34 @@ def test_unknown_checkpoint_names_say_what_would_do(ctx):
         resolve_checkpoint(ctx, f"{run_id}/last", "fragments")
     with pytest.raises(ValueError, match="no checkpoint chosen"):
         selected_folders([], "fragments", ctx=ctx)
+
+
+@pytest.mark.parametrize("target", ["best-999", "/etc"])
+def test_a_broken_or_escaping_checkpoint_link_skips_that_run_only(ctx, target):
+    healthy = _run_with(ctx, ("best",))
+    broken = _run_with(ctx, ("best",))
+    link = ctx.store.run_dir(broken) / checkpoints.CHECKPOINTS_DIR / "best"
+    link.unlink()
+    link.symlink_to(target)
+    labels = [label for label, _ in ctx.checkpoint_choices("fragments") if not label.startswith("reference")]
+    assert [label.split(" · ")[0] for label in labels] == [healthy]
+    with pytest.raises(ValueError, match="outside|incomplete"):
+        checkpoints.checkpoint_path(ctx.store.run_dir(broken), "best")
+
+
+def test_reference_checkpoints_are_offered_and_selected_by_default(tmp_path):
+    from studio.context import reference_checkpoints
+
+    ref = tmp_path / "reference"
+    model = create_model("fragment-dae", channels=[8, 16, 16])
+    model.save_pretrained(ref / "fragment-dae")
+    (ref / "not-a-checkpoint").mkdir()
+    found = reference_checkpoints(ref)
+    assert found == {"reference · fragment-dae": str(ref / "fragment-dae")}
+    with RunStore(tmp_path / "runs") as store:
+        ctx = StudioContext(runs_dir=tmp_path / "runs", store=store, reference=found)
+        run_id = _run_with(ctx, ("best",))
+        labels = [label for label, _ in ctx.checkpoint_choices("fragments")]
+        assert labels[0].startswith(run_id) and labels[1] == "reference · fragment-dae"
+        assert ctx.default_checkpoints("fragments") == [str(ref / "fragment-dae")]
+        assert ctx.default_checkpoints("sar") == []

@@ -314,6 +314,9 @@ def checkpoint_path(run_dir: str | Path, kind: str) -> Path | None:
     if not link.exists() and not link.is_symlink():
         return None
     target = link.resolve()
+    if target.parent != link.parent.resolve():
+        # Every save points the link at a sibling folder; anything else was edited by hand (or is hostile).
+        raise ValueError(f"checkpoint {link} points outside its run's checkpoints folder")
     if not is_complete(target):
         raise ValueError(f"checkpoint {link} -> {target} is missing or incomplete (no valid {MANIFEST})")
     return target

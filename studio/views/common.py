@@ -165,7 +165,7 @@ def load_checkpoint(ctx: Any, folder: str, domain: str) -> nn.Module:
 def run_label(ctx: Any, folder: str | Path) -> str:
     """Short name of a checkpoint for tables: the run id for runs, the catalogue label for external ones."""
     folder_s = str(folder)
-    for label, ext in getattr(ctx, "external", {}).items():
+    for label, ext in {**getattr(ctx, "reference", {}), **getattr(ctx, "external", {})}.items():
         if str(ext) == folder_s:
             return str(label)
     path = Path(folder_s)
@@ -183,7 +183,9 @@ def dropdown_update(ctx: Any, domain: str, current: Any = None, multiselect: boo
     choices = ctx.checkpoint_choices(domain)
     valid = {folder for _, folder in choices}
     if multiselect:
-        kept = [c for c in (current or []) if c in valid]
+        if current is None:  # never chosen: start from the shipped reference checkpoints
+            return gr.update(choices=choices, value=ctx.default_checkpoints(domain))
+        kept = [c for c in current if c in valid]
         return gr.update(choices=choices, value=kept)
     value = current if current in valid else (choices[0][1] if choices else None)
     return gr.update(choices=choices, value=value)
@@ -201,6 +203,7 @@ def checkpoint_picker(
     with gr.Row():
         dropdown = gr.Dropdown(
             choices=ctx.checkpoint_choices(domain),
+            value=ctx.default_checkpoints(domain) if multiselect else None,
             multiselect=multiselect,
             label=label,
             info=info,
