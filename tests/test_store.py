@@ -34,7 +34,7 @@ def test_database_is_wal_with_schema(tmp_path: Path) -> None:
         assert run_cols == [
             "id", "variant", "domain", "config", "status", "reason", "created_at", "started_at", "ended_at",
             "device", "pid", "host", "best_checkpoint", "last_checkpoint", "step", "epoch", "log_path",
-            "owner",
+            "owner", "name", "tags", "note", "steps_per_epoch",
         ]  # fmt: skip
         metric_cols = [row[1] for row in conn.execute("PRAGMA table_info(metrics)")]
         assert metric_cols == ["seq", "run_id", "step", "epoch", "split", "name", "value", "time"]
@@ -460,5 +460,50 @@ def test_database_of_an_older_version_gains_new_columns_and_keeps_its_runs(tmp_p
     with RunStore(folder) as store:
         runs = store.list_runs()
         assert [r.id for r in runs] == ["old-run"] and runs[0].owner is None
+        assert (runs[0].name, runs[0].tags, runs[0].note, runs[0].steps_per_epoch) == (None, [], None, None)
         store.update_run("old-run", owner="someone")
         assert store.get_run("old-run").owner == "someone"
+        store.set_labels("old-run", name="first try", tags="old, kept")
+        labelled = store.get_run("old-run")
+        assert (labelled.label, labelled.tags) == ("first try", ["old", "kept"])
+
+
+def test_labels_round_trip_and_refuse_bad_input(store: RunStore) -> None:
+    run_id = store.create_run("sar-baseline", "sar", {"lr": 1e-3})
+    assert store.get_run(run_id).label == run_id  # no name yet: the id
+    record = store.set_labels(run_id, name="  lr sweep · 3e-4 ", tags="sweep, lr,sweep, ", note="two\nlines")
+    assert (record.name, record.tags, record.note, record.label) == (
+        "lr sweep · 3e-4",
+        ["sweep", "lr"],
+        "two\nlines",
+        "lr sweep · 3e-4",
+    )
+    # A second store (another process) reads the same labels; None leaves a label, "" clears it.
+    with RunStore(store.runs_dir) as other:
+        other.set_labels(run_id, tags=["baseline"], note="")
+        assert (other.get_run(run_id).name, other.get_run(run_id).tags) == ("lr sweep · 3e-4", ["baseline"])
+    assert store.get_run(run_id).note is None
+    store.set_labels(run_id, name="")
+    assert store.get_run(run_id).label == run_id
+    for kwargs, message in [
+        ({"name": "a\nb"}, "must be one line"),
+        ({"name": "x" * 81}, "at most 80"),
+        ({"tags": "two words"}, "invalid tag 'two words'"),
+        ({"tags": 3}, "tags must be a list"),
+        ({"tags": [f"t{i}" for i in range(17)]}, "at most 16 tags"),
+        ({"note": 5}, "note must be text"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            store.set_labels(run_id, **kwargs)
+    assert store.get_run(run_id).tags == ["baseline"]  # nothing changed by the refused calls
+    with pytest.raises(ValueError, match="no run with id 'nope'"):
+        store.set_labels("nope", name="x")
+
+
+def test_recent_steps_are_the_last_train_loss_rows(store: RunStore) -> None:
+    run_id = store.create_run("sar-baseline", "sar", {})
+    for step in range(1, 31):
+        store.log_metrics(run_id, step * 5, 0, "train", {"loss": 1.0}, time=100.0 + step)
+        store.log_metrics(run_id, step * 5, 0, "val", {"loss": 1.0}, time=100.0 + step)
+    assert store.recent_steps(run_id, 3) == [(140, 128.0), (145, 129.0), (150, 130.0)]
+    assert store.recent_steps(store.create_run("sar-baseline", "sar", {})) == []

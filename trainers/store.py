@@ -56,11 +56,27 @@ _RUN_COLUMNS: tuple[str, ...] = (
     "epoch",
     "log_path",
     "owner",
+    "name",
+    "tags",
+    "note",
+    "steps_per_epoch",
 )
 UPDATABLE_COLUMNS: frozenset[str] = frozenset(_RUN_COLUMNS) - {"id"}
 
 # Columns added after the first release, with their SQL types (see _add_missing_columns).
-_COLUMN_TYPES: dict[str, str] = {"owner": "TEXT"}
+_COLUMN_TYPES: dict[str, str] = {
+    "owner": "TEXT",
+    "name": "TEXT",
+    "tags": "TEXT",
+    "note": "TEXT",
+    "steps_per_epoch": "INTEGER",
+}
+# A person's labels for a run (see RunStore.set_labels): short enough for a table cell and a legend.
+NAME_MAX_CHARS = 80
+TAG_MAX_CHARS = 32
+MAX_TAGS = 16
+NOTE_MAX_CHARS = 2000
+_TAG = re.compile(r"^[^\s,]+$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -81,7 +97,11 @@ CREATE TABLE IF NOT EXISTS runs (
     step INTEGER,
     epoch INTEGER,
     log_path TEXT,
-    owner TEXT
+    owner TEXT,
+    name TEXT,
+    tags TEXT,
+    note TEXT,
+    steps_per_epoch INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -139,6 +159,17 @@ class RunRecord:
     log_path: str | None = None
     # Who launched it from the studio (a browser session on a public Space); None from the CLI.
     owner: str | None = None
+    # A person's labels (RunStore.set_labels): a display name, tags and a free-text note.
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    note: str | None = None
+    # Optimiser steps in one epoch, recorded by the trainer once its data is built (progress and ETA).
+    steps_per_epoch: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The run's name where it has one, else its id."""
+        return self.name or self.id
 
     @property
     def is_terminal(self) -> bool:
@@ -182,6 +213,57 @@ def _check_name(what: str, value: object) -> str:
             "starting with a letter or digit"
         )
     return value
+
+
+def _check_label(what: str, value: object, max_chars: int, one_line: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"the run's {what} must be text, got {type(value).__name__}")
+    text = value.strip()
+    if one_line and ("\n" in text or "\r" in text):
+        raise ValueError(f"the run's {what} must be one line")
+    if len(text) > max_chars:
+        raise ValueError(f"the run's {what} is {len(text)} characters long; at most {max_chars}")
+    return text
+
+
+def check_tags(tags: Iterable[str] | str | None) -> list[str]:
+    """Tags as a list: from a list, or from text separated by commas ("lr-sweep, baseline"); duplicates and
+    blanks dropped, order kept. A tag is one word of at most TAG_MAX_CHARS characters."""
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        items = tags.split(",")
+    elif isinstance(tags, Iterable):
+        items = list(tags)
+    else:
+        raise ValueError(f"tags must be a list or comma-separated text, got {type(tags).__name__}")
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"each tag must be text, got {item!r}")
+        tag = item.strip()
+        if not tag:
+            continue
+        if not _TAG.match(tag) or len(tag) > TAG_MAX_CHARS:
+            raise ValueError(
+                f"invalid tag {tag!r}: a tag is one word (no spaces or commas) of at most {TAG_MAX_CHARS} "
+                "characters; separate tags with commas"
+            )
+        if tag not in out:
+            out.append(tag)
+    if len(out) > MAX_TAGS:
+        raise ValueError(f"a run takes at most {MAX_TAGS} tags, got {len(out)}")
+    return out
+
+
+def _parse_tags_column(text: Any) -> list[str]:
+    if not text:
+        return []
+    try:
+        tags = json.loads(text)
+    except ValueError:
+        return []
+    return [str(t) for t in tags] if isinstance(tags, list) else []
 
 
 def _find_token(obj: Any, path: str = "config") -> str | None:
@@ -436,6 +518,8 @@ class RunStore:
         for key in ("variant", "domain"):
             if key in values:
                 _check_name(key, values[key])
+        if "tags" in values:
+            values["tags"] = json.dumps(check_tags(values["tags"]))
         if values.get("reason") is None and "reason" in values:
             values["reason"] = ""
         for key, value in values.items():
@@ -483,6 +567,41 @@ class RunStore:
                 )
         return True
 
+    def set_labels(
+        self,
+        run_id: str,
+        name: str | None = None,
+        tags: Iterable[str] | str | None = None,
+        note: str | None = None,
+    ) -> RunRecord:
+        """Give a run a display name, tags and a note (None leaves one as it is; "" clears it) and return
+        the updated run. Names need not be unique: the id stays the run's key."""
+        fields: dict[str, Any] = {}
+        if name is not None:
+            fields["name"] = _check_label("name", name, NAME_MAX_CHARS, one_line=True) or None
+        if tags is not None:
+            fields["tags"] = check_tags(tags)
+        if note is not None:
+            fields["note"] = _check_label("note", note, NOTE_MAX_CHARS, one_line=False) or None
+        if fields:
+            self.update_run(run_id, **fields)
+        record = self.get_run(run_id)
+        if record is None:
+            raise ValueError(f"no run with id {run_id!r}")
+        return record
+
+    def recent_steps(self, run_id: str, n: int = 20) -> list[tuple[int, float]]:
+        """(step, time) of the run's last ``n`` train/loss rows, oldest first: its current speed."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"n must be an int >= 2, got {n!r}")
+        with self._cursor() as conn:
+            raw = conn.execute(
+                "SELECT step, time FROM metrics WHERE run_id = ? AND split = 'train' AND name = 'loss'"
+                " ORDER BY seq DESC LIMIT ?",
+                (run_id, n),
+            ).fetchall()
+        return [(int(step), float(t)) for step, t in reversed(raw)]
+
     @staticmethod
     def _require_run(conn: sqlite3.Connection, run_id: str) -> str:
         row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -494,6 +613,7 @@ class RunStore:
     def _record(row: tuple[Any, ...]) -> RunRecord:
         values = dict(zip(_RUN_COLUMNS, row, strict=True))
         values["config"] = json.loads(values["config"]) if values["config"] else {}
+        values["tags"] = _parse_tags_column(values["tags"])
         return RunRecord(**values)
 
     # -- metrics ------------------------------------------------------------------------------------------
