@@ -136,11 +136,19 @@ class AutoencoderHubMixin(PyTorchModelHubMixin):
         """Save ``config.json`` + ``model.safetensors``, with ``self.preprocessing`` as it is *now*.
 
         The mixin captures init kwargs at construction, but trainers may fill ``preprocessing`` later.
+        No README.md is written: the one model card comes from ``trainers.model_card`` at export time (the
+        mixin's own card would say "[More Information Needed]"); a README already in the folder is kept.
         """
         if config is None and isinstance(self._hub_mixin_config, dict):
             self._hub_mixin_config["preprocessing"] = _check_jsonable(self.preprocessing)
             self._hub_mixin_config["variant"] = self.VARIANT
-        return super().save_pretrained(save_directory, config=config, **kwargs)
+        readme = Path(save_directory) / "README.md"
+        had_readme = readme.exists()
+        try:
+            return super().save_pretrained(save_directory, config=config, **kwargs)
+        finally:
+            if not had_readme:
+                readme.unlink(missing_ok=True)
 
     @classmethod
     def _from_pretrained(

@@ -21,9 +21,19 @@ log = logging.getLogger(__name__)
 # Loaded models kept in memory for the comparison views; a few per domain is plenty on a Space.
 MODEL_CACHE_SIZE = 8
 
+
+def _assets_dir() -> Path:
+    """assets/ of a checkout (or an editable install); in an installed wheel it ships as trainers/assets."""
+    import trainers
+
+    installed = Path(trainers.__file__).resolve().parent / "assets"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "assets"
+
+
+ASSETS_DIR = _assets_dir()
 #: Small checkpoints trained reproducibly by `assets/make_reference.py`, one per variant, so that a fresh
 #: install and a Space visitor see a real comparison before training anything.
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "assets" / "reference"
+REFERENCE_DIR = ASSETS_DIR / "reference"
 REFERENCE_PREFIX = "reference · "
 
 

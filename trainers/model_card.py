@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +21,26 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from models.base import LIBRARY_NAME, LICENSE
+from trainers.dataspec import parse_data_spec
 from trainers.metrics import registry
 
 LOSS_CURVE_FILE = "loss_curve.png"
 EXAMPLES_FILE = "examples.png"
+#: The one model card template (shipped as package data); the models' hub mixin writes no card of its own.
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
+
+# What model-index calls the data of the built-in sources: (domain, source) -> (dataset name, dataset type).
+BUILTIN_DATASETS: dict[tuple[str, str], tuple[str, str]] = {
+    ("sar", "synthetic"): (
+        "built-in synthetic SAR scenes (scikit-image sample images as reflectivity, Gamma speckle)",
+        "synthetic-sar-scenes",
+    ),
+    ("audio", "synthetic"): ("built-in synthetic audio clips", "synthetic-audio"),
+    ("fragments", "python"): (
+        "files of a Python installation (source, bytecode, shared libraries, archives)",
+        "python-installation-files",
+    ),
+}
 
 # Hub task of each domain (the fragments task has no Hub pipeline, hence no pipeline_tag) and extra tags.
 DOMAIN_INFO: dict[str, dict[str, Any]] = {
@@ -82,6 +100,7 @@ class CardInfo:
     has_loss_curve: bool = False
     has_examples: bool = False
     examples_markdown: str = ""
+    tensorboard_dir: str | None = None  # folder of TensorBoard event files in the export, if any
 
 
 # ------------------------------------------------------------------------------------------- model card
@@ -129,15 +148,34 @@ def metrics_table(info: CardInfo) -> str:
     return "\n".join(lines)
 
 
+def dataset_of(info: CardInfo) -> tuple[str, str]:
+    """(name, type) of the data a run trained on, as ``model-index`` names it: the named source for the
+    built-in sources, the folder's own name (not its path, which may be private) for a folder."""
+    spec = info.run_config.get("data")
+    source = "synthetic" if info.domain != "fragments" else "python"
+    folder = None
+    if spec:
+        try:
+            parsed = parse_data_spec(str(spec))
+        except ValueError:
+            return str(spec), f"{info.domain}-data"
+        source, folder = parsed.source or source, parsed.folder_path
+    if folder is not None:
+        return f"files of the folder '{folder.name or folder}'", f"{info.domain}-folder"
+    return BUILTIN_DATASETS.get((info.domain, source), (f"{info.domain} {source}", f"{info.domain}-{source}"))
+
+
 def card_data(info: CardInfo) -> ModelCardData:
     """Hub metadata: library, license, tags and a ``model-index`` with the checkpoint's validation metrics."""
     domain = DOMAIN_INFO[info.domain]
+    dataset_name, dataset_type = dataset_of(info)
     data_spec = str(info.run_config.get("data") or f"{info.domain} (built-in default)")
     results = [
         EvalResult(
             task_type=domain["task"],
-            dataset_type=f"{info.domain}-validation",
-            dataset_name=data_spec,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_config=data_spec,
             dataset_split="validation",
             metric_type=name,
             metric_name=name,
@@ -164,21 +202,19 @@ def card_data(info: CardInfo) -> ModelCardData:
     )
 
 
-def _json_block(obj: Any) -> str:
-    return "```json\n" + json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n```"
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)
 
 
 def build_model_card(info: CardInfo) -> str:
-    """The README.md text: YAML metadata, then what the model is, its metrics, curve, examples and usage."""
+    """The README.md text, rendered from ``templates/model_card.md.j2`` by ``ModelCard.from_template``:
+    YAML metadata, then what the model is, its metrics, curve, examples and usage."""
     if info.domain not in DOMAIN_INFO:
         raise ValueError(f"unknown domain {info.domain!r}; expected one of {', '.join(DOMAIN_INFO)}")
     domain = DOMAIN_INFO[info.domain]
-    source = info.repo_id or "path/to/this/folder"
     module, _, cls_name = info.model_class.rpartition(".")
     total = info.parameters.get("total")
-    params = f"{total:,} parameters" if isinstance(total, int) else "parameters unknown"
     cfg = info.run_config
-    data_spec = cfg.get("data") or f"{info.domain} (built-in default)"
     trained = (
         f"Trained with the Autoencoder Comparison Studio, run `{info.run_id}` ({info.status}); this is its "
         f"`{info.kind}` checkpoint"
@@ -186,59 +222,32 @@ def build_model_card(info: CardInfo) -> str:
         + (f", epoch {info.epoch}" if info.epoch is not None else "")
         + "."
     )
-    parts = [
-        f"# {info.variant}: {domain['title']}",
-        "",
-        f"`{cls_name}` ({params}). {trained}",
-        "",
-        f"- **Variant:** `{info.variant}` (domain: {info.domain})",
-        f"- **Data:** `{data_spec}`",
-        f"- **Training:** preset {cfg.get('preset', '–')}, epochs {cfg.get('epochs', '–')}, batch size "
-        f"{cfg.get('batch_size', '–')}, learning rate {cfg.get('lr', '–')}, seed {cfg.get('seed', '–')}",
-        "",
-        "## Validation metrics",
-        "",
-        metrics_table(info),
-        "",
-    ]
-    if info.has_loss_curve:
-        parts += ["## Loss curve", "", f"![training and validation loss]({LOSS_CURVE_FILE})", ""]
-    if info.has_examples or info.examples_markdown:
-        parts += ["## Example reconstructions", ""]
-        if info.has_examples:
-            parts += [f"![example reconstructions]({EXAMPLES_FILE})", ""]
-        if info.examples_markdown:
-            parts += [info.examples_markdown, ""]
-    parts += [
-        "## Usage",
-        "",
-        "With the Autoencoder Comparison Studio's `models` package on the path:",
-        "",
-        "```python",
-        "from models import load_pretrained",
-        "",
-        f'model = load_pretrained("{source}")  # {cls_name}, in eval mode',
-        f'# or: from {module} import {cls_name}; model = {cls_name}.from_pretrained("{source}")',
-        "```",
-        "",
-        f"In the studio, load it in the Hub tab; it then appears in the {TAB_OF_DOMAIN[info.domain]} tab.",
-        "Weights are safetensors only; `config.json` holds the architecture and the preprocessing.",
-        "",
-        "<details><summary>Preprocessing (from config.json)</summary>",
-        "",
-        _json_block(info.model_config.get("preprocessing", {})),
-        "",
-        "</details>",
-        "",
-        "<details><summary>Training configuration</summary>",
-        "",
-        _json_block(info.run_config),
-        "",
-        "</details>",
-        "",
-    ]
-    content = f"---\n{card_data(info).to_yaml()}\n---\n\n" + "\n".join(parts)
-    return str(ModelCard(content))
+    card = ModelCard.from_template(
+        card_data(info),
+        template_path=str(TEMPLATE),
+        title=domain["title"],
+        variant=info.variant,
+        domain=info.domain,
+        cls_name=cls_name,
+        module=module,
+        params=f"{total:,} parameters" if isinstance(total, int) else "parameters unknown",
+        trained=trained,
+        data_spec=cfg.get("data") or f"{info.domain} (built-in default)",
+        dataset_name=dataset_of(info)[0],
+        **{key: cfg.get(key, "–") for key in ("preset", "epochs", "batch_size", "lr", "seed")},
+        metrics_table=metrics_table(info),
+        loss_curve_file=LOSS_CURVE_FILE if info.has_loss_curve else "",
+        examples_file=EXAMPLES_FILE if info.has_examples else "",
+        examples_markdown=info.examples_markdown,
+        tensorboard_dir=info.tensorboard_dir or "",
+        package=LIBRARY_NAME,
+        source=info.repo_id or "path/to/this/folder",
+        tab=TAB_OF_DOMAIN[info.domain],
+        preprocessing_json=_json(info.model_config.get("preprocessing", {})),
+        run_config_json=_json(info.run_config),
+    )
+    # The template's optional sections leave runs of blank lines where they are off; Markdown ignores them.
+    return re.sub(r"\n{3,}", "\n\n", str(card)).rstrip("\n") + "\n"
 
 
 # ----------------------------------------------------------------------------------------------- charts
