@@ -1,0 +1,169 @@
+"""The project as a package: the wheel holds every package, the model card template, the shipped assets and
+the console scripts; its dependencies are requirements.txt's; and the unpacked wheel, used the way an
+installed copy is (away from the checkout), runs the CLI, finds its assets and renders a model card.
+
+A fresh virtual environment per test run would take minutes; the wheel is built with the build backend that
+is already installed (`--no-build-isolation`) from a copy of the sources, so the checkout stays untouched."""
+
+from __future__ import annotations
+
+import email
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("models", "trainers", "studio")
+SCRIPTS = {"ae-studio": "studio.app:main", "ae-train": "trainers.cli:main"}
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _source_packages() -> set[str]:
+    """Every folder of Python modules under the three packages, as a dotted name."""
+    found = set()
+    for top in PACKAGES:
+        for init in (ROOT / top).rglob("*.py"):
+            if "__pycache__" not in init.parts:
+                found.add(".".join(init.parent.relative_to(ROOT).parts))
+    return found
+
+
+def _requirement(line: str) -> tuple[str, str]:
+    """(normalised name, specifier without spaces) of one requirement line."""
+    line = line.split("#", 1)[0].strip()
+    match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(.*)$", line)
+    assert match, f"cannot read requirement {line!r}"
+    name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+    return name, ",".join(sorted(match.group(2).replace(" ", "").split(",")))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in (*PACKAGES, "assets"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    out = tmp_path_factory.mktemp("dist")
+    build = ["wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", *build],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (whl,) = out.glob("autoencoder_comparison_studio-*.whl")
+    return whl
+
+
+@pytest.fixture(scope="module")
+def unpacked(wheel, tmp_path_factory) -> Path:
+    site = tmp_path_factory.mktemp("site-packages")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    return site
+
+
+def test_every_package_folder_is_declared() -> None:
+    declared = set(_pyproject()["tool"]["setuptools"]["packages"])
+    missing = _source_packages() - declared
+    assert not missing, f"add {sorted(missing)} to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_wheel_holds_the_packages_template_assets_and_scripts(wheel) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        dist_info = next(n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info"))
+        entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
+        metadata = email.message_from_bytes(zf.read(f"{dist_info}/METADATA"))
+    for package in _source_packages():
+        assert f"{package.replace('.', '/')}/__init__.py" in names, package
+    sources = {str(p.relative_to(ROOT)) for top in PACKAGES for p in (ROOT / top).rglob("*.py")}
+    assert {s for s in sources if "__pycache__" not in s} <= names
+    assert "trainers/templates/model_card.md.j2" in names
+    # assets/ ships as trainers/assets: every example input is there, and nothing outside the packages is.
+    for path in (ROOT / "assets").rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            assert f"trainers/assets/{path.relative_to(ROOT / 'assets').as_posix()}" in names, path
+    assert not any(n.startswith(("tests/", "benchmarks/", "assets/")) or n.endswith(".pyc") for n in names)
+    for script, target in SCRIPTS.items():
+        assert re.search(rf"^{script}\s*=\s*{re.escape(target)}$", entry_points, re.M), entry_points
+    assert metadata["Name"] == "autoencoder-comparison-studio"
+    assert metadata["Requires-Python"] == ">=3.10"
+
+
+def test_dependencies_match_requirements_txt() -> None:
+    """pyproject.toml and requirements.txt name the same packages with the same floors; only torch differs
+    (pinned to the CPU wheel in requirements.txt, a floor in the package)."""
+    project = _pyproject()["project"]
+    declared = dict(_requirement(r) for r in project["dependencies"])
+    lines = (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    pinned = dict(_requirement(r) for r in lines if r.split("#", 1)[0].strip())
+    assert pinned.pop("torch") == "==2.13.0" and declared.pop("torch").startswith(">=")
+    assert pinned == declared
+    dev_lines = (ROOT / "requirements-dev.txt").read_text(encoding="utf-8").splitlines()
+    dev = [r for r in dev_lines if r.split("#", 1)[0].strip()]
+    assert dev[0] == "-r requirements.txt"
+    extra = project["optional-dependencies"]["dev"]
+    assert dict(map(_requirement, dev[1:])) == dict(map(_requirement, extra))
+    # The hub client that speaks httpx2 (imported by trainers/hub.py), and a gradio that accepts it.
+    assert declared["huggingface-hub"] == "<3,>=2.0" and "httpx2" in declared
+    assert declared["gradio"] == "<7,>=6.30"
+
+
+def _run_installed(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """Python with only the unpacked wheel on the path (not the checkout), run from elsewhere."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(site), PYTHONSAFEPATH="1", GRADIO_ANALYTICS_ENABLED="False")
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+def test_unpacked_wheel_runs_the_cli_finds_assets_and_renders_a_card(unpacked, tmp_path) -> None:
+    proc = _run_installed(unpacked, tmp_path, "-m", "trainers", "variants")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "fragment-dae" in proc.stdout and "sar-attention" in proc.stdout
+    code = """
+import models, trainers, studio.context as c
+from trainers.model_card import TEMPLATE, CardInfo, build_model_card
+print(models.__file__); print(c.ASSETS_DIR); print(TEMPLATE)
+info = CardInfo(run_id="r", variant="fragment-dae", domain="fragments", kind="best", step=3, epoch=1,
+    status="completed", run_config={}, model_config={}, parameters={"total": 10},
+    model_class="models.fragments.FragmentAutoencoder", checkpoint_metrics={"loss": 0.5})
+print(build_model_card(info).count("pip install autoencoder-comparison-studio"))
+"""
+    proc = _run_installed(unpacked, tmp_path, "-c", code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    models_file, assets, template, usage = proc.stdout.split()
+    for path in (models_file, assets, template):
+        assert Path(path).is_relative_to(unpacked), path
+    assert Path(assets) == unpacked / "trainers" / "assets" and (Path(assets) / "sar").is_dir()
+    assert usage == "1"
+
+
+def test_checkpoint_folders_get_no_second_model_card(tmp_path) -> None:
+    """The hub mixin's own README ("[More Information Needed]") is not written; one already there is kept."""
+    from models import create_model
+
+    model = create_model("fragment-dae")
+    model.save_pretrained(tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["config.json", "model.safetensors"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "README.md").write_text("my card\n")
+    model.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "b" / "README.md").read_text() == "my card\n"
