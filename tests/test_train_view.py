@@ -192,7 +192,7 @@ def test_long_curves_are_thinned_but_keep_their_spikes_and_ends():
     values = 1.0 / np.sqrt(steps) + 0.01 * rng.standard_normal(steps.size)
     values[12_345], values[3_000] = 5.0, -1.0  # a loss spike and a dip that must stay visible
     x, y = thin(steps, values, 2_000)
-    assert x.size == 2_000 and np.all(np.diff(x) > 0)
+    assert 1_900 <= x.size <= 2_000 and np.all(np.diff(x) > 0)
     assert {1, 20_000, 12_346, 3_001} <= set(x.tolist())
     np.testing.assert_array_equal(y, values[x - 1])  # thinned points are real points
     short_x, short_y = thin(steps[:50], values[:50], 2_000)
@@ -209,12 +209,14 @@ def test_figure_of_a_long_run_draws_a_bounded_number_of_points(tmp_path):
         cache = CurveCache()
         cache.update(store, [a])
     fig = make_figure(cache, "train/loss", [a], smoothing=0.9)
-    assert len(fig.data) == 2 and all(len(t.x) == MAX_POINTS_PER_TRACE for t in fig.data)
+    assert len(fig.data) == 2 and all(
+        0.95 * MAX_POINTS_PER_TRACE <= len(t.x) <= MAX_POINTS_PER_TRACE for t in fig.data
+    )
     main = next(t for t in fig.data if t.meta == a)
     steps, values = cache.series(a, "train/loss")
     assert steps.size == 3 * MAX_POINTS_PER_TRACE
     # The smoothing runs over every point; only the drawing is thinned.
-    assert main.x[-1] == steps[-1] and main.y[-1] == pytest.approx(ema(values, 0.9)[-1])
+    assert main.x[-1] == steps[-1] and main.y[-1] == pytest.approx(ema(values, 0.9)[-1], rel=1e-6)
 
 
 def test_uirevision_is_stable_across_refreshes_and_changes_with_the_selection(store):
@@ -285,7 +287,7 @@ def test_a_launch_plots_the_new_runs_beside_those_of_their_domain(ctx):
         ({"variants": []}, ValueError, "No variant chosen: tick one or more variants"),
         ({"variants": None}, ValueError, "No variant chosen"),
         ({"variants": ["sar-huge"]}, ValueError, "unknown variant(s) 'sar-huge'"),
-        ({"preset": "medium"}, ValueError, "preset must be one of smoke, full"),
+        ({"preset": "medium"}, ValueError, "preset must be one of smoke, reference, full"),
         ({"lr": "fast"}, ValueError, "learning rate must be a positive number such as 3e-4"),
         ({"lr": "0"}, ValueError, "learning rate must be a positive number"),
         ({"lr": -1e-3}, ValueError, "learning rate must be a positive number"),
