@@ -108,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
 
+    p = sub.add_parser(
+        "export",
+        help="every logged point of runs as CSV (Trackio's import layout), JSONL or TensorBoard event files",
+        description="Write one file (csv, jsonl) or folder (tensorboard) per run into --out. See README, "
+        "'Export, TensorBoard and Trackio'.",
+    )
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--format", choices=["csv", "jsonl", "tensorboard"], required=True)
+    p.add_argument("--out", default="exports", metavar="DIR", help="output folder (default: ./exports)")
+    p.add_argument("--no-media", action="store_true", help="tensorboard: scalars only, no images/audio/text")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+
     sub.add_parser("variants", help="list the model variants")
 
     p = sub.add_parser("push", help="push a run's best checkpoint to a Hugging Face Hub model repo")
@@ -322,6 +334,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from trainers.export import export_runs
+
+    paths = export_runs(args.run_ids, args.format, args.out, args.runs_dir, with_media=not args.no_media)
+    for path in paths:
+        print(path)
+    if args.format == "tensorboard":
+        print(f"view with: tensorboard --logdir {args.out}", file=sys.stderr)
+    return 0
+
+
 def _cmd_variants(args: argparse.Namespace) -> int:  # noqa: ARG001
     from models import VARIANTS
 
@@ -341,6 +364,7 @@ _COMMANDS = {
     "runs": _cmd_runs,
     "eval": _cmd_eval,
     "compare": _cmd_compare,
+    "export": _cmd_export,
     "variants": _cmd_variants,
     "push": _cmd_push,
 }
