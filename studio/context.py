@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,22 @@ ASSETS_DIR = _assets_dir()
 #: Small checkpoints trained reproducibly by `assets/make_reference.py`, one per variant, so that a fresh
 #: install and a Space visitor see a real comparison before training anything.
 REFERENCE_DIR = ASSETS_DIR / "reference"
+#: Where a Hugging Face Space with persistent storage mounts it; anything else on a Space is lost on restart.
+SPACE_STORAGE = Path("/data")
+
+
+def space_runs_dir(environ: Mapping[str, str] | None = None, storage: Path = SPACE_STORAGE) -> Path | None:
+    """The runs folder on a Space's persistent storage (``/data/runs``), or None: when not on a Space
+    (no ``SPACE_ID``), when ``STUDIO_RUNS_DIR`` already says where runs go, or when the Space has no
+    writable persistent storage."""
+    env = os.environ if environ is None else environ
+    if not env.get("SPACE_ID") or env.get("STUDIO_RUNS_DIR"):
+        return None
+    if not (storage.is_dir() and os.access(storage, os.W_OK | os.X_OK)):
+        return None
+    return storage / "runs"
+
+
 REFERENCE_PREFIX = "reference · "
 
 

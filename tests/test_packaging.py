@@ -167,3 +167,27 @@ def test_checkpoint_folders_get_no_second_model_card(tmp_path) -> None:
     (tmp_path / "b" / "README.md").write_text("my card\n")
     model.save_pretrained(tmp_path / "b")
     assert (tmp_path / "b" / "README.md").read_text() == "my card\n"
+
+
+def test_space_runs_go_to_persistent_storage_when_present(tmp_path) -> None:
+    from studio.context import space_runs_dir
+
+    storage = tmp_path / "data"
+    storage.mkdir()
+    on_space = {"SPACE_ID": "alice/studio"}
+    assert space_runs_dir(on_space, storage) == storage / "runs"
+    assert space_runs_dir({}, storage) is None  # not a Space: ./runs as always
+    assert space_runs_dir({**on_space, "STUDIO_RUNS_DIR": "/elsewhere"}, storage) is None  # owner decides
+    assert space_runs_dir(on_space, tmp_path / "no-storage") is None  # no persistent storage attached
+
+
+def test_space_installs_the_cpu_torch_wheel_first() -> None:
+    """pre-requirements.txt (read by a Space only) meets requirements.txt's torch pin with the CPU build."""
+    pre = (ROOT / "pre-requirements.txt").read_text(encoding="utf-8").splitlines()
+    lines = [line.strip() for line in pre if line.split("#", 1)[0].strip()]
+    assert lines == ["--extra-index-url https://download.pytorch.org/whl/cpu", "torch==2.13.0+cpu"]
+    pinned = [r for r in (ROOT / "requirements.txt").read_text().splitlines() if r.startswith("torch")]
+    assert pinned == ["torch==2.13.0"]  # 2.13.0+cpu satisfies it, so the Space keeps the CPU build
+    assert "download.pytorch.org" not in (ROOT / "requirements.txt").read_text()
+    front = (ROOT / "README.md").read_text(encoding="utf-8").split("---")[1]
+    assert 'python_version: "3.11"' in front and "suggested_hardware: cpu-basic" in front
