@@ -117,14 +117,22 @@ def test_export_writes_loadable_folder_with_card_of_the_run(trained, tmp_path):
     assert table_row.split("|")[3].strip() == f"{best['loss']:.4g}"
     assert "lower" in table_row
     assert f"run `{run_id}`" in card.text and f"step {step}" in card.text
-    assert "![training and validation loss](loss_curve.png)" in card.text
+    assert "loss_curve.png" not in card.text  # the Hub's metrics tab shows the curves (TensorBoard files)
     assert "![example reconstructions](examples.png)" in card.text
+    assert "tensorboard --logdir runs" in card.text
 
-    curve = np.asarray(Image.open(folder / "loss_curve.png").convert("RGB"))
-    train_colour = np.array(model_card.SERIES_COLOURS[0])
-    assert (
-        curve.shape[0] >= 400 and (np.abs(curve - train_colour).sum(-1) < 30).sum() > 200
-    )  # the drawn curve
+    # The run's TensorBoard event file, with every logged train/val point at its step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert [p.name for p in (folder / "runs" / run_id).iterdir()] == [f"events.out.tfevents.{run_id}"]
+    acc = EventAccumulator(str(folder / "runs" / run_id), size_guidance={"scalars": 0})
+    acc.Reload()
+    with RunStore(runs) as store:
+        for split in ("train", "val"):
+            series = store.metric_series(run_id, "loss", split)
+            assert [(e.step, e.value) for e in acc.Scalars(f"{split}/loss")] == [
+                (s, pytest.approx(v, rel=1e-6)) for s, v in series
+            ]
     examples = Image.open(folder / "examples.png")
     assert examples.size[0] >= 600 and examples.size[1] >= 300
 
@@ -191,8 +199,12 @@ def test_export_refuses_bad_input_and_changes_nothing(trained, tmp_path):
     # Exporting again into an earlier export replaces it.
     first = hub.export_checkpoint(run_id, runs, tmp_path / "again")
     (first / "README.md").write_text("stale")
+    (first / "loss_curve.png").write_bytes(b"an earlier version's chart")
+    (first / "runs" / run_id / "events.out.tfevents.stale").write_bytes(b"")
     hub.export_checkpoint(run_id, runs, tmp_path / "again")
     assert (first / "README.md").read_text().startswith("---")
+    assert sorted(p.name for p in first.iterdir()) == sorted(hub.EXPORT_FILES)
+    assert [p.name for p in (first / "runs" / run_id).iterdir()] == [f"events.out.tfevents.{run_id}"]
 
 
 # ----------------------------------------------------------------------------------------------- push
@@ -205,7 +217,8 @@ def test_push_end_to_end_and_download_back_identical(trained, hub_env, tmp_path)
     assert repo.messages[repo.branches["main"]] == "first push"
     files = hub_env.files("alice/frag-dae")
     ckpt = _checkpoint(runs, run_id)
-    assert set(hub.EXPORT_FILES) <= set(files)
+    assert set(hub.EXPORT_FILES) - {"runs"} <= set(files)
+    assert f"runs/{run_id}/events.out.tfevents.{run_id}" in files  # the Hub's metrics tab reads it
     assert files["model.safetensors"] == (ckpt / "model.safetensors").read_bytes()
     card = ModelCard(files["README.md"].decode())
     assert 'load_pretrained("alice/frag-dae")' in card.text

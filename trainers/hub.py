@@ -2,8 +2,11 @@
 load a checkpoint back from the Hub or from any folder.
 
 An exported folder holds ``model.safetensors`` + ``config.json`` (architecture and preprocessing; what
-``models.load_pretrained`` needs) + ``README.md`` (model card with metadata, metrics, loss curve and examples)
-+ ``loss_curve.png`` + ``examples.png``; the optimiser state and trainer bookkeeping stay in the run.
+``models.load_pretrained`` needs) + ``README.md`` (model card with metadata, metrics and examples)
++ ``examples.png`` + ``runs/RUN_ID/`` (the run's TensorBoard event files: every logged point and the media
+logged along the run; the Hub shows them in its metrics tab, ``tensorboard --logdir runs`` locally); the
+optimiser state and trainer bookkeeping stay in the run. The hand-drawn ``loss_curve.png`` of earlier
+versions is gone: the metrics tab shows the same curves, zoomable, with every validation metric.
 
 A Hub token is taken from the ``token`` argument (the studio's password field, for one push) or from
 ``huggingface_hub``'s own lookup (``HF_TOKEN``, then ``hf auth login``). It is handed to the client for the
@@ -50,7 +53,6 @@ from trainers.model_card import (
     audio_examples,
     build_model_card,
     fragment_examples,
-    render_loss_curve,
     sar_examples,
 )
 from trainers.store import DB_NAME, RunRecord, RunStore
@@ -60,8 +62,12 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 README_FILE = "README.md"
+# The folder of the run's TensorBoard event files in an export (``runs/RUN_ID/events.out.tfevents.RUN_ID``).
+TENSORBOARD_DIR = "runs"
 # Everything an export writes; an existing folder holding anything else is refused, never overwritten.
-EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, README_FILE, LOSS_CURVE_FILE, EXAMPLES_FILE)
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, README_FILE, EXAMPLES_FILE, TENSORBOARD_DIR)
+# What earlier versions also wrote: still recognised (and removed) when an old export is replaced.
+_OLD_EXPORT_FILES = (LOSS_CURVE_FILE,)
 # What a load fetches from a Hub repo: the checkpoint and its card, nothing executable.
 LOAD_PATTERNS = [CONFIG_FILE, WEIGHTS_FILE, README_FILE]
 KINDS = checkpoints.KINDS
@@ -164,15 +170,6 @@ def _val_metrics(store: RunStore, run_id: str, step: int | None) -> tuple[dict, 
     return at_step, store.best_metrics(run_id), final
 
 
-def _loss_series(store: RunStore, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    series = {}
-    for split in ("train", "val"):
-        points = store.metric_series(run_id, "loss", split)
-        if points:
-            series[f"{split}/loss"] = points
-    return series
-
-
 def _examples(model: Any, config: dict[str, Any]):
     """Render the domain's example figure from a few samples of its built-in data (see model_card)."""
     import torch
@@ -236,10 +233,16 @@ def _build_folder(
         final_metrics=final,
         repo_id=repo_id,
     )
-    series = _loss_series(store, run.id)
-    if series:
-        render_loss_curve(series, f"{run.variant} · run {run.id}").save(dest / LOSS_CURVE_FILE)
-        info.has_loss_curve = True
+    try:
+        from trainers.export import write_tensorboard
+
+        write_tensorboard(store, run.id, dest / TENSORBOARD_DIR / run.id)
+    except (ValueError, ImportError, OSError, RuntimeError) as exc:
+        # E.g. a run that logged nothing, or no tensorboard package: the checkpoint is still worth sharing.
+        log.warning("TensorBoard event files of run %s not written: %s", run.id, exc)
+        shutil.rmtree(dest / TENSORBOARD_DIR, ignore_errors=True)
+    else:
+        info.tensorboard_dir = TENSORBOARD_DIR
     try:
         image, markdown = _examples(model, config)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
@@ -268,7 +271,8 @@ def export_checkpoint(run_id: str, runs_dir: str | Path, to_folder: str | Path, 
     if target.exists() and not target.is_dir():
         raise ValueError(f"export target {str(target)!r} exists and is not a folder")
     if target.is_dir():
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in EXPORT_FILES)
+        ours = EXPORT_FILES + _OLD_EXPORT_FILES
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in ours)
         if foreign:
             raise ValueError(
                 f"export folder {str(target)!r} already holds other files ({', '.join(foreign[:5])}); "
@@ -285,9 +289,14 @@ def export_checkpoint(run_id: str, runs_dir: str | Path, to_folder: str | Path, 
                 os.replace(staging, target)
             else:
                 for name in written:
+                    if (target / name).is_dir():  # runs/: a folder is replaced whole, not merged
+                        shutil.rmtree(target / name)
                     os.replace(staging / name, target / name)
-                for name in set(EXPORT_FILES) - set(written):  # e.g. examples.png of an earlier export
-                    (target / name).unlink(missing_ok=True)
+                for name in set(EXPORT_FILES + _OLD_EXPORT_FILES) - set(written):  # e.g. old loss_curve.png
+                    if (target / name).is_dir():
+                        shutil.rmtree(target / name)
+                    else:
+                        (target / name).unlink(missing_ok=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     log.debug("exported run %s (%s checkpoint) to %s", run.id, kind, target)
