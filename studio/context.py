@@ -80,14 +80,17 @@ class StudioContext:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def checkpoint_choices(self, domain: str) -> list[tuple[str, str]]:
-        """(label, folder) of every checkpoint of `domain`: runs' best (else last), the shipped reference
-        checkpoints, then external ones (loaded from the Hub or a folder)."""
+        """(label, folder) of every checkpoint of `domain`: each run's `best` then its `last` (labelled, so
+        the weights of the best validation epoch and the final ones can be compared), the shipped reference
+        checkpoints, then external ones (loaded from the Hub or a folder). A run's name, where it has one,
+        leads its labels."""
         choices: list[tuple[str, str]] = []
         for run in self.store.list_runs():
             info = VARIANTS.get(run.variant)
             if info is None or info.domain != domain:
                 continue
             run_folder = self.runs_dir / run.id
+            name = f"{run.name} · " if run.name else ""
             for kind in ("best", "last"):
                 try:
                     path = checkpoints.checkpoint_path(run_folder, kind)
@@ -96,13 +99,8 @@ class StudioContext:
                     log.warning("skipping %s checkpoint of run %s: %s", kind, run.id, exc)
                     continue
                 if path is not None:
-                    choices.append(
-                        (
-                            f"{run.id} · {run.variant} · {kind} · {run.status}",
-                            str(run_folder / "checkpoints" / kind),
-                        )
-                    )
-                    break
+                    label = f"{name}{run.id} · {run.variant} · {kind} · {run.status}"
+                    choices.append((label, str(run_folder / "checkpoints" / kind)))
         for label, folder in {**self.reference, **self.external}.items():
             try:
                 variant = _variant_of(folder)

@@ -469,9 +469,15 @@ def log_ticks(decades: float) -> dict[str, Any]:
     return {"dtick": "D2", "tickformat": ".2~g"} if decades >= 1.0 else {}
 
 
-def figure_points(fig: go.Figure) -> dict[str, int]:
-    """Points drawn per run (the main trace of each run, not its faint raw copy); JSON-able for the API."""
+def figure_points(fig: go.Figure | Mapping[str, Any]) -> dict[str, int]:
+    """Points drawn per run (the main trace of each run, not its faint raw copy), of a figure or a
+    ``figure_spec``; JSON-able for the API."""
     counts: dict[str, int] = {}
+    if isinstance(fig, Mapping):
+        for trace in fig["data"]:
+            if trace.get("meta") is not None:
+                counts[str(trace["meta"])] = len(trace.get("x") if trace.get("x") is not None else ())
+        return counts
     for trace in fig.data:
         if trace.meta is not None:
             counts[str(trace.meta)] = 0 if trace.x is None else len(trace.x)

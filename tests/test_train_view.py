@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
+import gradio as gr
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,24 +17,37 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from studio.app import make_context  # noqa: E402
 from studio.curves import (  # noqa: E402
+    PALETTE,
+    X_AXES,
     CurveCache,
+    RunLabel,
     curve_uirevision,
     ema,
     figure_points,
     keep_view,
     make_figure,
+    run_color,
     thin,
 )
 from studio.views.train import (  # noqa: E402
+    JOB_HEADERS,
+    TrainSession,
     cancel_run,
     check_curve_request,
+    default_panels,
     format_elapsed,
     job_table,
     launch_runs,
     log_tail,
     parse_settings,
     plot_selection,
+    poll,
     preset_summary,
+    progress_text,
+    resource_texts,
+    run_labels,
+    set_run_labels,
+    speed_text,
 )
 from trainers.config import make_config  # noqa: E402
 from trainers.store import RunStore  # noqa: E402
@@ -354,19 +369,223 @@ def test_parse_settings_leaves_blanks_to_the_preset():
 
 
 def test_jobs_table_formats_the_job_managers_rows(ctx):
-    done = ctx.store.create_run("fragment-dae", "fragments", {"epochs": 2}, status="running")
-    ctx.store.update_run(done, epoch=2, step=40, device="cpu")
+    config = make_config("fragment-dae", "smoke", epochs=2, batch_size=1_000_000, lr=3e-4).to_dict()
+    done = ctx.store.create_run("fragment-dae", "fragments", config, status="running")
+    ctx.store.update_run(done, epoch=2, step=40, device="cpu", steps_per_epoch=20)
     ctx.store.log_metrics(done, 20, 1, "val", {"accuracy_corrupted": 0.25, "loss": 0.5})
     ctx.store.log_metrics(done, 40, 2, "val", {"accuracy_corrupted": 0.75, "loss": 0.4})
     ctx.store.set_status(done, "completed")
+    ctx.store.set_labels(done, name="big batch", tags="sweep, batch")
     failed = ctx.store.create_run("sar-baseline", "sar", {}, status="failed")
     ctx.store.set_status(failed, "failed", "CUDA out of memory " + "x" * 200)
-    table = job_table(ctx.jobs.jobs())
-    assert [row[0] for row in table] == [failed, done]
-    assert table[1][1:5] == ["fragment-dae", "completed", "2 / 40", "accuracy_corrupted ↑ 0.7500"]
-    assert table[1][6] == "cpu"
-    assert table[0][2:5] == ["failed", "0 / 0", "–"]
-    assert table[0][7].startswith("CUDA out of memory") and len(table[0][7]) <= 90
+    table, ids = job_table(ctx.jobs.jobs())
+    assert ids == [failed, done]
+    headers = {name: i for i, name in enumerate(JOB_HEADERS)}
+    row = table[1]
+    assert f"<b>big batch</b> <small>{done}</small>" in row[0] and run_color(done) in row[0]
+    assert row[headers["status"]] == "completed"
+    assert row[headers["progress"]] == "epoch 2 / 2 · 100%"
+    assert row[headers["best"]] == "accuracy_corrupted ↑ 0.7500"
+    assert row[headers["batch"]] == "1,000,000" and row[headers["lr"]] == "0.0003"
+    assert row[headers["preset"]] == "smoke" and row[headers["tags"]] == "sweep, batch"
+    assert row[headers["device"]].startswith("cpu")
+    assert table[0][headers["progress"]] == "epoch 0 / ?" and table[0][headers["best"]] == "–"
+    assert table[0][headers["note"]].startswith("CUDA out of memory") and len(table[0][headers["note"]]) <= 90
+    # Filter by words, tags and status; sort by name and by the best value.
+    assert job_table(ctx.jobs.jobs(), "tag:sweep")[1] == [done]
+    assert job_table(ctx.jobs.jobs(), "status:fail")[1] == [failed]
+    assert job_table(ctx.jobs.jobs(), "BIG status:completed")[1] == [done]
+    assert job_table(ctx.jobs.jobs(), "tag:nope")[1] == []
+    assert job_table(ctx.jobs.jobs(), "", "oldest")[1] == [done, failed]
+    assert job_table(ctx.jobs.jobs(), "", "best")[1] == [done, failed]  # no value: last
+    with pytest.raises(ValueError, match="sort must be one of"):
+        job_table(ctx.jobs.jobs(), "", "size")
+
+
+def test_progress_speed_eta_and_queue_places(ctx):
+    from studio.progress import planned_steps, progress, queue_positions, steps_per_second
+
+    assert planned_steps({"epochs": 10}, 50) == 500
+    assert planned_steps({"epochs": 10, "max_steps": 120}, 50) == 120
+    assert planned_steps({"epochs": 10}, None) is None
+    assert steps_per_second([(100, 10.0), (150, 12.0), (200, 14.0)]) == pytest.approx(25.0)
+    assert steps_per_second([(100, 10.0)]) is None
+    run_id = ctx.store.create_run("sar-baseline", "sar", {"epochs": 4}, status="running")
+    ctx.store.update_run(run_id, step=150, epoch=1, steps_per_epoch=100)
+    info = progress(ctx.store.get_run(run_id), [(100, 10.0), (150, 12.0)])
+    # 150 of 400 steps; 25 steps/s -> (400 - 150) / 25 = 10 s left; epoch 2 of 4 in progress.
+    assert info["epoch_now"] == 2 and info["total_steps"] == 400
+    assert info["percent"] == pytest.approx(37.5) and info["eta_s"] == pytest.approx(10.0)
+    row = {"status": "running", "epochs": 4, **info}
+    assert progress_text(row) == "epoch 2 / 4 · 38%" and speed_text(row) == "25 steps/s · ETA 10 s"
+    # Queued runs get their place in line, in the order they start (oldest first).
+    first = ctx.store.create_run("sar-baseline", "sar", {}, status="queued")
+    second = ctx.store.create_run("sar-baseline", "sar", {}, status="queued")
+    places = queue_positions(ctx.store.list_runs())
+    assert places == {first: 1, second: 2}
+    row = next(r for r in ctx.jobs.jobs() if r["id"] == second)
+    assert row["queue_position"] == 2 and progress_text(row) == "queued · #2 in line"
+
+
+def test_process_usage_reads_this_process_and_gpu_usage_reads_nvml(monkeypatch):
+    import sys
+    import types
+
+    from studio.progress import gpu_usage, process_usage
+
+    first = process_usage(os.getpid())
+    assert first["rss_bytes"] > 10 * 2**20 and first["cpu_percent"] is None  # no earlier reading yet
+    sum(i * i for i in range(200_000))  # some CPU time between the readings
+    second = process_usage(os.getpid())
+    assert second["cpu_percent"] is not None and 0 <= second["cpu_percent"] < 100 * (os.cpu_count() or 1) + 50
+    assert process_usage(None) == {"cpu_percent": None, "rss_bytes": None}
+
+    assert gpu_usage([os.getpid()]) == {} or "pynvml" in sys.modules  # no NVML here: no GPU figures
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=45),
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [
+            types.SimpleNamespace(pid=123, usedGpuMemory=3 * 2**30),
+            types.SimpleNamespace(pid=999, usedGpuMemory=2**30),
+        ],
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert gpu_usage([123]) == {
+        123: {"gpu_index": 0.0, "gpu_util_percent": 45.0, "gpu_memory_bytes": 3 * 2**30}
+    }
+    cpu, gpu = resource_texts(
+        {
+            "status": "running",
+            "cpu_percent": 97.4,
+            "rss_bytes": 640 * 2**20,
+            "gpu_index": 0.0,
+            "gpu_util_percent": 45.0,
+            "gpu_memory_bytes": 3 * 2**30,
+        }
+    )
+    assert (cpu, gpu) == ("CPU 97% · 640 MiB", "GPU 0 · 45% · 3.0 GiB")
+
+
+def test_labels_are_saved_through_the_handler_and_bad_ones_refused(ctx):
+    run_id = ctx.store.create_run("sar-baseline", "sar", {})
+    assert (
+        set_run_labels(ctx, run_id, "lr sweep", "sweep, lr", "try 3e-4") == "Saved: lr sweep · tags sweep, lr"
+    )
+    run = ctx.store.get_run(run_id)
+    assert (run.name, run.tags, run.note) == ("lr sweep", ["sweep", "lr"], "try 3e-4")
+    with pytest.raises(ValueError, match="No run selected"):
+        set_run_labels(ctx, "", "x", "", "")
+    with pytest.raises(ValueError, match="no run with id 'nope'"):
+        set_run_labels(ctx, "nope", "x", "", "")
+    with pytest.raises(ValueError, match="invalid tag 'two words'"):
+        set_run_labels(ctx, run_id, "x", "two words", "")
+    assert ctx.store.get_run(run_id).name == "lr sweep"
+
+
+def test_run_colours_are_fixed_and_legends_name_the_differing_settings(store):
+    # The colour depends on the run id only: the same in every figure, panel, selection and process.
+    assert run_color("20261121-041502-sar-baseline-3fa2") == run_color("20261121-041502-sar-baseline-3fa2")
+    assert len({run_color(f"run-{i}") for i in range(200)}) == len(PALETTE)
+    a = store.create_run("sar-baseline", "sar", {})
+    b = store.create_run("sar-baseline", "sar", {})
+    _log_losses(store, a, range(5))
+    _log_losses(store, b, range(5))
+    cache = CurveCache()
+    cache.update(store, [a, b])
+    rows = {
+        a: {"id": a, "variant": "sar-baseline", "lr": 10.0, "batch_size": 8, "name": "huge lr"},
+        b: {"id": b, "variant": "sar-baseline", "lr": 0.002, "batch_size": 8},
+    }
+    labels = run_labels(rows, [a, b])
+    assert labels[a].label == "huge lr (lr=10)" and labels[b].label == f"{b} (lr=0.002)"
+    assert "batch 8" in labels[a].settings and "variant sar-baseline" in labels[a].settings
+    both = make_figure(cache, "train/loss", [a, b], labels=labels)
+    alone = make_figure(cache, "train/loss", [b])
+    color = {t.meta: t.line.color for t in both.data}
+    assert color[b] == [t.line.color for t in alone.data][0] == run_color(b)
+    hover = next(t.hovertemplate for t in both.data if t.meta == a)
+    assert "huge lr" in hover and "lr 10" in hover
+
+
+def test_x_axes_epoch_wall_and_relative_time(store):
+    run = store.create_run("sar-baseline", "sar", {})
+    for step in (10, 20, 30, 40):
+        store.log_metrics(run, step, step // 20, "train", {"loss": 1.0 / step}, time=1_000.0 + 6 * step)
+    cache = CurveCache()
+    cache.update(store, [run])
+    by_epoch = make_figure(cache, "train/loss", [run], x_axis="epoch", labels={run: RunLabel(run, "", 20)})
+    np.testing.assert_allclose(by_epoch.data[0].x, [0.5, 1.0, 1.5, 2.0])  # step / steps per epoch
+    logged = make_figure(cache, "train/loss", [run], x_axis="epoch")
+    np.testing.assert_allclose(logged.data[0].x, [0, 1, 1, 2])  # the logged epochs without it
+    relative = make_figure(cache, "train/loss", [run], x_axis="relative time")
+    np.testing.assert_allclose(relative.data[0].x, [0.0, 1.0, 2.0, 3.0])  # minutes after the first point
+    wall = make_figure(cache, "train/loss", [run], x_axis="wall time")
+    assert wall.layout.xaxis.type == "date"
+    offset = time.localtime().tm_gmtoff
+    np.testing.assert_allclose(wall.data[0].x, [(1_060.0 + 60 * i + offset) * 1000 for i in range(4)])
+    uirevisions = {make_figure(cache, "train/loss", [run], x_axis=x).layout.uirevision for x in X_AXES}
+    assert len(uirevisions) == len(X_AXES)  # a zoom on one axis is not carried to another
+    with pytest.raises(ValueError, match="x-axis must be one of"):
+        make_figure(cache, "train/loss", [run], x_axis="time")
+
+
+def test_panels_redraw_only_what_changed_and_the_poll_reports_it(ctx):
+    run = ctx.store.create_run("sar-baseline", "sar", make_config("sar-baseline", "smoke").to_dict())
+    _log_losses(ctx.store, run, range(5))
+    ctx.store.log_metrics(run, 5, 1, "val", {"psnr": 20.0, "ssim": 0.5})
+    state = TrainSession()
+    metrics = ["train/loss", "val/psnr", "val/ssim", "val/epi"]
+    out = poll(ctx, state, "", "newest", [run], 0.0, False, 3, metrics, [""] * 4, run)
+    assert [type(p).__name__ for p in out["plots"][:3]] == ["PlotData"] * 3
+    assert out["plots"][3] == gr.skip()  # the fourth panel is hidden
+    psnr = json.loads(out["plots"][1].plot)
+    assert psnr["data"][0]["meta"] == run and psnr["layout"]["yaxis"]["title"]["text"] == "val/psnr"
+    assert out["caption"].startswith("*train/loss: 5 points")
+    again = poll(ctx, state, "", "newest", [run], 0.0, False, 3, metrics, [""] * 4, run)
+    assert again["plots"][:3] == [gr.skip()] * 3 and again["table"] == gr.skip()
+    ctx.store.log_metrics(run, 6, 1, "train", {"loss": 0.1})  # only train/loss changed
+    third = poll(ctx, state, "", "newest", [run], 0.0, False, 3, metrics, [""] * 4, run)
+    assert type(third["plots"][0]).__name__ == "PlotData" and third["plots"][1:3] == [gr.skip()] * 2
+    assert third["cancel"] == gr.skip()  # a queued run stays cancellable: nothing to change
+    ctx.store.set_status(run, "completed")
+    fourth = poll(ctx, state, "", "newest", [run], 0.0, False, 3, metrics, [""] * 4, run)
+    assert fourth["cancel"] == gr.update(interactive=False)  # Cancel is disabled for a finished run
+    assert default_panels("sar")[:3] == ["train/loss", "val/psnr", "val/ssim"]
+
+
+def test_each_epoch_writes_one_log_line_with_loss_metrics_and_time(tmp_path, caplog):
+    import logging
+
+    from trainers.loop import train
+
+    cfg = make_config("fragment-dae", "smoke", epochs=2, data="fragments:python,max_files=6")
+    with RunStore(tmp_path / "runs") as store, caplog.at_level(logging.INFO, logger="trainers.loop"):
+        result = train(cfg, store)
+        run = store.get_run(result.run_id)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2 · step ") and lines[1].startswith("epoch 2/2")
+    assert "train loss " in lines[0] and "accuracy_corrupted ↑ " in lines[0] and lines[0].endswith("s/epoch")
+    assert run.steps_per_epoch and result.step == 2 * run.steps_per_epoch
+
+
+def test_checkpoint_choices_offer_best_and_last_of_each_run(ctx):
+    from models import create_model
+    from trainers import checkpoints
+
+    run_id = ctx.store.create_run("fragment-dae", "fragments", {}, status="completed")
+    model = create_model("fragment-dae", channels=[8, 16, 16])
+    for kind in ("best", "last"):
+        checkpoints.save_checkpoint(ctx.store.run_dir(run_id), kind, model, state={"step": 1, "epoch": 1})
+    ctx.store.set_labels(run_id, name="first")
+    ours = [(label, folder) for label, folder in ctx.checkpoint_choices("fragments") if run_id in label]
+    assert [label for label, _ in ours] == [
+        f"first · {run_id} · fragment-dae · best · completed",
+        f"first · {run_id} · fragment-dae · last · completed",
+    ]
+    assert [folder.rsplit("/", 1)[-1] for _, folder in ours] == ["best", "last"]
 
 
 @pytest.mark.parametrize(
