@@ -293,3 +293,29 @@ def test_cli_in_a_fresh_process(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / sar)
     assert f"tensorboard --logdir {tmp_path}" in proc.stderr
+
+
+def test_hub_tab_metric_export(runs):
+    """The Hub tab's export: one download per click, what `export_runs` writes, errors in the user's terms."""
+    import types
+
+    from studio.views import hub as hub_view
+
+    runs_dir, sar, other, empty, _ = runs
+    with RunStore(runs_dir) as store:
+        ctx = types.SimpleNamespace(runs_dir=runs_dir, store=store, space=False)
+        assert {r for _, r in hub_view.metric_runs(ctx)} == {sar, other, empty}
+        status, path = hub_view.export_metrics(ctx, [sar], "csv")
+        assert Path(path).name == f"{sar}.csv" and sar in status
+        assert Path(path).read_text() == export.csv_text(store.metrics_after(0, run_ids=[sar])[0])
+        status, path = hub_view.export_metrics(ctx, [sar, other], "tensorboard")
+        with zipfile.ZipFile(path) as zf:
+            assert sorted(zf.namelist()) == sorted(
+                f"runs-tensorboard/{r}/events.out.tfevents.{r}" for r in (sar, other)
+            )
+        with pytest.raises(ValueError, match="no run chosen"):
+            hub_view.export_metrics(ctx, [], "csv")
+        with pytest.raises(ValueError, match="has logged no metrics yet"):
+            hub_view.export_metrics(ctx, [sar, empty], "jsonl")
+        with pytest.raises(ValueError, match="export format must be one of"):
+            hub_view.export_metrics(ctx, [sar], "parquet")

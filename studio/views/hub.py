@@ -3,7 +3,8 @@ Hub (or a folder) so that every comparison tab can pick it.
 
 Pure functions (:func:`push`, :func:`export`, :func:`load`, :func:`pushable_runs`) do the work through
 ``trainers.hub``; :func:`build_tab` wires them to components and the ``hub_push`` / ``hub_export`` /
-``hub_load`` / ``hub_runs`` API endpoints.
+``hub_load`` / ``hub_runs`` API endpoints. :func:`export_metrics` (``export_metrics`` endpoint) makes one
+download of every logged point of the chosen runs as CSV, JSONL or zipped TensorBoard files.
 
 The token field is a password box whose value goes to one push or load and nowhere else. On a Space the
 environment's token (the Space owner's) is never used for a visitor: a push needs a pasted token, a load
@@ -13,14 +14,26 @@ without one is anonymous, and neither the server's folders (export target, load 
 from __future__ import annotations
 
 import html
+import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from studio.views.common import escape_markdown, user_errors
 from trainers import checkpoints
+from trainers import export as export_lib
 from trainers import hub as hub_lib
+from trainers.progress import Progress, no_progress
 
 KINDS = ("best", "last")
+METRIC_FORMATS = {
+    "csv": "CSV (Trackio's import_csv layout)",
+    "jsonl": "JSONL (one point per line)",
+    "tensorboard": "TensorBoard event files (zipped, with the media)",
+}
+# Metric downloads are made under the system temp folder and removed after this many seconds.
+DOWNLOAD_TTL_S = 3600.0
 # Exports named by a relative path go here, inside the runs folder.
 EXPORTS_DIR = "exports"
 
@@ -70,8 +83,10 @@ def push(
     branch: Any = None,
     commit_message: Any = None,
     token: Any = None,
+    progress: Progress | None = None,
 ) -> str:
-    """Push the chosen checkpoint; returns a Markdown line with the commit link."""
+    """Push the chosen checkpoint; returns a Markdown line with the commit link. ``progress(fraction, desc)``
+    (the page's gr.Progress) hears the export steps and the upload."""
     run_id = _run_id(ctx, run_id)
     token = _text(token) or None
     if ctx.space and token is None:
@@ -88,6 +103,7 @@ def push(
         branch=_text(branch) or None,
         commit_message=_text(commit_message) or None,
         kind=str(kind or "best"),
+        progress=progress or no_progress,
     )
     repo_url = url.split("/commit/", 1)[0]
     where = f" (branch `{html.escape(_text(branch))}`)" if _text(branch) else ""
@@ -97,7 +113,7 @@ def push(
     )
 
 
-def export(ctx: Any, run_id: Any, kind: Any, folder: Any) -> str:
+def export(ctx: Any, run_id: Any, kind: Any, folder: Any, progress: Progress | None = None) -> str:
     """Export the chosen checkpoint to a folder on this machine (refused on a Space)."""
     if ctx.space:
         raise ValueError(
@@ -109,7 +125,9 @@ def export(ctx: Any, run_id: Any, kind: Any, folder: Any) -> str:
         raise ValueError("no export folder given: type a folder name, e.g. my-model, or an absolute path")
     target = export_folder(ctx, text)
     earlier = target.is_dir() and any(target.iterdir())
-    target = hub_lib.export_checkpoint(run_id, ctx.runs_dir, target, kind=str(kind or "best"))
+    target = hub_lib.export_checkpoint(
+        run_id, ctx.runs_dir, target, kind=str(kind or "best"), progress=progress or no_progress
+    )
     files = ", ".join(sorted(p.name for p in target.iterdir()))
     verb = "Replaced the earlier export in" if earlier else "Exported to"
     return f"✅ {verb} `{escape_markdown(str(target))}`: {escape_markdown(files)}."
@@ -130,6 +148,39 @@ def export_folder(ctx: Any, text: str) -> Path:
             "to export elsewhere"
         )
     return target
+
+
+def metric_runs(ctx: Any) -> list[tuple[str, str]]:
+    """(label, run id) of every run, newest first: all of them have (or will have) points to export."""
+    return [(f"{run.id} · {run.variant} · {run.status}", run.id) for run in ctx.store.list_runs()]
+
+
+def _download_root() -> Path:
+    root = Path(tempfile.gettempdir()) / "studio-metric-exports"
+    root.mkdir(exist_ok=True)
+    now = time.time()
+    for old in root.iterdir():  # earlier downloads: Gradio has served its own copy long ago
+        try:
+            if now - old.stat().st_mtime > DOWNLOAD_TTL_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue
+    return root
+
+
+def export_metrics(ctx: Any, run_ids: Any, fmt: Any) -> tuple[str, str]:
+    """Every logged point of the chosen runs as one download (see trainers.export): (status Markdown, path
+    of the file: a single run's CSV/JSONL as it is, else a zip)."""
+    if isinstance(run_ids, str):
+        run_ids = [run_ids]
+    ids = [_text(r) for r in run_ids or [] if _text(r)]
+    if not ids:
+        raise ValueError("no run chosen: pick one or more runs to export their metrics")
+    if fmt not in METRIC_FORMATS:
+        raise ValueError(f"export format must be one of {', '.join(METRIC_FORMATS)}; got {fmt!r}")
+    path = export_lib.export_download(ids, str(fmt), ctx.runs_dir, _download_root())
+    what = "run" if len(ids) == 1 else "runs"
+    return f"✅ {METRIC_FORMATS[fmt]} of {len(ids)} {what}: `{escape_markdown(path.name)}`.", str(path)
 
 
 def hub_placeholders(ctx: Any, run_id: Any) -> tuple[str, str]:
@@ -185,7 +236,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     runs = pushable_runs(ctx)
     gr.Markdown(
         "Share a run's checkpoint: **push** it to a Hugging Face Hub model repo with a model card (metrics, "
-        "loss curve, example reconstructions)"
+        "example reconstructions) and the run's TensorBoard logs (the Hub's metrics tab)"
         + ("" if ctx.space else ", or **export** the same folder locally")
         + ". **Load** a checkpoint from the Hub"
         + ("" if ctx.space else " or a folder")
@@ -244,14 +295,50 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             load_btn = gr.Button("Load")
             load_status = gr.Markdown(label="Load status")
             loaded = gr.Markdown(loaded_markdown(ctx), label="Loaded checkpoints")
+    gr.Markdown(
+        "### Export metrics\nEvery logged point (train and validation, step, epoch, wall time) of the chosen "
+        "runs, to open in Trackio, TensorBoard or a spreadsheet (see the README, 'Export, TensorBoard and "
+        "Trackio')."
+    )
+    with gr.Row(equal_height=False):
+        metric_run_list = gr.Dropdown(
+            choices=metric_runs(ctx),
+            value=[],
+            multiselect=True,
+            label="Runs",
+            scale=3,
+            allow_custom_value=True,
+            elem_id="hub-metric-runs",
+        )
+        metric_format = gr.Radio(
+            [(label, key) for key, label in METRIC_FORMATS.items()],
+            value="csv",
+            label="Format",
+            scale=2,
+            elem_id="hub-metric-format",
+        )
+    with gr.Row(equal_height=False):
+        metric_btn = gr.Button("Export metrics", scale=0, elem_id="hub-metric-export")
+        metric_status = gr.Markdown(elem_id="hub-metric-status")
+        metric_file = gr.File(label="Download", interactive=False, elem_id="hub-metric-file")
 
     @user_errors
-    def hub_push(run_id, kind, repo_id, private, branch, commit_message, token):
-        return push(ctx, run_id, kind, repo_id, private, branch, commit_message, token)
+    def hub_push(run_id, kind, repo_id, private, branch, commit_message, token, progress=gr.Progress()):  # noqa: B008
+        return push(ctx, run_id, kind, repo_id, private, branch, commit_message, token, progress=progress)
 
     @user_errors
-    def hub_export(run_id, kind, folder):
-        return export(ctx, run_id, kind, folder)
+    def hub_export(run_id, kind, folder, progress=gr.Progress()):  # noqa: B008
+        return export(ctx, run_id, kind, folder, progress=progress)
+
+    @user_errors
+    def hub_export_metrics(run_ids, fmt):
+        return export_metrics(ctx, run_ids, fmt)
+
+    @user_errors
+    def hub_metric_runs(current):
+        choices = metric_runs(ctx)
+        ids = {run_id for _, run_id in choices}
+        return gr.update(choices=choices, value=[r for r in current or [] if r in ids])
 
     @user_errors
     def hub_load(source, token):
@@ -286,4 +373,14 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     )
     run.change(suggest, inputs=run, outputs=[repo_id, commit_message], api_visibility="private")
     refresh.click(hub_runs, inputs=run, outputs=run, api_name="hub_runs")
+    refresh.click(hub_metric_runs, inputs=metric_run_list, outputs=metric_run_list, api_visibility="private")
+    metric_run_list.focus(
+        hub_metric_runs, inputs=metric_run_list, outputs=metric_run_list, api_visibility="private"
+    )
+    metric_btn.click(
+        hub_export_metrics,
+        inputs=[metric_run_list, metric_format],
+        outputs=[metric_status, metric_file],
+        api_name="export_metrics",
+    )
     return hub_runs, run
