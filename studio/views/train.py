@@ -1244,3 +1244,8 @@ def build_tab(ctx: StudioContext) -> None:
     _wire_curves(ctx, curves, session)
     _wire_poll(ctx, jobs, curves, session)
     _wire_load(ctx, jobs, curves, session)
+    # Media logged at each validation (trainers.media), one example at a time along a step slider.
+    from studio.views.media import build_panel as build_media_panel
+
+    gr.Markdown("### Media")
+    build_media_panel(ctx)
