@@ -262,6 +262,7 @@ def evaluate_checkpoint(folder: Path, data: str | None, device: str = "auto", ba
     from models import load_pretrained
     from trainers.dataspec import default_data_spec, parse_data_spec
     from trainers.loop import resolve_device
+    from trainers.progress import bar
     from trainers.tasks import AudioTask, task_for
 
     model = load_pretrained(folder)
@@ -275,7 +276,7 @@ def evaluate_checkpoint(folder: Path, data: str | None, device: str = "auto", ba
     dev = resolve_device(device)
     model.to(dev).eval()
     dataset = task.dataset_for_eval(spec, dict(model.preprocessing), config)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = bar(DataLoader(dataset, batch_size=batch_size, shuffle=False), "eval", unit="batch")
     with torch.no_grad():
         if isinstance(task, AudioTask):
             metrics = task.evaluate(model, loader, dev, dataset=dataset)
@@ -305,22 +306,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from trainers.compare import markdown_report, run_compare, to_json, write_outputs
+    from trainers.progress import terminal_progress
 
     if args.seed < 0:
         raise ValueError(f"--seed must be a non-negative whole number, got {args.seed}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
-        result = run_compare(
-            args.sources,
-            args.data,
-            baselines=args.baselines,
-            seed=args.seed,
-            runs_dir=args.runs_dir,
-            kind=args.kind,
-            device=args.device,
-            batch_size=args.batch_size,
-        )
+        with terminal_progress("compare") as progress:
+            result = run_compare(
+                args.sources,
+                args.data,
+                baselines=args.baselines,
+                seed=args.seed,
+                runs_dir=args.runs_dir,
+                kind=args.kind,
+                device=args.device,
+                batch_size=args.batch_size,
+                progress=progress,
+            )
     except (FileNotFoundError, PermissionError):
         raise  # their messages name the missing run, folder or file
     except OSError as exc:  # an unreadable file or folder surfaced by a library

@@ -55,6 +55,7 @@ from trainers.model_card import (
     fragment_examples,
     sar_examples,
 )
+from trainers.progress import Progress, no_progress, terminal_progress
 from trainers.store import DB_NAME, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
@@ -202,11 +203,20 @@ def _examples(model: Any, config: dict[str, Any]):
 
 
 def _build_folder(
-    store: RunStore, run: RunRecord, checkpoint: Path, kind: str, dest: Path, repo_id: str | None = None
+    store: RunStore,
+    run: RunRecord,
+    checkpoint: Path,
+    kind: str,
+    dest: Path,
+    repo_id: str | None = None,
+    progress: Progress = no_progress,
 ) -> list[str]:
-    """Write the export files of ``checkpoint`` into the empty folder ``dest``; returns their names."""
+    """Write the export files of ``checkpoint`` into the empty folder ``dest``; returns their names.
+
+    ``progress`` hears each step (the example reconstructions take the longest: they build data)."""
     from models import load_pretrained
 
+    progress(0.0, "loading the checkpoint")
     model = load_pretrained(checkpoint).cpu().eval()  # also proves the weights fit their config
     # copyfile, not copy2: the export gets ordinary permissions, not the checkpoint's private ones.
     shutil.copyfile(checkpoint / WEIGHTS_FILE, dest / WEIGHTS_FILE)
@@ -233,6 +243,7 @@ def _build_folder(
         final_metrics=final,
         repo_id=repo_id,
     )
+    progress(0.1, "TensorBoard event files")
     try:
         from trainers.export import write_tensorboard
 
@@ -243,6 +254,7 @@ def _build_folder(
         shutil.rmtree(dest / TENSORBOARD_DIR, ignore_errors=True)
     else:
         info.tensorboard_dir = TENSORBOARD_DIR
+    progress(0.3, "example reconstructions")
     try:
         image, markdown = _examples(model, config)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
@@ -253,12 +265,20 @@ def _build_folder(
         image.save(dest / EXAMPLES_FILE)
         info.has_examples = True
         info.examples_markdown = markdown
+    progress(0.9, "model card")
     (dest / README_FILE).write_text(build_model_card(info), encoding="utf-8")
+    progress(1.0, "written")
     return sorted(p.name for p in dest.iterdir())
 
 
 # ----------------------------------------------------------------------------------------------- export
-def export_checkpoint(run_id: str, runs_dir: str | Path, to_folder: str | Path, kind: str = "best") -> Path:
+def export_checkpoint(
+    run_id: str,
+    runs_dir: str | Path,
+    to_folder: str | Path,
+    kind: str = "best",
+    progress: Progress = no_progress,
+) -> Path:
     """Write the run's ``kind`` checkpoint with its model card into ``to_folder`` and return that folder.
 
     ``to_folder`` may be new, empty, or an earlier export (only export files in it); anything else is
@@ -284,7 +304,7 @@ def export_checkpoint(run_id: str, runs_dir: str | Path, to_folder: str | Path, 
         staging = target.parent / f".{target.name}.export-{secrets.token_hex(4)}"
         staging.mkdir()  # not mkdtemp: that one is private (0700), an export is meant to be shared
         try:
-            written = _build_folder(store, run, checkpoint, kind, staging)
+            written = _build_folder(store, run, checkpoint, kind, staging, progress=progress)
             if not target.exists():
                 os.replace(staging, target)
             else:
@@ -378,6 +398,7 @@ def push_checkpoint(
     branch: str | None = None,
     commit_message: str | None = None,
     kind: str = "best",
+    progress: Progress = no_progress,
 ) -> str:
     """Push the run's ``kind`` checkpoint with its model card to the Hub model repo ``repo_id``.
 
@@ -415,7 +436,12 @@ def push_checkpoint(
             f"Upload {run.variant} {kind} checkpoint of run {run.id}"
         )
         with tempfile.TemporaryDirectory(prefix="hub-push-") as tmp:
-            _build_folder(store, run, checkpoint, kind, Path(tmp), repo_id=repo_id)
+            # Building the folder takes most of the time; in a terminal the upload shows its own bytes bar.
+            def building(fraction: float, desc: str) -> None:
+                progress(0.8 * fraction, desc)
+
+            _build_folder(store, run, checkpoint, kind, Path(tmp), repo_id=repo_id, progress=building)
+            progress(0.8, f"uploading to {repo_id}")
             try:
                 # private=None rather than False: a new repo then follows the namespace's default visibility.
                 url = api.create_repo(repo_id, token=token, private=True if private else None, exist_ok=True)
@@ -427,6 +453,7 @@ def push_checkpoint(
                 )
             except (HfHubHTTPError, httpx2.HTTPError, OfflineModeIsEnabled) as exc:
                 raise _hub_error(exc, action, repo_id, token, user) from None
+    progress(1.0, "pushed")
     commit_url = str(info.commit_url)
     log.info(
         "pushed run %s (%s checkpoint) to %s%s", run.id, kind, repo_id, f" branch {branch}" if branch else ""
@@ -519,22 +546,25 @@ def cli_push(args: argparse.Namespace) -> int:
         ):
             if value:
                 raise ValueError(f"{flag} applies to a Hub push; it has no meaning with --to-folder")
-        folder = export_checkpoint(args.run_id, runs_dir, args.to_folder, kind=kind)
+        with terminal_progress(f"export {args.run_id}") as progress:
+            folder = export_checkpoint(args.run_id, runs_dir, args.to_folder, kind=kind, progress=progress)
         files = ", ".join(sorted(p.name for p in folder.iterdir()))
         print(f"exported run {args.run_id} ({kind} checkpoint) to {folder}: {files}")
         return 0
     if not args.repo_id:
         raise ValueError("--repo-id OWNER/NAME is required (or --to-folder DIR to export locally)")
     try:
-        url = push_checkpoint(
-            args.run_id,
-            runs_dir,
-            args.repo_id,
-            private=bool(args.private),
-            branch=args.branch,
-            commit_message=args.commit_message,
-            kind=kind,
-        )
+        with terminal_progress(f"push {args.run_id}") as progress:
+            url = push_checkpoint(
+                args.run_id,
+                runs_dir,
+                args.repo_id,
+                private=bool(args.private),
+                branch=args.branch,
+                commit_message=args.commit_message,
+                kind=kind,
+                progress=progress,
+            )
     except ConnectionError as exc:  # main() reports only ValueError/FileNotFoundError/PermissionError
         print(f"error: {exc}", file=sys.stderr)
         return 2

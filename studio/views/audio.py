@@ -46,6 +46,7 @@ from trainers.data.audio import (
 )
 from trainers.metrics.audio import feature_mse, log_spectral_distance, spectral_convergence
 from trainers.metrics.registry import arrow
+from trainers.progress import Progress, no_progress
 
 SOURCES = ("built-in clip", "upload or recording")
 MIN_SECONDS = 0.25  # shorter clips leave too few STFT frames with content to judge a reconstruction
@@ -316,13 +317,19 @@ def audio_compare(
     seed: Any = 0,
     upload: Any = None,
     start: Any = 0.0,
+    progress: Progress | None = None,
 ) -> AudioComparison:
-    """Input, feature round trip and reconstruction (decode(mu)) of one clip, with spectral metrics."""
+    """Input, feature round trip and reconstruction (decode(mu)) of one clip, with spectral metrics;
+    ``progress(fraction, desc)`` (the page's gr.Progress) hears the steps."""
+    progress = progress or no_progress
+    progress(0.0, "loading the checkpoint")
     _, model, features, notes = _load(ctx, checkpoint)
+    progress(0.2, "features of the clip")
     clip = clip_input(features, source, kind, seed, upload, start)
     x = torch.from_numpy(clip.features)[None].to(model_device(model))
     mu, logvar = model_call(f"the {model.VARIANT} model", lambda: model.encode(x))
     recon = model.decode(mu).float()[0].cpu().numpy()
+    progress(0.4, "waveforms of the round trip and the reconstruction")
     roundtrip = _decode(features, clip.features)
     reconstruction = _decode(features, recon)
     c = features.config
@@ -369,6 +376,7 @@ def audio_windows(
     kind: str = "note",
     seed: Any = 0,
     upload: Any = None,
+    progress: Progress | None = None,
 ) -> AudioWindows:
     """Spectral convergence and log-spectral distance of every window of the whole clip, per checkpoint.
 
@@ -377,6 +385,7 @@ def audio_windows(
     (below −60 dBFS) get no figures, and say so. The round trip (ceiling) uses the first checkpoint's
     features.
     """
+    progress = progress or no_progress
     folders = selected_folders(checkpoints, "audio", multiple=True, ctx=ctx)
     folders = list(dict.fromkeys(folders))
     notes: list[str] = []
@@ -385,6 +394,7 @@ def audio_windows(
     window_s = 0.0
     full_cache: dict[int, tuple[np.ndarray, list[str]]] = {}
     for k, folder in enumerate(folders):
+        progress(k / len(folders), f"checkpoint {k + 1} of {len(folders)}: every window")
         model = load_checkpoint(ctx, folder, "audio")
         features, feature_notes = features_for(model)
         c = features.config
@@ -649,8 +659,8 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             interp_figure = gr.Plot(label="Interpolation spectrograms", show_label=False)
 
     @user_errors
-    def compare(checkpoint, source, kind, seed, upload, start):
-        r = audio_compare(ctx, checkpoint, source, kind, seed, upload, start)
+    def compare(checkpoint, source, kind, seed, upload, start, progress=gr.Progress()):  # noqa: B008
+        r = audio_compare(ctx, checkpoint, source, kind, seed, upload, start, progress)
         sr = r.sample_rate
         return (
             notes_markdown(r.notes),
@@ -662,9 +672,9 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         )
 
     @user_errors
-    def windows(checkpoint, extra, source, kind, seed, upload):
+    def windows(checkpoint, extra, source, kind, seed, upload, progress=gr.Progress()):  # noqa: B008
         chosen = [checkpoint, *(extra or [])] if checkpoint else list(extra or [])
-        r = audio_windows(ctx, chosen, source, kind, seed, upload)
+        r = audio_windows(ctx, chosen, source, kind, seed, upload, progress)
         return notes_markdown(r.notes), r.figure, {"headers": r.headers, "data": r.table}
 
     windows_io = {

@@ -29,6 +29,7 @@ from studio.views.common import (
 )
 from trainers.data.fragments import FRAGMENT_SIZE, NoiseGenerator, bytes_to_tensor, read_fragment
 from trainers.metrics.fragments import fragment_metrics
+from trainers.progress import Progress, no_progress
 
 BYTES_PER_ROW = 16
 # With the ASCII gutter three 16-byte columns need ~1500 px; 8 bytes a row keeps them within a 1400 px page.
@@ -309,14 +310,19 @@ def compare_fragment(
     burst: float = 0.0,
     seed: Any = 0,
     show_ascii: bool = False,
+    progress: Progress | None = None,
 ) -> FragmentComparison:
-    """Corrupt the chosen fragment with seeded noise, repair it with the checkpoint, and score both."""
+    """Corrupt the chosen fragment with seeded noise, repair it with the checkpoint, and score both;
+    ``progress(fraction, desc)`` (the page's gr.Progress) hears the steps."""
+    progress = progress or no_progress
     folder = selected_folders(checkpoint, "fragments", ctx=ctx)[0]
     noise = make_noise(ber, substitution, erasure, burst, seed)
+    progress(0.0, "loading the checkpoint")
     model = load_checkpoint(ctx, folder, "fragments")
     size = int(getattr(model, "fragment_size", FRAGMENT_SIZE))
     clean, description = fragment_input(source, builtin, upload, offset, size)
     corrupted, changed = noise(clean)
+    progress(0.5, "repairing the fragment")
     repaired = repair_bytes(model, corrupted)
     metrics = fragment_metrics(clean, corrupted, repaired, changed)
     marks = byte_marks(clean, corrupted, repaired, changed)
@@ -385,7 +391,18 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
 
     @user_errors
     def fragments_compare(
-        checkpoint, source, builtin, upload, offset, ber, substitution, erasure, burst, seed, show_ascii
+        checkpoint,
+        source,
+        builtin,
+        upload,
+        offset,
+        ber,
+        substitution,
+        erasure,
+        burst,
+        seed,
+        show_ascii,
+        progress=gr.Progress(),  # noqa: B008
     ):
         result = compare_fragment(
             ctx,
@@ -400,6 +417,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             burst,
             seed,
             show_ascii,
+            progress,
         )
         return result.summary, result.table, result.html
 

@@ -40,6 +40,7 @@ from trainers.data.sar import (
 )
 from trainers.metrics import registry
 from trainers.metrics.sar import sar_metrics
+from trainers.progress import Progress, no_progress
 
 SOURCES = ("validation sample", "uploaded image")
 PATCHES = ("centre", "first (top-left)")
@@ -314,11 +315,14 @@ def sar_compare(
     input_kind: str = "auto",
     patch: str = PATCHES[0],
     error_scale: str = ERROR_SCALES[0],
+    progress: Progress | None = None,
 ) -> SARComparison:
     """Run every chosen SAR checkpoint on one input and collect images, error maps and metrics.
 
-    ``size`` 0 (or None) simulates the validation scene at the first checkpoint's training size.
+    ``size`` 0 (or None) simulates the validation scene at the first checkpoint's training size;
+    ``progress(fraction, desc)`` (the page's gr.Progress) hears each checkpoint.
     """
+    progress = progress or no_progress
     folders = selected_folders(checkpoints, "sar", multiple=True)
     if len(folders) > MAX_CHECKPOINTS:
         raise ValueError(
@@ -327,6 +331,7 @@ def sar_compare(
     folders = [resolve_checkpoint(ctx, f, "sar") for f in folders]
     if error_scale not in ERROR_SCALES:
         raise ValueError(f"unknown error scale {error_scale!r}; expected one of {', '.join(ERROR_SCALES)}")
+    progress(0.0, "loading the checkpoints")
     models = [load_checkpoint(ctx, f, "sar") for f in folders]
     if size in (None, 0, "", "auto"):  # scenes at the training size look like the training data
         size = int(getattr(models[0], "image_size", MAX_SIDE))
@@ -344,7 +349,8 @@ def sar_compare(
     image = x_to_db(inp.x.astype(np.float64), inp.db_range)
     image[blank] = np.nan
     recons, errors, labels, metrics, table = [], [], [], [], []
-    for folder, model in zip(folders, models, strict=True):
+    for k, (folder, model) in enumerate(zip(folders, models, strict=True)):
+        progress(0.1 + 0.8 * k / len(models), f"{model.VARIANT}: reconstruction and metrics")
         x_hat, z, ms = reconstruct(model, inp.x)
         values = sar_metrics(x_t, torch.from_numpy(x_hat)[None, None], z, valid_t, range_t)
         values["params"] = float(model.count_parameters()["total"])
@@ -362,6 +368,7 @@ def sar_compare(
         f"{model.VARIANT}<br>{short_run(run_label(ctx, f), model.VARIANT)}"
         for f, model in zip(folders, models, strict=True)
     ]
+    progress(0.9, "figure")
     figure = comparison_figure(
         image, recons, errors, labels, error_scale, titles=shorts, db_range=inp.db_range
     )
@@ -425,9 +432,20 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     upload.upload(lambda _f: SOURCES[1], inputs=upload, outputs=source, api_visibility="private")
 
     @user_errors
-    def compare(checkpoints, source, seed, size, looks, upload, input_kind, patch, error_scale):
+    def compare(
+        checkpoints,
+        source,
+        seed,
+        size,
+        looks,
+        upload,
+        input_kind,
+        patch,
+        error_scale,
+        progress=gr.Progress(),  # noqa: B008
+    ):
         result = sar_compare(
-            ctx, checkpoints, source, seed, size, looks, upload, input_kind, patch, error_scale
+            ctx, checkpoints, source, seed, size, looks, upload, input_kind, patch, error_scale, progress
         )
         return notes_markdown(result.notes), result.figure, result.table
 
