@@ -15,16 +15,48 @@ FRAGMENT_DATA = "fragments:python,max_files=12"
 JOB_TIMEOUT_MS = 180_000
 # True once the plot in the page draws at least n points of the run (plotly's own parsed trace data).
 PLOTTED_POINTS = """([runId, n]) => {
-    const graph = document.querySelector('#train-plot .js-plotly-plot');
+    const graph = document.querySelector('#train-plot-0 .js-plotly-plot');
     const traces = (graph && graph._fullData) || [];
     return traces.some(t => t.meta === runId && t.visible !== false && t.x && t.x.length >= n);
 }"""
-X_RANGE = "() => document.querySelector('#train-plot .js-plotly-plot')._fullLayout.xaxis.range"
-X_AUTORANGE = "() => document.querySelector('#train-plot .js-plotly-plot')._fullLayout.xaxis.autorange"
+X_RANGE = "() => document.querySelector('#train-plot-0 .js-plotly-plot')._fullLayout.xaxis.range"
+X_AUTORANGE = "() => document.querySelector('#train-plot-0 .js-plotly-plot')._fullLayout.xaxis.autorange"
 # True once the figure drawn is the unsmoothed one (no faint raw copies behind the curves).
 NO_RAW_TRACES = """() => {
-    const graph = document.querySelector('#train-plot .js-plotly-plot');
+    const graph = document.querySelector('#train-plot-0 .js-plotly-plot');
     return graph && graph._fullData.length > 0 && !graph._fullData.some(t => t.name.endsWith('(raw)'));
+}"""
+
+
+# True once panel `index` draws the run's curve of `metric` (its y-axis title names the metric).
+PANEL_POINTS = """([index, runId, metric]) => {
+    const graph = document.querySelector('#train-plot-' + index + ' .js-plotly-plot');
+    if (!graph || !graph._fullLayout || graph._fullLayout.yaxis.title.text !== metric) return false;
+    return graph._fullData.some(t => t.meta === runId && t.x && t.x.length >= 1);
+}"""
+# The line colour of the run in each panel.
+PANEL_COLOURS = """(runId) => [0, 1, 2].map(index => {
+    const graph = document.querySelector('#train-plot-' + index + ' .js-plotly-plot');
+    const trace = graph._fullData.find(t => t.meta === runId);
+    return trace && trace.line.color;
+})"""
+# Text of jobs-table cells laid out on more than one line ("cance lled", "-0.01 / 1").
+WRAPPED_CELLS = """() => {
+    const lines = (cell) => {
+        const tops = [];
+        const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            const parent = node.parentElement;
+            if (!node.textContent.trim() || !parent || parent.offsetParent === null) continue;
+            const range = document.createRange();
+            range.selectNodeContents(node);
+            for (const rect of range.getClientRects()) if (rect.width > 0) tops.push(rect.top);
+        }
+        tops.sort((a, b) => a - b);
+        return 1 + tops.filter((top, i) => i > 0 && top - tops[i - 1] > 8).length;
+    };
+    const cells = Array.from(document.querySelectorAll('#train-jobs td, #train-jobs th'));
+    return cells.filter(cell => lines(cell) > 1).map(cell => cell.innerText);
 }"""
 
 
@@ -66,15 +98,44 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     page.wait_for_function(PLOTTED_POINTS, arg=[run_id, 1], timeout=JOB_TIMEOUT_MS)
     info = page.locator("#train-curve-info")
     assert re.search(r"[1-9]\d* points", info.inner_text()), info.inner_text()
-    row = re.compile(rf"{run_id}\s+fragment-dae\s+completed\s+2 / \d+\s+accuracy_corrupted 0\.\d+")
+    row = re.compile(
+        rf"{run_id}\s+fragment-dae\s+completed\s+epoch 2 / 2 · 100%\s+[\d.]+ steps/s\s+"
+        r"accuracy_corrupted ↑ 0\.\d+"
+    )
     expect(page.locator("#train-jobs")).to_contain_text(row, timeout=JOB_TIMEOUT_MS)
     assert page.locator("#train-log textarea").input_value().strip(), "the log of the selected run is empty"
     page.wait_for_function(PLOTTED_POINTS, arg=[run_id, 2], timeout=30_000)  # both epochs' points drawn
-    assert page.locator("#train-plot .legendtext", has_text=run_id).count() == 1
+    assert page.locator("#train-plot-0 .legendtext", has_text=run_id).count() == 1
+    # Several panels at once: the fragments defaults, each with the run's curve in the run's one colour.
+    for index, metric in enumerate(("train/loss", "val/loss", "val/accuracy_corrupted")):
+        page.wait_for_function(PANEL_POINTS, arg=[index, run_id, metric], timeout=30_000)
+    colours = page.evaluate(PANEL_COLOURS, run_id)
+    assert len(colours) == 3 and len(set(colours)) == 1, colours
     page.screenshot(path=str(artifacts / "train.png"), full_page=True)
 
+    # Names and tags: label the run, find it by its tag, and see the name in the table and the legend.
+    page.locator("#train-selected input").first.fill(run_id)
+    page.keyboard.press("Enter")
+    page.locator("#train-name textarea, #train-name input").first.fill("two epochs")
+    page.locator("#train-tags textarea, #train-tags input").first.fill("browser, smoke")
+    page.locator("#train-save-labels").click()
+    expect(page.locator("#train-labels-status")).to_contain_text("Saved: two epochs · tags browser, smoke")
+    expect(page.locator("#train-jobs")).to_contain_text("two epochs", timeout=15_000)
+    expect(page.locator("#train-cancel")).to_be_disabled()  # the run has ended
+    page.locator("#train-filter textarea, #train-filter input").first.fill("tag:browser")
+    page.locator("#train-filter textarea, #train-filter input").first.press("Enter")
+    expect(page.locator("#train-jobs tbody tr")).to_have_count(1, timeout=15_000)
+    expect(page.locator("#train-plot-0 .legendtext", has_text="two epochs")).to_have_count(1, timeout=15_000)
+    for width in (800, 1400):  # the jobs table: no value broken over two lines, at either width
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(500)
+        assert page.evaluate(WRAPPED_CELLS) == [], f"cells wrapped at {width} px"
+        page.locator("#train-jobs").screenshot(path=str(artifacts / f"train-jobs-{width}.png"))
+    page.locator("#train-filter textarea, #train-filter input").first.fill("")
+    page.locator("#train-filter textarea, #train-filter input").first.press("Enter")
+
     # Zoom with the mouse, then redraw (smoothing off): the zoomed range must survive the refresh.
-    drag = page.locator("#train-plot .nsewdrag").first
+    drag = page.locator("#train-plot-0 .nsewdrag").first
     drag.scroll_into_view_if_needed()
     area = drag.bounding_box()
     y = area["y"] + area["height"] / 2

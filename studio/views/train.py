@@ -561,6 +561,7 @@ class TrainSession:
     table_ids: list[str] = field(default_factory=list)
     x_axis: str = "step"
     cancel_enabled: bool | None = None
+    panels_domain: str | None = None  # the domain whose default metrics the panels were last given
 
 
 def curve_caption(points: Mapping[str, int], metric: str) -> str:
@@ -776,7 +777,7 @@ def _jobs_section() -> SimpleNamespace:
         ui.tags = gr.Textbox(
             "",
             label="Tags",
-            placeholder="comma-separated, e.g. sweep, baseline",
+            placeholder="e.g. sweep, baseline",
             scale=2,
             elem_id="train-tags",
         )
@@ -800,16 +801,15 @@ def _curves_section() -> SimpleNamespace:
     """Shared curve settings (runs, x-axis, smoothing, log scale, panel count) and the metric panels."""
     ui = SimpleNamespace()
     gr.Markdown("### Curves")
+    ui.runs = gr.Dropdown(
+        choices=[],
+        value=[],
+        multiselect=True,
+        allow_custom_value=True,
+        label="Runs",
+        elem_id="train-curve-runs",
+    )
     with gr.Row():
-        ui.runs = gr.Dropdown(
-            choices=[],
-            value=[],
-            multiselect=True,
-            allow_custom_value=True,
-            label="Runs",
-            scale=4,
-            elem_id="train-curve-runs",
-        )
         ui.x_axis = gr.Dropdown(list(X_AXES), value="step", label="x-axis", scale=1, elem_id="train-x-axis")
         ui.smoothing = gr.Slider(
             0.0, 0.99, value=0.6, step=0.01, label="Smoothing (EMA)", scale=2, elem_id="train-smoothing"
@@ -901,17 +901,14 @@ def _wire_launch(
         message = f"Queued {len(launched)} run(s): " + ", ".join(f"`{run_id}`" for run_id in launched)
         return message, plot_selection(ctx, plotted, launched), launched[0], state
 
-    def after_launch(plotted: list[str], metrics_now: list[str], state: TrainSession):
-        """Fresh choices for both run pickers; the domain's default panels if the panels showed another."""
+    def after_launch(plotted: list[str], state: TrainSession):
+        """Fresh choices for both run pickers; the domain's default panels when the plotted domain changed."""
         state.run_ids = tuple(_rows_by_id(ctx))
         domain = next((run.domain for r in plotted or [] if (run := ctx.store.get_run(r))), None)
-        panels = default_panels(domain)
-        keep = any(
-            str(m).split("/", 1)[-1] in {p.split("/", 1)[-1] for p in panels[1:]} for m in metrics_now[1:]
-        )
-        updates = (
-            [gr.skip()] * PANEL_COUNT if keep or domain is None else [gr.update(value=m) for m in panels]
-        )
+        updates = [gr.skip()] * PANEL_COUNT
+        if domain is not None and domain != state.panels_domain:
+            state.panels_domain = domain
+            updates = [gr.update(value=m) for m in default_panels(domain)]
         choices = list(state.run_ids)
         return gr.update(choices=choices), gr.update(choices=choices), *updates, state
 
@@ -935,8 +932,8 @@ def _wire_launch(
         api_name="launch",
         concurrency_limit=4,
     ).success(
-        lambda plotted, *rest: after_launch(plotted, list(rest[:-1]), rest[-1]),
-        inputs=[curves.runs, *curves.metrics, session],
+        after_launch,
+        inputs=[curves.runs, session],
         outputs=[curves.runs, jobs.selected, *curves.metrics, session],
         api_visibility="private",
     )
@@ -1218,6 +1215,7 @@ def _wire_load(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
         plotted = initial_curve_runs(list(rows.values()))
         ids = list(state.run_ids)
         domain = rows[plotted[0]].get("domain") if plotted else None
+        state.panels_domain = domain
         panels = [gr.update(value=m) for m in default_panels(domain)]
         selected = gr.update(choices=ids, value=plotted[0] if plotted else None)
         return state.table, gr.update(choices=ids, value=plotted), selected, *panels, state
