@@ -1,12 +1,13 @@
 """What the studio costs: start-up to the first page, a live-curve refresh, and the app's memory with jobs.
 
 - Start-up: `python app.py` in a subprocess (temporary runs folder, a free port) until `GET /` answers 200.
-- Curve refresh: a run store with 20 runs x N points of `train/loss`; the full re-read
+- Curve refresh: a run store with 20 runs x N points of each of the Train tab's 3 default SAR panels' metrics
+  (train/loss, val/psnr, val/ssim); the full re-read
   (`RunStore.metric_series` for every run) against the incremental read the Train tab does
   (`studio.curves.CurveCache.update`, only rows newer than its cursor) after one new point per run; the
   incremental read at 1k and at 10k points of history shows whether its cost grows with the history. The
-  whole refresh the tab does when points arrive is the read, the figure (`make_figure`, the tab's default
-  smoothing) and Gradio's serialisation of it (`gr.Plot.postprocess`).
+  whole refresh the tab does when points arrive in every panel is the read, the three figures (`figure_spec`,
+  the tab's default smoothing) and their serialisation (`plot_data`, the payload the tab sends).
 - Memory: the app's RSS (from /proc) before and while 4 training jobs it launched run, with a client
   polling the curves endpoint as a browser would.
 """
@@ -31,6 +32,9 @@ from typing import Any
 from benchmarks.common import REPO_ROOT, Figure, median, rss_mib
 
 REFRESH_TARGET_MS = 100.0
+# The Train tab's three default SAR panels; every run logs each of them at every step here (the worst case:
+# no panel can be skipped as unchanged).
+PANEL_METRICS: tuple[str, ...] = ("train/loss", "val/psnr", "val/ssim")
 # "Independent of history" within timing noise: 10x the history may cost at most this much more.
 HISTORY_RATIO_TARGET = 1.5
 JOB_VARIANTS: tuple[str, ...] = ("sar-baseline", "audio-vae-mel", "fragment-dae", "fragment-dae-bytes")
@@ -173,9 +177,10 @@ def fill_store(
     rng = np.random.default_rng(len(run_ids) + start_step)
     now = time.time()
     rows = [
-        (run_id, step, step // 100, "train", "loss", float(1.0 / (1 + step) + 0.01 * rng.random()), now)
+        (run_id, step, step // 100, split, name, float(1.0 / (1 + step) + 0.01 * rng.random()), now)
         for step in range(start_step, start_step + points)
         for run_id in run_ids
+        for split, name in (m.split("/") for m in PANEL_METRICS)
     ]
     with contextlib.closing(sqlite3.connect(store.path, timeout=30)) as conn, conn:
         conn.executemany(
@@ -196,15 +201,10 @@ def _timed(fn, repeats: int) -> tuple[float, Any]:
 
 
 def _refresh_at(store, run_ids: list[str], history: int, repeats: int) -> dict[str, float]:
-    """Costs of one refresh with one new point per run, given ``history`` points already shown."""
-    from studio.curves import CurveCache, make_figure
-
-    try:
-        import gradio as gr
-
-        serialise = gr.Plot().postprocess
-    except ImportError:  # the trainers-only install: plotly's JSON is what gr.Plot sends
-        serialise = lambda fig: fig.to_json()  # noqa: E731
+    """Costs of one refresh of the Train tab's three panels with one new point per run and metric, given
+    ``history`` points already shown: the incremental read, the three figures (`figure_spec`, the tab's
+    default smoothing, the run labels of the legend) and their serialisation (`plot_data`, what goes out)."""
+    from studio.curves import CurveCache, RunLabel, figure_spec, plot_data
 
     smoothing = _default_smoothing()
     full_s, series = _timed(lambda: [store.metric_series(r, "train/loss") for r in run_ids], repeats)
@@ -213,21 +213,25 @@ def _refresh_at(store, run_ids: list[str], history: int, repeats: int) -> dict[s
     cache = CurveCache()
     while cache.update(store, run_ids):  # catch up with the history (the cache reads at most 50k rows a time)
         pass
+    labels = {r: RunLabel(r, f"variant fragment-dae · lr 0.001 · run {r}") for r in run_ids}
     read, figure, serialised = [], [], []
     step = history
     for _ in range(repeats):
-        for r in run_ids:  # one new point per run, as the trainers log them
-            store.log_metrics(r, step, step // 100, "train", {"loss": 1.0 / (1 + step)})
+        for r in run_ids:  # one new point per run and metric, as the trainers log them
+            for key in PANEL_METRICS:
+                split, name = key.split("/")
+                store.log_metrics(r, step, step // 100, split, {name: 1.0 / (1 + step)})
         step += 1
         t0 = time.perf_counter()
         added = cache.update(store, run_ids)
         t1 = time.perf_counter()
-        fig = make_figure(cache, "train/loss", run_ids, smoothing)
+        specs = [figure_spec(cache, m, run_ids, smoothing, labels=labels) for m in PANEL_METRICS]
         t2 = time.perf_counter()
-        serialise(fig)
+        for spec in specs:
+            plot_data(spec)
         t3 = time.perf_counter()
-        if added != len(run_ids):
-            raise RuntimeError(f"the incremental read found {added} new points, expected {len(run_ids)}")
+        if added != len(run_ids) * len(PANEL_METRICS):
+            raise RuntimeError(f"the incremental read found {added} new points, expected {len(run_ids) * 3}")
         read.append(t1 - t0)
         figure.append(t2 - t1)
         serialised.append(t3 - t2)
@@ -249,8 +253,8 @@ def _default_smoothing() -> float:
 
         from studio.views import train
 
-        source = inspect.getsource(train.build_tab)
-        marker = "gr.Slider(0.0, 0.99, value="
+        source = " ".join(inspect.getsource(train._curves_section).split())
+        marker = "gr.Slider( 0.0, 0.99, value="
         if marker in source:
             return float(source.split(marker, 1)[1].split(",", 1)[0])
     except (ImportError, OSError, ValueError):
@@ -306,12 +310,12 @@ def measure_curve_refresh(
         ),
         Figure(
             "studio/curves/refresh",
-            f"curve refresh with new points: read + figure + serialisation, {big}",
+            f"curve refresh, {len(PANEL_METRICS)} panels, new points: read + figures + serialisation, {big}",
             1000 * l["refresh_s"],
             "ms",
             bound=REFRESH_TARGET_MS,
             goal="max",
-            note=f"figure {1000 * l['figure_s']:.0f} ms + gr.Plot serialisation "
+            note=f"figures {1000 * l['figure_s']:.0f} ms + serialisation "
             f"{1000 * l['serialise_s']:.0f} ms "
             f"(smoothing {l['smoothing']}: raw + smoothed trace per run); at {small:,} points "
             f"{1000 * s['refresh_s']:.0f} ms",
