@@ -188,15 +188,27 @@ def test_compare_fragment_matches_noise_model_and_metrics(request, ctx, data_fil
     assert m["identity_accuracy"] == pytest.approx(identity)
     table = {row[0]: row[1:] for row in r.table}
     n_changed = int(changed.sum())
-    assert table["byte accuracy, all 512 bytes (%)"] == [
+    # Every label says which way is better (the metric registry's direction).
+    assert list(table) == [
+        "byte accuracy, all 512 bytes (%) ↑",
+        f"byte accuracy, {n_changed} corrupted bytes (%) ↑",
+        "bit error rate (%) ↓",
+        f"corrupted bytes fixed (of {n_changed}) ↑",
+        f"intact bytes broken (of {512 - n_changed}) ↓",
+        "flag",
+    ]
+    assert table["byte accuracy, all 512 bytes (%) ↑"] == [
         round(100 * np.mean(expected == clean), 2),
         round(100 * identity, 2),
     ]
-    assert table[f"byte accuracy, {n_changed} corrupted bytes (%)"][1] == 0.0
+    assert table[f"byte accuracy, {n_changed} corrupted bytes (%) ↑"][1] == 0.0
     fixed = int((changed & (expected == clean)).sum())
     broken = int((~changed & (expected != clean)).sum())
-    assert table[f"corrupted bytes fixed (of {n_changed})"] == [fixed, 0]
-    assert table[f"intact bytes broken (of {512 - n_changed})"] == [broken, 0]
+    assert table[f"corrupted bytes fixed (of {n_changed}) ↑"] == [fixed, 0]
+    assert table[f"intact bytes broken (of {512 - n_changed}) ↓"] == [broken, 0]
+    # The flag row follows the identity baseline: flagged exactly when the repair does not beat it.
+    beats = np.mean(expected == clean) > identity
+    assert (table["flag"][0] == "none") == beats and bool(r.flags) != beats
 
     parsed = parse_hex(r.html)
     assert sum(m == "fixed" for m, _ in parsed["repaired"].values()) == fixed
@@ -301,7 +313,7 @@ def test_build_tab_endpoints_and_errors_in_page(ctx, frag_ckpt, data_file):
     compare = fns["fragments_compare"].fn
     args = ["uploaded file", None, str(data_file), 0, 0.01, 0.0, 0.0, 0.0, 0, False]
     summary, table, html = compare(frag_ckpt, *args)
-    assert "identity baseline" in summary and len(table) == 5 and 'data-col="repaired"' in html
+    assert "identity baseline" in summary and len(table) == 6 and 'data-col="repaired"' in html
     with pytest.raises(gr.Error) as err:
         compare(None, *args)
     assert "no checkpoint chosen" in err.value.message
@@ -324,3 +336,65 @@ def test_a_bad_input_marks_only_the_summary(ctx):
     assert isinstance(summary, gr.Markdown) and summary.value  # a hint, so the badge has a place to sit
     assert isinstance(table, gr.Dataframe) and isinstance(hex_view, gr.HTML)
     assert list(fn.show_progress_on) == [summary]
+
+
+class _Repair(torch.nn.Module):
+    """A stub with the fragment variants' interface: ``predict_bytes`` returns ``fn(corrupted bytes)``."""
+
+    DOMAIN, VARIANT, fragment_size = "fragments", "fragment-stub", 512
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def predict_bytes(self, x: torch.Tensor) -> torch.Tensor:
+        corrupted = np.rint(x.reshape(-1).numpy() * 255).astype(np.uint8)
+        return torch.from_numpy(self.fn(corrupted).astype(np.int64)).view(1, 1, -1)
+
+
+def _zeroed(folder: str) -> torch.nn.Module:
+    from models import load_pretrained
+
+    model = load_pretrained(folder).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model
+
+
+def test_a_repair_that_does_not_beat_the_identity_baseline_is_flagged(ctx, frag_ckpt, data_file, monkeypatch):
+    offset = 64
+    clean = np.frombuffer(data_file.read_bytes()[offset : offset + 512], np.uint8)
+    settings = {"ber": 0.01, "substitution": 0.05, "erasure": 0.0, "burst": 0.0, "seed": 3}
+    cases = {
+        "oracle": _Repair(lambda corrupted: clean),  # a perfect repair
+        "identity": _Repair(lambda corrupted: corrupted),  # passes the corrupted bytes through
+        "zeroed": _zeroed(frag_ckpt),  # every weight 0: one constant byte everywhere
+    }
+    results = {}
+    for name, model in cases.items():
+        monkeypatch.setattr(ctx, "load_model", lambda folder, domain=None, model=model: model)
+        results[name] = view.compare_fragment(ctx, frag_ckpt, "uploaded file", None, str(data_file), offset,
+                                              **settings)  # fmt: skip
+    oracle, identity, zeroed = results["oracle"], results["identity"], results["zeroed"]
+    assert oracle.metrics["accuracy"] == 1.0 > oracle.metrics["identity_accuracy"]
+    assert oracle.flags == [] and oracle.table[-1] == ["flag", "none", "the baseline a repair must beat"]
+    assert "flagged" not in oracle.summary
+    base = identity.metrics["identity_accuracy"]
+    assert identity.metrics["accuracy"] == base  # the pass-through is the baseline: not above it
+    assert len(np.unique(zeroed.repaired)) == 1 and zeroed.metrics["accuracy"] < base
+    for r in (identity, zeroed):
+        [flag] = r.flags
+        assert flag.short == "does not beat the identity baseline"
+        expected = f"byte accuracy {r.metrics['accuracy']:.2%} ≤ {base:.2%} of the corrupted input"
+        assert expected in flag.detail
+        assert r.table[-1][1] == flag.text and f"flagged: {flag.text}" in r.summary
+
+
+def test_missing_values_say_why():
+    """No byte changed: the accuracy over corrupted bytes is n/a, with the registry's reason."""
+    clean = np.arange(64, dtype=np.uint8)
+    metrics = fragment_metrics(clean, clean, clean, np.zeros(64, bool))
+    table = view.metrics_table(metrics, view.byte_marks(clean, clean, clean, np.zeros(64, bool)))
+    row = next(r for r in table if r[0].startswith("byte accuracy, 0 corrupted"))
+    assert row[1:] == ["n/a: the noise changed no byte"] * 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from studio.views.common import (
     user_errors,
 )
 from trainers.data.fragments import FRAGMENT_SIZE, NoiseGenerator, bytes_to_tensor, read_fragment
+from trainers.metrics import registry, sanity
 from trainers.metrics.fragments import fragment_metrics
 from trainers.progress import Progress, no_progress
 
@@ -64,6 +65,7 @@ class FragmentComparison:
     html: str
     table: list[list[Any]]
     summary: str
+    flags: list[sanity.Flag] = field(default_factory=list)  # empty: the repair beats the identity baseline
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -275,25 +277,42 @@ def hex_view_html(
     )
 
 
-def metrics_table(metrics: dict[str, float], marks: dict[str, np.ndarray]) -> list[list[Any]]:
-    """Rows of (figure, repair, identity baseline); the identity baseline returns the corrupted input."""
+def label(title: str, key: str) -> str:
+    """A row label with the direction of its metric from the registry ("↑" or "↓")."""
+    mark = registry.arrow(key)
+    return f"{title} {mark}" if mark else title
+
+
+def metrics_table(
+    metrics: dict[str, float], marks: dict[str, np.ndarray], flags: list[sanity.Flag] | None = None
+) -> list[list[Any]]:
+    """Rows of (figure, repair, identity baseline); the identity baseline returns the corrupted input. Each
+    label says which way is better; a missing value says why; the last row holds the repair's flags."""
     n = int(marks["changed"].shape[0])
     n_changed = int(marks["changed"].sum())
     n_intact = n - n_changed
 
-    def pct(v: float) -> Any:
-        return fmt(100.0 * v, 2) if np.isfinite(v) else "n/a"
+    def pct(v: float, key: str) -> Any:
+        if np.isfinite(v):
+            return fmt(100.0 * v, 2)
+        reason = registry.missing_reason(key)
+        return f"n/a: {reason}" if reason else "n/a"
 
     return [
-        [f"byte accuracy, all {n} bytes (%)", pct(metrics["accuracy"]), pct(metrics["identity_accuracy"])],
         [
-            f"byte accuracy, {n_changed} corrupted bytes (%)",
-            pct(metrics["accuracy_corrupted"]),
-            pct(metrics["identity_accuracy_corrupted"]),
+            label(f"byte accuracy, all {n} bytes (%)", "accuracy"),
+            pct(metrics["accuracy"], "accuracy"),
+            pct(metrics["identity_accuracy"], "identity_accuracy"),
         ],
-        ["bit error rate (%)", pct(metrics["ber"]), pct(metrics["identity_ber"])],
-        [f"corrupted bytes fixed (of {n_changed})", int(marks["fixed"].sum()), 0],
-        [f"intact bytes broken (of {n_intact})", int(marks["broken"].sum()), 0],
+        [
+            label(f"byte accuracy, {n_changed} corrupted bytes (%)", "accuracy_corrupted"),
+            pct(metrics["accuracy_corrupted"], "accuracy_corrupted"),
+            pct(metrics["identity_accuracy_corrupted"], "identity_accuracy_corrupted"),
+        ],
+        [label("bit error rate (%)", "ber"), pct(metrics["ber"], "ber"), pct(metrics["identity_ber"], "ber")],
+        [label(f"corrupted bytes fixed (of {n_changed})", "fixed_fraction"), int(marks["fixed"].sum()), 0],
+        [label(f"intact bytes broken (of {n_intact})", "broken_fraction"), int(marks["broken"].sum()), 0],
+        ["flag", sanity.flag_cell(flags or []), "the baseline a repair must beat"],
     ]
 
 
@@ -326,6 +345,7 @@ def compare_fragment(
     repaired = repair_bytes(model, corrupted)
     metrics = fragment_metrics(clean, corrupted, repaired, changed)
     marks = byte_marks(clean, corrupted, repaired, changed)
+    flags = sanity.fragments_flags(metrics["accuracy"], metrics["identity_accuracy"])
     view = hex_view_html(
         clean, corrupted, repaired, changed, base_offset=_offset(offset), show_ascii=show_ascii
     )
@@ -337,6 +357,7 @@ def compare_fragment(
         f"checkpoint: {run_label(ctx, folder)} ({model.VARIANT})",
         f"noise changed {int(changed.sum())} of {clean.size} bytes; the repair {verdict} the identity "
         f"baseline ({acc:.2f}% vs {base:.2f}% bytes right)",
+        *(f"flagged: {f.text}" for f in flags),
     ]
     return FragmentComparison(
         clean=clean,
@@ -345,8 +366,9 @@ def compare_fragment(
         changed=changed,
         metrics=metrics,
         html=view,
-        table=metrics_table(metrics, marks),
+        table=metrics_table(metrics, marks, flags),
         summary=notes_markdown(notes),
+        flags=flags,
     )
 
 
