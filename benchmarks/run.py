@@ -30,7 +30,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from benchmarks.common import REPO_ROOT, Figure, format_table, machine_info  # noqa: E402
 
-SECTIONS: tuple[str, ...] = ("overhead", "throughput", "fastpath", "gpu", "startup", "curves", "memory")
+SECTIONS: tuple[str, ...] = (
+    "overhead",
+    "throughput",
+    "fastpath",
+    "gpu",
+    "phases",
+    "packing",
+    "startup",
+    "curves",
+    "memory",
+)
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 START_MARK = "<!-- results:start (written by benchmarks/run.py; edit outside these marks) -->"
@@ -44,6 +54,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "throughput": {"steps": 8},
         "fastpath": {"steps": 20, "compile": True},
         "gpu": {"steps": 50, "warmup": 10},
+        "phases": {"preset": "auto", "epochs": 2},
+        "packing": {"max_steps": 300},
         "startup": {"repeats": 3},
         "curves": {"n_runs": 20, "histories": (1_000, 10_000), "repeats": 10},
         "memory": {"n_jobs": 4, "sample_s": 20.0},
@@ -53,6 +65,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "throughput": {"steps": 2},
         "fastpath": {"steps": 10},
         "gpu": {"steps": 10, "warmup": 3},
+        "phases": {"preset": "auto", "epochs": 1, "variants": ("sar-baseline", "fragment-dae")},
+        "packing": {"max_steps": 50},
         "startup": {"repeats": 1},
         "curves": {"n_runs": 20, "histories": (1_000, 10_000), "repeats": 3},
         "memory": {"n_jobs": 4, "sample_s": 4.0},
@@ -62,6 +76,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "throughput": {"steps": 1, "variants": ("sar-baseline", "fragment-dae"), "batch_size": 2},
         "fastpath": {"steps": 2, "n_batches": 1, "variants": ("fragment-dae",)},
         "gpu": {"steps": 2, "warmup": 1, "variants": ("fragment-dae",)},
+        "phases": {"preset": "smoke", "epochs": 1, "max_steps": 2, "variants": ("fragment-dae",)},
+        "packing": {"max_steps": 2, "variants": ("sar-baseline",)},
         "startup": {"repeats": 1},
         "curves": {"n_runs": 3, "histories": (20, 200), "repeats": 2},
         "memory": {"n_jobs": 1, "sample_s": 1.0},
@@ -87,6 +103,14 @@ def _runner(section: str) -> Callable[..., tuple[list[Figure], dict[str, Any]]]:
         from benchmarks.throughput import measure_gpu_throughput
 
         return measure_gpu_throughput
+    if section == "phases":
+        from benchmarks.phases import measure_run_phases
+
+        return measure_run_phases
+    if section == "packing":
+        from benchmarks.phases import measure_packing
+
+        return measure_packing
     if section == "startup":
         from benchmarks.studio import measure_startup
 

@@ -71,9 +71,14 @@ def default_cpu_slots(space: bool) -> int:
 
 
 def make_context(
-    runs_dir: str | Path = DEFAULT_RUNS_DIR, cpu_slots: int | None = None, space: bool | None = None
+    runs_dir: str | Path = DEFAULT_RUNS_DIR,
+    cpu_slots: int | None = None,
+    space: bool | None = None,
+    gpu_jobs: int | None = None,
 ) -> StudioContext:
-    """Open the run store in `runs_dir` and start the job manager; `space=None` detects a Space."""
+    """Open the run store in `runs_dir` and start the job manager; `space=None` detects a Space.
+
+    `gpu_jobs` caps the training jobs per GPU; None packs as many as fit in its memory."""
     from studio.context import StudioContext
     from studio.jobs import JobManager
     from trainers.store import RunStore
@@ -83,7 +88,7 @@ def make_context(
     folder = Path(runs_dir).expanduser().resolve()
     store = RunStore(folder)
     try:
-        jobs = JobManager(folder, store=store, cpu_slots=slots)
+        jobs = JobManager(folder, store=store, cpu_slots=slots, gpu_jobs=gpu_jobs)
     except BaseException:
         store.close()
         raise
@@ -183,6 +188,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="training jobs that may run at once on the CPU (default: 1 on a Space, else cores/4, at most 4)",
     )
+    parser.add_argument(
+        "--gpu-jobs",
+        type=_positive,
+        default=None,
+        help="training jobs that may share one GPU at most (default: as many as fit in its memory, by each "
+        "job's counted memory budget; 1 = one job per GPU)",
+    )
     args = parser.parse_args(argv)
     if args.port is None:
         args.port = _port(env_port) if env_port else DEFAULT_PORT
@@ -204,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["GRADIO_SERVER_PORT"] = str(args.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        ctx = make_context(args.runs_dir, args.cpu_slots)
+        ctx = make_context(args.runs_dir, args.cpu_slots, gpu_jobs=args.gpu_jobs)
     except (ValueError, OSError) as exc:
         print(f"error: cannot open the runs folder {args.runs_dir}: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,12 @@ the app can restart while jobs train: a new manager re-attaches to them by pid.
 A run is claimed by a compare-and-set from `queued` to `running` ("starting the trainer process") before
 its process starts, so two managers on one runs folder never start the same run twice, and a restart in
 the middle of a launch still finds the pid.
+
+GPU jobs are packed: several share a GPU while their memory budgets (`trainers.memory`: weights, gradients,
+Adam state and saved activations counted for the run's variant, batch size, model overrides and precision,
+with a margin) fit in its memory, optionally capped at `gpu_jobs` per GPU. Queued GPU runs start in
+submission order: one that does not fit yet holds back the ones after it, so a big job is not starved by a
+stream of small ones. A job that does not fit even alone still gets a GPU of its own once one is idle.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +63,8 @@ SWEEP_EVERY_S = 5.0
 UNCLAIMED_PID_GRACE_S = 60.0
 # Process start times from procfs are whole seconds off at most (the boot time is rounded).
 PROCESS_START_SLACK_S = 2.0
+# Share of a GPU's memory that packed jobs may budget for: the rest is for the driver and other processes.
+GPU_MEMORY_USABLE = 0.95
 REASON_TAIL_LINES = 5
 REASON_TAIL_CHARS = 600
 _INT_SETTINGS = ("epochs", "batch_size", "seed", "max_steps", "num_workers", "patience", "log_every")
@@ -65,6 +73,8 @@ _REAL_SETTINGS = ("lr", "kl_weight", "weight_decay", "grad_clip")
 # Processes left running by shutdown(): kept referenced so that their Popen objects are not collected
 # (which warns, and reaps them behind the back of a manager that re-attached to them in this process).
 _DETACHED: list[subprocess.Popen] = []
+# Counted GPU memory budgets by configuration (trainers.memory.budget_key), shared by all managers.
+_BUDGETS: dict[str, int] = {}
 
 
 @dataclass
@@ -77,13 +87,18 @@ class _Job:
     cancel_requested: bool = False
     kill_at: float | None = None  # monotonic time of the SIGKILL when a cancel is not obeyed
     killed: bool = False
+    budget: int = 0  # GPU memory bytes reserved for it on its GPU (0 on the CPU)
 
 
 class JobManager:
-    """Runs training jobs as background processes, one per GPU (or `cpu_slots` on CPU), FIFO.
+    """Runs training jobs as background processes, FIFO: on the GPUs as many as fit in their memory (at most
+    `gpu_jobs` per GPU when given), on the CPU `cpu_slots` at once.
 
     Thread-safe: the Gradio worker threads call submit/cancel/jobs while a scheduler thread starts queued
     runs and watches the processes every `poll_interval` seconds.
+
+    `gpu_memory` ({gpu index: bytes}) and `job_memory` (run config -> bytes) replace the detected GPU
+    memory and the counted job budgets, for tests and for machines where the defaults are wrong.
     """
 
     def __init__(
@@ -95,9 +110,18 @@ class JobManager:
         python: str = sys.executable,
         poll_interval: float = 0.5,
         cancel_grace: float = CANCEL_GRACE_S,
+        gpu_jobs: int | None = None,
+        gpu_memory: Mapping[int, int] | None = None,
+        job_memory: Callable[[dict[str, Any]], int] | None = None,
     ) -> None:
         if isinstance(cpu_slots, bool) or not isinstance(cpu_slots, int) or cpu_slots < 1:
             raise ValueError(f"cpu_slots must be a positive int, got {cpu_slots!r}")
+        if gpu_jobs is not None and (
+            isinstance(gpu_jobs, bool) or not isinstance(gpu_jobs, int) or gpu_jobs < 1
+        ):
+            raise ValueError(
+                f"gpu_jobs must be a positive int (jobs per GPU) or None (as many as fit), got {gpu_jobs!r}"
+            )
         if not isinstance(poll_interval, (int, float)) or not 0 < poll_interval <= 60:
             raise ValueError(f"poll_interval must be a number of seconds in (0, 60], got {poll_interval!r}")
         if not isinstance(cancel_grace, (int, float)) or not 0 <= cancel_grace < math.inf:
@@ -110,6 +134,20 @@ class JobManager:
             raise ValueError(f"gpus must be a list of GPU indices (ints >= 0) or None, got {gpus!r}")
         if len(set(gpus)) != len(gpus):
             raise ValueError(f"gpus lists an index twice: {gpus!r}")
+        detected = gpu_memory is None
+        if gpu_memory is None:
+            gpu_memory = _detect_gpu_memory(list(gpus))
+        elif not isinstance(gpu_memory, Mapping) or any(
+            isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in gpu_memory.values()
+        ):
+            raise ValueError(
+                f"gpu_memory must map GPU indices to their memory in bytes (> 0), got {gpu_memory!r}"
+            )
+        missing = [g for g in gpus if g not in gpu_memory]
+        if missing and not detected:
+            raise ValueError(f"gpu_memory has no size for GPU(s) {missing}")
+        if job_memory is not None and not callable(job_memory):
+            raise ValueError(f"job_memory must be a function of a run config, got {job_memory!r}")
         self.runs_dir = Path(runs_dir).resolve()
         if store is not None and Path(store.runs_dir).resolve() != self.runs_dir:
             raise ValueError(f"store is for {store.runs_dir}, but the job manager was given {runs_dir}")
@@ -117,6 +155,10 @@ class JobManager:
         self.store = store if store is not None else RunStore(self.runs_dir)
         self.cpu_slots = cpu_slots
         self.gpus = list(gpus)
+        self.gpu_jobs = gpu_jobs
+        # None: the size could not be read, and that GPU runs one job at a time.
+        self.gpu_memory: dict[int, int | None] = {g: gpu_memory.get(g) for g in gpus}
+        self._job_memory = job_memory
         self.python = str(python)
         self.poll_interval = float(poll_interval)
         self.cancel_grace = float(cancel_grace)
@@ -148,6 +190,8 @@ class JobManager:
         settings = dict(settings)
         owner = settings.pop("owner", None)
         cfg = self.check(variant, preset, **settings)
+        if self.gpus and cfg.device != "cpu":
+            self._budget(cfg.to_dict())  # counted now, in the caller's thread, not under the scheduler lock
         # The trainer attached with --run-id starts from this stored config, so every setting reaches it
         # (create_run refuses a config that is not JSON).
         run_id = self.store.create_run(variant, cfg.domain, cfg.to_dict(), status="queued")
@@ -256,15 +300,26 @@ class JobManager:
 
         Keys: id, variant, domain, status, epoch, step, metric ("val/<name>" of the domain's key metric),
         best (its best value so far or None), elapsed (seconds since the start, None while queued),
-        device, reason.
+        device, reason; the person's labels name, tags, note; the settings (`studio.progress.SETTINGS`);
+        progress (`studio.progress.progress`: epoch_now, epochs, total_steps, percent, steps_per_s, eta_s),
+        queue_position (1 = next to start; None unless queued), and for running trainers of this host
+        cpu_percent, rss_bytes and, where NVML is present, gpu_index, gpu_util_percent, gpu_memory_bytes.
         """
+        from studio.progress import SETTINGS, gpu_usage, process_usage, progress, queue_positions
+
         now = time.time()
         rows = []
-        for run in self.store.list_runs():
+        runs = self.store.list_runs()
+        places = queue_positions(runs)
+        local = [r.pid for r in runs if r.status == "running" and r.pid and r.host in (None, self.host)]
+        gpus = gpu_usage(local) if self.gpus else {}
+        for run in runs:
             metric, best = self._key_metric(run)
             elapsed = None
             if run.started_at is not None:
                 elapsed = round(max(0.0, (run.ended_at or now) - run.started_at), 1)
+            recent = self.store.recent_steps(run.id) if run.status == "running" else None
+            usage = process_usage(run.pid) if run.pid in local else {}
             rows.append(
                 {
                     "id": run.id,
@@ -278,6 +333,16 @@ class JobManager:
                     "elapsed": elapsed,
                     "device": run.device,
                     "reason": run.reason,
+                    "name": run.name,
+                    "tags": list(run.tags),
+                    "note": run.note,
+                    "created_at": run.created_at,
+                    "steps_per_epoch": run.steps_per_epoch,
+                    **{key: run.config.get(key) for key in SETTINGS},
+                    **progress(run, recent, now),
+                    "queue_position": places.get(run.id),
+                    **usage,
+                    **gpus.get(run.pid or -1, {}),
                 }
             )
         return rows
@@ -419,6 +484,8 @@ class JobManager:
         if not _is_run_process(run.pid, run.id, run.started_at):
             return None
         job = _Job(run.id, run.pid, self._slot_of(run), self._log_path(run))
+        if job.slot is not None and job.slot.startswith("cuda"):
+            job.budget = self._budget(run.config)
         self._jobs[run.id] = job
         log.info("re-attached to run %s (pid %d)", run.id, run.pid)
         return job
@@ -440,6 +507,7 @@ class JobManager:
         queued = self.store.list_runs(statuses="queued")
         self._submitted &= {run.id for run in queued}
         now = time.time()
+        gpu_blocked = False  # a GPU run that does not fit yet holds back the GPU runs queued after it
         for run in sorted(queued, key=lambda r: (r.created_at, r.id)):  # FIFO
             if run.id not in self._submitted and (
                 run.pid is not None or now - run.created_at < FOREIGN_QUEUED_MIN_AGE_S
@@ -454,17 +522,68 @@ class JobManager:
                     from_statuses=("queued",),
                 )
                 continue
-            slot = self._free_slot("cpu" if want == "cpu" or not self.gpus else "cuda")
-            if slot is not None:
-                self._launch(run, slot)
+            if want == "cpu" or not self.gpus:
+                if self._free_cpu_slot():
+                    self._launch(run, "cpu")
+                continue
+            if gpu_blocked:
+                continue
+            budget = self._budget(run.config)
+            gpu = self._gpu_for(budget)
+            if gpu is None:
+                gpu_blocked = True
+                continue
+            self._launch(run, f"cuda:{gpu}", budget)
 
-    def _free_slot(self, kind: str) -> str | None:
-        used = [job.slot for job in self._jobs.values()]
-        if kind == "cuda":
-            return next((f"cuda:{g}" for g in self.gpus if f"cuda:{g}" not in used), None)
-        return "cpu" if used.count("cpu") < self.cpu_slots else None
+    def _free_cpu_slot(self) -> bool:
+        return [job.slot for job in self._jobs.values()].count("cpu") < self.cpu_slots
 
-    def _launch(self, run: RunRecord, slot: str) -> None:
+    def _gpu_for(self, budget: int) -> int | None:
+        """The GPU to start a job of `budget` bytes on now: an idle GPU, or the one with the most memory left
+        among those where the job fits next to the jobs already there (and below `gpu_jobs`); else None."""
+        best: tuple[int, int] | None = None
+        for g in self.gpus:
+            there = [job for job in self._jobs.values() if job.slot == f"cuda:{g}"]
+            if self.gpu_jobs is not None and len(there) >= self.gpu_jobs:
+                continue
+            size = self.gpu_memory[g]
+            if size is None and there:
+                continue
+            left = int((size or 0) * GPU_MEMORY_USABLE) - sum(job.budget for job in there)
+            if there and budget > left:
+                continue
+            if best is None or left > best[1]:
+                best = (g, left)
+        return None if best is None else best[0]
+
+    def gpu_budget(self, config: Mapping[str, Any]) -> int:
+        """The GPU memory (bytes) a run with this stored config is given when it is packed."""
+        return self._budget(dict(config))
+
+    def _budget(self, config: dict[str, Any]) -> int:
+        """A run's GPU memory budget from its stored config, counted once per configuration."""
+        if self._job_memory is not None:
+            return int(self._job_memory(config))
+        from trainers.memory import budget_key, estimate_job_memory
+
+        variant = str(config.get("variant", ""))
+        batch = config.get("batch_size", 1)
+        model = config.get("model") or {}
+        precision = str(config.get("precision", "auto"))
+        key = budget_key(variant, batch, model, precision)
+        if key not in _BUDGETS:
+            try:
+                estimate = estimate_job_memory(variant, batch, model, precision)
+                _BUDGETS[key] = estimate.budget
+                log.info("GPU memory budget of %s: %s", key, estimate.describe())
+            except Exception:  # an unbuildable config fails in its trainer, with the trainer's message
+                log.warning(
+                    "could not count the GPU memory of %s; it gets a GPU of its own", key, exc_info=True
+                )
+                return max((m for m in self.gpu_memory.values() if m), default=1)
+        return _BUDGETS[key]
+
+    def _launch(self, run: RunRecord, slot: str, budget: int = 0) -> None:
         if not self.store.set_status(run.id, "running", STARTING_REASON, from_statuses=("queued",)):
             return  # cancelled, or claimed by another manager, since we listed it
         self._submitted.discard(run.id)
@@ -495,7 +614,7 @@ class JobManager:
         except OSError as exc:
             self.store.set_status(run.id, "failed", f"could not start the trainer process: {exc}")
             return
-        self._jobs[run.id] = _Job(run.id, proc.pid, slot, log_path, proc=proc)
+        self._jobs[run.id] = _Job(run.id, proc.pid, slot, log_path, proc=proc, budget=budget)
         self.store.update_run(run.id, pid=proc.pid, host=self.host, device=slot, log_path=str(log_path))
         log.info("started run %s on %s (pid %d)", run.id, slot, proc.pid)
 
@@ -539,6 +658,21 @@ class JobManager:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _detect_gpu_memory(gpus: list[int]) -> dict[int, int | None]:
+    """Total memory of each GPU in bytes, None where it cannot be read (that GPU then runs one job at a
+    time). Read from the device properties, which creates no CUDA context in the app."""
+    sizes: dict[int, int | None] = {}
+    for g in gpus:
+        try:
+            import torch
+
+            sizes[g] = int(torch.cuda.get_device_properties(g).total_memory)
+        except Exception:
+            log.warning("could not read the memory of GPU %d; it runs one job at a time", g)
+            sizes[g] = None
+    return sizes
 
 
 def _detect_gpus() -> list[int]:
