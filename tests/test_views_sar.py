@@ -19,7 +19,7 @@ from studio.context import StudioContext
 from studio.views import sar as view
 from trainers.checkpoints import save_checkpoint
 from trainers.data.sar import SyntheticSARDataset, apply_speckle, normalize_db, simulate_reflectivity
-from trainers.metrics import registry
+from trainers.metrics import registry, sanity
 from trainers.metrics import sar as sar_metrics
 from trainers.store import RunStore
 
@@ -124,10 +124,12 @@ def test_compare_validation_sample_against_reference_formulas(ctx, run_ckpt, ext
         ["sar-baseline", "hub: someone/sar-baseline"],
     ]
     assert r.labels == [f"sar-residual · {run_id} (best)", "sar-baseline · hub: someone/sar-baseline"]
-    assert r.table[0][7] == ctx.load_model(folder, "sar").count_parameters()["total"]
+    assert r.table[0][7] == f"{ctx.load_model(folder, 'sar').count_parameters()['total']:,}"
     assert view.TABLE_HEADERS[2:7] == [
         "PSNR (dB) ↑", "SSIM ↑", "ENL ratio target 0.7–1.3", "EPI ↑", "latent bpp (8-bit) ↓",
     ]  # fmt: skip
+    assert view.TABLE_HEADERS[-1].startswith("flag")
+    assert [row[-1] for row in r.table] == [sanity.flag_cell(f) for f in r.flags]
 
 
 def test_new_checkpoints_get_no_normalisation_note(ctx, tmp_path):
@@ -360,3 +362,55 @@ def test_build_tab_endpoints_refresh_and_errors_in_page(ctx, run_ckpt, ext_ckpt)
     with pytest.raises(gr.Error) as err:
         fns["sar_compare"].fn([], *args)
     assert "no checkpoint chosen" in err.value.message
+
+
+class _Passthrough(torch.nn.Module):
+    """A stub with the SAR variants' interface whose reconstruction is its input: the ideal model."""
+
+    DOMAIN, VARIANT, image_size = "sar", "sar-passthrough", 32
+    preprocessing = SyntheticSARDataset(2, 32).preprocessing()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.clone(), torch.zeros(x.shape[0], 16, x.shape[2] // 16, x.shape[3] // 16)
+
+    def count_parameters(self) -> dict[str, int]:
+        return {"encoder": 0, "decoder": 0, "total": 0}
+
+
+def test_a_constant_output_is_flagged_and_its_enl_ratio_carries_the_flag(ctx, tmp_path, monkeypatch):
+    good = _external(ctx, tmp_path, "good", _Passthrough.preprocessing)
+    flat = _external(ctx, tmp_path, "flat", _Passthrough.preprocessing)
+    zeroed = ctx.load_model(flat, "sar")
+    with torch.no_grad():
+        for p in zeroed.parameters():  # every weight and bias 0: the same grey for any input
+            p.zero_()
+    stubs = {good: _Passthrough(), flat: zeroed}
+    monkeypatch.setattr(ctx, "load_model", lambda folder, domain=None: stubs[str(folder)])
+    r = view.sar_compare(ctx, [good, flat], view.SOURCES[0], seed=1, size=64, looks=4)
+
+    # The trivial baseline is the mean-value image: its MSE is the variance of the valid pixels.
+    scene = SyntheticSARDataset(2, 64, looks=4, seed=view.VALIDATION_SEED_OFFSET, cache=False).scene(1)
+    x, valid, _ = normalize_db(scene.intensity, scene.valid)
+    variance = float(np.var(x[valid].astype(np.float64)))
+    assert r.baseline["psnr"] == pytest.approx(10 * np.log10(1 / variance), rel=1e-4)
+    assert 0 < r.baseline["ssim"] < 0.5
+    assert any(n.startswith("trivial baseline: the mean-value image") for n in r.notes)
+
+    passthrough, constant = r.table
+    assert r.flags[0] == [] and passthrough[-1] == "none"
+    assert r.metrics[0]["psnr"] > r.baseline["psnr"] and r.metrics[0]["ssim"] > r.baseline["ssim"]
+    assert passthrough[4] == registry.format_value("enl_ratio", r.metrics[0]["enl_ratio"])  # a plain number
+
+    assert np.nanstd(r.recons[1]) == 0.0  # the zeroed model paints one grey
+    shorts = [f.short for f in r.flags[1]]
+    assert shorts == ["constant output", "no better than the mean-value image"]
+    assert "its spread over the valid pixels is 0.0% of the input's (under 5% of the input's)" in str(
+        r.flags[1][0]
+    )
+    # The mean image is the best constant, so a constant output cannot beat its PSNR.
+    assert r.metrics[1]["psnr"] <= r.baseline["psnr"]
+    assert f"PSNR {r.metrics[1]['psnr']:.2f} dB ≤ {r.baseline['psnr']:.2f} dB" in r.flags[1][1].detail
+    assert constant[-1] == "; ".join(f.text for f in r.flags[1])
+    enl = registry.format_value("enl_ratio", r.metrics[1]["enl_ratio"])
+    assert enl != "n/a" and constant[4] == f"{enl} ⚠ constant output"  # not a plain number
+    assert sum("flat flagged: constant output" in n for n in r.notes) == 1

@@ -38,7 +38,7 @@ from trainers.data.sar import (
     read_sar_image,
     x_to_db,
 )
-from trainers.metrics import registry
+from trainers.metrics import registry, sanity
 from trainers.metrics.sar import sar_metrics
 from trainers.progress import Progress, no_progress
 
@@ -72,6 +72,7 @@ TABLE_HEADERS = [
     *(_header(k, t) for k, t in TABLE_METRICS),
     "params",
     "inference (ms) ↓",
+    "flag (constant output, or no better than the mean-value image)",
 ]
 
 
@@ -95,6 +96,8 @@ class SARComparison:
     table: list[list[Any]]
     figure: Any  # plotly Figure
     notes: list[str] = field(default_factory=list)
+    flags: list[list[sanity.Flag]] = field(default_factory=list)  # per checkpoint; empty: not flagged
+    baseline: dict[str, float] = field(default_factory=dict)  # psnr, ssim of the mean-value image
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -283,14 +286,27 @@ def short_run(run: str, variant: str) -> str:
     return run if len(run) <= SHORT_LABEL else "…" + run[-(SHORT_LABEL - 1) :]
 
 
-def metrics_row(label_variant: str, run: str, metrics: dict[str, float]) -> list[Any]:
-    """A table row: every figure finite and rounded per the metric registry, "n/a" where missing."""
+#: Figures a flag makes meaningless: a flat image has no speckle, so its ENL ratio is huge and says nothing.
+FLAGGED_METRICS = ("enl_ratio",)
+
+
+def metrics_row(
+    label_variant: str, run: str, metrics: dict[str, float], flags: list[sanity.Flag] | None = None
+) -> list[Any]:
+    """A table row: every figure finite and rounded per the metric registry, "n/a" where missing; the
+    flags in words in the last column, and a flagged model's ENL ratio shown with its flag."""
+    flags = flags or []
+    cells = []
+    for k, _ in TABLE_METRICS:
+        text = registry.format_value(k, metrics.get(k))
+        cells.append(sanity.qualified(text, flags) if k in FLAGGED_METRICS else text)
     return [
         label_variant,
         run,
-        *(registry.format_value(k, metrics.get(k)) for k, _ in TABLE_METRICS),
-        int(metrics["params"]),
+        *cells,
+        f"{int(metrics['params']):,}",
         f"{metrics['inference_ms']:.1f}",
+        sanity.flag_cell(flags),
     ]
 
 
@@ -348,13 +364,18 @@ def sar_compare(
     blank = ~inp.valid
     image = x_to_db(inp.x.astype(np.float64), inp.db_range)
     image[blank] = np.nan
-    recons, errors, labels, metrics, table = [], [], [], [], []
+    baseline = {k: float(v[0]) for k, v in sanity.sar_mean_image_scores(x_t, valid_t, range_t).items()}
+    recons, errors, labels, metrics, table, flags = [], [], [], [], [], []
     for k, (folder, model) in enumerate(zip(folders, models, strict=True)):
         progress(0.1 + 0.8 * k / len(models), f"{model.VARIANT}: reconstruction and metrics")
         x_hat, z, ms = reconstruct(model, inp.x)
-        values = sar_metrics(x_t, torch.from_numpy(x_hat)[None, None], z, valid_t, range_t)
+        x_hat_t = torch.from_numpy(x_hat)[None, None]
+        values = sar_metrics(x_t, x_hat_t, z, valid_t, range_t)
         values["params"] = float(model.count_parameters()["total"])
         values["inference_ms"] = ms
+        found = sanity.sar_flags(
+            values["psnr"], values["ssim"], sanity.sar_spread(x_t, x_hat_t, valid_t), baseline
+        )
         shown = x_to_db(np.clip(x_hat, 0.0, 1.0).astype(np.float64), inp.db_range)
         shown[blank] = np.nan
         run = run_label(ctx, folder)
@@ -362,8 +383,11 @@ def sar_compare(
         errors.append(np.abs(image - shown))
         labels.append(f"{model.VARIANT} · {run}")
         metrics.append(values)
-        table.append(metrics_row(model.VARIANT, short_run(run, model.VARIANT), values))
+        flags.append(found)
+        table.append(metrics_row(model.VARIANT, short_run(run, model.VARIANT), values, found))
+        notes += [f"{model.VARIANT} · {run} flagged: {f.text}" for f in found]
     notes += _missing_notes(metrics)
+    notes.append(_baseline_note(baseline))
     shorts = [
         f"{model.VARIANT}<br>{short_run(run_label(ctx, f), model.VARIANT)}"
         for f, model in zip(folders, models, strict=True)
@@ -372,7 +396,17 @@ def sar_compare(
     figure = comparison_figure(
         image, recons, errors, labels, error_scale, titles=shorts, db_range=inp.db_range
     )
-    return SARComparison(image, recons, errors, labels, metrics, table, figure, notes)
+    return SARComparison(image, recons, errors, labels, metrics, table, figure, notes, flags, baseline)
+
+
+def _baseline_note(baseline: dict[str, float]) -> str:
+    psnr = registry.format_value("psnr", baseline["psnr"])
+    ssim = registry.format_value("ssim", baseline["ssim"])
+    return (
+        f"trivial baseline: the mean-value image (the input's mean over its valid pixels, everywhere) scores "
+        f"PSNR {psnr} dB, SSIM {ssim}; a model at or below it, or whose output is flat (spread under "
+        f"{sanity.CONSTANT_STD_FRACTION:.0%} of the input's), is flagged, and its ENL ratio means nothing"
+    )
 
 
 # ------------------------------------------------------------------------------------------------- Gradio
@@ -426,7 +460,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
                 label="Metrics",
                 interactive=False,
                 wrap=True,
-                column_widths=["13%", "17%", "9%", "8%", "9%", "7%", "12%", "12%", "13%"],
+                column_widths=["10%", "13%", "7%", "7%", "9%", "6%", "9%", "8%", "9%", "22%"],
             )
 
     upload.upload(lambda _f: SOURCES[1], inputs=upload, outputs=source, api_visibility="private")
