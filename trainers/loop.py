@@ -1,14 +1,24 @@
 """The one training loop for every variant: device choice, autocast, clipping, early stopping, checkpoints,
-resume, the NaN/inf guard, cancellation by SIGTERM, and DDP when launched under `torchrun`."""
+resume, the NaN/inf guard, cancellation by SIGTERM, phase timings, and DDP when launched under `torchrun`.
+
+Cancel (SIGTERM/SIGINT, usually sent to the trainer's whole process group by the studio's Cancel or by
+`timeout`) ends a run `cancelled` in every phase. While the run only prepares or reads -- data build, model
+set-up, waiting for a batch, validation -- the signal handler raises `Cancelled` at once; while it changes
+state -- an optimiser step, a checkpoint write -- the handler only sets a flag, which the loop reads after
+that step or save. `last` is saved whenever a step was made. Worker processes (DataLoader workers, the
+prefill pool) ignore the signals and are shut down by this process.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,8 +34,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from models import create_model, load_pretrained
 from trainers import checkpoints, media
 from trainers.config import RunConfig
+from trainers.data.prefill import ignore_cancel_signals, signals_blocked
 from trainers.dataspec import DataSpec, parse_data_spec
 from trainers.fastpath import FastPath
+from trainers.hooks import pause_point
 from trainers.store import RunStore
 from trainers.tasks import AudioTask, Task, task_for
 
@@ -33,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # A `last` checkpoint is also written mid-epoch this often, so a killed long epoch loses little work.
 CHECKPOINT_EVERY_S = 300.0
+PHASES_NAME = "phases.json"
 
 
 class Diverged(RuntimeError):
@@ -75,11 +88,124 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-class _CancelFlag:
-    """Turns SIGTERM/SIGINT into a flag so the loop can finish its step and save `last` before exiting."""
+class Cancelled(BaseException):
+    """Raised by the signal handler inside an interruptible phase. A BaseException, so that no
+    `except Exception` in data or metric code swallows it."""
+
+
+# How the reasons name the phase a cancel arrived in.
+PHASE_WORDS = {
+    "setup": "start-up",
+    "data": "the data build",
+    "model": "the model set-up",
+    "data_wait": "the wait for a batch",
+    "steps": "a training step",
+    "validation": "validation",
+    "checkpoints": "a checkpoint save",
+}
+
+
+class PhaseTimes:
+    """Wall seconds of a run's phases, to see where its time goes (issue: 70-94 % of a GPU run's wall time
+    was spent away from the GPU). On CUDA, steps are timed on the host; the loss read-back every `log_every`
+    steps synchronises, so over a run the step time includes the GPU's."""
+
+    NAMES = ("setup", "data", "model", "steps", "data_wait", "validation", "checkpoints")
+    # The issue's target counts the share of wall time in steps after a run's first 10 s.
+    WARM_S = 10.0
 
     def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.seconds = dict.fromkeys(self.NAMES, 0.0)
+        self.after_warm = dict.fromkeys(self.NAMES, 0.0)  # the part of each phase after the first WARM_S
+        self.peak_gpu_bytes: int | None = None
+        self.first_step_s: float | None = None
+        self.first_step_since_process_s: float | None = None
+        self.process_start_s = _process_age()
+        self.current = "setup"
+        self.error_phase: str | None = None  # the innermost phase an exception left
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        previous, self.current = self.current, name
+        start = time.monotonic()
+        try:
+            yield
+        except BaseException:
+            self.error_phase = self.error_phase or name
+            raise
+        finally:
+            end = time.monotonic()
+            self.seconds[name] += end - start
+            self.after_warm[name] += max(0.0, end - max(start, self.t0 + self.WARM_S))
+            self.current = previous
+
+    def first_step(self) -> None:
+        if self.first_step_s is None:
+            self.first_step_s = time.monotonic() - self.t0
+            age = _process_age()
+            self.first_step_since_process_s = age
+
+    def as_dict(self) -> dict[str, float | None]:
+        """Seconds per phase; `first_step_s` counts from `train()`'s start, `first_step_since_process_s`
+        from the process start (imports included; None where the process start is unknown)."""
+        out: dict[str, float | None] = {f"{k}_s": round(v, 3) for k, v in self.seconds.items()}
+        out["total_s"] = round(time.monotonic() - self.t0, 3)
+        out["first_step_s"] = None if self.first_step_s is None else round(self.first_step_s, 3)
+        since = self.first_step_since_process_s
+        out["first_step_since_process_s"] = None if since is None else round(since, 3)
+        out["imports_s"] = None if self.process_start_s is None else round(self.process_start_s, 3)
+        total = out["total_s"] or 0.0
+        out["steps_share"] = round(self.seconds["steps"] / total, 4) if total > 0 else None
+        late = total - self.WARM_S
+        out["steps_share_after_10s"] = round(self.after_warm["steps"] / late, 4) if late > 0 else None
+        out["peak_gpu_bytes"] = self.peak_gpu_bytes
+        return out
+
+    def summary(self) -> str:
+        d = self.as_dict()
+        total = d["total_s"] or 0.0
+        parts = []
+        for name in self.NAMES:
+            value = d[f"{name}_s"] or 0.0
+            share = f" ({100 * value / total:.0f}%)" if total > 0 else ""
+            parts.append(f"{name.replace('_', ' ')} {value:.2f} s{share}")
+        first = "never" if d["first_step_s"] is None else f"{d['first_step_s']:.2f} s"
+        return f"phases: total {total:.2f} s; " + ", ".join(parts) + f"; first step at {first}"
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (procfs), or None where that is unknown."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat: start time in clock ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read_phases(folder: str | Path) -> dict[str, Any] | None:
+    """The phase timings a run wrote into its folder (None for runs from before they were recorded)."""
+    path = Path(folder) / PHASES_NAME
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class _CancelFlag:
+    """Turns SIGTERM/SIGINT into a flag so the loop can finish its step and save `last` before exiting.
+
+    Inside `interruptible()` the handler raises `Cancelled` instead (once), for phases that change no state
+    worth keeping and can take long: the data build, model set-up, waiting for a batch, validation.
+    """
+
+    def __init__(self, phases: PhaseTimes | None = None) -> None:
         self.set = False
+        self.signal_phase = ""  # the phase the first signal arrived in, for the reason
+        self._interrupt = False
+        self._phases = phases
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _CancelFlag:
@@ -90,24 +216,54 @@ class _CancelFlag:
         return self
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if not self.set:
+            phase = self._phases.current if self._phases is not None else ""
+            self.signal_phase = PHASE_WORDS.get(phase, phase)
         self.set = True
+        if self._interrupt:
+            self._interrupt = False
+            raise Cancelled()
+
+    @contextlib.contextmanager
+    def interruptible(self, enabled: bool = True):
+        """Within this block a signal raises `Cancelled` at once (a signal that came before raises here)."""
+        if not enabled:
+            yield
+            return
+        if self.set:
+            raise Cancelled()
+        self._interrupt = True
+        try:
+            yield
+        finally:
+            self._interrupt = False
 
     def __exit__(self, *exc) -> None:
+        self._interrupt = False
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
 class _Distributed:
-    """Rank/world bookkeeping; a no-op outside `torchrun`."""
+    """Rank/world bookkeeping; a no-op outside `torchrun`.
+
+    Collectives run on `self.device`: NCCL refuses CPU tensors ("No backend type associated with device type
+    cpu"), so a CUDA run all-reduces CUDA tensors, and the CPU gloo run goes through the same code with CPU
+    tensors. The CUDA group also gets gloo for CPU tensors (`cpu:gloo,cuda:nccl`), for object broadcasts.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world > 1
+        cuda = device.type == "cuda"
+        self.device = torch.device("cuda", self.local_rank) if self.enabled and cuda else device
+        self.backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
         if self.enabled and not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            dist.init_process_group(backend=backend)
+            if cuda:
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend=self.backend)
 
     @property
     def main(self) -> bool:
@@ -124,9 +280,17 @@ class _Distributed:
         """True on every rank if it is true on any rank (cancellation, divergence)."""
         if not self.enabled:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise mean over ranks of `values` (moved to this rank's device for the collective)."""
+        if not self.enabled:
+            return values
+        values = values.to(self.device)
+        dist.all_reduce(values)
+        return values / self.world
 
     def close(self, finished: bool = True) -> None:
         if self.enabled and dist.is_initialized():
@@ -135,7 +299,10 @@ class _Distributed:
             # error the other ranks may never arrive, so no barrier then.
             if finished:
                 with contextlib.suppress(RuntimeError):
-                    dist.barrier()
+                    if self.device.type == "cuda":
+                        dist.barrier(device_ids=[self.device.index])
+                    else:
+                        dist.barrier()
             dist.destroy_process_group()
 
 
@@ -165,15 +332,32 @@ def train(
 
     `run_id` attaches to a run the studio created as `queued`; `resume` continues an earlier run from its
     `last` checkpoint with the same id, step count and curve (`cfg` is then that run's config, see
-    `resume_config`).
+    `resume_config`). The phase timings are written to the run folder (`read_phases`) and logged at the end.
     """
+    phases = PhaseTimes()
+    warm = _warm_up(resolve_device(cfg.device))
+    # The cancel handling is in place before anything slow, so a signal during set-up or the data build
+    # still ends the run `cancelled` instead of killing it half-recorded.
+    with _CancelFlag(phases) as cancel:
+        return _train_recorded(cfg, store, run_id, resume, progress, on_step, phases, cancel, warm)
+
+
+def _train_recorded(
+    cfg: RunConfig,
+    store: RunStore,
+    run_id: str | None,
+    resume: str | None,
+    progress: bool,
+    on_step: Callable[[int, float], None] | None,
+    phases: PhaseTimes,
+    cancel: _CancelFlag,
+    warm: threading.Thread,
+) -> RunResult:
     device = resolve_device(cfg.device)
     ddp = _Distributed(device)
-    if ddp.enabled and device.type == "cuda":
-        device = torch.device("cuda", ddp.local_rank)
-        torch.cuda.set_device(device)
+    device = ddp.device
 
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "best": None, "bad_epochs": 0}
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "best": None, "bad_epochs": 0, "steps_here": 0}
     resume_folder: Path | None = None
     if resume:
         record = store.get_run(resume) if ddp.main else None
@@ -208,23 +392,62 @@ def train(
     run_id = ddp.broadcast(run_id)
     folder = run_dir(store, run_id)
 
+    def finish(status: str, reason: str, finished: bool) -> RunResult:
+        if ddp.main:
+            store.set_status(run_id, status, reason)
+        ddp.close(finished=finished)
+        return RunResult(run_id, status, reason, state["step"], state["epoch"], math.nan, {})
+
     try:
-        if ddp.main:
-            store.update_run(
+        try:
+            if ddp.main:
+                store.update_run(
+                    run_id,
+                    device=f"{_describe(device, ddp.world)}, {fast.describe()}",
+                    pid=os.getpid(),
+                    host=socket.gethostname(),
+                )
+                store.set_status(run_id, "running", "resumed" if resume else "")
+            result = _train(
+                cfg,
+                task,
+                fast,
+                spec,
+                store,
                 run_id,
-                device=f"{_describe(device, ddp.world)}, {fast.describe()}",
-                pid=os.getpid(),
-                host=socket.gethostname(),
+                folder,
+                device,
+                ddp,
+                state,
+                resume_folder,
+                progress,
+                on_step,
+                phases,
+                cancel,
+                warm,
             )
-            store.set_status(run_id, "running", "resumed" if resume else "")
-        result = _train(
-            cfg, task, fast, spec, store, run_id, folder, device, ddp, state, resume_folder, progress, on_step
-        )
+        finally:
+            _record_phases(phases, folder, ddp)
     except Diverged as exc:
-        if ddp.main:
-            store.set_status(run_id, "diverged", str(exc))
-        ddp.close()
-        return RunResult(run_id, "diverged", str(exc), state["step"], state["epoch"], math.nan, {})
+        return finish("diverged", str(exc), True)
+    except Cancelled:
+        # Signalled in a phase that keeps nothing (the data build, model set-up, the wait for a batch):
+        # no step was made since the process started, or `last` already holds the weights.
+        return finish("cancelled", _cancel_reason(cancel, phases, state), False)
+    except torch.cuda.OutOfMemoryError as exc:
+        # Jobs share a GPU: an out-of-memory error ends this run only, with a reason that says so.
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+        where = PHASE_WORDS[phases.error_phase or phases.current]
+        reason = (
+            f"out of GPU memory at step {state['step'] + 1} (during {where}): "
+            f"{detail[:300]}. "
+            f"Other jobs on the same GPU use memory too: try a smaller batch size or fewer jobs per GPU "
+            f"(--gpu-jobs)"
+        )
+        log.error("run %s: %s", run_id, reason)
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+        return finish("failed", reason, False)
     except BaseException as exc:
         if ddp.main:
             reason = (
@@ -237,9 +460,68 @@ def train(
     return result
 
 
+def _cancel_reason(cancel: _CancelFlag, phases: PhaseTimes, state: dict[str, Any]) -> str:
+    phase = phases.error_phase or phases.current
+    where = cancel.signal_phase or PHASE_WORDS.get(phase, phase)
+    if state["steps_here"] == 0:
+        return f"cancelled before the first step (signal during {where})"
+    return f"cancelled at step {state['step']} (signal during {where})"
+
+
+def _record_phases(phases: PhaseTimes, folder: Path, ddp: _Distributed) -> None:
+    """Write the phase timings next to the run's checkpoints and log them (rank 0 only)."""
+    if not ddp.main:
+        return
+    if ddp.device.type == "cuda":
+        with contextlib.suppress(Exception):
+            phases.peak_gpu_bytes = int(torch.cuda.max_memory_allocated(ddp.device))
+    log.info("%s", phases.summary())
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / PHASES_NAME).write_text(json.dumps(phases.as_dict(), indent=1) + "\n")
+
+
 def _describe(device: torch.device, world: int) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return f"{name} x{world}" if world > 1 else name
+
+
+def _warm_up(device: torch.device) -> threading.Thread:
+    """Start, in the background while the data is built, the set-up the first step would otherwise wait
+    for: the optimiser's first construction imports torch._dynamo (0.8-1.8 s of CPU here), and the first
+    CUDA call creates the GPU context. Joined before the model is built; a failure here is left for the
+    main thread to meet (and report) itself."""
+
+    def work() -> None:
+        with contextlib.suppress(Exception):
+            import torch._dynamo  # noqa: F401
+        if device.type == "cuda":
+            with contextlib.suppress(Exception):
+                torch.empty(1, device=device)
+
+    thread = threading.Thread(target=work, name="trainer-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _worker_init(worker_id: int) -> None:  # noqa: ARG001
+    """DataLoader workers leave SIGTERM/SIGINT to the main process, which shuts them down itself: a worker
+    killed by the group-wide signal would fail the run ("DataLoader worker ... killed by signal")."""
+    ignore_cancel_signals()
+
+
+def _start_batches(loader: DataLoader) -> Any:
+    """`iter(loader)`, with the cancel signals blocked while its workers are forked (see signals_blocked)."""
+    with signals_blocked():
+        return iter(loader)
+
+
+def _shutdown_workers(iterator: Any) -> None:
+    """End a DataLoader iterator's worker processes now rather than whenever it is collected."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        with contextlib.suppress(Exception):
+            shutdown()
 
 
 def _train(
@@ -256,38 +538,49 @@ def _train(
     resume_folder: Path | None,
     progress: bool,
     on_step: Callable[[int, float], None] | None,
+    phases: PhaseTimes,
+    cancel: _CancelFlag,
+    warm: threading.Thread,
 ) -> RunResult:
-    data = task.build_data(spec, cfg.model, cfg.seed)
-    if resume_folder is not None:
-        model = load_pretrained(resume_folder, expected_variant=cfg.variant)
-    else:
-        model = create_model(cfg.variant, preprocessing=data.preprocessing, **cfg.model)
-    cuda = device.type == "cuda"
-    model.to(device)
-    train_model = fast.prepare(model)
-    optimizer = fast.optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
-    if resume_folder is not None:
-        checkpoints.load_optimizer_state(resume_folder, optimizer)
-    sampler = None
-    if ddp.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if cuda else None
+    with phases.phase("data"), cancel.interruptible():
+        data = task.build_data(spec, cfg.model, cfg.seed)
+    with phases.phase("model"), cancel.interruptible():
+        warm.join()
+        if resume_folder is not None:
+            model = load_pretrained(resume_folder, expected_variant=cfg.variant)
+        else:
+            model = create_model(cfg.variant, preprocessing=data.preprocessing, **cfg.model)
+        cuda = device.type == "cuda"
+        model.to(device)
+        train_model = fast.prepare(model)
+        optimizer = fast.optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+        if resume_folder is not None:
+            checkpoints.load_optimizer_state(resume_folder, optimizer)
+        sampler = None
+        if ddp.enabled:
+            train_model = nn.parallel.DistributedDataParallel(
+                train_model, device_ids=[device.index] if cuda else None
+            )
+            sampler = DistributedSampler(data.train, num_replicas=ddp.world, rank=ddp.rank, seed=cfg.seed)
+        pin = device.type == "cuda"
+        workers = data_workers(cfg.num_workers, device)
+        train_loader = DataLoader(
+            data.train,
+            batch_size=cfg.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=pin,
+            drop_last=len(data.train) > cfg.batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]),
+            persistent_workers=workers > 0,
+            worker_init_fn=_worker_init if workers > 0 else None,
         )
-        sampler = DistributedSampler(data.train, num_replicas=ddp.world, rank=ddp.rank, seed=cfg.seed)
-    pin = device.type == "cuda"
-    workers = data_workers(cfg.num_workers, device)
-    train_loader = DataLoader(
-        data.train,
-        batch_size=cfg.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin,
-        drop_last=len(data.train) > cfg.batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]),
-        persistent_workers=workers > 0,
-    )
-    val_loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False, num_workers=0, pin_memory=pin)
+        val_loader = DataLoader(
+            data.val, batch_size=cfg.batch_size, shuffle=False, num_workers=0, pin_memory=pin
+        )
+    if ddp.main:  # the studio's progress, percent done and ETA count from this
+        store.update_run(run_id, steps_per_epoch=len(train_loader))
 
     best = state["best"]
     sign = 1.0 if task.monitor_mode == "min" else -1.0
@@ -297,86 +590,116 @@ def _train(
     status = "completed"
     total_steps = cfg.epochs * len(train_loader)
     bar = _progress_bar(progress and ddp.main, total_steps, state["step"], run_id)
+    # With DDP every rank must make the same steps, so a rank may not leave a batch wait on its own.
+    fetch_interruptible = not ddp.enabled
 
-    with _CancelFlag() as cancel:
+    def save_last(at_epoch: int, **fields: Any) -> None:
+        with phases.phase("checkpoints"):
+            _save(folder, "last", model, optimizer, state, at_epoch, best)
+        store.update_run(run_id, last_checkpoint=str(folder / "checkpoints" / "last"), **fields)
+
+    def cancelled_reason() -> str:
+        return _cancel_reason(cancel, phases, state)
+
+    batches: Any = None
+    try:
         epoch = state["epoch"]
         while epoch < cfg.epochs:
+            if ddp.any(cancel.set):  # e.g. signalled while the previous epoch's checkpoints were written
+                status, reason = "cancelled", cancelled_reason()
+                break
             if sampler is not None:
                 sampler.set_epoch(epoch)
             if hasattr(data.train, "set_epoch"):  # fresh corruption noise each epoch (fragments)
                 data.train.set_epoch(epoch)
             model.train()
+            epoch_started = time.monotonic()
+            state["loss_sum"], state["loss_n"] = 0.0, 0
             window: list[torch.Tensor] = []
-            for batch in train_loader:
-                batch = fast.inputs(task.batch_to(batch, device))
-                with fast.autocast(device):
-                    loss = task.loss(train_model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                state["step"] += 1
-                window.append(loss.detach())
-                # Loss values are read back in windows so a GPU step does not wait on a host sync each time;
-                # the window still names the exact step that first went non-finite.
-                if len(window) >= cfg.log_every:
-                    _flush(window, state, epoch, store, run_id, ddp, bar, on_step)
+            batches = _start_batches(train_loader)  # persistent workers: the same workers, reset
+            while True:
+                try:
+                    with phases.phase("data_wait"), cancel.interruptible(fetch_interruptible):
+                        batch = next(batches)
+                        if state["steps_here"] == 0:
+                            pause_point("first-batch")
+                except StopIteration:
+                    break
+                except Cancelled:
+                    break  # the flag is set: handled below like a cancel after a step
+                with phases.phase("steps"):
+                    batch = fast.inputs(task.batch_to(batch, device))
+                    with fast.autocast(device):
+                        loss = task.loss(train_model, batch)
+                    pause_point("step", until=lambda: cancel.set)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    state["step"] += 1
+                    state["steps_here"] += 1
+                    phases.first_step()
+                    window.append(loss.detach())
+                    # Loss values are read back in windows so a GPU step does not wait on a host sync each
+                    # time; the window still names the exact step that first went non-finite.
+                    if len(window) >= cfg.log_every:
+                        _flush(window, state, epoch, store, run_id, ddp, bar, on_step)
                 stop = cfg.max_steps is not None and state["step"] >= cfg.max_steps
                 if ddp.any(cancel.set) or stop:
                     break
                 if ddp.main and time.monotonic() - last_save > CHECKPOINT_EVERY_S:
-                    _save(folder, "last", model, optimizer, state, epoch, best)
-                    store.update_run(run_id, last_checkpoint=str(folder / "checkpoints" / "last"))
+                    save_last(epoch)
                     last_save = time.monotonic()
             if window:
-                _flush(window, state, epoch, store, run_id, ddp, bar, on_step)
-            if cancel.set:
-                status, reason = "cancelled", f"cancelled at step {state['step']}"
-                if ddp.main:
-                    _save(folder, "last", model, optimizer, state, epoch, best)
-                    store.update_run(run_id, last_checkpoint=str(folder / "checkpoints" / "last"))
+                with phases.phase("steps"):
+                    _flush(window, state, epoch, store, run_id, ddp, bar, on_step)
+            if ddp.any(cancel.set):
+                status, reason = "cancelled", cancelled_reason()
+                if ddp.main and state["steps_here"] > 0:
+                    save_last(epoch, step=state["step"])
                 break
             epoch += 1
             state["epoch"] = epoch
             improved = False
             if ddp.main:
                 model.eval()
-                val_batches = _until(val_loader, cancel)
-                if isinstance(task, AudioTask):
-                    last_val = task.evaluate(model, val_batches, device, dataset=data.val)
-                else:
-                    last_val = task.evaluate(model, val_batches, device)
+                try:
+                    with phases.phase("validation"), cancel.interruptible():
+                        pause_point("validation")
+                        val_batches = _until(val_loader, cancel)
+                        if isinstance(task, AudioTask):
+                            last_val = task.evaluate(model, val_batches, device, dataset=data.val)
+                        else:
+                            last_val = task.evaluate(model, val_batches, device)
+                except Cancelled:
+                    pass  # the flag is set
             if ddp.any(cancel.set):
                 # SIGTERM during validation: the epoch's training is done, so keep its weights as `last`
                 # (now, within the job manager's grace period) and drop the partial metrics.
-                status, reason = "cancelled", f"cancelled at step {state['step']} (during validation)"
+                status, reason = "cancelled", cancelled_reason()
                 last_val = {}
                 if ddp.main:
-                    _save(folder, "last", model, optimizer, state, epoch, best)
-                    last = str(folder / "checkpoints" / "last")
-                    store.update_run(run_id, last_checkpoint=last, epoch=epoch)
+                    save_last(epoch, epoch=epoch, step=state["step"])
                 break
             if ddp.main:
                 store.log_metrics(run_id, state["step"], epoch, "val", last_val)
                 media.log_validation_media(task, model, data.val, device, folder, state["step"], epoch)
+                seconds = time.monotonic() - epoch_started
+                log.info("%s", epoch_line(epoch, cfg.epochs, state, last_val, seconds))
                 value = last_val.get(task.monitor, math.nan)
                 improved = math.isfinite(value) and (best is None or sign * value < sign * best)
                 if improved:
                     best = value
                     state["bad_epochs"] = 0
-                    _save(folder, "best", model, optimizer, state, epoch, best)
+                    with phases.phase("checkpoints"):
+                        pause_point("checkpoint", until=lambda: cancel.set)
+                        _save(folder, "best", model, optimizer, state, epoch, best)
                     store.update_run(run_id, best_checkpoint=str(folder / "checkpoints" / "best"))
                 else:
                     state["bad_epochs"] += 1
                 state["best"] = best
-                _save(folder, "last", model, optimizer, state, epoch, best)
-                store.update_run(
-                    run_id,
-                    last_checkpoint=str(folder / "checkpoints" / "last"),
-                    epoch=epoch,
-                    step=state["step"],
-                )
+                save_last(epoch, epoch=epoch, step=state["step"])
                 last_save = time.monotonic()
             early = ddp.broadcast(state["bad_epochs"] >= cfg.patience)
             if early:
@@ -385,11 +708,33 @@ def _train(
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 reason = f"stopped at max_steps={cfg.max_steps}"
                 break
-    if bar is not None:
-        bar.close()
+        else:
+            if ddp.any(cancel.set):  # signalled during the last epoch's checkpoint writes
+                status, reason = "cancelled", cancelled_reason()
+    finally:
+        _shutdown_workers(batches)
+        if bar is not None:
+            bar.close()
     if ddp.main:
         store.set_status(run_id, status, reason)
     return RunResult(run_id, status, reason, state["step"], state["epoch"], best, last_val)
+
+
+def epoch_line(epoch: int, epochs: int, state: dict[str, Any], val: dict[str, float], seconds: float) -> str:
+    """One line per epoch for the run's log, which the studio shows while the run trains (jobs run with
+    --no-progress): "epoch 3/20 · step 96 · train loss 0.0123 · val psnr ↑ 23.41, ... · 4.2 s/epoch"."""
+    from trainers.metrics import registry
+
+    n = state.get("loss_n", 0)
+    loss = registry.format_value("loss", state["loss_sum"] / n) if n else "n/a"
+    metrics = ", ".join(
+        f"{name} {registry.arrow(name)} {registry.format_value(name, value)}".replace("  ", " ")
+        for name, value in val.items()
+    )
+    return (
+        f"epoch {epoch}/{epochs} · step {state['step']} · train loss {loss} · "
+        f"val {metrics or '(no metrics)'} · {seconds:.1f} s/epoch"
+    )
 
 
 def _until(batches: Any, cancel: _CancelFlag) -> Any:
@@ -401,17 +746,17 @@ def _until(batches: Any, cancel: _CancelFlag) -> Any:
 
 
 def _flush(window, state, epoch, store, run_id, ddp, bar, on_step) -> None:
-    values = torch.stack(window).float().cpu()
+    # The mean over ranks is taken on the device (NCCL has no CPU tensors), then read back once.
+    values = ddp.mean(torch.stack(window).float()).cpu()
     window.clear()
-    if ddp.enabled:
-        dist.all_reduce(values)
-        values /= ddp.world
     finite = torch.isfinite(values)
     if not bool(finite.all()):
         first = int((~finite).nonzero()[0, 0])
         bad_step = state["step"] - len(values) + first + 1
         raise Diverged(f"loss became {values[first].item()} at step {bad_step} (epoch {epoch + 1})")
     mean = float(values.mean())
+    state["loss_sum"] = state.get("loss_sum", 0.0) + mean * len(values)
+    state["loss_n"] = state.get("loss_n", 0) + len(values)
     if ddp.main:
         store.log_metrics(run_id, state["step"], epoch, "train", {"loss": mean})
         store.update_run(run_id, step=state["step"], epoch=epoch)
