@@ -18,6 +18,7 @@ from models.audio import compute_kl_divergence
 from studio.context import StudioContext
 from studio.views import audio as view
 from trainers.data.audio import AudioFeatureConfig, make_features, synthesize_clip
+from trainers.metrics import sanity
 from trainers.metrics.audio import log_spectral_distance, spectral_convergence
 
 # A small STFT so each decode is a few ms; the views must read these from the checkpoint, not the defaults.
@@ -95,16 +96,28 @@ def test_compare_builtin_clip_uses_the_checkpoint_features(request, ctx, which, 
     table = {row[0]: row[1:] for row in r.table}
     est, rt = r.reconstruction, r.roundtrip
     kw = {"n_fft": CFG.n_fft, "hop_length": CFG.hop_length}
-    assert table["spectral convergence"] == pytest.approx(
-        [spectral_convergence(wav, est, **kw), spectral_convergence(wav, rt, **kw)], abs=1e-4
+    # Each row says which way is better (registry); the KL term, a regulariser, says it has no better side.
+    assert list(table) == [
+        "spectral convergence ↓",
+        "log-spectral distance (dB) ↓",
+        "feature MSE ↓",
+        "KL to the prior (nats) · no better side",
+        "flag",
+    ]
+    assert table["spectral convergence ↓"] == pytest.approx(
+        [spectral_convergence(wav, est, **kw), spectral_convergence(wav, rt, **kw), 1.0], abs=1e-4
+    )  # the baseline column: silence scores exactly 1
+    flat = sanity.flat_spectrum_lsd(wav, **kw)
+    assert table["log-spectral distance (dB) ↓"] == pytest.approx(
+        [log_spectral_distance(wav, est, **kw), log_spectral_distance(wav, rt, **kw), flat], abs=1e-3
     )
-    assert table["log-spectral distance (dB)"] == pytest.approx(
-        [log_spectral_distance(wav, est, **kw), log_spectral_distance(wav, rt, **kw)], abs=1e-3
-    )
-    assert table["feature MSE"][0] == pytest.approx(
+    assert table["feature MSE ↓"][0] == pytest.approx(
         float(np.mean((recon - features.encode(wav)) ** 2)), abs=1e-5
     )
-    assert table["KL to the prior (nats)"][0] == pytest.approx(compute_kl_divergence(mu, logvar), abs=1e-3)
+    kl = table["KL to the prior (nats) · no better side"]
+    assert kl[0] == pytest.approx(compute_kl_divergence(mu, logvar), abs=1e-3)
+    assert kl[1:] == ["n/a: no latent (no model involved)"] * 2  # every n/a says why
+    assert table["flag"][:2] == [sanity.flag_cell(r.flags), "none"]  # the round trip is not flagged
 
     traces = r.figure.data
     assert len(traces) == 2 * channels  # input and reconstruction; IF only for the 2-channel model
@@ -297,7 +310,7 @@ def test_build_tab_endpoints_and_errors_in_page(ctx, vae):
         assert rate == CFG.sample_rate and data.dtype == np.int16 and data.shape == (CFG.n_samples,)
     assert view.ROUNDTRIP_NOTE in out[0]  # the short player label is explained in the status
     status, _, table = fns["audio_windows"].fn(vae, [], BUILTIN, "noise", 0, None)
-    assert "1 window(s) of 0.5 s" in status and table["headers"][0] == "window" and len(table["data"]) == 2
+    assert "1 window(s) of 0.5 s" in status and table["headers"][0] == "window" and len(table["data"]) == 3
     with pytest.raises(gr.Error) as err:
         fns["audio_sample"].fn(None, 2, 0)
     assert "no checkpoint chosen" in err.value.message
@@ -364,7 +377,7 @@ def test_every_window_of_a_2_5_s_upload_is_scored_per_checkpoint(ctx, vae, vae_m
     assert r.headers[0] == "window" and len(r.headers) == 1 + 2 * 3
     assert all(h.endswith("↓") for h in r.headers[1:])  # both figures: lower is better (registry)
     assert [row[0] for row in r.table] == ["0.0–0.5 s", "0.5–1.0 s", "1.0–1.5 s", "1.5–2.0 s", "2.0–2.5 s",
-                                           "mean of 4 scored"]  # fmt: skip
+                                           "mean of 4 scored", "flag (of the mean)"]  # fmt: skip
     assert r.table[2][1:] == ["silent: not scored"] * 6
     assert any("1 silent window(s)" in n for n in r.notes)
 
@@ -378,7 +391,7 @@ def test_every_window_of_a_2_5_s_upload_is_scored_per_checkpoint(ctx, vae, vae_m
     assert r.table[3][1] == pytest.approx(spectral_convergence(wav, est, **kw), abs=2e-4)
     assert r.table[3][2] == pytest.approx(log_spectral_distance(wav, est, **kw), abs=2e-3)
     sc = r.scores[labels[0]]["spectral_convergence"]
-    assert np.isnan(sc[2]) and r.table[-1][1] == pytest.approx(np.nanmean(sc), abs=1e-4)
+    assert np.isnan(sc[2]) and r.table[-2][1] == pytest.approx(np.nanmean(sc), abs=1e-4)
     rt = r.scores["round trip"]["spectral_convergence"]
     assert np.all(rt[np.isfinite(rt)] < sc[np.isfinite(sc)])  # the ceiling beats an untrained model
     assert len(r.figure.data) == 2 * 3  # SC and LSD lines for each checkpoint and the round trip
@@ -386,6 +399,65 @@ def test_every_window_of_a_2_5_s_upload_is_scored_per_checkpoint(ctx, vae, vae_m
 
 def test_a_short_built_in_clip_is_one_window_and_bad_choices_are_named(ctx, vae, tmp_path):
     r = view.audio_windows(ctx, vae, BUILTIN, "note", 1)
-    assert r.starts == [0.0] and len(r.table) == 2
+    assert r.starts == [0.0] and len(r.table) == 3
     with pytest.raises(ValueError, match="no checkpoint chosen"):
         view.audio_windows(ctx, [], BUILTIN)
+
+
+class _Passthrough(torch.nn.Module):
+    """A stub with the VAE interface whose latent is the features themselves: decode(encode(x)) == x."""
+
+    DOMAIN, VARIANT = "audio", "audio-passthrough"
+
+    def __init__(self, like: torch.nn.Module):
+        super().__init__()
+        self.input_shape, self.preprocessing = tuple(like.input_shape), like.preprocessing
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = x.flatten(1)
+        return mu, torch.zeros_like(mu)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z.view(z.shape[0], *self.input_shape)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x)[0])
+
+
+def test_a_useless_decoder_is_flagged_and_a_passthrough_is_not(ctx, vae, tmp_path, monkeypatch):
+    """A VAE whose decoder weights are all zero decodes every clip to the same loud buzz: it is flagged in
+    the reconstruction table and the per-window table; a model that passes the features through is not."""
+    from models import load_pretrained
+
+    zeroed = load_pretrained(vae).eval()
+    with torch.no_grad():
+        for p in zeroed.decoder.parameters():
+            p.zero_()
+    good = str(tmp_path / "good")
+    load_pretrained(vae).save_pretrained(good)
+    stubs = {vae: zeroed, good: _Passthrough(zeroed)}
+    monkeypatch.setattr(ctx, "load_model", lambda folder, domain=None: stubs[str(folder)])
+    kw = {"n_fft": CFG.n_fft, "hop_length": CFG.hop_length}
+
+    bad = view.audio_compare(ctx, vae, BUILTIN, "chirp", 2)
+    wav = synthesize_clip("chirp", np.random.default_rng(2), CFG)
+    sc = spectral_convergence(wav, bad.reconstruction, **kw)
+    lsd = log_spectral_distance(wav, bad.reconstruction, **kw)
+    flat = sanity.flat_spectrum_lsd(wav, **kw)
+    assert sc >= 1 and lsd >= flat  # measured: SC ~4.4, LSD ~100 dB against ~23 dB for a flat spectrum
+    assert [f.short for f in bad.flags] == ["no better than silence", "no better than a flat spectrum"]
+    assert f"spectral convergence {sc:.4f} ≥ 1" in bad.flags[0].detail
+    assert f"log-spectral distance {lsd:.3f} dB ≥ {flat:.3f} dB" in bad.flags[1].detail
+    assert bad.table[-1][1] == "; ".join(f.text for f in bad.flags)
+    assert sum(n.startswith("flagged: no better than silence") for n in bad.notes) == 1
+
+    ok = view.audio_compare(ctx, good, BUILTIN, "chirp", 2)
+    np.testing.assert_allclose(ok.reconstruction, ok.roundtrip, atol=1e-5)  # the features passed through
+    assert ok.flags == [] and ok.table[-1][1] == "none"
+
+    windows = view.audio_windows(ctx, [vae, good], BUILTIN, "chirp", 2)
+    bad_label, good_label, _ = windows.scores
+    assert [f.short for f in windows.flags[bad_label]] == [f.short for f in bad.flags]
+    assert windows.flags[good_label] == [] and windows.flags["round trip"] == []
+    assert windows.table[-1] == ["flag (of the mean)", sanity.flag_cell(windows.flags[bad_label]), "",
+                                 "none", "", "none", ""]  # fmt: skip

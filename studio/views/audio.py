@@ -44,6 +44,7 @@ from trainers.data.audio import (
     synthesize_clip,
     window_starts,
 )
+from trainers.metrics import registry, sanity
 from trainers.metrics.audio import feature_mse, log_spectral_distance, spectral_convergence
 from trainers.metrics.registry import arrow
 from trainers.progress import Progress, no_progress
@@ -56,8 +57,18 @@ MAX_STEPS = 9
 HOP_SECONDS = 0.5  # windows of the per-window figures start every half second, as in training and eval
 MAX_WINDOWS = 120  # a minute of audio at that hop; `python -m trainers eval` scores longer recordings
 WINDOW_METRICS = (("spectral_convergence", "SC"), ("lsd", "LSD (dB)"))
-TABLE_HEADERS = ["figure", "reconstruction", "feature round trip"]
+TABLE_HEADERS = [
+    "figure",
+    "reconstruction",
+    "feature round trip",
+    "trivial baseline (SC: silence; LSD: a flat spectrum)",
+]
 TITLE_FONT_SIZE = 12  # subplot titles; at Plotly's default 16 px, nine interpolation steps run together
+BASELINE_NOTE = (
+    "trivial baseline: silence scores spectral convergence 1; the flat spectrum is one constant power in "
+    "every bin and frame, chosen to minimise the log-spectral distance to the input. A reconstruction at or "
+    "beyond either is flagged: it does no better than no sound, or a steady hiss"
+)
 ROUNDTRIP_NOTE = (
     "round trip (ceiling): the input's own features turned straight back into audio, without the model; "
     "no reconstruction can sound better"
@@ -82,6 +93,7 @@ class AudioComparison:
     table: list[list[Any]]
     figure: Any
     notes: list[str]
+    flags: list[sanity.Flag] = field(default_factory=list)  # the reconstruction's; empty: not flagged
 
 
 @dataclass
@@ -94,6 +106,7 @@ class AudioWindows:
     table: list[list[Any]]
     figure: Any
     notes: list[str]
+    flags: dict[str, list[sanity.Flag]] = field(default_factory=dict)  # label -> flags (empty: none)
 
 
 @dataclass
@@ -333,22 +346,45 @@ def audio_compare(
     roundtrip = _decode(features, clip.features)
     reconstruction = _decode(features, recon)
     c = features.config
+    sc = [spectral_convergence(clip.wav, w, c.n_fft, c.hop_length) for w in (reconstruction, roundtrip)]
+    lsd = [log_spectral_distance(clip.wav, w, c.n_fft, c.hop_length) for w in (reconstruction, roundtrip)]
+    flat = sanity.flat_spectrum_lsd(clip.wav, c.n_fft, c.hop_length)
+    flags = sanity.audio_flags(sc[0], lsd[0], flat)
+    no_latent = "n/a: no latent (no model involved)"
     table = [
         [
-            "spectral convergence",
-            fmt(spectral_convergence(clip.wav, reconstruction, c.n_fft, c.hop_length), 4),
-            fmt(spectral_convergence(clip.wav, roundtrip, c.n_fft, c.hop_length), 4),
+            metric_label("spectral_convergence", "spectral convergence"),
+            *(_cell("spectral_convergence", v, 4) for v in sc),
+            fmt(sanity.SILENCE_SPECTRAL_CONVERGENCE, 4),
         ],
         [
-            "log-spectral distance (dB)",
-            fmt(log_spectral_distance(clip.wav, reconstruction, c.n_fft, c.hop_length), 3),
-            fmt(log_spectral_distance(clip.wav, roundtrip, c.n_fft, c.hop_length), 3),
+            metric_label("lsd", "log-spectral distance (dB)"),
+            *(_cell("lsd", v, 3) for v in lsd),
+            fmt(flat, 3),
         ],
-        ["feature MSE", fmt(feature_mse(recon, clip.features), 5), 0.0],
-        ["KL to the prior (nats)", fmt(compute_kl_divergence(mu.float(), logvar.float()), 3), "n/a"],
+        [
+            metric_label("mse", "feature MSE"),
+            fmt(feature_mse(recon, clip.features), 5),
+            0.0,
+            "n/a: scored on the audio only",
+        ],
+        [
+            metric_label("kl", "KL to the prior (nats)"),
+            fmt(compute_kl_divergence(mu.float(), logvar.float()), 3),
+            no_latent,
+            no_latent,
+        ],
+        [
+            "flag",
+            sanity.flag_cell(flags),
+            sanity.flag_cell(sanity.audio_flags(sc[1], lsd[1], flat)),
+            "the figures a useless model would get",
+        ],
     ]
     figure = spectrogram_figure([("input", clip.features), ("reconstruction", recon)], c)
+    notes += [f"flagged: {f.text}" for f in flags]
     notes.append(ROUNDTRIP_NOTE)
+    notes.append(BASELINE_NOTE)
     if features.channels == 1:
         notes.append("1-channel log-mel model: waveforms are resynthesised with Griffin-Lim")
     return AudioComparison(
@@ -361,7 +397,27 @@ def audio_compare(
         table,
         figure,
         clip.notes + notes,
+        flags,
     )
+
+
+def metric_label(key: str, title: str) -> str:
+    """A table row's label with its direction from the registry: "↑", "↓", a target band, or, for a figure
+    with no better side (the KL term, a regulariser), words saying so."""
+    mark = registry.arrow(key)
+    info = registry.metric_info(key, "audio")
+    if not mark and info is not None and info.direction == "info":
+        mark = "· no better side"
+    return f"{title} {mark}".strip()
+
+
+def _cell(key: str, value: float, digits: int) -> Any:
+    """A rounded figure, or "n/a" with the registry's reason."""
+    shown = fmt(value, digits)
+    if shown == "n/a":
+        reason = registry.missing_reason(key)
+        return f"n/a: {reason}" if reason else shown
+    return shown
 
 
 def _window_label(start: float, seconds: float) -> str:
@@ -390,6 +446,7 @@ def audio_windows(
     folders = list(dict.fromkeys(folders))
     notes: list[str] = []
     scores: dict[str, dict[str, np.ndarray]] = {}
+    flat_lsd: dict[str, np.ndarray] = {}  # label -> the best flat spectrum's LSD per window
     starts_s: list[float] = []
     window_s = 0.0
     full_cache: dict[int, tuple[np.ndarray, list[str]]] = {}
@@ -425,6 +482,9 @@ def audio_windows(
         loud = [i for i, g in enumerate(segments) if _dbfs(g) >= SILENT_WINDOW_DBFS]
         rows = {m: np.full(len(starts), np.nan) for m, _ in WINDOW_METRICS}
         trip = {m: np.full(len(starts), np.nan) for m, _ in WINDOW_METRICS}
+        flat = np.full(len(starts), np.nan)
+        for i in loud:
+            flat[i] = sanity.flat_spectrum_lsd(wavs[i], c.n_fft, c.hop_length)
         if loud:
             feats = features.encode_batch(np.stack([wavs[i] for i in loud]))
             x = feats.to(model_device(model))
@@ -434,9 +494,17 @@ def audio_windows(
                 if k == 0:
                     _score_into(trip, i, wavs[i], features.decode(feats[j].numpy()), c)
         scores[label] = rows
+        flat_lsd[label] = flat
         if k == 0:
-            round_trip = trip
+            round_trip, flat_lsd["round trip"] = trip, flat
     scores["round trip"] = round_trip
+    flags = {
+        label: sanity.audio_flags(
+            values["spectral_convergence"], values["lsd"], flat_lsd[label][np.isfinite(values["lsd"])]
+        )
+        for label, values in scores.items()
+    }
+    notes += [f"{label} flagged: {f.text}" for label, found in flags.items() for f in found]
     n_silent = int(np.isnan(round_trip["lsd"]).sum())
     if n_silent:
         notes.append(
@@ -463,7 +531,13 @@ def audio_windows(
             finite = values[m][np.isfinite(values[m])]
             mean_row.append(fmt(float(finite.mean()), 4) if finite.size else "n/a: every window is silent")
     table.append(mean_row)
-    return AudioWindows(starts_s, scores, headers, table, _windows_figure(starts_s, scores), notes)
+    flag_row: list[Any] = ["flag (of the mean)"]
+    for label in scores:
+        flag_row += [sanity.flag_cell(flags[label]), ""]
+    table.append(flag_row)
+    notes.append(BASELINE_NOTE)
+    figure = _windows_figure(starts_s, scores)
+    return AudioWindows(starts_s, scores, headers, table, figure, notes, flags)
 
 
 def _dbfs(y: np.ndarray) -> float:
