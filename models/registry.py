@@ -21,12 +21,28 @@ from .base import CONFIG_NAME, DOMAINS, WEIGHTS_NAME
 from .fragments import ByteFragmentAutoencoder, FragmentAutoencoder
 from .sar import AttentionAutoencoder, BaselineAutoencoder, ResidualAutoencoder, ResNetAutoencoder
 
-__all__ = ["VARIANTS", "VariantInfo", "create_model", "load_pretrained", "read_checkpoint_config"]
+__all__ = [
+    "MAX_PARAMETERS",
+    "VARIANTS",
+    "VariantInfo",
+    "check_model_size",
+    "create_model",
+    "estimate_parameters",
+    "load_pretrained",
+    "read_checkpoint_config",
+]
 
 # Keys every model accepts that are not architecture options.
 _RESERVED_KEYS = ("self", "variant", "preprocessing")
 # Hub repo ids look like "name" or "owner/name"; anything else that is not an existing path is a typo'd path.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+#: Largest model a checkpoint may describe (float32: 400 MB of weights). The default variants have at most
+#: 24 M; a config.json asking for more (channels [4000, 4000, 4000], [1000000000]) is refused before a
+#: single weight is allocated, so a hostile or mistyped checkpoint cannot exhaust the app's memory.
+MAX_PARAMETERS = 100_000_000
+# Longest list an architecture option may hold (a layer per entry): building 10^6 empty modules is itself
+# a memory bomb, even on the meta device.
+_MAX_LIST = 64
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,44 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
             f"unknown option(s) {', '.join(unknown)} for variant '{name}'; valid options: {', '.join(valid)}"
         )
     return info.cls(**overrides)
+
+
+def estimate_parameters(name: str, config: dict[str, Any]) -> int:
+    """Parameter count of variant ``name`` built from ``config``, without allocating a weight.
+
+    The model is built on PyTorch's meta device (shapes only, no storage), so the count is exact and
+    costs no memory whatever the config asks for; ``ValueError`` names an option the class rejects.
+    """
+    import torch
+
+    info = _get_info(name)
+    options = {k: v for k, v in config.items() if k in info.default_config}
+    for key, value in options.items():
+        if isinstance(value, (list, tuple)) and len(value) > _MAX_LIST:
+            raise ValueError(
+                f"option {key} of '{name}' lists {len(value)} layers; at most {_MAX_LIST} are allowed"
+            )
+    try:
+        with torch.device("meta"):
+            model = info.cls(variant=name, **options)
+    except (TypeError, RuntimeError, OverflowError) as exc:
+        raise ValueError(f"config of '{name}' describes no buildable model: {exc}") from exc
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_model_size(
+    name: str, config: dict[str, Any], source: str | Path = "", limit: int | None = None
+) -> int:
+    """The estimated parameter count, or a ValueError when it exceeds ``limit`` (default MAX_PARAMETERS)."""
+    limit = MAX_PARAMETERS if limit is None else int(limit)
+    n = estimate_parameters(name, config)
+    if n > limit:
+        where = f"checkpoint '{source}'" if source else "this config"
+        raise ValueError(
+            f"{where} describes a {name} model of {n:,} parameters ({4 * n / 2**30:.1f} GiB as float32); "
+            f"at most {limit:,} are loaded here"
+        )
+    return n
 
 
 def _is_local(source: str | Path) -> bool:
@@ -175,6 +229,8 @@ def load_pretrained(
         )
     if expected_domain is not None and info.domain != expected_domain:
         raise ValueError(wrong_domain_message(info.name, info.domain, expected_domain))
+    # Bounded before building: the weights file is only checked against the model once it exists.
+    check_model_size(info.name, config, source)
     try:
         return info.cls.from_pretrained(source, **hub_kwargs)
     except TypeError as exc:  # config.json with an argument of the wrong type

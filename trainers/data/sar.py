@@ -29,6 +29,7 @@ import numpy as np
 import tifffile
 import torch
 from PIL import Image, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 from torch.utils.data import Dataset
@@ -59,6 +60,14 @@ MAX_NEGATIVE_FRACTION = 0.05
 MAX_BANDS = 64
 _STATS_SAMPLES = 1 << 20  # at most this many valid pixels enter the percentiles
 _ROWS = 512  # images are converted to float32 intensity this many rows at a time
+#: Largest decoded image (bytes of its stored samples) :func:`read_sar_patch` decodes into memory; larger
+#: PNGs and compressed TIFFs are refused from their header, before decoding (a 140 KB all-zero PNG can
+#: hold 12000² pixels). .npy files and uncompressed TIFFs are memory-mapped instead, at any size.
+MAX_DECODE_BYTES = 384 * 2**20
+# Above this many pixels, read_sar_patch takes the dB range from an evenly strided sample of the image
+# and converts only the patch; below it the whole image is converted (the exact range, as in training).
+_WHOLE_PIXELS = 4 * _STATS_SAMPLES
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 def _db(x: np.ndarray | float) -> np.ndarray:
@@ -217,9 +226,12 @@ class SARImage:
     band: int | None = None  # 0-based band read from a multi-band file; None for a single band
     n_bands: int = 1
     negative_fraction: float = 0.0  # negative intensity/amplitude values masked as no-data
+    sampled_nodata: float | None = None  # the whole image's no-data share when only a patch is held
 
     @property
     def nodata_fraction(self) -> float:
+        if self.sampled_nodata is not None:
+            return float(self.sampled_nodata)
         return float(1.0 - self.valid.mean())
 
     def describe(self) -> str:
@@ -249,15 +261,58 @@ def _gdal_nodata(tif: tifffile.TiffFile) -> float | None:
         return None
 
 
-def _read_raw(path: Path, ext: str) -> tuple[np.ndarray, str | None, float | None]:
-    """The stored array (native dtype; .npy memory-mapped), its axes if the file says, its no-data value."""
+def _too_large(path: Path, shape: tuple[int, ...], itemsize: int, max_bytes: int) -> ValueError:
+    size = "x".join(str(int(n)) for n in shape)
+    return ValueError(
+        f"{path}: the image is {size} pixels ({int(np.prod(shape, dtype=np.float64)) * itemsize / 2**20:.0f} "
+        f"MB decoded), more than the {max_bytes / 2**20:.0f} MB read here; crop it first (or save it as "
+        "an uncompressed GeoTIFF or .npy, which are read a patch at a time)"
+    )
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        head = f.read(len(_NPY_MAGIC))
+    if head != _NPY_MAGIC:
+        raise ValueError(
+            f"{path}: not a NumPy array file (.npy files start with the NumPy header; this one does not, "
+            "so it is probably text or another format named .npy): save the image with numpy.save"
+        )
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc) or "Python objects" in str(exc):
+            raise ValueError(
+                f"{path}: could not read the file as .npy: it holds Python objects, not numbers (not loaded)"
+            ) from exc
+        raise
+
+
+def _read_raw(
+    path: Path, ext: str, max_bytes: int | None = None
+) -> tuple[np.ndarray, str | None, float | None]:
+    """The stored array (native dtype; .npy memory-mapped), its axes if the file says, its no-data value.
+
+    With ``max_bytes``, a PNG or TIFF whose header promises more decoded bytes than that is refused before
+    decoding, unless the TIFF is uncompressed and can be memory-mapped."""
     if ext == ".npy":
-        return np.load(path, mmap_mode="r", allow_pickle=False), None, None
+        return _read_npy(path), None, None
     if ext in (".tif", ".tiff"):
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            nbytes = int(np.prod(series.shape, dtype=np.float64)) * series.dtype.itemsize
+            if max_bytes is not None and nbytes > max_bytes:
+                try:
+                    mapped = tifffile.memmap(str(path), series=0, mode="r")
+                except (ValueError, OSError):
+                    raise _too_large(path, series.shape, series.dtype.itemsize, max_bytes) from None
+                return mapped, series.axes, _gdal_nodata(tif)
             return series.asarray(), series.axes, _gdal_nodata(tif)
     with Image.open(path) as im:
+        if max_bytes is not None:
+            itemsize = 2 if im.mode.startswith("I;16") else 4 if im.mode in ("I", "F") else 1
+            if im.width * im.height * itemsize > max_bytes:
+                raise _too_large(path, (im.height, im.width), itemsize, max_bytes)
         if im.mode not in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
             warnings.warn(
                 f"{path}: {im.mode} image converted to luminance (SAR is single-band)", stacklevel=3
@@ -289,8 +344,12 @@ def _auto_real_kind(a: np.ndarray, nodata: float | None, path: Path) -> str:
     them is negative and they lie in a plausible dB range, and intensity otherwise."""
     if a.dtype.kind in "biu":
         return "amplitude"
-    flat = a.reshape(-1)
-    sample = np.asarray(flat[:: max(1, flat.size // _STATS_SAMPLES)], dtype=np.float64)
+    if a.flags.c_contiguous:
+        flat = a.reshape(-1)
+        sample = np.asarray(flat[:: max(1, flat.size // _STATS_SAMPLES)], dtype=np.float64)
+    else:  # a band of a (H, W, bands) memory map: a strided grid, not a copy of the whole band
+        step = max(1, math.isqrt(a.size // _STATS_SAMPLES))
+        sample = np.asarray(a[::step, ::step], dtype=np.float64).reshape(-1)
     keep = np.isfinite(sample) & (sample != 0) & (sample > DB_FILL_BELOW)
     if nodata is not None:
         keep &= sample != nodata
@@ -346,6 +405,31 @@ def _convert(
     return out, valid, negatives
 
 
+@dataclass
+class _Opened:
+    a: np.ndarray  # 2-D samples, or I/Q pairs along iq_axis (possibly memory-mapped)
+    kind: str
+    iq_axis: int | None
+    nodata: float | None
+    dtype: str
+    band: int | None
+    n_bands: int
+    detected: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        a = self.a
+        return (a.shape[1], a.shape[2]) if self.iq_axis == 0 else (a.shape[0], a.shape[1])
+
+    def region(self, rows: slice, cols: slice) -> np.ndarray:
+        """The samples of a window (or a strided grid) of the image, I/Q axis kept."""
+        if self.iq_axis == 0:
+            return self.a[:, rows, cols]
+        if self.iq_axis is not None:
+            return self.a[rows, cols, :]
+        return self.a[rows, cols]
+
+
 def read_sar_image(path: str | Path, input_kind: str = "auto", band: int | None = None) -> SARImage:
     """Read one SAR image (GeoTIFF, .npy, 8/16-bit PNG) as float32 linear intensity with a valid mask.
 
@@ -362,7 +446,27 @@ def read_sar_image(path: str | Path, input_kind: str = "auto", band: int | None 
     GDAL_NODATA value, dB fill values below -200, a few negative intensities - is masked, not an error;
     an image with no valid pixel at all is.
     """
-    path = Path(path)
+    o = _open_sar(Path(path), input_kind, band)
+    return _finish(Path(path), o, *_convert(o.a, o.kind, o.iq_axis, o.nodata))
+
+
+def _finish(path: Path, o: _Opened, intensity: np.ndarray, valid: np.ndarray, negatives: int) -> SARImage:
+    n = valid.size
+    if o.kind in ("intensity", "amplitude") and negatives > MAX_NEGATIVE_FRACTION * n:
+        raise ValueError(
+            f"{path}: {100 * negatives / n:.0f} % of the values are negative, which {o.kind} cannot be "
+            "(is the image in dB? choose 'db')"
+        )
+    if not valid.any():
+        raise ValueError(
+            f"{path}: every pixel is no-data (zeros, NaN, infinite or the file's no-data value): "
+            "there is no signal to read"
+        )
+    return SARImage(intensity, valid, o.kind, o.detected, o.dtype, o.band, o.n_bands, negatives / n)
+
+
+def _open_sar(path: Path, input_kind: str, band: int | None, max_bytes: int | None = None) -> _Opened:
+    """The checked samples of one image, not yet converted (see :func:`read_sar_image`)."""
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
     if band is not None and (isinstance(band, bool) or not isinstance(band, (int, np.integer)) or band < 0):
@@ -379,8 +483,14 @@ def read_sar_image(path: str | Path, input_kind: str = "auto", band: int | None 
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty")
     try:
-        a, axes, nodata = _read_raw(path, ext)
+        a, axes, nodata = _read_raw(path, ext, max_bytes)
+    except DecompressionBombError as e:
+        raise ValueError(
+            f"{path}: the image has too many pixels to decode safely ({e}); crop it first"
+        ) from e
     except (OSError, ValueError, IndexError, UnidentifiedImageError, EOFError, tifffile.TiffFileError) as e:
+        if str(e).startswith(str(path)):  # our own message (not a .npy, too large): already says it all
+            raise ValueError(str(e)) from e
         raise ValueError(f"{path}: could not read the file as {ext} ({e or type(e).__name__})") from e
     if not isinstance(a, np.ndarray) or a.dtype == object or a.dtype.kind not in "biufc":
         raise ValueError(f"{path}: expected a numeric array, got {getattr(a, 'dtype', type(a).__name__)}")
@@ -425,21 +535,63 @@ def read_sar_image(path: str | Path, input_kind: str = "auto", band: int | None 
     else:
         kind = _auto_real_kind(a, nodata, path) if input_kind == "auto" else input_kind
 
-    intensity, valid, negatives = _convert(a, kind, iq_axis, nodata)
-    n = valid.size
-    if kind in ("intensity", "amplitude") and negatives > MAX_NEGATIVE_FRACTION * n:
-        raise ValueError(
-            f"{path}: {100 * negatives / n:.0f} % of the values are negative, which {kind} cannot be "
-            "(is the image in dB? choose 'db')"
-        )
-    if not valid.any():
-        raise ValueError(
-            f"{path}: every pixel is no-data (zeros, NaN, infinite or the file's no-data value): "
-            "there is no signal to read"
-        )
     dtype = f"complex {a.dtype} I/Q" if iq_axis is not None else str(a.dtype)
     band_read = None if axis is None or iq_axis is not None else (0 if band is None else int(band))
-    return SARImage(intensity, valid, kind, input_kind == "auto", dtype, band_read, n_bands, negatives / n)
+    return _Opened(a, kind, iq_axis, nodata, dtype, band_read, n_bands, input_kind == "auto")
+
+
+@dataclass
+class SARPatch:
+    """A model-scale patch of a (possibly huge) image, normalised with the whole image's dB range."""
+
+    x: np.ndarray  # float32 (h, w) in [0, 1], 0 at no-data
+    valid: np.ndarray  # bool (h, w)
+    db_range: tuple[float, float]
+    image: SARImage  # how the pixels were read; its arrays hold the patch only
+    shape: tuple[int, int]  # the whole image's (H, W)
+
+
+def read_sar_patch(
+    path: str | Path,
+    window: Any,
+    input_kind: str = "auto",
+    band: int | None = None,
+    max_bytes: int = MAX_DECODE_BYTES,
+) -> SARPatch:
+    """Read one patch of a SAR image, normalised with the whole image's robust dB range, in bounded memory.
+
+    ``window(shape) -> (rows, cols)`` picks the patch from the image's (H, W). The header is checked before
+    anything is decoded (``max_bytes``; .npy and uncompressed TIFFs are memory-mapped at any size). Images
+    of up to a few million pixels are converted whole (the exact range, as :func:`normalize_db`); larger
+    ones take the range from an evenly strided grid of about a million pixels and convert only the patch,
+    so a 20000² image costs megabytes, not the gigabytes of a float copy.
+    """
+    path = Path(path)
+    o = _open_sar(path, input_kind, band, max_bytes)
+    h, w = o.shape
+    rows, cols = window((h, w))
+    if h * w <= _WHOLE_PIXELS:
+        img = _finish(path, o, *_convert(o.a, o.kind, o.iq_axis, o.nodata))
+        x, valid, db_range = normalize_db(img.intensity, img.valid)
+        return SARPatch(x[rows, cols], valid[rows, cols], db_range, img, (h, w))
+    step = max(1, math.isqrt(h * w // _STATS_SAMPLES))
+    grid = _finish(
+        path,
+        o,
+        *_convert(o.region(slice(None, None, step), slice(None, None, step)), o.kind, o.iq_axis, o.nodata),
+    )
+    _, _, db_range = normalize_db(grid.intensity, grid.valid)
+    intensity, valid, negatives = _convert(o.region(rows, cols), o.kind, o.iq_axis, o.nodata)
+    lo, hi = db_range
+    db = np.zeros(intensity.shape, np.float32)
+    np.log10(intensity, out=db, where=valid)
+    x = np.clip((db * np.float32(10.0) - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
+    x[~valid] = 0.0
+    img = SARImage(
+        intensity, valid, o.kind, o.detected, o.dtype, o.band, o.n_bands, grid.negative_fraction,
+        sampled_nodata=grid.nodata_fraction,
+    )  # fmt: skip
+    return SARPatch(x, valid, db_range, img, (h, w))
 
 
 def load_sar_image(path: str | Path, input_kind: str = "auto", band: int | None = None) -> np.ndarray:
@@ -945,6 +1097,7 @@ __all__ = [
     "normalize_patches",
     "patchify",
     "read_sar_image",
+    "read_sar_patch",
     "simulate_reflectivity",
     "simulate_scene",
     "x_to_db",
