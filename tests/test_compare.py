@@ -26,7 +26,7 @@ from models import create_model, load_pretrained
 from trainers import checkpoints
 from trainers.cli import main
 from trainers.codecs import IMAGE_CODECS, opus_roundtrip, to_8bit
-from trainers.compare import bootstrap_summary, markdown_report, run_compare, to_json
+from trainers.compare import bootstrap_summary, leaderboard, markdown_report, run_compare, to_json
 from trainers.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,6 +326,147 @@ def test_fragments_per_file_type_and_identity_against_the_bytes(ckpts, fragment_
     assert "By file type" in report and "compressed (n=" in report and "elf (n=" in report
 
 
+# ------------------------------------------------------------------------------------------ useless models
+def _zeroed(folder: str, part: str | None = None) -> torch.nn.Module:
+    """The checkpoint with every weight of ``part`` (or of the whole model) set to zero."""
+    model = load_pretrained(folder).eval()
+    with torch.no_grad():
+        for p in (getattr(model, part) if part else model).parameters():
+            p.zero_()
+    return model
+
+
+def _sources(folder: str, **models: torch.nn.Module) -> list:
+    from trainers.compare import ModelSource
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return [ModelSource(name, "checkpoint", Path(folder), m, config) for name, m in models.items()]
+
+
+class _SARPassthrough(torch.nn.Module):
+    DOMAIN, VARIANT = "sar", "sar-baseline"
+
+    def forward(self, x):
+        return x.clone(), torch.zeros(x.shape[0], 16, x.shape[2] // 16, x.shape[3] // 16)
+
+
+class _AudioPassthrough(torch.nn.Module):
+    """decode(encode(x)) == x: the model's output is the feature round trip itself."""
+
+    DOMAIN, VARIANT = "audio", "audio-vae"
+
+    def __init__(self, like):
+        super().__init__()
+        self.input_shape, self.preprocessing = tuple(like.input_shape), like.preprocessing
+        self.latent_dim = int(np.prod(self.input_shape))
+
+    def reconstruct(self, x):
+        return x.clone()
+
+
+class _FragmentRepair(torch.nn.Module):
+    DOMAIN, VARIANT = "fragments", "fragment-dae"
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def predict_bytes(self, x):
+        return torch.stack([self.fn(row) for row in np.rint(x[:, 0].numpy() * 255).astype(np.uint8)])
+
+    def encode(self, x):
+        return torch.zeros(x.shape[0], 16, 64)
+
+
+def _md_row(report: str, name: str) -> list[str]:
+    line = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+def test_useless_sar_models_are_flagged_in_the_json_and_the_markdown(ckpts):
+    models = _sources(ckpts["sar_a"], zeroed=_zeroed(ckpts["sar_a"]), passthrough=_SARPassthrough())
+    result = strict_json(to_json(run_compare([], SAR_SPEC, models=models)))
+    rows = {r["name"]: r for r in result["rows"]}
+    assert rows["passthrough"]["flags"] == []
+    constant, below = rows["zeroed"]["flags"]
+    assert constant.startswith(
+        "constant output: on 6 of 6 images its spread over the valid pixels is under 5%"
+    )
+    # The trivial baseline, the mean-value image: its MSE is each patch's variance over the valid pixels.
+    x, valid, _ = _sar_examples(SAR_SPEC)
+    reference = np.mean([10 * np.log10(1 / np.var(x[i, 0][valid[i, 0]].double().numpy())) for i in range(6)])
+    baseline = result["trivial_baseline"]["metrics"]
+    assert baseline["psnr"] == pytest.approx(reference, rel=1e-4)
+    psnr = rows["zeroed"]["metrics"]["psnr"]["mean"]
+    assert psnr <= baseline["psnr"]  # the mean image is the best constant: a flat output cannot beat it
+    assert below.startswith(
+        f"no better than the mean-value image: PSNR {psnr:.2f} dB ≤ {baseline['psnr']:.2f} dB"
+    )
+
+    report = markdown_report(result)
+    header = _md_row(report, "name")
+    assert header[2] == "bpp (↓)" and header[4] == "ms / example (↓)" and header[-1] == "flags"
+    zeroed, passthrough = _md_row(report, "zeroed"), _md_row(report, "passthrough")
+    enl = header.index("enl_ratio (target 0.7–1.3)")
+    # A flat image has no speckle: its ENL ratio is shown with the flag, not as a plain number.
+    assert zeroed[enl].endswith("⚠ constant output")
+    assert zeroed[-1] == f"{constant}; {below}" and passthrough[-1] == "none"
+    assert "⚠" not in passthrough[enl]
+    assert f"- zeroed flagged: {constant}." in report and "- trivial baseline: mean-value image" in report
+
+
+def test_useless_audio_and_fragment_models_are_flagged(ckpts, audio_folder, fragment_folder):
+    from trainers.data.audio import AudioFolderDataset
+    from trainers.dataspec import parse_data_spec
+    from trainers.metrics.sanity import flat_spectrum_lsd
+    from trainers.tasks import FragmentTask
+
+    buzz = _zeroed(ckpts["audio"], "decoder")  # every clip decodes to the same sound
+    models = _sources(ckpts["audio"], buzz=buzz, passthrough=_AudioPassthrough(buzz))
+    result = run_compare([], f"audio:folder={audio_folder}", models=models)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert [f.split(":")[0] for f in rows["buzz"]["flags"]] == [
+        "no better than silence", "no better than a flat spectrum",
+    ]  # fmt: skip
+    assert rows["passthrough"]["flags"] == []
+    data = AudioFolderDataset(audio_folder)
+    flat = np.mean([flat_spectrum_lsd(data.waveform(i)) for i in range(len(data))])
+    assert result["trivial_baseline"]["metrics"] == pytest.approx({"lsd": flat, "spectral_convergence": 1.0})
+    assert rows["buzz"]["metrics"]["lsd"]["mean"] >= flat > rows["passthrough"]["metrics"]["lsd"]["mean"]
+
+    spec = f"fragments:folder={fragment_folder}"
+    frag = load_pretrained(ckpts["frag"])
+    dataset = FragmentTask("fragment-dae").dataset_for_eval(
+        parse_data_spec(spec), dict(frag.preprocessing), {}
+    )
+    clean_of = {}
+    for i in range(len(dataset)):
+        corrupted, clean, _ = dataset[i]
+        key = np.rint(corrupted[0].numpy() * 255).astype(np.uint8).tobytes()
+        clean_of[key] = torch.from_numpy(np.rint(clean[0].numpy() * 255).astype(np.int64))
+    models = _sources(
+        ckpts["frag"],
+        zeroed=_zeroed(ckpts["frag"]),
+        identity=_FragmentRepair(lambda b: torch.from_numpy(b.astype(np.int64))),
+        oracle=_FragmentRepair(lambda b: clean_of[b.tobytes()]),
+    )
+    result = run_compare([], spec, baselines=True, models=models)
+    rows = {r["name"]: r for r in result["rows"]}
+    base = result["trivial_baseline"]["metrics"]["accuracy"]
+    assert base == pytest.approx(rows["identity (corrupted input unchanged)"]["metrics"]["accuracy"]["mean"])
+    assert rows["oracle"]["metrics"]["accuracy"]["mean"] == 1.0 > base and rows["oracle"]["flags"] == []
+    for name in ("zeroed", "identity"):
+        acc = rows[name]["metrics"]["accuracy"]["mean"]
+        assert acc <= base
+        assert rows[name]["flags"] == [
+            f"does not beat the identity baseline: byte accuracy {acc:.2%} ≤ {base:.2%} of the corrupted "
+            "input left as it is"
+        ]
+    assert rows["identity (corrupted input unchanged)"]["flags"] == []  # a baseline row is not judged
+    _, table = leaderboard(result)
+    assert [r[-1] for r in table][-1] == "–" and table[2][-1] == "none"
+
+
 # ------------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "case, needle",
@@ -400,7 +541,8 @@ def test_compare_tab_handler_on_uploads_and_its_errors(ctx, ckpts, fragment_fold
         baselines=True,
         progress=lambda f, desc: calls.append((f, desc)),
     )
-    assert result.headers[:5] == ["name", "kind", "bpp", "params", "ms / example"]
+    assert result.headers[:5] == ["name", "kind", "bpp (↓)", "params", "ms / example (↓)"]
+    assert result.headers[-1] == "flags" and [r[-1] for r in result.rows][-1] == "–"  # baselines: unchecked
     assert "accuracy (↑)" in result.headers and "ber (↓)" in result.headers
     names = [r[0] for r in result.rows]
     assert names[0].startswith("run-frag") and names[-1].startswith("identity")

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from trainers.dataspec import DataSpec, default_data_spec, parse_data_spec
-from trainers.metrics import registry
+from trainers.metrics import registry, sanity
 
 BOOTSTRAP_RESAMPLES = 1000
 # Metrics of the leaderboard per domain, in column order; the first is the rate-distortion plot's y axis.
@@ -191,6 +191,7 @@ class Row:
     variant: str | None = None
     missing: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    flags: list[sanity.Flag] = field(default_factory=list)  # why a model is useless (models only)
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -233,6 +234,7 @@ def _summarise(row: Row, seed: int, metrics: Sequence[str], groups: dict[str, np
         missing.setdefault("bpp", "no rate: this row is not a compressed representation")
     if missing:
         out["missing"] = missing
+    out["flags"] = [f.text for f in row.flags]
     out.update(row.extra)
     return out
 
@@ -308,25 +310,44 @@ def _compare_sar(
     n = x_all.shape[0]
     rows: list[Row] = []
     total_steps = len(models) + (len(codecs.IMAGE_CODECS) if baselines else 0)
+    batches = [slice(start, start + batch_size) for start in range(0, n, batch_size)]
+    # The trivial baseline every model must beat: the mean-value image of each patch.
+    trivial = _concat(
+        [
+            sanity.sar_mean_image_scores(
+                x_all[b].to(device), valid_all[b].to(device).float(), db_all[b].to(device)
+            )
+            for b in batches
+        ]
+    )
 
     for k, src in enumerate(models):
         progress(k / total_steps, f"{src.name} on {n} patches")
         home = _model_home(src.model)
         model = src.model.to(device)
         _model_call(src.name, partial(model, x_all[:1].to(device)))  # warm-up: first calls are slow
-        parts, total_ms, bpp = [], 0.0, None
-        for start in range(0, n, batch_size):
-            x = x_all[start : start + batch_size].to(device)
-            valid = valid_all[start : start + batch_size].to(device).float()
-            db = db_all[start : start + batch_size].to(device)
+        parts, spreads, total_ms, bpp = [], [], 0.0, None
+        for b in batches:
+            x = x_all[b].to(device)
+            valid = valid_all[b].to(device).float()
+            db = db_all[b].to(device)
             (x_hat, z), ms = _timed(partial(_model_call, src.name, partial(model, x)), device)
             total_ms += ms
             bpp = latent_bits_per_pixel(tuple(z.shape), tuple(x.shape), bits=8)
-            parts.append(_sar_per_image(x, x_hat.float().clamp(0, 1), z, valid, db))
-        rows.append(Row(src.name, src.kind, bpp, src.params, _concat(parts), total_ms / n, src.variant))
+            shown = x_hat.float().clamp(0, 1)
+            parts.append(_sar_per_image(x, shown, z, valid, db))
+            spreads.append(sanity.sar_spread(x, shown, valid))
+        row = Row(src.name, src.kind, bpp, src.params, _concat(parts), total_ms / n, src.variant)
+        row.flags = sanity.sar_flags(row.values["psnr"], row.values["ssim"], _concat(spreads), trivial)
+        rows.append(row)
         src.model.to(home)
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {
+        "trivial_baseline": {
+            "name": "mean-value image (each patch's mean over its valid pixels, everywhere)",
+            "metrics": {m: _finite_mean(v) for m, v in trivial.items()},
+        }
+    }
     if baselines:
         images = [codecs.to_8bit(x[0].numpy()) for x in x_all]
         targets: dict[float, list[str]] = {}
@@ -360,7 +381,7 @@ def _compare_sar(
                         "mean": _finite_mean(point.values[METRICS["sar"][0]]),
                     }
                 )
-        extra = {"rd_sweep": sweep, "skipped": skipped}
+        extra.update({"rd_sweep": sweep, "skipped": skipped})
     return rows, n, extra
 
 
@@ -458,6 +479,8 @@ def _compare_audio(
             base.features
         )
     sample_rate = int(features_of(first).config.sample_rate)
+    # The trivial baseline every model must beat: silence (spectral convergence 1) and the best flat spectrum.
+    flat = np.array([sanity.flat_spectrum_lsd(w) for w in waves])
     rows: list[Row] = []
     feature_sets: dict[str, Any] = {}
     steps = len(models) + (1 + len(codecs.OPUS_SWEEP) if baselines else 0)
@@ -481,10 +504,21 @@ def _compare_audio(
             sc.append(b)
         bpp = 8.0 * int(model.latent_dim) / features.config.n_samples
         values = {"lsd": np.array(lsd), "spectral_convergence": np.array(sc)}
-        rows.append(Row(src.name, src.kind, bpp, src.params, values, total_ms / n, src.variant))
+        row = Row(src.name, src.kind, bpp, src.params, values, total_ms / n, src.variant)
+        scored = np.isfinite(values["lsd"])
+        row.flags = sanity.audio_flags(values["spectral_convergence"], values["lsd"][scored], flat[scored])
+        rows.append(row)
         src.model.to(home)
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {
+        "trivial_baseline": {
+            "name": "silence (spectral convergence) and the best flat spectrum (log-spectral distance)",
+            "metrics": {
+                "lsd": _finite_mean(flat),
+                "spectral_convergence": sanity.SILENCE_SPECTRAL_CONVERGENCE,
+            },
+        }
+    }
     if baselines:
         progress(len(models) / steps, "feature round trip")
         for kind, features in feature_sets.items():
@@ -543,7 +577,7 @@ def _compare_audio(
                     )
                     row.extra = {"codec": "Opus", "codec_setting": bitrate}
                     rows.append(row)
-        extra = {"rd_sweep": sweep, "skipped": skipped}
+        extra.update({"rd_sweep": sweep, "skipped": skipped})
     return rows, n, extra
 
 
@@ -592,6 +626,8 @@ def _compare_fragments(
     clean_b = np.rint(torch.stack(clean_f)[:, 0].numpy() * 255).astype(np.uint8)
     corrupt_b = np.rint(x_all[:, 0].numpy() * 255).astype(np.uint8)
     changed_all = np.stack(changed_l)
+    # The trivial baseline every repair must beat: the corrupted bytes left as they are.
+    identity = _fragment_values(clean_b, corrupt_b, corrupt_b, changed_all)
     rows: list[Row] = []
     batch = max(batch_size, 64)  # fragments are small; bigger batches time the model, not the loop
 
@@ -610,7 +646,9 @@ def _compare_fragments(
                 z = _model_call(src.name, partial(model.encode, x[:1]))
                 bpp = 8.0 * z[0].numel() / x.shape[-1]
         values = _fragment_values(clean_b, corrupt_b, np.concatenate(repaired), changed_all)
-        rows.append(Row(src.name, src.kind, bpp, src.params, values, total_ms / n, src.variant))
+        row = Row(src.name, src.kind, bpp, src.params, values, total_ms / n, src.variant)
+        row.flags = sanity.fragments_flags(values["accuracy"], identity["accuracy"])
+        rows.append(row)
         src.model.to(home)
     if baselines:
         progress(len(models) / (len(models) + 1), "identity baseline")
@@ -622,7 +660,11 @@ def _compare_fragments(
         rows.append(row)
     base = _fragment_base(dataset, 0)[0]
     noise = base.noise.to_dict() if hasattr(base, "noise") else None
-    return rows, n, {"types": np.array(types), "noise": noise}
+    trivial = {
+        "name": "identity (the corrupted input left as it is)",
+        "metrics": {"accuracy": _finite_mean(identity["accuracy"])},
+    }
+    return rows, n, {"types": np.array(types), "noise": noise, "trivial_baseline": trivial}
 
 
 _DOMAIN_RUNNERS = {"sar": _compare_sar, "audio": _compare_audio, "fragments": _compare_fragments}
@@ -785,19 +827,36 @@ def _header(name: str) -> str:
     return f"{name} ({arrow})" if arrow else name
 
 
+#: Figures a flag makes meaningless (a flat image has no speckle: its ENL ratio is huge and says nothing).
+FLAGGED_METRICS = ("enl_ratio",)
+FLAGS_HEADER = "flags"
+
+
+def _flags_cell(row: dict[str, Any]) -> str:
+    """The flags beside a model's row: "none" when its checks found nothing, "–" for an unchecked baseline."""
+    if row.get("kind") == "codec":
+        return "–"
+    return sanity.flag_cell(row.get("flags") or [])
+
+
 def leaderboard(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) of the main table: name, kind, bpp, params, ms / example, then each metric as
-    "mean [lo, hi]" with its direction (↑, ↓ or target band) in the header."""
+    "mean [lo, hi]" with its direction (↑, ↓ or target band) in the header, then the model's flags in words
+    (constant output, no better than the trivial baseline); a flagged model's ENL ratio carries its flag."""
     metrics = [m["name"] for m in result["metrics"]]
-    head = ["name", "kind", "bpp", "params", "ms / example", *(_header(m) for m in metrics)]
+    head = ["name", "kind", "bpp (↓)", "params", "ms / example (↓)", *(_header(m) for m in metrics)]
     rows = []
     for row in result["rows"]:
         bpp = "n/a" if row.get("bpp") is None else f"{row['bpp']:.3g}"
         params = "–" if row.get("params") is None else f"{row['params']:,}"
         ms = "n/a" if row.get("inference_ms") is None else f"{row['inference_ms']:.3g}"
         cells = [str(row["name"]), str(row["kind"]), bpp, params, ms]
-        rows.append(cells + [_cell(m, row["metrics"].get(m, {})) for m in metrics])
-    return head, rows
+        flags = row.get("flags") or []
+        for m in metrics:
+            cell = _cell(m, row["metrics"].get(m, {}))
+            cells.append(sanity.qualified(cell, flags) if m in FLAGGED_METRICS else cell)
+        rows.append(cells + [_flags_cell(row)])
+    return [*head, FLAGS_HEADER], rows
 
 
 def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
@@ -834,7 +893,18 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
         "ms / example: inference time only (model forward pass; codec encode + decode); it varies "
         "between runs, every other figure is fixed by the seed."
     )
+    trivial = result.get("trivial_baseline")
+    if trivial:
+        figures = ", ".join(
+            f"{m} {format_metric(m, v)}" for m, v in trivial["metrics"].items() if v is not None
+        )
+        notes.append(
+            f"trivial baseline: {trivial['name']}: {figures}. A model at or beyond it, or whose output is "
+            "constant, is flagged."
+        )
     for row in result["rows"]:
+        for flag in row.get("flags") or []:
+            notes.append(f"{row['name']} flagged: {flag}.")
         for key, reason in (row.get("missing") or {}).items():
             notes.append(f"{row['name']}: {key} n/a: {reason}.")
         if row.get("matched_to"):
