@@ -230,7 +230,7 @@ def load_pretrained(
     if expected_domain is not None and info.domain != expected_domain:
         raise ValueError(wrong_domain_message(info.name, info.domain, expected_domain))
     # Bounded before building: the weights file is only checked against the model once it exists.
-    check_model_size(info.name, config, source)
+    check_model_size(info.name, config, Path(source).name if _is_local(source) else source)
     try:
         return info.cls.from_pretrained(source, **hub_kwargs)
     except TypeError as exc:  # config.json with an argument of the wrong type

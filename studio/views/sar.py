@@ -35,7 +35,7 @@ from trainers.data.sar import (
     SyntheticSARDataset,
     legacy_preprocessing_note,
     normalize_db,
-    read_sar_image,
+    read_sar_patch,
     x_to_db,
 )
 from trainers.metrics import registry, sanity
@@ -170,17 +170,24 @@ def sar_input(
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"unknown pixel kind {input_kind!r}; expected one of {', '.join(INPUT_KINDS)}")
     # read_sar_image names the temporary upload path; the user knows the file by its name.
+    notes_box: list[str] = []
+
+    def window(shape: tuple[int, int]) -> tuple[slice, slice]:
+        found, crop_note = crop_for_model(np.broadcast_to(np.float32(0), shape), patch)
+        notes_box.append(crop_note)
+        return found
+
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            img = read_sar_image(path, input_kind)
-            # The range comes from the whole image, so every patch of it is on one scale.
-            x, valid, db_range = normalize_db(img.intensity, img.valid)
+            # Header checked before decoding; the range comes from the whole image (every patch of it is on
+            # one scale), but only the patch is converted, so a huge upload costs megabytes.
+            read = read_sar_patch(path, window, input_kind)
     except (ValueError, FileNotFoundError) as exc:
         raise ValueError(str(exc).replace(str(path), path.name)) from exc
-    window, note = crop_for_model(x, patch)
-    h, w = x.shape
-    x, valid = np.ascontiguousarray(x[window]), np.ascontiguousarray(valid[window])
+    img, db_range, (h, w) = read.image, read.db_range, read.shape
+    note = notes_box[0] if notes_box else ""
+    x, valid = np.ascontiguousarray(read.x), np.ascontiguousarray(read.valid)
     if not valid.any():
         raise ValueError(f"the {patch} patch of {path.name} is all no-data; choose the other patch position")
     notes = [f"uploaded {path.name}: {h}x{w} pixels, read as {img.describe()}"]
