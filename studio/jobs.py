@@ -67,8 +67,6 @@ PROCESS_START_SLACK_S = 2.0
 GPU_MEMORY_USABLE = 0.95
 REASON_TAIL_LINES = 5
 REASON_TAIL_CHARS = 600
-_INT_SETTINGS = ("epochs", "batch_size", "seed", "max_steps", "num_workers", "patience", "log_every")
-_REAL_SETTINGS = ("lr", "kl_weight", "weight_decay", "grad_clip")
 
 # Processes left running by shutdown(): kept referenced so that their Popen objects are not collected
 # (which warns, and reaps them behind the back of a manager that re-attached to them in this process).
@@ -208,38 +206,9 @@ class JobManager:
         `settings` are RunConfig fields (epochs, batch_size, lr, data, seed, max_steps, model={...}, ...) and
         `device` ("auto", "cpu" or "cuda"; auto means a GPU when this machine has one). Changes nothing.
         """
-        from models import VARIANTS
-        from trainers.config import make_config
+        from trainers.settings import validate_run  # the one validation layer: CLI, Train tab and API too
 
-        settings = dict(settings)
-        device = settings.pop("device", None) or "auto"
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-        if device == "cuda" and not self.gpus:
-            raise ValueError("device 'cuda' was requested but this machine has no GPU; use 'auto' or 'cpu'")
-        for key in _INT_SETTINGS:
-            if key in settings and settings[key] is not None:
-                settings[key] = _whole(key, settings[key])
-        for key in _REAL_SETTINGS:
-            if key in settings and settings[key] is not None:
-                settings[key] = _real(key, settings[key])
-        model = settings.get("model")
-        if model is not None and not isinstance(model, Mapping):
-            raise ValueError(f"model overrides must be a dict of settings, got {type(model).__name__}")
-        if model is not None:
-            settings["model"] = dict(model)
-        cfg = make_config(variant, preset, **settings)  # unknown variant/preset/setting -> ValueError
-        cfg.device = device
-        cfg.data = _checked_data(cfg.data, VARIANTS[variant].domain)
-        if cfg.max_steps is not None and cfg.max_steps < 1:
-            raise ValueError(f"max_steps must be at least 1 (or None for no limit), got {cfg.max_steps}")
-        for key in ("seed", "num_workers"):
-            if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-        for key in ("kl_weight", "weight_decay", "grad_clip"):
-            if getattr(cfg, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-        return cfg
+        return validate_run(variant, preset, has_gpu=bool(self.gpus), **settings)
 
     def cancel(self, run_id: str, requester: str | None = None) -> str:
         """Cancel a queued or running run; returns a message for the user (no change for ended runs).
@@ -683,38 +652,6 @@ def _detect_gpus() -> list[int]:
     except Exception:  # a broken CUDA install must not stop the studio: train on CPU
         log.warning("could not count CUDA devices; training on CPU", exc_info=True)
         return []
-
-
-def _whole(key: str, value: Any) -> int:
-    """UI number widgets hand over floats; accept whole numbers, refuse the rest clearly."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key} must be a whole number, got {value!r}")
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"{key} must be a whole number, got {value!r}")
-    return int(value)
-
-
-def _real(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _checked_data(data: Any, domain: str) -> str:
-    """The canonical data spec string, checked now so a typo fails at submit and not minutes later."""
-    from trainers.dataspec import DataSpec, format_data_spec, parse_data_spec
-
-    if not data:
-        return ""
-    spec = data if isinstance(data, DataSpec) else parse_data_spec(data) if isinstance(data, str) else None
-    if spec is None:
-        raise ValueError(f"data must be a data spec string such as '{domain}:...', got {type(data).__name__}")
-    if spec.domain != domain:
-        raise ValueError(f"data spec '{data}' is {spec.domain} data, but the variant trains on {domain} data")
-    spec.check_paths()
-    if spec.folder_path is not None:  # the trainer runs in another working directory
-        spec = DataSpec(spec.domain, spec.source, {**spec.options, "folder": str(spec.folder_path.resolve())})
-    return format_data_spec(spec)
 
 
 def _proc_state(pid: int) -> str:

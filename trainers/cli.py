@@ -150,8 +150,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from trainers.config import make_config
     from trainers.loop import resume_config, train
+    from trainers.settings import validate_run
     from trainers.store import RunStore
 
     overrides = {
@@ -175,12 +175,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             # that have no flag (patience, grad_clip, ...) survive; explicit flags still win.
             cfg = resume_config(store, args.resume or args.run_id, **overrides)
             cfg.model.update(model_overrides)
-        else:
-            cfg = make_config(args.variant, args.preset, model=model_overrides, **overrides)
-        if args.data:
-            from trainers.dataspec import parse_data_spec
-
-            parse_data_spec(args.data)  # fail before creating a run
+        else:  # the one validation layer, as for the studio: a bad value fails before a run is created
+            cfg = validate_run(args.variant, args.preset, model=model_overrides, **overrides)
         result = train(cfg, store, run_id=args.run_id, resume=args.resume, progress=not args.no_progress)
     metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.val_metrics.items()) if _finite(v))
     print(

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import VARIANTS
-from trainers.fastpath import PRECISIONS
 
 PRESETS = ("smoke", "reference", "full")
 
@@ -147,7 +146,11 @@ class RunConfig:
 
 
 def make_config(variant: str, preset: str = "full", **overrides: Any) -> RunConfig:
-    """Build a run config from a preset, then apply explicit overrides (None values are ignored)."""
+    """Build a run config from a preset, then apply explicit overrides (None values are ignored).
+
+    The values are checked by `trainers.settings.check_config`; `trainers.settings.validate_run` also checks
+    the types of user input and the data spec.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant '{variant}'; choose one of: {', '.join(VARIANTS)}")
     if preset not in PRESETS:
@@ -166,12 +169,6 @@ def make_config(variant: str, preset: str = "full", **overrides: Any) -> RunConf
             raise ValueError(f"unknown run setting '{key}'")
         setattr(cfg, key, value)
     cfg.model.update(model_overrides)
-    if cfg.epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {cfg.batch_size}")
-    if not cfg.lr > 0:
-        raise ValueError(f"learning rate must be positive, got {cfg.lr}")
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
-    return cfg
+    from trainers.settings import check_config  # the one validation layer (it imports this module)
+
+    return check_config(cfg)

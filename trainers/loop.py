@@ -38,6 +38,7 @@ from trainers.data.prefill import ignore_cancel_signals, signals_blocked
 from trainers.dataspec import DataSpec, parse_data_spec
 from trainers.fastpath import FastPath
 from trainers.hooks import pause_point
+from trainers.settings import check_config
 from trainers.store import RunStore
 from trainers.tasks import AudioTask, Task, task_for
 
@@ -313,7 +314,7 @@ def resume_config(store: RunStore, run_id: str, **overrides: Any) -> RunConfig:
         raise ValueError(f"no run with id '{run_id}' in {store.runs_dir}")
     data = dict(record.config)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return RunConfig.from_dict(data)
+    return check_config(RunConfig.from_dict(data))
 
 
 def run_dir(store: RunStore, run_id: str) -> Path:

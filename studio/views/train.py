@@ -10,7 +10,6 @@ every output that did not change, so an idle page costs a couple of small SQLite
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import logging
@@ -41,6 +40,7 @@ from trainers.config import PRESETS, make_config
 from trainers.dataspec import parse_data_spec
 from trainers.fastpath import PRECISIONS
 from trainers.metrics.registry import arrow, format_value, metric_info
+from trainers.settings import REAL_POSITIVE, real, whole
 from trainers.store import STATUSES, check_tags
 
 log = logging.getLogger(__name__)
@@ -136,44 +136,23 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _parse_int(what: str, value: Any, minimum: int) -> int | None:
-    if _blank(value):
-        return None
-    number = math.nan
-    if not isinstance(value, bool):
-        with contextlib.suppress(TypeError, ValueError):
-            number = float(value)  # accepts "12", 12 and 12.0 (number widgets hand over floats)
-    if not math.isfinite(number) or not number.is_integer() or number < minimum:
-        raise ValueError(
-            f"{what} must be a whole number >= {minimum} (or blank for the preset's value); got {value!r}"
-        )
-    return int(number)
-
-
-def _parse_lr(value: Any) -> float | None:
+def _parse(key: str, value: Any) -> int | float | None:
+    """A number field through the one validation layer; blank leaves the preset's value."""
     if _blank(value):
         return None
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(
-            "learning rate must be a positive number such as 3e-4 (or blank for the preset's value); "
-            f"got {value!r}"
-        )
-    return number
+        return real(key, value) if key in REAL_POSITIVE else whole(key, value)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or leave it blank for the preset's value)") from None
 
 
 def parse_settings(epochs: Any, batch_size: Any, lr: Any, data: Any, seed: Any) -> dict[str, Any]:
     """The form's text fields as run settings; blank fields are left out (the preset's value applies)."""
     settings: dict[str, Any] = {
-        "epochs": _parse_int("epochs", epochs, 1),
-        "batch_size": _parse_int("batch size", batch_size, 1),
-        "lr": _parse_lr(lr),
-        "seed": _parse_int("seed", seed, 0),
+        "epochs": _parse("epochs", epochs),
+        "batch_size": _parse("batch_size", batch_size),
+        "lr": _parse("lr", lr),
+        "seed": _parse("seed", seed),
     }
     if not _blank(data):
         if not isinstance(data, str):
@@ -250,9 +229,7 @@ def launch_runs(
         settings["device"] = device
     if precision not in (None, "", "auto"):
         settings["precision"] = precision
-    if compile not in (None, False):
-        if not isinstance(compile, bool):
-            raise ValueError(f"compile must be true or false, got {compile!r}")
+    if compile not in (None, False):  # checked with the rest by the job manager (trainers.settings)
         settings["compile"] = compile
     for variant in chosen:  # every variant's settings are checked before the first one is queued
         ctx.jobs.check(variant, preset, **settings)
@@ -715,13 +692,14 @@ def _launch_form(ctx: StudioContext) -> SimpleNamespace:
                     False, label="torch.compile", info="faster steps after ~1 min of compiling"
                 )
             with gr.Row():
-                ui.epochs = gr.Textbox("", label="Epochs", placeholder="preset", elem_id="train-epochs")
-                ui.batch = gr.Textbox("", label="Batch size", placeholder="preset", elem_id="train-batch")
+                # Blank = the preset's value; trainers.settings refuses fractions and out-of-range values.
+                ui.epochs = gr.Number(None, label="Epochs", placeholder="preset", elem_id="train-epochs")
+                ui.batch = gr.Number(None, label="Batch size", placeholder="preset", elem_id="train-batch")
             with gr.Row():
-                ui.lr = gr.Textbox(
-                    "", label="Learning rate", placeholder="preset, e.g. 3e-4", elem_id="train-lr"
+                ui.lr = gr.Number(
+                    None, label="Learning rate", placeholder="preset, e.g. 3e-4", elem_id="train-lr"
                 )
-                ui.seed = gr.Textbox("", label="Seed", placeholder="preset", elem_id="train-seed")
+                ui.seed = gr.Number(None, label="Seed", placeholder="preset", elem_id="train-seed")
             ui.data = gr.Textbox(
                 "",
                 label="Data spec",

@@ -1,0 +1,237 @@
+"""One validation layer for run settings: the CLI, the job manager, the Train tab and the API all call it.
+
+:class:`RunSettings` is a pydantic model of what a user may set for a run. Its validators hold every check
+(whole numbers, ranges, the device, the precision, the data spec against the variant's domain), each raising
+a message in the user's terms; :func:`validate_run` turns it into the :class:`~trainers.config.RunConfig`
+the trainer runs, so a bad value fails at submit and not minutes into a run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from models import VARIANTS
+from trainers.config import PRESETS, RunConfig, make_config
+from trainers.fastpath import PRECISIONS
+
+DEVICES = ("auto", "cpu", "cuda")
+# The lowest value of each whole-number setting.
+WHOLE_MINIMUM: dict[str, int] = {
+    "epochs": 1,
+    "batch_size": 1,
+    "seed": 0,
+    "max_steps": 1,
+    "num_workers": 0,
+    "patience": 0,
+    "log_every": 1,
+}
+# Real-number settings: True where the value must be > 0, False where >= 0 is enough.
+REAL_POSITIVE: dict[str, bool] = {"lr": True, "kl_weight": False, "weight_decay": False, "grad_clip": False}
+# What a setting is called in messages where that is not its key.
+LABELS: dict[str, str] = {"batch_size": "batch size", "lr": "learning rate"}
+
+
+def label(key: str) -> str:
+    """The name of a setting in a message, as the Train tab labels it: 'learning rate', 'epochs'."""
+    return LABELS.get(key, key)
+
+
+def _number(value: Any) -> float:
+    """`value` as a float, NaN when it is no number (bools are not numbers here)."""
+    if isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def whole(key: str, value: Any, minimum: int | None = None) -> int:
+    """A whole number >= the setting's minimum; number widgets hand over floats, text fields strings."""
+    low = WHOLE_MINIMUM.get(key, 0) if minimum is None else minimum
+    number = _number(value)
+    if not math.isfinite(number) or not number.is_integer() or number < low:
+        raise ValueError(f"{label(key)} must be a whole number >= {low}, got {value!r}")
+    return int(number)
+
+
+def real(key: str, value: Any) -> float:
+    """A finite number, > 0 for the learning rate and >= 0 for the weights and the clip."""
+    positive = REAL_POSITIVE.get(key, False)
+    number = _number(value)
+    if not math.isfinite(number) or (number <= 0 if positive else number < 0):
+        what = "a positive number such as 3e-4" if key == "lr" else "a finite number >= 0"
+        raise ValueError(f"{label(key)} must be {what}, got {value!r}")
+    return number
+
+
+def checked_data(data: Any, domain: str, check_paths: bool = True) -> str:
+    """The canonical data spec string for `domain`, checked now so a typo fails at submit.
+
+    A folder is made absolute, since the trainer may run in another working directory.
+    """
+    from trainers.dataspec import DataSpec, format_data_spec, parse_data_spec
+
+    if data is None or (isinstance(data, str) and not data.strip()):
+        return ""
+    spec = data if isinstance(data, DataSpec) else None
+    if isinstance(data, str):
+        spec = parse_data_spec(data.strip())
+    if spec is None:
+        raise ValueError(f"data must be a data spec string such as '{domain}:...', got {type(data).__name__}")
+    if spec.domain != domain:
+        raise ValueError(f"data spec '{data}' is {spec.domain} data, but the variant trains on {domain} data")
+    if check_paths:
+        spec.check_paths()
+        if spec.folder_path is not None:
+            folder = str(spec.folder_path.resolve())
+            spec = DataSpec(spec.domain, spec.source, {**spec.options, "folder": folder})
+    return format_data_spec(spec)
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    """`cfg` after checking each value against the same rules as user input (presets and resumed runs too)."""
+    for key in WHOLE_MINIMUM:
+        value = getattr(cfg, key)
+        if value is not None:
+            setattr(cfg, key, whole(key, value))
+    for key in REAL_POSITIVE:
+        setattr(cfg, key, real(key, getattr(cfg, key)))
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {cfg.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    return cfg
+
+
+class RunSettings(BaseModel):
+    """What a user may set for one run; None leaves the preset's value. Every field is checked here."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    variant: str
+    preset: str = "full"
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    max_steps: int | None = None
+    num_workers: int | None = None
+    patience: int | None = None
+    log_every: int | None = None
+    lr: float | None = None
+    kl_weight: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    data: Any = None  # a data spec string or a trainers.dataspec.DataSpec
+    device: str = "auto"
+    precision: str | None = None
+    compile: bool | None = None
+    model: dict[str, Any] | None = None
+
+    @field_validator("variant", mode="before")
+    @classmethod
+    def _variant(cls, value: Any) -> str:
+        if value not in VARIANTS:
+            raise ValueError(f"unknown variant {value!r}; choose one of: {', '.join(VARIANTS)}")
+        return value
+
+    @field_validator("preset", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
+        return value
+
+    @field_validator(*WHOLE_MINIMUM, mode="before")
+    @classmethod
+    def _whole(cls, value: Any, info: Any) -> int | None:
+        return None if value is None else whole(info.field_name, value)
+
+    @field_validator(*REAL_POSITIVE, mode="before")
+    @classmethod
+    def _real(cls, value: Any, info: Any) -> float | None:
+        return None if value is None else real(info.field_name, value)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> str:
+        value = value or "auto"
+        if value not in DEVICES:
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {value!r}")
+        return value
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, value: Any) -> str | None:
+        if value not in (None, *PRECISIONS):
+            raise ValueError(f"unknown precision {value!r}; choose one of: {', '.join(PRECISIONS)}")
+        return value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, value: Any) -> bool | None:
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"compile must be true or false, got {value!r}")
+        return value
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> dict[str, Any] | None:
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(f"model overrides must be a dict of settings, got {type(value).__name__}")
+        return None if value is None else dict(value)
+
+    @model_validator(mode="after")
+    def _data(self) -> RunSettings:
+        self.data = checked_data(self.data, VARIANTS[self.variant].domain, check_paths=False) or None
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings given, as make_config overrides."""
+        return self.model_dump(exclude={"variant", "preset"}, exclude_none=True)
+
+
+def _message(exc: ValidationError) -> str:
+    """The validators' own words; pydantic's only for what they do not see (a wrong key, a wrong type)."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(RunSettings.model_fields)
+            parts.append(f"unknown run setting '{where}'; valid settings: {valid}")
+        elif err["type"] == "value_error":
+            parts.append(str(err["ctx"]["error"]))
+        else:
+            parts.append(f"{where}: {err['msg']}, got {err.get('input')!r}")
+    return "; ".join(parts)
+
+
+def parse_run_settings(variant: Any, preset: Any = "full", **settings: Any) -> RunSettings:
+    """The checked settings, or a ValueError that names each bad one in the user's terms."""
+    try:
+        return RunSettings(variant=variant, preset=preset, **settings)
+    except ValidationError as exc:
+        raise ValueError(_message(exc)) from None
+
+
+def validate_run(
+    variant: Any,
+    preset: Any = "full",
+    *,
+    has_gpu: bool | None = None,
+    check_paths: bool = True,
+    **settings: Any,
+) -> RunConfig:
+    """The run config that the settings define, or a ValueError/FileNotFoundError saying what is wrong.
+
+    `settings` are RunConfig fields (None values leave the preset's); `has_gpu` False refuses device 'cuda'
+    (None: not checked); `check_paths` checks that a data folder exists, and makes it absolute.
+    """
+    checked = parse_run_settings(variant, preset, **settings)
+    if checked.device == "cuda" and has_gpu is False:
+        raise ValueError("device 'cuda' was requested but this machine has no GPU; use 'auto' or 'cpu'")
+    cfg = make_config(checked.variant, checked.preset, **checked.overrides())
+    cfg.data = checked_data(cfg.data, cfg.domain, check_paths=check_paths)
+    return cfg
