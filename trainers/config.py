@@ -64,27 +64,27 @@ _SMOKE_MODEL_BY_VARIANT: dict[str, dict[str, Any]] = {
 # shipped speech clips, real files of the Python installation). Same latent sizes as the full models.
 _REFERENCE: dict[str, dict[str, Any]] = {
     "sar": {
-        "epochs": 8,
-        "batch_size": 8,
+        "epochs": 6,
+        "batch_size": 16,
         "lr": 1e-3,
         "patience": 4,
-        "data": "sar:synthetic,n=192,size=128,val=24",
-        "model": {"base_channels": 12, "image_size": 128},
+        "data": "sar:synthetic,n=256,size=64,val=32",
+        "model": {"base_channels": 12, "image_size": 64},
     },
     "audio": {
-        "epochs": 30,
+        "epochs": 15,
         "batch_size": 8,
         "lr": 1e-3,
-        "patience": 8,
+        "patience": 5,
         "data": "audio:folder=assets/speech/train,hop=0.25",
         "model": {"widths": [16, 32, 64, 128, 256], "latent_dim": 64},
     },
     "fragments": {
-        "epochs": 6,
+        "epochs": 4,
         "batch_size": 128,
         "lr": 2e-3,
         "patience": 3,
-        "data": "fragments:python,max_files=400",
+        "data": "fragments:python,max_files=200",
         "model": {},
     },
 }
