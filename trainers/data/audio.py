@@ -21,7 +21,8 @@ import numpy as np
 import scipy.signal
 import soundfile as sf
 import torch
-from torch.utils.data import Dataset
+
+from trainers.data.cached import CachedDataset
 
 # soundfile reads the first four (any integer or float PCM); the rest are decoded with PyAV.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".webm", ".m4a")
@@ -587,7 +588,10 @@ def window_starts(n_samples: int, window: int, hop: int, min_tail: int = 0) -> l
 
 
 # ----------------------------------------------------------------------------------------------- datasets
-class _FeatureDataset(Dataset):
+class _FeatureDataset(CachedDataset[np.ndarray]):
+    """Item i is the features of clip (or window) i, a pure function of i; kept when ``cache`` is on."""
+
+    ITEM_NAME = "clip"
     features: MelIFFeatures | LogMelFeatures
 
     def __init__(self, features: MelIFFeatures | LogMelFeatures | None, cache: bool) -> None:
@@ -596,29 +600,17 @@ class _FeatureDataset(Dataset):
             raise ValueError(
                 f"features must be a MelIFFeatures or LogMelFeatures, got {type(features).__name__}"
             )
-        self.cache = cache
-        self._cache: dict[int, np.ndarray] = {}
+        self._init_cache(cache)
 
     def waveform(self, i: int) -> np.ndarray:
         raise NotImplementedError
 
-    def _index(self, i: int) -> int:
-        n = len(self)
-        if not -n <= int(i) < n:
-            raise IndexError(f"clip index {i} out of range for {n} clips")
-        return int(i) % n
-
-    def _compute(self, i: int) -> np.ndarray:
+    def compute(self, i: int) -> np.ndarray:
+        """The features of clip ``i`` (numpy, float32)."""
         return self.features.encode(self.waveform(i))
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        i = self._index(i)
-        x = self._cache.get(i)
-        if x is None:
-            x = self._compute(i)
-            if self.cache:
-                self._cache[i] = x
-        return torch.from_numpy(x.copy())
+    def to_tensors(self, item: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(item.copy())
 
     def fill(self, device: torch.device | str | None = None, batch_size: int | None = None) -> int:
         """Make every missing cached item with the batched torch features on ``device`` (default CPU);
@@ -628,13 +620,13 @@ class _FeatureDataset(Dataset):
             return 0
         device = torch.device(device or "cpu")
         batch_size = batch_size or (256 if device.type == "cuda" else 8)
-        missing = [i for i in range(len(self)) if i not in self._cache]
+        missing = self.missing()
         for k in range(0, len(missing), batch_size):
             chunk = missing[k : k + batch_size]
             wavs = torch.from_numpy(np.stack([self.waveform(i) for i in chunk])).to(device)
             feats = self.features.encode_batch(wavs).cpu().numpy()
             for i, f in zip(chunk, feats, strict=True):
-                self._cache[i] = f
+                self.store(i, f)
         return len(missing)
 
     def preprocessing(self) -> dict[str, Any]:

@@ -22,17 +22,19 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
+from trainers.data.cached import CachedDataset
 from trainers.hooks import pause_point
 
 # Below this many missing items a process pool costs more to start than it saves.
 PARALLEL_MIN_ITEMS = 64
 CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-_DATASET: Any = None  # the dataset being filled, inherited by the forked pool workers
+_DATASET: CachedDataset | None = None  # the dataset being filled, inherited by the forked pool workers
 
 
 def _compute(i: int) -> Any:
-    return _DATASET._compute(i)
+    assert _DATASET is not None  # set before the pool forks
+    return _DATASET.compute(i)
 
 
 @contextlib.contextmanager
@@ -67,16 +69,17 @@ def _init_worker(stop: Any) -> None:
 
 
 def prefill(dataset: Dataset, workers: int | None = None) -> int:
-    """Compute every missing item of a dataset that caches them (others are left alone); returns how many."""
+    """Compute every missing item of a :class:`CachedDataset` that caches (others are left alone); returns
+    how many."""
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
-    if not getattr(dataset, "cache", False) or not hasattr(dataset, "_compute"):
+    if not isinstance(dataset, CachedDataset) or not dataset.cache:
         return 0
-    missing = [i for i in range(len(dataset)) if i not in dataset._cache]
+    missing = dataset.missing()
     workers = workers or os.cpu_count() or 1
     if workers < 2 or len(missing) < PARALLEL_MIN_ITEMS:
         for i in missing:
-            dataset._cache[i] = dataset._compute(i)
+            dataset.store(i, dataset.compute(i))
         return len(missing)
     global _DATASET
     _DATASET = dataset
@@ -91,7 +94,7 @@ def prefill(dataset: Dataset, workers: int | None = None) -> int:
         for n, (i, item) in enumerate(
             zip(missing, pool.imap(_compute, missing, chunksize=chunk), strict=True)
         ):
-            dataset._cache[i] = item
+            dataset.store(i, item)
             if n == 0:
                 pause_point("prefill")
     finally:

@@ -34,6 +34,8 @@ from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 from torch.utils.data import Dataset
 
+from trainers.data.cached import CachedDataset
+
 SAR_EXTENSIONS = (".npy", ".tif", ".tiff", ".png")
 #: What real-valued pixels hold; "complex" also reads I/Q pairs stored as two real bands.
 INPUT_KINDS = ("auto", "intensity", "amplitude", "db", "complex")
@@ -889,12 +891,14 @@ def normalize_patches(
 
 
 # ----------------------------------------------------------------------------------------------- datasets
-class SyntheticSARDataset(Dataset):
+class SyntheticSARDataset(CachedDataset[tuple[np.ndarray, np.ndarray, tuple[float, float]]]):
     """Simulated speckled scenes (:func:`simulate_scene`), each normalised on its own in dB.
 
     Item ``i`` is ``(x, valid, db_range)`` (see :func:`normalize_db`), a pure function of (seed, i).
     ``looks`` fixes L for every scene; None draws L from 1 … 4 per scene.
     """
+
+    ITEM_NAME = "image"
 
     def __init__(
         self,
@@ -922,16 +926,12 @@ class SyntheticSARDataset(Dataset):
         self.low_pct, self.high_pct = float(low_pct), float(high_pct)
         # Simulating a 256x256 scene costs ~20 ms of CPU; keeping the items makes later epochs free. By
         # default only sets up to 512 MiB are kept (each DataLoader worker keeps its own copy).
-        self.cache = cache if cache is not None else self.n_images * self.image_size**2 * 5 <= 512 * 2**20
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
+        self._init_cache(
+            cache if cache is not None else self.n_images * self.image_size**2 * 5 <= 512 * 2**20
+        )
 
     def __len__(self) -> int:
         return self.n_images
-
-    def _index(self, i: int) -> int:
-        if not -self.n_images <= int(i) < self.n_images:
-            raise IndexError(f"image index {i} out of range for {self.n_images} images")
-        return int(i) % self.n_images
 
     def scene(self, i: int) -> SARScene:
         """Everything simulated for image ``i``."""
@@ -946,17 +946,14 @@ class SyntheticSARDataset(Dataset):
         """The speckled intensity of image ``i`` (float32, H×W; 0 at no-data), before normalisation."""
         return self.scene(i).intensity
 
-    def _compute(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    def compute(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        """Image ``i`` as :func:`normalize_db` returns it: (x, valid, db_range) in numpy."""
         s = self.scene(i)
         return normalize_db(s.intensity, s.valid, self.low_pct, self.high_pct)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        i = self._index(i)
-        item = self._cache.get(i)
-        if item is None:
-            item = self._compute(i)
-            if self.cache:
-                self._cache[i] = item
+    def to_tensors(
+        self, item: tuple[np.ndarray, np.ndarray, tuple[float, float]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _item(*item)
 
     def preprocessing(self) -> dict[str, Any]:
