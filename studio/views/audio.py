@@ -38,6 +38,7 @@ from trainers.data.audio import (
     SILENT_WINDOW_DBFS,
     SYNTH_KINDS,
     AudioFeatureConfig,
+    audio_seconds,
     features_from_dict,
     load_audio,
     make_features,
@@ -56,6 +57,8 @@ MAX_SAMPLES = 8
 MAX_STEPS = 9
 HOP_SECONDS = 0.5  # windows of the per-window figures start every half second, as in training and eval
 MAX_WINDOWS = 120  # a minute of audio at that hop; `python -m trainers eval` scores longer recordings
+#: Longest part of a compressed upload (WebM/Opus, AAC) decoded: an upload of 50 MB of Opus holds hours.
+MAX_DECODE_SECONDS = 600
 WINDOW_METRICS = (("spectral_convergence", "SC"), ("lsd", "LSD (dB)"))
 TABLE_HEADERS = [
     "figure",
@@ -155,24 +158,26 @@ def clip_input(
         return AudioClip(wav, features.encode(wav), [f"built-in {kind} clip #{seed_i}"])
     if source != SOURCES[1]:
         raise ValueError(f"unknown clip source {source!r}; expected one of {', '.join(SOURCES)}")
-    path, full, original_rate, notes = _full_upload(upload, c.sample_rate)
     try:
         start_s = float(start if start is not None else 0.0)
     except (TypeError, ValueError):
         raise ValueError(f"start must be a time in seconds, got {start!r}") from None
-    duration = len(full) / c.sample_rate
-    if not np.isfinite(start_s) or start_s < 0 or start_s >= duration:
-        raise ValueError(
-            f"start must be between 0 and {duration:.2f} s (the recording's length), got {start!r}"
-        )
-    i0 = int(round(start_s * c.sample_rate))
-    segment = full[i0 : i0 + c.n_samples]
+    # Only the model's clip is decoded and resampled: an hour-long upload costs what one second does.
+    path, segment, original_rate, notes, duration = _full_upload(
+        upload, c.sample_rate, start_s, c.n_samples / c.sample_rate
+    )
+    segment = segment[: c.n_samples]
     if len(segment) < MIN_SECONDS * c.sample_rate:
         raise ValueError(
             f"only {len(segment) / c.sample_rate:.2f} s are left after {start_s:g} s; need {MIN_SECONDS} s"
         )
     if float(np.sqrt(np.mean(np.square(segment, dtype=np.float64)))) < SILENCE_RMS:
-        raise ValueError(f"the {c.clip_seconds:g} s from {start_s:g} s of {path.name!r} are silent")
+        if start_s == 0 and duration <= c.clip_seconds:
+            raise ValueError(f"{path.name!r} is silent")
+        raise ValueError(
+            f"{path.name!r} is silent from {start_s:g} s to {start_s + c.clip_seconds:g} s; "
+            "choose another start"
+        )
     notes = [f"{path.name}: {duration:.2f} s", *notes]
     if original_rate != c.sample_rate:
         notes.append(f"resampled from {original_rate} Hz to the model's {c.sample_rate} Hz")
@@ -187,16 +192,38 @@ def clip_input(
     return AudioClip(wav, features.encode(wav), notes)
 
 
-def _full_upload(upload: Any, sample_rate: int) -> tuple[Path, np.ndarray, int, list[str]]:
-    """(path, whole recording as mono float32 at ``sample_rate``, its original rate, decoding notes)."""
+def _full_upload(
+    upload: Any, sample_rate: int, start_s: float | None = None, max_seconds: float | None = None
+) -> tuple[Path, np.ndarray, int, list[str], float]:
+    """(path, the recording from ``start_s`` for ``max_seconds`` (all of it by default) as mono float32 at
+    ``sample_rate``, its original rate, decoding notes, the whole recording's length in seconds).
+
+    Only that part is decoded and resampled. With ``start_s``, a start outside the recording is refused,
+    and the part may be short or silent (the caller says so in its own words)."""
     path = upload_path(upload, "audio file")
     with tempfile.TemporaryDirectory() as tmp:
         readable, original_rate, notes = _readable_audio(path, Path(tmp))
+        duration = audio_seconds(readable) or 0.0
+        if start_s is not None and 0 < duration < MIN_SECONDS:
+            raise ValueError(f"{path.name!r} is {duration:.2f} s long; need at least {MIN_SECONDS:.2f} s")
+        if start_s is not None and (not np.isfinite(start_s) or start_s < 0 or start_s >= duration):
+            raise ValueError(
+                f"start must be between 0 and {duration:.2f} s (the recording's length), got {start_s!r}"
+            )
+        part = start_s is not None
         try:
-            full = load_audio(readable, sample_rate, min_seconds=MIN_SECONDS, pad_to_seconds=None)
+            full = load_audio(
+                readable,
+                sample_rate,
+                min_seconds=0.0 if part else MIN_SECONDS,
+                pad_to_seconds=None,
+                start_s=start_s or 0.0,
+                max_seconds=max_seconds,
+                check_silence=not part,
+            )
         except (ValueError, FileNotFoundError) as exc:
             raise ValueError(str(exc).replace(str(readable), repr(path.name))) from exc
-    return path, full, original_rate, notes
+    return path, full, original_rate, notes, duration
 
 
 def _readable_audio(path: Path, tmp: Path) -> tuple[Path, int, list[str]]:
@@ -221,8 +248,17 @@ def _readable_audio(path: Path, tmp: Path) -> tuple[Path, int, list[str]]:
             # Planar float in the stream's own layout, averaged here: FFmpeg's own downmix sums the
             # channels at -3 dB each, which would make a stereo file louder than the same file in mono.
             planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
-            frames = [g for f in container.decode(stream) for g in planar.resample(f)]
-            chunks = [g.to_ndarray().mean(axis=0) for g in [*frames, *planar.resample(None)]]
+            chunks: list[np.ndarray] = []
+            kept, cut = 0, False
+            for f in container.decode(stream):  # bounded: a long recording costs time, never memory
+                for g in planar.resample(f):
+                    chunks.append(g.to_ndarray().mean(axis=0).astype(np.float32))
+                    kept += len(chunks[-1])
+                if kept >= MAX_DECODE_SECONDS * rate:
+                    cut = True
+                    break
+            else:
+                chunks += [g.to_ndarray().mean(axis=0) for g in planar.resample(None)]
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise ValueError(
             f"could not read the audio file {path.name!r}: expected WAV, FLAC, OGG, MP3 or a browser "
@@ -233,7 +269,8 @@ def _readable_audio(path: Path, tmp: Path) -> tuple[Path, int, list[str]]:
         raise ValueError(f"the audio file {path.name!r} holds no samples")
     out = tmp / "decoded.wav"
     sf.write(out, pcm, rate, subtype="FLOAT")
-    return out, rate, [f"decoded from {container.format.name} with PyAV"]
+    cut_note = [f"only its first {MAX_DECODE_SECONDS // 60} minutes were decoded"] if cut else []
+    return out, rate, [f"decoded from {container.format.name} with PyAV", *cut_note]
 
 
 def _whole(value: Any, name: str) -> int:
@@ -560,8 +597,10 @@ def _whole_clip(
         return clip.wav, clip.notes
     if source != SOURCES[1]:
         raise ValueError(f"unknown clip source {source!r}; expected one of {', '.join(SOURCES)}")
-    path, full, original_rate, notes = _full_upload(upload, c.sample_rate)
-    notes = [f"{path.name}: {len(full) / c.sample_rate:.2f} s", *notes]
+    # Only the windows scored here are decoded (one past them, so that the note on the rest still shows).
+    seconds = (MAX_WINDOWS + 1) * HOP_SECONDS + c.n_samples / c.sample_rate
+    path, full, original_rate, notes, duration = _full_upload(upload, c.sample_rate, None, seconds)
+    notes = [f"{path.name}: {duration:.2f} s", *notes]
     if original_rate != c.sample_rate:
         notes.append(f"resampled from {original_rate} Hz to the model's {c.sample_rate} Hz")
     return full, notes

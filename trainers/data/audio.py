@@ -484,11 +484,18 @@ def _rms_dbfs(y: np.ndarray) -> float:
     return 20 * math.log10(rms) if rms > 0 else -math.inf
 
 
-def _read_with_av(path: Path) -> tuple[np.ndarray, int]:
+def _read_with_av(
+    path: Path, start_s: float = 0.0, max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
     """Mono float32 samples and rate of a container soundfile cannot read (WebM/Opus, M4A/AAC, ...), decoded
     by PyAV (its wheels carry their own FFmpeg). Channels are averaged here: FFmpeg's own downmix sums them
-    at −3 dB each, which would make a stereo file louder than the same file in mono."""
+    at −3 dB each, which would make a stereo file louder than the same file in mono. Only the samples from
+    ``start_s`` for ``max_seconds`` are kept, and decoding stops after them (a long recording costs time,
+    not memory)."""
     import av
+
+    if start_s > 0 or max_seconds is not None:
+        return _read_with_av_window(path, start_s, max_seconds)
 
     try:
         with av.open(str(path)) as container:
@@ -504,28 +511,120 @@ def _read_with_av(path: Path) -> tuple[np.ndarray, int]:
     return (np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)), rate
 
 
-def read_audio(path: str | Path, block_seconds: float = 30.0) -> tuple[np.ndarray, int]:
+def _read_with_av_window(path: Path, start_s: float, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    import av
+
+    chunks: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise ValueError("no audio stream")
+            stream = container.streams.audio[0]
+            rate = int(stream.rate or stream.codec_context.sample_rate)
+            first = int(round(start_s * rate))
+            stop = None if max_seconds is None else first + int(round(max_seconds * rate))
+            planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
+            seen = 0
+            for frame in container.decode(stream):
+                for g in planar.resample(frame):
+                    mono = g.to_ndarray().mean(axis=0).astype(np.float32)
+                    lo, hi = max(first - seen, 0), len(mono) if stop is None else min(len(mono), stop - seen)
+                    if hi > lo:
+                        chunks.append(mono[lo:hi])
+                    seen += len(mono)
+                if stop is not None and seen >= stop:
+                    break
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise ValueError(f"could not read audio file {path}: {e}") from e
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
+
+
+def audio_seconds(path: str | Path) -> float | None:
+    """Length of a recording in seconds from its header (no samples decoded); None when it does not say."""
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+        return info.frames / info.samplerate if info.samplerate else None
+    except (RuntimeError, TypeError, ValueError):
+        pass
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return None if container.duration is None else container.duration / av.time_base
+    except (av.FFmpegError, OSError, ValueError):
+        return None
+
+
+def read_audio(
+    path: str | Path, block_seconds: float = 30.0, start_s: float = 0.0, max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
     """Mono float32 samples of ``path`` at its own rate, and that rate.
 
     Any integer or float PCM that libsndfile reads (WAV, FLAC, OGG/Vorbis, MP3, ...) is read in blocks of
     ``block_seconds`` and mixed down block by block (the mean of the channels), so a long multichannel file
-    never sits in memory with all its channels; other containers go through PyAV.
+    never sits in memory with all its channels; other containers go through PyAV. ``start_s`` and
+    ``max_seconds`` read only that part of the file (a long upload of which one window is used).
     """
     path = Path(path)
     try:
         info = sf.info(str(path))
     except (RuntimeError, TypeError, ValueError):  # soundfile.LibsndfileError is a RuntimeError
-        return _read_with_av(path)
+        return _read_with_av(path, start_s, max_seconds)
     rate = int(info.samplerate)
     block = max(1, int(block_seconds * rate))
+    start = int(round(start_s * rate))
+    frames = -1 if max_seconds is None else max(0, int(round(max_seconds * rate)))
     try:
         parts = [
             b.mean(axis=1, dtype=np.float32)
-            for b in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True)
+            for b in sf.blocks(
+                str(path), blocksize=block, dtype="float32", always_2d=True, start=start, frames=frames
+            )
         ]
     except (RuntimeError, TypeError, ValueError) as e:
         raise ValueError(f"could not read audio file {path}: {e}") from e
     return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), rate
+
+
+# Samples read on each side of a window so that resampling it gives what resampling the whole file gives
+# (soxr's filter reaches a few ms; this is ample).
+_CONTEXT_S = 0.1
+
+
+def _native_rate(path: Path) -> int:
+    try:
+        return int(sf.info(str(path)).samplerate)
+    except (RuntimeError, TypeError, ValueError):
+        import av
+
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.audio:
+                    raise ValueError("no audio stream")
+                stream = container.streams.audio[0]
+                return int(stream.rate or stream.codec_context.sample_rate)
+        except (av.FFmpegError, OSError) as e:
+            raise ValueError(f"could not read audio file {path}: {e}") from e
+
+
+def _read_window(
+    path: Path, sample_rate: int, start_s: float, max_seconds: float | None
+) -> tuple[np.ndarray, int, int, int | None]:
+    """(samples from a little before ``start_s`` to a little after its end at the file's rate, that rate,
+    output samples to skip, output samples to keep). The read starts on a sample that maps exactly onto an
+    output sample, so the window resamples as it would inside the whole file."""
+    sr = _native_rate(path)
+    step = sr // math.gcd(sr, sample_rate)  # input samples per whole number of output samples
+    first = int(round(start_s * sr))
+    begin = max(0, (first - int(_CONTEXT_S * sr)) // step * step)
+    frames = (
+        None if max_seconds is None else int(round(max_seconds * sr)) + (first - begin) + int(_CONTEXT_S * sr)
+    )
+    y, sr = read_audio(path, start_s=begin / sr, max_seconds=None if frames is None else frames / sr)
+    skip = int(round((first - begin) * sample_rate / sr))
+    keep = None if max_seconds is None else int(round(max_seconds * sample_rate))
+    return y, sr, skip, keep
 
 
 def load_audio(
@@ -533,9 +632,15 @@ def load_audio(
     sample_rate: int = 48000,
     min_seconds: float = 0.25,
     pad_to_seconds: float | None = 1.0,
+    start_s: float = 0.0,
+    max_seconds: float | None = None,
+    check_silence: bool = True,
 ) -> np.ndarray:
     """Mono float32 waveform of ``path`` at ``sample_rate`` (soxr resampling), zero-padded to
-    ``pad_to_seconds`` when shorter. Errors name the file: unreadable, empty, too short or silent."""
+    ``pad_to_seconds`` when shorter. Errors name the file: unreadable, empty, too short or silent.
+
+    ``start_s``/``max_seconds`` decode and resample only that part of the file, so the memory a call
+    costs follows the part used, not the upload's length."""
     path = Path(path)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
@@ -547,7 +652,13 @@ def load_audio(
         raise ValueError(f"{path} is not a file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty")
-    y, sr = read_audio(path)
+    if not (math.isfinite(start_s) and start_s >= 0):
+        raise ValueError(f"start must be a time >= 0 in seconds, got {start_s!r}")
+    windowed = start_s > 0 or max_seconds is not None
+    if windowed:
+        y, sr, skip, keep = _read_window(path, sample_rate, start_s, max_seconds)
+    else:
+        y, sr = read_audio(path)
     if y.shape[0] == 0:
         raise ValueError(f"{path} contains no audio samples")
     if not np.all(np.isfinite(y)):
@@ -560,8 +671,12 @@ def load_audio(
         # at 48 kHz); keep the exact duration, so a 1 s file stays one window.
         n_out = int(round(len(y) * sample_rate / sr))
         y = librosa.resample(y, orig_sr=sr, target_sr=sample_rate, res_type="soxr_hq")[:n_out]
+    if windowed:  # drop the context read around the window (it only fed the resampling filter)
+        y = y[skip : None if keep is None else skip + keep]
+        if y.shape[0] == 0:
+            raise ValueError(f"{path} has no audio samples after {start_s:g} s")
     level = _rms_dbfs(y)
-    if level < 20 * math.log10(SILENCE_RMS):
+    if check_silence and level < 20 * math.log10(SILENCE_RMS):
         raise ValueError(
             f"{path} is silent (RMS {level:.0f} dBFS; need above {20 * math.log10(SILENCE_RMS):.0f} dBFS)"
         )
@@ -823,6 +938,7 @@ __all__ = [
     "MelIFFeatures",
     "SyntheticAudioDataset",
     "features_from_dict",
+    "audio_seconds",
     "load_audio",
     "make_features",
     "read_audio",
