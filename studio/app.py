@@ -34,6 +34,8 @@ SPACE_QUEUE_SIZE = 16
 # without oversubscribing a small machine. Polling handlers set their own (unlimited) limits.
 DEFAULT_CONCURRENCY = 2
 MAX_UPLOAD = "500mb"
+#: (every, older than) in seconds: Gradio deletes cached uploads and outputs older than an hour, hourly.
+DELETE_CACHE = (3600, 3600)
 SPACE_MAX_UPLOAD = "50mb"
 
 CSS = """
@@ -109,7 +111,8 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         "compare": compare,
         "hub": hub,
     }
-    with gr.Blocks(title=TITLE) as demo:
+    # Uploads stay in Gradio's cache until deleted: every hour, remove those older than an hour.
+    with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
             for label, name in TABS:

@@ -66,6 +66,8 @@ PROCESS_START_SLACK_S = 2.0
 # Share of a GPU's memory that packed jobs may budget for: the rest is for the driver and other processes.
 GPU_MEMORY_USABLE = 0.95
 REASON_TAIL_LINES = 5
+#: Environment variables never passed to a trainer: the Hub tokens (the app pushes, trainers never do).
+SECRET_VARIABLES = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN"})
 REASON_TAIL_CHARS = 600
 
 # Processes left running by shutdown(): kept referenced so that their Popen objects are not collected
@@ -588,7 +590,8 @@ class JobManager:
         log.info("started run %s on %s (pid %d)", run.id, slot, proc.pid)
 
     def _environment(self, slot: str) -> dict[str, str]:
-        env = dict(os.environ)
+        # Trainers never talk to the Hub: no token (HF_TOKEN, a Space's secrets) reaches their processes.
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"  # the log must show lines as they happen, not when a buffer fills
         if slot == "cpu":
