@@ -1,6 +1,6 @@
 """Train the shipped reference checkpoints: one small checkpoint per variant, reproducibly.
 
-Each variant trains with the `reference` preset (trainers/config.py: the SPEC's topology at narrow widths, on the
+Each variant trains with the `reference` preset (trainers/config.py: the full topology at narrow widths, on the
 most realistic data the project has) and seed 0 on the CPU, in a temporary runs folder; the `best` checkpoint's
 weights and config are copied to ``assets/reference/<variant>/`` and ``assets/reference/manifest.json`` records
 how each was made (preset, seed, steps, wall time, its validation metrics, the code commit). The studio offers

@@ -6,7 +6,7 @@ channels_last + fused Adam, plus `torch.compile` where asked). Compared: the val
 reach on held-out batches (evaluated in fp32, as the loop evaluates), and the training loss over the last
 steps. A figure meets its target when the fast path's value is within `TOLERANCE` of fp32's.
 
-On CUDA this runs at the SPEC's sizes; without CUDA it runs the same maths on the CPU at the smoke preset's
+On CUDA this runs at the full sizes; without CUDA it runs the same maths on the CPU at the smoke preset's
 sizes (autocast, channels_last and the fused kernel all exist there; bf16 rounds the same way), which checks
 the set-up's numerics but not the GPU kernels themselves.
 """

@@ -1,11 +1,11 @@
 """Training throughput per variant, peak memory, and the data pipeline's share of a step.
 
-CPU: the smoke preset's models and batch sizes (the SPEC's sizes take seconds per step on a laptop CPU).
+CPU: the smoke preset's models and batch sizes (the full sizes take seconds per step on a laptop CPU).
 The variants of a domain take turns step by step, so their relative cost is measured under the same load;
 speeds are reported relative to the domain's reference variant, memory as the peak RSS growth while a
 variant builds its data and model and trains on the first pass (read from /proc, reset between variants).
 
-GPU (when CUDA is present): the SPEC's models and batch sizes, each variant in the three set-ups of
+GPU (when CUDA is present): the full preset's models and batch sizes, each variant in the three set-ups of
 `GPU_MODES`, built by `trainers.fastpath` exactly as the training loop builds them: fp32 eager; the loop's
 CUDA default (bf16 autocast + channels_last + fused Adam); that plus `torch.compile`. Reported: samples/s,
 `torch.cuda.max_memory_allocated`, and the achieved FLOP rate as a fraction of this GPU's measured bf16
@@ -443,7 +443,7 @@ def measure_gpu_throughput(
                 (
                     "samples_per_s",
                     "GPU training samples/s per variant, fp32 eager vs bf16+channels_last+"
-                    "compile+fused AdamW (SPEC batch sizes)",
+                    "compile+fused AdamW (full-preset batch sizes)",
                     "samples/s",
                 ),
                 ("speedup", "GPU speed-up of the fast set-up over fp32 eager, per variant", "x"),

@@ -1,4 +1,4 @@
-"""Audio VAEs and losses: seed 003 truths, lazy heads, activations, loss formulas, validation."""
+"""Audio VAEs and losses: reference values, lazy heads, activations, loss formulas, validation."""
 
 import numpy as np
 import pytest
@@ -227,7 +227,7 @@ def test_bad_constructor_arguments() -> None:
 
 
 def test_default_conv_vae_saves_and_loads_without_a_prior_forward(conv_vae: ConvVAE, tmp_path) -> None:
-    """The lazy heads must not break save_pretrained on a freshly built model (SPEC note)."""
+    """The lazy heads must not break save_pretrained on a freshly built model."""
     fresh = ConvVAE(preprocessing={"mag_mean": -4.2, "mag_std": 2.5})
     fresh.save_pretrained(tmp_path)
     loaded = ConvVAE.from_pretrained(tmp_path)

@@ -1,4 +1,4 @@
-"""Fragment denoising autoencoders: seed 004 truths, byte head, learning on a tiny task, validation."""
+"""Fragment denoising autoencoders: reference values, byte head, learning on a tiny task, validation."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""SAR models and their blocks: seed 000/001 truths, block formulas, structure, init, validation."""
+"""SAR models and their blocks: reference values, block formulas, structure, init, validation."""
 
 import math
 

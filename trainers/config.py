@@ -1,5 +1,6 @@
 """Run configuration and the per-variant presets: `smoke` for CPU/CI, `reference` for the small checkpoints
-shipped in `assets/reference/` (minutes on a 2-core CPU), `full` for the SPEC's settings."""
+shipped in `assets/reference/` (minutes on a 2-core CPU), `full` for the full-size models
+and data (SAR 256×256 patches, batch 32)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from models import VARIANTS
 
 PRESETS = ("smoke", "reference", "full")
 
-# The SPEC's settings per domain. `model` holds overrides of the variant's default architecture.
+# The full-size settings per domain: the models' default widths, 256×256 SAR patches, batches of 32, 32
+# and 128. `model` holds overrides of the variant's default architecture.
 _FULL: dict[str, dict[str, Any]] = {
     "sar": {
         "epochs": 30,
@@ -26,7 +28,7 @@ _FULL: dict[str, dict[str, Any]] = {
 }
 
 # Small enough to finish in well under a minute on a 2-core CPU while still showing learning: smaller images
-# and widths than the SPEC, a higher learning rate, a few epochs on a few dozen samples.
+# and widths than the full preset, a higher learning rate, a few epochs on a few dozen samples.
 _SMOKE: dict[str, dict[str, Any]] = {
     "sar": {
         "epochs": 6,
@@ -59,9 +61,9 @@ _SMOKE_MODEL_BY_VARIANT: dict[str, dict[str, Any]] = {
     "audio-vae-mel": {"widths": [8, 16, 32, 64], "latent_dim": 16},
 }
 
-# The shipped reference checkpoints: the SPEC's topology at narrower widths, so each stays under 5 MB and
-# trains in minutes on a 2-core CPU, on the most realistic data the project has (textured speckled scenes, the
-# shipped speech clips, real files of the Python installation). Same latent sizes as the full models.
+# The shipped reference checkpoints: the full models' topology at narrower widths, so each stays under 5 MB
+# and trains in minutes on a 2-core CPU, on the most realistic data the project has (textured speckled scenes,
+# the shipped speech clips, real files of the Python installation). Same latent sizes as the full models.
 _REFERENCE: dict[str, dict[str, Any]] = {
     "sar": {
         "epochs": 6,

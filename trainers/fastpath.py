@@ -17,8 +17,8 @@ from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
-# Where bf16 autocast + channels_last is the CUDA default: measured on one H200 (torch 2.11, the SPEC's batch
-# sizes) it made the SAR nets 1.6-2.7x faster than fp32 eager, but both audio VAEs slower (0.87-0.96x) and the
+# Where bf16 autocast + channels_last is the CUDA default: measured on one H200 (torch 2.11, full batch sizes)
+# it made the SAR nets 1.6-2.7x faster than fp32 eager, but both audio VAEs slower (0.87-0.96x) and the
 # fragment nets no faster (1.0x), so those stay fp32 unless bf16 is asked for (`--precision bf16`). The 1-D
 # fragment nets have no NHWC layout in any case.
 BF16_DOMAINS = ("sar",)

@@ -140,7 +140,7 @@ def masked_sar_loss(
     mse_weight: float = 0.7,
     ssim_weight: float = 0.3,
 ) -> torch.Tensor:
-    """0.7 * MSE over the valid pixels + 0.3 * (1 - SSIM) (SPEC weights).
+    """0.7 * MSE over the valid pixels + 0.3 * (1 - SSIM) (the SAR loss's default weights).
 
     SSIM needs whole windows, so no-data pixels of the reconstruction are replaced by the input there:
     they then add no dissimilarity, and the model is never pushed to reproduce no-data borders.

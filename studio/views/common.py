@@ -242,7 +242,7 @@ def fmt(value: Any, digits: int = 3) -> Any:
         v = float(value)
         if np.isnan(v):
             return "n/a"
-        if np.isinf(v):  # never a figure: an infinite metric is a missing one (SPEC: no +/-inf shown)
+        if np.isinf(v):  # never a figure: an infinite metric is a missing one (no +/-inf is ever shown)
             return "n/a"
         if abs(v) >= 1e4:  # e.g. the ENL ratio of an untrained model: significant digits, not decimals
             return float(f"{v:.4g}")

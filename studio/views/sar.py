@@ -46,7 +46,7 @@ SOURCES = ("validation sample", "uploaded image")
 PATCHES = ("centre", "first (top-left)")
 ERROR_SCALES = ("stretched to the largest error", "same scale as the images")
 MULTIPLE = 16  # every SAR variant downsamples 4 times
-MAX_SIDE = 256  # the SPEC's patch size; larger uploads are cropped to it
+MAX_SIDE = 256  # the full preset's SAR patch size; larger uploads are cropped to it
 MAX_CHECKPOINTS = 6  # more panels than this no longer fit side by side
 SHORT_LABEL = 28  # characters of a run label in plot titles and the table
 # The trainer's synthetic validation set uses data seed + 1_000_003, so "sample i" is its i-th image.

@@ -675,7 +675,7 @@ def _launch_form(ctx: StudioContext) -> SimpleNamespace:
                     presets,
                     value="smoke",
                     label="Preset",
-                    info="smoke: small and quick on a CPU; full: the SPEC's settings",
+                    info="smoke: small and quick on a CPU; full: the full-size models and batch sizes",
                 )
                 ui.device = gr.Radio(
                     ["auto", "cpu", "cuda"], value="auto", label="Device", visible=bool(gpus)

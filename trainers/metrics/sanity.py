@@ -9,8 +9,8 @@ log-spectral distance. Each check compares with the cheapest output that needs n
 - SAR: the mean-value image (every valid pixel set to the input's mean over its valid pixels).
 - audio: silence (spectral convergence 1 by definition) and the best flat spectrum (one constant power in
   every bin of every frame, chosen to minimise the log-spectral distance to the input).
-- fragments: the identity baseline (the corrupted bytes returned unchanged); the SPEC: "A repair that does
-  not beat the identity baseline on held-out files is not working".
+- fragments: the identity baseline (the corrupted bytes returned unchanged); a repair that does not beat
+  the identity baseline on held-out files is not working.
 
 A flag is words: :class:`Flag` ``short`` (a few words for a table cell) and ``detail`` (the figures that
 triggered it); ``text`` joins them as "short: detail", the form the ``compare`` JSON lists under "flags".

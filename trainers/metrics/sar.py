@@ -131,8 +131,9 @@ def _psnr_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torc
 def psnr(x: ArrayLike, y: ArrayLike, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB, 10*log10(R^2/MSE) per image, averaged over the batch.
 
-    Per-image averaging (not the PSNR of the pooled MSE) matches how the seeds report it. Identical images
-    give ``PSNR_CAP_DB`` (100 dB) rather than inf; every value is capped there.
+    Per-image averaging (not the PSNR of the pooled MSE) is how image-compression results are
+    usually reported. Identical images give ``PSNR_CAP_DB`` (100 dB) rather than inf; every value is
+    capped there.
     """
     xt, yt = _as_tensor(x, "x"), _as_tensor(y, "y")
     _check_batch_pair(xt, yt, "psnr")
@@ -190,7 +191,7 @@ def ssim(x: ArrayLike, y: ArrayLike, data_range: float = 1.0) -> float:
 def sar_loss(
     x_hat: torch.Tensor, x: torch.Tensor, mse_weight: float = 0.7, ssim_weight: float = 0.3
 ) -> torch.Tensor:
-    """Training loss mse_weight*MSE + ssim_weight*(1 - SSIM) on [0, 1] images (SPEC: 0.7 / 0.3)."""
+    """Training loss mse_weight*MSE + ssim_weight*(1 - SSIM) on [0, 1] images (defaults 0.7 / 0.3)."""
     if not isinstance(x_hat, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise ValueError("sar_loss: expected two torch.Tensor batches (B, 1, H, W)")
     _check_batch_pair(x_hat, x, "sar_loss")
@@ -642,14 +643,14 @@ def sar_metrics_per_image(
       no invalid pixel (NaN if none).
     - epi: correlation of the Laplacians over pixels whose 3x3 cross is valid; NaN if the input has no edges.
     - enl_ratio = ENL(recon) / ENL(input), ENL = mean^2/var of the INTENSITY (both mapped back with the
-      input's db_range), over homogeneous boxes of the input. The SPEC's "local CV < 0.3" cannot be used as
-      it stands: L-look intensity speckle has CV 1/sqrt(L), so it selects nothing for L <= 8 (measured on
-      gamma speckle in 15x15 boxes: 0% at L = 1, 2, 4; 0.1% at L = 8; 51% at L = 11). Instead, over the
-      15x15 boxes (on a 4-pixel grid) wholly inside the image that hold only valid pixels and at most 5%
-      clipped ones (x at 0 or 1: clipped pixels are flat and would look homogeneous), the image's speckle
-      CV is estimated as the 10% quantile of the boxes' CVs, and a box is homogeneous if its CV is at most
-      1.3 times that. ENL pools the moments of those boxes (mean of squared box means over mean box
-      variance; brightness differences between regions do not count as speckle) and is capped at what
+      input's db_range), over homogeneous boxes of the input. The textbook homogeneity test "local CV < 0.3"
+      cannot be used as it stands: L-look intensity speckle has CV 1/sqrt(L), so it selects nothing for
+      L <= 8 (measured on gamma speckle in 15x15 boxes: 0% at L = 1, 2, 4; 0.1% at L = 8; 51% at L = 11).
+      Instead, over the 15x15 boxes (on a 4-pixel grid) wholly inside the image that hold only valid pixels
+      and at most 5% clipped ones (x at 0 or 1: clipped pixels are flat and would look homogeneous), the
+      image's speckle CV is estimated as the 10% quantile of the boxes' CVs, and a box is homogeneous if its
+      CV is at most 1.3 times that. ENL pools the moments of those boxes (mean of squared box means over mean
+      box variance; brightness differences between regions do not count as speckle) and is capped at what
       8-bit quantisation of the normalised image can show, 12 / (ln(10)/10 * (db_hi - db_lo)/255)^2
       (about 16,000 for a 30 dB range), so a flat reconstruction gives a large but finite ratio. NaN when
       db_range is None or not increasing, the image has fewer than 20 usable boxes, or its smoothest 10%
