@@ -872,7 +872,7 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
         lines += [
             "",
             "| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|",
+            "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 3) + ["---"]) + "|",  # flags: words
         ]
         lines += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in rows]
     if result.get("types"):
