@@ -157,13 +157,15 @@ def sar_flags(
         ratio = out_std[usable] / in_std[usable]
         constant = ratio < CONSTANT_STD_FRACTION
         if constant.mean() >= CONSTANT_SHARE:
-            limit = f"under {CONSTANT_STD_FRACTION:.0%} of the input's"
             if ratio.size == 1:
-                detail = f"its spread over the valid pixels is {ratio[0]:.1%} of the input's ({limit})"
+                detail = (
+                    f"its spread over the valid pixels is {ratio[0]:.1%} of the input's "
+                    f"(under {CONSTANT_STD_FRACTION:.0%})"
+                )
             else:
                 detail = (
                     f"on {int(constant.sum())} of {ratio.size} images its spread over the valid pixels is "
-                    f"{limit} (median {float(np.median(ratio)):.1%})"
+                    f"under {CONSTANT_STD_FRACTION:.0%} of the input's (median {float(np.median(ratio)):.1%})"
                 )
             flags.append(Flag("constant output", detail))
     parts = []
