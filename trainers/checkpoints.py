@@ -343,6 +343,27 @@ def read_trainer_state(folder: str | Path) -> dict[str, Any]:
     return state
 
 
+def resume_state(last_folder: str | Path) -> dict[str, Any]:
+    """The state to resume from the ``last`` checkpoint in ``last_folder``, with the best value made
+    consistent with the run's ``best`` checkpoint.
+
+    A trainer killed after saving ``best-N`` but before ``last-N`` leaves ``last`` with the best value of an
+    earlier epoch; resuming from it would let a re-done epoch that scores between the two overwrite a
+    better ``best``. So when ``best`` was saved at a later step than ``last``, its best value wins.
+    """
+    last_folder = Path(last_folder)
+    state = read_trainer_state(last_folder)
+    try:
+        best_folder = checkpoint_path(last_folder.parent.parent, "best")
+        best_state = read_trainer_state(best_folder) if best_folder is not None else None
+    except (OSError, ValueError):  # a broken best link: the last checkpoint's own value is all there is
+        return state
+    last_step, best_step = _step_of(state), _step_of(best_state)
+    if best_state is not None and best_step is not None and (last_step is None or best_step > last_step):
+        state["best"] = best_state.get("best", state.get("best"))
+    return state
+
+
 def read_preprocessing(folder: str | Path) -> dict[str, Any] | None:
     """The preprocessing parameters saved with the checkpoint, or None when it has none."""
     path = _require_folder(folder) / PREPROCESSING

@@ -371,7 +371,7 @@ def _train_recorded(
             if resume_folder is None:
                 raise ValueError(f"run '{resume}' has no 'last' checkpoint to resume from")
         resume_folder = ddp.broadcast(resume_folder)
-        state.update(checkpoints.read_trainer_state(resume_folder))
+        state.update(checkpoints.resume_state(resume_folder))  # best value as the best checkpoint's
         run_id = resume
 
     task = task_for(cfg.variant, kl_weight=cfg.kl_weight)

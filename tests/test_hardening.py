@@ -1,0 +1,104 @@
+"""Faults and bad inputs from the hardening campaign (issue 12), each replayed as a regression test.
+
+The memory bombs have their own file (tests/test_memory_bombs.py), as they measure a subprocess's peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import create_model
+from studio.context import StudioContext
+from trainers import checkpoints
+from trainers.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    with RunStore(tmp_path / "runs") as store:
+        yield StudioContext(runs_dir=tmp_path / "runs", store=store)
+
+
+def _model():
+    torch.manual_seed(0)
+    return create_model("fragment-dae", channels=[8, 16, 16])
+
+
+def test_resume_takes_the_best_value_of_a_best_checkpoint_saved_after_last(tmp_path):
+    # The campaign's case: killed after best-N was saved, before last-N; last holds the older best value.
+    run = tmp_path / "run"
+    model = _model()
+    checkpoints.save_checkpoint(run, "last", model, state={"step": 100, "epoch": 1, "best": 0.05174})
+    checkpoints.save_checkpoint(run, "best", model, state={"step": 200, "epoch": 2, "best": 0.02908})
+    last = checkpoints.checkpoint_path(run, "last")
+    state = checkpoints.resume_state(last)
+    assert state["best"] == 0.02908 and state["step"] == 100  # resumes from last, with the real best value
+    # The usual order (best, then last at the same or a later step): last's own value stands.
+    checkpoints.save_checkpoint(run, "last", model, state={"step": 300, "epoch": 3, "best": 0.01})
+    assert checkpoints.resume_state(checkpoints.checkpoint_path(run, "last"))["best"] == 0.01
+
+
+def test_resume_with_a_broken_best_link_keeps_the_last_value(tmp_path):
+    run = tmp_path / "run"
+    checkpoints.save_checkpoint(run, "last", _model(), state={"step": 100, "best": 0.5})
+    link = run / checkpoints.CHECKPOINTS_DIR / "best"
+    link.symlink_to("/etc")
+    assert checkpoints.resume_state(checkpoints.checkpoint_path(run, "last"))["best"] == 0.5
+
+
+@pytest.mark.parametrize("target", ["best-999", "/etc"])
+def test_the_app_builds_with_a_broken_or_escaping_link(ctx, target):
+    from studio.app import build_app
+    from studio.views.common import dropdown_update
+
+    run_id = ctx.store.create_run(
+        "fragment-dae", "fragments", {"variant": "fragment-dae"}, status="completed"
+    )
+    checkpoints.save_checkpoint(ctx.store.run_dir(run_id), "last", _model(), state={"step": 1})
+    (ctx.store.run_dir(run_id) / checkpoints.CHECKPOINTS_DIR / "best").symlink_to(target)
+    demo = build_app(ctx)  # the campaign's app exited here with a ValueError
+    assert demo is not None
+    update = dropdown_update(ctx, "fragments")
+    assert [label.split(" · ")[2] for label, _ in update["choices"] if label.startswith(run_id)] == ["last"]
+
+
+def test_trainers_get_no_hub_token(tmp_path, monkeypatch):
+    from studio.jobs import JobManager
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_secret")
+    jobs = JobManager(tmp_path / "runs", cpu_slots=1)
+    try:
+        env = jobs._environment("cpu")
+    finally:
+        jobs.shutdown()
+    assert "HF_TOKEN" not in env and "HUGGING_FACE_HUB_TOKEN" not in env
+    assert "hf_secret" not in json.dumps(env)
+
+
+def test_eval_of_an_oversized_checkpoint_is_a_message_not_a_traceback(tmp_path):
+    folder = tmp_path / "ck"
+    _model().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["channels"] = [1000000000]
+    (folder / "config.json").write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "trainers", "eval", str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "parameters" in out.stderr + out.stdout
