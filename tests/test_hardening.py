@@ -102,3 +102,27 @@ def test_eval_of_an_oversized_checkpoint_is_a_message_not_a_traceback(tmp_path):
     assert out.returncode != 0
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "parameters" in out.stderr + out.stdout
+
+
+def test_space_hub_load_never_reads_a_server_folder(ctx, monkeypatch):
+    from studio.views import hub
+    from trainers import hub as hub_lib
+
+    seen: list[str] = []
+
+    def fake_snapshot(repo_id, **kwargs):
+        seen.append(repo_id)
+        raise OSError("offline")
+
+    monkeypatch.setattr(hub_lib, "snapshot_download", fake_snapshot)
+    ctx.space = True
+    existing = Path(__file__).resolve().parents[1] / "assets"
+    messages = []
+    for source in ("assets/sar", "assets/no-such-folder"):
+        with pytest.raises((ValueError, FileNotFoundError, OSError)) as err:
+            hub.load(ctx, source)
+        messages.append(str(err.value))
+    assert seen == ["assets/sar", "assets/no-such-folder"]  # both went to the Hub, neither was read here
+    assert all(str(existing) not in m for m in messages)
+    assert messages[0].replace("sar", "X") == messages[1].replace("no-such-folder", "X")  # nothing revealed
+    assert ctx.external == {}

@@ -216,7 +216,13 @@ def load(ctx: Any, source: Any, token: Any = None) -> tuple[str, str]:
             raise ValueError(
                 "loading from a folder is disabled on a Space; give a Hub repo id such as owner/name"
             )
-        # A visitor without a token loads anonymously instead of with the Space owner's token.
+        # Always as a Hub URL, so that the server's disk is never read (assets/sar is a repo id here, not
+        # a folder) and no answer tells a visitor which folders exist. A visitor without a token loads
+        # anonymously instead of with the Space owner's token.
+        if not text.startswith(("http://", "https://")):
+            from huggingface_hub import constants
+
+            text = f"{constants.ENDPOINT.rstrip('/')}/{text}"
         label, folder = hub_lib.load_from_hub_or_folder(text, token=token_text or False)
     else:
         label, folder = hub_lib.load_from_hub_or_folder(text, token=token_text)
