@@ -45,6 +45,7 @@ from benchmarks.common import (
     train_loader,
 )
 from trainers.fastpath import FastPath
+from trainers.loop import TrainStep
 
 # Speeds within a domain are given relative to its plainest model.
 REFERENCE: dict[str, str] = {"sar": "sar-baseline", "audio": "audio-vae-mel", "fragments": "fragment-dae"}
@@ -88,13 +89,8 @@ class _Trainee:
     loader: DataLoader
 
     def step(self, batch: Any) -> torch.Tensor:
-        loss = self.task.loss(self.model, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        return loss.detach()
+        """The training loop's own step (trainers.loop.TrainStep), not a copy of it."""
+        return TrainStep(self.task, self.model, self.optimizer, self.cfg.grad_clip)(batch)
 
 
 def _trainee(variant: str, batches: int, batch_size: int | None) -> _Trainee:
@@ -312,15 +308,7 @@ def run_setup(
     optimizer = fast.optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     batches = [fast.inputs(_to_device(b, dev)) for b in cpu_batches]
 
-    def step(batch: Any) -> torch.Tensor:
-        with fast.autocast(dev):
-            loss = task.loss(forward, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        return loss.detach()
+    step = TrainStep(task, model, optimizer, cfg.grad_clip, fast, dev, forward=forward)  # the loop's step
 
     def sync() -> None:
         if cuda:

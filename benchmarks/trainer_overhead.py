@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from benchmarks.common import Figure, build_run, median, sized_config, train_loader
+from trainers.loop import TrainStep
 from trainers.store import RunStore
 
 _clock = time.perf_counter
@@ -62,6 +62,7 @@ class _BareLoop:
                 f"{cfg.max_steps} timed steps; use fewer steps or a smaller batch"
             )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = TrainStep(self.task, self.model, self.optimizer, cfg.grad_clip)  # the loop's own step
         self.batches = iter(train_loader(cfg, data.train))
         self.model.train()
         self.rng_state = torch.get_rng_state()
@@ -70,14 +71,7 @@ class _BareLoop:
         """Run ``n`` steps; returns their mean loss (read back once, as the real loop does per window)."""
         losses = []
         for _ in range(n):
-            batch = next(self.batches)
-            loss = self.task.loss(self.model, batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.cfg.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.optimizer.step()
-            losses.append(loss.detach())
+            losses.append(self.step(next(self.batches)))
         return float(torch.stack(losses).float().mean())
 
 

@@ -38,6 +38,7 @@ from trainers.data.prefill import ignore_cancel_signals, signals_blocked
 from trainers.dataspec import DataSpec, parse_data_spec
 from trainers.fastpath import FastPath
 from trainers.hooks import pause_point
+from trainers.metrics import registry
 from trainers.settings import check_config
 from trainers.store import RunStore
 from trainers.tasks import AudioTask, Task, task_for
@@ -305,6 +306,53 @@ class _Distributed:
                     else:
                         dist.barrier()
             dist.destroy_process_group()
+
+
+@dataclass
+class TrainStep:
+    """One optimisation step of a run: forward under the fast path's autocast, backward, clip, update.
+
+    The loop and the benchmarks (`benchmarks/throughput.py`, `benchmarks/trainer_overhead.py`) call this one
+    step, so what they time is what training runs. `model` holds the parameters (clipped); `forward` is what
+    runs the batch (the compiled or DDP-wrapped model; default `model`).
+    """
+
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    grad_clip: float = 0.0
+    fast: FastPath | None = None
+    device: torch.device | None = None  # where the batches are; with `fast`, the autocast's device type
+    forward: nn.Module | None = None
+
+    def __call__(self, batch: Any, after_forward: Callable[[], None] | None = None) -> torch.Tensor:
+        """The step's loss on a batch already on the device and in the fast path's layout (detached, not read
+        back: that is the caller's choice). `after_forward` runs between the forward and the backward pass
+        (the loop's cancel/pause point)."""
+        use_fast = self.fast is not None and self.device is not None
+        with self.fast.autocast(self.device) if use_fast else contextlib.nullcontext():
+            loss = self.task.loss(self.forward or self.model, batch)
+        if after_forward is not None:
+            after_forward()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+
+def improved(monitor: str, value: float, best: float | None) -> bool:
+    """Whether `value` of the monitored validation metric beats `best`, in the metric registry's direction
+    (a metric the registry does not know falls back to lower is better, as a loss)."""
+    if not math.isfinite(value):
+        return False
+    if best is None or not math.isfinite(best):
+        return True
+    info = registry.metric_info(monitor)
+    if info is None or info.direction not in ("max", "min"):
+        return value < best
+    return registry.is_better(monitor, value, best)
 
 
 def resume_config(store: RunStore, run_id: str, **overrides: Any) -> RunConfig:
@@ -584,7 +632,7 @@ def _train(
         store.update_run(run_id, steps_per_epoch=len(train_loader))
 
     best = state["best"]
-    sign = 1.0 if task.monitor_mode == "min" else -1.0
+    step = TrainStep(task, model, optimizer, cfg.grad_clip, fast, device, forward=train_model)
     last_val: dict[str, float] = {}
     last_save = time.monotonic()
     reason = ""
@@ -630,18 +678,11 @@ def _train(
                     break  # the flag is set: handled below like a cancel after a step
                 with phases.phase("steps"):
                     batch = fast.inputs(task.batch_to(batch, device))
-                    with fast.autocast(device):
-                        loss = task.loss(train_model, batch)
-                    pause_point("step", until=lambda: cancel.set)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
+                    loss = step(batch, lambda: pause_point("step", until=lambda: cancel.set))
                     state["step"] += 1
                     state["steps_here"] += 1
                     phases.first_step()
-                    window.append(loss.detach())
+                    window.append(loss)
                     # Loss values are read back in windows so a GPU step does not wait on a host sync each
                     # time; the window still names the exact step that first went non-finite.
                     if len(window) >= cfg.log_every:
@@ -662,7 +703,6 @@ def _train(
                 break
             epoch += 1
             state["epoch"] = epoch
-            improved = False
             if ddp.main:
                 model.eval()
                 try:
@@ -689,8 +729,7 @@ def _train(
                 seconds = time.monotonic() - epoch_started
                 log.info("%s", epoch_line(epoch, cfg.epochs, state, last_val, seconds))
                 value = last_val.get(task.monitor, math.nan)
-                improved = math.isfinite(value) and (best is None or sign * value < sign * best)
-                if improved:
+                if improved(task.monitor, value, best):
                     best = value
                     state["bad_epochs"] = 0
                     with phases.phase("checkpoints"):

@@ -692,14 +692,16 @@ def _launch_form(ctx: StudioContext) -> SimpleNamespace:
                     False, label="torch.compile", info="faster steps after ~1 min of compiling"
                 )
             with gr.Row():
-                # Blank = the preset's value; trainers.settings refuses fractions and out-of-range values.
-                ui.epochs = gr.Number(None, label="Epochs", placeholder="preset", elem_id="train-epochs")
-                ui.batch = gr.Number(None, label="Batch size", placeholder="preset", elem_id="train-batch")
+                # Text, not gr.Number: blank means the preset's value, and the /launch API keeps these
+                # optional (a Number without a value becomes a required API argument). trainers.settings
+                # checks them.
+                ui.epochs = gr.Textbox("", label="Epochs", placeholder="preset", elem_id="train-epochs")
+                ui.batch = gr.Textbox("", label="Batch size", placeholder="preset", elem_id="train-batch")
             with gr.Row():
-                ui.lr = gr.Number(
-                    None, label="Learning rate", placeholder="preset, e.g. 3e-4", elem_id="train-lr"
+                ui.lr = gr.Textbox(
+                    "", label="Learning rate", placeholder="preset, e.g. 3e-4", elem_id="train-lr"
                 )
-                ui.seed = gr.Number(None, label="Seed", placeholder="preset", elem_id="train-seed")
+                ui.seed = gr.Textbox("", label="Seed", placeholder="preset", elem_id="train-seed")
             ui.data = gr.Textbox(
                 "",
                 label="Data spec",
