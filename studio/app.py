@@ -82,7 +82,7 @@ def make_context(
 
     `gpu_jobs` caps the training jobs per GPU; None packs as many as fit in its memory."""
     from studio.context import StudioContext
-    from studio.jobs import JobManager
+    from studio.jobs import JobManager, SpaceLimits
     from trainers.store import RunStore
 
     space = is_space() if space is None else bool(space)
@@ -90,7 +90,8 @@ def make_context(
     folder = Path(runs_dir).expanduser().resolve()
     store = RunStore(folder)
     try:
-        jobs = JobManager(folder, store=store, cpu_slots=slots, gpu_jobs=gpu_jobs)
+        limits = SpaceLimits() if space else None  # what a stranger may ask of a public Space
+        jobs = JobManager(folder, store=store, cpu_slots=slots, gpu_jobs=gpu_jobs, space_limits=limits)
     except BaseException:
         store.close()
         raise
@@ -114,6 +115,9 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
     # Uploads stay in Gradio's cache until deleted: every hour, remove those older than an hour.
     with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(INTRO)
+        limits = getattr(ctx.jobs, "space_limits", None)
+        if ctx.space and limits is not None:  # the enforced limits, stated where a visitor starts
+            gr.Markdown(f"**Space limits.** {limits.describe()}", elem_id="space-limits")
         with gr.Tabs():
             for label, name in TABS:
                 with gr.Tab(label, id=name, elem_id=f"tab-{name}") as tab:

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +77,71 @@ _DETACHED: list[subprocess.Popen] = []
 _BUDGETS: dict[str, int] = {}
 
 
+@dataclass(frozen=True)
+class SpaceLimits:
+    """What one job may ask for on a public Space, and how many jobs a visitor may hold.
+
+    The defaults keep a job to minutes on a Space's 2 shared CPUs (the smoke run takes ~20 s) and the
+    queue short enough that a visitor's wait stays in minutes.
+    """
+
+    max_items: int = 2000  # data n (examples / files read)
+    max_files: int = 200  # fragments: files read
+    max_image_size: int = 128  # SAR patch side
+    max_batch_size: int = 64
+    max_epochs: int = 10
+    max_steps: int = 2000
+    max_seconds: float = 300.0  # wall time of one job, then it is stopped ("Space time limit")
+    max_jobs_per_visitor: int = 2  # queued or running
+    max_queued: int = 8  # queued or running, all visitors together
+    max_parameters: int = 30_000_000
+
+    def describe(self) -> str:
+        """The banner's sentence, so that the page states exactly what is enforced."""
+        return (
+            f"On this public Space each training job is limited to {self.max_epochs} epochs, "
+            f"{self.max_steps:,} steps and {self.max_seconds / 60:g} minutes of wall time, at most "
+            f"{self.max_items:,} examples (fragments: {self.max_files} files), SAR patches of at most "
+            f"{self.max_image_size} px, batches of at most {self.max_batch_size}, and models of at most "
+            f"{self.max_parameters / 1e6:g} M parameters; a visitor may have {self.max_jobs_per_visitor} "
+            f"jobs queued or running ({self.max_queued} for everyone together). Uploads: at most 50 MB; "
+            "server folders cannot be read."
+        )
+
+    def apply(self, cfg: Any) -> Any:
+        """``cfg`` (a RunConfig) within the limits: absent bounds filled in, excesses refused clearly."""
+        from models.registry import check_model_size
+        from trainers.dataspec import format_data_spec, parse_data_spec
+
+        def over(what: str, value: Any, limit: Any) -> ValueError:
+            return ValueError(f"{what} is {value}; this public Space allows at most {limit} (Space limit)")
+
+        if cfg.epochs > self.max_epochs:
+            raise over("epochs", cfg.epochs, self.max_epochs)
+        if cfg.batch_size > self.max_batch_size:
+            raise over("batch_size", cfg.batch_size, self.max_batch_size)
+        if cfg.max_steps is not None and cfg.max_steps > self.max_steps:
+            raise over("max_steps", cfg.max_steps, self.max_steps)
+        cfg.max_steps = cfg.max_steps or self.max_steps
+        if cfg.data:
+            spec = parse_data_spec(cfg.data)
+            if "folder" in spec.options:
+                raise ValueError("reading a server folder is disabled on this public Space (Space limit)")
+            opts = spec.options
+            if int(opts.get("n", 0)) > self.max_items:
+                raise over("data n", opts["n"], self.max_items)
+            if int(opts.get("max_files", 0)) > self.max_files:
+                raise over("data max_files", opts["max_files"], self.max_files)
+            if int(opts.get("size", 0)) > self.max_image_size:
+                raise over("data size (SAR patch side)", opts["size"], self.max_image_size)
+            if spec.domain == "fragments":  # the machine's Python library: thousands of files unless bounded
+                opts.setdefault("n", self.max_items)
+                opts.setdefault("max_files", self.max_files)
+            cfg.data = format_data_spec(spec)
+        check_model_size(cfg.variant, dict(cfg.model or {}), limit=self.max_parameters)
+        return cfg
+
+
 @dataclass
 class _Job:
     run_id: str
@@ -88,6 +153,8 @@ class _Job:
     kill_at: float | None = None  # monotonic time of the SIGKILL when a cancel is not obeyed
     killed: bool = False
     budget: int = 0  # GPU memory bytes reserved for it on its GPU (0 on the CPU)
+    started: float = field(default_factory=time.monotonic)
+    time_limited: bool = False  # stopped by the Space's wall-time limit
 
 
 class JobManager:
@@ -113,6 +180,7 @@ class JobManager:
         gpu_jobs: int | None = None,
         gpu_memory: Mapping[int, int] | None = None,
         job_memory: Callable[[dict[str, Any]], int] | None = None,
+        space_limits: SpaceLimits | None = None,
     ) -> None:
         if isinstance(cpu_slots, bool) or not isinstance(cpu_slots, int) or cpu_slots < 1:
             raise ValueError(f"cpu_slots must be a positive int, got {cpu_slots!r}")
@@ -159,6 +227,7 @@ class JobManager:
         # None: the size could not be read, and that GPU runs one job at a time.
         self.gpu_memory: dict[int, int | None] = {g: gpu_memory.get(g) for g in gpus}
         self._job_memory = job_memory
+        self.space_limits = space_limits
         self.python = str(python)
         self.poll_interval = float(poll_interval)
         self.cancel_grace = float(cancel_grace)
@@ -190,6 +259,21 @@ class JobManager:
         settings = dict(settings)
         owner = settings.pop("owner", None)
         cfg = self.check(variant, preset, **settings)
+        limits = self.space_limits
+        if limits is not None:
+            cfg = limits.apply(cfg)
+            active = self.store.list_runs(statuses=ACTIVE)
+            if len(active) >= limits.max_queued:
+                raise ValueError(
+                    f"the Space's queue is full ({len(active)} jobs queued or running, at most "
+                    f"{limits.max_queued}); try again in a few minutes"
+                )
+            mine = [r for r in active if owner and r.owner == str(owner)]
+            if len(mine) >= limits.max_jobs_per_visitor:
+                raise ValueError(
+                    f"you already have {len(mine)} jobs queued or running; this public Space allows "
+                    f"{limits.max_jobs_per_visitor} per visitor: cancel one or wait for it to finish"
+                )
         if self.gpus and cfg.device != "cpu":
             self._budget(cfg.to_dict())  # counted now, in the caller's thread, not under the scheduler lock
         # The trainer attached with --run-id starts from this stored config, so every setting reaches it
@@ -397,6 +481,12 @@ class JobManager:
         now = time.monotonic()
         for job in list(self._jobs.values()):
             alive, code = _poll(job)
+            limits = self.space_limits
+            timed_out = limits is not None and now - job.started > limits.max_seconds
+            if alive and timed_out and not job.cancel_requested:
+                job.time_limited = job.cancel_requested = True
+                job.kill_at = now + self.cancel_grace
+                self._signal(job, signal.SIGTERM)
             if alive:
                 if job.kill_at is not None and now >= job.kill_at and not job.killed:
                     job.killed = True
@@ -409,6 +499,10 @@ class JobManager:
         """The job's process is gone: give the run an end status unless the trainer wrote one."""
         run = self.store.get_run(job.run_id)
         if run is None or run.is_terminal:
+            return
+        if job.time_limited:
+            reason = f"Space time limit: stopped after {self.space_limits.max_seconds:g} s of wall time"
+            self.store.set_status(job.run_id, "cancelled", reason, from_statuses=ACTIVE)
             return
         if job.cancel_requested:
             how = "killed with SIGKILL after the grace period" if job.killed else "stopped by SIGTERM"

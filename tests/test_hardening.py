@@ -126,3 +126,78 @@ def test_space_hub_load_never_reads_a_server_folder(ctx, monkeypatch):
     assert all(str(existing) not in m for m in messages)
     assert messages[0].replace("sar", "X") == messages[1].replace("no-such-folder", "X")  # nothing revealed
     assert ctx.external == {}
+
+
+# ---------------------------------------------------------------------------------------------- Space mode
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"data": "sar:n=100000,size=4096"}, "data n is 100000"),
+        ({"data": "sar:n=100,size=4096"}, r"SAR patch side\) is 4096"),
+        ({"data": "fragments:n=100000"}, "data n is 100000"),
+        ({"batch_size": 1000000}, "batch_size is 1000000"),
+        ({"max_steps": 10**9}, "max_steps is 1000000000"),
+        ({"model": {"channels": [4000, 4000, 4000]}}, "parameters"),
+    ],
+)
+def test_space_limits_refuse_the_campaigns_launches(tmp_path, settings, message):
+    from studio.jobs import JobManager, SpaceLimits
+
+    variant = "sar-baseline" if str(settings.get("data", "")).startswith("sar") else "fragment-dae"
+    with JobManager(tmp_path / "runs", cpu_slots=1, gpus=[], space_limits=SpaceLimits()) as jobs:
+        with pytest.raises(ValueError, match=message):
+            jobs.submit(variant, "smoke", **settings)
+        assert jobs.store.list_runs() == []
+
+
+def test_space_bounds_fill_in_and_a_visitor_holds_at_most_n_jobs(tmp_path):
+    from studio.jobs import JobManager, SpaceLimits
+
+    limits = SpaceLimits(max_jobs_per_visitor=2)
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\nsleep 60\n")
+    fake.chmod(0o755)
+    with JobManager(tmp_path / "runs", cpu_slots=1, gpus=[], python=str(fake), space_limits=limits) as jobs:
+        run_id = jobs.submit("fragment-dae", "smoke", data="fragments:n=50", owner="visitor-a")
+        config = jobs.store.get_run(run_id).config
+        assert config["max_steps"] == limits.max_steps and "max_files=200" in config["data"]
+        jobs.submit("fragment-dae", "smoke", owner="visitor-a")
+        with pytest.raises(ValueError, match="you already have 2 jobs queued or running"):
+            jobs.submit("fragment-dae", "smoke", owner="visitor-a")
+        jobs.submit("fragment-dae", "smoke", owner="visitor-b")  # another visitor is not held back
+        for run in jobs.store.list_runs():
+            jobs.cancel(run.id)
+
+
+def test_space_wall_time_limit_stops_the_job_and_says_so(tmp_path):
+    import time
+
+    from studio.jobs import JobManager, SpaceLimits
+
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\necho started\nsleep 60\n")
+    fake.chmod(0o755)
+    limits = SpaceLimits(max_seconds=1.0)
+    with JobManager(
+        tmp_path / "runs", cpu_slots=1, gpus=[], python=str(fake), poll_interval=0.1, space_limits=limits
+    ) as jobs:
+        run_id = jobs.submit("fragment-dae", "smoke", owner="v")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not jobs.store.get_run(run_id).is_terminal:
+            time.sleep(0.1)
+        run = jobs.store.get_run(run_id)
+    assert run.status == "cancelled" and run.reason.startswith("Space time limit"), (run.status, run.reason)
+
+
+def test_space_banner_states_the_limits(tmp_path):
+    from studio.app import build_app, make_context
+
+    ctx = make_context(tmp_path / "runs", cpu_slots=1, space=True)
+    try:
+        demo = build_app(ctx)
+        texts = [getattr(b, "value", "") or "" for b in demo.blocks.values()]
+        banner = next(t for t in texts if isinstance(t, str) and t.startswith("**Space limits.**"))
+        assert ctx.jobs.space_limits.describe() in banner and "10 epochs" in banner
+    finally:
+        ctx.jobs.shutdown()
+        ctx.store.close()
