@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
@@ -255,3 +256,24 @@ def _load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def _terminate(signum: int, frame: Any) -> None:  # noqa: ARG001
+    raise SystemExit(128 + signum)
+
+
+def exit_cleanly_on_signals() -> None:
+    """SIGTERM/SIGHUP (``timeout``, a closed terminal) end the benchmark through its ``finally`` blocks, as
+    Ctrl-C does, so the jobs and apps it started are cancelled instead of left training in a temporary
+    folder nothing will read again."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child process: Linux sends it SIGTERM when the benchmark dies, even by SIGKILL."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the finally blocks still cancel
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from benchmarks.common import REPO_ROOT, Figure, format_table, machine_info  # noqa: E402
+from benchmarks.common import REPO_ROOT, Figure, exit_cleanly_on_signals, format_table, machine_info  # noqa: E402
 
 SECTIONS: tuple[str, ...] = (
     "overhead",
@@ -288,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--markdown", type=Path, default=BENCHMARKS_MD, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    exit_cleanly_on_signals()  # a `timeout` stops the sections through their finally blocks
     chosen = "dry" if args.dry else "quick" if args.quick else "full"
     sections = list(dict.fromkeys(args.only or SECTIONS))
     command = "python benchmarks/run.py " + " ".join(

@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, Figure, median, rss_mib
+from benchmarks.common import REPO_ROOT, Figure, die_with_parent, median, rss_mib
 
 REFRESH_TARGET_MS = 100.0
 # The Train tab's three default SAR panels; every run logs each of them at every step here (the worst case:
@@ -89,6 +89,7 @@ class AppProcess:
             env=_app_env(),
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # a killed benchmark takes its app (and, at its shutdown, its jobs)
         )
 
     def wait_ready(self, timeout: float = 120.0) -> float:

@@ -65,6 +65,14 @@ def is_space() -> bool:
     return bool(os.environ.get("SPACE_ID"))
 
 
+def is_temporary(folder: str | Path) -> bool:
+    """Whether ``folder`` lies in the system's temporary directory (``tempfile.gettempdir()``)."""
+    import tempfile
+
+    tmp = Path(tempfile.gettempdir()).resolve()
+    return Path(folder).resolve().is_relative_to(tmp)
+
+
 def default_cpu_slots(space: bool) -> int:
     """CPU training jobs at once: one on a Space; else a job per 4 cores (each job uses its share of them)."""
     if space:
@@ -242,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if demo is not None:
             demo.close()
         if ctx.jobs is not None:
-            ctx.jobs.shutdown()
+            # Jobs outlive the app (a later one re-attaches), except in a temporary runs folder (a test, a
+            # benchmark): nothing will ever read it again, so its jobs are cancelled rather than orphaned.
+            ctx.jobs.shutdown(cancel_running=is_temporary(ctx.runs_dir))
         ctx.store.close()
     return 0

@@ -201,3 +201,68 @@ def test_space_banner_states_the_limits(tmp_path):
     finally:
         ctx.jobs.shutdown()
         ctx.store.close()
+
+
+# ------------------------------------------------------------------------------------------------ orphans
+LAUNCHER = r"""
+import sys, time
+from benchmarks.common import exit_cleanly_on_signals
+from studio.jobs import JobManager
+
+exit_cleanly_on_signals()
+jobs = JobManager(sys.argv[1], cpu_slots=1, gpus=[], python=sys.argv[2], poll_interval=0.1, cancel_grace=2)
+try:
+    run_id = jobs.submit("fragment-dae", "smoke", max_steps=2)
+    while jobs.store.get_run(run_id).pid is None:
+        time.sleep(0.05)
+    print(jobs.store.get_run(run_id).pid, flush=True)
+    time.sleep(600)
+finally:
+    jobs.shutdown(cancel_running=True)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_an_interrupted_launcher_leaves_no_trainer_running(tmp_path):
+    import signal
+    import time
+
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\necho training\nsleep 120\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(tmp_path / "runs"), str(fake)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        pid = int(launcher.stdout.readline())
+        assert _alive(pid)
+        launcher.send_signal(signal.SIGTERM)  # what `timeout` does to a benchmark
+        assert launcher.wait(30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid), "the trainer outlived its launcher"
+        with RunStore(tmp_path / "runs") as store:
+            assert [r.status for r in store.list_runs()] == ["cancelled"]
+    finally:
+        launcher.kill()
+
+
+def test_an_app_on_a_temporary_runs_folder_cancels_its_jobs_at_shutdown(tmp_path):
+    import tempfile
+
+    from studio.app import is_temporary
+
+    assert is_temporary(Path(tempfile.gettempdir()) / "bench" / "runs")
+    assert not is_temporary(ROOT / "runs")
