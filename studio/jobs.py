@@ -402,15 +402,22 @@ class JobManager:
             )
         return rows
 
-    def log_tail(self, run_id: str, n: int = 40) -> str:
-        """The last `n` lines of the run's job log ("" while the job has not started)."""
+    def log_tail(self, run_id: str, n: int = 40, requester: str | None = None) -> str:
+        """The last `n` lines of the run's job log ("" while the job has not started).
+
+        On a public Space (``space_limits``) a `requester` (the visitor) reads only the logs of their own
+        runs, and server paths in the lines are replaced by placeholders."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive number of lines, got {n!r}")
         run = self.store.get_run(run_id)
         if run is None:
-            raise ValueError(f"no run with id {run_id!r} in {self.runs_dir}")
+            where = "here" if self.space_limits is not None else f"in {self.runs_dir}"
+            raise ValueError(f"no run with id {run_id!r} {where}")
+        if self.space_limits is not None and requester is not None and run.owner != requester:
+            raise ValueError(f"the log of run {run_id} is private to the visitor who launched it")
         path = Path(run.log_path) if run.log_path else self.store.run_dir(run_id) / LOG_NAME
-        return "\n".join(_tail_lines(path, n))
+        text = "\n".join(_tail_lines(path, n))
+        return scrub_paths(text, self.runs_dir) if self.space_limits is not None else text
 
     def running_jobs(self) -> list[str]:
         """Ids of the runs whose processes this manager watches right now."""
@@ -724,6 +731,26 @@ class JobManager:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+
+
+def scrub_paths(text: str, runs_dir: Path) -> str:
+    """``text`` with the server's folders (runs, project, home, temporary, Python) as placeholders."""
+    import sysconfig
+    import tempfile
+
+    folders = {
+        str(runs_dir): "<runs>",
+        str(PROJECT_ROOT): "<app>",
+        sysconfig.get_paths()["stdlib"]: "<python>",
+        sysconfig.get_paths()["purelib"]: "<site-packages>",
+        sys.prefix: "<python>",
+        tempfile.gettempdir(): "<tmp>",
+        str(Path.home()): "<home>",
+    }
+    for folder, name in sorted(folders.items(), key=lambda kv: -len(kv[0])):  # longest (innermost) first
+        if folder and folder != "/":
+            text = text.replace(folder, name)
+    return text
 
 
 def _detect_gpu_memory(gpus: list[int]) -> dict[int, int | None]:

@@ -266,3 +266,30 @@ def test_an_app_on_a_temporary_runs_folder_cancels_its_jobs_at_shutdown(tmp_path
 
     assert is_temporary(Path(tempfile.gettempdir()) / "bench" / "runs")
     assert not is_temporary(ROOT / "runs")
+
+
+def test_space_logs_are_private_and_show_no_server_paths(tmp_path):
+    from studio.jobs import JobManager, SpaceLimits
+
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"#!/bin/sh\necho reading {ROOT}/assets/sar and {tmp_path}/runs/x\nsleep 60\n")
+    fake.chmod(0o755)
+    with JobManager(
+        tmp_path / "runs",
+        cpu_slots=1,
+        gpus=[],
+        python=str(fake),
+        poll_interval=0.1,
+        space_limits=SpaceLimits(),
+    ) as jobs:
+        run_id = jobs.submit("fragment-dae", "smoke", owner="alice")
+        import time
+
+        deadline = time.monotonic() + 20
+        while "reading" not in jobs.log_tail(run_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text = jobs.log_tail(run_id, requester="alice")
+        assert "reading <app>/assets/sar and <runs>/x" in text and str(tmp_path) not in text
+        with pytest.raises(ValueError, match="private to the visitor who launched it"):
+            jobs.log_tail(run_id, requester="mallory")
+        jobs.cancel(run_id)
