@@ -65,7 +65,7 @@ _ROWS = 512  # images are converted to float32 intensity this many rows at a tim
 #: Largest decoded image (bytes of its stored samples) :func:`read_sar_patch` decodes into memory; larger
 #: PNGs and compressed TIFFs are refused from their header, before decoding (a 140 KB all-zero PNG can
 #: hold 12000² pixels). .npy files and uncompressed TIFFs are memory-mapped instead, at any size.
-MAX_DECODE_BYTES = 384 * 2**20
+MAX_DECODE_BYTES = 256 * 2**20  # PIL holds a decoded PNG twice (image + array): ~3x this at peak
 # Above this many pixels, read_sar_patch takes the dB range from an evenly strided sample of the image
 # and converts only the patch; below it the whole image is converted (the exact range, as in training).
 _WHOLE_PIXELS = 4 * _STATS_SAMPLES
