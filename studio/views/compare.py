@@ -249,7 +249,7 @@ def build_tab(ctx: Any) -> tuple[Any, list[Any]]:
             )
             table = gr.Dataframe(label="Leaderboard", interactive=False, wrap=True)
             plot = gr.Plot(label="Rate-distortion")
-            details = gr.Markdown()
+            details = gr.Markdown(label="Details")
 
     @user_errors
     def compare_checkpoints_choices(domain, checkpoints):

@@ -325,7 +325,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         )
     with gr.Row(equal_height=False):
         metric_btn = gr.Button("Export metrics", scale=0, elem_id="hub-metric-export")
-        metric_status = gr.Markdown(elem_id="hub-metric-status")
+        metric_status = gr.Markdown(label="Export status", elem_id="hub-metric-status")
         metric_file = gr.File(label="Download", interactive=False, elem_id="hub-metric-file")
 
     @user_errors

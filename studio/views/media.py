@@ -142,7 +142,7 @@ def build_panel(ctx: Any) -> dict[str, Any]:
         example = gr.Dropdown(choices=[], value=None, label="Example", scale=2, elem_id="media-example")
         refresh = gr.Button("↻", scale=0, min_width=40, size="sm", elem_id="media-refresh")
     step = gr.Slider(0, 1, value=1, step=1, label="Step", interactive=True, elem_id="media-step")
-    caption = gr.Markdown(elem_id="media-caption")
+    caption = gr.Markdown(label="Caption", elem_id="media-caption")
     with gr.Row():
         image = gr.Image(label="Image", type="numpy", visible=False, interactive=False, elem_id="media-image")
         with gr.Column(visible=True):

@@ -749,7 +749,7 @@ def _jobs_section() -> SimpleNamespace:
         )
         with gr.Column(scale=2, min_width=200):
             ui.cancel = gr.Button("Cancel run", variant="stop", elem_id="train-cancel", interactive=False)
-            ui.cancel_status = gr.Markdown(elem_id="train-cancel-status")
+            ui.cancel_status = gr.Markdown(label="Cancel status", elem_id="train-cancel-status")
     with gr.Row(equal_height=True):
         ui.name = gr.Textbox(
             "", label="Name", placeholder="e.g. lr sweep 3e-4", scale=2, elem_id="train-name"
@@ -765,7 +765,7 @@ def _jobs_section() -> SimpleNamespace:
             "", label="Note", placeholder="what this run tries", scale=3, elem_id="train-note"
         )
         ui.save_labels = gr.Button("Save labels", scale=1, elem_id="train-save-labels")
-    ui.labels_status = gr.Markdown(elem_id="train-labels-status")
+    ui.labels_status = gr.Markdown(label="Labels status", elem_id="train-labels-status")
     ui.log = gr.Textbox(
         label="Log (last lines)",
         lines=8,
@@ -856,7 +856,7 @@ def _wire_launch(
         device,
         precision,
         compile,
-        plotted,
+        plotted_runs,
         state: TrainSession,
         request: gr.Request,
     ):
@@ -879,7 +879,7 @@ def _wire_launch(
             return _warn(exc), gr.skip(), gr.skip(), state
         gr.Info(f"Queued {len(launched)} run(s)")
         message = f"Queued {len(launched)} run(s): " + ", ".join(f"`{run_id}`" for run_id in launched)
-        return message, plot_selection(ctx, plotted, launched), launched[0], state
+        return message, plot_selection(ctx, plotted_runs, launched), launched[0], state
 
     def after_launch(plotted: list[str], state: TrainSession):
         """Fresh choices for both run pickers; the domain's default panels when the plotted domain changed."""
