@@ -66,10 +66,10 @@ _SMOKE_MODEL_BY_VARIANT: dict[str, dict[str, Any]] = {
 # the shipped speech clips, real files of the Python installation). Same latent sizes as the full models.
 _REFERENCE: dict[str, dict[str, Any]] = {
     "sar": {
-        "epochs": 6,
+        "epochs": 16,
         "batch_size": 16,
         "lr": 1e-3,
-        "patience": 4,
+        "patience": 6,
         "data": "sar:synthetic,n=256,size=64,val=32",
         "model": {"base_channels": 12, "image_size": 64},
     },
