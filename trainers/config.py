@@ -79,7 +79,7 @@ _REFERENCE: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "patience": 5,
         "data": "audio:folder=assets/speech/train,hop=0.25",
-        "model": {"widths": [16, 32, 64, 128, 256], "latent_dim": 64},
+        "model": {"widths": [16, 32, 64, 128, 128], "latent_dim": 64},
     },
     "fragments": {
         "epochs": 4,
@@ -91,7 +91,7 @@ _REFERENCE: dict[str, dict[str, Any]] = {
     },
 }
 _REFERENCE_MODEL_BY_VARIANT: dict[str, dict[str, Any]] = {
-    "audio-vae-mel": {"widths": [16, 32, 64, 128], "latent_dim": 64},
+    "audio-vae-mel": {"widths": [16, 32, 64, 64], "latent_dim": 64},
 }
 _PRESET_TABLES = {
     "smoke": (_SMOKE, _SMOKE_MODEL_BY_VARIANT),
