@@ -7,7 +7,8 @@ variant builds its data and model and trains on the first pass (read from /proc,
 
 GPU (when CUDA is present): the full preset's models and batch sizes, each variant in the three set-ups of
 `GPU_MODES`, built by `trainers.fastpath` exactly as the training loop builds them: fp32 eager; the loop's
-CUDA default (bf16 autocast + channels_last + fused Adam); that plus `torch.compile`. Reported: samples/s,
+CUDA default (bf16 autocast + channels_last + fused Adam for SAR, fp32 + fused Adam for the others); that plus
+`torch.compile`. Reported: samples/s,
 `torch.cuda.max_memory_allocated`, and the achieved FLOP rate as a fraction of this GPU's measured bf16
 matmul peak (model FLOPs per step counted by FlopCounterMode). Every set-up starts from the same weights and
 sees the same batches, so their losses are comparable (`benchmarks/fastpath.py` checks they agree).
@@ -55,8 +56,8 @@ DATA_SHARE_TARGET = 0.10
 GPU_MODES: tuple[str, ...] = ("fp32-eager", "default", "compiled")
 GPU_MODE_LABELS: dict[str, str] = {
     "fp32-eager": "fp32 eager",
-    "default": "bf16 + channels_last + fused Adam (the loop's CUDA default)",
-    "compiled": "bf16 + channels_last + fused Adam + compile",
+    "default": "the loop's CUDA default (SAR: bf16 + channels_last + fused Adam; others: fp32 + fused)",
+    "compiled": "the loop's CUDA default + compile",
 }
 
 
