@@ -1,10 +1,11 @@
 """Train the shipped reference checkpoints: one small checkpoint per variant, reproducibly.
 
-Each variant trains with the `reference` preset (trainers/config.py: the full topology at narrow widths, on the
-most realistic data the project has) and seed 0 on the CPU, in a temporary runs folder; the `best` checkpoint's
-weights and config are copied to ``assets/reference/<variant>/`` and ``assets/reference/manifest.json`` records
-how each was made (preset, seed, steps, wall time, its validation metrics, the code commit). The studio offers
-these checkpoints by default (studio/context.py). Every checkpoint must stay under 5 MB.
+Each variant trains with the `reference` preset (trainers/config.py: the full topology at narrow widths, on
+the most realistic data the project has) and seed 0 on the CPU, in a temporary runs folder; the `best`
+checkpoint's weights and config are copied to ``assets/reference/<variant>/`` and
+``assets/reference/manifest.json`` records how each was made (preset, seed, steps, wall time, its validation
+metrics, the code commit). The studio offers these checkpoints by default (studio/context.py). Every
+checkpoint must stay under 5 MB.
 
     python assets/make_reference.py [VARIANT ...] [--max-minutes 15]
 """
@@ -31,14 +32,17 @@ KEEP = ("model.safetensors", "config.json")
 def _commit() -> str:
     try:
         return subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
 def train_reference(variant: str, runs_dir: Path, seed: int = 0) -> dict:
-    """Train `variant` with the reference preset; copy its best checkpoint into OUT; return its manifest entry."""
+    """Train `variant` with the reference preset, copy its best checkpoint into OUT, return its manifest."""
     from trainers import checkpoints
     from trainers.config import make_config
     from trainers.loop import train
@@ -79,7 +83,9 @@ def train_reference(variant: str, runs_dir: Path, seed: int = 0) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from models import VARIANTS
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("variants", nargs="*", default=list(VARIANTS), help="default: all eight")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -95,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             entry = train_reference(variant, Path(tmp), args.seed)
             manifest[variant] = entry
             manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
-            print(f"{variant}: {entry['steps']} steps in {entry['train_minutes']} min, {entry['bytes']} bytes")
+            print(
+                f"{variant}: {entry['steps']} steps in {entry['train_minutes']} min, {entry['bytes']} bytes"
+            )
     return 0
 
 

@@ -1,10 +1,10 @@
 """Make the shipped speech clips in ``assets/speech/`` (train/ and test/) with Debian's espeak-ng and sox.
 
-The studio has no real recordings it may ship, so these stand in for "a folder of the user's recordings": real
-speech synthesis (formants, pitch contours, silences between words), at the rates, channel counts and lengths
-that user files have (16 / 22.05 / 44.1 kHz, mono and stereo, 0.6 s to 4 s), stored as FLAC. They train the audio
-reference checkpoints and are the held-out set of the README's audio leaderboard. Re-running this script
-rewrites the same files (espeak-ng and sox are deterministic for fixed arguments).
+The studio has no real recordings it may ship, so these stand in for "a folder of the user's recordings":
+real speech synthesis (formants, pitch contours, silences between words), at the rates, channel counts and
+lengths that user files have (16 / 22.05 / 44.1 kHz, mono and stereo, 0.6 s to 4 s), stored as FLAC. They
+train the audio reference checkpoints and are the held-out set of the README's audio leaderboard. Re-running
+this script rewrites the same files (espeak-ng and sox are deterministic for fixed arguments).
 
     apt-get install espeak-ng sox && python assets/make_speech.py
 """
@@ -67,8 +67,19 @@ def main() -> None:
             gain = -6 - 3 * (k % 4)  # from -6 dBFS to quiet -15 dBFS peaks
             out = OUT / split / f"speech_{k:02d}_{rate // 1000}k_{'stereo' if channels == 2 else 'mono'}.flac"
             subprocess.run(
-                ["sox", str(raw), "-r", str(rate), "-c", str(channels), "-b", "16", str(out),
-                 "norm", str(gain)],
+                [
+                    "sox",
+                    str(raw),
+                    "-r",
+                    str(rate),
+                    "-c",
+                    str(channels),
+                    "-b",
+                    "16",
+                    str(out),
+                    "norm",
+                    str(gain),
+                ],
                 check=True,
             )
 

@@ -180,7 +180,10 @@ def test_cli_train_runs_and_eval(tmp_path):
     [
         (["train", "sar-transformer"], "unknown variant"),
         (["train", "sar-baseline", "--preset", "smoke", "--data", "radar:synthetic"], "domain"),
-        (["train", "sar-baseline", "--preset", "smoke", "--data", "sar:folder=/no/such/folder"], "does not exist"),
+        (
+            ["train", "sar-baseline", "--preset", "smoke", "--data", "sar:folder=/no/such/folder"],
+            "does not exist",
+        ),
         (["eval", "no-such-run"], "neither a checkpoint folder nor a run id"),
     ],
 )
