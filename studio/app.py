@@ -126,6 +126,9 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         limits = getattr(ctx.jobs, "space_limits", None)
         if ctx.space and limits is not None:  # the enforced limits, stated where a visitor starts
             gr.Markdown(f"**Space limits.** {limits.describe()}", elem_id="space-limits")
+        from studio.views.common import visitor_state
+
+        visitor_state(ctx)  # a Space visitor's id, kept in the browser: their jobs survive a reload
         with gr.Tabs():
             for label, name in TABS:
                 with gr.Tab(label, id=name, elem_id=f"tab-{name}") as tab:

@@ -357,7 +357,8 @@ class JobManager:
         best (its best value so far or None), elapsed (seconds since the start, None while queued),
         device, reason; the person's labels name, tags, note; the settings (`studio.progress.SETTINGS`);
         progress (`studio.progress.progress`: epoch_now, epochs, total_steps, percent, steps_per_s, eta_s),
-        queue_position (1 = next to start; None unless queued), and for running trainers of this host
+        queue_position (1 = next to start; None unless queued), queue_wait_s (its estimated longest wait on
+        a public Space, see `queue_wait`), and for running trainers of this host
         cpu_percent, rss_bytes and, where NVML is present, gpu_index, gpu_util_percent, gpu_memory_bytes.
         """
         from studio.progress import SETTINGS, gpu_usage, process_usage, progress, queue_positions
@@ -396,11 +397,20 @@ class JobManager:
                     **{key: run.config.get(key) for key in SETTINGS},
                     **progress(run, recent, now),
                     "queue_position": places.get(run.id),
+                    "queue_wait_s": self.queue_wait(places.get(run.id)),
                     **usage,
                     **gpus.get(run.pid or -1, {}),
                 }
             )
         return rows
+
+    def queue_wait(self, place: int | None) -> float | None:
+        """Estimated longest wait in seconds of the run at `place` in the queue (1 = next), on a public Space
+        where every job stops at the wall-time limit: the jobs ahead of it and the running ones, `cpu_slots`
+        at a time, each taking at most ``max_seconds``. None elsewhere (a job there has no time bound)."""
+        if place is None or self.space_limits is None:
+            return None
+        return math.ceil(place / self.cpu_slots) * float(self.space_limits.max_seconds)
 
     def log_tail(self, run_id: str, n: int = 40, requester: str | None = None) -> str:
         """The last `n` lines of the run's job log ("" while the job has not started).

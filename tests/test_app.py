@@ -152,10 +152,12 @@ def test_cancel_and_curves_refuse_bad_input_with_a_message(client):
 
 
 def choice_of(update: dict, variant: str) -> str:
-    """The checkpoint folder of `variant` among a refreshed dropdown's (label, folder) choices."""
-    folders = [folder for label, folder in update["choices"] if f" · {variant} · " in label]
-    assert folders, f"no {variant} checkpoint among {update['choices']}"
-    return folders[0]
+    """The checkpoint value (RUN_ID/best, never a server path) of `variant` among a refreshed dropdown's
+    (label, value) choices."""
+    values = [value for label, value in update["choices"] if f" · {variant} · " in label]
+    assert values, f"no {variant} checkpoint among {update['choices']}"
+    assert not any(value.startswith("/") for _, value in update["choices"]), update["choices"]
+    return values[0]
 
 
 def test_comparison_and_hub_tabs_through_the_api(client, studio, cli_checkpoints, tmp_path):
@@ -194,14 +196,16 @@ def test_comparison_and_hub_tabs_through_the_api(client, studio, cli_checkpoints
     assert "00000000" in hex_html and "000001f0" in hex_html
 
     # Hub: export a run's checkpoint to a folder, load it back, and find it among the SAR checkpoints.
-    sar_run = Path(sar_folder).parents[1].name
+    sar_run = sar_folder.split("/")[0]  # RUN_ID/best
     # The run started after the page was built; the API takes its id without a /hub_runs call first.
     export_dir = tmp_path / "export"
     client.predict(sar_run, "best", str(export_dir), api_name="/hub_export")
     assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in export_dir.iterdir()}
-    client.predict(str(export_dir), "", api_name="/hub_load")
-    folders = [folder for _, folder in client.predict([], api_name="/sar_checkpoints")["choices"]]
-    assert str(export_dir) in folders or str(export_dir.resolve()) in folders
+    status, _ = client.predict(str(export_dir), "", api_name="/hub_load")
+    choices = client.predict([], api_name="/sar_checkpoints")["choices"]
+    loaded = [value for label, value in choices if label == value and label in status]  # by its label
+    assert loaded and not any(str(tmp_path) in value for _, value in choices)
+    client.predict(loaded[0], *SAR_SETTINGS, api_name="/sar_compare")  # the label names the folder
     with pytest.raises(AppError):
         client.predict(str(tmp_path / "missing"), "", api_name="/hub_load")
 

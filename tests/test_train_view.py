@@ -357,6 +357,61 @@ def test_a_space_launches_only_the_smoke_preset(tmp_path):
         context.store.close()
 
 
+class _Request:
+    """What the handlers read of a ``gr.Request``: the page session and, with OAuth, the login."""
+
+    def __init__(self, session_hash: str, username: str | None = None):
+        self.session_hash, self.username = session_hash, username
+
+
+def test_a_space_visitor_keeps_their_jobs_across_a_reload_and_others_see_no_log(tmp_path):
+    """Through the app's own handlers: the page load ties a session to the browser's visitor id, so the
+    reloaded page (a new session, the same id) still cancels the visitor's job and reads its log, while
+    another visitor can do neither; a queued job's place and estimated wait are stated."""
+    from studio.app import build_app
+
+    context = make_context(tmp_path / "runs", cpu_slots=1, space=True)
+    try:
+        demo = build_app(context)
+        fns = {f.api_name or f.fn.__name__: f.fn for f in demo.fns.values()}
+        remember, launch, cancel, log = fns["remember"], fns["launch"], fns["cancel"], fns["log_tail"]
+        visitor = remember("", _Request("page-1"))  # a fresh browser: a new id, stored in the browser
+        status, *_ = launch(
+            ["fragment-dae", "fragment-dae-bytes"],
+            "smoke",
+            "1",
+            "",
+            "",
+            "",
+            "",
+            "auto",
+            "auto",
+            False,
+            [],
+            TrainSession(),
+            _Request("page-1"),
+        )
+        first, second = [r["id"] for r in sorted(context.jobs.jobs(), key=lambda r: r["created_at"])]
+        assert {context.store.get_run(r).owner for r in (first, second)} == {visitor}
+        waiting = next(r for r in context.jobs.jobs() if r["status"] == "queued")
+        limit = context.jobs.space_limits.max_seconds
+        assert waiting["queue_wait_s"] == waiting["queue_position"] * limit  # one CPU slot on a Space
+        assert f"is #{waiting['queue_position']} in line, wait ≤ ~" in status and "an estimate" in status
+        assert remember(visitor, _Request("page-2")) == visitor  # the reload keeps the browser's id
+        other = remember("", _Request("page-3"))
+        assert other != visitor
+        assert "private" in log(second, _Request("page-3"))
+        assert "private" not in log(second, _Request("page-2"))
+        assert "someone else" in cancel(second, _Request("page-3"))
+        assert "someone else" in cancel(second, _Request("page-1", username="mallory"))  # an HF login
+        assert "ancel" in cancel(second, _Request("page-2")) and "someone else" not in cancel(
+            first, _Request("page-2")
+        )
+    finally:
+        context.jobs.shutdown(cancel_running=True)
+        context.store.close()
+
+
 def test_parse_settings_leaves_blanks_to_the_preset():
     assert parse_settings("", " ", None, "", "") == {}
     assert parse_settings("3", 16.0, " 3e-4 ", " sar:synthetic,n=8 ", 0) == {
@@ -425,6 +480,10 @@ def test_progress_speed_eta_and_queue_places(ctx):
     assert places == {first: 1, second: 2}
     row = next(r for r in ctx.jobs.jobs() if r["id"] == second)
     assert row["queue_position"] == 2 and progress_text(row) == "queued · #2 in line"
+    assert row["queue_wait_s"] is None  # no estimate where jobs have no time limit
+    # On a Space every job stops at the time limit: #3 with 2 slots waits at most 2 jobs' limits.
+    row = {"status": "queued", "queue_position": 3, "queue_wait_s": math.ceil(3 / 2) * 300.0}
+    assert progress_text(row) == "queued · #3 in line · wait ≤ ~10m 00s (est.)"
 
 
 def test_process_usage_reads_this_process_and_gpu_usage_reads_nvml(monkeypatch):
@@ -585,7 +644,7 @@ def test_checkpoint_choices_offer_best_and_last_of_each_run(ctx):
         f"first · {run_id} · fragment-dae · best · completed",
         f"first · {run_id} · fragment-dae · last · completed",
     ]
-    assert [folder.rsplit("/", 1)[-1] for _, folder in ours] == ["best", "last"]
+    assert [value for _, value in ours] == [f"{run_id}/best", f"{run_id}/last"]  # ids, not server paths
 
 
 @pytest.mark.parametrize(

@@ -48,9 +48,12 @@ def test_a_checkpoint_can_be_named_by_run_id_label_or_folder(ctx):
     assert resolve_checkpoint(ctx, both, "fragments") == str(run_dir / "checkpoints" / "best")
     assert resolve_checkpoint(ctx, f"{both}/last", "fragments") == str(run_dir / "checkpoints" / "last")
     assert resolve_checkpoint(ctx, last_only, "fragments").endswith(f"{last_only}/checkpoints/last")
-    label, folder = ctx.checkpoint_choices("fragments")[0]
+    label, value = ctx.checkpoint_choices("fragments")[0]
+    folder = str(ctx.runs_dir / last_only / "checkpoints" / "last")  # newest run first
+    assert value == f"{last_only}/last"
     assert resolve_checkpoint(ctx, label, "fragments") == folder
-    assert resolve_checkpoint(ctx, folder, "fragments") == folder
+    assert resolve_checkpoint(ctx, value, "fragments") == folder
+    assert resolve_checkpoint(ctx, folder, "fragments") == folder  # a local studio also takes its folders
     assert selected_folders([both, f" {last_only} "], "fragments", multiple=True, ctx=ctx) == [
         str(run_dir / "checkpoints" / "best"),
         resolve_checkpoint(ctx, last_only, "fragments"),
@@ -94,5 +97,89 @@ def test_reference_checkpoints_are_offered_and_selected_by_default(tmp_path):
         run_id = _run_with(ctx, ("best",))
         labels = [label for label, _ in ctx.checkpoint_choices("fragments")]
         assert labels[0].startswith(run_id) and labels[1] == "reference · fragment-dae"
-        assert ctx.default_checkpoints("fragments") == [str(ref / "fragment-dae")]
+        assert ctx.default_checkpoints("fragments") == ["reference · fragment-dae"]
+        assert resolve_checkpoint(ctx, "reference · fragment-dae", "fragments") == str(ref / "fragment-dae")
         assert ctx.default_checkpoints("sar") == []
+
+
+def test_no_choice_value_is_a_server_path(ctx, tmp_path):
+    """The dropdowns' values (what the API lists) are run ids and labels that resolve back to folders."""
+    run_id = _run_with(ctx, ("best", "last"))
+    model = create_model("fragment-dae", channels=[8, 16, 16])
+    model.save_pretrained(tmp_path / "hub-download" / "m")
+    ctx.add_external("hub: someone/m", tmp_path / "hub-download" / "m")
+    choices = ctx.checkpoint_choices("fragments")
+    assert [value for _, value in choices] == [f"{run_id}/best", f"{run_id}/last", "hub: someone/m"]
+    for label, value in choices:
+        assert str(tmp_path) not in f"{label}{value}"
+        folder = resolve_checkpoint(ctx, value, "fragments")
+        assert ctx.load_model(folder, "fragments").VARIANT == "fragment-dae"
+
+
+def _space_ctx(tmp_path):
+    store = RunStore(tmp_path / "space-runs")
+    return StudioContext(runs_dir=tmp_path / "space-runs", store=store, space=True, reference={})
+
+
+def test_a_space_resolves_no_server_folder_and_names_none(tmp_path):
+    ctx = _space_ctx(tmp_path)
+    try:
+        run_id = _run_with(ctx, ("best",))
+        folder = str(ctx.runs_dir / run_id / "checkpoints" / "best")
+        assert resolve_checkpoint(ctx, f"{run_id}/best", "fragments") == folder
+        for name in (folder, str(tmp_path), "assets/sar"):
+            with pytest.raises(ValueError, match="unknown checkpoint") as info:
+                resolve_checkpoint(ctx, name, "fragments")
+            assert "or a checkpoint folder" not in str(info.value)
+        (ctx.runs_dir / run_id / "checkpoints" / "best" / "model.safetensors").unlink()
+        with pytest.raises(ValueError) as info:  # a broken checkpoint is named by its run, not its path
+            from studio.views.common import load_checkpoint
+
+            load_checkpoint(ctx, folder, "fragments")
+        assert str(tmp_path) not in str(info.value) and run_id in str(info.value)
+    finally:
+        ctx.store.close()
+
+
+class _Request:
+    def __init__(self, session_hash: str, username: str | None = None):
+        self.session_hash, self.username = session_hash, username
+
+
+def test_a_space_visitor_keeps_their_id_across_a_reload_and_their_loads_to_themselves(tmp_path):
+    ctx = _space_ctx(tmp_path)
+    try:
+        first = ctx.remember_visitor("page-1", "")  # a fresh browser gets a new random id
+        assert len(first) == 32 and int(first, 16) >= 0
+        assert ctx.visitor(_Request("page-1")) == first
+        # The reload: a new page session, the same id from the browser's storage.
+        assert ctx.remember_visitor("page-2", first) == first
+        assert ctx.visitor(_Request("page-2")) == first
+        other = ctx.remember_visitor("page-3", None)
+        assert other != first
+        assert ctx.remember_visitor("page-4", "../../etc") not in (first, "../../etc")  # malformed: new id
+        assert ctx.visitor(_Request("api-client")) == "api-client"  # no page load: its session
+        assert ctx.visitor(_Request("page-1", username="alice")) == "hf:alice"  # an OAuth login wins
+        model = create_model("fragment-dae", channels=[8, 16, 16])
+        model.save_pretrained(tmp_path / "mine")
+        ctx.add_external("hub: a/mine", tmp_path / "mine", visitor=first)
+        assert ctx.externals(first) == {"hub: a/mine": str(tmp_path / "mine")}
+        assert ctx.externals(other) == {}
+        assert ctx.external == {}  # nothing shared app-wide
+        from gradio.context import LocalContext
+
+        token = LocalContext.request.set(_Request("page-2"))  # as during a Gradio event of the reloaded page
+        try:
+            assert [v for _, v in ctx.checkpoint_choices("fragments")] == ["hub: a/mine"]
+            assert resolve_checkpoint(ctx, "hub: a/mine", "fragments") == str(tmp_path / "mine")
+        finally:
+            LocalContext.request.reset(token)
+        token = LocalContext.request.set(_Request("page-3"))
+        try:
+            assert ctx.checkpoint_choices("fragments") == []
+            with pytest.raises(ValueError, match="unknown checkpoint"):
+                resolve_checkpoint(ctx, "hub: a/mine", "fragments")
+        finally:
+            LocalContext.request.reset(token)
+    finally:
+        ctx.store.close()

@@ -72,8 +72,10 @@ def forward(ctx, folder: str, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 
 
 def test_checkpoint_choices_list_runs_and_external_checkpoints(ctx, run_ckpt, ext_ckpt):
-    folders = [f for _, f in ctx.checkpoint_choices("sar")]
+    folders = [f for _, _, f in ctx.checkpoint_folders("sar")]
     assert run_ckpt[1] in folders and ext_ckpt in folders
+    values = [v for _, v in ctx.checkpoint_choices("sar")]  # what the dropdowns and the API show
+    assert f"{run_ckpt[0]}/best" in values and "hub: someone/sar-baseline" in values
     assert ctx.checkpoint_choices("fragments") == []
 
 
@@ -344,8 +346,10 @@ def test_build_tab_endpoints_refresh_and_errors_in_page(ctx, run_ckpt, ext_ckpt)
         view.build_tab(ctx)
     fns = {f.api_name: f for f in demo.fns.values() if f.api_name}
     assert {"sar_compare", "sar_checkpoints"} <= set(fns)
-    update = fns["sar_checkpoints"].fn([run_ckpt[1], "/gone"])
-    assert run_ckpt[1] in [v for _, v in update["choices"]] and update["value"] == [run_ckpt[1]]
+    value = f"{run_ckpt[0]}/best"  # the dropdown's value: the run, not its server folder
+    update = fns["sar_checkpoints"].fn([value, "gone/best"])
+    assert value in [v for _, v in update["choices"]] and update["value"] == [value]
+    assert not any(str(ctx.runs_dir) in v for _, v in update["choices"])
     args = [view.SOURCES[0], 0, 32, 4, None, "auto", view.PATCHES[0], view.ERROR_SCALES[0]]
     status, figure, table = fns["sar_compare"].fn([run_ckpt[1], ext_ckpt], *args)
     assert len(table) == 2 and len(figure.data) == 5

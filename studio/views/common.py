@@ -62,6 +62,33 @@ def model_call(what: str, fn: Callable[[], Any]) -> Any:
         raise ValueError(f"{what} could not process this input: {exc}") from exc
 
 
+# ------------------------------------------------------------------------------------------------ visitors
+#: localStorage key of the visitor id a Space keeps in each browser.
+VISITOR_STORAGE_KEY = "autoencoder-studio-visitor"
+
+
+def visitor_state(ctx: Any) -> Any:
+    """A ``gr.BrowserState`` holding this browser's visitor id, filled when the page loads (call once, at the
+    page's top level, inside the Blocks).
+
+    On a public Space the load ties the page session to the id (``ctx.remember_visitor``), so the visitor's
+    jobs, logs and Hub loads stay theirs after a reload; the id is never an API argument, so API clients are
+    told apart by their session. Elsewhere the load does nothing."""
+    import gradio as gr
+
+    state = gr.BrowserState("", storage_key=VISITOR_STORAGE_KEY)
+    root = gr.context.Context.root_block
+    if root is not None and getattr(ctx, "space", False):
+
+        def remember(browser_id: Any, request: gr.Request) -> str:
+            return ctx.remember_visitor(getattr(request, "session_hash", None), browser_id)
+
+        remember.__annotations__["request"] = gr.Request  # gradio is imported here, not at module level
+
+        root.load(remember, inputs=state, outputs=state, api_visibility="private", queue=False)
+    return state
+
+
 # ------------------------------------------------------------------------------------------------- uploads
 def upload_path(value: Any, what: str = "file") -> Path:
     """The local path of an uploaded file (a str/Path, a Gradio FileData dict or an object with ``.name``).
@@ -84,6 +111,20 @@ def upload_path(value: Any, what: str = "file") -> Path:
     if path.stat().st_size == 0:
         raise ValueError(f"the uploaded {what} {path.name!r} is empty (0 bytes)")
     return path
+
+
+def clear_results_on_change(upload: Any, status: Any, results: Sequence[Any], button: str) -> None:
+    """When `upload` changes, empty `results` and say so on `status`: results on screen always belong to
+    the input named beside them, also when the new file turns out to be bad (its error leaves them as they
+    were)."""
+
+    def clear(value: Any) -> tuple[Any, ...]:
+        name = Path(str(value)).name if value else ""
+        what = f"New input **{escape_markdown(name)}**" if name else "Input removed"
+        note = f"{what}: press **{button}** to see its results (the previous results were cleared)."
+        return (note, *[None] * len(results))
+
+    upload.change(clear, inputs=upload, outputs=[status, *results], api_visibility="private", queue=False)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -112,16 +153,18 @@ def selected_folders(selection: Any, domain: str, multiple: bool = False, ctx: A
 
 
 def resolve_checkpoint(ctx: Any, name: str, domain: str) -> str:
-    """The checkpoint folder `name` stands for: a folder, a dropdown label, a run id (its best checkpoint,
-    else its last) or ``RUN_ID/last``.
+    """The checkpoint folder `name` stands for: a dropdown value or label (``RUN_ID/best``,
+    ``reference · sar-baseline``), a run id (its best checkpoint, else its last), ``RUN_ID/last``, or (not on
+    a public Space) a folder.
 
     The dropdowns accept values outside their choices so that an API client need not fetch a session's
     choices first; this is where such a value is checked.
     """
     name = str(name).strip()
-    choices = ctx.checkpoint_choices(domain)
-    for label, folder in choices:
-        if name in (folder, label):
+    catalog = ctx.checkpoint_folders(domain)
+    space = bool(getattr(ctx, "space", False))
+    for label, value, folder in catalog:
+        if name in (value, label) or (not space and name == folder):
             return folder
     run_id, _, kind = name.partition("/")
     if kind in ("", "best", "last") and ctx.store.get_run(run_id) is not None:
@@ -129,27 +172,33 @@ def resolve_checkpoint(ctx: Any, name: str, domain: str) -> str:
 
         run_dir = Path(ctx.runs_dir) / run_id
         for k in [kind] if kind else ["best", "last"]:
-            if checkpoints.checkpoint_path(run_dir, k) is not None:
+            try:
+                found = checkpoints.checkpoint_path(run_dir, k)
+            except (ValueError, OSError) as exc:
+                raise ValueError(f"run {run_id!r}: its {k} checkpoint cannot be read ({exc})") from None
+            if found is not None:
                 return str(run_dir / checkpoints.CHECKPOINTS_DIR / k)
         raise ValueError(f"run {run_id!r} has no {kind or 'saved'} checkpoint yet")
-    if Path(name).is_absolute() or name.count("/") > 1 or Path(name).is_dir():
+    if not space and (Path(name).is_absolute() or name.count("/") > 1 or Path(name).is_dir()):
         # A folder outside the catalogue (scripts, the Hub tab's exports), or one that has gone: loading
-        # it says which.
+        # it says which. A public Space reads no server folder.
         return name
-    known = ", ".join(label.split(" · ")[0] for label, _ in choices[:5]) or "none yet"
+    known = ", ".join(label.split(" · ")[0] for label, _, _ in catalog[:5]) or "none yet"
+    where = "" if space else " or a checkpoint folder"
     raise ValueError(
-        f"unknown checkpoint {name!r}: give a run id, RUN_ID/last or a checkpoint folder "
-        f"({DOMAIN_NAMES[domain]} checkpoints here: {known}{', ...' if len(choices) > 5 else ''})"
+        f"unknown checkpoint {name!r}: give a run id, RUN_ID/last{where} "
+        f"({DOMAIN_NAMES[domain]} checkpoints here: {known}{', ...' if len(catalog) > 5 else ''})"
     )
 
 
 def load_checkpoint(ctx: Any, folder: str, domain: str) -> nn.Module:
     """``ctx.load_model`` with the folder named in every error (missing folder, other domain, bad weights)."""
     path = Path(folder)
+    name = run_label(ctx, folder)  # never the server path (the API answers with these messages)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {folder!r} does not exist (was the run deleted?)")
+        raise FileNotFoundError(f"checkpoint folder {name!r} does not exist (was the run deleted?)")
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise ValueError(f"{folder!r} is not a checkpoint folder: it needs config.json and model.safetensors")
+        raise ValueError(f"{name!r} is not a checkpoint folder: it needs config.json and model.safetensors")
     try:
         model = ctx.load_model(path, domain)
     except (ValueError, FileNotFoundError) as exc:
@@ -165,7 +214,8 @@ def load_checkpoint(ctx: Any, folder: str, domain: str) -> nn.Module:
 def run_label(ctx: Any, folder: str | Path) -> str:
     """Short name of a checkpoint for tables: the run id for runs, the catalogue label for external ones."""
     folder_s = str(folder)
-    for label, ext in {**getattr(ctx, "reference", {}), **getattr(ctx, "external", {})}.items():
+    externals = ctx.externals() if hasattr(ctx, "externals") else getattr(ctx, "external", {})
+    for label, ext in {**getattr(ctx, "reference", {}), **externals}.items():
         if str(ext) == folder_s:
             return str(label)
     path = Path(folder_s)
@@ -181,7 +231,7 @@ def dropdown_update(ctx: Any, domain: str, current: Any = None, multiselect: boo
     import gradio as gr
 
     choices = ctx.checkpoint_choices(domain)
-    valid = {folder for _, folder in choices}
+    valid = {value for _, value in choices}
     if multiselect:
         if current is None:  # never chosen: start from the shipped reference checkpoints
             return gr.update(choices=choices, value=ctx.default_checkpoints(domain))

@@ -191,11 +191,12 @@ def hub_placeholders(ctx: Any, run_id: Any) -> tuple[str, str]:
 
 
 def loaded_markdown(ctx: Any) -> str:
-    """The checkpoints loaded in this session and the tab where each one can be picked."""
-    if not ctx.external:
+    """The checkpoints loaded so far (on a Space: by this visitor) and the tab where each can be picked."""
+    loaded = ctx.externals() if hasattr(ctx, "externals") else ctx.external
+    if not loaded:
         return "_No checkpoint loaded from the Hub or a folder yet._"
     lines = ["| checkpoint | variant | tab |", "|---|---|---|"]
-    for label, folder in ctx.external.items():
+    for label, folder in loaded.items():
         try:
             variant, _, tab = hub_lib.domain_tab(folder)
         except (OSError, ValueError, KeyError):
@@ -205,7 +206,8 @@ def loaded_markdown(ctx: Any) -> str:
 
 
 def load(ctx: Any, source: Any, token: Any = None) -> tuple[str, str]:
-    """Fetch a Hub repo (or read a folder), check it loads, register it in ``ctx.external``.
+    """Fetch a Hub repo (or read a folder), check it loads, register it (``ctx.add_external``: on a Space for
+    this visitor only).
 
     Returns (status Markdown naming the tab that can use it, the table of loaded checkpoints).
     """
@@ -227,7 +229,7 @@ def load(ctx: Any, source: Any, token: Any = None) -> tuple[str, str]:
     else:
         label, folder = hub_lib.load_from_hub_or_folder(text, token=token_text)
     variant, domain, tab = hub_lib.domain_tab(folder)
-    ctx.external[label] = str(folder)
+    ctx.add_external(label, folder)
     status = (
         f"✅ Loaded **{html.escape(label)}** ({variant}, {domain}). Pick it in the **{tab}** tab's "
         "checkpoint list (press ↻ refresh there)."

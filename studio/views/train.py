@@ -245,6 +245,23 @@ def launch_runs(
     return queued
 
 
+def queue_note(ctx: StudioContext, run_ids: Sequence[str]) -> str:
+    """ " · #3 in line, wait ≤ ~15m 00s (an estimate: ...)" for the first still-queued run of `run_ids` on a
+    public Space, where every job has a time limit; "" elsewhere or when none waits."""
+    if not ctx.space or ctx.jobs is None:
+        return ""
+    rows = {row["id"]: row for row in ctx.jobs.jobs() if row.get("id") in run_ids}
+    for run_id in run_ids:
+        row = rows.get(run_id, {})
+        place, wait = row.get("queue_position"), row.get("queue_wait_s")
+        if place and is_finite_number(wait):
+            return (
+                f" · `{run_id}` is #{place} in line, wait ≤ ~{format_elapsed(wait)} (an estimate: each job "
+                "ahead stops at the Space's time limit at the latest)"
+            )
+    return ""
+
+
 def plot_selection(ctx: StudioContext, plotted: Sequence[str] | None, launched: Sequence[str]) -> list[str]:
     """The runs to plot after a launch: the new ones, plus those already plotted of the same domains (a
     fragment cross-entropy of ~5 would flatten a SAR loss of ~0.3 on a shared axis)."""
@@ -280,10 +297,16 @@ def format_bytes(value: Any) -> str:
 
 
 def progress_text(row: Mapping[str, Any]) -> str:
-    """ "epoch 3 / 20 · 14%", or the queue place of a queued run ("queued · #2 in line")."""
+    """ "epoch 3 / 20 · 14%", or the queue place of a queued run ("queued · #2 in line"), with its estimated
+    wait on a public Space ("queued · #2 in line · wait ≤ ~10m 00s (est.)")."""
     if row.get("status") == "queued":
         place = row.get("queue_position")
-        return f"queued · #{place} in line" if place else "queued"
+        if not place:
+            return "queued"
+        wait = row.get("queue_wait_s")
+        if is_finite_number(wait):
+            return f"queued · #{place} in line · wait ≤ ~{format_elapsed(wait)} (est.)"
+        return f"queued · #{place} in line"
     epochs = row.get("epochs")
     text = f"epoch {row.get('epoch_now', row.get('epoch')) or 0} / {epochs if epochs else '?'}"
     percent = row.get("percent")
@@ -484,17 +507,21 @@ def cancel_run(ctx: StudioContext, run_id: Any, requester: str | None = None) ->
 
 
 def _session(ctx: StudioContext, request: gr.Request | None) -> str | None:
-    """Who is asking, on a public Space (None elsewhere: a local studio has one user)."""
-    return getattr(request, "session_hash", None) if ctx.space else None
+    """Who is asking, on a public Space (None elsewhere: a local studio has one user): the visitor's HF
+    login, else the id their browser keeps (it survives a reload), else the page session; see
+    ``StudioContext.visitor``."""
+    return ctx.visitor(request) if ctx.space and request is not None else None
 
 
-def log_tail(ctx: StudioContext, run_id: Any, lines: int = LOG_LINES) -> str:
-    """The last lines of a run's log, or a hint while there is none."""
+def log_tail(ctx: StudioContext, run_id: Any, lines: int = LOG_LINES, requester: str | None = None) -> str:
+    """The last lines of a run's log, or a hint while there is none.
+
+    On a public Space `requester` (the visitor) reads only the logs of the runs they launched."""
     if _blank(run_id):
         return ""
     if ctx.jobs is None:
         return "(no job manager in this studio)"
-    text = ctx.jobs.log_tail(str(run_id), lines)
+    text = ctx.jobs.log_tail(str(run_id), lines, requester=requester if ctx.space else None)
     if text:
         return text
     run = ctx.store.get_run(str(run_id))
@@ -879,6 +906,7 @@ def _wire_launch(
             return _warn(exc), gr.skip(), gr.skip(), state
         gr.Info(f"Queued {len(launched)} run(s)")
         message = f"Queued {len(launched)} run(s): " + ", ".join(f"`{run_id}`" for run_id in launched)
+        message += queue_note(ctx, launched)
         return message, plot_selection(ctx, plotted_runs, launched), launched[0], state
 
     def after_launch(plotted: list[str], state: TrainSession):
@@ -960,9 +988,9 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
 
     ui.table.select(select_row, inputs=session, outputs=ui.selected, api_visibility="private")
 
-    def show_run(run_id: str, state: TrainSession):
+    def show_run(run_id: str, state: TrainSession, request: gr.Request):
         try:
-            text = log_tail(ctx, run_id)
+            text = log_tail(ctx, run_id, requester=_session(ctx, request))
         except (ValueError, FileNotFoundError) as exc:
             text = _warn(exc)
         state.log = text
@@ -978,9 +1006,9 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
         api_visibility="private",
     )
 
-    def log_only(run_id: str) -> str:
+    def log_only(run_id: str, request: gr.Request) -> str:
         try:
-            return log_tail(ctx, run_id)
+            return log_tail(ctx, run_id, requester=_session(ctx, request))
         except (ValueError, FileNotFoundError) as exc:
             return _warn(exc)
 
@@ -1085,8 +1113,10 @@ def poll(
     metrics: Sequence[Any],
     views: Sequence[Any],
     run_id: Any,
+    requester: str | None = None,
 ) -> dict[str, Any]:
-    """One tick of the page: what changed since this session's last look (others are ``gr.skip()``)."""
+    """One tick of the page: what changed since this session's last look (others are ``gr.skip()``);
+    `requester` is the visitor on a public Space, who sees only their own runs' logs."""
     rows = _rows_by_id(ctx)
     out: dict[str, Any] = {}
     try:
@@ -1110,7 +1140,7 @@ def poll(
     out["log"] = out["cancel"] = gr.skip()
     if not _blank(run_id):
         try:
-            text = log_tail(ctx, run_id)
+            text = log_tail(ctx, run_id, requester=requester)
         except (ValueError, FileNotFoundError) as exc:
             text = str(exc)
         if text != state.log:
@@ -1137,7 +1167,18 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
         *values, state = rest
         try:
             out = poll(
-                ctx, state, query, order, runs, smoothing, log_y, n_panels, values[:n], values[n:], run_id
+                ctx,
+                state,
+                query,
+                order,
+                runs,
+                smoothing,
+                log_y,
+                n_panels,
+                values[:n],
+                values[n:],
+                run_id,
+                ctx.visitor(),  # the visitor of the Gradio event being handled (None off a Space)
             )
         except Exception:  # noqa: BLE001 - a failing poll must not put an error on the page every 2 s
             log.exception("Train tab poll failed")
