@@ -316,6 +316,56 @@ def test_build_tab_endpoints_and_errors_in_page(ctx, vae):
     assert "no checkpoint chosen" in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("notes.txt", b"shopping list: milk, eggs\n" * 40, "it holds text"),
+        ("photo.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8, "it is an archive, an image"),
+        ("noise.bin", bytes(np.random.default_rng(1).integers(0, 256, 4000, np.uint8)), "no sound format"),
+    ],
+    ids=["text", "png", "noise"],
+)
+def test_a_file_of_another_type_gets_a_short_message_naming_it(ctx, vae, tmp_path, name, content, says):
+    """Any file reaches the handler (the upload field accepts every type), which says in a sentence what
+    the file seems to be and what to upload instead: no list of MIME types, no server path."""
+    import gradio as gr
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        view.audio_compare(ctx, vae, UPLOAD, upload=str(path))
+    message = str(err.value)
+    assert message.startswith(f"could not read the audio file {name!r}: {says}")
+    assert message.endswith("Upload a WAV, FLAC, OGG, MP3 or M4A file, or record one")
+    assert str(tmp_path) not in message and "audio/" not in message and len(message) < 300
+    with gr.Blocks() as demo:
+        view.build_tab(ctx)
+    compare = next(f for f in demo.fns.values() if f.api_name == "audio_compare")
+    upload = compare.inputs[4]
+    assert isinstance(upload, gr.File) and not upload.file_types  # the browser refuses no type itself
+
+
+def test_a_new_upload_clears_the_previous_results(ctx, vae, tmp_path):
+    """After a new (possibly bad) upload, no figure, player or table of the previous clip stays on screen
+    under the new file's name: the upload's change empties them and says so."""
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        view.build_tab(ctx)
+    compare = next(f for f in demo.fns.values() if f.api_name == "audio_compare")
+    upload, status = compare.inputs[4], compare.outputs[0]
+    clears = [
+        f for f in demo.fns.values() if list(f.inputs) == [upload] and f.outputs and f.outputs[0] is status
+    ]
+    assert len(clears) == 1
+    results = [o for o in compare.outputs[1:]]
+    assert set(map(id, results)) <= set(map(id, clears[0].outputs))  # figure, three players, table
+    note, *values = clears[0].fn(str(tmp_path / "next_clip.wav"))
+    assert "next\\_clip.wav" in note and "cleared" in note and values == [None] * len(values)
+    note, *_ = clears[0].fn(None)
+    assert note.startswith("Input removed")
+
+
 @pytest.mark.parametrize("api_name", ["audio_compare", "audio_sample", "audio_interpolate"])
 def test_a_bad_input_marks_only_the_status_line(ctx, api_name):
     """The spinner and the "Error" badge go on the section's status Markdown alone, so a failed run leaves

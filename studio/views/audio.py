@@ -22,6 +22,7 @@ import torch
 from models.audio import compute_kl_divergence
 from studio.views.common import (
     checkpoint_picker,
+    clear_results_on_change,
     fmt,
     heatmap,
     load_checkpoint,
@@ -226,6 +227,30 @@ def _full_upload(
     return path, full, original_rate, notes, duration
 
 
+#: What a file that is not audio holds, in words (``trainers.data.fragments.file_type`` kinds).
+_NOT_AUDIO = {
+    "text": "it holds text",
+    "elf": "it is a program",
+    "compressed": "it is an archive, an image or other compressed data",
+    "bytecode": "it is compiled code",
+}
+
+
+def not_audio_message(path: Path, exc: Exception | None = None) -> str:
+    """A short message for an upload that no decoder reads: what it seems to be and what to upload
+    instead, naming the file (never its server path) rather than listing MIME types."""
+    from trainers.data.fragments import file_type
+
+    why = _NOT_AUDIO.get(file_type(path))
+    if why is None:  # the decoder's own reason, without the server's path
+        why = "no sound format this studio reads" + (f" ({exc})" if exc else "")
+        why = why.replace(str(path), path.name)
+    return (
+        f"could not read the audio file {path.name!r}: {why}. Upload a WAV, FLAC, OGG, MP3 or M4A file, or "
+        "record one"
+    )
+
+
 def _readable_audio(path: Path, tmp: Path) -> tuple[Path, int, list[str]]:
     """A file soundfile can read, its sample rate, and a note when it had to be converted first.
 
@@ -260,10 +285,7 @@ def _readable_audio(path: Path, tmp: Path) -> tuple[Path, int, list[str]]:
             else:
                 chunks += [g.to_ndarray().mean(axis=0) for g in planar.resample(None)]
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise ValueError(
-            f"could not read the audio file {path.name!r}: expected WAV, FLAC, OGG, MP3 or a browser "
-            f"recording (WebM/Opus); {exc}"
-        ) from exc
+        raise ValueError(not_audio_message(path, exc)) from None
     pcm = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if pcm.size == 0:
         raise ValueError(f"the audio file {path.name!r} holds no samples")
@@ -701,7 +723,11 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         with gr.Row():
             kind = gr.Dropdown(list(SYNTH_KINDS), value="note", label="Built-in kind")
             seed = gr.Number(value=0, precision=0, minimum=0, label="Clip seed")
-        upload = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Upload or record")
+        # Any file is accepted here and checked by the handler (not_audio_message), so a wrong type gets a
+        # sentence naming the file instead of the browser's list of MIME types; a recording lands here too.
+        upload = gr.File(label="Upload an audio file (WAV, FLAC, OGG, MP3, M4A)", type="filepath")
+        record = gr.Audio(sources=["microphone"], type="filepath", label="…or record one")
+        record.stop_recording(lambda f: f, inputs=record, outputs=upload, api_visibility="private")
         upload.change(
             lambda f: SOURCES[1] if f else gr.update(),
             inputs=upload,
@@ -789,6 +815,15 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         chosen = [checkpoint, *(extra or [])] if checkpoint else list(extra or [])
         r = audio_windows(ctx, chosen, source, kind, seed, upload, progress)
         return notes_markdown(r.notes), r.figure, {"headers": r.headers, "data": r.table}
+
+    # Results on screen belong to the clip named beside them: a new upload (or recording) clears them.
+    clear_results_on_change(
+        clip_a[3],
+        status,
+        [figure, input_audio, roundtrip_audio, recon_audio, table, windows_figure, windows_table],
+        "Reconstruct",
+    )
+    clear_results_on_change(clip_b[3], interp_status, [interp_audio, interp_figure], "Interpolate")
 
     windows_io = {
         "inputs": [checkpoint, also, *clip_a],

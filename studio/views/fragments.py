@@ -17,6 +17,7 @@ import torch
 
 from studio.views.common import (
     checkpoint_picker,
+    clear_results_on_change,
     fmt,
     load_checkpoint,
     model_call,
@@ -410,6 +411,8 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
 
     # Uploading a file is a clear intent to use it.
     upload.upload(lambda _f: SOURCES[1], inputs=upload, outputs=source, api_visibility="private")
+    # No results under another file's name, also when the new file turns out to be bad.
+    clear_results_on_change(upload, summary, [table, hex_view], "Corrupt and repair")
 
     @user_errors
     def fragments_compare(

@@ -18,6 +18,7 @@ import torch
 
 from studio.views.common import (
     checkpoint_picker,
+    clear_results_on_change,
     heatmap,
     load_checkpoint,
     model_call,
@@ -471,6 +472,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             )
 
     upload.upload(lambda _f: SOURCES[1], inputs=upload, outputs=source, api_visibility="private")
+    clear_results_on_change(upload, status, [figure, table], "Compare")  # no results under another's name
 
     @user_errors
     def compare(
