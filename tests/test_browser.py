@@ -195,3 +195,67 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
 
     (artifacts / "console-errors.txt").write_text("\n".join(page.console_errors))
     assert not page.console_errors, page.console_errors
+
+
+@pytest.fixture
+def space_studio(tmp_path):
+    """`python app.py` as on a public Space (SPACE_ID set), on its own runs folder and port."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, StudioServer, _wait_until_serving, child_env, free_port, stop_process
+
+    port = free_port()
+    runs_dir, log_path = tmp_path / "runs", tmp_path / "studio.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs_dir)],
+            cwd=ROOT,
+            env=child_env(SPACE_ID="test/studio"),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = StudioServer(f"http://127.0.0.1:{port}", port, runs_dir, log_path, process)
+    try:
+        _wait_until_serving(server, 120.0)
+        yield server
+    finally:
+        stop_process(process)  # a temporary runs folder: the app cancels its jobs as it stops
+
+
+def cancel_in_page(page, run_id: str) -> str:
+    """Select `run_id` in the Train tab, press Cancel run, and return the answer shown beside it."""
+    selected = page.locator("#train-selected input")
+    selected.fill(run_id)
+    selected.press("Enter")
+    cancel = page.locator("#train-cancel")
+    expect(cancel).to_be_enabled(timeout=15_000)
+    cancel.click()
+    answer = page.locator("#train-cancel-status")
+    expect(answer).not_to_be_empty(timeout=15_000)
+    return answer.inner_text()
+
+
+def test_a_space_visitor_cancels_their_job_after_a_reload_and_another_cannot(space_studio, browser, page):
+    """The visitor id lives in the browser: a reload keeps the visitor's jobs theirs, a stranger's page
+    (another browser profile) cannot cancel them."""
+    page.goto(space_studio.url)
+    page.locator("#tab-train").get_by_text("fragment-dae — 1D-conv denoising autoencoder").click()
+    page.locator("#train-epochs textarea, #train-epochs input").first.fill("10")
+    page.locator("#train-preset-info").get_by_text("fragment-dae").wait_for()
+    page.locator("#train-launch").click()
+    status = page.locator("#train-status")
+    status.get_by_text("Queued 1 run").wait_for()
+    run_id = re.search(r"\d{8}-\d{6}-fragment-dae-[0-9a-f]{4}", status.inner_text()).group(0)
+
+    stranger = browser.new_context().new_page()
+    try:
+        stranger.goto(space_studio.url)
+        assert "someone else" in cancel_in_page(stranger, run_id)
+    finally:
+        stranger.context.close()
+
+    page.reload()
+    answer = cancel_in_page(page, run_id)
+    assert "someone else" not in answer and "ancel" in answer, answer
