@@ -74,10 +74,10 @@ _REFERENCE: dict[str, dict[str, Any]] = {
         "model": {"base_channels": 12, "image_size": 64},
     },
     "audio": {
-        "epochs": 15,
+        "epochs": 60,
         "batch_size": 8,
         "lr": 1e-3,
-        "patience": 5,
+        "patience": 10,
         "data": "audio:folder=assets/speech/train,hop=0.25",
         "model": {"widths": [16, 32, 64, 128, 128], "latent_dim": 64},
     },
