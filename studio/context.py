@@ -76,8 +76,9 @@ def space_runs_dir(environ: Mapping[str, str] | None = None, storage: Path = SPA
 REFERENCE_PREFIX = "reference · "
 
 
-def reference_checkpoints(folder: Path = REFERENCE_DIR) -> dict[str, str]:
+def reference_checkpoints(folder: Path | None = None) -> dict[str, str]:
     """label -> folder of the shipped reference checkpoints (none when the folder is absent or empty)."""
+    folder = REFERENCE_DIR if folder is None else folder  # read at call time, so tests can point it elsewhere
     found: dict[str, str] = {}
     if not folder.is_dir():
         return found

@@ -33,6 +33,18 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 SERVER_START_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_shipped_reference_checkpoints(tmp_path_factory):
+    """In-process studio contexts list only what a test made: the shipped reference checkpoints
+    (assets/reference) would add entries to every checkpoint list. `python app.py` started by a test still
+    has them, as a user's studio does; a test about them names their folder itself."""
+    import studio.context
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(studio.context, "REFERENCE_DIR", tmp_path_factory.mktemp("no-references"))
+        yield
 # Tiny CLI runs that give each comparison tab a checkpoint: one epoch, a few steps, little data.
 CLI_RUNS: dict[str, list[str]] = {
     "sar": ["sar-baseline", "--max-steps", "2", "--data", "sar:synthetic,n=16,size=64,val=4"],

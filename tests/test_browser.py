@@ -151,6 +151,34 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     page.wait_for_function(NO_RAW_TRACES, timeout=15_000)
     assert page.evaluate(X_RANGE) == pytest.approx(zoomed)
 
+    # Media along the run: the same fragment's hex diff at the last validation, then at the first (step
+    # slider), as the trainer logged them.
+    page.locator("#media-refresh").click()
+    media_run = page.locator("#media-run input").first
+    media_run.fill(run_id)
+    media_run.press("Enter")
+    caption = page.locator("#media-caption")
+    expect(caption).to_contain_text("epoch 2", timeout=30_000)
+    expect(page.locator("#media-text")).to_contain_text("bytes corrupted", timeout=15_000)
+    step_box = page.locator("#media-step input[type=number]").first
+    step_box.fill(step_box.get_attribute("min"))
+    step_box.press("Tab")  # the slider's release event: the viewer redraws at the chosen step
+    expect(caption).to_contain_text("epoch 1", timeout=15_000)
+    page.locator("#media-caption").screenshot(path=str(artifacts / "media.png"))
+
+    # Export: the run's metrics as CSV from the Hub tab, offered as a download.
+    page.get_by_role("tab", name="Hub").click()
+    hub = page.locator("#tab-hub")
+    metric_runs = page.locator("#hub-metric-runs input").first
+    metric_runs.fill(run_id)
+    metric_runs.press("Enter")
+    page.keyboard.press("Escape")
+    page.locator("#hub-metric-export").click()
+    expect(page.locator("#hub-metric-status")).to_contain_text(f"{run_id}.csv", timeout=30_000)
+    expect(page.locator("#hub-metric-file")).to_contain_text(f"{run_id}.csv", timeout=15_000)
+    assert hub.is_visible()
+    page.get_by_role("tab", name="Train").click()
+
     cli_checkpoints.wait()
 
     # SAR: input, reconstruction and error map as one heatmap figure, plus a metrics table.

@@ -3,6 +3,8 @@ the way people and API clients name them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from markdown_it import MarkdownIt
@@ -183,3 +185,22 @@ def test_a_space_visitor_keeps_their_id_across_a_reload_and_their_loads_to_thems
             LocalContext.request.reset(token)
     finally:
         ctx.store.close()
+
+
+def test_the_shipped_reference_checkpoints_load_and_stay_under_5_mb():
+    import json
+
+    from models import VARIANTS, load_pretrained
+    from studio.context import ASSETS_DIR, reference_checkpoints
+
+    shipped = ASSETS_DIR / "reference"  # (the session's fixture points REFERENCE_DIR elsewhere)
+    found = reference_checkpoints(shipped)
+    assert sorted(found) == sorted(f"reference · {v}" for v in VARIANTS)
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    for label, folder in found.items():
+        assert sum(p.stat().st_size for p in Path(folder).iterdir()) < 5 * 2**20
+        model = load_pretrained(folder)
+        entry = manifest[model.VARIANT]
+        assert label == f"reference · {model.VARIANT}"
+        assert entry["preset"] == "reference" and entry["seed"] == 0
+        assert entry["train_minutes"] <= 15

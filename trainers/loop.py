@@ -331,7 +331,8 @@ class TrainStep:
         (the loop's cancel/pause point)."""
         use_fast = self.fast is not None and self.device is not None
         with self.fast.autocast(self.device) if use_fast else contextlib.nullcontext():
-            loss = self.task.loss(self.forward or self.model, batch)
+            # `is not None`, not `or`: a compiled module's truth value asks the model for a len() it lacks.
+            loss = self.task.loss(self.forward if self.forward is not None else self.model, batch)
         if after_forward is not None:
             after_forward()
         self.optimizer.zero_grad(set_to_none=True)
