@@ -169,13 +169,14 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     # Export: the run's metrics as CSV from the Hub tab, offered as a download.
     page.get_by_role("tab", name="Hub").click()
     hub = page.locator("#tab-hub")
-    metric_runs = page.locator("#hub-metric-runs input").first
-    metric_runs.fill(run_id)
-    metric_runs.press("Enter")
+    page.locator("#hub-metric-runs input").first.click()  # focusing it refreshes its run choices
+    page.wait_for_timeout(1000)
+    page.get_by_role("option").filter(has_text=run_id).first.click()
     page.keyboard.press("Escape")
     page.locator("#hub-metric-export").click()
     expect(page.locator("#hub-metric-status")).to_contain_text(f"{run_id}.csv", timeout=30_000)
-    expect(page.locator("#hub-metric-file")).to_contain_text(f"{run_id}.csv", timeout=15_000)
+    download = page.locator("#hub-metric-file a").first
+    expect(download).to_have_attribute("href", re.compile(rf"{run_id}\.csv$"), timeout=15_000)
     assert hub.is_visible()
     page.get_by_role("tab", name="Train").click()
 
@@ -189,7 +190,7 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     heatmaps = sar.locator(".plotly .heatmaplayer image")
     heatmaps.first.wait_for(timeout=60_000)
     assert heatmaps.count() >= 3  # input, reconstruction, error map
-    sar.locator("table", has_text="sar-baseline").first.wait_for()
+    expect(page.locator("#sar-metrics")).to_contain_text("sar-baseline", timeout=30_000)
     page.screenshot(path=str(artifacts / "sar.png"), full_page=True)
 
     # Audio: spectrograms and three players with sound in them.
@@ -261,7 +262,8 @@ def cancel_in_page(page, run_id: str) -> str:
     expect(cancel).to_be_enabled(timeout=15_000)
     cancel.click()
     answer = page.locator("#train-cancel-status")
-    expect(answer).not_to_be_empty(timeout=15_000)
+    # The status shows Gradio's "queue: 1/1 | 0.1s" while the request runs; wait for the answer itself.
+    expect(answer).to_contain_text(re.compile(r"ancel|someone else"), timeout=15_000)
     return answer.inner_text()
 
 

@@ -468,6 +468,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
             table = gr.Dataframe(
                 headers=TABLE_HEADERS,
                 label="Metrics",
+                elem_id="sar-metrics",
                 interactive=False,
                 wrap=True,
                 column_widths=["11%", "15%", "8%", "8%", "10%", "8%", "7%", "9%", "8%", "16%"],
