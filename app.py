@@ -6,13 +6,7 @@ The installed package runs the same studio as ``ae-studio``. On a Space with per
 ``/data/runs`` (unless ``STUDIO_RUNS_DIR`` says otherwise), so they survive restarts.
 """
 
-import os
-
 from studio.app import main
-from studio.context import space_runs_dir
 
 if __name__ == "__main__":
-    runs = space_runs_dir()
-    if runs is not None:
-        os.environ["STUDIO_RUNS_DIR"] = str(runs)  # also inherited by the training job processes
     raise SystemExit(main())

@@ -225,6 +225,11 @@ def _interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the studio until Ctrl-C or SIGTERM; training jobs keep running and are re-attached next time."""
+    from studio.context import space_runs_dir
+
+    runs = space_runs_dir()  # a Space with persistent storage: /data/runs, unless STUDIO_RUNS_DIR is set
+    if runs is not None:
+        os.environ["STUDIO_RUNS_DIR"] = str(runs)  # also inherited by the training job processes
     try:
         args = parse_args(argv)
     except argparse.ArgumentTypeError as exc:  # an invalid GRADIO_SERVER_PORT
