@@ -72,9 +72,9 @@ class Task:
     """Base class: subclasses define the data, the loss and the metrics of one domain."""
 
     domain = ""
-    # Validation metric that selects the `best` checkpoint, and whether lower is better.
+    # Validation metric that selects the `best` checkpoint; which way is better comes from the metric
+    # registry (trainers.loop.improved).
     monitor = "loss"
-    monitor_mode = "min"
 
     def __init__(self, variant: str, kl_weight: float = 0.01) -> None:
         self.variant = variant

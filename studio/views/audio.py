@@ -40,6 +40,7 @@ from trainers.data.audio import (
     SYNTH_KINDS,
     AudioFeatureConfig,
     audio_seconds,
+    decode_with_av,
     features_from_dict,
     load_audio,
     make_features,
@@ -262,37 +263,17 @@ def _readable_audio(path: Path, tmp: Path) -> tuple[Path, int, list[str]]:
         return path, int(sf.info(str(path)).samplerate), []
     except (RuntimeError, TypeError, ValueError):  # soundfile.LibsndfileError is a RuntimeError
         pass
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise ValueError("no audio stream")
-            stream = container.streams.audio[0]
-            rate = int(stream.rate or stream.codec_context.sample_rate)
-            # Planar float in the stream's own layout, averaged here: FFmpeg's own downmix sums the
-            # channels at -3 dB each, which would make a stereo file louder than the same file in mono.
-            planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
-            chunks: list[np.ndarray] = []
-            kept, cut = 0, False
-            for f in container.decode(stream):  # bounded: a long recording costs time, never memory
-                for g in planar.resample(f):
-                    chunks.append(g.to_ndarray().mean(axis=0).astype(np.float32))
-                    kept += len(chunks[-1])
-                if kept >= MAX_DECODE_SECONDS * rate:
-                    cut = True
-                    break
-            else:
-                chunks += [g.to_ndarray().mean(axis=0) for g in planar.resample(None)]
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise ValueError(not_audio_message(path, exc)) from None
-    pcm = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    try:  # bounded: a long recording costs time, never memory
+        pcm, rate, container = decode_with_av(path, max_seconds=MAX_DECODE_SECONDS)
+    except ValueError as exc:
+        raise ValueError(not_audio_message(path, exc.__cause__ or exc)) from None
+    cut = pcm.size >= MAX_DECODE_SECONDS * rate
     if pcm.size == 0:
         raise ValueError(f"the audio file {path.name!r} holds no samples")
     out = tmp / "decoded.wav"
     sf.write(out, pcm, rate, subtype="FLOAT")
     cut_note = [f"only its first {MAX_DECODE_SECONDS // 60} minutes were decoded"] if cut else []
-    return out, rate, [f"decoded from {container.format.name} with PyAV", *cut_note]
+    return out, rate, [f"decoded from {container} with PyAV", *cut_note]
 
 
 def _whole(value: Any, name: str) -> int:

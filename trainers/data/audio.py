@@ -484,36 +484,17 @@ def _rms_dbfs(y: np.ndarray) -> float:
     return 20 * math.log10(rms) if rms > 0 else -math.inf
 
 
-def _read_with_av(
-    path: Path, start_s: float = 0.0, max_seconds: float | None = None
-) -> tuple[np.ndarray, int]:
-    """Mono float32 samples and rate of a container soundfile cannot read (WebM/Opus, M4A/AAC, ...), decoded
-    by PyAV (its wheels carry their own FFmpeg). Channels are averaged here: FFmpeg's own downmix sums them
-    at −3 dB each, which would make a stereo file louder than the same file in mono. Only the samples from
-    ``start_s`` for ``max_seconds`` are kept, and decoding stops after them (a long recording costs time,
-    not memory)."""
+def decode_with_av(
+    path: str | Path, start_s: float = 0.0, max_seconds: float | None = None
+) -> tuple[np.ndarray, int, str]:
+    """Mono float32 samples, rate and container name of a file soundfile cannot read (WebM/Opus, M4A/AAC,
+    ...), decoded by PyAV (its wheels carry their own FFmpeg). Channels are averaged here: FFmpeg's own
+    downmix sums them at −3 dB each, which would make a stereo file louder than the same file in mono. Only
+    the samples from ``start_s`` for ``max_seconds`` are kept, and decoding stops after them (a long
+    recording costs time, not memory). Errors are ValueError, with PyAV's own error as the cause."""
     import av
 
-    if start_s > 0 or max_seconds is not None:
-        return _read_with_av_window(path, start_s, max_seconds)
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise ValueError("no audio stream")
-            stream = container.streams.audio[0]
-            rate = int(stream.rate or stream.codec_context.sample_rate)
-            planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
-            frames = [g for f in container.decode(stream) for g in planar.resample(f)]
-            chunks = [g.to_ndarray().mean(axis=0) for g in [*frames, *planar.resample(None)]]
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise ValueError(f"could not read audio file {path}: {e}") from e
-    return (np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)), rate
-
-
-def _read_with_av_window(path: Path, start_s: float, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    import av
-
+    path = Path(path)
     chunks: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
@@ -525,18 +506,26 @@ def _read_with_av_window(path: Path, start_s: float, max_seconds: float | None) 
             stop = None if max_seconds is None else first + int(round(max_seconds * rate))
             planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
             seen = 0
-            for frame in container.decode(stream):
-                for g in planar.resample(frame):
+
+            def keep(groups) -> None:
+                nonlocal seen
+                for g in groups:
                     mono = g.to_ndarray().mean(axis=0).astype(np.float32)
                     lo, hi = max(first - seen, 0), len(mono) if stop is None else min(len(mono), stop - seen)
                     if hi > lo:
                         chunks.append(mono[lo:hi])
                     seen += len(mono)
+
+            for frame in container.decode(stream):
+                keep(planar.resample(frame))
                 if stop is not None and seen >= stop:
                     break
+            else:
+                keep(planar.resample(None))  # what the resampler still holds at the end of the stream
+            name = container.format.name
     except (av.FFmpegError, OSError, ValueError) as e:
         raise ValueError(f"could not read audio file {path}: {e}") from e
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate, name
 
 
 def audio_seconds(path: str | Path) -> float | None:
@@ -570,7 +559,8 @@ def read_audio(
     try:
         info = sf.info(str(path))
     except (RuntimeError, TypeError, ValueError):  # soundfile.LibsndfileError is a RuntimeError
-        return _read_with_av(path, start_s, max_seconds)
+        samples, rate, _ = decode_with_av(path, start_s, max_seconds)
+        return samples, rate
     rate = int(info.samplerate)
     block = max(1, int(block_seconds * rate))
     start = int(round(start_s * rate))
@@ -939,6 +929,7 @@ __all__ = [
     "SyntheticAudioDataset",
     "features_from_dict",
     "audio_seconds",
+    "decode_with_av",
     "load_audio",
     "make_features",
     "read_audio",
