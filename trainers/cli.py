@@ -33,8 +33,20 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub.add_parser("train", help="train one variant"))
+    _add_runs(sub.add_parser("runs", help="list runs with status and best metrics"))
+    _add_eval(
+        sub.add_parser("eval", help="evaluate a run's best checkpoint or a checkpoint folder on any data")
+    )
+    _add_compare(sub)
+    _add_export(sub)
+    sub.add_parser("variants", help="list the model variants")
+    _add_push(sub.add_parser("push", help="push a run's best checkpoint to a Hugging Face Hub model repo"))
+    return parser
 
-    p = sub.add_parser("train", help="train one variant")
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    """Options of `train`, one a line: a new option is a one-line change."""
     p.add_argument("variant", help="variant name, e.g. sar-residual (see `python -m trainers variants`)")
     p.add_argument("--preset", choices=["smoke", "reference", "full"], default="full")
     p.add_argument("--epochs", type=int)
@@ -62,11 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("runs", help="list runs with status and best metrics")
+
+def _add_runs(p: argparse.ArgumentParser) -> None:
+    """Options of `runs`."""
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("eval", help="evaluate a run's best checkpoint or a checkpoint folder on any data")
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    """Options of `eval`."""
     p.add_argument("source", metavar="RUN_ID|CHECKPOINT_DIR")
     p.add_argument("--data", help="data spec; default: the domain's built-in data")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
@@ -75,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["best", "last"], default="best")
     p.add_argument("--json", action="store_true")
 
+
+def _add_compare(sub: Any) -> None:
+    """The `compare` subcommand and its options."""
     p = sub.add_parser(
         "compare",
         help="leaderboard: several runs/checkpoints (and classic codecs) on the same examples",
@@ -108,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
 
+
+def _add_export(sub: Any) -> None:
+    """The `export` subcommand and its options."""
     p = sub.add_parser(
         "export",
         help="every logged point of runs as CSV (Trackio's import layout), JSONL or TensorBoard event files",
@@ -120,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-media", action="store_true", help="tensorboard: scalars only, no images/audio/text")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
 
-    sub.add_parser("variants", help="list the model variants")
 
-    p = sub.add_parser("push", help="push a run's best checkpoint to a Hugging Face Hub model repo")
+def _add_push(p: argparse.ArgumentParser) -> None:
+    """Options of `push`."""
     p.add_argument("run_id")
     p.add_argument("--repo-id", help="e.g. user/sar-residual (required unless --to-folder)")
     p.add_argument("--to-folder", help="export the same folder locally instead of pushing")
@@ -131,7 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-message")
     p.add_argument("--kind", choices=["best", "last"], default="best")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
