@@ -245,7 +245,7 @@ def _no_progress(fraction: float, desc: str) -> None:  # noqa: ARG001
 
 # ---------------------------------------------------------------------------------------------------- SAR
 def _sar_items(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x (N,1,H,W), valid (N,1,H,W) bool, db_range (N,2)) of every ``(x, valid, db_range)`` SAR item."""
+    """(x (N,1,H,W), valid (N,1,H,W) bool, db_range (N,K) knots) of each ``(x, valid, db_range)`` SAR item."""
     if len(dataset) == 0:
         raise ValueError("the SAR data has no patch to compare on")
     items = [dataset[i] for i in range(len(dataset))]

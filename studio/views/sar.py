@@ -2,8 +2,8 @@
 
 The input is normalised on its own, in dB (``trainers.data.sar.normalize_db``): every checkpoint sees the
 same [0, 1] image, as in training, whatever product the pixels came from. Panels show the input and each
-reconstruction mapped back through the input's dB range, i.e. in dB of the input's own units; metrics are
-computed with the input's no-data mask and dB range.
+reconstruction mapped back through the input's dB knots, i.e. in dB of the input's own units; metrics are
+computed with the input's no-data mask and dB knots.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from studio.views.common import (
 )
 from trainers.data.sar import (
     INPUT_KINDS,
+    KNOT_PCTS,
+    KNOT_X,
     SyntheticSARDataset,
     legacy_preprocessing_note,
     normalize_db,
@@ -83,7 +85,7 @@ class SARInput:
 
     x: np.ndarray  # (H, W) float32 in [0, 1], normalised per image in dB; 0 at no-data
     valid: np.ndarray  # (H, W) bool
-    db_range: tuple[float, float]  # [db_lo, db_hi] of the whole source image
+    db_range: tuple[float, ...]  # the dB knots of the whole source image (trainers.data.sar.normalize_db)
     notes: list[str]
 
 
@@ -131,9 +133,16 @@ def crop_for_model(
     return (slice(y0, y0 + th), slice(x0, x0 + tw)), note
 
 
-def _range_note(db_range: tuple[float, float]) -> str:
-    lo, hi = db_range
-    return f"normalised per image in dB: {lo:.1f} … {hi:.1f} dB (its 0.5-99.5 % percentiles) map to 0 … 1"
+def _range_note(db_range: tuple[float, ...]) -> str:
+    if len(db_range) == 2:
+        lo, hi = db_range
+        return f"normalised per image in dB: {lo:.1f} … {hi:.1f} dB map linearly to 0 … 1"
+    pcts = ", ".join(f"{p:g}" for p in KNOT_PCTS)
+    knots = ", ".join(f"{v:.1f}" for v in db_range)
+    xs = ", ".join(f"{v:g}" for v in KNOT_X)
+    return (
+        f"normalised per image in dB, piecewise linear: {knots} dB (its {pcts} % percentiles) map to x = {xs}"
+    )
 
 
 def sar_input(
@@ -159,7 +168,7 @@ def sar_input(
             seed_i + 1, image_size=size_i, looks=looks_i or None, seed=VALIDATION_SEED_OFFSET, cache=False
         )
         scene = data.scene(seed_i)
-        x, valid, db_range = normalize_db(scene.intensity, scene.valid, data.low_pct, data.high_pct)
+        x, valid, db_range = normalize_db(scene.intensity, scene.valid, data.pcts)
         note = (
             f"synthetic {size_i}x{size_i} scene #{seed_i} ({scene.kind} reflectivity), "
             f"{scene.looks:g}-look speckle" + ("" if looks_i else " (L drawn from 1-4, as in training)")
@@ -215,11 +224,12 @@ def comparison_figure(
     labels: list[str],
     error_scale: str = ERROR_SCALES[0],
     titles: list[str] | None = None,
-    db_range: tuple[float, float] = (0.0, 1.0),
+    db_range: tuple[float, ...] = (0.0, 1.0),
 ) -> Any:
     """Input and reconstructions (top row) over their error maps (bottom row), all axes linked.
 
-    Images are in dB of the input's units and share one grey scale, ``db_range`` (NaN pixels, no-data,
+    Images are in dB of the input's units and share one grey scale, from the first to the last of the
+    ``db_range`` knots (NaN pixels, no-data,
     are left blank); the error maps share one scale among themselves, either stretched to the largest
     error of any checkpoint or the images' own span. ``labels`` (full names) go in the hover text;
     ``titles`` are the short panel titles (default: the labels), since up to seven columns must fit.
@@ -244,7 +254,7 @@ def comparison_figure(
     # Two-line titles in a small font: long names would otherwise run into the next panel's title.
     fig.update_annotations(font_size=12)
     same = error_scale == ERROR_SCALES[1]
-    lo, hi = (float(v) for v in db_range)
+    lo, hi = float(db_range[0]), float(db_range[-1])
     largest = max((float(np.nanmax(e)) for e in errors if np.isfinite(e).any()), default=0.0)
     emax = hi - lo if same else max(largest, 1e-6)
     bar = {"len": 0.42, "thickness": 12, "title": {"side": "right", "font": {"size": 11}}}
@@ -363,10 +373,12 @@ def sar_compare(
         size = int(getattr(models[0], "image_size", MAX_SIDE))
     inp = sar_input(source, seed, size, looks, upload, input_kind, patch)
     notes = list(inp.notes)
-    legacy = [m.VARIANT for m in models if legacy_preprocessing_note(getattr(m, "preprocessing", None))]
-    if legacy:
-        note = legacy_preprocessing_note({"kind": "sar-log-intensity"})
-        notes.append(f"{', '.join(dict.fromkeys(legacy))}: {note}")
+    legacy: dict[str, list[str]] = {}  # note -> the variants it applies to
+    for m in models:
+        note = legacy_preprocessing_note(getattr(m, "preprocessing", None))
+        if note:
+            legacy.setdefault(note, []).append(m.VARIANT)
+    notes += [f"{', '.join(dict.fromkeys(variants))}: {note}" for note, variants in legacy.items()]
 
     x_t = torch.from_numpy(inp.x)[None, None]
     valid_t = torch.from_numpy(inp.valid.astype(np.float32))[None, None]

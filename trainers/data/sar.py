@@ -3,14 +3,18 @@
 Real SAR spans many orders of magnitude across products (calibrated σ⁰ around 1e-3 … 50, uncalibrated
 DN² up to 1e7 and more, dB values, complex SLC samples), so no single stored constant can map them all
 onto the models' [0, 1] scale. Every image is therefore normalised on its own, in the dB domain where
-speckle is additive with a fixed variance::
+speckle is additive with a fixed variance, by a monotone piecewise-linear map (:func:`normalize_db`)::
 
-    x = clip((10·log10(I) − db_lo) / (db_hi − db_lo), 0, 1)        I = 10^((x·(db_hi − db_lo) + db_lo) / 10)
+    dB percentile of the valid pixels    0.25 %    1 %    99 %    99.75 %
+    x                                     0        0.04    0.96    1          (clipped outside)
 
-with ``db_lo``/``db_hi`` robust percentiles of the image's valid pixels (:func:`normalize_db`). Each
-example carries its ``db_range`` so a reconstruction inverts to the input's own units
-(:func:`denormalize_db`). Amplitude and intensity differ by a factor 2 in dB, which the per-image map
-absorbs: both give the same ``x``, only the units of ``db_range`` differ.
+linear in dB between the knots, so the bulk of the histogram (1st-99th percentile) is mapped affinely onto
+92 % of [0, 1] and the tails are compressed into 4 % each. An affine map of two percentiles cannot both
+fill [0, 1] and clip little on heavy-tailed data (single-look speckle's dark tail, urban point targets).
+Each example carries its knots (``db_range``, the K dB values at ``KNOT_X``) so a reconstruction inverts
+exactly to the input's own units (:func:`x_to_db`, :func:`denormalize_db`); a 2-vector [db_lo, db_hi]
+still means the older affine map. Amplitude and intensity differ by a factor 2 in dB, which the
+per-image map absorbs: both give the same ``x``, only the units of the knots differ.
 
 No-data pixels (zeros, NaN, ±inf, a GeoTIFF's GDAL_NODATA value) are not errors: they form the ``valid``
 mask, get ``x = 0``, and take no part in the statistics, the loss or the metrics.
@@ -39,14 +43,20 @@ from trainers.data.cached import CachedDataset
 SAR_EXTENSIONS = (".npy", ".tif", ".tiff", ".png")
 #: What real-valued pixels hold; "complex" also reads I/Q pairs stored as two real bands.
 INPUT_KINDS = ("auto", "intensity", "amplitude", "db", "complex")
-#: The ``preprocessing["kind"]`` of checkpoints trained with this normalisation, and of older ones.
-PREPROCESSING_KIND = "sar-db-per-image"
-LEGACY_PREPROCESSING_KINDS = ("sar-log-intensity",)
-#: Robust range of the normalisation, in percent of the valid pixels' dB values (see README: chosen so
-#: that single-look speckle, whose dB histogram has a long dark tail, still fills >= 90 % of [0, 1]
-#: between its 1st and 99th percentiles while <= 1 % of pixels clip).
-DEFAULT_LOW_PCT = 0.5
-DEFAULT_HIGH_PCT = 99.5
+#: The ``preprocessing["kind"]`` of checkpoints trained with this normalisation, and of older ones:
+#: "sar-db-per-image" was the affine map of the 0.5/99.5 % dB percentiles to 0/1, "sar-log-intensity" one
+#: global log-intensity scale for a whole training set.
+PREPROCESSING_KIND = "sar-db-piecewise"
+AFFINE_PREPROCESSING_KIND = "sar-db-per-image"
+LEGACY_PREPROCESSING_KINDS = (AFFINE_PREPROCESSING_KIND, "sar-log-intensity")
+#: The normalisation's knots: the KNOT_PCTS percentiles of an image's valid dB values map to x = KNOT_X,
+#: linearly in dB between them. The bulk (1st-99th percentile) keeps 92 % of [0, 1], linear in dB, so the
+#: normalised image fills 0.92 of [0, 1] between its 1st and 99th percentiles whatever its histogram (an
+#: affine map cannot: single-look speckle's dark tail leaves it 86-89 %); the 0.75 % of pixels in each tail
+#: between the inner and outer knots share 4 % of [0, 1], and 0.25 % at each end clip (0.5 % in all,
+#: ties included). Measured per product type in the README's "SAR normalisation" section.
+KNOT_PCTS = (0.25, 1.0, 99.0, 99.75)
+KNOT_X = (0.0, 0.04, 0.96, 1.0)
 #: A folder patch with fewer valid pixels than this fraction is not used.
 MIN_VALID_FRACTION = 0.5
 #: dB values below this are fill values (-9999, -inf …), i.e. no-data.
@@ -77,22 +87,54 @@ def _db(x: np.ndarray | float) -> np.ndarray:
     return np.power(10.0, np.asarray(x) / 10.0)
 
 
-def _check_pcts(low_pct: float, high_pct: float) -> None:
-    ok = all(
-        isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) for v in (low_pct, high_pct)
-    )
-    if not ok or not 0.0 <= low_pct < high_pct <= 100.0:
-        raise ValueError(f"need percentiles 0 <= low_pct < high_pct <= 100, got {low_pct!r} and {high_pct!r}")
-
-
 # --------------------------------------------------------------------------------------- normalisation
-def _robust_range(values: np.ndarray, low_pct: float, high_pct: float) -> tuple[float, float]:
-    """The ``low_pct``/``high_pct`` percentiles of the dB values, each placed in the gap between two levels.
+def knot_x(k: int) -> tuple[float, ...]:
+    """The x positions of ``k`` knots: (0, 1) for the old affine map, :data:`KNOT_X` for the current one."""
+    if k == 2:
+        return (0.0, 1.0)
+    if k == len(KNOT_X):
+        return KNOT_X
+    raise ValueError(
+        f"db_range must hold 2 dB values (the old affine [db_lo, db_hi]) or {len(KNOT_X)} (the dB knots at "
+        f"x = {', '.join(f'{v:g}' for v in KNOT_X)}), got {k}"
+    )
 
-    A bound sits half-way between the last value allowed to clip and the first that must not, and below
-    (above) a level that many pixels share: integer products (8-bit quick-looks, DN) put many pixels on one
-    level, which would otherwise all clip. So at most ``low_pct`` % of the pixels clip to 0 and at most
-    100 - ``high_pct`` % to 1, exactly, ties included.
+
+def db_per_x(db_range: Any) -> float:
+    """dB per unit of x in the bulk (the widest segment in x) of one knot vector: for 2 knots db_hi - db_lo.
+
+    One 8-bit step of x is ``db_per_x/255`` dB there; NaN unless the knots are finite and increase.
+    """
+    k = np.asarray(db_range, np.float64).ravel()
+    xs = np.asarray(knot_x(k.size))
+    if not (np.isfinite(k).all() and (np.diff(k) > 0).all()):
+        return math.nan
+    j = int(np.argmax(np.diff(xs)))
+    return float((k[j + 1] - k[j]) / (xs[j + 1] - xs[j]))
+
+
+def _check_pcts(pcts: Any) -> tuple[float, ...]:
+    try:
+        p = tuple(float(v) for v in pcts)
+    except (TypeError, ValueError):
+        raise ValueError(f"knot percentiles must be a sequence of numbers, got {pcts!r}") from None
+    knot_x(len(p))
+    if not all(math.isfinite(v) for v in p) or not (
+        p[0] >= 0.0 and p[-1] <= 100.0 and all(a < b for a, b in zip(p, p[1:], strict=False))
+    ):
+        raise ValueError(f"knot percentiles must increase strictly within 0 … 100, got {pcts!r}")
+    return p
+
+
+def _robust_knots(values: np.ndarray, pcts: tuple[float, ...]) -> tuple[float, ...]:
+    """The dB knots of the map at the percentiles ``pcts`` of the valid pixels' dB values.
+
+    The outer two are each placed in the gap between two levels: half-way between the last value allowed to
+    clip and the first that must not, and below (above) a level that many pixels share, so integer products
+    (8-bit quick-looks, DN) whose levels hold many pixels each clip at most ``pcts[0]`` % of the pixels to 0
+    and ``100 - pcts[-1]`` % to 1, exactly, ties included. Inner knots sit on the percentile's own value, so
+    the ``pcts[1]``-th percentile of x is exactly ``KNOT_X[1]`` (and likewise at the top); where ties make
+    two inner knots equal, the upper one moves half-way to the next knot, so the knots increase strictly.
     """
     s = np.sort(values.astype(np.float64, copy=False))
     m = s.size
@@ -111,24 +153,35 @@ def _robust_range(values: np.ndarray, low_pct: float, high_pct: float) -> tuple[
         j = int(np.searchsorted(s, v, "left"))
         return v + ((v - float(s[j - 1])) / 2 if j > 0 else 0.5)
 
-    lo = below(float(s[min(m - 1, int(low_pct / 100 * m))]))
-    hi = above(float(s[max(0, m - 1 - int((100 - high_pct) / 100 * m))]))
-    return float(lo), float(hi)
+    def at(p: float) -> float:  # the value with p % of the pixels below it (from the bottom or the top)
+        if p <= 50.0:
+            return float(s[min(m - 1, int(p / 100 * m))])
+        return float(s[max(0, m - 1 - int((100 - p) / 100 * m))])
+
+    knots = [below(at(pcts[0]))] + [at(p) for p in pcts[1:-1]] + [above(at(pcts[-1]))]
+    for j in range(1, len(knots) - 1):
+        if knots[j] <= knots[j - 1]:
+            knots[j] = (knots[j - 1] + knots[-1]) / 2
+    return tuple(float(v) for v in knots)
+
+
+def _db_to_x(db: np.ndarray, knots: tuple[float, ...]) -> np.ndarray:
+    """dB -> x by the piecewise-linear map through (knots, x positions), clipped to [0, 1] (float32)."""
+    return np.interp(db, knots, knot_x(len(knots))).astype(np.float32)
 
 
 def normalize_db(
-    intensity: np.ndarray,
-    valid: np.ndarray | None = None,
-    low_pct: float = DEFAULT_LOW_PCT,
-    high_pct: float = DEFAULT_HIGH_PCT,
-) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    """Linear intensity -> (x float32 in [0, 1], valid bool, (db_lo, db_hi)), per image in dB.
+    intensity: np.ndarray, valid: np.ndarray | None = None, pcts: Any = KNOT_PCTS
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Linear intensity -> (x float32 in [0, 1], valid bool, dB knots), per image in dB.
 
-    ``x = clip((10·log10(I) − db_lo) / (db_hi − db_lo), 0, 1)`` with db_lo/db_hi the ``low_pct``/
-    ``high_pct`` percentiles of the valid pixels' dB values. Valid pixels are those that ``valid`` allows
-    (all if None) and whose intensity is finite and > 0; the others get x = 0.
+    ``x`` is the monotone piecewise-linear map of ``10·log10(I)`` through the knots: the ``pcts``
+    percentiles of the valid pixels' dB values go to :data:`KNOT_X` (see the module docstring), below the
+    first knot x = 0, above the last x = 1. Two ``pcts`` give the older affine map (0.5/99.5 % -> 0/1).
+    Valid pixels are those that ``valid`` allows (all if None) and whose intensity is finite and > 0;
+    the others get x = 0.
     """
-    _check_pcts(low_pct, high_pct)
+    pcts = _check_pcts(pcts)
     i = np.asarray(intensity)
     if i.dtype.kind not in "biuf":
         raise ValueError(
@@ -152,47 +205,60 @@ def normalize_db(
     np.log10(i, out=db, where=ok)
     db *= 10.0
     sample = db[ok]
-    lo, hi = _robust_range(sample[:: max(1, n // _STATS_SAMPLES)], low_pct, high_pct)
-    x = db  # reuse the buffer
-    x -= np.float32(lo)
-    x /= np.float32(hi - lo)
-    np.clip(x, 0.0, 1.0, out=x)
+    knots = _robust_knots(sample[:: max(1, n // _STATS_SAMPLES)], pcts)
+    x = _db_to_x(db, knots)
     x[~ok] = 0.0
-    return x, ok, (lo, hi)
+    return x, ok, knots
 
 
-def _range_parts(x: Any, db_range: Any) -> tuple[Any, Any]:
-    """db_lo, db_hi shaped to broadcast against ``x``: one (2,) range, or (B, 2) for a batch (B, ...)."""
+def _knot_parts(x: Any, db_range: Any) -> tuple[Any, tuple[float, ...]]:
+    """The knots as a (K,) or (B, K) array/tensor shaped to broadcast against ``x``, and their x positions."""
     is_t = isinstance(x, torch.Tensor)
     r = (
         torch.as_tensor(db_range, dtype=x.dtype, device=x.device)
         if is_t
         else np.asarray(db_range, np.float64)
     )
-    if r.shape[-1:] != (2,) or r.ndim > 2:
+    if r.ndim not in (1, 2) or r.shape[-1] < 2:
         raise ValueError(
-            f"db_range must be [db_lo, db_hi] or a (B, 2) batch of them, got shape {tuple(r.shape)}"
+            "db_range must be one vector of dB knots ([db_lo, db_hi], or the "
+            f"{len(KNOT_X)} knots) or a (B, K) batch of them, got shape {tuple(r.shape)}"
         )
-    lo, hi = r[..., 0], r[..., 1]
+    xs = knot_x(int(r.shape[-1]))
     if r.ndim == 2:
         if x.ndim < 1 or x.shape[0] != r.shape[0]:
             raise ValueError(f"{r.shape[0]} dB ranges for a batch of shape {tuple(x.shape)}")
-        shape = (r.shape[0],) + (1,) * (x.ndim - 1)
-        lo, hi = lo.reshape(shape), hi.reshape(shape)
-    return lo, hi
+        r = r.reshape((r.shape[0],) + (1,) * (x.ndim - 1) + (r.shape[1],))
+    return r, xs
 
 
 def x_to_db(x: Any, db_range: Any) -> Any:
-    """Model scale -> dB of the input's own units (numpy or torch)."""
-    lo, hi = _range_parts(x, db_range)
-    return x * (hi - lo) + lo
+    """Model scale -> dB of the input's own units (numpy or torch): the inverse of :func:`normalize_db`.
+
+    ``db_range``: one knot vector, (K,), or a (B, K) batch of them for a batch ``x`` of shape (B, ...); K = 2
+    is the older affine map ``x·(db_hi − db_lo) + db_lo``, K = len(KNOT_X) the piecewise-linear one. The
+    end segments extend linearly beyond [0, 1].
+    """
+    r, xs = _knot_parts(x, db_range)
+    k = len(xs)
+    db = r[..., 0]
+    for j in range(k - 1):
+        dx = xs[j + 1] - xs[j]
+        t = x - xs[j]
+        if j > 0:
+            t = t.clamp(min=0.0) if isinstance(t, torch.Tensor) else np.maximum(t, 0.0)
+        if j < k - 2:
+            t = t.clamp(max=dx) if isinstance(t, torch.Tensor) else np.minimum(t, dx)
+        db = db + t * ((r[..., j + 1] - r[..., j]) / dx)
+    return db
 
 
 def denormalize_db(x: Any, db_range: Any) -> Any:
-    """The inverse of :func:`normalize_db` inside its range: ``I = 10^((x·(db_hi − db_lo) + db_lo)/10)``.
+    """The inverse of :func:`normalize_db` between its outer knots: intensity ``I = 10^(x_to_db(x)/10)``.
 
-    ``x`` is a numpy array or a tensor; ``db_range`` one [db_lo, db_hi] or a (B, 2) batch of ranges for a
-    batch ``x`` of shape (B, ...). Returns intensity in the input's units (float32 for numpy input).
+    ``x`` is a numpy array or a tensor; ``db_range`` one knot vector or a (B, K) batch of them for a batch
+    ``x`` of shape (B, ...) (see :func:`x_to_db`). Returns intensity in the input's units (float32 for numpy
+    input).
     """
     db = x_to_db(x, db_range)
     if isinstance(db, torch.Tensor):
@@ -201,16 +267,28 @@ def denormalize_db(x: Any, db_range: Any) -> Any:
 
 
 def legacy_preprocessing_note(preprocessing: dict[str, Any] | None) -> str:
-    """A note for checkpoints whose training normalisation differs from the per-image one, else ""."""
-    kind = (preprocessing or {}).get("kind")
+    """A note for checkpoints whose training normalisation differs from the current one, else ""."""
+    prep = preprocessing or {}
+    kind = prep.get("kind")
     if kind == PREPROCESSING_KIND:
         return ""
-    if kind in LEGACY_PREPROCESSING_KINDS or (preprocessing or {}).get("log_min") is not None:
+    now = (
+        "inputs are now normalised per image with a piecewise-linear map in dB (its "
+        + ", ".join(f"{p:g}" for p in KNOT_PCTS)
+        + " % percentiles to x = "
+        + ", ".join(f"{v:g}" for v in KNOT_X)
+        + "), so its figures may be lower than on the data it was trained on"
+    )
+    if kind == AFFINE_PREPROCESSING_KIND:
+        lo, hi = prep.get("low_pct", 0.5), prep.get("high_pct", 99.5)
+        return (
+            "this checkpoint was trained with the older affine per-image normalisation (dB "
+            f"{lo:g}-{hi:g} % percentiles mapped linearly to 0 … 1); " + now
+        )
+    if kind in LEGACY_PREPROCESSING_KINDS or prep.get("log_min") is not None:
         return (
             "this checkpoint was trained with a different normalisation (one global log-intensity scale for "
-            "its whole training set); inputs are now normalised per image in dB "
-            f"({DEFAULT_LOW_PCT:g}-{DEFAULT_HIGH_PCT:g} % percentiles), "
-            "so its figures may be lower than on the data it was trained on"
+            "its whole training set); " + now
         )
     return ""
 
@@ -548,7 +626,7 @@ class SARPatch:
 
     x: np.ndarray  # float32 (h, w) in [0, 1], 0 at no-data
     valid: np.ndarray  # bool (h, w)
-    db_range: tuple[float, float]
+    db_range: tuple[float, ...]  # the whole image's dB knots (see normalize_db)
     image: SARImage  # how the pixels were read; its arrays hold the patch only
     shape: tuple[int, int]  # the whole image's (H, W)
 
@@ -584,10 +662,10 @@ def read_sar_patch(
     )
     _, _, db_range = normalize_db(grid.intensity, grid.valid)
     intensity, valid, negatives = _convert(o.region(rows, cols), o.kind, o.iq_axis, o.nodata)
-    lo, hi = db_range
     db = np.zeros(intensity.shape, np.float32)
     np.log10(intensity, out=db, where=valid)
-    x = np.clip((db * np.float32(10.0) - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
+    db *= np.float32(10.0)
+    x = _db_to_x(db, db_range)
     x[~valid] = 0.0
     img = SARImage(
         intensity, valid, o.kind, o.detected, o.dtype, o.band, o.n_bands, grid.negative_fraction,
@@ -861,7 +939,7 @@ def _patch_origins(shape: tuple[int, ...], size: int, stride: int) -> list[tuple
     return [(y, x) for y in range(0, h - size + 1, stride) for x in range(0, w - size + 1, stride)]
 
 
-def _item(x: np.ndarray, valid: np.ndarray, db_range: tuple[float, float]) -> tuple[torch.Tensor, ...]:
+def _item(x: np.ndarray, valid: np.ndarray, db_range: tuple[float, ...]) -> tuple[torch.Tensor, ...]:
     return (
         torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[None]),
         torch.from_numpy(np.ascontiguousarray(valid, dtype=np.float32)[None]),
@@ -874,13 +952,12 @@ def normalize_patches(
     valid: np.ndarray | None = None,
     size: int = 256,
     stride: int | None = None,
-    low_pct: float = DEFAULT_LOW_PCT,
-    high_pct: float = DEFAULT_HIGH_PCT,
+    pcts: Any = KNOT_PCTS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """An intensity image -> batches x (N, 1, s, s), valid (N, 1, s, s), db_range (N, 2) of its patches,
-    all normalised with the whole image's dB range (patches with under half valid pixels are kept here:
+    """An intensity image -> batches x (N, 1, s, s), valid (N, 1, s, s), db_range (N, K) of its patches,
+    all normalised with the whole image's dB knots (patches with under half valid pixels are kept here:
     a caller choosing patches decides)."""
-    x, ok, rng = normalize_db(intensity, valid, low_pct, high_pct)
+    x, ok, rng = normalize_db(intensity, valid, pcts)
     xs = patchify(x, size, stride)
     vs = patchify(ok, size, stride)
     return (
@@ -891,7 +968,14 @@ def normalize_patches(
 
 
 # ----------------------------------------------------------------------------------------------- datasets
-class SyntheticSARDataset(CachedDataset[tuple[np.ndarray, np.ndarray, tuple[float, float]]]):
+def _prep_kind(pcts: tuple[float, ...]) -> dict[str, Any]:
+    """The checkpoint's record of the normalisation: its kind and knots (the older affine one for 2 pcts)."""
+    if len(pcts) == 2:
+        return {"kind": AFFINE_PREPROCESSING_KIND, "low_pct": pcts[0], "high_pct": pcts[1]}
+    return {"kind": PREPROCESSING_KIND, "knot_pcts": list(pcts), "knot_x": list(knot_x(len(pcts)))}
+
+
+class SyntheticSARDataset(CachedDataset[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]):
     """Simulated speckled scenes (:func:`simulate_scene`), each normalised on its own in dB.
 
     Item ``i`` is ``(x, valid, db_range)`` (see :func:`normalize_db`), a pure function of (seed, i).
@@ -907,8 +991,7 @@ class SyntheticSARDataset(CachedDataset[tuple[np.ndarray, np.ndarray, tuple[floa
         looks: float | None = None,
         seed: int = 0,
         cache: bool | None = None,
-        low_pct: float = DEFAULT_LOW_PCT,
-        high_pct: float = DEFAULT_HIGH_PCT,
+        pcts: Any = KNOT_PCTS,
     ) -> None:
         if int(n_images) < 1:
             raise ValueError(f"n_images must be at least 1, got {n_images}")
@@ -918,12 +1001,11 @@ class SyntheticSARDataset(CachedDataset[tuple[np.ndarray, np.ndarray, tuple[floa
             isinstance(looks, (int, float)) and math.isfinite(looks) and looks >= 1
         ):
             raise ValueError(f"looks must be a number >= 1 (or None: drawn from 1 … 4), got {looks!r}")
-        _check_pcts(low_pct, high_pct)
+        self.pcts = _check_pcts(pcts)
         self.n_images = int(n_images)
         self.image_size = int(image_size)
         self.looks = None if looks is None else float(looks)
         self.seed = int(seed)
-        self.low_pct, self.high_pct = float(low_pct), float(high_pct)
         # Simulating a 256x256 scene costs ~20 ms of CPU; keeping the items makes later epochs free. By
         # default only sets up to 512 MiB are kept (each DataLoader worker keeps its own copy).
         self._init_cache(
@@ -946,21 +1028,19 @@ class SyntheticSARDataset(CachedDataset[tuple[np.ndarray, np.ndarray, tuple[floa
         """The speckled intensity of image ``i`` (float32, H×W; 0 at no-data), before normalisation."""
         return self.scene(i).intensity
 
-    def compute(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    def compute(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
         """Image ``i`` as :func:`normalize_db` returns it: (x, valid, db_range) in numpy."""
         s = self.scene(i)
-        return normalize_db(s.intensity, s.valid, self.low_pct, self.high_pct)
+        return normalize_db(s.intensity, s.valid, self.pcts)
 
     def to_tensors(
-        self, item: tuple[np.ndarray, np.ndarray, tuple[float, float]]
+        self, item: tuple[np.ndarray, np.ndarray, tuple[float, ...]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _item(*item)
 
     def preprocessing(self) -> dict[str, Any]:
         return {
-            "kind": PREPROCESSING_KIND,
-            "low_pct": self.low_pct,
-            "high_pct": self.high_pct,
+            **_prep_kind(self.pcts),
             "looks": self.looks if self.looks is not None else "1-4",
         }
 
@@ -981,8 +1061,7 @@ class SARFolderDataset(Dataset):
         input_kind: str = "auto",
         stride: int | None = None,
         band: int | None = None,
-        low_pct: float = DEFAULT_LOW_PCT,
-        high_pct: float = DEFAULT_HIGH_PCT,
+        pcts: Any = KNOT_PCTS,
     ) -> None:
         self.folder = Path(folder)
         if input_kind not in INPUT_KINDS:
@@ -991,14 +1070,13 @@ class SARFolderDataset(Dataset):
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         if stride is not None and int(stride) < 1:
             raise ValueError(f"stride must be a positive integer, got {stride!r}")
-        _check_pcts(low_pct, high_pct)
+        self.pcts = _check_pcts(pcts)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"SAR image folder not found: {self.folder}")
         self.image_size = int(image_size)
         self.stride = int(stride) if stride is not None else self.image_size
         self.input_kind = input_kind
         self.band = band
-        self.low_pct, self.high_pct = float(low_pct), float(high_pct)
 
         files = sorted(
             p
@@ -1008,7 +1086,7 @@ class SARFolderDataset(Dataset):
         s = self.image_size
         self.files: list[Path] = []
         self.descriptions: list[str] = []
-        self.db_ranges: list[tuple[float, float]] = []
+        self.db_ranges: list[tuple[float, ...]] = []
         self._images: list[tuple[np.ndarray, np.ndarray]] = []
         self._index: list[tuple[int, int, int]] = []
         for p in files:
@@ -1023,7 +1101,7 @@ class SARFolderDataset(Dataset):
                     f"skipping {p}: it is {h}x{w} pixels, smaller than one {s}x{s} patch", stacklevel=2
                 )
                 continue
-            x, valid, rng = normalize_db(img.intensity, img.valid, self.low_pct, self.high_pct)
+            x, valid, rng = normalize_db(img.intensity, img.valid, self.pcts)
             origins = [
                 (y, x0)
                 for y, x0 in _patch_origins(x.shape, s, self.stride)
@@ -1064,18 +1142,18 @@ class SARFolderDataset(Dataset):
 
     def preprocessing(self) -> dict[str, Any]:
         return {
-            "kind": PREPROCESSING_KIND,
-            "low_pct": self.low_pct,
-            "high_pct": self.high_pct,
+            **_prep_kind(self.pcts),
             "input_kind": self.input_kind,
             "band": self.band,
         }
 
 
 __all__ = [
-    "DEFAULT_HIGH_PCT",
-    "DEFAULT_LOW_PCT",
     "INPUT_KINDS",
+    "KNOT_PCTS",
+    "KNOT_X",
+    "db_per_x",
+    "knot_x",
     "MIN_VALID_FRACTION",
     "NATURAL_IMAGES",
     "PREPROCESSING_KIND",

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim as _msssim_ssim
 from scipy import ndimage
 
+from trainers.data.sar import db_per_x, knot_x, x_to_db
+
 ArrayLike = np.ndarray | torch.Tensor
 
 #: PSNR reported for identical images (MSE = 0) and the ceiling for any other value, so that averages
@@ -266,25 +268,25 @@ def _as_valid_stack(valid: ArrayLike | None, shape: tuple[int, ...], name: str =
 
 
 def _db_ranges(db_range: ArrayLike, n: int) -> np.ndarray:
-    """Float64 (N, 2) [db_lo, db_hi] rows from a (2,) or (N, 2) range."""
+    """Float64 (N, K) rows of dB knots (K = 2: the old affine [db_lo, db_hi]) from a (K,) or (N, K) array."""
     r = _as_float64(db_range, "db_range")
-    if r.shape == (2,):
-        r = np.broadcast_to(r, (n, 2))
-    if r.shape != (n, 2):
-        raise ValueError(
-            f"db_range: expected shape (2,) or ({n}, 2) as [db_lo, db_hi] per image, got {r.shape}"
-        )
+    if r.ndim == 1:
+        r = np.broadcast_to(r, (n, r.shape[0]))
+    if r.ndim != 2 or r.shape[0] != n:
+        raise ValueError(f"db_range: expected shape (K,) or ({n}, K) of dB knots per image, got {r.shape}")
+    knot_x(r.shape[1])  # a clear error for a K that is no map
     return r
 
 
-def _enl_ratio_ref_one(x: np.ndarray, y: np.ndarray, valid: np.ndarray, lo: float, hi: float) -> float:
+def _enl_ratio_ref_one(x: np.ndarray, y: np.ndarray, valid: np.ndarray, knots: np.ndarray) -> float:
     """numpy/scipy reference of one image's ENL ratio (same rule as ``sar_metrics_per_image``)."""
     w, h = ENL_WINDOW, ENL_WINDOW // 2
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo) or min(x.shape) < w:
+    span = db_per_x(knots)
+    if not math.isfinite(span) or min(x.shape) < w:
         return math.nan
-    span = hi - lo
-    ix = 10.0 ** ((np.clip(x, 0, 1) - 1.0) * span / 10.0)
-    iy = 10.0 ** ((np.clip(y, 0, 1) - 1.0) * span / 10.0)
+    xs = knot_x(len(knots))  # intensity relative to the top knot, by np.interp (torch: x_to_db)
+    ix = 10.0 ** ((np.interp(np.clip(x, 0, 1), xs, knots) - knots[-1]) / 10.0)
+    iy = 10.0 ** ((np.interp(np.clip(y, 0, 1), xs, knots) - knots[-1]) / 10.0)
 
     def box(a: np.ndarray) -> np.ndarray:  # means of the boxes lying wholly inside the image
         out = ndimage.uniform_filter(a, size=w, mode="constant")[h : a.shape[0] - h, h : a.shape[1] - h]
@@ -381,8 +383,8 @@ def sar_metrics_reference(
         out["psnr_8bit"].append(min(PSNR_CAP_DB, 10 * math.log10(1 / mse8)) if mse8 > 0 else PSNR_CAP_DB)
         out["ssim"].append(_ssim_ref_one(xi, yi, vi))
         out["epi"].append(_epi_ref_one(xi, yi, vi))
-        lo, hi = (math.nan, math.nan) if ranges is None else (float(ranges[i, 0]), float(ranges[i, 1]))
-        out["enl_ratio"].append(_enl_ratio_ref_one(xi, yi, vi, lo, hi))
+        knots = np.full(2, math.nan) if ranges is None else ranges[i]
+        out["enl_ratio"].append(_enl_ratio_ref_one(xi, yi, vi, knots))
     result = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
     for key, bits in (("bpp_float32", 32), ("bpp_8bit", 8)):
         result[key] = np.full(n, latent_bits_per_pixel(zshape, (n, 1, *shape[-2:]), bits=bits))
@@ -400,7 +402,7 @@ def enl_ratio(inp: ArrayLike, recon: ArrayLike, db_range: ArrayLike, valid: Arra
         raise ValueError(f"enl_ratio: inp and recon must have the same shape, got {x.shape} and {y.shape}")
     v = _as_valid_stack(valid, x.shape)
     r = _db_ranges(db_range, len(x))
-    vals = [_enl_ratio_ref_one(x[i], y[i], v[i], float(r[i, 0]), float(r[i, 1])) for i in range(len(x))]
+    vals = [_enl_ratio_ref_one(x[i], y[i], v[i], r[i]) for i in range(len(x))]
     return _nanmean(vals)
 
 
@@ -572,12 +574,13 @@ def _db_range_tensor(db_range: ArrayLike, b: int, device: torch.device) -> torch
     if not isinstance(db_range, np.ndarray | torch.Tensor):
         db_range = np.asarray(db_range, dtype=np.float64)
     r = _as_tensor(db_range, "db_range").to(device=device, dtype=torch.float64)
-    if r.shape == (2,):
-        r = r.expand(b, 2)
-    if r.shape != (b, 2):
+    if r.ndim == 1:
+        r = r.expand(b, r.shape[0])
+    if r.ndim != 2 or r.shape[0] != b:
         raise ValueError(
-            f"db_range: expected shape (2,) or ({b}, 2) as [db_lo, db_hi] per image, got {tuple(r.shape)}"
+            f"db_range: expected shape (K,) or ({b}, K) of dB knots per image, got {tuple(r.shape)}"
         )
+    knot_x(r.shape[1])  # a clear error for a K that is no map
     return r
 
 
@@ -589,13 +592,15 @@ def _enl_ratio_per_image(
     nan = torch.full((b,), math.nan, dtype=x.dtype, device=x.device)
     if h < ENL_WINDOW or w < ENL_WINDOW:
         return nan
-    span = r[:, 1] - r[:, 0]
-    ok = torch.isfinite(span) & (span > 0)
-    span = torch.where(ok, span, torch.ones_like(span))
-    s = span.view(b, 1, 1, 1) / 10.0
-    # Intensity relative to the image's db_hi: ENL is scale-free, and this keeps the values in (0, 1].
-    ix = torch.pow(10.0, (x.clamp(0, 1) - 1.0) * s)
-    iy = torch.pow(10.0, (y.clamp(0, 1) - 1.0) * s)
+    xs = knot_x(r.shape[1])
+    ok = torch.isfinite(r).all(1) & (r.diff(dim=1) > 0).all(1)
+    r = torch.where(ok.view(b, 1), r, torch.tensor(xs, dtype=r.dtype, device=r.device).expand_as(r))
+    widest = int(np.argmax(np.diff(xs)))
+    span = (r[:, widest + 1] - r[:, widest]) / (xs[widest + 1] - xs[widest])  # dB per x in the bulk
+    top = r[:, -1].view(b, 1, 1, 1)
+    # Intensity relative to the image's top knot: ENL is scale-free, and this keeps the values in (0, 1].
+    ix = torch.pow(10.0, (x_to_db(x.clamp(0, 1), r) - top) / 10.0)
+    iy = torch.pow(10.0, (x_to_db(y.clamp(0, 1), r) - top) / 10.0)
     stack = torch.cat([ix, ix * ix, iy, iy * iy, valid, ((x <= 0) | (x >= 1)).to(x.dtype)], 1)
     k, st = ENL_WINDOW, ENL_STRIDE
     pooled = F.avg_pool2d(F.avg_pool2d(stack, (k, 1), stride=(st, 1)), (1, k), stride=(1, st))
@@ -633,10 +638,11 @@ def sar_metrics_per_image(
 
     ``x`` / ``x_hat``: (B, 1, H, W) input and reconstruction in the normalised [0, 1] dB domain; ``z``: the
     latent batch (or its shape), for bits per pixel; ``valid``: (B, 1, H, W), 1 for real data, 0 for no-data
-    (None: all valid); ``db_range``: (B, 2) or (2,) [db_lo, db_hi] that map x back to intensity
-    ``I = 10**((x*(db_hi - db_lo) + db_lo)/10)``. Returns (B,) float64 tensors keyed psnr, psnr_8bit, ssim,
-    enl_ratio, epi, mse, bpp_float32, bpp_8bit; NaN marks a value missing for that image (the registry
-    says why). No-data pixels never count:
+    (None: all valid); ``db_range``: (B, K) or (K,) dB knots that map x back to intensity
+    ``I = 10**(x_to_db(x, knots)/10)`` (``trainers.data.sar.x_to_db``: K = 2 the older affine map
+    [db_lo, db_hi], K = 4 the piecewise-linear one). Returns (B,) float64 tensors keyed psnr, psnr_8bit,
+    ssim, enl_ratio, epi, mse, bpp_float32, bpp_8bit; NaN marks a value missing for that image (the
+    registry says why). No-data pixels never count:
 
     - mse / psnr / psnr_8bit (data range 1, capped at ``PSNR_CAP_DB``): over the valid pixels.
     - ssim: mean SSIM map (Gaussian 11x11, sigma 1.5) over the windows wholly inside the image that touch
@@ -651,10 +657,11 @@ def sar_metrics_per_image(
       image's speckle CV is estimated as the 10% quantile of the boxes' CVs, and a box is homogeneous if its
       CV is at most 1.3 times that. ENL pools the moments of those boxes (mean of squared box means over mean
       box variance; brightness differences between regions do not count as speckle) and is capped at what
-      8-bit quantisation of the normalised image can show, 12 / (ln(10)/10 * (db_hi - db_lo)/255)^2
-      (about 16,000 for a 30 dB range), so a flat reconstruction gives a large but finite ratio. NaN when
-      db_range is None or not increasing, the image has fewer than 20 usable boxes, or its smoothest 10%
-      of boxes are rougher than single-look speckle (CV > 1.25): then there is no homogeneous region.
+      8-bit quantisation of the normalised image can show, 12 / (ln(10)/10 * s/255)^2 with s the dB per
+      unit x of the map's bulk (``db_per_x``; about 16,000 for 30 dB), so a flat reconstruction gives a
+      large but finite ratio. NaN when db_range is None or its knots do not increase, the image has fewer
+      than 20 usable boxes, or its smoothest 10% of boxes are rougher than single-look speckle (CV > 1.25):
+      then there is no homogeneous region.
     """
     xt, yt = _batch(x, "x"), _batch(x_hat, "x_hat")
     if xt.shape != yt.shape:
