@@ -70,6 +70,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID from its last checkpoint")
     p.add_argument("--run-id", help="attach to a run created beforehand (the studio's job manager uses this)")
     p.add_argument(
+        "--sink",
+        default=os.environ.get("AE_STUDIO_SINK") or None,
+        metavar="NAME",
+        help="Ray: send rows, status and checkpoints to the studio's result sink actor NAME "
+        "(env AE_STUDIO_SINK); files stay in a local --runs-dir (default ./runs)",
+    )
+    p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="model architecture override"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -189,7 +196,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "precision": args.precision,
     }
     model_overrides = _parse_set(args.set)
-    with RunStore(args.runs_dir) as store:
+    if args.sink:  # on a Ray node: a local store whose writes go home to the studio (trainers/ray_sink.py)
+        from trainers.ray_sink import open_sink_store
+
+        local = None if args.runs_dir == DEFAULT_RUNS_DIR else args.runs_dir
+        opened = open_sink_store(args.sink, local, run_id=args.run_id, resume=args.resume)
+    else:
+        opened = RunStore(args.runs_dir)
+    with opened as store:
         attach = store.get_run(args.run_id) if args.run_id else None
         if args.resume or (attach is not None and attach.config):
             # Resuming, or attaching to a run the studio queued: its stored config is the base, so settings
