@@ -1,11 +1,11 @@
 """The studio's job manager: every training run is its own `python -m trainers train` process.
 
-Why processes and not threads: a crash, an OOM kill or a CUDA error in a job must never take the app down,
-and a process group is the one thing that can be stopped for sure (SIGTERM, then SIGKILL) even while it
-sits in a C++ kernel. The run store is the source of truth: the trainer writes status and metrics into it,
-the manager only launches, signals and watches processes, and fills in a status when a trainer dies
-without writing one. Because everything it needs is in the store and the jobs run in their own sessions,
-the app can restart while jobs train: a new manager re-attaches to them by pid.
+The run store is the source of truth: the trainer writes status and metrics into it, the manager only
+queues runs, has a backend launch, stop and watch their trainers, and fills in a status when a trainer
+dies without writing one. Backends (`studio.backends`): local subprocesses of this machine (the default;
+see `studio.backends.local` for why processes), or Ray jobs on a cluster (`studio.backends.ray`, whose
+trainers send their results home through a sink actor). Because everything it needs is in the store, the
+app can restart while jobs train: a new manager re-attaches to them (by pid, or by Ray submission id).
 
 A run is claimed by a compare-and-set from `queued` to `running` ("starting the trainer process") before
 its process starts, so two managers on one runs folder never start the same run twice, and a restart in
@@ -20,22 +20,32 @@ stream of small ones. A job that does not fit even alone still gets a GPU of its
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import shlex
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from studio.backends.base import Ended, Job, JobBackend, describe_host
+from studio.backends.local import (  # noqa: F401 - the process helpers are this module's API for tests
+    LOG_NAME,
+    PROJECT_ROOT,
+    SECRET_VARIABLES,
+    LocalBackend,
+    _cmdline,
+    _is_run_process,
+    _poll,
+    _proc_state,
+    _tail_lines,
+    reason_tail,
+)
 from trainers.store import RunRecord, RunStore
 
 if TYPE_CHECKING:  # trainers.config imports torch; the job manager does not need it at import time
@@ -43,8 +53,6 @@ if TYPE_CHECKING:  # trainers.config imports torch; the job manager does not nee
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-LOG_NAME = "job.log"
 CANCEL_GRACE_S = 15.0
 # The domain's headline validation metric for the jobs table, first one present wins.
 KEY_METRICS: dict[str, tuple[str, ...]] = {
@@ -54,6 +62,9 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
 }
 ACTIVE: tuple[str, ...] = ("queued", "running")
 STARTING_REASON = "starting the trainer process"
+#: The reason of a run queued by `JobManager.resume`: its trainer starts with --resume (kept in the store, so
+#: a restarted app still resumes it instead of training it from scratch).
+RESUME_REASON = "queued to resume from its last checkpoint"
 # Queued runs this manager did not submit are picked up only once they are this old and have no pid: a
 # trainer started from a terminal creates its run as queued and marks it running milliseconds later.
 FOREIGN_QUEUED_MIN_AGE_S = 5.0
@@ -61,14 +72,8 @@ FOREIGN_QUEUED_MIN_AGE_S = 5.0
 # are looked for; a running run without a pid is left alone this long (another manager may be launching it).
 SWEEP_EVERY_S = 5.0
 UNCLAIMED_PID_GRACE_S = 60.0
-# Process start times from procfs are whole seconds off at most (the boot time is rounded).
-PROCESS_START_SLACK_S = 2.0
 # Share of a GPU's memory that packed jobs may budget for: the rest is for the driver and other processes.
 GPU_MEMORY_USABLE = 0.95
-REASON_TAIL_LINES = 5
-#: Environment variables never passed to a trainer: the Hub tokens (the app pushes, trainers never do).
-SECRET_VARIABLES = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN"})
-REASON_TAIL_CHARS = 600
 
 # Processes left running by shutdown(): kept referenced so that their Popen objects are not collected
 # (which warns, and reaps them behind the back of a manager that re-attached to them in this process).
@@ -142,19 +147,7 @@ class SpaceLimits:
         return cfg
 
 
-@dataclass
-class _Job:
-    run_id: str
-    pid: int
-    slot: str | None  # "cpu", "cuda:N", or None for a watched process that holds no slot of ours
-    log_path: Path
-    proc: subprocess.Popen | None = None  # None: re-attached, watched by pid
-    cancel_requested: bool = False
-    kill_at: float | None = None  # monotonic time of the SIGKILL when a cancel is not obeyed
-    killed: bool = False
-    budget: int = 0  # GPU memory bytes reserved for it on its GPU (0 on the CPU)
-    started: float = field(default_factory=time.monotonic)
-    time_limited: bool = False  # stopped by the Space's wall-time limit
+_Job = Job  # the name before the backends moved it
 
 
 class JobManager:
@@ -166,6 +159,10 @@ class JobManager:
 
     `gpu_memory` ({gpu index: bytes}) and `job_memory` (run config -> bytes) replace the detected GPU
     memory and the counted job budgets, for tests and for machines where the defaults are wrong.
+
+    `backend` runs the trainers: None = subprocesses of this machine; a `studio.backends.ray.RayBackend`
+    submits every queued run to a Ray cluster at once with its resource needs, and Ray places it. Runs of
+    this host that an earlier local manager started are still watched by pid either way.
     """
 
     def __init__(
@@ -181,6 +178,7 @@ class JobManager:
         gpu_memory: Mapping[int, int] | None = None,
         job_memory: Callable[[dict[str, Any]], int] | None = None,
         space_limits: SpaceLimits | None = None,
+        backend: JobBackend | None = None,
     ) -> None:
         if isinstance(cpu_slots, bool) or not isinstance(cpu_slots, int) or cpu_slots < 1:
             raise ValueError(f"cpu_slots must be a positive int, got {cpu_slots!r}")
@@ -216,6 +214,8 @@ class JobManager:
             raise ValueError(f"gpu_memory has no size for GPU(s) {missing}")
         if job_memory is not None and not callable(job_memory):
             raise ValueError(f"job_memory must be a function of a run config, got {job_memory!r}")
+        if backend is not None and not isinstance(backend, JobBackend):
+            raise ValueError(f"backend must be a studio.backends JobBackend or None, got {backend!r}")
         self.runs_dir = Path(runs_dir).resolve()
         if store is not None and Path(store.runs_dir).resolve() != self.runs_dir:
             raise ValueError(f"store is for {store.runs_dir}, but the job manager was given {runs_dir}")
@@ -239,9 +239,17 @@ class JobManager:
         self._wake = threading.Event()
         self._closed = False
         self._next_sweep = 0.0
+        self._local = LocalBackend(self.runs_dir, self.store, self.python, cpu_slots, self.gpus)
+        self.backend: JobBackend = backend if backend is not None else self._local
+        # The launching backend first; the local one also watches this host's processes of earlier managers.
+        self._backends: list[JobBackend] = [self.backend] + ([self._local] if backend is not None else [])
         try:
+            if backend is not None:
+                backend.bind(self.runs_dir, self.store)
             self._sweep(startup=True)
         except BaseException:
+            if backend is not None:
+                backend.close(jobs_left=True)
             if self._own_store:
                 self.store.close()
             raise
@@ -274,7 +282,7 @@ class JobManager:
                     f"you already have {len(mine)} jobs queued or running; this public Space allows "
                     f"{limits.max_jobs_per_visitor} per visitor: cancel one or wait for it to finish"
                 )
-        if self.gpus and cfg.device != "cpu":
+        if self._has_gpu() and cfg.device != "cpu":
             self._budget(cfg.to_dict())  # counted now, in the caller's thread, not under the scheduler lock
         # The trainer attached with --run-id starts from this stored config, so every setting reaches it
         # (create_run refuses a config that is not JSON).
@@ -294,7 +302,35 @@ class JobManager:
         """
         from trainers.settings import validate_run  # the one validation layer: CLI, Train tab and API too
 
-        return validate_run(variant, preset, has_gpu=bool(self.gpus), **settings)
+        return validate_run(variant, preset, has_gpu=self._has_gpu(), **settings)
+
+    def _has_gpu(self) -> bool:
+        """Whether a run with device auto trains on a GPU: this machine's, or the Ray cluster's."""
+        cluster = self.backend.has_gpu()
+        return bool(self.gpus) if cluster is None else cluster
+
+    def resume(self, run_id: str, requester: str | None = None) -> str:
+        """Queue an ended run (failed or cancelled) to continue from its last checkpoint; returns a message.
+
+        The trainer starts with ``--resume``: same run id, its curves go on from the checkpoint's step.
+        `requester` (the browser session on a public Space) may resume only the runs it submitted.
+        """
+        self._check_open()
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise ValueError(f"no run with id {run_id!r} in {self.runs_dir}")
+        if requester is not None and run.owner != requester:
+            raise PermissionError(f"run {run_id} was started by someone else; only they may resume it")
+        if run.status not in ("failed", "cancelled"):
+            raise ValueError(f"run {run_id} is {run.status}; only a failed or cancelled run can be resumed")
+        if not run.last_checkpoint:
+            raise ValueError(f"run {run_id} saved no 'last' checkpoint, so there is nothing to resume from")
+        if not self.store.set_status(run_id, "queued", RESUME_REASON, from_statuses=("failed", "cancelled")):
+            raise ValueError(f"run {run_id} changed status meanwhile; try again")
+        with self._lock:
+            self._submitted.add(run_id)
+        self._wake.set()
+        return f"Queued {run_id} to resume from its last checkpoint (step {run.step})."
 
     def cancel(self, run_id: str, requester: str | None = None) -> str:
         """Cancel a queued or running run; returns a message for the user (no change for ended runs).
@@ -321,11 +357,16 @@ class JobManager:
                         return f"Cancelled {run_id} before it started."
                     continue
                 job = self._jobs.get(run_id)
-                if job is not None and not _poll(job)[0]:  # it just ended: record how, then look again
-                    self._monitor()
+                if job is not None and self._backend_of(job).poll(job) is not None:
+                    self._monitor()  # it just ended: record how, then look again
                     continue
                 job = job or self._adopt(run)
                 if job is None:
+                    if self._owner(run) is None and (run.host or "").startswith("ray:"):
+                        return (
+                            f"Run {run_id} runs on the Ray cluster ({describe_host(run.host)}); cancel it "
+                            "from a studio started with --backend ray on that cluster."
+                        )
                     if run.host and run.host != self.host:
                         return f"Run {run_id} runs on host {run.host}; cancel it there."
                     if run.pid == os.getpid():
@@ -342,12 +383,10 @@ class JobManager:
                     return f"Run {run_id} is already being cancelled."
                 job.cancel_requested = True
                 job.kill_at = time.monotonic() + self.cancel_grace
-                self._signal(job, signal.SIGTERM)
+                backend = self._backend_of(job)
+                backend.stop(job)
                 self._wake.set()
-                return (
-                    f"Cancelling {run_id}: sent SIGTERM to its trainer (pid {job.pid}); it stops after the "
-                    f"current step and saves its last checkpoint, or is killed after {self.cancel_grace:g} s."
-                )
+                return backend.describe_stop(job, self.cancel_grace)
         return f"Run {run_id} kept changing status; try again."
 
     def jobs(self) -> list[dict[str, Any]]:
@@ -355,7 +394,8 @@ class JobManager:
 
         Keys: id, variant, domain, status, epoch, step, metric ("val/<name>" of the domain's key metric),
         best (its best value so far or None), elapsed (seconds since the start, None while queued),
-        device, reason; the person's labels name, tags, note; the settings (`studio.progress.SETTINGS`);
+        device, where (the host, or "ray node <ip>", that runs it; None while unknown), reason; the person's
+        labels name, tags, note; the settings (`studio.progress.SETTINGS`);
         progress (`studio.progress.progress`: epoch_now, epochs, total_steps, percent, steps_per_s, eta_s),
         queue_position (1 = next to start; None unless queued), queue_wait_s (its estimated longest wait on
         a public Space, see `queue_wait`), and for running trainers of this host
@@ -388,6 +428,7 @@ class JobManager:
                     "best": best,
                     "elapsed": elapsed,
                     "device": run.device,
+                    "where": describe_host(run.host),
                     "reason": run.reason,
                     "name": run.name,
                     "tags": list(run.tags),
@@ -425,8 +466,8 @@ class JobManager:
             raise ValueError(f"no run with id {run_id!r} {where}")
         if self.space_limits is not None and requester is not None and run.owner != requester:
             raise ValueError(f"the log of run {run_id} is private to the visitor who launched it")
-        path = Path(run.log_path) if run.log_path else self.store.run_dir(run_id) / LOG_NAME
-        text = "\n".join(_tail_lines(path, n))
+        backend = self._owner(run) or self._local
+        text = "\n".join(backend.log_lines(run, n))
         return scrub_paths(text, self.runs_dir) if self.space_limits is not None else text
 
     def running_jobs(self) -> list[str]:
@@ -447,6 +488,7 @@ class JobManager:
         self._wake.set()
         if self._thread is not threading.current_thread():
             self._thread.join()
+        left: set[str] = {self.backend.name}  # unknown until the jobs are counted below
         try:
             if cancel_running:
                 with self._lock:
@@ -454,7 +496,7 @@ class JobManager:
                         if not job.cancel_requested:
                             job.cancel_requested = True
                             job.kill_at = time.monotonic() + self.cancel_grace
-                            self._signal(job, signal.SIGTERM)
+                            self._backend_of(job).stop(job)
                 deadline = time.monotonic() + self.cancel_grace + 10.0
                 while self._jobs and time.monotonic() < deadline:
                     with self._lock:
@@ -462,10 +504,15 @@ class JobManager:
                     time.sleep(min(self.poll_interval, 0.2))
             with self._lock:
                 _DETACHED.extend(job.proc for job in self._jobs.values() if job.proc is not None)
+                left = {job.backend for job in self._jobs.values()}
                 self._jobs.clear()
         finally:
-            if self._own_store:
-                self.store.close()
+            try:
+                if self.backend is not self._local:
+                    self.backend.close(jobs_left=self.backend.name in left)
+            finally:
+                if self._own_store:
+                    self.store.close()
 
     def __enter__(self) -> JobManager:
         return self
@@ -497,23 +544,24 @@ class JobManager:
     def _monitor(self) -> None:
         now = time.monotonic()
         for job in list(self._jobs.values()):
-            alive, code = _poll(job)
+            backend = self._backend_of(job)
+            ended = backend.poll(job)
             limits = self.space_limits
             timed_out = limits is not None and now - job.started > limits.max_seconds
-            if alive and timed_out and not job.cancel_requested:
+            if ended is None and timed_out and not job.cancel_requested:
                 job.time_limited = job.cancel_requested = True
                 job.kill_at = now + self.cancel_grace
-                self._signal(job, signal.SIGTERM)
-            if alive:
+                backend.stop(job)
+            if ended is None:
                 if job.kill_at is not None and now >= job.kill_at and not job.killed:
                     job.killed = True
-                    self._signal(job, signal.SIGKILL)
+                    backend.kill(job)
                 continue
             del self._jobs[job.run_id]
-            self._finish(job, code)
+            self._finish(job, ended)
 
-    def _finish(self, job: _Job, code: int | None) -> None:
-        """The job's process is gone: give the run an end status unless the trainer wrote one."""
+    def _finish(self, job: Job, ended: Ended) -> None:
+        """The job's trainer is gone: give the run an end status unless the trainer wrote one."""
         run = self.store.get_run(job.run_id)
         if run is None or run.is_terminal:
             return
@@ -521,29 +569,41 @@ class JobManager:
             reason = f"Space time limit: stopped after {self.space_limits.max_seconds:g} s of wall time"
             self.store.set_status(job.run_id, "cancelled", reason, from_statuses=ACTIVE)
             return
-        if job.cancel_requested:
-            how = "killed with SIGKILL after the grace period" if job.killed else "stopped by SIGTERM"
-            reason = f"cancelled (trainer {how}; {_describe_exit(code)})"
-            self.store.set_status(job.run_id, "cancelled", reason, from_statuses=ACTIVE)
+        if job.cancel_requested or ended.stopped:
+            self.store.set_status(job.run_id, "cancelled", f"cancelled ({ended.what})", from_statuses=ACTIVE)
             return
-        if job.proc is None and code is None:
-            what = f"trainer process {job.pid} ended without reporting a status (exit code unknown)"
-        else:
-            what = f"trainer exited with {_describe_exit(code)}"
-        tail = _reason_tail(job.log_path)
+        tail = reason_tail(self._backend_of(job).log_lines(run, 50))
+        what = ended.what
         reason = f"{what}; last log lines: {tail}" if tail else f"{what}; its log is empty"
         self.store.set_status(job.run_id, "failed", reason, from_statuses=ACTIVE)
 
+    def _backend_of(self, job: Job) -> JobBackend:
+        return next((b for b in self._backends if b.name == job.backend), self._local)
+
+    def _owner(self, run: RunRecord) -> JobBackend | None:
+        """The backend of this manager that runs `run`, or None (another host, a Ray run without Ray)."""
+        return next((b for b in self._backends if b.owns(run)), None)
+
     def _sweep(self, startup: bool = False) -> None:
-        """Watch running runs of this host that no one watches; fail those whose process is gone."""
+        """Watch running runs of this manager's backends that no one watches; fail those that are gone."""
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
         for run in self.store.list_runs(statuses="running"):
-            if run.id in self._jobs or (run.host and run.host != self.host) or run.pid == os.getpid():
+            owner = self._owner(run)
+            if run.id in self._jobs or owner is None or run.pid == os.getpid():
                 continue  # watched already, elsewhere, or trained inside this very process
+            if owner is not self._local:  # a Ray run: its backend re-attaches by submission id
+                if self._adopt(run) is None:
+                    self.store.set_status(
+                        run.id,
+                        "failed",
+                        "its Ray job was never submitted (app stopped during the launch?)",
+                        from_statuses=("running",),
+                    )
+                continue
             if run.pid is None:
                 if run.started_at is not None and time.time() - run.started_at < UNCLAIMED_PID_GRACE_S:
                     continue
-                tail = _reason_tail(self._log_path(run))
+                tail = reason_tail(self._local.log_lines(run, 50))
                 self.store.set_status(
                     run.id,
                     "failed",
@@ -553,37 +613,22 @@ class JobManager:
                 )
                 continue
             if self._adopt(run) is None:
-                tail = _reason_tail(self._log_path(run))
+                tail = reason_tail(self._local.log_lines(run, 50))
                 when = "app restarted?" if startup else "it ended without reporting a status"
                 reason = f"trainer process {run.pid} is gone ({when})"
                 reason += f"; last log lines: {tail}" if tail else ""
                 self.store.set_status(run.id, "failed", reason, from_statuses=("running",))
 
-    def _adopt(self, run: RunRecord) -> _Job | None:
-        """Start watching the live trainer process of a running run of this host (None when it is gone)."""
-        if run.pid is None or run.pid == os.getpid() or (run.host and run.host != self.host):
+    def _adopt(self, run: RunRecord) -> Job | None:
+        """Start watching the live trainer of a running run (None when it is gone or not ours to watch)."""
+        owner = self._owner(run)
+        job = owner.adopt(run) if owner is not None else None
+        if job is None:
             return None
-        if not _is_run_process(run.pid, run.id, run.started_at):
-            return None
-        job = _Job(run.id, run.pid, self._slot_of(run), self._log_path(run))
         if job.slot is not None and job.slot.startswith("cuda"):
             job.budget = self._budget(run.config)
         self._jobs[run.id] = job
-        log.info("re-attached to run %s (pid %d)", run.id, run.pid)
         return job
-
-    def _slot_of(self, run: RunRecord) -> str | None:
-        # The pinned GPU is in the process environment; fall back on the device the trainer recorded.
-        env = _environ(run.pid) if run.pid is not None else None
-        visible = (env or {}).get("CUDA_VISIBLE_DEVICES")
-        if visible is not None and visible.strip().isdigit() and int(visible) in self.gpus:
-            return f"cuda:{int(visible)}"
-        if visible == "" or (run.device or "").startswith("cpu"):
-            return "cpu"
-        return None
-
-    def _log_path(self, run: RunRecord) -> Path:
-        return Path(run.log_path) if run.log_path else self.store.run_dir(run.id) / LOG_NAME
 
     def _schedule(self) -> None:
         queued = self.store.list_runs(statuses="queued")
@@ -596,13 +641,18 @@ class JobManager:
             ):
                 continue
             want = str(run.config.get("device", "auto"))
-            if want == "cuda" and not self.gpus:
+            if want == "cuda" and not self._has_gpu():
+                where = "the Ray cluster has" if self.backend.places_jobs else "this machine has"
                 self.store.set_status(
                     run.id,
                     "failed",
-                    "the run asks for a GPU (device cuda) but this machine has none",
+                    f"the run asks for a GPU (device cuda) but {where} none",
                     from_statuses=("queued",),
                 )
+                continue
+            if self.backend.places_jobs:  # the cluster places it: submit it now with its resource needs
+                on_gpu = want != "cpu" and self._has_gpu()
+                self._launch(run, "cuda" if on_gpu else "cpu", self._budget(run.config) if on_gpu else 0)
                 continue
             if want == "cpu" or not self.gpus:
                 if self._free_cpu_slot():
@@ -666,69 +716,20 @@ class JobManager:
         return _BUDGETS[key]
 
     def _launch(self, run: RunRecord, slot: str, budget: int = 0) -> None:
+        resume = run.reason == RESUME_REASON
         if not self.store.set_status(run.id, "running", STARTING_REASON, from_statuses=("queued",)):
             return  # cancelled, or claimed by another manager, since we listed it
         self._submitted.discard(run.id)
-        folder = self.store.run_dir(run.id)
-        log_path = folder / LOG_NAME
-        device = "cpu" if slot == "cpu" else "cuda"
-        # Only where and as what to run: the trainer reads every setting from the run's stored config.
-        cmd = [self.python, "-m", "trainers", "train", run.variant, "--run-id", run.id]
-        cmd += ["--runs-dir", str(self.runs_dir), "--no-progress", "--device", device]
-        env = self._environment(slot)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "ab") as handle:
-                pin = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r}"
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                handle.write(f"[studio {stamp}] {pin} {shlex.join(cmd)}\n".encode())
-                handle.flush()
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    cwd=PROJECT_ROOT,
-                    env=env,
-                    start_new_session=True,  # own process group: a cancel reaches the trainer's workers too
-                    close_fds=True,
-                )
-        except OSError as exc:
+            job = self.backend.launch(run, slot, budget, resume=resume)
+        except (OSError, RuntimeError) as exc:
             self.store.set_status(run.id, "failed", f"could not start the trainer process: {exc}")
             return
-        self._jobs[run.id] = _Job(run.id, proc.pid, slot, log_path, proc=proc, budget=budget)
-        self.store.update_run(run.id, pid=proc.pid, host=self.host, device=slot, log_path=str(log_path))
-        log.info("started run %s on %s (pid %d)", run.id, slot, proc.pid)
+        self._jobs[run.id] = job
 
     def _environment(self, slot: str) -> dict[str, str]:
-        # Trainers never talk to the Hub: no token (HF_TOKEN, a Space's secrets) reaches their processes.
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"  # the log must show lines as they happen, not when a buffer fills
-        if slot == "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = slot.split(":", 1)[1]
-        # Concurrent jobs share the cores; each one spinning up a thread per core would thrash (OpenMP
-        # threads busy-wait). An explicit setting in the app's environment wins.
-        sharing = self.cpu_slots if slot == "cpu" else len(self.gpus)
-        threads = str(max(1, (os.cpu_count() or 1) // max(1, sharing)))
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env.setdefault(name, threads)
-        return env
-
-    def _signal(self, job: _Job, sig: signal.Signals) -> None:
-        """Signal the job's process group (it leads one when a manager started it), else the process."""
-        try:
-            group = os.getpgid(job.pid)
-            if group == job.pid and group != os.getpgrp():
-                os.killpg(group, sig)
-            else:
-                os.kill(job.pid, sig)
-        except ProcessLookupError:
-            pass  # it ended meanwhile; the monitor sees that
-        except PermissionError as exc:
-            log.warning("cannot signal run %s (pid %d): %s", job.run_id, job.pid, exc)
+        """The environment of a local trainer pinned to `slot` (no Hub token in it)."""
+        return self._local._environment(slot)
 
     def _key_metric(self, run: RunRecord) -> tuple[str | None, float | None]:
         best = self.store.best_metrics(run.id)
@@ -786,120 +787,3 @@ def _detect_gpus() -> list[int]:
     except Exception:  # a broken CUDA install must not stop the studio: train on CPU
         log.warning("could not count CUDA devices; training on CPU", exc_info=True)
         return []
-
-
-def _proc_state(pid: int) -> str:
-    """'alive', 'zombie' or 'gone'."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return "gone"
-    except OSError:  # no procfs (macOS): ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return "gone"
-        except PermissionError:
-            return "alive"
-        return "alive"
-    state = stat.rsplit(")", 1)[-1].split()[:1]
-    return "zombie" if state and state[0] in ("Z", "X") else "alive"
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _environ(pid: int) -> dict[str, str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return None
-    pairs = (part.decode(errors="replace").partition("=") for part in raw.split(b"\0") if part)
-    return {key: value for key, _, value in pairs}
-
-
-def _process_start(pid: int) -> float | None:
-    """When the process started (Unix time, to about a second), or None without procfs."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime")
-        )
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: starttime in ticks
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
-def _is_run_process(pid: int, run_id: str, started_at: float | None) -> bool:
-    """Whether `pid` is still the process that trains this run, and not a recycled pid.
-
-    A process whose command line names the run (the manager's `--run-id`, a `--resume`) is it. So is one
-    that started before the run did: a trainer started from a terminal or a script that calls `train()`
-    (a recycled pid belongs to a process started after the original one ended).
-    """
-    if _proc_state(pid) != "alive":
-        return False
-    args = _cmdline(pid)
-    if args is None:  # without procfs (macOS) the live pid is all there is to go on
-        return not Path("/proc").is_dir()
-    if run_id in args:
-        return True
-    start = _process_start(pid)
-    return start is not None and started_at is not None and start <= started_at + PROCESS_START_SLACK_S
-
-
-def _poll(job: _Job) -> tuple[bool, int | None]:
-    """(alive, exit code); the code is None when unknown (a re-attached process that is not our child)."""
-    if job.proc is not None:
-        code = job.proc.poll()
-        return code is None, code
-    state = _proc_state(job.pid)
-    if state == "alive":
-        return True, None
-    if state == "zombie":  # reap it when it is our child (a re-attach within the same process)
-        with contextlib.suppress(ChildProcessError, OSError):
-            pid, status = os.waitpid(job.pid, os.WNOHANG)
-            if pid == job.pid:
-                return False, os.waitstatus_to_exitcode(status)
-    return False, None
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exit code unknown"
-    if code < 0:
-        try:
-            return f"code {code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return f"code {code} (signal {-code})"
-    return f"code {code}"
-
-
-def _tail_lines(path: Path, n: int, max_bytes: int = 256 * 1024) -> list[str]:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            start = max(0, size - max_bytes)
-            handle.seek(start)
-            data = handle.read()
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    if start > 0 and lines:
-        lines = lines[1:]  # the first line was cut by the seek
-    return lines[-n:]
-
-
-def _reason_tail(path: Path) -> str:
-    """The last few non-empty log lines on one line, for a run's reason (the table shows one line)."""
-    lines = [line.strip() for line in _tail_lines(path, 50) if line.strip()]
-    text = " | ".join(lines[-REASON_TAIL_LINES:])
-    return text if len(text) <= REASON_TAIL_CHARS else "..." + text[-REASON_TAIL_CHARS:]
