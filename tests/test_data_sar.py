@@ -16,6 +16,8 @@ from PIL import Image
 from scipy import stats
 
 from trainers.data.sar import (
+    KNOT_PCTS,
+    KNOT_X,
     PREPROCESSING_KIND,
     SARFolderDataset,
     SyntheticSARDataset,
@@ -30,6 +32,7 @@ from trainers.data.sar import (
     read_sar_image,
     simulate_reflectivity,
     simulate_scene,
+    x_to_db,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,39 +139,85 @@ def test_normalize_db_formula_mask_and_round_trip():
     intensity[:4] = 0.0
     intensity[10, 10] = np.nan
     intensity[11, 11] = np.inf
-    x, valid, (lo, hi) = normalize_db(intensity)
+    x, valid, knots = normalize_db(intensity)
     db = 10 * np.log10(intensity[valid])
+    n = db.size
     assert valid.sum() == 64 * 60 - 2 and not valid[:4].any() and not valid[10, 10] and not valid[11, 11]
-    # Robust percentiles: the bounds sit in the gap at 0.5 % and 99.5 % of the sorted valid dB values.
-    assert np.percentile(db, 0.4) <= lo <= np.percentile(db, 0.6)
-    assert np.percentile(db, 99.4) <= hi <= np.percentile(db, 99.6)
-    assert (db <= lo).sum() == int(0.005 * db.size) and (db >= hi).sum() == int(0.005 * db.size)
-    np.testing.assert_allclose(x[valid], np.clip((db - lo) / (hi - lo), 0, 1), atol=1e-5)
+    assert len(knots) == len(KNOT_X) == len(KNOT_PCTS) == 4 and np.all(np.diff(knots) > 0)
+    # The outer knots sit in the gap at 0.25 % / 99.75 % of the sorted dB values: exactly that many clip.
+    assert (db <= knots[0]).sum() == int(0.0025 * n) and (db >= knots[3]).sum() == int(0.0025 * n)
+    # The inner knots are the 1st / 99th percentile values themselves.
+    s = np.sort(db)
+    assert knots[1] == pytest.approx(s[int(0.01 * n)], abs=1e-5)
+    assert knots[2] == pytest.approx(s[n - 1 - int(0.01 * n)], abs=1e-5)
+    # x is linear in dB between the knots (reference: the segment formula written out), clipped outside.
+    seg = np.clip(np.searchsorted(knots, db, "right") - 1, 0, 2)
+    k, xs = np.asarray(knots), np.asarray(KNOT_X)
+    want = xs[seg] + (db - k[seg]) * (xs[seg + 1] - xs[seg]) / (k[seg + 1] - k[seg])
+    np.testing.assert_allclose(x[valid], np.clip(want, 0, 1), atol=2e-6)
     assert x.dtype == np.float32 and np.all(x[~valid] == 0)
-    assert ((x[valid] == 0) | (x[valid] == 1)).mean() <= 0.01
+    assert ((x[valid] == 0) | (x[valid] == 1)).mean() <= 0.005
+    p1, p99 = np.percentile(x[valid], [1, 99], method="lower")
+    assert p1 == pytest.approx(0.04, abs=1e-6) and p99 >= 0.96 - 1e-3
     inside = valid & (x > 0) & (x < 1)
-    np.testing.assert_allclose(denormalize_db(x, (lo, hi))[inside], intensity[inside], rtol=1e-4)
-    # Scaling the image (another calibration or display gain) only shifts the range: x is unchanged.
-    x2, _, (lo2, hi2) = normalize_db(intensity * 1e4)
+    np.testing.assert_allclose(denormalize_db(x, knots)[inside], intensity[inside], rtol=1e-4)
+    # Scaling the image (another calibration or display gain) only shifts the knots: x is unchanged.
+    x2, _, knots2 = normalize_db(intensity * 1e4)
     np.testing.assert_allclose(x2, x, atol=1e-5)
-    assert (lo2 - lo, hi2 - hi) == pytest.approx((40.0, 40.0), abs=1e-3)
-    # A mask given by the caller is honoured too; percentiles are configurable.
+    np.testing.assert_allclose(np.subtract(knots2, knots), 40.0, atol=1e-3)
+    # A mask given by the caller is honoured too.
     mask = np.ones_like(valid)
     mask[:, :32] = False
     assert not normalize_db(intensity, mask)[1][:, :32].any()
-    lo1, hi1 = normalize_db(intensity, low_pct=5, high_pct=95)[2]
-    assert lo1 > lo and hi1 < hi
+    # Two percentiles give the older affine map of the 0.5/99.5 % percentiles (old checkpoints).
+    xa, _, (lo, hi) = normalize_db(intensity, pcts=(0.5, 99.5))
+    assert (db <= lo).sum() == int(0.005 * n) and (db >= hi).sum() == int(0.005 * n)
+    np.testing.assert_allclose(xa[valid], np.clip((db - lo) / (hi - lo), 0, 1), atol=1e-5)
+
+
+def test_piecewise_map_inverts_exactly():
+    """x -> dB -> x is the identity on [0, 1] (numpy and torch, one knot vector or a batch)."""
+    knots = (-31.5, -24.0, 3.2, 9.9)
+    x = np.linspace(0.0, 1.0, 1001)
+    db = x_to_db(x, knots)
+    assert np.all(np.diff(db) > 0)
+    np.testing.assert_allclose(db[[0, 40, 960, 1000]], knots, atol=1e-9)  # the knots sit at KNOT_X
+    np.testing.assert_allclose(np.interp(db, knots, KNOT_X), x, atol=1e-12)  # the forward map of the dB
+    # A normalised image -> intensity in its own units -> the same map again gives x back, every valid
+    # pixel (clipped ones included: they invert to the outer knots).
+    rng = np.random.default_rng(3)
+    image = rng.exponential(1.0, (96, 96)) * 10 ** rng.uniform(-2, 2, (96, 96))  # 1-look, 40 dB of texture
+    xi, valid, ki = normalize_db(image)
+    again = np.interp(10 * np.log10(denormalize_db(xi, ki).astype(np.float64)), ki, KNOT_X)
+    np.testing.assert_allclose(again[valid], xi[valid], atol=2e-6)
+    # torch agrees with numpy, for one vector and for a (B, K) batch.
+    torch.testing.assert_close(x_to_db(torch.from_numpy(x), knots), torch.from_numpy(db))
+    batch = torch.tensor([knots, (0.0, 10.0, 20.0, 30.0)], dtype=torch.float64)
+    xt = torch.from_numpy(np.stack([x, x]))
+    got = x_to_db(xt, batch)
+    torch.testing.assert_close(got[0], torch.from_numpy(db))
+    np.testing.assert_allclose(got[1].numpy(), np.interp(x, KNOT_X, (0.0, 10.0, 20.0, 30.0)), atol=1e-9)
+    np.testing.assert_allclose(denormalize_db(x, knots), 10 ** (db / 10), rtol=1e-6)
+    with pytest.raises(ValueError, match="2 dB values"):
+        x_to_db(x, (0.0, 1.0, 2.0))
 
 
 def test_denormalize_db_on_torch_batches():
     x = torch.rand(3, 1, 8, 8)
-    ranges = torch.tensor([[-20.0, 5.0], [0.0, 40.0], [10.0, 11.0]])
+    ranges = torch.tensor([[-20.0, 5.0], [0.0, 40.0], [10.0, 11.0]])  # old affine [db_lo, db_hi]
     i = denormalize_db(x, ranges)
     for b in range(3):
         lo, hi = ranges[b]
         torch.testing.assert_close(i[b], 10 ** ((x[b] * (hi - lo) + lo) / 10))
+        np.testing.assert_allclose(denormalize_db(x[b].numpy(), ranges[b].numpy()), i[b].numpy(), rtol=1e-5)
     with pytest.raises(ValueError, match="2 dB ranges for a batch"):
         denormalize_db(x, ranges[:2])
+    knots = torch.tensor([[-30.0, -25.0, 0.0, 8.0], [1.0, 2.0, 3.0, 4.0], [0.0, 0.5, 60.0, 61.0]])
+    i = denormalize_db(x, knots)
+    for b in range(3):
+        want = np.interp(x[b].numpy().astype(np.float64), KNOT_X, knots[b].numpy().astype(np.float64))
+        np.testing.assert_allclose(i[b].numpy(), 10 ** (want / 10), rtol=1e-5)
+        np.testing.assert_allclose(denormalize_db(x[b].numpy(), knots[b].numpy()), i[b].numpy(), rtol=1e-5)
 
 
 def test_normalize_db_quantised_levels_and_edge_cases():
@@ -176,19 +225,26 @@ def test_normalize_db_quantised_levels_and_edge_cases():
     rng = np.random.default_rng(1)
     dn = np.clip(np.rint(np.sqrt(rng.gamma(1.0, 1.0, (128, 128))) * 40), 1, 255).astype(np.float64)
     x, valid, _ = normalize_db(dn**2)
-    assert ((x == 0) | (x == 1)).mean() <= 0.01
-    # A constant image is mid-grey, not an error; an image of no-data is an error.
-    x, _, (lo, hi) = normalize_db(np.full((8, 8), 2.0))
-    assert np.all(x == 0.5) and hi - lo == pytest.approx(1.0)
+    assert ((x == 0) | (x == 1)).mean() <= 0.005
+    p1, p99 = np.percentile(x, [1, 99])
+    assert p99 - p1 >= 0.90
+    # A constant image is mid-grey (the map falls back to affine between the outer knots), not an error;
+    # an image of no-data is an error.
+    x, _, knots = normalize_db(np.full((8, 8), 2.0))
+    assert np.all(x == 0.5) and knots[-1] - knots[0] == pytest.approx(1.0) and np.all(np.diff(knots) > 0)
     with pytest.raises(ValueError, match="no valid pixel"):
         normalize_db(np.zeros((8, 8)))
     with pytest.raises(ValueError, match="percentiles"):
-        normalize_db(np.ones((8, 8)), low_pct=50, high_pct=10)
+        normalize_db(np.ones((8, 8)), pcts=(1.0, 0.5, 99.0, 99.5))
+    with pytest.raises(ValueError, match="2 dB values"):
+        normalize_db(np.ones((8, 8)), pcts=(1.0, 50.0, 99.0))
     with pytest.raises(ValueError, match="real-valued"):
         normalize_db(np.ones((8, 8), np.complex64))
 
 
 def test_legacy_preprocessing_note():
+    affine = legacy_preprocessing_note({"kind": "sar-db-per-image", "low_pct": 0.5, "high_pct": 99.5})
+    assert "older affine" in affine and "0.5-99.5 %" in affine and "piecewise-linear" in affine
     assert "different normalisation" in legacy_preprocessing_note({"kind": "sar-log-intensity", "log_min": 0})
     assert "different normalisation" in legacy_preprocessing_note({"log_min": -3.2, "log_max": 4.1})
     assert legacy_preprocessing_note({"kind": PREPROCESSING_KIND}) == ""
@@ -201,7 +257,7 @@ def test_synthetic_dataset_items():
     assert len(ds) == 6
     x, valid, db_range = ds[2]
     assert x.shape == valid.shape == (1, 64, 64) and x.dtype == valid.dtype == torch.float32
-    assert db_range.shape == (2,) and db_range.dtype == torch.float32
+    assert db_range.shape == (4,) and db_range.dtype == torch.float32
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     scene = ds.scene(2)
     ref_x, ref_valid, ref_range = normalize_db(scene.intensity, scene.valid)
@@ -237,7 +293,14 @@ def test_synthetic_preprocessing():
     prep = json.loads(
         json.dumps(SyntheticSARDataset(n_images=4, image_size=64, looks=2, seed=0).preprocessing())
     )
-    assert prep == {"kind": "sar-db-per-image", "low_pct": 0.5, "high_pct": 99.5, "looks": 2.0}
+    assert prep == {
+        "kind": "sar-db-piecewise",
+        "knot_pcts": [0.25, 1.0, 99.0, 99.75],
+        "knot_x": [0.0, 0.04, 0.96, 1.0],
+        "looks": 2.0,
+    }
+    old = SyntheticSARDataset(n_images=2, image_size=32, looks=2, pcts=(0.5, 99.5))
+    assert old.preprocessing()["kind"] == "sar-db-per-image" and old[0][2].shape == (2,)
     assert SyntheticSARDataset(2, 32).preprocessing()["looks"] == "1-4"
 
 
@@ -263,7 +326,7 @@ def test_normalize_patches_carry_the_whole_image_range():
     rng = np.random.default_rng(0)
     img = rng.gamma(4, 0.25, (64, 96)) * np.linspace(0.01, 10, 96)
     x, valid, ranges = normalize_patches(img, size=32)
-    assert x.shape == valid.shape == (6, 1, 32, 32) and ranges.shape == (6, 2)
+    assert x.shape == valid.shape == (6, 1, 32, 32) and ranges.shape == (6, 4)
     full_x, _, full_range = normalize_db(img)
     np.testing.assert_array_equal(x[4, 0].numpy(), full_x[32:64, 32:64])
     np.testing.assert_allclose(ranges.numpy(), np.tile(full_range, (6, 1)), rtol=1e-6)
@@ -443,7 +506,7 @@ def test_folder_dataset_patches_ranges_and_skips(tmp_path):
     mid_range = ds[2][2].numpy()
     np.testing.assert_allclose(mid_range, normalize_db(mid)[2], rtol=1e-6)
     prep = json.loads(json.dumps(ds.preprocessing()))
-    assert prep["kind"] == "sar-db-per-image" and prep["input_kind"] == "auto"
+    assert prep["kind"] == PREPROCESSING_KIND == "sar-db-piecewise" and prep["input_kind"] == "auto"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert len(SARFolderDataset(tmp_path, image_size=128, stride=64)) == 3 * 2 + 1

@@ -18,7 +18,13 @@ from models import create_model
 from studio.context import StudioContext
 from studio.views import sar as view
 from trainers.checkpoints import save_checkpoint
-from trainers.data.sar import SyntheticSARDataset, apply_speckle, normalize_db, simulate_reflectivity
+from trainers.data.sar import (
+    KNOT_X,
+    SyntheticSARDataset,
+    apply_speckle,
+    normalize_db,
+    simulate_reflectivity,
+)
 from trainers.metrics import registry, sanity
 from trainers.metrics import sar as sar_metrics
 from trainers.store import RunStore
@@ -80,7 +86,9 @@ def test_checkpoint_choices_list_runs_and_external_checkpoints(ctx, run_ckpt, ex
 
 
 def _db_image(x: np.ndarray, valid: np.ndarray, db_range) -> np.ndarray:
-    out = x.astype(np.float64) * (db_range[1] - db_range[0]) + db_range[0]
+    """x in dB through the image's knots: linear between (KNOT_X, knots), written as np.interp."""
+    xs = KNOT_X if len(db_range) == len(KNOT_X) else (0.0, 1.0)
+    out = np.interp(x.astype(np.float64), xs, np.asarray(db_range, np.float64))
     out[~valid] = np.nan
     return out
 
@@ -118,7 +126,8 @@ def test_compare_validation_sample_against_reference_formulas(ctx, run_ckpt, ext
     assert any(
         "sar-residual, sar-baseline: this checkpoint was trained with a different" in n for n in r.notes
     )
-    assert any(f"{db_range[0]:.1f} … {db_range[1]:.1f} dB" in n for n in r.notes)
+    knots = ", ".join(f"{v:.1f}" for v in db_range)
+    assert any(f"piecewise linear: {knots} dB (its 0.25, 1, 99, 99.75 % percentiles)" in n for n in r.notes)
     # The table shows the run's time and suffix next to the variant column; the full id is in the hover.
     _, time, suffix = re.fullmatch(r"(\d{8})-(\d{6})-sar-residual-([0-9a-z]+)", run_id).groups()
     assert [row[:2] for row in r.table] == [

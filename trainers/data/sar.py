@@ -133,8 +133,9 @@ def _robust_knots(values: np.ndarray, pcts: tuple[float, ...]) -> tuple[float, .
     clip and the first that must not, and below (above) a level that many pixels share, so integer products
     (8-bit quick-looks, DN) whose levels hold many pixels each clip at most ``pcts[0]`` % of the pixels to 0
     and ``100 - pcts[-1]`` % to 1, exactly, ties included. Inner knots sit on the percentile's own value, so
-    the ``pcts[1]``-th percentile of x is exactly ``KNOT_X[1]`` (and likewise at the top); where ties make
-    two inner knots equal, the upper one moves half-way to the next knot, so the knots increase strictly.
+    the ``pcts[1]``-th percentile of x is exactly ``KNOT_X[1]`` (and likewise at the top). Where ties make
+    two inner knots equal (one level holds the whole bulk, e.g. a constant image), the map falls back to the
+    affine one between the outer knots, so the knots always increase strictly (a constant image: x = 0.5).
     """
     s = np.sort(values.astype(np.float64, copy=False))
     m = s.size
@@ -159,9 +160,9 @@ def _robust_knots(values: np.ndarray, pcts: tuple[float, ...]) -> tuple[float, .
         return float(s[max(0, m - 1 - int((100 - p) / 100 * m))])
 
     knots = [below(at(pcts[0]))] + [at(p) for p in pcts[1:-1]] + [above(at(pcts[-1]))]
-    for j in range(1, len(knots) - 1):
-        if knots[j] <= knots[j - 1]:
-            knots[j] = (knots[j - 1] + knots[-1]) / 2
+    if any(b <= a for a, b in zip(knots, knots[1:], strict=False)):
+        lo, hi = knots[0], knots[-1]
+        knots = [lo + (hi - lo) * v for v in knot_x(len(knots))]
     return tuple(float(v) for v in knots)
 
 
