@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
+from trainers.data.sar import KNOT_X, normalize_db
 from trainers.metrics import (
     PSNR_CAP_DB,
     bit_error_rate,
@@ -274,6 +275,26 @@ def test_enl_ratio_with_dark_clipped_areas_stays_bounded() -> None:
     ratio = per_image(x, y, db_range=r)["enl_ratio"][0]
     assert ratio == pytest.approx(1.0, abs=0.05)  # the clipped boxes are not homogeneous regions
     assert 0 < per_image(x, np.full_like(x, 0.01), db_range=r)["enl_ratio"][0] < enl_cap(r)
+
+
+def test_enl_ratio_through_the_piecewise_knots() -> None:
+    """The current per-image map (dB knots at KNOT_X): ENL is taken on the intensity the knots give back,
+    so known looks come out as before, and the torch metric equals the numpy/scipy reference."""
+    xs, ys, ks = [], [], []
+    for i, (looks_in, looks_out) in enumerate(((4, 16), (1, 4), (2, 2))):
+        x, valid, knots = normalize_db(two_field_scene(128, looks_in, seed=70 + i))
+        assert valid.all() and len(knots) == len(KNOT_X)
+        db_out = 10 * np.log10(two_field_scene(128, looks_out, seed=80 + i))
+        xs.append(x), ys.append(np.interp(db_out, knots, KNOT_X)), ks.append(knots)
+    x, y, k = (np.stack(a) for a in (xs, ys, ks))
+    got = per_image(x, y, db_range=k)["enl_ratio"]
+    assert got[0] == pytest.approx(4.0, rel=0.12) and got[1] == pytest.approx(4.0, rel=0.15)
+    assert got[2] == pytest.approx(1.0, rel=0.1)
+    assert per_image(x[0], x[0], db_range=k[0])["enl_ratio"][0] == pytest.approx(1.0, abs=1e-12)
+    ref = sar_metrics_reference(x[:, None], y[:, None], (3, 16, 4, 4), None, k)["enl_ratio"]
+    np.testing.assert_allclose(got, ref, rtol=1e-9)
+    with pytest.raises(ValueError, match="2 dB values"):
+        per_image(x, y, db_range=k[:, :3])
 
 
 def sar_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
