@@ -144,11 +144,21 @@ def test_sink_writes_into_the_studio_store(studio) -> None:
         actor.apply.remote([("set_status", (run_id, "completed", "done"), {}), ("drop", (), {})])
     )
     assert errors == ["drop: ValueError: unknown sink write 'drop'"]
+    # Rows in one batch share a transaction; a bad one is reported alone and the others are kept.
+    rows = [("log_metrics", (run_id, s, 0, "val", {"psnr": float(s)}), {"time": 200.0 + s}) for s in (4, 5)]
+    bad = ("log_metrics", ("no-such-run", 4, 0, "val", {"psnr": 1.0}), {})
+    errors = ray.get(actor.apply.remote([rows[0], bad, rows[1]]))
+    assert errors == ["log_metrics: ValueError: no run with id 'no-such-run'"]
     record = store.get_run(run_id)
     assert record.status == "completed" and record.reason == "done" and record.step == 3
     assert record.best_checkpoint == str(home.resolve() / run_id / "checkpoints" / "best")
     assert record.log_path == str(home.resolve() / run_id / "train.log")  # no path of the trainer's node
-    assert _rows(store, run_id) == [(3, 0, "train", "loss", 0.5, 123.0), (3, 0, "train", "odd", None, 123.0)]
+    assert _rows(store, run_id) == [
+        (3, 0, "train", "loss", 0.5, 123.0),
+        (3, 0, "train", "odd", None, 123.0),
+        (4, 0, "val", "psnr", 4.0, 204.0),
+        (5, 0, "val", "psnr", 5.0, 205.0),
+    ]
     assert _files(Path(record.best_checkpoint)) == files
     assert ray.get(actor.get_files.remote(run_id, "checkpoints/best")) == files
     assert ray.get(actor.get_files.remote(run_id, "checkpoints/last")) == {}
