@@ -301,6 +301,7 @@ def _compare_sar(
     progress: Progress,
 ) -> tuple[list[Row], int, dict[str, Any]]:
     from trainers import codecs
+    from trainers.data import sar
     from trainers.metrics.sar import latent_bits_per_pixel
     from trainers.tasks import SARTask
 
@@ -348,6 +349,10 @@ def _compare_sar(
             "metrics": {m: _finite_mean(v) for m, v in trivial.items()},
         }
     }
+    # A checkpoint trained with another normalisation is scored on today's inputs: say so (as `eval` does).
+    legacy = [(src.name, sar.legacy_preprocessing_note(dict(src.model.preprocessing))) for src in models]
+    if any(note for _, note in legacy):
+        extra["notes"] = [f"{name}: {note}" for name, note in legacy if note]
     if baselines:
         images = [codecs.to_8bit(x[0].numpy()) for x in x_all]
         targets: dict[float, list[str]] = {}
@@ -912,6 +917,7 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
                 f"{row['name']}: setting with the mean file size closest to {row['target_bpp']:g} bpp "
                 f"({', '.join(row['matched_to'])})."
             )
+    notes += [f"{n}." for n in result.get("notes", [])]
     for s in result.get("skipped", []):
         notes.append(f"{s['name']} skipped: {s['reason']}.")
     for s in result.get("skipped_files", []):
