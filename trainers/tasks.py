@@ -190,8 +190,9 @@ class SARTask(Task):
         return _prefilled(DataBundle(train, val, prep))
 
     def dataset_for_eval(self, spec, preprocessing, model_config):
-        """The eval data, normalised per image as every SAR input now is; a checkpoint trained with the
-        older global normalisation gets a warning saying so (its figures are not on its training scale)."""
+        """The eval data, normalised per image as every SAR input now is; a checkpoint trained with another
+        normalisation (the global log-intensity scale, or the older affine per-image dB map) gets a warning
+        saying so (its figures are not on its training scale)."""
         from trainers.data import sar
 
         note = sar.legacy_preprocessing_note(preprocessing)
