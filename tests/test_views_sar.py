@@ -146,7 +146,14 @@ def test_compare_validation_sample_against_reference_formulas(ctx, run_ckpt, ext
 def test_new_checkpoints_get_no_normalisation_note(ctx, tmp_path):
     folder = _external(ctx, tmp_path, "perimage", SyntheticSARDataset(2, 32).preprocessing())
     r = view.sar_compare(ctx, [folder], size=32)
-    assert not any("different normalisation" in n for n in r.notes)
+    assert not any("different normalisation" in n or "older affine" in n for n in r.notes)
+    # A checkpoint of the older affine per-image map (today's references before the piecewise map) loads
+    # and gets its own note.
+    affine = SyntheticSARDataset(2, 32, pcts=(0.5, 99.5)).preprocessing()
+    assert affine == {"kind": "sar-db-per-image", "low_pct": 0.5, "high_pct": 99.5, "looks": "1-4"}
+    r = view.sar_compare(ctx, [_external(ctx, tmp_path, "affine", affine)], size=32)
+    older = "sar-baseline: this checkpoint was trained with the older affine"
+    assert any(n.startswith(older) for n in r.notes)
 
 
 def test_figure_shares_one_scale_for_images_and_one_for_errors(ctx, run_ckpt, ext_ckpt):
