@@ -15,8 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (
-    LIBRARY_NAME,
-    LICENSE,
     AutoencoderHubMixin,
     check_int_tuple,
     check_positive_int,
@@ -147,13 +145,7 @@ class ConvDecoder(nn.Module):
         return torch.cat([magnitude, torch.tanh(h[:, 1:])], dim=1)
 
 
-class _SpectrogramVAE(
-    nn.Module,
-    AutoencoderHubMixin,
-    library_name=LIBRARY_NAME,
-    tags=["audio", "vae", "spectrogram"],
-    license=LICENSE,
-):
+class _SpectrogramVAE(nn.Module, AutoencoderHubMixin, tags=["audio", "vae", "spectrogram"]):
     """Shared VAE API; subclasses fix the channel count and call :meth:`_build`."""
 
     DOMAIN = "audio"

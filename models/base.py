@@ -103,7 +103,7 @@ def count_module_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-class AutoencoderHubMixin(PyTorchModelHubMixin):
+class AutoencoderHubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, license=LICENSE):
     """Hub mixin with the project's contract: variant check, preprocessing, safetensors-only strict loading.
 
     Subclasses set ``VARIANT`` and ``DOMAIN``, call :meth:`_init_common` first in ``__init__`` and expose
@@ -113,7 +113,12 @@ class AutoencoderHubMixin(PyTorchModelHubMixin):
     VARIANT: ClassVar[str] = ""
     DOMAIN: ClassVar[str] = ""
 
-    def _init_common(self, variant: str, preprocessing: dict | None) -> None:
+    def _init_common(self, variant: str | None, preprocessing: dict | None) -> None:
+        """`variant` None means the class's own; the config the mixin captured then names it too."""
+        if variant is None:
+            variant = self.VARIANT
+            if isinstance(getattr(self, "_hub_mixin_config", None), dict):
+                self._hub_mixin_config["variant"] = variant
         # Checked before any layer is built, so a wrong checkpoint fails fast and allocates nothing.
         if variant != self.VARIANT:
             raise ValueError(

@@ -12,8 +12,6 @@ import torch
 from torch import nn
 
 from .base import (
-    LIBRARY_NAME,
-    LICENSE,
     AutoencoderHubMixin,
     check_int_tuple,
     check_positive_int,
@@ -52,11 +50,7 @@ def _up(c_in: int, c_out: int, kernel_size: int) -> nn.ConvTranspose1d:
 
 
 class _FragmentModel(
-    nn.Module,
-    AutoencoderHubMixin,
-    library_name=LIBRARY_NAME,
-    tags=["file-fragments", "denoising-autoencoder", "data-recovery"],
-    license=LICENSE,
+    nn.Module, AutoencoderHubMixin, tags=["file-fragments", "denoising-autoencoder", "data-recovery"]
 ):
     """Shared validation and encoder for the fragment models."""
 

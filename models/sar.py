@@ -7,12 +7,12 @@ for :meth:`get_latent_size` and :meth:`get_compression_ratio`. Every width deriv
 so that small smoke-test models (e.g. ``base_channels=8, image_size=64``) keep the same topology.
 """
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from .base import (
-    LIBRARY_NAME,
-    LICENSE,
     AutoencoderHubMixin,
     check_positive_int,
     check_tensor,
@@ -268,16 +268,32 @@ class AttentionDecoder(PreActResidualDecoder):
 # --------------------------------------------------------------------------------------------- wrappers
 
 
-class SarAutoencoder(
-    nn.Module,
-    AutoencoderHubMixin,
-    library_name=LIBRARY_NAME,
-    tags=["sar", "image", "autoencoder", "despeckling"],
-    license=LICENSE,
-):
+class SarAutoencoder(nn.Module, AutoencoderHubMixin, tags=["sar", "image", "autoencoder", "despeckling"]):
     """Shared API of the SAR autoencoders; subclasses build ``self.encoder`` and ``self.decoder``."""
 
     DOMAIN = "sar"
+
+    # The encoder and decoder classes; they take (channels, base_channels, latent_channels, *options).
+    ENCODER: ClassVar[type[nn.Module]]
+    DECODER: ClassVar[type[nn.Module]]
+
+    def _build(
+        self,
+        variant: str | None,
+        preprocessing: dict | None,
+        in_channels: int,
+        base_channels: int,
+        latent_channels: int,
+        image_size: int,
+        *options: int,
+    ) -> None:
+        """Check the common options, build the encoder and decoder with the variant's `options`, initialise.
+        `variant` None means this class's own (a checkpoint's config.json names it)."""
+        self._init_common(variant, preprocessing)
+        self._init_sar(in_channels, base_channels, latent_channels, image_size)
+        self.encoder = self.ENCODER(in_channels, base_channels, latent_channels, *options)
+        self.decoder = self.DECODER(in_channels, base_channels, latent_channels, *options)
+        self._finish_init()
 
     def _init_sar(self, in_channels: int, base_channels: int, latent_channels: int, image_size: int) -> None:
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -333,10 +349,28 @@ class SarAutoencoder(
         return float(self.image_size**2 * self.in_channels) / float(c * h * w)
 
 
+class _WidthOnlySarAutoencoder(SarAutoencoder):
+    """A SAR autoencoder whose encoder and decoder take the widths only, and whose options are the common
+    four (the ResNet and Variant B)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        latent_channels: int = 16,
+        image_size: int = 256,
+        variant: str | None = None,
+        preprocessing: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self._build(variant, preprocessing, in_channels, base_channels, latent_channels, image_size)
+
+
 class BaselineAutoencoder(SarAutoencoder, tags=["sar-baseline"]):
     """Plain convolutional autoencoder (~2.3M parameters at the defaults): the reference to beat."""
 
     VARIANT = "sar-baseline"
+    ENCODER, DECODER = BaselineEncoder, BaselineDecoder
 
     def __init__(
         self,
@@ -345,69 +379,36 @@ class BaselineAutoencoder(SarAutoencoder, tags=["sar-baseline"]):
         latent_channels: int = 16,
         image_size: int = 256,
         kernel_size: int = 5,
-        variant: str = "sar-baseline",
+        variant: str | None = None,
         preprocessing: dict | None = None,
     ) -> None:
         super().__init__()
-        self._init_common(variant, preprocessing)
-        self._init_sar(in_channels, base_channels, latent_channels, image_size)
         k = check_positive_int("kernel_size", kernel_size)
         if k % 2 == 0:
             raise ValueError(f"kernel_size must be odd so stride-2 convs halve the size exactly, got {k}")
         self.kernel_size = k
-        self.encoder = BaselineEncoder(in_channels, base_channels, latent_channels, k)
-        self.decoder = BaselineDecoder(in_channels, base_channels, latent_channels, k)
-        self._finish_init()
+        self._build(variant, preprocessing, in_channels, base_channels, latent_channels, image_size, k)
 
 
-class ResNetAutoencoder(SarAutoencoder, tags=["sar-resnet"]):
+class ResNetAutoencoder(_WidthOnlySarAutoencoder, tags=["sar-resnet"]):
     """Post-activation residual autoencoder (~5.6M parameters at the defaults)."""
 
     VARIANT = "sar-resnet"
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        base_channels: int = 64,
-        latent_channels: int = 16,
-        image_size: int = 256,
-        variant: str = "sar-resnet",
-        preprocessing: dict | None = None,
-    ) -> None:
-        super().__init__()
-        self._init_common(variant, preprocessing)
-        self._init_sar(in_channels, base_channels, latent_channels, image_size)
-        self.encoder = ResNetEncoder(in_channels, base_channels, latent_channels)
-        self.decoder = ResNetDecoder(in_channels, base_channels, latent_channels)
-        self._finish_init()
+    ENCODER, DECODER = ResNetEncoder, ResNetDecoder
 
 
-class ResidualAutoencoder(SarAutoencoder, tags=["sar-residual"]):
+class ResidualAutoencoder(_WidthOnlySarAutoencoder, tags=["sar-residual"]):
     """Variant B: pre-activation residual autoencoder, 8 blocks in the encoder and 8 in the decoder."""
 
     VARIANT = "sar-residual"
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        base_channels: int = 64,
-        latent_channels: int = 16,
-        image_size: int = 256,
-        variant: str = "sar-residual",
-        preprocessing: dict | None = None,
-    ) -> None:
-        super().__init__()
-        self._init_common(variant, preprocessing)
-        self._init_sar(in_channels, base_channels, latent_channels, image_size)
-        self.encoder = PreActResidualEncoder(in_channels, base_channels, latent_channels)
-        self.decoder = PreActResidualDecoder(in_channels, base_channels, latent_channels)
-        self._finish_init()
+    ENCODER, DECODER = PreActResidualEncoder, PreActResidualDecoder
 
 
 class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
     """Variant C: Variant B with a CBAM after every residual block (16 CBAM modules)."""
 
     VARIANT = "sar-attention"
+    ENCODER, DECODER = AttentionEncoder, AttentionDecoder
 
     def __init__(
         self,
@@ -417,16 +418,21 @@ class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
         image_size: int = 256,
         reduction: int = 16,
         kernel_size: int = 7,
-        variant: str = "sar-attention",
+        variant: str | None = None,
         preprocessing: dict | None = None,
     ) -> None:
         super().__init__()
-        self._init_common(variant, preprocessing)
-        self._init_sar(in_channels, base_channels, latent_channels, image_size)
         self.reduction = check_positive_int("reduction", reduction)
         self.kernel_size = check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size (spatial attention) must be odd, got {kernel_size}")
-        self.encoder = AttentionEncoder(in_channels, base_channels, latent_channels, reduction, kernel_size)
-        self.decoder = AttentionDecoder(in_channels, base_channels, latent_channels, reduction, kernel_size)
-        self._finish_init()
+        self._build(
+            variant,
+            preprocessing,
+            in_channels,
+            base_channels,
+            latent_channels,
+            image_size,
+            reduction,
+            kernel_size,
+        )

@@ -334,13 +334,18 @@ def read_trainer_state(folder: str | Path) -> dict[str, Any]:
     path = _require_folder(folder) / TRAINER_STATE
     if not path.is_file():
         raise FileNotFoundError(f"{TRAINER_STATE} is missing from checkpoint folder {str(folder)!r}")
+    return _read_json_object(path)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file that must hold an object; an error names the file and what is wrong."""
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(state).__name__}")
-    return state
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def resume_state(last_folder: str | Path) -> dict[str, Any]:
@@ -367,15 +372,7 @@ def resume_state(last_folder: str | Path) -> dict[str, Any]:
 def read_preprocessing(folder: str | Path) -> dict[str, Any] | None:
     """The preprocessing parameters saved with the checkpoint, or None when it has none."""
     path = _require_folder(folder) / PREPROCESSING
-    if not path.is_file():
-        return None
-    try:
-        params = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(params, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(params).__name__}")
-    return params
+    return _read_json_object(path) if path.is_file() else None
 
 
 def load_model_weights(folder: str | Path, model: torch.nn.Module, strict: bool = True) -> None:
@@ -409,10 +406,7 @@ def load_optimizer_state(folder: str | Path, optimizer: torch.optim.Optimizer) -
         raise FileNotFoundError(
             f"checkpoint folder {str(folder)!r} has no optimizer state (saved without one)"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"{meta_path} is not valid JSON: {exc}") from exc
+    meta = _read_json_object(meta_path)
     saved_type = meta.get("optimizer")
     if saved_type and saved_type != type(optimizer).__name__:
         raise ValueError(

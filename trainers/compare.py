@@ -466,23 +466,7 @@ def _compare_audio(
     if n == 0:
         raise ValueError("the audio data has no window to compare on")
     waves = [np.asarray(waveform(i), dtype=np.float32) for i in range(n)]
-    # Feature objects are costly to build (a mel pseudo-inverse): one per distinct kind and configuration,
-    # starting with the one the data set already made.
-    cache: dict[str, Any] = {}
-
-    def features_of(src: ModelSource) -> Any:
-        key = json.dumps([AudioTask(src.variant).feature_kind(), src.model.preprocessing], sort_keys=True)
-        if key not in cache:
-            cache[key] = AudioTask(src.variant)._features(dict(src.model.preprocessing))
-        return cache[key]
-
-    base = dataset
-    while isinstance(base, Subset):
-        base = base.dataset
-    if getattr(base, "features", None) is not None:
-        cache[json.dumps([first_task.feature_kind(), first.model.preprocessing], sort_keys=True)] = (
-            base.features
-        )
+    features_of = _audio_features(dataset, first)
     sample_rate = int(features_of(first).config.sample_rate)
     # The trivial baseline every model must beat: silence (spectral convergence 1) and the best flat spectrum.
     flat = np.array([sanity.flat_spectrum_lsd(w) for w in waves])
@@ -494,26 +478,7 @@ def _compare_audio(
         progress(k / steps, f"{src.name} on {n} windows")
         features = features_of(src)
         feature_sets.setdefault(features.kind, features)
-        home = _model_home(src.model)
-        model = src.model.to(device)
-        warm = torch.from_numpy(features.encode(waves[0]))[None].to(device)
-        _model_call(src.name, partial(model.reconstruct, warm))  # warm-up: first calls are slow
-        lsd, sc, total_ms = [], [], 0.0
-        for wav in waves:
-            x = torch.from_numpy(features.encode(wav))[None].to(device)
-            recon, ms = _timed(partial(_model_call, src.name, partial(model.reconstruct, x)), device)
-            total_ms += ms
-            est = features.decode(recon.float()[0].cpu().numpy())
-            a, b = _audio_scores(wav, est)
-            lsd.append(a)
-            sc.append(b)
-        bpp = 8.0 * int(model.latent_dim) / features.config.n_samples
-        values = {"lsd": np.array(lsd), "spectral_convergence": np.array(sc)}
-        row = Row(src.name, src.kind, bpp, src.params, values, total_ms / n, src.variant)
-        scored = np.isfinite(values["lsd"])
-        row.flags = sanity.audio_flags(values["spectral_convergence"], values["lsd"][scored], flat[scored])
-        rows.append(row)
-        src.model.to(home)
+        rows.append(_audio_model_row(src, features, waves, flat, device))
 
     extra: dict[str, Any] = {
         "trivial_baseline": {
@@ -526,25 +491,7 @@ def _compare_audio(
     }
     if baselines:
         progress(len(models) / steps, "feature round trip")
-        for kind, features in feature_sets.items():
-            lsd, sc, total_ms = [], [], 0.0
-            for wav in waves:
-                start = time.perf_counter()
-                est = features.decode(features.encode(wav))
-                total_ms += (time.perf_counter() - start) * 1000.0
-                a, b = _audio_scores(wav, est)
-                lsd.append(a)
-                sc.append(b)
-            row = Row(
-                f"feature round trip ({kind})",
-                "codec",
-                None,
-                None,
-                {"lsd": np.array(lsd), "spectral_convergence": np.array(sc)},
-                total_ms / n,
-            )
-            row.missing["bpp"] = "the ceiling: features decoded as they are, no latent and no rate"
-            rows.append(row)
+        rows += [_feature_round_trip_row(kind, features, waves) for kind, features in feature_sets.items()]
         reason = codecs.opus_unavailable_reason()
         sweep, skipped = [], []
         if reason is not None:
@@ -552,38 +499,117 @@ def _compare_audio(
         else:
             for j, bitrate in enumerate(codecs.OPUS_SWEEP):
                 progress((len(models) + 1 + j) / steps, f"Opus {bitrate // 1000} kb/s")
-                lsd, sc, nbytes, total_ms = [], [], [], 0.0
-                for wav in waves:
-                    start = time.perf_counter()
-                    est, size = codecs.opus_roundtrip(wav, sample_rate, bitrate)
-                    total_ms += (time.perf_counter() - start) * 1000.0
-                    a, b = _audio_scores(wav, est)
-                    lsd.append(a)
-                    sc.append(b)
-                    nbytes.append(size)
-                bpp = float(np.mean([8.0 * b / len(w) for b, w in zip(nbytes, waves, strict=True)]))
-                sweep.append(
-                    {
-                        "codec": "Opus",
-                        "setting": bitrate,
-                        "bpp": bpp,
-                        "metric": "lsd",
-                        "mean": _finite_mean(np.array(lsd)),
-                    }
-                )
-                if bitrate in codecs.OPUS_BITRATES:
-                    row = Row(
-                        f"Opus {bitrate / 1000:g} kb/s",
-                        "codec",
-                        bpp,
-                        None,
-                        {"lsd": np.array(lsd), "spectral_convergence": np.array(sc)},
-                        total_ms / n,
-                    )
-                    row.extra = {"codec": "Opus", "codec_setting": bitrate}
+                point, row = _opus_point(waves, sample_rate, bitrate)
+                sweep.append(point)
+                if row is not None:
                     rows.append(row)
         extra.update({"rd_sweep": sweep, "skipped": skipped})
     return rows, n, extra
+
+
+def _audio_features(dataset: Dataset, first: ModelSource) -> Callable[[ModelSource], Any]:
+    """A model's feature object. They are costly to build (a mel pseudo-inverse): one per distinct kind and
+    configuration, starting with the one the data set already made for the first model."""
+    from trainers.tasks import AudioTask
+
+    cache: dict[str, Any] = {}
+
+    def key(src: ModelSource) -> str:
+        return json.dumps([AudioTask(src.variant).feature_kind(), src.model.preprocessing], sort_keys=True)
+
+    def features_of(src: ModelSource) -> Any:
+        if key(src) not in cache:
+            cache[key(src)] = AudioTask(src.variant)._features(dict(src.model.preprocessing))
+        return cache[key(src)]
+
+    base = dataset
+    while isinstance(base, Subset):
+        base = base.dataset
+    if getattr(base, "features", None) is not None:
+        cache[key(first)] = base.features
+    return features_of
+
+
+def _score_waves(
+    waves: list[np.ndarray], decode: Callable[[np.ndarray], tuple[np.ndarray, float]]
+) -> tuple[dict[str, np.ndarray], float]:
+    """LSD and spectral convergence of each wave's decoded copy, and the milliseconds summed over the waves;
+    `decode(wav)` gives (decoded wave, milliseconds of the part that is timed)."""
+    lsd, sc, total_ms = [], [], 0.0
+    for wav in waves:
+        est, ms = decode(wav)
+        total_ms += ms
+        a, b = _audio_scores(wav, est)
+        lsd.append(a)
+        sc.append(b)
+    return {"lsd": np.array(lsd), "spectral_convergence": np.array(sc)}, total_ms
+
+
+def _audio_model_row(
+    src: ModelSource, features: Any, waves: list[np.ndarray], flat: np.ndarray, device: torch.device
+) -> Row:
+    """A model's row: each window encoded, reconstructed (timed) and decoded, flagged against `flat` (the
+    best flat spectrum's LSD per window)."""
+    home = _model_home(src.model)
+    model = src.model.to(device)
+    warm = torch.from_numpy(features.encode(waves[0]))[None].to(device)
+    _model_call(src.name, partial(model.reconstruct, warm))  # warm-up: first calls are slow
+
+    def decode(wav: np.ndarray) -> tuple[np.ndarray, float]:
+        x = torch.from_numpy(features.encode(wav))[None].to(device)
+        recon, ms = _timed(partial(_model_call, src.name, partial(model.reconstruct, x)), device)
+        return features.decode(recon.float()[0].cpu().numpy()), ms
+
+    values, total_ms = _score_waves(waves, decode)
+    bpp = 8.0 * int(model.latent_dim) / features.config.n_samples
+    row = Row(src.name, src.kind, bpp, src.params, values, total_ms / len(waves), src.variant)
+    scored = np.isfinite(values["lsd"])
+    row.flags = sanity.audio_flags(values["spectral_convergence"], values["lsd"][scored], flat[scored])
+    src.model.to(home)
+    return row
+
+
+def _feature_round_trip_row(kind: str, features: Any, waves: list[np.ndarray]) -> Row:
+    """The ceiling: the features decoded as they are."""
+
+    def decode(wav: np.ndarray) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        est = features.decode(features.encode(wav))
+        return est, (time.perf_counter() - start) * 1000.0
+
+    values, total_ms = _score_waves(waves, decode)
+    row = Row(f"feature round trip ({kind})", "codec", None, None, values, total_ms / len(waves))
+    row.missing["bpp"] = "the ceiling: features decoded as they are, no latent and no rate"
+    return row
+
+
+def _opus_point(waves: list[np.ndarray], sample_rate: int, bitrate: int) -> tuple[dict[str, Any], Row | None]:
+    """Opus at one bitrate: its point of the rate-distortion sweep, and a row where the bitrate is one of
+    the leaderboard's (`codecs.OPUS_BITRATES`)."""
+    from trainers import codecs
+
+    nbytes: list[int] = []
+
+    def decode(wav: np.ndarray) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        est, size = codecs.opus_roundtrip(wav, sample_rate, bitrate)
+        nbytes.append(size)
+        return est, (time.perf_counter() - start) * 1000.0
+
+    values, total_ms = _score_waves(waves, decode)
+    bpp = float(np.mean([8.0 * b / len(w) for b, w in zip(nbytes, waves, strict=True)]))
+    point = {
+        "codec": "Opus",
+        "setting": bitrate,
+        "bpp": bpp,
+        "metric": "lsd",
+        "mean": _finite_mean(values["lsd"]),
+    }
+    if bitrate not in codecs.OPUS_BITRATES:
+        return point, None
+    row = Row(f"Opus {bitrate / 1000:g} kb/s", "codec", bpp, None, values, total_ms / len(waves))
+    row.extra = {"codec": "Opus", "codec_setting": bitrate}
+    return point, row
 
 
 # ---------------------------------------------------------------------------------------------- fragments

@@ -343,6 +343,302 @@ class TrainStep:
         return loss.detach()
 
 
+@dataclass
+class LoopState:
+    """What a run carries from step to step. `step`, `epoch`, `best` and `bad_epochs` are saved with every
+    checkpoint and come back on resume; the rest belongs to this process."""
+
+    step: int = 0
+    epoch: int = 0
+    best: float | None = None
+    bad_epochs: int = 0
+    steps_here: int = 0  # steps made by this process: 0 means a cancel came before the first one
+    loss_sum: float = 0.0  # the current epoch's training loss, for its log line
+    loss_n: int = 0
+
+    def resume_from(self, saved: dict[str, Any]) -> None:
+        """Take over the saved fields of a checkpoint's trainer state."""
+        for name in ("step", "epoch", "best", "bad_epochs"):
+            if name in saved:
+                setattr(self, name, saved[name])
+
+    def saved(self, epoch: int) -> dict[str, Any]:
+        """The trainer state a checkpoint taken at `epoch` stores."""
+        return {"step": self.step, "epoch": epoch, "best": self.best, "bad_epochs": self.bad_epochs}
+
+
+class Trainer:
+    """The epochs of one run whose record exists: `setup` builds data, model, optimiser and loaders; `fit`
+    runs `train_epoch` (each batch a `train_step`), `validate` and `should_stop` until the run ends.
+
+    Every rank runs it; rank 0 alone validates and writes the store and the checkpoints. A cancel sets
+    `cancel.set`; `fit` checks it (on every rank at once) after each phase that may not be cut short.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        task: Task,
+        fast: FastPath,
+        store: RunStore,
+        run_id: str,
+        ddp: _Distributed,
+        state: LoopState,
+        phases: PhaseTimes,
+        cancel: _CancelFlag,
+    ) -> None:
+        self.cfg, self.task, self.fast, self.store, self.run_id = cfg, task, fast, store, run_id
+        self.ddp, self.state, self.phases, self.cancel = ddp, state, phases, cancel
+        self.device = ddp.device
+        self.folder = run_dir(store, run_id)
+        self.last_val: dict[str, float] = {}
+        self.bar: Any = None
+        self.on_step: Callable[[int, float], None] | None = None
+        self.window: list[torch.Tensor] = []  # losses not yet read back
+        self.batches: Any = None  # the current epoch's batch iterator
+        self.last_save = time.monotonic()
+        self.epoch_started = time.monotonic()
+        # With DDP every rank must make the same steps, so a rank may not leave a batch wait on its own.
+        self.fetch_interruptible = not ddp.enabled
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def setup(self, spec: DataSpec | None, resume_folder: Path | None, warm: threading.Thread) -> None:
+        """Data, model, optimiser and loaders, each phase interruptible by a cancel."""
+        cfg, device = self.cfg, self.device
+        with self.phases.phase("data"), self.cancel.interruptible():
+            self.data = self.task.build_data(spec, cfg.model, cfg.seed)
+        with self.phases.phase("model"), self.cancel.interruptible():
+            warm.join()
+            if resume_folder is not None:
+                self.model = load_pretrained(resume_folder, expected_variant=cfg.variant)
+            else:
+                self.model = create_model(cfg.variant, preprocessing=self.data.preprocessing, **cfg.model)
+            self.model.to(device)
+            train_model = self.fast.prepare(self.model)
+            self.optimizer = self.fast.optimizer(self.model.parameters(), cfg.lr, cfg.weight_decay)
+            if resume_folder is not None:
+                checkpoints.load_optimizer_state(resume_folder, self.optimizer)
+            self.sampler: DistributedSampler | None = None
+            if self.ddp.enabled:
+                train_model = nn.parallel.DistributedDataParallel(
+                    train_model, device_ids=[device.index] if device.type == "cuda" else None
+                )
+                self.sampler = DistributedSampler(
+                    self.data.train, num_replicas=self.ddp.world, rank=self.ddp.rank, seed=cfg.seed
+                )
+            self._make_loaders()
+        if self.ddp.main:  # the studio's progress, percent done and ETA count from this
+            self.store.update_run(self.run_id, steps_per_epoch=len(self.train_loader))
+        self.one_step = TrainStep(
+            self.task, self.model, self.optimizer, cfg.grad_clip, self.fast, device, forward=train_model
+        )
+        self.last_save = time.monotonic()
+
+    def _make_loaders(self) -> None:
+        cfg, pin = self.cfg, self.device.type == "cuda"
+        workers = data_workers(cfg.num_workers, self.device)
+        self.train_loader = DataLoader(
+            self.data.train,
+            batch_size=cfg.batch_size,
+            shuffle=self.sampler is None,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=pin,
+            drop_last=len(self.data.train) > cfg.batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed + self.state.epoch),
+            persistent_workers=workers > 0,
+            worker_init_fn=_worker_init if workers > 0 else None,
+        )
+        self.val_loader = DataLoader(
+            self.data.val, batch_size=cfg.batch_size, shuffle=False, num_workers=0, pin_memory=pin
+        )
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def fit(self) -> tuple[str, str]:
+        """Epochs until the configured number, a stop rule or a cancel: the run's (status, reason)."""
+        ddp, state = self.ddp, self.state
+        while state.epoch < self.cfg.epochs:
+            if ddp.any(self.cancel.set):  # e.g. signalled while the previous epoch's checkpoints were written
+                return "cancelled", self.cancelled_reason()
+            epoch = state.epoch
+            self.train_epoch(epoch)
+            if ddp.any(self.cancel.set):
+                reason = self.cancelled_reason()
+                if ddp.main and state.steps_here > 0:
+                    self.save_last(epoch, step=state.step)
+                return "cancelled", reason
+            state.epoch = epoch + 1
+            if ddp.main:
+                self.validate()
+            if ddp.any(self.cancel.set):
+                # SIGTERM during validation: the epoch's training is done, so keep its weights as `last`
+                # (now, within the job manager's grace period) and drop the partial metrics.
+                reason = self.cancelled_reason()
+                self.last_val = {}
+                if ddp.main:
+                    self.save_last(state.epoch, epoch=state.epoch, step=state.step)
+                return "cancelled", reason
+            if ddp.main:
+                self.record_epoch()
+            reason = self.should_stop()
+            if reason:
+                return "completed", reason
+        if ddp.any(self.cancel.set):  # signalled during the last epoch's checkpoint writes
+            return "cancelled", self.cancelled_reason()
+        return "completed", ""
+
+    def train_epoch(self, epoch: int) -> None:
+        """One pass over the training batches; it ends early at max_steps or a cancel (the flag stays set)."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        if hasattr(self.data.train, "set_epoch"):  # fresh corruption noise each epoch (fragments)
+            self.data.train.set_epoch(epoch)
+        self.model.train()
+        self.epoch_started = time.monotonic()
+        self.state.loss_sum, self.state.loss_n = 0.0, 0
+        self.window = []
+        self.batches = _start_batches(self.train_loader)  # persistent workers: the same workers, reset
+        while (batch := self._next_batch()) is not _END:
+            with self.phases.phase("steps"):
+                self.train_step(batch, epoch)
+            if self.ddp.any(self.cancel.set) or self.reached_max_steps():
+                break
+            if self.ddp.main and time.monotonic() - self.last_save > CHECKPOINT_EVERY_S:
+                self.save_last(epoch)
+                self.last_save = time.monotonic()
+        if self.window:
+            with self.phases.phase("steps"):
+                self._flush(epoch)
+
+    def _next_batch(self) -> Any:
+        """The next training batch; `_END` at the epoch's end or after a cancel during the wait."""
+        try:
+            with self.phases.phase("data_wait"), self.cancel.interruptible(self.fetch_interruptible):
+                batch = next(self.batches)
+                if self.state.steps_here == 0:
+                    pause_point("first-batch")
+        except StopIteration:
+            return _END
+        except Cancelled:
+            return _END  # the flag is set: handled like a cancel after a step
+        return batch
+
+    def train_step(self, batch: Any, epoch: int) -> None:
+        """One optimisation step (`TrainStep`) on a loader batch. Loss values are read back in windows so a
+        GPU step does not wait on a host sync each time; the window still names the exact step that first
+        went non-finite."""
+        batch = self.fast.inputs(self.task.batch_to(batch, self.device))
+        loss = self.one_step(batch, lambda: pause_point("step", until=lambda: self.cancel.set))
+        self.state.step += 1
+        self.state.steps_here += 1
+        self.phases.first_step()
+        self.window.append(loss)
+        if len(self.window) >= self.cfg.log_every:
+            self._flush(epoch)
+
+    def validate(self) -> dict[str, float]:
+        """Rank 0: the validation metrics, kept in `last_val`; a cancel during them leaves `last_val` as it
+        was (the caller sees the flag)."""
+        self.model.eval()
+        try:
+            with self.phases.phase("validation"), self.cancel.interruptible():
+                pause_point("validation")
+                val_batches = _until(self.val_loader, self.cancel)
+                if isinstance(self.task, AudioTask):
+                    self.last_val = self.task.evaluate(
+                        self.model, val_batches, self.device, dataset=self.data.val
+                    )
+                else:
+                    self.last_val = self.task.evaluate(self.model, val_batches, self.device)
+        except Cancelled:
+            pass  # the flag is set
+        return self.last_val
+
+    def record_epoch(self) -> None:
+        """Rank 0 after validation: log metrics, media and the epoch line; save `best` when the monitored
+        metric improved, and `last`."""
+        state, epoch, monitor = self.state, self.state.epoch, self.task.monitor
+        self.store.log_metrics(self.run_id, state.step, epoch, "val", self.last_val)
+        media.log_validation_media(
+            self.task, self.model, self.data.val, self.device, self.folder, state.step, epoch
+        )
+        seconds = time.monotonic() - self.epoch_started
+        log.info("%s", epoch_line(epoch, self.cfg.epochs, state, self.last_val, seconds))
+        value = self.last_val.get(monitor, math.nan)
+        if improved(monitor, value, state.best):
+            state.best = value
+            state.bad_epochs = 0
+            with self.phases.phase("checkpoints"):
+                pause_point("checkpoint", until=lambda: self.cancel.set)
+                self._save("best", epoch)
+            self.store.update_run(self.run_id, best_checkpoint=str(self.folder / "checkpoints" / "best"))
+        else:
+            state.bad_epochs += 1
+        self.save_last(epoch, epoch=epoch, step=state.step)
+        self.last_save = time.monotonic()
+
+    def reached_max_steps(self) -> bool:
+        return self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
+
+    def should_stop(self) -> str:
+        """Why the run ends after this epoch ("" when it goes on): early stopping or max_steps. Every rank
+        calls it (rank 0's count of flat epochs decides)."""
+        if self.ddp.broadcast(self.state.bad_epochs >= self.cfg.patience):
+            return (
+                f"early stopping after {self.state.epoch} epochs: "
+                f"val {self.task.monitor} flat for {self.cfg.patience}"
+            )
+        if self.reached_max_steps():
+            return f"stopped at max_steps={self.cfg.max_steps}"
+        return ""
+
+    def cancelled_reason(self) -> str:
+        return _cancel_reason(self.cancel, self.phases, self.state)
+
+    # ------------------------------------------------------------------------------------------ records
+    def save_last(self, at_epoch: int, **fields: Any) -> None:
+        with self.phases.phase("checkpoints"):
+            self._save("last", at_epoch)
+        self.store.update_run(
+            self.run_id, last_checkpoint=str(self.folder / "checkpoints" / "last"), **fields
+        )
+
+    def _save(self, kind: str, epoch: int) -> None:
+        checkpoints.save_checkpoint(self.folder, kind, self.model, self.optimizer, self.state.saved(epoch))
+
+    def _flush(self, epoch: int) -> None:
+        """Read the window's losses back, stop on a non-finite one, log their mean."""
+        # The mean over ranks is taken on the device (NCCL has no CPU tensors), then read back once.
+        values = self.ddp.mean(torch.stack(self.window).float()).cpu()
+        self.window.clear()
+        finite = torch.isfinite(values)
+        state = self.state
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0, 0])
+            bad_step = state.step - len(values) + first + 1
+            raise Diverged(f"loss became {values[first].item()} at step {bad_step} (epoch {epoch + 1})")
+        mean = float(values.mean())
+        state.loss_sum += mean * len(values)
+        state.loss_n += len(values)
+        if self.ddp.main:
+            self.store.log_metrics(self.run_id, state.step, epoch, "train", {"loss": mean})
+            self.store.update_run(self.run_id, step=state.step, epoch=epoch)
+        if self.bar is not None:
+            self.bar.update(len(values))
+            self.bar.set_postfix(loss=f"{mean:.4g}", epoch=epoch + 1)
+        if self.on_step is not None:
+            self.on_step(state.step, mean)
+
+    def close(self) -> None:
+        """End the batch workers and the progress bar."""
+        _shutdown_workers(self.batches)
+        if self.bar is not None:
+            self.bar.close()
+
+
+_END = object()  # the end of an epoch's batches
+
+
 def improved(monitor: str, value: float, best: float | None) -> bool:
     """Whether `value` of the monitored validation metric beats `best`, in the metric registry's direction
     (a metric the registry does not know falls back to lower is better, as a loss)."""
@@ -403,81 +699,44 @@ def _train_recorded(
     cancel: _CancelFlag,
     warm: threading.Thread,
 ) -> RunResult:
-    device = resolve_device(cfg.device)
-    ddp = _Distributed(device)
-    device = ddp.device
-
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "best": None, "bad_epochs": 0, "steps_here": 0}
+    ddp = _Distributed(resolve_device(cfg.device))
+    state = LoopState()
     resume_folder: Path | None = None
     if resume:
-        record = store.get_run(resume) if ddp.main else None
-        if ddp.main and record is None:
-            raise ValueError(f"no run with id '{resume}' in {store.runs_dir}")
-        if ddp.main:
-            if record.variant != cfg.variant:
-                raise ValueError(f"run '{resume}' trains {record.variant}, not {cfg.variant}")
-            resume_folder = checkpoints.checkpoint_path(run_dir(store, resume), "last")
-            if resume_folder is None:
-                raise ValueError(f"run '{resume}' has no 'last' checkpoint to resume from")
-        resume_folder = ddp.broadcast(resume_folder)
-        state.update(checkpoints.resume_state(resume_folder))  # best value as the best checkpoint's
+        resume_folder = ddp.broadcast(_resume_folder(store, resume, cfg.variant) if ddp.main else None)
+        state.resume_from(checkpoints.resume_state(resume_folder))  # best value as the best checkpoint's
         run_id = resume
 
     task = task_for(cfg.variant, kl_weight=cfg.kl_weight)
-    fast = FastPath.resolve(device, task.domain, cfg.precision, cfg.compile)
-    _seed_everything(cfg.seed + state["step"])
+    fast = FastPath.resolve(ddp.device, task.domain, cfg.precision, cfg.compile)
+    _seed_everything(cfg.seed + state.step)
     spec = parse_data_spec(cfg.data) if cfg.data else None
     if spec is not None and spec.domain != task.domain:
         raise ValueError(
             f"data spec '{cfg.data}' is for {spec.domain}, but {cfg.variant} trains on {task.domain}"
         )
-
-    if ddp.main:
-        if run_id is None:
-            run_id = store.create_run(cfg.variant, task.domain, cfg.to_dict(), status="queued")
-        elif store.get_run(run_id) is None:
-            store.create_run(cfg.variant, task.domain, cfg.to_dict(), status="queued", run_id=run_id)
-        else:
-            store.update_run(run_id, config=cfg.to_dict())
-    run_id = ddp.broadcast(run_id)
-    folder = run_dir(store, run_id)
+    run_id = ddp.broadcast(_attach_run(store, run_id, cfg, task.domain) if ddp.main else run_id)
+    trainer = Trainer(cfg, task, fast, store, run_id, ddp, state, phases, cancel)
 
     def finish(status: str, reason: str, finished: bool) -> RunResult:
         if ddp.main:
             store.set_status(run_id, status, reason)
         ddp.close(finished=finished)
-        return RunResult(run_id, status, reason, state["step"], state["epoch"], math.nan, {})
+        return RunResult(run_id, status, reason, state.step, state.epoch, math.nan, {})
 
     try:
         try:
             if ddp.main:
                 store.update_run(
                     run_id,
-                    device=f"{_describe(device, ddp.world)}, {fast.describe()}",
+                    device=f"{_describe(ddp.device, ddp.world)}, {fast.describe()}",
                     pid=os.getpid(),
                     host=socket.gethostname(),
                 )
                 store.set_status(run_id, "running", "resumed" if resume else "")
-            result = _train(
-                cfg,
-                task,
-                fast,
-                spec,
-                store,
-                run_id,
-                folder,
-                device,
-                ddp,
-                state,
-                resume_folder,
-                progress,
-                on_step,
-                phases,
-                cancel,
-                warm,
-            )
+            result = _train(trainer, spec, resume_folder, warm, progress, on_step)
         finally:
-            _record_phases(phases, folder, ddp)
+            _record_phases(phases, trainer.folder, ddp)
     except Diverged as exc:
         return finish("diverged", str(exc), True)
     except Cancelled:
@@ -485,15 +744,7 @@ def _train_recorded(
         # no step was made since the process started, or `last` already holds the weights.
         return finish("cancelled", _cancel_reason(cancel, phases, state), False)
     except torch.cuda.OutOfMemoryError as exc:
-        # Jobs share a GPU: an out-of-memory error ends this run only, with a reason that says so.
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
-        where = PHASE_WORDS[phases.error_phase or phases.current]
-        reason = (
-            f"out of GPU memory at step {state['step'] + 1} (during {where}): "
-            f"{detail[:300]}. "
-            f"Other jobs on the same GPU use memory too: try a smaller batch size or fewer jobs per GPU "
-            f"(--gpu-jobs)"
-        )
+        reason = _out_of_memory_reason(exc, phases, state)
         log.error("run %s: %s", run_id, reason)
         with contextlib.suppress(Exception):
             torch.cuda.empty_cache()
@@ -510,12 +761,48 @@ def _train_recorded(
     return result
 
 
-def _cancel_reason(cancel: _CancelFlag, phases: PhaseTimes, state: dict[str, Any]) -> str:
+def _resume_folder(store: RunStore, resume: str, variant: str) -> Path:
+    """The `last` checkpoint of run `resume`, which must exist and train `variant` (rank 0 asks the store)."""
+    record = store.get_run(resume)
+    if record is None:
+        raise ValueError(f"no run with id '{resume}' in {store.runs_dir}")
+    if record.variant != variant:
+        raise ValueError(f"run '{resume}' trains {record.variant}, not {variant}")
+    folder = checkpoints.checkpoint_path(run_dir(store, resume), "last")
+    if folder is None:
+        raise ValueError(f"run '{resume}' has no 'last' checkpoint to resume from")
+    return folder
+
+
+def _attach_run(store: RunStore, run_id: str | None, cfg: RunConfig, domain: str) -> str:
+    """The run id in the store (rank 0): a new `queued` run, the one the studio made, or a resumed one."""
+    if run_id is None:
+        return store.create_run(cfg.variant, domain, cfg.to_dict(), status="queued")
+    if store.get_run(run_id) is None:
+        store.create_run(cfg.variant, domain, cfg.to_dict(), status="queued", run_id=run_id)
+    else:
+        store.update_run(run_id, config=cfg.to_dict())
+    return run_id
+
+
+def _out_of_memory_reason(exc: BaseException, phases: PhaseTimes, state: LoopState) -> str:
+    """Jobs share a GPU: an out-of-memory error ends this run only, with a reason that says so."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+    where = PHASE_WORDS[phases.error_phase or phases.current]
+    return (
+        f"out of GPU memory at step {state.step + 1} (during {where}): "
+        f"{detail[:300]}. "
+        f"Other jobs on the same GPU use memory too: try a smaller batch size or fewer jobs per GPU "
+        f"(--gpu-jobs)"
+    )
+
+
+def _cancel_reason(cancel: _CancelFlag, phases: PhaseTimes, state: LoopState) -> str:
     phase = phases.error_phase or phases.current
     where = cancel.signal_phase or PHASE_WORDS.get(phase, phase)
-    if state["steps_here"] == 0:
+    if state.steps_here == 0:
         return f"cancelled before the first step (signal during {where})"
-    return f"cancelled at step {state['step']} (signal during {where})"
+    return f"cancelled at step {state.step} (signal during {where})"
 
 
 def _record_phases(phases: PhaseTimes, folder: Path, ddp: _Distributed) -> None:
@@ -575,205 +862,41 @@ def _shutdown_workers(iterator: Any) -> None:
 
 
 def _train(
-    cfg: RunConfig,
-    task: Task,
-    fast: FastPath,
+    trainer: Trainer,
     spec: DataSpec | None,
-    store: RunStore,
-    run_id: str,
-    folder: Path,
-    device: torch.device,
-    ddp: _Distributed,
-    state: dict[str, Any],
     resume_folder: Path | None,
+    warm: threading.Thread,
     progress: bool,
     on_step: Callable[[int, float], None] | None,
-    phases: PhaseTimes,
-    cancel: _CancelFlag,
-    warm: threading.Thread,
 ) -> RunResult:
-    with phases.phase("data"), cancel.interruptible():
-        data = task.build_data(spec, cfg.model, cfg.seed)
-    with phases.phase("model"), cancel.interruptible():
-        warm.join()
-        if resume_folder is not None:
-            model = load_pretrained(resume_folder, expected_variant=cfg.variant)
-        else:
-            model = create_model(cfg.variant, preprocessing=data.preprocessing, **cfg.model)
-        cuda = device.type == "cuda"
-        model.to(device)
-        train_model = fast.prepare(model)
-        optimizer = fast.optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
-        if resume_folder is not None:
-            checkpoints.load_optimizer_state(resume_folder, optimizer)
-        sampler = None
-        if ddp.enabled:
-            train_model = nn.parallel.DistributedDataParallel(
-                train_model, device_ids=[device.index] if cuda else None
-            )
-            sampler = DistributedSampler(data.train, num_replicas=ddp.world, rank=ddp.rank, seed=cfg.seed)
-        pin = device.type == "cuda"
-        workers = data_workers(cfg.num_workers, device)
-        train_loader = DataLoader(
-            data.train,
-            batch_size=cfg.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=pin,
-            drop_last=len(data.train) > cfg.batch_size,
-            generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]),
-            persistent_workers=workers > 0,
-            worker_init_fn=_worker_init if workers > 0 else None,
-        )
-        val_loader = DataLoader(
-            data.val, batch_size=cfg.batch_size, shuffle=False, num_workers=0, pin_memory=pin
-        )
-    if ddp.main:  # the studio's progress, percent done and ETA count from this
-        store.update_run(run_id, steps_per_epoch=len(train_loader))
-
-    best = state["best"]
-    step = TrainStep(task, model, optimizer, cfg.grad_clip, fast, device, forward=train_model)
-    last_val: dict[str, float] = {}
-    last_save = time.monotonic()
-    reason = ""
-    status = "completed"
-    total_steps = cfg.epochs * len(train_loader)
-    bar = _progress_bar(progress and ddp.main, total_steps, state["step"], run_id)
-    # With DDP every rank must make the same steps, so a rank may not leave a batch wait on its own.
-    fetch_interruptible = not ddp.enabled
-
-    def save_last(at_epoch: int, **fields: Any) -> None:
-        with phases.phase("checkpoints"):
-            _save(folder, "last", model, optimizer, state, at_epoch, best)
-        store.update_run(run_id, last_checkpoint=str(folder / "checkpoints" / "last"), **fields)
-
-    def cancelled_reason() -> str:
-        return _cancel_reason(cancel, phases, state)
-
-    batches: Any = None
+    """Set the trainer up, run its epochs and record how the run ended."""
+    trainer.setup(spec, resume_folder, warm)
+    state, run_id = trainer.state, trainer.run_id
+    total_steps = trainer.cfg.epochs * len(trainer.train_loader)
+    trainer.bar = _progress_bar(progress and trainer.ddp.main, total_steps, state.step, run_id)
+    trainer.on_step = on_step
     try:
-        epoch = state["epoch"]
-        while epoch < cfg.epochs:
-            if ddp.any(cancel.set):  # e.g. signalled while the previous epoch's checkpoints were written
-                status, reason = "cancelled", cancelled_reason()
-                break
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            if hasattr(data.train, "set_epoch"):  # fresh corruption noise each epoch (fragments)
-                data.train.set_epoch(epoch)
-            model.train()
-            epoch_started = time.monotonic()
-            state["loss_sum"], state["loss_n"] = 0.0, 0
-            window: list[torch.Tensor] = []
-            batches = _start_batches(train_loader)  # persistent workers: the same workers, reset
-            while True:
-                try:
-                    with phases.phase("data_wait"), cancel.interruptible(fetch_interruptible):
-                        batch = next(batches)
-                        if state["steps_here"] == 0:
-                            pause_point("first-batch")
-                except StopIteration:
-                    break
-                except Cancelled:
-                    break  # the flag is set: handled below like a cancel after a step
-                with phases.phase("steps"):
-                    batch = fast.inputs(task.batch_to(batch, device))
-                    loss = step(batch, lambda: pause_point("step", until=lambda: cancel.set))
-                    state["step"] += 1
-                    state["steps_here"] += 1
-                    phases.first_step()
-                    window.append(loss)
-                    # Loss values are read back in windows so a GPU step does not wait on a host sync each
-                    # time; the window still names the exact step that first went non-finite.
-                    if len(window) >= cfg.log_every:
-                        _flush(window, state, epoch, store, run_id, ddp, bar, on_step)
-                stop = cfg.max_steps is not None and state["step"] >= cfg.max_steps
-                if ddp.any(cancel.set) or stop:
-                    break
-                if ddp.main and time.monotonic() - last_save > CHECKPOINT_EVERY_S:
-                    save_last(epoch)
-                    last_save = time.monotonic()
-            if window:
-                with phases.phase("steps"):
-                    _flush(window, state, epoch, store, run_id, ddp, bar, on_step)
-            if ddp.any(cancel.set):
-                status, reason = "cancelled", cancelled_reason()
-                if ddp.main and state["steps_here"] > 0:
-                    save_last(epoch, step=state["step"])
-                break
-            epoch += 1
-            state["epoch"] = epoch
-            if ddp.main:
-                model.eval()
-                try:
-                    with phases.phase("validation"), cancel.interruptible():
-                        pause_point("validation")
-                        val_batches = _until(val_loader, cancel)
-                        if isinstance(task, AudioTask):
-                            last_val = task.evaluate(model, val_batches, device, dataset=data.val)
-                        else:
-                            last_val = task.evaluate(model, val_batches, device)
-                except Cancelled:
-                    pass  # the flag is set
-            if ddp.any(cancel.set):
-                # SIGTERM during validation: the epoch's training is done, so keep its weights as `last`
-                # (now, within the job manager's grace period) and drop the partial metrics.
-                status, reason = "cancelled", cancelled_reason()
-                last_val = {}
-                if ddp.main:
-                    save_last(epoch, epoch=epoch, step=state["step"])
-                break
-            if ddp.main:
-                store.log_metrics(run_id, state["step"], epoch, "val", last_val)
-                media.log_validation_media(task, model, data.val, device, folder, state["step"], epoch)
-                seconds = time.monotonic() - epoch_started
-                log.info("%s", epoch_line(epoch, cfg.epochs, state, last_val, seconds))
-                value = last_val.get(task.monitor, math.nan)
-                if improved(task.monitor, value, best):
-                    best = value
-                    state["bad_epochs"] = 0
-                    with phases.phase("checkpoints"):
-                        pause_point("checkpoint", until=lambda: cancel.set)
-                        _save(folder, "best", model, optimizer, state, epoch, best)
-                    store.update_run(run_id, best_checkpoint=str(folder / "checkpoints" / "best"))
-                else:
-                    state["bad_epochs"] += 1
-                state["best"] = best
-                save_last(epoch, epoch=epoch, step=state["step"])
-                last_save = time.monotonic()
-            early = ddp.broadcast(state["bad_epochs"] >= cfg.patience)
-            if early:
-                reason = f"early stopping after {epoch} epochs: val {task.monitor} flat for {cfg.patience}"
-                break
-            if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
-                reason = f"stopped at max_steps={cfg.max_steps}"
-                break
-        else:
-            if ddp.any(cancel.set):  # signalled during the last epoch's checkpoint writes
-                status, reason = "cancelled", cancelled_reason()
+        status, reason = trainer.fit()
     finally:
-        _shutdown_workers(batches)
-        if bar is not None:
-            bar.close()
-    if ddp.main:
-        store.set_status(run_id, status, reason)
-    return RunResult(run_id, status, reason, state["step"], state["epoch"], best, last_val)
+        trainer.close()
+    if trainer.ddp.main:
+        trainer.store.set_status(run_id, status, reason)
+    return RunResult(run_id, status, reason, state.step, state.epoch, state.best, trainer.last_val)
 
 
-def epoch_line(epoch: int, epochs: int, state: dict[str, Any], val: dict[str, float], seconds: float) -> str:
+def epoch_line(epoch: int, epochs: int, state: LoopState, val: dict[str, float], seconds: float) -> str:
     """One line per epoch for the run's log, which the studio shows while the run trains (jobs run with
     --no-progress): "epoch 3/20 · step 96 · train loss 0.0123 · val psnr ↑ 23.41, ... · 4.2 s/epoch"."""
     from trainers.metrics import registry
 
-    n = state.get("loss_n", 0)
-    loss = registry.format_value("loss", state["loss_sum"] / n) if n else "n/a"
+    n = state.loss_n
+    loss = registry.format_value("loss", state.loss_sum / n) if n else "n/a"
     metrics = ", ".join(
         f"{name} {registry.arrow(name)} {registry.format_value(name, value)}".replace("  ", " ")
         for name, value in val.items()
     )
     return (
-        f"epoch {epoch}/{epochs} · step {state['step']} · train loss {loss} · "
+        f"epoch {epoch}/{epochs} · step {state.step} · train loss {loss} · "
         f"val {metrics or '(no metrics)'} · {seconds:.1f} s/epoch"
     )
 
@@ -784,38 +907,6 @@ def _until(batches: Any, cancel: _CancelFlag) -> Any:
         if cancel.set:
             return
         yield batch
-
-
-def _flush(window, state, epoch, store, run_id, ddp, bar, on_step) -> None:
-    # The mean over ranks is taken on the device (NCCL has no CPU tensors), then read back once.
-    values = ddp.mean(torch.stack(window).float()).cpu()
-    window.clear()
-    finite = torch.isfinite(values)
-    if not bool(finite.all()):
-        first = int((~finite).nonzero()[0, 0])
-        bad_step = state["step"] - len(values) + first + 1
-        raise Diverged(f"loss became {values[first].item()} at step {bad_step} (epoch {epoch + 1})")
-    mean = float(values.mean())
-    state["loss_sum"] = state.get("loss_sum", 0.0) + mean * len(values)
-    state["loss_n"] = state.get("loss_n", 0) + len(values)
-    if ddp.main:
-        store.log_metrics(run_id, state["step"], epoch, "train", {"loss": mean})
-        store.update_run(run_id, step=state["step"], epoch=epoch)
-    if bar is not None:
-        bar.update(len(values))
-        bar.set_postfix(loss=f"{mean:.4g}", epoch=epoch + 1)
-    if on_step is not None:
-        on_step(state["step"], mean)
-
-
-def _save(folder: Path, kind: str, model, optimizer, state: dict[str, Any], epoch: int, best) -> None:
-    checkpoints.save_checkpoint(
-        folder,
-        kind,
-        model,
-        optimizer,
-        {"step": state["step"], "epoch": epoch, "best": best, "bad_epochs": state["bad_epochs"]},
-    )
 
 
 def _progress_bar(enabled: bool, total: int, initial: int, run_id: str):

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -517,26 +518,9 @@ def audio_windows(
                 f"{label} hears {c.clip_seconds:g} s clips, unlike the first checkpoint's {window_s:g} s: "
                 "score checkpoints with the same clip length together"
             )
-        segments = [full[s : s + c.n_samples] for s in starts]
-        wavs = [np.pad(g, (0, c.n_samples - len(g))).astype(np.float32) for g in segments]
-        loud = [i for i, g in enumerate(segments) if _dbfs(g) >= SILENT_WINDOW_DBFS]
-        rows = {m: np.full(len(starts), np.nan) for m, _ in WINDOW_METRICS}
-        trip = {m: np.full(len(starts), np.nan) for m, _ in WINDOW_METRICS}
-        flat = np.full(len(starts), np.nan)
-        for i in loud:
-            flat[i] = sanity.flat_spectrum_lsd(wavs[i], c.n_fft, c.hop_length)
-        if loud:
-            feats = features.encode_batch(np.stack([wavs[i] for i in loud]))
-            x = feats.to(model_device(model))
-            recon = model_call(f"the {model.VARIANT} model", partial(model.reconstruct, x)).float().cpu()
-            for j, i in enumerate(loud):
-                _score_into(rows, i, wavs[i], features.decode(recon[j].numpy()), c)
-                if k == 0:
-                    _score_into(trip, i, wavs[i], features.decode(feats[j].numpy()), c)
-        scores[label] = rows
-        flat_lsd[label] = flat
+        scores[label], trip, flat_lsd[label] = _score_windows(model, features, full, starts, k == 0)
         if k == 0:
-            round_trip, flat_lsd["round trip"] = trip, flat
+            round_trip, flat_lsd["round trip"] = trip, flat_lsd[label]
     scores["round trip"] = round_trip
     flags = {
         label: sanity.audio_flags(
@@ -555,6 +539,45 @@ def audio_windows(
         f"{len(starts_s)} window(s) of {window_s:g} s every {HOP_SECONDS:g} s; the mean row is what "
         "`python -m trainers eval` reports for this recording. " + ROUNDTRIP_NOTE
     )
+    headers, table = _windows_table(starts_s, window_s, scores, flags, n_silent)
+    notes.append(BASELINE_NOTE)
+    figure = _windows_figure(starts_s, scores)
+    return AudioWindows(starts_s, scores, headers, table, figure, notes, flags)
+
+
+def _score_windows(
+    model: torch.nn.Module, features: Any, full: np.ndarray, starts: list[int], round_trip: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """One checkpoint's figures per window (NaN where a window is silent), the features' round trip's when
+    `round_trip` is asked for (else NaN), and the best flat spectrum's LSD per window."""
+    c = features.config
+    segments = [full[s : s + c.n_samples] for s in starts]
+    wavs = [np.pad(g, (0, c.n_samples - len(g))).astype(np.float32) for g in segments]
+    loud = [i for i, g in enumerate(segments) if _dbfs(g) >= SILENT_WINDOW_DBFS]
+    rows = {m: np.full(len(starts), np.nan) for m, _ in WINDOW_METRICS}
+    trip = {m: np.full(len(starts), np.nan) for m, _ in WINDOW_METRICS}
+    flat = np.full(len(starts), np.nan)
+    for i in loud:
+        flat[i] = sanity.flat_spectrum_lsd(wavs[i], c.n_fft, c.hop_length)
+    if loud:
+        feats = features.encode_batch(np.stack([wavs[i] for i in loud]))
+        x = feats.to(model_device(model))
+        recon = model_call(f"the {model.VARIANT} model", partial(model.reconstruct, x)).float().cpu()
+        for j, i in enumerate(loud):
+            _score_into(rows, i, wavs[i], features.decode(recon[j].numpy()), c)
+            if round_trip:
+                _score_into(trip, i, wavs[i], features.decode(feats[j].numpy()), c)
+    return rows, trip, flat
+
+
+def _windows_table(
+    starts_s: list[float],
+    window_s: float,
+    scores: dict[str, dict[str, np.ndarray]],
+    flags: dict[str, list[Any]],
+    n_silent: int,
+) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows: one row per window, then the mean over the scored windows and the flags."""
     headers = ["window"] + [
         f"{label} · {short} {arrow(metric)}".strip() for label in scores for metric, short in WINDOW_METRICS
     ]
@@ -575,9 +598,7 @@ def audio_windows(
     for label in scores:
         flag_row += [sanity.flag_cell(flags[label]), ""]
     table.append(flag_row)
-    notes.append(BASELINE_NOTE)
-    figure = _windows_figure(starts_s, scores)
-    return AudioWindows(starts_s, scores, headers, table, figure, notes, flags)
+    return headers, table
 
 
 def _dbfs(y: np.ndarray) -> float:
@@ -699,84 +720,143 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     """The Audio tab's components and events (call inside ``with gr.Tab("Audio"):``)."""
     import gradio as gr
 
-    def clip_picker(label: str) -> list[Any]:
-        source = gr.Radio(list(SOURCES), value=SOURCES[0], label=label)
-        with gr.Row():
-            kind = gr.Dropdown(list(SYNTH_KINDS), value="note", label="Built-in kind")
-            seed = gr.Number(value=0, precision=0, minimum=0, label="Clip seed")
-        # Any file is accepted here and checked by the handler (not_audio_message), so a wrong type gets a
-        # sentence naming the file instead of the browser's list of MIME types; a recording lands here too.
-        upload = gr.File(label="Upload an audio file (WAV, FLAC, OGG, MP3, M4A)", type="filepath")
-        record = gr.Audio(sources=["microphone"], type="filepath", label="…or record one")
-        record.stop_recording(lambda f: f, inputs=record, outputs=upload, api_visibility="private")
-        upload.change(
-            lambda f: SOURCES[1] if f else gr.update(),
-            inputs=upload,
-            outputs=source,
-            api_visibility="private",
-        )
-        return [source, kind, seed, upload]
-
     with gr.Row():
         with gr.Column(scale=1):
             checkpoint, audio_checkpoints = checkpoint_picker(
                 ctx, "audio", "Audio VAE checkpoint", "audio-vae (magnitude + IF) or audio-vae-mel (log-mel)"
             )
-            clip_a = clip_picker("Clip")
+            clip_a = _clip_picker("Clip")
             start = gr.Number(value=0.0, minimum=0.0, label="Start of the 1 s clip in an upload (s)")
             run = gr.Button("Reconstruct", variant="primary")
         with gr.Column(scale=3):
-            # Each section's status line starts with a hint: the progress spinner and a bad input's "Error"
-            # badge sit on it alone (show_progress_on), so it needs a height, and the previous figures and
-            # players stay readable.
-            status = gr.Markdown("Pick a checkpoint and a clip, then press **Reconstruct**.", label="Notes")
-            # No label badge: it would sit on top of the first subplot's title.
-            figure = gr.Plot(label="Spectrograms: input and reconstruction", show_label=False)
-            with gr.Row():
-                input_audio = gr.Audio(label="Input", interactive=False)
-                # Short, so the download/share icons do not cover it; ROUNDTRIP_NOTE in the status explains.
-                roundtrip_audio = gr.Audio(label="Round trip (ceiling)", interactive=False)
-                recon_audio = gr.Audio(label="Reconstruction", interactive=False)
-            table = gr.Dataframe(headers=TABLE_HEADERS, label="Metrics against the input", interactive=False)
-            gr.Markdown("**Every window of the clip**: the figures of each 1 s window, every 0.5 s")
-            with gr.Row():
-                also = gr.Dropdown(
-                    choices=ctx.checkpoint_choices("audio"),
-                    multiselect=True,
-                    allow_custom_value=True,
-                    label="Also score these checkpoints",
-                    info="the checkpoint above is always scored; its features give the round trip",
-                    scale=4,
-                )
-                windows_btn = gr.Button("Score every window", scale=1)
-            windows_status = gr.Markdown(
-                "**Reconstruct** also scores every window of the clip.", label="Window notes"
-            )
-            windows_figure = gr.Plot(label="Figures per window", show_label=False)
-            windows_table = gr.Dataframe(label="Figures per window", interactive=False, wrap=True)
+            shown = _reconstruction_outputs(ctx)
     with gr.Accordion("Samples from the prior", open=False), gr.Row():
-        with gr.Column(scale=1):
-            n_samples = gr.Slider(1, MAX_SAMPLES, value=3, step=1, label="Samples")
-            sample_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
-            sample_btn = gr.Button("Sample")
-        with gr.Column(scale=3):
-            sample_status = gr.Markdown(
-                "Decode draws from the prior N(0, I): press **Sample**.", label="Sample notes"
-            )
-            sample_audio = gr.Audio(label="Samples, one after the other", interactive=False)
-            sample_figure = gr.Plot(label="Sample spectrograms", show_label=False)
+        sampling = _sample_section()
     with gr.Accordion("Interpolate between two clips", open=False), gr.Row():
-        with gr.Column(scale=1):
-            gr.Markdown("From the clip above (A) to clip B:")
-            clip_b = clip_picker("Clip B")
-            steps = gr.Slider(2, MAX_STEPS, value=5, step=1, label="Steps from A to B")
-            interp_btn = gr.Button("Interpolate")
-        with gr.Column(scale=3):
-            interp_status = gr.Markdown(
-                "Pick clip B, then press **Interpolate**.", label="Interpolation notes"
-            )
-            interp_audio = gr.Audio(label="A → B, one step after the other", interactive=False)
-            interp_figure = gr.Plot(label="Interpolation spectrograms", show_label=False)
+        interpolation = _interpolate_section()
+
+    # Results on screen belong to the clip named beside them: a new upload (or recording) clears them.
+    clear_results_on_change(
+        clip_a[3],
+        shown.status,
+        [shown.figure, *shown.players, shown.table, shown.windows_figure, shown.windows_table],
+        "Reconstruct",
+    )
+    clear_results_on_change(
+        interpolation.clip_b[3],
+        interpolation.status,
+        [interpolation.audio, interpolation.figure],
+        "Interpolate",
+    )
+    _wire_reconstruct(ctx, checkpoint, clip_a, start, run, shown)
+    _wire_sample(ctx, checkpoint, sampling)
+    _wire_interpolate(ctx, checkpoint, clip_a, start, interpolation)
+    return audio_checkpoints, checkpoint
+
+
+def _clip_picker(label: str) -> list[Any]:
+    """Source, built-in kind, seed and upload of one clip (a recording lands in the upload)."""
+    import gradio as gr
+
+    source = gr.Radio(list(SOURCES), value=SOURCES[0], label=label)
+    with gr.Row():
+        kind = gr.Dropdown(list(SYNTH_KINDS), value="note", label="Built-in kind")
+        seed = gr.Number(value=0, precision=0, minimum=0, label="Clip seed")
+    # Any file is accepted here and checked by the handler (not_audio_message), so a wrong type gets a
+    # sentence naming the file instead of the browser's list of MIME types; a recording lands here too.
+    upload = gr.File(label="Upload an audio file (WAV, FLAC, OGG, MP3, M4A)", type="filepath")
+    record = gr.Audio(sources=["microphone"], type="filepath", label="…or record one")
+    record.stop_recording(lambda f: f, inputs=record, outputs=upload, api_visibility="private")
+    upload.change(
+        lambda f: SOURCES[1] if f else gr.update(),
+        inputs=upload,
+        outputs=source,
+        api_visibility="private",
+    )
+    return [source, kind, seed, upload]
+
+
+def _reconstruction_outputs(ctx: Any) -> SimpleNamespace:
+    """Notes, spectrograms, players and metrics of one clip, then the every-window section."""
+    import gradio as gr
+
+    # Each section's status line starts with a hint: the progress spinner and a bad input's "Error"
+    # badge sit on it alone (show_progress_on), so it needs a height, and the previous figures and
+    # players stay readable.
+    status = gr.Markdown("Pick a checkpoint and a clip, then press **Reconstruct**.", label="Notes")
+    # No label badge: it would sit on top of the first subplot's title.
+    figure = gr.Plot(label="Spectrograms: input and reconstruction", show_label=False)
+    with gr.Row():
+        input_audio = gr.Audio(label="Input", interactive=False)
+        # Short, so the download/share icons do not cover it; ROUNDTRIP_NOTE in the status explains.
+        roundtrip_audio = gr.Audio(label="Round trip (ceiling)", interactive=False)
+        recon_audio = gr.Audio(label="Reconstruction", interactive=False)
+    table = gr.Dataframe(headers=TABLE_HEADERS, label="Metrics against the input", interactive=False)
+    gr.Markdown("**Every window of the clip**: the figures of each 1 s window, every 0.5 s")
+    with gr.Row():
+        also = gr.Dropdown(
+            choices=ctx.checkpoint_choices("audio"),
+            multiselect=True,
+            allow_custom_value=True,
+            label="Also score these checkpoints",
+            info="the checkpoint above is always scored; its features give the round trip",
+            scale=4,
+        )
+        windows_btn = gr.Button("Score every window", scale=1)
+    windows_status = gr.Markdown(
+        "**Reconstruct** also scores every window of the clip.", label="Window notes"
+    )
+    windows_figure = gr.Plot(label="Figures per window", show_label=False)
+    windows_table = gr.Dataframe(label="Figures per window", interactive=False, wrap=True)
+    return SimpleNamespace(
+        status=status,
+        figure=figure,
+        players=[input_audio, roundtrip_audio, recon_audio],
+        table=table,
+        also=also,
+        windows_btn=windows_btn,
+        windows_status=windows_status,
+        windows_figure=windows_figure,
+        windows_table=windows_table,
+    )
+
+
+def _sample_section() -> SimpleNamespace:
+    import gradio as gr
+
+    with gr.Column(scale=1):
+        n_samples = gr.Slider(1, MAX_SAMPLES, value=3, step=1, label="Samples")
+        seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+        button = gr.Button("Sample")
+    with gr.Column(scale=3):
+        status = gr.Markdown("Decode draws from the prior N(0, I): press **Sample**.", label="Sample notes")
+        audio = gr.Audio(label="Samples, one after the other", interactive=False)
+        figure = gr.Plot(label="Sample spectrograms", show_label=False)
+    return SimpleNamespace(n=n_samples, seed=seed, button=button, status=status, audio=audio, figure=figure)
+
+
+def _interpolate_section() -> SimpleNamespace:
+    import gradio as gr
+
+    with gr.Column(scale=1):
+        gr.Markdown("From the clip above (A) to clip B:")
+        clip_b = _clip_picker("Clip B")
+        steps = gr.Slider(2, MAX_STEPS, value=5, step=1, label="Steps from A to B")
+        button = gr.Button("Interpolate")
+    with gr.Column(scale=3):
+        status = gr.Markdown("Pick clip B, then press **Interpolate**.", label="Interpolation notes")
+        audio = gr.Audio(label="A → B, one step after the other", interactive=False)
+        figure = gr.Plot(label="Interpolation spectrograms", show_label=False)
+    return SimpleNamespace(
+        clip_b=clip_b, steps=steps, button=button, status=status, audio=audio, figure=figure
+    )
+
+
+def _wire_reconstruct(
+    ctx: Any, checkpoint: Any, clip_a: list[Any], start: Any, run: Any, shown: SimpleNamespace
+) -> None:
+    """Reconstruct (`audio_compare`), then every window (`audio_windows`), which its own button also runs."""
+    import gradio as gr
 
     @user_errors
     def compare(checkpoint, source, kind, seed, upload, start, progress=gr.Progress()):  # noqa: B008
@@ -797,42 +877,39 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         r = audio_windows(ctx, chosen, source, kind, seed, upload, progress)
         return notes_markdown(r.notes), r.figure, {"headers": r.headers, "data": r.table}
 
-    # Results on screen belong to the clip named beside them: a new upload (or recording) clears them.
-    clear_results_on_change(
-        clip_a[3],
-        status,
-        [figure, input_audio, roundtrip_audio, recon_audio, table, windows_figure, windows_table],
-        "Reconstruct",
-    )
-    clear_results_on_change(clip_b[3], interp_status, [interp_audio, interp_figure], "Interpolate")
-
     windows_io = {
-        "inputs": [checkpoint, also, *clip_a],
-        "outputs": [windows_status, windows_figure, windows_table],
-        "show_progress_on": [windows_status],
+        "inputs": [checkpoint, shown.also, *clip_a],
+        "outputs": [shown.windows_status, shown.windows_figure, shown.windows_table],
+        "show_progress_on": [shown.windows_status],
     }
     run.click(
         compare,
         inputs=[checkpoint, *clip_a, start],
-        outputs=[status, figure, input_audio, roundtrip_audio, recon_audio, table],
+        outputs=[shown.status, shown.figure, *shown.players, shown.table],
         api_name="audio_compare",
-        show_progress_on=[status],
+        show_progress_on=[shown.status],
     ).success(windows, **windows_io, api_visibility="private")
-    windows_btn.click(windows, **windows_io, api_name="audio_windows")
+    shown.windows_btn.click(windows, **windows_io, api_name="audio_windows")
 
+
+def _wire_sample(ctx: Any, checkpoint: Any, sampling: SimpleNamespace) -> None:
     @user_errors
     def sample(checkpoint, n, seed):
         r = audio_sample(ctx, checkpoint, n, seed)
         return notes_markdown(r.notes), player(r.sample_rate, r.audio), r.figure
 
-    sample_btn.click(
+    sampling.button.click(
         sample,
-        inputs=[checkpoint, n_samples, sample_seed],
-        outputs=[sample_status, sample_audio, sample_figure],
+        inputs=[checkpoint, sampling.n, sampling.seed],
+        outputs=[sampling.status, sampling.audio, sampling.figure],
         api_name="audio_sample",
-        show_progress_on=[sample_status],
+        show_progress_on=[sampling.status],
     )
 
+
+def _wire_interpolate(
+    ctx: Any, checkpoint: Any, clip_a: list[Any], start: Any, interpolation: SimpleNamespace
+) -> None:
     @user_errors
     def interpolate(checkpoint, source, kind, seed, upload, start, source_b, kind_b, seed_b, upload_b, steps):
         a = {"source": source, "kind": kind, "seed": seed, "upload": upload, "start": start}
@@ -840,12 +917,10 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         r = audio_interpolate(ctx, checkpoint, a, b, steps)
         return notes_markdown(r.notes), player(r.sample_rate, r.audio), r.figure
 
-    interp_btn.click(
+    interpolation.button.click(
         interpolate,
-        inputs=[checkpoint, *clip_a, start, *clip_b, steps],
-        outputs=[interp_status, interp_audio, interp_figure],
+        inputs=[checkpoint, *clip_a, start, *interpolation.clip_b, interpolation.steps],
+        outputs=[interpolation.status, interpolation.audio, interpolation.figure],
         api_name="audio_interpolate",
-        show_progress_on=[interp_status],
+        show_progress_on=[interpolation.status],
     )
-
-    return audio_checkpoints, checkpoint

@@ -231,12 +231,19 @@ def dropdown_update(ctx: Any, domain: str, current: Any = None, multiselect: boo
     import gradio as gr
 
     choices = ctx.checkpoint_choices(domain)
+    if multiselect and current is None:  # never chosen: start from the shipped reference checkpoints
+        return gr.update(choices=choices, value=ctx.default_checkpoints(domain))
+    return choices_update(choices, current, multiselect)
+
+
+def choices_update(choices: list[tuple[str, Any]], current: Any, multiselect: bool = False) -> Any:
+    """A ``gr.update`` with fresh (label, value) choices, keeping the selections that still exist; a single
+    choice that is gone becomes the first one."""
+    import gradio as gr
+
     valid = {value for _, value in choices}
     if multiselect:
-        if current is None:  # never chosen: start from the shipped reference checkpoints
-            return gr.update(choices=choices, value=ctx.default_checkpoints(domain))
-        kept = [c for c in current if c in valid]
-        return gr.update(choices=choices, value=kept)
+        return gr.update(choices=choices, value=[c for c in current or [] if c in valid])
     value = current if current in valid else (choices[0][1] if choices else None)
     return gr.update(choices=choices, value=value)
 

@@ -18,9 +18,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from studio.views.common import escape_markdown, user_errors
+from studio.views.common import choices_update, escape_markdown, user_errors
 from trainers import checkpoints
 from trainers import export as export_lib
 from trainers import hub as hub_lib
@@ -252,57 +253,148 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     )
     with gr.Row():
         with gr.Column(scale=1):
-            gr.Markdown("### Checkpoint")
-            with gr.Row():
-                run = gr.Dropdown(
-                    choices=runs,
-                    value=runs[0][1] if runs else None,
-                    label="Run",
-                    scale=4,
-                    # API clients name runs started after this page was built; `_run_id` checks them.
-                    allow_custom_value=True,
-                )
-                refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
-            kind = gr.Radio(
-                list(KINDS), value="best", label="Checkpoint", info="best validation or most recent"
-            )
-            token = gr.Textbox(
-                label="Hugging Face token",
-                type="password",
-                placeholder="hf_...",
-                info="used for this push or load only, never saved"
-                + ("" if ctx.space else "; empty: HF_TOKEN or `hf auth login`"),
-            )
+            picked = _checkpoint_column(ctx, runs)
         with gr.Column(scale=1):
-            gr.Markdown("### Push to the Hub")
-            repo_hint, message_hint = hub_placeholders(ctx, runs[0][1] if runs else None)
-            repo_id = gr.Textbox(label="Repo id", placeholder=repo_hint)
-            with gr.Row():
-                private = gr.Checkbox(value=False, label="Private (new repos)")
-                branch = gr.Textbox(label="Branch", placeholder="main")
-            commit_message = gr.Textbox(label="Commit message", placeholder=message_hint)
-            push_btn = gr.Button("Push", variant="primary")
-            push_status = gr.Markdown(label="Push status")
-            with gr.Column(visible=not ctx.space):
-                gr.Markdown("### Export to a folder")
-                folder = gr.Textbox(
-                    label="Folder",
-                    placeholder="my-model, or an absolute path",
-                    info=f"a relative name goes under {Path(ctx.runs_dir).resolve() / EXPORTS_DIR}; "
-                    "an earlier export there is replaced, other files are never touched",
-                )
-                export_btn = gr.Button("Export")
-                export_status = gr.Markdown(label="Export status")
+            sent = _push_column(ctx, runs)
         with gr.Column(scale=1):
-            gr.Markdown("### Load a checkpoint")
-            source = gr.Textbox(
-                label="Hub repo id" + ("" if ctx.space else " or folder"),
-                placeholder="owner/name, owner/name@branch"
-                + ("" if ctx.space else " or /path/to/checkpoint"),
-            )
-            load_btn = gr.Button("Load")
-            load_status = gr.Markdown(label="Load status")
-            loaded = gr.Markdown(loaded_markdown(ctx), label="Loaded checkpoints")
+            loading = _load_column(ctx)
+    hub_runs = _wire_checkpoints(ctx, picked, sent, loading)
+    _metrics_export_section(ctx, picked.refresh)
+    return hub_runs, picked.run
+
+
+def _checkpoint_column(ctx: Any, runs: list[tuple[str, str]]) -> SimpleNamespace:
+    """The run and checkpoint to push or export, and the token a push or load uses."""
+    import gradio as gr
+
+    gr.Markdown("### Checkpoint")
+    with gr.Row():
+        run = gr.Dropdown(
+            choices=runs,
+            value=runs[0][1] if runs else None,
+            label="Run",
+            scale=4,
+            # API clients name runs started after this page was built; `_run_id` checks them.
+            allow_custom_value=True,
+        )
+        refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
+    kind = gr.Radio(list(KINDS), value="best", label="Checkpoint", info="best validation or most recent")
+    token = gr.Textbox(
+        label="Hugging Face token",
+        type="password",
+        placeholder="hf_...",
+        info="used for this push or load only, never saved"
+        + ("" if ctx.space else "; empty: HF_TOKEN or `hf auth login`"),
+    )
+    return SimpleNamespace(run=run, refresh=refresh, kind=kind, token=token)
+
+
+def _push_column(ctx: Any, runs: list[tuple[str, str]]) -> SimpleNamespace:
+    """The push form, and (not on a Space) the export-to-a-folder form."""
+    import gradio as gr
+
+    gr.Markdown("### Push to the Hub")
+    repo_hint, message_hint = hub_placeholders(ctx, runs[0][1] if runs else None)
+    repo_id = gr.Textbox(label="Repo id", placeholder=repo_hint)
+    with gr.Row():
+        private = gr.Checkbox(value=False, label="Private (new repos)")
+        branch = gr.Textbox(label="Branch", placeholder="main")
+    commit_message = gr.Textbox(label="Commit message", placeholder=message_hint)
+    push_btn = gr.Button("Push", variant="primary")
+    push_status = gr.Markdown(label="Push status")
+    with gr.Column(visible=not ctx.space):
+        gr.Markdown("### Export to a folder")
+        folder = gr.Textbox(
+            label="Folder",
+            placeholder="my-model, or an absolute path",
+            info=f"a relative name goes under {Path(ctx.runs_dir).resolve() / EXPORTS_DIR}; "
+            "an earlier export there is replaced, other files are never touched",
+        )
+        export_btn = gr.Button("Export")
+        export_status = gr.Markdown(label="Export status")
+    return SimpleNamespace(
+        repo_id=repo_id,
+        private=private,
+        branch=branch,
+        commit_message=commit_message,
+        push_btn=push_btn,
+        push_status=push_status,
+        folder=folder,
+        export_btn=export_btn,
+        export_status=export_status,
+    )
+
+
+def _load_column(ctx: Any) -> SimpleNamespace:
+    """The form that loads a checkpoint from the Hub (or a folder) for the comparison tabs."""
+    import gradio as gr
+
+    gr.Markdown("### Load a checkpoint")
+    source = gr.Textbox(
+        label="Hub repo id" + ("" if ctx.space else " or folder"),
+        placeholder="owner/name, owner/name@branch" + ("" if ctx.space else " or /path/to/checkpoint"),
+    )
+    load_btn = gr.Button("Load")
+    load_status = gr.Markdown(label="Load status")
+    loaded = gr.Markdown(loaded_markdown(ctx), label="Loaded checkpoints")
+    return SimpleNamespace(source=source, load_btn=load_btn, load_status=load_status, loaded=loaded)
+
+
+def _wire_checkpoints(
+    ctx: Any, picked: SimpleNamespace, sent: SimpleNamespace, loading: SimpleNamespace
+) -> Any:
+    """Push, export, load and the run list's refresh; returns the refresh handler (the app runs it when the
+    tab opens)."""
+    import gradio as gr
+
+    @user_errors
+    def hub_push(run_id, kind, repo_id, private, branch, commit_message, token, progress=gr.Progress()):  # noqa: B008
+        return push(ctx, run_id, kind, repo_id, private, branch, commit_message, token, progress=progress)
+
+    @user_errors
+    def hub_export(run_id, kind, folder, progress=gr.Progress()):  # noqa: B008
+        return export(ctx, run_id, kind, folder, progress=progress)
+
+    @user_errors
+    def hub_load(source, token):
+        return load(ctx, source, token)
+
+    @user_errors
+    def hub_runs(current):
+        return choices_update(pushable_runs(ctx), current)
+
+    def suggest(run_id):
+        repo_hint, message_hint = hub_placeholders(ctx, run_id)
+        return gr.update(placeholder=repo_hint), gr.update(placeholder=message_hint)
+
+    run, kind = picked.run, picked.kind
+    sent.push_btn.click(
+        hub_push,
+        inputs=[run, kind, sent.repo_id, sent.private, sent.branch, sent.commit_message, picked.token],
+        outputs=sent.push_status,
+        api_name="hub_push",
+    )
+    sent.export_btn.click(
+        hub_export, inputs=[run, kind, sent.folder], outputs=sent.export_status, api_name="hub_export"
+    )
+    # A failed load marks only its status line; the table of loaded checkpoints stays as it was.
+    loading.load_btn.click(
+        hub_load,
+        inputs=[loading.source, picked.token],
+        outputs=[loading.load_status, loading.loaded],
+        api_name="hub_load",
+        show_progress_on=[loading.load_status],
+    )
+    run.change(suggest, inputs=run, outputs=[sent.repo_id, sent.commit_message], api_visibility="private")
+    picked.refresh.click(hub_runs, inputs=run, outputs=run, api_name="hub_runs")
+    return hub_runs
+
+
+def _metrics_export_section(ctx: Any, refresh: Any) -> None:
+    """The metrics download: runs, format, button, status and file; `refresh` (the run list's ↻) also
+    refreshes its run list."""
+    import gradio as gr
+
     gr.Markdown(
         "### Export metrics\nEvery logged point (train and validation, step, epoch, wall time) of the chosen "
         "runs, to open in Trackio, TensorBoard or a spreadsheet (see the README, 'Export, TensorBoard and "
@@ -331,56 +423,13 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         metric_file = gr.File(label="Download", interactive=False, elem_id="hub-metric-file")
 
     @user_errors
-    def hub_push(run_id, kind, repo_id, private, branch, commit_message, token, progress=gr.Progress()):  # noqa: B008
-        return push(ctx, run_id, kind, repo_id, private, branch, commit_message, token, progress=progress)
-
-    @user_errors
-    def hub_export(run_id, kind, folder, progress=gr.Progress()):  # noqa: B008
-        return export(ctx, run_id, kind, folder, progress=progress)
-
-    @user_errors
     def hub_export_metrics(run_ids, fmt):
         return export_metrics(ctx, run_ids, fmt)
 
     @user_errors
     def hub_metric_runs(current):
-        choices = metric_runs(ctx)
-        ids = {run_id for _, run_id in choices}
-        return gr.update(choices=choices, value=[r for r in current or [] if r in ids])
+        return choices_update(metric_runs(ctx), current or [], multiselect=True)
 
-    @user_errors
-    def hub_load(source, token):
-        return load(ctx, source, token)
-
-    @user_errors
-    def hub_runs(current):
-        choices = pushable_runs(ctx)
-        ids = {run_id for _, run_id in choices}
-        return gr.update(
-            choices=choices, value=current if current in ids else (choices[0][1] if choices else None)
-        )
-
-    def suggest(run_id):
-        repo_hint, message_hint = hub_placeholders(ctx, run_id)
-        return gr.update(placeholder=repo_hint), gr.update(placeholder=message_hint)
-
-    push_btn.click(
-        hub_push,
-        inputs=[run, kind, repo_id, private, branch, commit_message, token],
-        outputs=push_status,
-        api_name="hub_push",
-    )
-    export_btn.click(hub_export, inputs=[run, kind, folder], outputs=export_status, api_name="hub_export")
-    # A failed load marks only its status line; the table of loaded checkpoints stays as it was.
-    load_btn.click(
-        hub_load,
-        inputs=[source, token],
-        outputs=[load_status, loaded],
-        api_name="hub_load",
-        show_progress_on=[load_status],
-    )
-    run.change(suggest, inputs=run, outputs=[repo_id, commit_message], api_visibility="private")
-    refresh.click(hub_runs, inputs=run, outputs=run, api_name="hub_runs")
     refresh.click(hub_metric_runs, inputs=metric_run_list, outputs=metric_run_list, api_visibility="private")
     metric_run_list.focus(
         hub_metric_runs, inputs=metric_run_list, outputs=metric_run_list, api_visibility="private"
@@ -391,4 +440,3 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
         outputs=[metric_status, metric_file],
         api_name="export_metrics",
     )
-    return hub_runs, run

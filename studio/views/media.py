@@ -126,7 +126,7 @@ def build_panel(ctx: Any) -> dict[str, Any]:
     """The media viewer's components and events (call inside a tab, column or accordion)."""
     import gradio as gr
 
-    from studio.views.common import user_errors
+    from studio.views.common import choices_update, user_errors
 
     runs = media_runs(ctx)
     with gr.Row():
@@ -185,11 +185,7 @@ def build_panel(ctx: Any) -> dict[str, Any]:
 
     @user_errors
     def on_refresh(current):
-        choices = media_runs(ctx)
-        ids = {r for _, r in choices}
-        return gr.update(
-            choices=choices, value=current if current in ids else (choices[0][1] if choices else None)
-        )
+        return choices_update(media_runs(ctx), current)
 
     outputs = [caption, image, audio, input_audio, text]
     run.change(on_run, inputs=[run, example], outputs=[step, example, *outputs], api_name="media_steps")

@@ -401,6 +401,52 @@ def split_files(
     return [i for i in range(len(paths)) if i not in val_set], sorted(val_set)
 
 
+def _candidate_files(
+    paths: Sequence[str | Path] | None, folder: Path | None
+) -> tuple[list[Path], Path | None, str]:
+    """(files to consider, the root their split keys are relative to, how to name them in an error)."""
+    if folder is not None:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"fragment folder not found: {folder}")
+        candidates = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )
+        return candidates, folder.resolve(), f"folder {folder}"
+    candidates = [Path(p) for p in paths] if paths is not None else default_corpus_paths()
+    source = "the given paths" if paths is not None else "the default corpus"
+    try:
+        root = Path(os.path.commonpath([str(p.resolve().parent) for p in candidates])) if candidates else None
+    except ValueError:  # paths on different drives
+        root = None
+    return candidates, root, source
+
+
+def _usable_files(candidates: list[Path], fragment_size: int) -> tuple[list[Path], list[int]]:
+    """The readable regular files of at least one fragment, and their sizes; each other one is skipped
+    with a warning that says why."""
+    usable: list[Path] = []
+    sizes: list[int] = []
+    for p in candidates:
+        try:
+            if not p.is_file():
+                warnings.warn(f"skipping {p}: not a regular file", stacklevel=3)
+                continue
+            size = p.stat().st_size
+            if not os.access(p, os.R_OK):
+                raise PermissionError("permission denied")
+        except OSError as e:
+            warnings.warn(f"skipping {p}: cannot read it ({e})", stacklevel=3)
+            continue
+        if size < fragment_size:
+            warnings.warn(f"skipping {p}: it is {size} bytes; a fragment needs {fragment_size}", stacklevel=3)
+            continue
+        usable.append(p)
+        sizes.append(size)
+    return usable, sizes
+
+
 class FragmentDataset(Dataset):
     """Fragments of real files with seeded corruption.
 
@@ -444,55 +490,13 @@ class FragmentDataset(Dataset):
         self.epoch = 0
         self.folder = Path(folder) if folder is not None else None
 
-        source = "the given paths"
-        if self.folder is not None:
-            if not self.folder.is_dir():
-                raise FileNotFoundError(f"fragment folder not found: {self.folder}")
-            candidates = sorted(
-                p
-                for p in self.folder.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.folder).parts)
-            )
-            root: Path | None = self.folder.resolve()
-            source = f"folder {self.folder}"
-        else:
-            candidates = [Path(p) for p in paths] if paths is not None else default_corpus_paths()
-            source = "the given paths" if paths is not None else "the default corpus"
-            try:
-                root = (
-                    Path(os.path.commonpath([str(p.resolve().parent) for p in candidates]))
-                    if candidates
-                    else None
-                )
-            except ValueError:  # paths on different drives
-                root = None
-
-        usable: list[Path] = []
-        sizes: list[int] = []
-        for p in candidates:
-            try:
-                if not p.is_file():
-                    warnings.warn(f"skipping {p}: not a regular file", stacklevel=2)
-                    continue
-                size = p.stat().st_size
-                if not os.access(p, os.R_OK):
-                    raise PermissionError("permission denied")
-            except OSError as e:
-                warnings.warn(f"skipping {p}: cannot read it ({e})", stacklevel=2)
-                continue
-            if size < self.fragment_size:
-                warnings.warn(
-                    f"skipping {p}: it is {size} bytes; a fragment needs {self.fragment_size}", stacklevel=2
-                )
-                continue
-            usable.append(p)
-            sizes.append(size)
+        candidates, root, source = _candidate_files(paths, self.folder)
+        usable, sizes = _usable_files(candidates, self.fragment_size)
         if not usable:
             raise ValueError(
                 f"no usable file in {source}: need files of at least {self.fragment_size} bytes "
                 "(any file type is accepted)"
             )
-
         train_idx, val_idx = split_files(usable, self.val_fraction, root)
         chosen = {"train": train_idx, "val": val_idx, "all": list(range(len(usable)))}[split]
         if not chosen:
@@ -500,12 +504,23 @@ class FragmentDataset(Dataset):
                 f"the {split} split of {source} is empty ({len(usable)} usable files, "
                 f"val_fraction={self.val_fraction}); add files or change val_fraction"
             )
+        self._read_fragments([(usable[i], sizes[i]) for i in chosen])
+        if not self._origins:
+            raise ValueError(f"no readable file in the {split} split of {source}")
+        self._file_types: list[str] | None = None
+        self._noise_epoch: int | None = None
+        self._noise_cache: tuple[np.ndarray, np.ndarray] = (
+            self._fragments,
+            np.zeros_like(self._fragments, bool),
+        )
 
+    def _read_fragments(self, files: list[tuple[Path, int]]) -> None:
+        """Up to ``max_fragments_per_file`` aligned fragments of each (path, size), spread evenly over the
+        file, into ``files``, ``_fragments`` and ``_origins``; a file that cannot be read is skipped."""
         self.files: list[Path] = []
         fragments: list[np.ndarray] = []
         origins: list[tuple[int, int]] = []
-        for i in chosen:
-            p, size = usable[i], sizes[i]
+        for p, size in files:
             n_slots = size // self.fragment_size
             count = min(n_slots, self.max_fragments_per_file)
             slots = np.unique(np.linspace(0, n_slots - 1, count).round().astype(np.int64))
@@ -513,10 +528,10 @@ class FragmentDataset(Dataset):
                 with open(p, "rb") as f:
                     blob = f.read()
             except OSError as e:
-                warnings.warn(f"skipping {p}: cannot read it ({e})", stacklevel=2)
+                warnings.warn(f"skipping {p}: cannot read it ({e})", stacklevel=3)
                 continue
             if len(blob) < self.fragment_size:
-                warnings.warn(f"skipping {p}: it shrank to {len(blob)} bytes while being read", stacklevel=2)
+                warnings.warn(f"skipping {p}: it shrank to {len(blob)} bytes while being read", stacklevel=3)
                 continue
             arr = np.frombuffer(blob, dtype=np.uint8)
             slots = slots[(slots + 1) * self.fragment_size <= len(arr)]
@@ -526,16 +541,8 @@ class FragmentDataset(Dataset):
                 off = int(s) * self.fragment_size
                 fragments.append(arr[off : off + self.fragment_size])
                 origins.append((file_no, off))
-        if not fragments:
-            raise ValueError(f"no readable file in the {split} split of {source}")
-        self._fragments = np.stack(fragments)
+        self._fragments = np.stack(fragments) if fragments else np.zeros((0, self.fragment_size), np.uint8)
         self._origins = origins
-        self._file_types: list[str] | None = None
-        self._noise_epoch: int | None = None
-        self._noise_cache: tuple[np.ndarray, np.ndarray] = (
-            self._fragments,
-            np.zeros_like(self._fragments, bool),
-        )
 
     def __len__(self) -> int:
         return len(self._fragments)
