@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from trainers.ray_sink import (  # noqa: E402
     SINK_NAMESPACE,
     RunSink,
     SinkStore,
+    get_sink,
+    open_sink_store,
     replace_folder,
     sink_name,
     start_sink,
@@ -46,7 +49,14 @@ def cluster():
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), old) if p)
     try:
-        ray.init(num_cpus=2, include_dashboard=False, namespace=SINK_NAMESPACE, log_to_driver=False)
+        # address="local": a new instance of our own, never one another process started on this machine
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            namespace=SINK_NAMESPACE,
+            log_to_driver=False,
+        )
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
@@ -202,6 +212,32 @@ def test_slow_sink_holds_the_trainer_back_and_keeps_order(cluster, tmp_path) -> 
     finally:
         local.close()
         ray.kill(actor)
+
+
+def test_sink_restart_loses_nothing_and_studio_folder_is_refused(studio, tmp_path, monkeypatch) -> None:
+    home, store, actor = studio
+    name = sink_name(home)
+    local = SinkStore(tmp_path / "node" / "runs", get_sink(name), sink_name=name)
+    try:
+        run_id = local.create_run("fragment-dae", "fragments", {}, status="running")
+        for step in range(1, 6):
+            local.log_metrics(run_id, step, 0, "train", {"loss": 1.0})
+        assert local.flush(30)
+        ray.kill(actor, no_restart=False)  # the sink process dies; Ray restarts it (max_restarts=-1)
+        for step in range(6, 11):
+            local.log_metrics(run_id, step, 0, "train", {"loss": 1.0})
+        assert local.flush(60) and local.lost == 0
+        assert {r[0] for r in _rows(store, run_id)} == set(range(1, 11))
+    finally:
+        local.close()
+    # A trainer must never write into the studio's runs folder: named explicitly it is refused; reached as
+    # ./runs (a job on the studio's node starts in the studio's working folder) the trainer goes elsewhere.
+    with pytest.raises(ValueError, match="the studio's own runs folder"):
+        open_sink_store(name, home)
+    monkeypatch.chdir(home.parent)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    with open_sink_store(name) as elsewhere:
+        assert elsewhere.runs_dir == tmp_path / "tmp" / "ae-studio-ray" / "runs"
 
 
 def _trainer(cluster: str, cwd: Path, *args: str, pause: Path | None = None) -> subprocess.Popen:

@@ -21,6 +21,8 @@ import logging
 import os
 import secrets
 import shutil
+import signal
+import tempfile
 import threading
 import time as _time
 from collections import deque
@@ -44,6 +46,7 @@ WRITE_OPS: frozenset[str] = frozenset(
 CONNECT_TIMEOUT_S = 60.0
 FLUSH_TIMEOUT_S = 120.0
 RECONNECT_TIMEOUT_S = 30.0
+MARKER_NAME = ".ae-studio-sink"  # in the studio's runs folder: see RunSink.__init__
 
 
 def sink_name(runs_dir: str | Path) -> str:
@@ -209,6 +212,10 @@ class RunSink:
         self.counts = {"calls": 0, "batches": 0, "ops": 0, "rows": 0, "files": 0, "bytes": 0, "errors": 0}
         self.busy_s = 0.0
         self.last_error = ""
+        # A marker only this sink knows: a trainer that finds it in its own runs folder is writing into the
+        # studio's (same node, or a shared filesystem) and must not (open_sink_store).
+        self.token = secrets.token_hex(16)
+        _write_bytes(self.runs_dir / MARKER_NAME, self.token.encode("ascii"))
 
     # -- reads and admin
     def ping(self) -> dict[str, Any]:
@@ -217,7 +224,7 @@ class RunSink:
             import ray
 
             node_id = ray.get_runtime_context().get_node_id()
-        return {"node_id": node_id, "runs_dir": str(self.runs_dir), "pid": os.getpid()}
+        return {"node_id": node_id, "runs_dir": str(self.runs_dir), "pid": os.getpid(), "token": self.token}
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         record = self.store.get_run(run_id)
@@ -352,6 +359,20 @@ def _actor_class() -> Any:
     return _REMOTE["cls"]
 
 
+def _call(method: Any, *args: Any, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
+    """``ray.get`` of one actor call, retried while the actor restarts (ActorUnavailableError)."""
+    ray = _ray()
+    unavailable = getattr(ray.exceptions, "ActorUnavailableError", ())
+    deadline = _time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(method.remote(*args), timeout=timeout_s)
+        except unavailable:
+            if _time.monotonic() > deadline:
+                raise
+            _time.sleep(0.2)
+
+
 def get_sink(name: str, timeout_s: float = 0.0) -> Any:
     """The live sink actor called ``name`` (namespace SINK_NAMESPACE), waiting up to ``timeout_s`` for it
     to appear; ValueError naming the sink when there is none."""
@@ -397,7 +418,7 @@ def start_sink(runs_dir: str | Path) -> Any:
         .remote(str(folder))
     )
     try:
-        info = ray.get(actor.ping.remote(), timeout=CONNECT_TIMEOUT_S)
+        info = _call(actor.ping)
     except ray.exceptions.RayActorError:
         # The named actor died for good (its node went away): replace it with one on this node.
         ray.kill(actor, no_restart=True)
@@ -653,7 +674,7 @@ class SinkStore(RunStore):
         while _time.monotonic() < deadline:
             with contextlib.suppress(Exception):
                 actor = ray.get_actor(self.sink_name, namespace=SINK_NAMESPACE)
-                ray.get(actor.ping.remote(), timeout=5)
+                _call(actor.ping, timeout_s=5)
                 self.sink = actor
                 return True
             _time.sleep(0.5)
@@ -691,7 +712,17 @@ class SinkStore(RunStore):
         with contextlib.suppress(Exception):
             for run_id in sorted(self._runs):
                 self.push_run_files(run_id)
-        done = self.flush()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # A job stop that comes after the run ended must not cut off its last acknowledgements (the
+            # loop has already turned the first SIGTERM into `cancelled`); SIGKILL still ends the process.
+            with contextlib.suppress(ValueError, OSError):
+                previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            done = self.flush()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -713,8 +744,7 @@ class SinkStore(RunStore):
         checkpoints and media into the local run folder); False when the studio has no such run."""
         from trainers.checkpoints import KINDS
 
-        ray = _ray()
-        record = ray.get(self.sink.get_run.remote(run_id), timeout=CONNECT_TIMEOUT_S)
+        record = _call(self.sink.get_run, run_id)
         if record is None:
             return False
         if RunStore.get_run(self, run_id) is None:
@@ -727,11 +757,11 @@ class SinkStore(RunStore):
         if checkpoints:
             folder = self.run_dir(run_id)
             for kind in KINDS:
-                files = ray.get(self.sink.get_files.remote(run_id, f"checkpoints/{kind}"))
+                files = _call(self.sink.get_files, run_id, f"checkpoints/{kind}")
                 if files:
                     replace_folder(folder, f"checkpoints/{kind}", files)
                     fields[f"{kind}_checkpoint"] = str(folder / "checkpoints" / kind)
-            media = ray.get(self.sink.get_files.remote(run_id, "media"))
+            media = _call(self.sink.get_files, run_id, "media")
             if media:
                 write_files(folder, "media", media)
             self._file_state.pop(run_id, None)
@@ -746,6 +776,13 @@ def _op_bytes(args: tuple, kwargs: dict) -> int:
         if isinstance(value, Mapping):
             size += sum(len(v) for v in value.values() if isinstance(v, (bytes, bytearray)))
     return size
+
+
+def _is_studio_folder(folder: Path, token: str) -> bool:
+    try:
+        return (folder / MARKER_NAME).read_bytes().decode("ascii", "replace") == token
+    except OSError:
+        return False
 
 
 def node_host() -> str:
@@ -778,15 +815,20 @@ def open_sink_store(
     """The trainer's store for ``--sink NAME``: a SinkStore on ``runs_dir`` (default ``./runs``) forwarding
     to the sink ``name``, with ``run_id``'s record and, for ``resume``, that run's checkpoints pulled from
     the studio first."""
-    ray = connect(address)
+    connect(address)
     sink = get_sink(name, timeout_s=10.0)
-    info = ray.get(sink.ping.remote(), timeout=CONNECT_TIMEOUT_S)
+    info = _call(sink.ping)
     local = Path("runs" if runs_dir is None else runs_dir).resolve()
-    if local == Path(info["runs_dir"]) and info["node_id"] == ray.get_runtime_context().get_node_id():
-        raise ValueError(
-            f"the trainer's local runs folder {local} is the studio's own; with --sink the trainer keeps its "
-            "files in a folder of its own (default ./runs under its working directory)"
-        )
+    if _is_studio_folder(local, info["token"]):
+        if runs_dir is not None:
+            raise ValueError(
+                f"--runs-dir {runs_dir} is the studio's own runs folder; with --sink the trainer keeps its "
+                "files in a folder of its own (default ./runs under its working directory)"
+            )
+        # A job on the studio's node starts in the studio's working folder (Ray's default): keep the
+        # trainer's files beside it, never in it.
+        local = Path(tempfile.gettempdir()) / "ae-studio-ray" / "runs"
+        log.info("the studio's runs folder is ./runs here; this trainer keeps its files in %s", local)
     store = SinkStore(local, sink, sink_name=name, host=node_host())
     try:
         if resume and not store.pull_run(resume, checkpoints=True):
