@@ -64,7 +64,7 @@ GPU_MODE_LABELS: dict[str, str] = {
 def gpu_setup(mode: str, domain: str) -> FastPath:
     """The `FastPath` of one GPU mode for `domain`.
 
-    Fused Adam stands for the issue's fused AdamW: the two are the same maths at weight decay 0, the presets'.
+    Fused Adam stands for a fused AdamW: the two are the same maths at weight decay 0, the presets'.
     """
     if mode == "fp32-eager":
         return FastPath()

@@ -22,7 +22,7 @@ def conv_vae() -> ConvVAE:
 
 
 def test_conv_vae_defaults_shapes_and_split_activations(conv_vae: ConvVAE) -> None:
-    """Seed 003 verify block: latent 128, 2-channel round trip, Softplus / Tanh channels, sample, >10M."""
+    """The v2.0 VAE at its defaults: latent 128, 2-channel round trip, Softplus / Tanh, sample, >10M."""
     model = conv_vae.train()
     assert model.latent_dim == 128
     x = torch.randn(2, 2, 128, 94)

@@ -96,7 +96,7 @@ def test_gradients_reach_every_parameter(cls: type) -> None:
     ("cls", "max_ratio"), [(FragmentAutoencoder, 0.5), (ByteFragmentAutoencoder, 0.75)], ids=["dae", "bytes"]
 )
 def test_loss_decreases_when_denoising_a_small_batch(cls: type, max_ratio: float) -> None:
-    """Seed 004: reconstruction loss decreases on dummy data (corrupted -> clean)."""
+    """Reconstruction loss decreases on dummy data (corrupted -> clean)."""
     model = cls().train()
     clean_bytes, clean = _fragments(4)
     noisy = clean.clone()

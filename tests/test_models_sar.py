@@ -157,7 +157,7 @@ def test_spatial_attention_rejects_even_kernel() -> None:
 
 @pytest.mark.parametrize("cls", SAR_CLASSES, ids=lambda c: c.VARIANT)
 def test_full_size_shapes_latent_and_output_range(cls: type) -> None:
-    """Seeds 000/001: (2,1,256,256) -> latent (2,16,16,16) -> output (2,1,256,256) in [0,1]."""
+    """At full size: (2,1,256,256) -> latent (2,16,16,16) -> output (2,1,256,256) in [0,1]."""
     model = cls(latent_channels=16, base_channels=64).eval()
     x = torch.rand(2, 1, 256, 256)
     with torch.no_grad():

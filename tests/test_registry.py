@@ -16,7 +16,7 @@ from models.audio import ConvVAE, MelConvVAE
 from models.fragments import ByteFragmentAutoencoder, FragmentAutoencoder
 from models.sar import AttentionAutoencoder, BaselineAutoencoder, ResidualAutoencoder, ResNetAutoencoder
 
-SPEC_TABLE = [
+VARIANT_TABLE = [
     ("sar-baseline", "sar", BaselineAutoencoder),
     ("sar-resnet", "sar", ResNetAutoencoder),
     ("sar-residual", "sar", ResidualAutoencoder),
@@ -26,7 +26,7 @@ SPEC_TABLE = [
     ("fragment-dae", "fragments", FragmentAutoencoder),
     ("fragment-dae-bytes", "fragments", ByteFragmentAutoencoder),
 ]
-NAMES = [row[0] for row in SPEC_TABLE]
+NAMES = [row[0] for row in VARIANT_TABLE]
 # Small but non-default configs: the round trip must restore them from config.json, not from defaults.
 SMALL = {
     "sar-baseline": {"base_channels": 8, "image_size": 64, "latent_channels": 8},
@@ -75,9 +75,9 @@ def _trained_checkpoint(name: str, folder: Path) -> nn.Module:
 # ------------------------------------------------------------------------------------------ table
 
 
-def test_variants_follow_the_spec_table_in_order() -> None:
+def test_variants_follow_the_variant_table_in_order() -> None:
     assert list(VARIANTS) == NAMES
-    for name, domain, cls in SPEC_TABLE:
+    for name, domain, cls in VARIANT_TABLE:
         info = VARIANTS[name]
         assert (info.name, info.domain, info.cls) == (name, domain, cls)
         assert name == cls.VARIANT and domain == cls.DOMAIN
@@ -180,8 +180,8 @@ def test_non_json_preprocessing_is_rejected() -> None:
 
 @pytest.mark.parametrize("index", range(len(NAMES)))
 def test_loading_a_checkpoint_as_another_variant_fails_clearly(index: int, tmp_path: Path) -> None:
-    saved, domain, _ = SPEC_TABLE[index]
-    other, _, other_cls = SPEC_TABLE[(index + 3) % len(SPEC_TABLE)]
+    saved, domain, _ = VARIANT_TABLE[index]
+    other, _, other_cls = VARIANT_TABLE[(index + 3) % len(VARIANT_TABLE)]
     _trained_checkpoint(saved, tmp_path)
     message = f"checkpoint is for variant '{saved}', but {other_cls.__name__} builds '{other}'"
     with pytest.raises(ValueError, match=message):

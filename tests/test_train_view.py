@@ -412,6 +412,28 @@ def test_a_space_visitor_keeps_their_jobs_across_a_reload_and_others_see_no_log(
         context.store.close()
 
 
+def test_launch_api_needs_only_the_variants_and_checks_numbers_in_the_settings_words(tmp_path):
+    """The number fields are gr.Number, optional in the /launch API (empty: the preset's value); a number
+    the settings refuse gets their message, not a silent rounding."""
+    from studio.app import build_app
+
+    context = make_context(tmp_path / "runs", cpu_slots=1, space=False)
+    try:
+        demo = build_app(context)
+        endpoint = demo.get_api_info()["named_endpoints"]["/launch"]
+        params = {p["parameter_name"]: p for p in endpoint["parameters"]}
+        assert [name for name, p in params.items() if not p["parameter_has_default"]] == []
+        for name in ("epochs", "batch_size", "lr", "seed"):
+            assert (params[name]["component"], params[name]["parameter_default"]) == ("Number", None)
+        launch = next(f.fn for f in demo.fns.values() if f.api_name == "launch")
+        status, *_ = launch(["fragment-dae"], "smoke", 2.5)
+        assert "epochs must be a whole number >= 1, got 2.5 (or leave it blank" in status
+        assert context.jobs.jobs() == []
+    finally:
+        context.jobs.shutdown(cancel_running=True)
+        context.store.close()
+
+
 def test_parse_settings_leaves_blanks_to_the_preset():
     assert parse_settings("", " ", None, "", "") == {}
     assert parse_settings("3", 16.0, " 3e-4 ", " sar:synthetic,n=8 ", 0) == {

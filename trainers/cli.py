@@ -92,11 +92,16 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     """Options of `eval`."""
     p.add_argument("source", metavar="RUN_ID|CHECKPOINT_DIR")
     p.add_argument("--data", help="data spec; default: the domain's built-in data")
+    _add_model_options(p)
+    p.add_argument("--json", action="store_true")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """Where `eval` and `compare` find a run's checkpoint, and what they run it on."""
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    p.add_argument("--kind", choices=["best", "last"], default="best", help="which checkpoint of a run")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--kind", choices=["best", "last"], default="best")
-    p.add_argument("--json", action="store_true")
 
 
 def _add_compare(sub: Any) -> None:
@@ -129,10 +134,7 @@ def _add_compare(sub: Any) -> None:
         default=0,
         help="seed of the bootstrap resampling (built-in data takes its own seed= key)",
     )
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
-    p.add_argument("--kind", choices=["best", "last"], default="best", help="which checkpoint of a run")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
+    _add_model_options(p)
 
 
 def _add_export(sub: Any) -> None:

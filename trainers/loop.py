@@ -108,12 +108,12 @@ PHASE_WORDS = {
 
 
 class PhaseTimes:
-    """Wall seconds of a run's phases, to see where its time goes (issue: 70-94 % of a GPU run's wall time
-    was spent away from the GPU). On CUDA, steps are timed on the host; the loss read-back every `log_every`
-    steps synchronises, so over a run the step time includes the GPU's."""
+    """Wall seconds of a run's phases, to see where its time goes (GPU runs measured before the fast path
+    spent 70-94 % of their wall time away from the GPU). On CUDA, steps are timed on the host; the loss
+    read-back every `log_every` steps synchronises, so over a run the step time includes the GPU's."""
 
     NAMES = ("setup", "data", "model", "steps", "data_wait", "validation", "checkpoints")
-    # The issue's target counts the share of wall time in steps after a run's first 10 s.
+    # `steps_share_after_10s`: the share of wall time in steps after a run's first 10 s (start-up excluded).
     WARM_S = 10.0
 
     def __init__(self) -> None:

@@ -147,7 +147,7 @@ def _parse(key: str, value: Any) -> int | float | None:
 
 
 def parse_settings(epochs: Any, batch_size: Any, lr: Any, data: Any, seed: Any) -> dict[str, Any]:
-    """The form's text fields as run settings; blank fields are left out (the preset's value applies)."""
+    """The form's settings as run settings; empty ones are left out (the preset's value applies)."""
     settings: dict[str, Any] = {
         "epochs": _parse("epochs", epochs),
         "batch_size": _parse("batch_size", batch_size),
@@ -683,7 +683,8 @@ def draw_curves(
 
 # ------------------------------------------------------------------------------------------------ Gradio
 def _launch_form(ctx: StudioContext) -> SimpleNamespace:
-    """The launch form: variants, preset, device/precision, the text settings, Launch and its status."""
+    """The launch form: variants, preset, device/precision, the number settings and the data spec, Launch
+    and its status."""
     presets = ["smoke"] if ctx.space else list(PRESETS)
     gpus = list(getattr(ctx.jobs, "gpus", []) or [])
     ui = SimpleNamespace()
@@ -718,17 +719,22 @@ def _launch_form(ctx: StudioContext) -> SimpleNamespace:
                 ui.compile = gr.Checkbox(
                     False, label="torch.compile", info="faster steps after ~1 min of compiling"
                 )
+            # Empty means the preset's value: the /launch API keeps them optional because the handler's
+            # parameters default to None (Gradio makes an argument optional when its component has no
+            # value and the parameter defaults to None). No precision or bounds here: Gradio would round
+            # 2.5 epochs to 2 silently or answer in its own words; trainers.settings checks them all.
             with gr.Row():
-                # Text, not gr.Number: blank means the preset's value, and the /launch API keeps these
-                # optional (a Number without a value becomes a required API argument). trainers.settings
-                # checks them.
-                ui.epochs = gr.Textbox("", label="Epochs", placeholder="preset", elem_id="train-epochs")
-                ui.batch = gr.Textbox("", label="Batch size", placeholder="preset", elem_id="train-batch")
+                ui.epochs = gr.Number(None, label="Epochs", placeholder="preset", elem_id="train-epochs")
+                ui.batch = gr.Number(None, label="Batch size", placeholder="preset", elem_id="train-batch")
             with gr.Row():
-                ui.lr = gr.Textbox(
-                    "", label="Learning rate", placeholder="preset, e.g. 3e-4", elem_id="train-lr"
+                ui.lr = gr.Number(
+                    None,
+                    label="Learning rate",
+                    placeholder="preset, e.g. 3e-4",
+                    step=1e-4,
+                    elem_id="train-lr",
                 )
-                ui.seed = gr.Textbox("", label="Seed", placeholder="preset", elem_id="train-seed")
+                ui.seed = gr.Number(None, label="Seed", placeholder="preset", elem_id="train-seed")
             ui.data = gr.Textbox(
                 "",
                 label="Data spec",
@@ -875,17 +881,17 @@ def _wire_launch(
     def launch(
         variants,
         preset,
-        epochs,
-        batch_size,
-        lr,
-        data,
-        seed,
-        device,
-        precision,
-        compile,
-        plotted_runs,
-        state: TrainSession,
-        request: gr.Request,
+        epochs=None,
+        batch_size=None,
+        lr=None,
+        data=None,
+        seed=None,
+        device="auto",
+        precision="auto",
+        compile=False,
+        plotted_runs=None,
+        state: TrainSession | None = None,
+        request: gr.Request | None = None,
     ):
         try:
             launched = launch_runs(
