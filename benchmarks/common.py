@@ -133,7 +133,7 @@ def sized_config(
 
 
 def build_run(cfg):
-    """(task, data, model) exactly as `trainers.loop._train` builds them: same seeding order, same weights."""
+    """(task, data, model) as `trainers.loop.Trainer.setup` builds them: same seeding order, same weights."""
     import numpy as np
     import torch
 

@@ -1,14 +1,26 @@
 """trainers.loop.TrainStep (the one step the loop and the benchmarks run) and `improved` (the registry's
-direction decides early stopping and the best checkpoint)."""
+direction decides early stopping and the best checkpoint), the Trainer's stop rules, its non-finite loss
+check and the LoopState a checkpoint keeps."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
-from trainers.loop import TrainStep, improved
+from trainers.loop import (
+    Diverged,
+    LoopState,
+    PhaseTimes,
+    Trainer,
+    TrainStep,
+    _CancelFlag,
+    _Distributed,
+    improved,
+)
 
 
 class _MSETask:
@@ -40,3 +52,45 @@ def test_improved_follows_the_metric_registry():
     assert improved("psnr", 30.0, 25.0) and not improved("psnr", 20.0, 25.0)  # higher is better
     assert improved("val/psnr", 30.0, None) and not improved("psnr", math.nan, 25.0)
     assert improved("no_such_metric", 1.0, 2.0)  # unknown: lower is better, as a loss
+
+
+def _trainer(**cfg_fields) -> Trainer:
+    cfg = SimpleNamespace(patience=2, max_steps=None, epochs=10, log_every=4, **cfg_fields)
+    state = LoopState(step=40, epoch=3, bad_epochs=1)
+    return Trainer(
+        cfg,  # type: ignore[arg-type]
+        SimpleNamespace(monitor="psnr"),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        SimpleNamespace(runs_dir="runs"),  # type: ignore[arg-type]
+        "run-1",
+        _Distributed(torch.device("cpu")),
+        state,
+        PhaseTimes(),
+        _CancelFlag(),
+    )
+
+
+def test_should_stop_names_early_stopping_and_max_steps():
+    trainer = _trainer()
+    assert trainer.should_stop() == ""  # one flat epoch of the two allowed
+    trainer.state.bad_epochs = 2
+    assert trainer.should_stop() == "early stopping after 3 epochs: val psnr flat for 2"
+    trainer.state.bad_epochs = 0
+    trainer.cfg.max_steps = 40
+    assert trainer.should_stop() == "stopped at max_steps=40" and trainer.reached_max_steps()
+
+
+def test_a_loss_window_names_the_first_step_that_went_non_finite():
+    trainer = _trainer()
+    trainer.window = [torch.tensor(0.5), torch.tensor(math.inf), torch.tensor(math.nan)]
+    with pytest.raises(Diverged, match=r"loss became inf at step 39 \(epoch 4\)"):
+        trainer._flush(epoch=3)  # steps 38, 39, 40: the second is the first bad one
+
+
+def test_loop_state_saves_what_a_resume_needs_and_nothing_of_this_process():
+    state = LoopState(step=7, epoch=2, best=0.5, bad_epochs=1, steps_here=3, loss_sum=1.0, loss_n=2)
+    saved = state.saved(epoch=2)
+    assert saved == {"step": 7, "epoch": 2, "best": 0.5, "bad_epochs": 1}
+    fresh = LoopState()
+    fresh.resume_from({**saved, "written_by": "an older version"})
+    assert fresh == LoopState(step=7, epoch=2, best=0.5, bad_epochs=1)

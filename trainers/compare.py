@@ -17,12 +17,13 @@ the studio's Compare tab format it with :func:`markdown_report` and :func:`rd_fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -279,9 +280,14 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     return out, (time.perf_counter() - start) * 1000.0
 
 
-def _model_home(model: nn.Module) -> torch.device:
-    """Where a model's weights are, so it goes back there after the comparison (the studio shares them)."""
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+@contextlib.contextmanager
+def _on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """The model moved to `device` for its turn, then back where its weights were (the studio shares them)."""
+    home = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        yield model.to(device)
+    finally:
+        model.to(home)
 
 
 def _model_call(name: str, fn: Callable[[], Any]) -> Any:
@@ -324,24 +330,22 @@ def _compare_sar(
 
     for k, src in enumerate(models):
         progress(k / total_steps, f"{src.name} on {n} patches")
-        home = _model_home(src.model)
-        model = src.model.to(device)
-        _model_call(src.name, partial(model, x_all[:1].to(device)))  # warm-up: first calls are slow
-        parts, spreads, total_ms, bpp = [], [], 0.0, None
-        for b in batches:
-            x = x_all[b].to(device)
-            valid = valid_all[b].to(device).float()
-            db = db_all[b].to(device)
-            (x_hat, z), ms = _timed(partial(_model_call, src.name, partial(model, x)), device)
-            total_ms += ms
-            bpp = latent_bits_per_pixel(tuple(z.shape), tuple(x.shape), bits=8)
-            shown = x_hat.float().clamp(0, 1)
-            parts.append(_sar_per_image(x, shown, z, valid, db))
-            spreads.append(sanity.sar_spread(x, shown, valid))
+        with _on_device(src.model, device) as model:
+            _model_call(src.name, partial(model, x_all[:1].to(device)))  # warm-up: first calls are slow
+            parts, spreads, total_ms, bpp = [], [], 0.0, None
+            for b in batches:
+                x = x_all[b].to(device)
+                valid = valid_all[b].to(device).float()
+                db = db_all[b].to(device)
+                (x_hat, z), ms = _timed(partial(_model_call, src.name, partial(model, x)), device)
+                total_ms += ms
+                bpp = latent_bits_per_pixel(tuple(z.shape), tuple(x.shape), bits=8)
+                shown = x_hat.float().clamp(0, 1)
+                parts.append(_sar_per_image(x, shown, z, valid, db))
+                spreads.append(sanity.sar_spread(x, shown, valid))
         row = Row(src.name, src.kind, bpp, src.params, _concat(parts), total_ms / n, src.variant)
         row.flags = sanity.sar_flags(row.values["psnr"], row.values["ssim"], _concat(spreads), trivial)
         rows.append(row)
-        src.model.to(home)
 
     extra: dict[str, Any] = {
         "trivial_baseline": {
@@ -550,22 +554,20 @@ def _audio_model_row(
 ) -> Row:
     """A model's row: each window encoded, reconstructed (timed) and decoded, flagged against `flat` (the
     best flat spectrum's LSD per window)."""
-    home = _model_home(src.model)
-    model = src.model.to(device)
-    warm = torch.from_numpy(features.encode(waves[0]))[None].to(device)
-    _model_call(src.name, partial(model.reconstruct, warm))  # warm-up: first calls are slow
+    with _on_device(src.model, device) as model:
+        warm = torch.from_numpy(features.encode(waves[0]))[None].to(device)
+        _model_call(src.name, partial(model.reconstruct, warm))  # warm-up: first calls are slow
 
-    def decode(wav: np.ndarray) -> tuple[np.ndarray, float]:
-        x = torch.from_numpy(features.encode(wav))[None].to(device)
-        recon, ms = _timed(partial(_model_call, src.name, partial(model.reconstruct, x)), device)
-        return features.decode(recon.float()[0].cpu().numpy()), ms
+        def decode(wav: np.ndarray) -> tuple[np.ndarray, float]:
+            x = torch.from_numpy(features.encode(wav))[None].to(device)
+            recon, ms = _timed(partial(_model_call, src.name, partial(model.reconstruct, x)), device)
+            return features.decode(recon.float()[0].cpu().numpy()), ms
 
-    values, total_ms = _score_waves(waves, decode)
-    bpp = 8.0 * int(model.latent_dim) / features.config.n_samples
+        values, total_ms = _score_waves(waves, decode)
+    bpp = 8.0 * int(src.model.latent_dim) / features.config.n_samples
     row = Row(src.name, src.kind, bpp, src.params, values, total_ms / len(waves), src.variant)
     scored = np.isfinite(values["lsd"])
     row.flags = sanity.audio_flags(values["spectral_convergence"], values["lsd"][scored], flat[scored])
-    src.model.to(home)
     return row
 
 
@@ -664,23 +666,21 @@ def _compare_fragments(
 
     for k, src in enumerate(models):
         progress(k / (len(models) + 1), f"{src.name} on {n} fragments")
-        home = _model_home(src.model)
-        model = src.model.to(device)
-        _model_call(src.name, partial(model.predict_bytes, x_all[:batch].to(device)))  # warm-up
-        repaired, total_ms, bpp = [], 0.0, None
-        for start in range(0, n, batch):
-            x = x_all[start : start + batch].to(device)
-            out, ms = _timed(partial(_model_call, src.name, partial(model.predict_bytes, x)), device)
-            total_ms += ms
-            repaired.append(out.cpu().numpy().clip(0, 255).astype(np.uint8))
-            if bpp is None:
-                z = _model_call(src.name, partial(model.encode, x[:1]))
-                bpp = 8.0 * z[0].numel() / x.shape[-1]
+        with _on_device(src.model, device) as model:
+            _model_call(src.name, partial(model.predict_bytes, x_all[:batch].to(device)))  # warm-up
+            repaired, total_ms, bpp = [], 0.0, None
+            for start in range(0, n, batch):
+                x = x_all[start : start + batch].to(device)
+                out, ms = _timed(partial(_model_call, src.name, partial(model.predict_bytes, x)), device)
+                total_ms += ms
+                repaired.append(out.cpu().numpy().clip(0, 255).astype(np.uint8))
+                if bpp is None:
+                    z = _model_call(src.name, partial(model.encode, x[:1]))
+                    bpp = 8.0 * z[0].numel() / x.shape[-1]
         values = _fragment_values(clean_b, corrupt_b, np.concatenate(repaired), changed_all)
         row = Row(src.name, src.kind, bpp, src.params, values, total_ms / n, src.variant)
         row.flags = sanity.fragments_flags(values["accuracy"], identity["accuracy"])
         rows.append(row)
-        src.model.to(home)
     if baselines:
         progress(len(models) / (len(models) + 1), "identity baseline")
         start = time.perf_counter()
