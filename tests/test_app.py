@@ -126,7 +126,7 @@ def test_launch_a_fragments_job_watch_it_complete_and_read_its_curves(client, st
         ({"variants": []}, "No variant chosen"),
         ({"variants": ["fragment-dae"], "lr": "fast"}, "learning rate must be a positive number"),
         ({"variants": ["fragment-dae"], "lr": "-1e-3"}, "learning rate must be a positive number"),
-        ({"variants": ["fragment-dae"], "epochs": "0"}, "epochs must be a whole number >= 1"),
+        ({"variants": ["fragment-dae"], "epochs": "-2"}, "epochs must be a whole number >= 1"),
         ({"variants": ["fragment-dae"], "batch_size": "2.5"}, "batch size must be a whole number"),
         ({"variants": ["fragment-dae"], "data": "pictures:folder=/x"}, "unknown data domain"),
         ({"variants": ["fragment-dae", "sar-baseline"], "data": FRAGMENT_DATA}, "sar-baseline"),

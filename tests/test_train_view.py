@@ -304,10 +304,10 @@ def test_a_launch_plots_the_new_runs_beside_those_of_their_domain(ctx):
         ({"variants": ["sar-huge"]}, ValueError, "unknown variant(s) 'sar-huge'"),
         ({"preset": "medium"}, ValueError, "preset must be one of smoke, reference, full"),
         ({"lr": "fast"}, ValueError, "learning rate must be a positive number such as 3e-4"),
-        ({"lr": "0"}, ValueError, "learning rate must be a positive number"),
+        ({"lr": "inf"}, ValueError, "learning rate must be a positive number"),
         ({"lr": -1e-3}, ValueError, "learning rate must be a positive number"),
         ({"lr": "nan"}, ValueError, "learning rate must be a positive number"),
-        ({"epochs": "0"}, ValueError, "epochs must be a whole number >= 1"),
+        ({"epochs": "-1"}, ValueError, "epochs must be a whole number >= 1"),
         ({"epochs": "two"}, ValueError, "epochs must be a whole number >= 1"),
         ({"batch_size": 2.5}, ValueError, "batch size must be a whole number >= 1"),
         ({"seed": "-1"}, ValueError, "seed must be a whole number >= 0"),
@@ -423,11 +423,11 @@ def test_launch_api_needs_only_the_variants_and_checks_numbers_in_the_settings_w
         endpoint = demo.get_api_info()["named_endpoints"]["/launch"]
         params = {p["parameter_name"]: p for p in endpoint["parameters"]}
         assert [name for name, p in params.items() if not p["parameter_has_default"]] == []
-        for name in ("epochs", "batch_size", "lr", "seed"):
-            assert (params[name]["component"], params[name]["parameter_default"]) == ("Number", None)
+        for name, default in (("epochs", None), ("batch_size", None), ("lr", None), ("seed", 0)):
+            assert (params[name]["component"], params[name]["parameter_default"]) == ("Number", default)
         launch = next(f.fn for f in demo.fns.values() if f.api_name == "launch")
         status, *_ = launch(["fragment-dae"], "smoke", 2.5)
-        assert "epochs must be a whole number >= 1, got 2.5 (or leave it blank" in status
+        assert "epochs must be a whole number >= 1, got 2.5 (or leave it blank or 0" in status
         assert context.jobs.jobs() == []
     finally:
         context.jobs.shutdown(cancel_running=True)
@@ -436,6 +436,8 @@ def test_launch_api_needs_only_the_variants_and_checks_numbers_in_the_settings_w
 
 def test_parse_settings_leaves_blanks_to_the_preset():
     assert parse_settings("", " ", None, "", "") == {}
+    # The page shows a number field without a value as 0: where 0 means nothing it is the preset's value.
+    assert parse_settings(0, 0.0, "0", "", 0) == {"seed": 0}
     assert parse_settings("3", 16.0, " 3e-4 ", " sar:synthetic,n=8 ", 0) == {
         "epochs": 3,
         "batch_size": 16,

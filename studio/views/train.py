@@ -136,14 +136,29 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+# Settings for which 0 is no value: a number field left at 0 takes the preset's value, as a blank one does
+# (the page shows a number field without a value as 0).
+PRESET_IF_ZERO = ("epochs", "batch_size", "lr")
+
+
+def _is_zero(value: Any) -> bool:
+    try:
+        return float(value) == 0.0
+    except (TypeError, ValueError):
+        return False
+
+
 def _parse(key: str, value: Any) -> int | float | None:
-    """A number field through the one validation layer; blank leaves the preset's value."""
-    if _blank(value):
+    """A number field through the one validation layer; blank (or 0 where 0 means nothing) leaves the
+    preset's value."""
+    zero_means_preset = key in PRESET_IF_ZERO
+    if _blank(value) or (zero_means_preset and _is_zero(value)):
         return None
     try:
         return real(key, value) if key in REAL_POSITIVE else whole(key, value)
     except ValueError as exc:
-        raise ValueError(f"{exc} (or leave it blank for the preset's value)") from None
+        hint = "blank or 0" if zero_means_preset else "blank"
+        raise ValueError(f"{exc} (or leave it {hint} for the preset's value)") from None
 
 
 def parse_settings(epochs: Any, batch_size: Any, lr: Any, data: Any, seed: Any) -> dict[str, Any]:
@@ -580,7 +595,7 @@ def curve_caption(points: Mapping[str, int], metric: str) -> str:
 
 
 def preset_summary(variants: Any, preset: Any) -> str:
-    """What the preset gives each chosen variant, so a blank field is not a guess."""
+    """What the preset gives each chosen variant, so a field left at 0 (or blank) is not a guess."""
     try:
         chosen = _chosen_variants(variants)
     except ValueError:
@@ -594,7 +609,7 @@ def preset_summary(variants: Any, preset: Any) -> str:
             f"- `{variant}`: {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g}, seed {cfg.seed}, "
             f"data `{cfg.data}`"
         )
-    return f"**{preset}** preset (a blank field takes these):\n" + "\n".join(lines)
+    return f"**{preset}** preset (a field left at 0 takes these):\n" + "\n".join(lines)
 
 
 def default_panels(domain: str | None) -> list[str]:
@@ -719,22 +734,19 @@ def _launch_form(ctx: StudioContext) -> SimpleNamespace:
                 ui.compile = gr.Checkbox(
                     False, label="torch.compile", info="faster steps after ~1 min of compiling"
                 )
-            # Empty means the preset's value: the /launch API keeps them optional because the handler's
-            # parameters default to None (Gradio makes an argument optional when its component has no
-            # value and the parameter defaults to None). No precision or bounds here: Gradio would round
-            # 2.5 epochs to 2 silently or answer in its own words; trainers.settings checks them all.
+            # No value: the /launch API keeps them optional (the handler's parameters default to None),
+            # and None is the preset's value. The page shows such a field as 0 (Gradio's number field
+            # does), so 0 is the preset's value too for the settings where 0 means nothing; the seed
+            # starts at the presets' seed 0. No precision or bounds here: Gradio would round 2.5 epochs to
+            # 2 silently or answer in its own words; trainers.settings checks them all.
             with gr.Row():
-                ui.epochs = gr.Number(None, label="Epochs", placeholder="preset", elem_id="train-epochs")
-                ui.batch = gr.Number(None, label="Batch size", placeholder="preset", elem_id="train-batch")
+                ui.epochs = gr.Number(None, label="Epochs", info="0: the preset's", elem_id="train-epochs")
+                ui.batch = gr.Number(None, label="Batch size", info="0: the preset's", elem_id="train-batch")
             with gr.Row():
                 ui.lr = gr.Number(
-                    None,
-                    label="Learning rate",
-                    placeholder="preset, e.g. 3e-4",
-                    step=1e-4,
-                    elem_id="train-lr",
+                    None, label="Learning rate", info="0: the preset's", step=1e-4, elem_id="train-lr"
                 )
-                ui.seed = gr.Number(None, label="Seed", placeholder="preset", elem_id="train-seed")
+                ui.seed = gr.Number(0, label="Seed", info="the presets' seed is 0", elem_id="train-seed")
             ui.data = gr.Textbox(
                 "",
                 label="Data spec",
