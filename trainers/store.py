@@ -119,7 +119,7 @@ CREATE INDEX IF NOT EXISTS metrics_run_seq ON metrics (run_id, seq);
 
 # Run ids and variant names end up in folder names, so keep them to a filesystem-safe alphabet.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# Keys/values that would put a Hub token into a run config (the spec forbids writing tokens to disk).
+# Keys/values that would put a Hub token into a run config (a token is never written to disk).
 _TOKEN_KEYS = frozenset({"token", "hf_token", "hub_token", "use_auth_token", "huggingface_token"})
 _HF_TOKEN_VALUE = re.compile(r"^hf_[A-Za-z0-9]{20,}$")
 
