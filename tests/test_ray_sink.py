@@ -20,7 +20,13 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="ray is not installed (the `ray` extra: pip install 'ray[default]')")
+try:
+    import ray
+except ImportError:  # the studio and the trainers work without Ray; only the cluster cases need it
+    ray = None
+needs_ray = pytest.mark.skipif(
+    ray is None, reason="ray is not installed (the `ray` extra: pip install 'ray[default]')"
+)
 
 from trainers import checkpoints  # noqa: E402
 from trainers.hooks import PAUSE_ENV, PAUSE_FILE_ENV  # noqa: E402
@@ -131,6 +137,19 @@ def test_replace_folder_is_atomic(tmp_path, monkeypatch) -> None:
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last", second.name]
 
 
+def test_without_ray_the_sink_says_how_to_get_it(monkeypatch, capsys) -> None:
+    """Without Ray the module imports and names sinks; asking for a sink says what to install (CLI too)."""
+    from trainers import cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    assert sink_name("runs").startswith("ae-studio-sink-")
+    with pytest.raises(ValueError, match=r"Ray is not installed.*\[ray\]"):
+        open_sink_store("ae-studio-sink-0123456789ab")
+    code = cli.main(["train", "fragment-dae", "--preset", "smoke", "--sink", "ae-studio-sink-0123456789ab"])
+    assert code == 2 and "Ray is not installed" in capsys.readouterr().err
+
+
+@needs_ray
 def test_sink_writes_into_the_studio_store(studio) -> None:
     home, store, actor = studio
     assert start_sink(home)._actor_id == actor._actor_id  # get-or-create: a restarted studio gets it back
@@ -179,6 +198,7 @@ def test_sink_writes_into_the_studio_store(studio) -> None:
     assert stats["rows"] >= 2 and stats["errors"] >= 1 and stats["bytes"] >= 1002
 
 
+@needs_ray
 def test_slow_sink_holds_the_trainer_back_and_keeps_order(cluster, tmp_path) -> None:
     """A sink slower than the trainer: the trainer's queue stays within its bound (the writes wait), and
     after flush() the studio has every row, in the order written."""
@@ -214,6 +234,7 @@ def test_slow_sink_holds_the_trainer_back_and_keeps_order(cluster, tmp_path) -> 
         ray.kill(actor)
 
 
+@needs_ray
 def test_sink_restart_loses_nothing_and_studio_folder_is_refused(studio, tmp_path, monkeypatch) -> None:
     home, store, actor = studio
     name = sink_name(home)
@@ -271,6 +292,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 180) -> str:
     return out
 
 
+@needs_ray
 def test_trainer_on_another_node_cancel_and_resume_through_the_sink(cluster, studio, tmp_path) -> None:
     home, store, actor = studio
     name = sink_name(home)
