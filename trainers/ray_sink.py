@@ -403,6 +403,8 @@ def start_sink(runs_dir: str | Path) -> Any:
     RunStore(folder).close()  # a bad runs folder fails here, in the studio, not inside the actor
     name = sink_name(folder)
     node_id = ray.get_runtime_context().get_node_id()
+    code = str(Path(__file__).resolve().parents[1])
+    paths = [code, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != code)]
     actor = (
         _actor_class()
         .options(
@@ -414,6 +416,8 @@ def start_sink(runs_dir: str | Path) -> Any:
             max_restarts=-1,
             max_concurrency=1,  # one writer, calls from each trainer run in the order it sent them
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            # The actor runs on this node: its worker imports this checkout of trainers, installed or not.
+            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
         )
         .remote(str(folder))
     )
