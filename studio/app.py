@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 TITLE = "Autoencoder Comparison Studio"
 DEFAULT_PORT = 7860
 DEFAULT_RUNS_DIR = "runs"
+#: Where training jobs run: subprocesses of this machine, or a Ray cluster (the `ray` extra).
+BACKENDS = ("local", "ray")
 # Waiting events per app: enough for a few users, few enough that a flood is refused instead of queued for
 # minutes. A Space's small CPU gets a shorter queue.
 QUEUE_SIZE = 64
@@ -85,21 +87,41 @@ def make_context(
     cpu_slots: int | None = None,
     space: bool | None = None,
     gpu_jobs: int | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
+    ray_gpu_memory_gib: float | None = None,
+    ray_python: str | None = None,
 ) -> StudioContext:
     """Open the run store in `runs_dir` and start the job manager; `space=None` detects a Space.
 
-    `gpu_jobs` caps the training jobs per GPU; None packs as many as fit in its memory."""
+    `gpu_jobs` caps the training jobs per GPU; None packs as many as fit in its memory. `backend` "ray"
+    sends the jobs to the Ray cluster at `ray_address` (None: a local Ray instance started for the app), with
+    `ray_gpu_memory_gib` per GPU for packing (None: detected) and `ray_python` as the nodes' interpreter; a
+    RuntimeError says what is wrong (Ray not installed, cluster unreachable)."""
     from studio.context import StudioContext
     from studio.jobs import JobManager, SpaceLimits
     from trainers.store import RunStore
 
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     space = is_space() if space is None else bool(space)
     slots = default_cpu_slots(space) if cpu_slots is None else cpu_slots
     folder = Path(runs_dir).expanduser().resolve()
     store = RunStore(folder)
     try:
+        runner = None
+        if backend == "ray":  # imported only here: without --backend ray the studio never imports Ray
+            from studio.backends.ray import RayBackend, import_ray
+
+            import_ray()  # not installed: the one-line install hint
+            memory = None if ray_gpu_memory_gib is None else int(ray_gpu_memory_gib * (1 << 30))
+            # A local instance runs on this machine: its interpreter. A cluster: `python` on each node's PATH.
+            python = ray_python or (sys.executable if not ray_address else "python")
+            runner = RayBackend(ray_address, python=python, gpu_memory=memory, gpu_jobs=gpu_jobs)
         limits = SpaceLimits() if space else None  # what a stranger may ask of a public Space
-        jobs = JobManager(folder, store=store, cpu_slots=slots, gpu_jobs=gpu_jobs, space_limits=limits)
+        jobs = JobManager(
+            folder, store=store, cpu_slots=slots, gpu_jobs=gpu_jobs, space_limits=limits, backend=runner
+        )
     except BaseException:
         store.close()
         raise
@@ -178,6 +200,16 @@ def _positive(value: str) -> int:
     return number
 
 
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return number
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of `python app.py`; environment variables give the defaults (see --help)."""
     space = is_space()
@@ -213,7 +245,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="training jobs that may share one GPU at most (default: as many as fit in its memory, by each "
         "job's counted memory budget; 1 = one job per GPU)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=os.environ.get("AE_STUDIO_BACKEND") or "local",
+        help="where training jobs run: local subprocesses, or ray = a Ray cluster (pip install .[ray]) "
+        "(default: env AE_STUDIO_BACKEND, else local)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="with --backend ray: the cluster's address, e.g. HEAD_IP:6379 (default: env RAY_ADDRESS; "
+        "neither: start a local Ray instance for this app)",
+    )
+    parser.add_argument(
+        "--ray-gpu-memory",
+        type=_positive_float,
+        default=None,
+        metavar="GIB",
+        help="with --backend ray: memory of each GPU of the cluster in GiB, to pack several jobs on one GPU "
+        "(default: read once from a GPU node; whole GPUs per job when that fails)",
+    )
+    parser.add_argument(
+        "--ray-python",
+        default=os.environ.get("AE_STUDIO_RAY_PYTHON") or None,
+        help="with --backend ray: the Python interpreter on the nodes (default: python; with a local Ray "
+        "instance this app's own; env AE_STUDIO_RAY_PYTHON)",
+    )
     args = parser.parse_args(argv)
+    if args.backend not in BACKENDS:  # from the environment: argparse checks only the command line
+        parser.error(f"AE_STUDIO_BACKEND must be one of {', '.join(BACKENDS)}, got {args.backend!r}")
     if args.port is None:
         args.port = _port(env_port) if env_port else DEFAULT_PORT
     return args
@@ -239,7 +300,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["GRADIO_SERVER_PORT"] = str(args.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        ctx = make_context(args.runs_dir, args.cpu_slots, gpu_jobs=args.gpu_jobs)
+        ctx = make_context(
+            args.runs_dir,
+            args.cpu_slots,
+            gpu_jobs=args.gpu_jobs,
+            backend=args.backend,
+            ray_address=args.ray_address,
+            ray_gpu_memory_gib=args.ray_gpu_memory,
+            ray_python=args.ray_python,
+        )
+    except RuntimeError as exc:  # the Ray backend: Ray not installed, the cluster unreachable
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"error: cannot open the runs folder {args.runs_dir}: {exc}", file=sys.stderr)
         return 2
@@ -260,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ctx.jobs is not None:
             # Jobs outlive the app (a later one re-attaches), except in a temporary runs folder (a test, a
             # benchmark): nothing will ever read it again, so its jobs are cancelled rather than orphaned.
-            ctx.jobs.shutdown(cancel_running=is_temporary(ctx.runs_dir))
+            # So are the jobs of a local Ray instance: it stops with the app, and they would die unsaved.
+            local_ray = getattr(ctx.jobs.backend, "started_local", False)
+            ctx.jobs.shutdown(cancel_running=is_temporary(ctx.runs_dir) or local_ray)
         ctx.store.close()
     return 0

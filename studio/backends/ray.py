@@ -39,6 +39,8 @@ SUBMISSION_FILE = "ray-job.json"
 #: Seconds between Ray's SIGTERM and SIGKILL of a stopped job: time for the trainer to save `last` and send
 #: it home (passed in the job's runtime_env as RAY_JOB_STOP_WAIT_TIME_S; Ray's default is 3 s).
 STOP_WAIT_S = 15.0
+#: How long a submission is retried while the cluster answers "try again later" (agents still starting).
+SUBMIT_RETRY_S = 30.0
 #: A job's status is asked of the dashboard at most this often (the scheduler ticks faster).
 POLL_EVERY_S = 1.0
 # Share of a GPU's memory that packed jobs may budget for (as the local scheduler).
@@ -161,6 +163,7 @@ class RayBackend(JobBackend):
         self._connected = False  # this backend called ray.init (and so calls ray.shutdown)
         self._started_local = False
         self._polled: dict[str, float] = {}
+        self._saved: set[str | None] = set()  # jobs whose log was copied into the run's folder
         self._gpus: tuple[float, bool] | None = None  # (when read, the cluster has GPUs)
 
     # -- connection ---------------------------------------------------------------------------------------
@@ -219,6 +222,11 @@ class RayBackend(JobBackend):
             ray.shutdown()  # a local instance this backend started stops with it
             self._connected = False
 
+    @property
+    def started_local(self) -> bool:
+        """Whether this backend started a local Ray instance (it stops at `close`, with its jobs)."""
+        return self._started_local and self._connected
+
     # -- placement ----------------------------------------------------------------------------------------
 
     def has_gpu(self) -> bool:
@@ -276,17 +284,24 @@ class RayBackend(JobBackend):
             handle.write(f"[studio {stamp}] Ray job {sid} ({needs} {extra or ''}): {entrypoint}\n")
         # "ray:" marks it as a Ray run at once: no local sweep takes it for a vanished process of this host.
         self.store.update_run(run.id, host=RAY_HOST_PREFIX, pid=None, device=device, log_path=str(log_path))
-        try:
-            self._client.submit_job(
-                entrypoint=entrypoint,
-                submission_id=sid,
-                runtime_env=self._runtime_env(),
-                metadata={"ae_studio_run": run.id, "ae_studio_sink": self.sink},
-                entrypoint_resources=extra or None,
-                **needs,
-            )
-        except Exception as exc:
-            raise RuntimeError(f"Ray job submission to {self.dashboard} failed: {_one_line(exc)}") from None
+        deadline = time.monotonic() + SUBMIT_RETRY_S
+        while True:
+            try:
+                self._client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=sid,
+                    runtime_env=self._runtime_env(),
+                    metadata={"ae_studio_run": run.id, "ae_studio_sink": self.sink},
+                    entrypoint_resources=extra or None,
+                    **needs,
+                )
+                break
+            except Exception as exc:
+                text = _one_line(exc)
+                # A cluster whose nodes' dashboard agents are still starting answers "try again later".
+                if "try again later" not in text or time.monotonic() > deadline:
+                    raise RuntimeError(f"Ray job submission to {self.dashboard} failed: {text}") from None
+                time.sleep(1.0)
         log.info("submitted run %s as Ray job %s (%s)", run.id, sid, needs)
         return Job(run.id, None, None, log_path, backend=self.name, ref=sid)
 
@@ -341,7 +356,7 @@ class RayBackend(JobBackend):
             return None
         self._polled.pop(job.ref or "", None)
         self._save_log(job)
-        message = _one_line(info.message or "", 400)
+        message = _one_line(info.message or "", 700)
         if status == "STOPPED":
             return Ended(f"Ray job {job.ref} stopped" + (f": {message}" if message else ""), stopped=True)
         if status == "SUCCEEDED":
@@ -350,10 +365,13 @@ class RayBackend(JobBackend):
 
     def _save_log(self, job: Job) -> None:
         """Keep the ended job's log in the run's folder: it stays readable when the cluster is gone."""
+        if job.ref in self._saved:
+            return
         try:
             text = self._client.get_job_logs(job.ref)
         except Exception:
             return
+        self._saved.add(job.ref)
         if text and self.store is not None:
             path = self.store.run_dir(job.run_id) / LOG_NAME
             with open(path, "a") as handle:
@@ -397,5 +415,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _one_line(value: object, limit: int = 600) -> str:
+    """``value`` on one line, at most `limit` characters: its start and its end (where a log's error is)."""
     text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return text[:head] + " ... " + text[-(limit - head - 5) :]

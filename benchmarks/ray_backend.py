@@ -1,0 +1,168 @@
+"""The Ray job backend beside the local one: the same run through each, timed from the studio's side.
+
+A `ray.cluster_utils.Cluster` on this machine (a head with the dashboard, one one-CPU worker node with a temp
+dir of its own, as a separate machine has), a `JobManager` on the Ray backend and one on the local backend,
+each given the same fragments smoke run (`fragment-dae`, `log_every=1`, `steps` steps), one after the other.
+While each trains, this process polls the studio's store as the curves do (`metrics_after`, every 20 ms):
+
+- time from submit (the Launch button) to the first step's row in the studio's store;
+- latency of each metric row: its arrival seen by the poller - its time stamped by `log_metrics` on the
+  worker (one machine, one clock). Locally the trainer writes the store itself; on Ray through the sink;
+- time per step: the span of the rows' worker stamps / (steps - 1), Ray over local (the issue's target is
+  <= 1.05x; the trainer's forwarding to the sink is asynchronous, so the steps should not wait on it).
+
+    python -m benchmarks.ray_backend              # 200 steps each; writes benchmarks/results/ray_backend.json
+    python -m benchmarks.ray_backend --steps 40 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import REPO_ROOT, Figure, format_table, machine_info  # noqa: E402
+
+RESULT_FILE = REPO_ROOT / "benchmarks" / "results" / "ray_backend.json"
+POLL_S = 0.02
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _watch(jm: Any, steps: int, timeout: float = 600.0) -> dict[str, Any]:
+    """Submit the run, poll the store until it ends; the submit time, arrivals and worker stamps."""
+    submitted = time.time()
+    run_id = jm.submit("fragment-dae", "smoke", seed=1, max_steps=steps, epochs=50, log_every=1)
+    cursor, arrivals = 0, []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows, cursor = jm.store.metrics_after(cursor, run_ids=[run_id], names=["train/loss"])
+        now = time.time()
+        arrivals += [(row.step, row.time, now) for row in rows]
+        run = jm.store.get_run(run_id)
+        if run.is_terminal and not rows:
+            break
+        time.sleep(POLL_S)
+    run = jm.store.get_run(run_id)
+    if run.status != "completed":
+        raise RuntimeError(f"the benchmark run ended {run.status}: {run.reason}")
+    stamps = sorted(stamp for _, stamp, _ in arrivals)
+    return {
+        "run_id": run_id,
+        "first_step_s": min(arrived for _, _, arrived in arrivals) - submitted,
+        "latencies": [arrived - stamp for _, stamp, arrived in arrivals],
+        "step_s": (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1),
+        "rows": len(arrivals),
+    }
+
+
+def measure(steps: int) -> tuple[list[Figure], dict[str, Any]]:
+    from ray.cluster_utils import Cluster
+
+    from studio.backends.ray import RayBackend
+    from studio.jobs import JobManager
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # both backends' trainers: one thread, as on a 1-CPU node
+    root = Path(tempfile.mkdtemp(prefix="ae-ray-bench-"))
+    head = {
+        "num_cpus": 0,
+        "include_dashboard": True,
+        "dashboard_port": _free_port(),
+        "dashboard_agent_listen_port": _free_port(),  # free ports: other clusters may run on this machine
+    }
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        temp = tempfile.mkdtemp(prefix="raybw-")
+        Path(temp, "ray_current_cluster").write_text(cluster.address)  # what `ray start` writes on a node
+        cluster.add_node(
+            num_cpus=1, resources={"worker": 1}, temp_dir=temp, dashboard_agent_listen_port=_free_port()
+        )
+        cluster.wait_for_nodes()
+        results: dict[str, Any] = {}
+        backend = RayBackend(
+            cluster.address,
+            python=sys.executable,
+            resources=lambda run: {"worker": 1.0},
+            env_vars={"OMP_NUM_THREADS": "1"},
+        )
+        with JobManager(root / "ray-runs", cpu_slots=1, gpus=[], poll_interval=0.1, backend=backend) as jm:
+            results["ray"] = _watch(jm, steps)
+        with JobManager(root / "local-runs", cpu_slots=1, gpus=[], poll_interval=0.1) as jm:
+            results["local"] = _watch(jm, steps)
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)
+    ray_run, local = results["ray"], results["local"]
+    where = f"fragment-dae smoke, {steps} steps, 1-CPU worker node on this machine"
+    figures = [
+        Figure("ray_backend/first_step_ray", f"Ray backend: submit to first step in the store ({where})",
+               ray_run["first_step_s"], "s"),
+        Figure("ray_backend/first_step_local", "local backend: submit to first step in the store (same run)",
+               local["first_step_s"], "s"),
+        Figure("ray_backend/latency_p50", "Ray backend: metric latency p50, worker log -> studio store",
+               statistics.median(ray_run["latencies"]), "s"),
+        Figure("ray_backend/latency_p95", "Ray backend: metric latency p95, worker log -> studio store",
+               _quantile(ray_run["latencies"], 0.95), "s", bound=2.0, goal="max"),
+        Figure("ray_backend/latency_local_p95", "local backend: metric latency p95 (own store writes)",
+               _quantile(local["latencies"], 0.95), "s"),
+        Figure("ray_backend/step_ratio", "time per step, Ray backend / local backend (same run)",
+               ray_run["step_s"] / local["step_s"], "x", bound=1.05, goal="max",
+               note=f"{1000 * ray_run['step_s']:.1f} ms vs {1000 * local['step_s']:.1f} ms per step"),
+    ]  # fmt: skip
+    detail = {
+        backend: {k: v for k, v in r.items() if k != "latencies"} | {"latency_max_s": max(r["latencies"])}
+        for backend, r in results.items()
+    }
+    return figures, detail
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULT_FILE.name}")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    figures, detail = measure(args.steps)
+    print(json.dumps(detail, indent=1))
+    print(format_table(figures))
+    if not args.no_write:
+        RESULT_FILE.parent.mkdir(parents=True, exist_ok=True)
+        out = {
+            "settings": {"steps": args.steps},
+            "seconds": round(time.monotonic() - started, 1),
+            "machine": machine_info(),
+            "figures": [f.to_dict() for f in figures],
+            "detail": detail,
+        }
+        RESULT_FILE.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {RESULT_FILE}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
