@@ -74,6 +74,7 @@ JOB_HEADERS = [
     "data",
     "seed",
     "device",
+    "where",
     "CPU · memory",
     "GPU",
     "tags",
@@ -403,6 +404,7 @@ def job_row(row: Mapping[str, Any]) -> list[Any]:
         _setting(row.get("data")),
         _setting(row.get("seed")),
         " · ".join(str(part) for part in (row.get("device"), row.get("precision")) if part) or "–",
+        row.get("where") or "–",  # the host, or "ray node <ip>" (studio.backends.base.describe_host)
         cpu,
         gpu,
         ", ".join(row.get("tags") or []) or "–",
