@@ -354,9 +354,9 @@ def _compare_sar(
         }
     }
     # A checkpoint trained with another normalisation is scored on today's inputs: say so (as `eval` does).
-    legacy = [(src.name, sar.legacy_preprocessing_note(dict(src.model.preprocessing))) for src in models]
-    if any(note for _, note in legacy):
-        extra["notes"] = [f"{name}: {note}" for name, note in legacy if note]
+    notes = [(s.name, sar.legacy_preprocessing_note(getattr(s.model, "preprocessing", None))) for s in models]
+    if any(note for _, note in notes):
+        extra["notes"] = [f"{name}: {note}" for name, note in notes if note]
     if baselines:
         images = [codecs.to_8bit(x[0].numpy()) for x in x_all]
         targets: dict[float, list[str]] = {}
