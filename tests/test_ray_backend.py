@@ -38,6 +38,7 @@ needs_ray = pytest.mark.skipif(
 )
 GIB = 1 << 30
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {"variant": "fragment-dae"}
 TEMP_DIRS: list[str] = []
 FAST = {
     "max_steps": 4,
@@ -91,6 +92,47 @@ def test_where_names_the_host_or_the_ray_node():
     assert describe_host(None) is None
     assert describe_host("ray:") == "ray (waiting for a node)"
     assert describe_host("ray:10.0.0.7:ab12cd34") == "ray node 10.0.0.7"
+
+
+# --- without Ray: the local manager and Ray runs ---------------------------------------------------------
+
+
+def test_a_local_manager_never_touches_a_ray_run(tmp_path):
+    """A run trained on a Ray node (its host says so) is neither adopted, failed nor signalled by the local
+    sweep, even with a pid that is alive on this machine; cancel points at the Ray backend."""
+    # A live process here, older than the run: were the host ignored, it would pass for its trainer.
+    stand_in = subprocess.Popen(["sleep", "60"])
+    jm = JobManager(tmp_path / "runs", cpu_slots=1, gpus=[], poll_interval=0.1)
+    try:
+        run_id = jm.store.create_run("fragment-dae", "fragments", CONFIG, status="queued")
+        jm.store.update_run(run_id, host="ray:10.0.0.7:ab12cd34", pid=stand_in.pid)
+        jm.store.set_status(run_id, "running", "", from_statuses=("queued",))
+        jm._sweep(startup=True)
+        time.sleep(0.3)
+        assert jm.store.get_run(run_id).status == "running" and jm.running_jobs() == []
+        assert "--backend ray" in jm.cancel(run_id)
+        assert jm.store.get_run(run_id).status == "running" and stand_in.poll() is None
+        assert {r["id"]: r["where"] for r in jm.jobs()}[run_id] == "ray node 10.0.0.7"
+    finally:
+        jm.shutdown()
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_resume_refuses_runs_it_cannot_continue(tmp_path):
+    jm = JobManager(tmp_path / "runs", cpu_slots=1, gpus=[], poll_interval=0.1)
+    try:
+        done = jm.store.create_run("fragment-dae", "fragments", CONFIG, status="completed")
+        with pytest.raises(ValueError, match="only a failed or cancelled run can be resumed"):
+            jm.resume(done)
+        failed = jm.store.create_run("fragment-dae", "fragments", CONFIG, status="failed")
+        with pytest.raises(ValueError, match="saved no 'last' checkpoint"):
+            jm.resume(failed)
+        with pytest.raises(ValueError, match="no run with id"):
+            jm.resume("nope")
+        assert jm.store.get_run(failed).status == "failed"
+    finally:
+        jm.shutdown()
 
 
 # --- the app's flags -------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from studio.backends.base import RAY_HOST_PREFIX, Ended, Job, JobBackend
 from studio.backends.local import LOG_NAME, PROJECT_ROOT, _tail_lines
+from studio.jobs import GPU_MEMORY_USABLE  # the share of a GPU packed jobs may budget for, as locally
 
 if TYPE_CHECKING:
     from trainers.store import RunRecord, RunStore
@@ -43,8 +44,6 @@ STOP_WAIT_S = 15.0
 SUBMIT_RETRY_S = 30.0
 #: A job's status is asked of the dashboard at most this often (the scheduler ticks faster).
 POLL_EVERY_S = 1.0
-# Share of a GPU's memory that packed jobs may budget for (as the local scheduler).
-GPU_MEMORY_USABLE = 0.95
 #: Never sent with a job: run folders, checkpoints, the shipped references, caches, the git history.
 #: Patterns as in .gitignore, relative to the project folder (Ray also honours the project's .gitignore).
 WORKING_DIR_EXCLUDES: tuple[str, ...] = (
