@@ -20,6 +20,7 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset, Subset
 
 from trainers.data.cached import CachedDataset
@@ -66,6 +67,11 @@ def _init_worker(stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, CANCEL_SIGNALS)
+    # One thread per worker, as torch's own DataLoader workers do: a forked child that enters an OpenMP
+    # parallel region after its parent used one can hang for ever on the parent's thread-pool state (seen
+    # once building the fourth reference model in one process; the stuck worker could not even run this
+    # module's SIGTERM handler). The pool already has a process per core.
+    torch.set_num_threads(1)
 
 
 def prefill(dataset: Dataset, workers: int | None = None) -> int:
