@@ -282,6 +282,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
         ray.shutdown()
         made.shutdown()
+        time.sleep(1.0)  # a removed node's last processes may still write into its session folder
         for temp in TEMP_DIRS:
             shutil.rmtree(temp, ignore_errors=True)
 
