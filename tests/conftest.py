@@ -45,6 +45,8 @@ def _no_shipped_reference_checkpoints(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(studio.context, "REFERENCE_DIR", tmp_path_factory.mktemp("no-references"))
         yield
+
+
 # Tiny CLI runs that give each comparison tab a checkpoint: one epoch, a few steps, little data.
 CLI_RUNS: dict[str, list[str]] = {
     "sar": ["sar-baseline", "--max-steps", "2", "--data", "sar:synthetic,n=16,size=64,val=4"],
@@ -276,3 +278,22 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def managers() -> Iterator[list]:
+    """Job managers a test makes; at teardown every job they still run is cancelled (SIGKILL if stubborn)."""
+    from studio.jobs import _cmdline
+
+    made: list = []
+    yield made
+    started: list[tuple[int, str]] = []
+    for manager in made:
+        with manager._lock:
+            started += [(job.pid, job.run_id) for job in manager._jobs.values()]
+        manager.cancel_grace = min(manager.cancel_grace, 2.0)
+        manager.shutdown(cancel_running=True)
+    for pid, run_id in started:  # belt and braces: never leave one of our process groups behind
+        if run_id in (_cmdline(pid) or []):  # still ours, not a recycled pid
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)

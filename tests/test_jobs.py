@@ -15,9 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,29 +23,12 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from studio.jobs import LOG_NAME, JobManager, _cmdline, _proc_state  # noqa: E402
+from tests.helpers import fake_python, wait_for  # noqa: E402
 from trainers import checkpoints  # noqa: E402
 from trainers.config import make_config  # noqa: E402
 from trainers.store import RunStore  # noqa: E402
 
 FAST = {"poll_interval": 0.1}
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-def fake_python(folder: Path, body: str) -> str:
-    """A stand-in interpreter: a shell script that receives `-m trainers train VARIANT ...` as its args."""
-    path = folder / "fake-python"
-    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
-    path.chmod(0o755)
-    return str(path)
 
 
 @pytest.fixture(autouse=True)
@@ -56,23 +37,6 @@ def one_thread_per_job(monkeypatch: pytest.MonkeyPatch) -> None:
     with 2 OpenMP threads that spin in barriers runs several times slower than with one."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
-
-
-@pytest.fixture
-def managers() -> Iterator[list[JobManager]]:
-    """Managers made by a test; at teardown every job they still run is cancelled (SIGKILL if stubborn)."""
-    made: list[JobManager] = []
-    yield made
-    started: list[tuple[int, str]] = []
-    for manager in made:
-        with manager._lock:
-            started += [(job.pid, job.run_id) for job in manager._jobs.values()]
-        manager.cancel_grace = min(manager.cancel_grace, 2.0)
-        manager.shutdown(cancel_running=True)
-    for pid, run_id in started:  # belt and braces: never leave one of our process groups behind
-        if run_id in (_cmdline(pid) or []):  # still ours, not a recycled pid
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
 
 
 def group_gone(pgid: int) -> bool:

@@ -7,13 +7,9 @@ that prints its pinning and sleeps) plays each job, as in test_jobs.py.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import signal
-import textwrap
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +18,8 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from models import create_model  # noqa: E402
-from studio.jobs import GPU_MEMORY_USABLE, JobManager, _cmdline  # noqa: E402
+from studio.jobs import GPU_MEMORY_USABLE, JobManager  # noqa: E402
+from tests.helpers import fake_python, wait_for  # noqa: E402
 from trainers.config import make_config  # noqa: E402
 from trainers.memory import (  # noqa: E402
     AUTOCAST_FACTOR,
@@ -39,38 +36,9 @@ from trainers.store import RunStore  # noqa: E402
 SAR = ("sar-baseline", "sar-resnet", "sar-residual", "sar-attention")
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
 @pytest.fixture
 def fake_trainer(tmp_path: Path) -> str:
-    path = tmp_path / "fake-python"
-    path.write_text("#!/bin/sh\n" + textwrap.dedent('echo "CVD=[$CUDA_VISIBLE_DEVICES]"\nexec sleep 60\n'))
-    path.chmod(0o755)
-    return str(path)
-
-
-@pytest.fixture
-def managers() -> Iterator[list[JobManager]]:
-    made: list[JobManager] = []
-    yield made
-    started: list[tuple[int, str]] = []
-    for manager in made:
-        with manager._lock:
-            started += [(job.pid, job.run_id) for job in manager._jobs.values()]
-        manager.cancel_grace = 1.0
-        manager.shutdown(cancel_running=True)
-    for pid, run_id in started:
-        if run_id in (_cmdline(pid) or []):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+    return fake_python(tmp_path, 'echo "CVD=[$CUDA_VISIBLE_DEVICES]"\nexec sleep 60\n')
 
 
 def started_on(jm: JobManager, run_id: str) -> str | None:

@@ -1,0 +1,32 @@
+"""Small helpers that several test modules share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
+    """Poll `predicate` until it returns something truthy (returned), else fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def fake_python(folder: Path, body: str) -> str:
+    """A stand-in interpreter: a shell script that receives `-m trainers train VARIANT ...` as its args."""
+    path = folder / "fake-python"
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return str(path)
+
+
+def smoke_train(variant: str, runs: str | Path, *options: str) -> list[str]:
+    """Arguments after `python -m trainers` for a smoke-preset training run into `runs`, no progress bars."""
+    return ["train", variant, "--preset", "smoke", "--runs-dir", str(runs), "--no-progress", *options]
