@@ -349,6 +349,14 @@ class SarAutoencoder(nn.Module, AutoencoderHubMixin, tags=["sar", "image", "auto
         return float(self.image_size**2 * self.in_channels) / float(c * h * w)
 
 
+def _odd_kernel(kernel_size: int, why: str) -> int:
+    """`kernel_size` if it is a positive odd integer; `why` says what an even one would break."""
+    k = check_positive_int("kernel_size", kernel_size)
+    if k % 2 == 0:
+        raise ValueError(f"kernel_size must be odd {why}, got {k}")
+    return k
+
+
 class _WidthOnlySarAutoencoder(SarAutoencoder):
     """A SAR autoencoder whose encoder and decoder take the widths only, and whose options are the common
     four (the ResNet and Variant B)."""
@@ -383,10 +391,7 @@ class BaselineAutoencoder(SarAutoencoder, tags=["sar-baseline"]):
         preprocessing: dict | None = None,
     ) -> None:
         super().__init__()
-        k = check_positive_int("kernel_size", kernel_size)
-        if k % 2 == 0:
-            raise ValueError(f"kernel_size must be odd so stride-2 convs halve the size exactly, got {k}")
-        self.kernel_size = k
+        k = self.kernel_size = _odd_kernel(kernel_size, "so stride-2 convs halve the size exactly")
         self._build(variant, preprocessing, in_channels, base_channels, latent_channels, image_size, k)
 
 
@@ -423,9 +428,7 @@ class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
     ) -> None:
         super().__init__()
         self.reduction = check_positive_int("reduction", reduction)
-        self.kernel_size = check_positive_int("kernel_size", kernel_size)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size (spatial attention) must be odd, got {kernel_size}")
+        self.kernel_size = _odd_kernel(kernel_size, "so the spatial attention map keeps the feature size")
         self._build(
             variant,
             preprocessing,

@@ -322,6 +322,16 @@ def test_bad_constructor_arguments(cls: type) -> None:
         cls(variant="fragment-dae")
 
 
+@pytest.mark.parametrize("cls", [BaselineAutoencoder, AttentionAutoencoder], ids=lambda c: c.VARIANT)
+def test_kernel_size_must_be_a_positive_odd_integer(cls: type) -> None:
+    with pytest.raises(ValueError, match="kernel_size must be odd .*, got 4"):
+        cls(kernel_size=4, **SMALL)
+    with pytest.raises(ValueError, match="kernel_size must be a positive integer, got 0"):
+        cls(kernel_size=0, **SMALL)
+    model = cls(kernel_size=3, **SMALL)
+    assert model.kernel_size == 3 and model(torch.rand(1, 1, 64, 64))[0].shape == (1, 1, 64, 64)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cls", [ResidualAutoencoder, AttentionAutoencoder], ids=["B", "C"])
 def test_forward_backward_on_gpu(cls: type) -> None:
