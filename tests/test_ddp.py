@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import smoke_train
 from trainers import checkpoints
 from trainers.store import RunStore
 
@@ -21,29 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def _torchrun_two_processes(tmp_path: Path, device: str):
     runs = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "trainers",
-        "train",
-        "fragment-dae",
-        "--preset",
-        "smoke",
-        "--epochs",
-        "2",
-        "--data",
-        "fragments:python,max_files=24",
-        "--runs-dir",
-        str(runs),
-        "--device",
-        device,
-        "--no-progress",
-    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*torchrun, "-m", "trainers"]
+    cmd += smoke_train("fragment-dae", runs, "--epochs", "2", "--data", "fragments:python,max_files=24")
+    cmd += ["--device", device]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     with RunStore(runs) as store:

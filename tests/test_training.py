@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from models import VARIANTS, load_pretrained
+from tests.helpers import smoke_train
 from trainers import checkpoints
 from trainers.config import make_config
 from trainers.loop import resume_config, train
@@ -144,19 +145,7 @@ def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def test_cli_train_runs_and_eval(tmp_path):
     runs = str(tmp_path / "runs")
-    out = _cli(
-        "train",
-        "fragment-dae",
-        "--preset",
-        "smoke",
-        "--epochs",
-        "1",
-        "--data",
-        TINY_DATA["fragments"],
-        "--runs-dir",
-        runs,
-        "--no-progress",
-    )
+    out = _cli(*smoke_train("fragment-dae", runs, "--epochs", "1", "--data", TINY_DATA["fragments"]))
     assert out.returncode == 0, out.stderr
     assert "completed" in out.stdout
     listing = _cli("runs", "--runs-dir", runs, "--json")
@@ -196,39 +185,15 @@ def test_cli_bad_input_messages(args, message, tmp_path):
 def test_cli_empty_folder_is_a_clear_error(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    out = _cli(
-        "train",
-        "sar-baseline",
-        "--preset",
-        "smoke",
-        "--data",
-        f"sar:folder={empty}",
-        "--runs-dir",
-        str(tmp_path / "runs"),
-        "--no-progress",
-    )
+    out = _cli(*smoke_train("sar-baseline", tmp_path / "runs", "--data", f"sar:folder={empty}"))
     assert out.returncode == 2 and "no usable" in out.stderr.lower() and "Traceback" not in out.stderr
 
 
 def test_sigterm_cancels_and_sigkill_leaves_a_loadable_last_checkpoint(tmp_path):
     runs = tmp_path / "runs"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "trainers",
-        "train",
-        "fragment-dae",
-        "--preset",
-        "smoke",
-        "--epochs",
-        "200",
-        "--data",
-        TINY_DATA["fragments"],
-        "--runs-dir",
-        str(runs),
-        "--no-progress",
-    ]
+    cmd = [sys.executable, "-m", "trainers"]
+    cmd += smoke_train("fragment-dae", runs, "--epochs", "200", "--data", TINY_DATA["fragments"])
     results = {}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
