@@ -199,10 +199,16 @@ class RayBackend(JobBackend):
         self.dashboard = webui if webui.startswith("http") else f"http://{webui}"
         try:
             self._client = JobSubmissionClient(self.dashboard)
-            start_sink(self.runs_dir)
-        except Exception:
+        except Exception as exc:
             self.close(jobs_left=True)
-            raise
+            raise RuntimeError(
+                f"the Ray Jobs API at {self.dashboard} does not answer: {_one_line(exc)}"
+            ) from None
+        try:
+            start_sink(self.runs_dir)
+        except Exception as exc:
+            self.close(jobs_left=True)
+            raise RuntimeError(f"could not start the studio's result sink on Ray: {_one_line(exc)}") from None
         self.sink = sink_name(self.runs_dir)
         log.info("Ray backend: jobs API at %s, sink %s", self.dashboard, self.sink)
 
@@ -354,7 +360,7 @@ class RayBackend(JobBackend):
         if status in ("PENDING", "RUNNING"):
             return None
         self._polled.pop(job.ref or "", None)
-        self._save_log(job)
+        self._save_log(job, info.message if status == "FAILED" else "")
         message = _one_line(info.message or "", 700)
         if status == "STOPPED":
             return Ended(f"Ray job {job.ref} stopped" + (f": {message}" if message else ""), stopped=True)
@@ -362,15 +368,18 @@ class RayBackend(JobBackend):
             return Ended(f"Ray job {job.ref} succeeded, but its trainer reported no end status", code=0)
         return Ended(f"Ray job {job.ref} failed: {message or 'no message from Ray'}")
 
-    def _save_log(self, job: Job) -> None:
-        """Keep the ended job's log in the run's folder: it stays readable when the cluster is gone."""
+    def _save_log(self, job: Job, message: str = "") -> None:
+        """Keep the ended job's log in the run's folder: it stays readable when the cluster is gone. Ray's
+        message of a failed job (it ends with the entrypoint's last output) is kept after it."""
         if job.ref in self._saved:
             return
         try:
             text = self._client.get_job_logs(job.ref)
         except Exception:
-            return
+            text = ""
         self._saved.add(job.ref)
+        if message:
+            text = f"{text.rstrip()}\n[ray] {message.strip()}\n"
         if text and self.store is not None:
             path = self.store.run_dir(job.run_id) / LOG_NAME
             with open(path, "a") as handle:
