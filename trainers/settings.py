@@ -31,6 +31,8 @@ WHOLE_MINIMUM: dict[str, int] = {
 }
 # Real-number settings: True where the value must be > 0, False where >= 0 is enough.
 REAL_POSITIVE: dict[str, bool] = {"lr": True, "kl_weight": False, "weight_decay": False, "grad_clip": False}
+# Settings whose value must be one of a table's entries, and that table.
+CHOICES: dict[str, Any] = {"variant": VARIANTS, "preset": PRESETS, "precision": PRECISIONS}
 # What a setting is called in messages where that is not its key.
 LABELS: dict[str, str] = {"batch_size": "batch size", "lr": "learning rate"}
 
@@ -38,6 +40,13 @@ LABELS: dict[str, str] = {"batch_size": "batch size", "lr": "learning rate"}
 def label(key: str) -> str:
     """The name of a setting in a message, as the Train tab labels it: 'learning rate', 'epochs'."""
     return LABELS.get(key, key)
+
+
+def one_of(key: str, value: Any) -> str:
+    """`value` if it is one of the setting's CHOICES, else a ValueError that lists them."""
+    if value not in CHOICES[key]:
+        raise ValueError(f"unknown {label(key)} {value!r}; choose one of: {', '.join(CHOICES[key])}")
+    return value
 
 
 def _number(value: Any) -> float:
@@ -101,8 +110,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
             setattr(cfg, key, whole(key, value))
     for key in REAL_POSITIVE:
         setattr(cfg, key, real(key, getattr(cfg, key)))
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {cfg.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    one_of("precision", cfg.precision)
     return cfg
 
 
@@ -130,19 +138,11 @@ class RunSettings(BaseModel):
     compile: bool | None = None
     model: dict[str, Any] | None = None
 
-    @field_validator("variant", mode="before")
+    @field_validator(*CHOICES, mode="before")
     @classmethod
-    def _variant(cls, value: Any) -> str:
-        if value not in VARIANTS:
-            raise ValueError(f"unknown variant {value!r}; choose one of: {', '.join(VARIANTS)}")
-        return value
-
-    @field_validator("preset", mode="before")
-    @classmethod
-    def _preset(cls, value: Any) -> str:
-        if value not in PRESETS:
-            raise ValueError(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
-        return value
+    def _one_of(cls, value: Any, info: Any) -> str | None:
+        # None (precision only) leaves the preset's value
+        return None if value is None and info.field_name == "precision" else one_of(info.field_name, value)
 
     @field_validator(*WHOLE_MINIMUM, mode="before")
     @classmethod
@@ -160,13 +160,6 @@ class RunSettings(BaseModel):
         value = value or "auto"
         if value not in DEVICES:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {value!r}")
-        return value
-
-    @field_validator("precision", mode="before")
-    @classmethod
-    def _precision(cls, value: Any) -> str | None:
-        if value not in (None, *PRECISIONS):
-            raise ValueError(f"unknown precision {value!r}; choose one of: {', '.join(PRECISIONS)}")
         return value
 
     @field_validator("compile", mode="before")
