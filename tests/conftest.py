@@ -297,3 +297,14 @@ def managers() -> Iterator[list]:
         if run_id in (_cmdline(pid) or []):  # still ours, not a recycled pid
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def asset_maker():
+    """assets/make_assets.py, the script that made the shipped example files, imported as a module."""
+    sys.path.insert(0, str(ROOT / "assets"))
+    try:
+        import make_assets
+    finally:
+        sys.path.remove(str(ROOT / "assets"))
+    return make_assets

@@ -30,3 +30,19 @@ def fake_python(folder: Path, body: str) -> str:
 def smoke_train(variant: str, runs: str | Path, *options: str) -> list[str]:
     """Arguments after `python -m trainers` for a smoke-preset training run into `runs`, no progress bars."""
     return ["train", variant, "--preset", "smoke", "--runs-dir", str(runs), "--no-progress", *options]
+
+
+def write_case(path: Path, content: object) -> Path:
+    """Put one bad-input case at `path`: None leaves it absent, bytes are written as they are, an array is
+    saved with np.save, a callable is called with the path (e.g. a sound-file writer)."""
+    import numpy as np
+
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, np.ndarray):
+        np.save(path, content, allow_pickle=content.dtype == object)
+    elif callable(content):
+        content(path)
+    elif content is not None:
+        raise TypeError(f"no way to write a {type(content).__name__} case")
+    return path

@@ -4,7 +4,6 @@ file loading and the folder dataset."""
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import soundfile as sf
 import torch
 from scipy import stats
 
+from tests.helpers import write_case
 from trainers.data.audio import (
     AudioFeatureConfig,
     AudioFolderDataset,
@@ -241,29 +241,28 @@ def test_load_audio_resamples_mixes_and_pads(tmp_path):
     assert load_audio(tmp_path / "long.flac").shape == (72000,)
 
 
-def test_load_audio_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_audio(tmp_path / "absent.wav")
-    (tmp_path / "empty.wav").write_bytes(b"")
-    with pytest.raises(ValueError, match="empty"):
-        load_audio(tmp_path / "empty.wav")
-    (tmp_path / "junk.wav").write_bytes(b"RIFF....WAVEjunk" * 20)
-    with pytest.raises(ValueError, match="could not read audio file"):
-        load_audio(tmp_path / "junk.wav")
-    sf.write(tmp_path / "short.wav", tone(440, 0.1), 48000)
-    with pytest.raises(ValueError, match=r"short.wav is 0.10 s long; need at least 0.25 s"):
-        load_audio(tmp_path / "short.wav")
-    sf.write(tmp_path / "silent.wav", np.zeros(48000, np.float32), 48000)
-    with pytest.raises(ValueError, match="silent.wav is silent"):
-        load_audio(tmp_path / "silent.wav")
-    sf.write(tmp_path / "quiet.wav", tone(440, 1.0, amp=1e-5), 48000, subtype="FLOAT")
-    with pytest.raises(ValueError, match="is silent"):
-        load_audio(tmp_path / "quiet.wav")
-    bad = tone(440)
-    bad[100] = np.inf
-    sf.write(tmp_path / "inf.wav", bad, 48000, subtype="FLOAT")
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        load_audio(tmp_path / "inf.wav")
+def wav(samples: np.ndarray, subtype: str | None = None):
+    """A writer of `samples` as a 48 kHz sound file: the content of a bad-file case."""
+    return lambda path: sf.write(path, samples, SR, subtype=subtype)
+
+
+# file, content (None: absent; bytes; a sound-file writer), message
+BAD_AUDIO_FILES = [
+    ("absent.wav", None, "not found"),
+    ("empty.wav", b"", "empty"),
+    ("junk.wav", b"RIFF....WAVEjunk" * 20, "could not read audio file"),
+    ("short.wav", wav(tone(440, 0.1)), r"short.wav is 0.10 s long; need at least 0.25 s"),
+    ("silent.wav", wav(np.zeros(SR, np.float32)), "silent.wav is silent"),
+    ("quiet.wav", wav(tone(440, 1.0, amp=1e-5), "FLOAT"), "is silent"),
+    ("inf.wav", wav(np.where(np.arange(SR) == 100, np.inf, tone(440)), "FLOAT"), "NaN or infinite"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_AUDIO_FILES, ids=[c[0] for c in BAD_AUDIO_FILES])
+def test_load_audio_bad_files(tmp_path, name, content, message):
+    path = write_case(tmp_path / name, content)
+    with pytest.raises(FileNotFoundError if content is None else ValueError, match=message):
+        load_audio(path)
 
 
 def test_audio_folder_dataset(tmp_path, mel_if):
@@ -303,14 +302,9 @@ def test_audio_folder_bad_folders(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ assets
-def test_example_audio_assets(tmp_path, mel_if):
-    sys.path.insert(0, str(ROOT / "assets"))
-    try:
-        import make_assets
-    finally:
-        sys.path.remove(str(ROOT / "assets"))
+def test_example_audio_assets(tmp_path, mel_if, asset_maker):
     shipped = ROOT / "assets" / "audio"
-    for p in make_assets.make_audio(tmp_path):
+    for p in asset_maker.make_audio(tmp_path):
         assert p.stat().st_size <= 300_000
         fresh, sr = sf.read(p)
         kept, sr_kept = sf.read(shipped / p.name)

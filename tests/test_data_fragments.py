@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 import sysconfig
 from pathlib import Path
 
@@ -333,13 +332,8 @@ def test_read_fragment(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------- assets
-def test_example_fragment_assets_are_reproducible(tmp_path):
-    sys.path.insert(0, str(ROOT / "assets"))
-    try:
-        import make_assets
-    finally:
-        sys.path.remove(str(ROOT / "assets"))
-    made = make_assets.make_fragments(tmp_path)
+def test_example_fragment_assets_are_reproducible(tmp_path, asset_maker):
+    made = asset_maker.make_fragments(tmp_path)
     shipped = ROOT / "assets" / "fragments"
     assert (tmp_path / "sample.txt").read_bytes() == (shipped / "sample.txt").read_bytes()
     assert gzip.decompress((tmp_path / "sample.txt.gz").read_bytes()) == gzip.decompress(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 from scipy import stats
 
+from tests.helpers import write_case
 from trainers.data.sar import (
     KNOT_PCTS,
     KNOT_X,
@@ -432,50 +432,40 @@ def test_load_png_amplitude_8_and_16_bit_and_rgb(tmp_path):
     np.testing.assert_allclose(np.sqrt(got), luma, atol=1.0)
 
 
-def test_load_rejects_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_sar_image(tmp_path / "absent.npy")
-    (tmp_path / "empty.png").write_bytes(b"")
-    with pytest.raises(ValueError, match="empty"):
-        load_sar_image(tmp_path / "empty.png")
-    (tmp_path / "junk.png").write_bytes(b"this is not a png at all" * 10)
-    with pytest.raises(ValueError, match="could not read"):
-        load_sar_image(tmp_path / "junk.png")
-    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY garbage" * 10)
-    with pytest.raises(ValueError, match="could not read"):
-        load_sar_image(tmp_path / "junk.npy")
-    (tmp_path / "junk.tif").write_bytes(b"II*\x00garbage" * 10)
-    with pytest.raises(ValueError, match="junk.tif: (could not read|the image has no pixels)"):
-        load_sar_image(tmp_path / "junk.tif")
-    (tmp_path / "img.jpg").write_bytes(b"x" * 100)
-    with pytest.raises(ValueError, match=r"unsupported .*\.npy, \.tif, \.tiff, \.png"):
-        load_sar_image(tmp_path / "img.jpg")
-    np.save(tmp_path / "cube.npy", np.ones((3, 8, 8, 2)))
-    with pytest.raises(ValueError, match="2-D image or a stack of bands"):
-        load_sar_image(tmp_path / "cube.npy")
-    np.save(tmp_path / "neg.npy", -np.ones((8, 8)))
-    with pytest.raises(ValueError, match="100 % of the values are negative, which intensity cannot be"):
-        load_sar_image(tmp_path / "neg.npy", "intensity")
-    np.save(tmp_path / "far.npy", np.linspace(-190, 150, 64).reshape(8, 8))
-    with pytest.raises(ValueError, match="not a plausible dB range"):
-        load_sar_image(tmp_path / "far.npy")
-    bad = np.full((8, 8), np.nan)
-    np.save(tmp_path / "nan.npy", bad)
-    with pytest.raises(ValueError, match="every pixel is no-data"):
-        load_sar_image(tmp_path / "nan.npy")
-    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="could not read"):
-        load_sar_image(tmp_path / "obj.npy")  # never unpickles
-    np.save(tmp_path / "none.npy", np.zeros((0, 8)))
-    with pytest.raises(ValueError, match="no pixels"):
-        load_sar_image(tmp_path / "none.npy")
-    np.save(tmp_path / "ok.npy", np.ones((8, 8)))
-    with pytest.raises(ValueError, match="input_kind"):
-        load_sar_image(tmp_path / "ok.npy", "decibels")
-    with pytest.raises(ValueError, match="single band"):
-        load_sar_image(tmp_path / "ok.npy", band=1)
-    with pytest.raises(ValueError, match="band must be"):
-        load_sar_image(tmp_path / "ok.npy", band=-1)
+# file, content (None: absent; bytes; an array saved with np.save), load_sar_image options, message
+BAD_SAR_FILES = [
+    ("absent.npy", None, {}, "not found"),
+    ("empty.png", b"", {}, "empty"),
+    ("junk.png", b"this is not a png at all" * 10, {}, "could not read"),
+    ("junk.npy", b"\x93NUMPY garbage" * 10, {}, "could not read"),
+    ("junk.tif", b"II*\x00garbage" * 10, {}, "junk.tif: (could not read|the image has no pixels)"),
+    ("img.jpg", b"x" * 100, {}, r"unsupported .*\.npy, \.tif, \.tiff, \.png"),
+    ("cube.npy", np.ones((3, 8, 8, 2)), {}, "2-D image or a stack of bands"),
+    (
+        "neg.npy",
+        -np.ones((8, 8)),
+        {"input_kind": "intensity"},
+        "100 % of the values are negative, which intensity cannot be",
+    ),
+    ("far.npy", np.linspace(-190, 150, 64).reshape(8, 8), {}, "not a plausible dB range"),
+    ("nan.npy", np.full((8, 8), np.nan), {}, "every pixel is no-data"),
+    ("obj.npy", np.array([{"a": 1}], dtype=object), {}, "could not read"),  # never unpickles
+    ("none.npy", np.zeros((0, 8)), {}, "no pixels"),
+    ("ok.npy", np.ones((8, 8)), {"input_kind": "decibels"}, "input_kind"),
+    ("ok.npy", np.ones((8, 8)), {"band": 1}, "single band"),
+    ("ok.npy", np.ones((8, 8)), {"band": -1}, "band must be"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, content, options, message",
+    BAD_SAR_FILES,
+    ids=[f"{case[0]}{case[2] or ''}" for case in BAD_SAR_FILES],
+)
+def test_load_rejects_bad_files(tmp_path, name, content, options, message):
+    path = write_case(tmp_path / name, content)
+    with pytest.raises(FileNotFoundError if content is None else ValueError, match=message):
+        load_sar_image(path, **options)
 
 
 # --------------------------------------------------------------------------------------- folder dataset
@@ -523,14 +513,9 @@ def test_folder_dataset_bad_folders(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------- assets
-def test_example_sar_assets(tmp_path):
-    sys.path.insert(0, str(ROOT / "assets"))
-    try:
-        import make_assets
-    finally:
-        sys.path.remove(str(ROOT / "assets"))
+def test_example_sar_assets(tmp_path, asset_maker):
     shipped = ROOT / "assets" / "sar"
-    for p in make_assets.make_sar(tmp_path):
+    for p in asset_maker.make_sar(tmp_path):
         assert p.stat().st_size <= 600_000
         np.testing.assert_array_equal(load_sar_image(p), load_sar_image(shipped / p.name))
     intensity = load_sar_image(shipped / "scene_512_intensity.npy")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,28 @@ SAR = ("sar-baseline", "sar-resnet", "sar-residual", "sar-attention")
 @pytest.fixture
 def fake_trainer(tmp_path: Path) -> str:
     return fake_python(tmp_path, 'echo "CVD=[$CUDA_VISIBLE_DEVICES]"\nexec sleep 60\n')
+
+
+@pytest.fixture
+def fake_gpus(tmp_path: Path, managers: list[JobManager], fake_trainer: str) -> Callable[..., JobManager]:
+    """Makes a job manager over fake GPUs ({index: GiB}) whose jobs the stand-in trainer plays, each job's
+    memory need being its seed in GiB."""
+
+    def make(gib: dict[int, float], **options: object) -> JobManager:
+        memory = {i: int(g * GIB) for i, g in gib.items()}
+        jm = JobManager(
+            tmp_path / "runs",
+            gpus=list(gib),
+            gpu_memory=memory,
+            job_memory=fake_gib,
+            python=fake_trainer,
+            poll_interval=0.05,
+            **options,
+        )
+        managers.append(jm)
+        return jm
+
+    return make
 
 
 def started_on(jm: JobManager, run_id: str) -> str | None:
@@ -127,17 +150,9 @@ def test_the_four_sar_variants_at_the_full_preset_fit_on_one_80_gib_gpu():
 
 
 @pytest.mark.timeout(120)
-def test_jobs_that_fit_start_together_and_the_rest_wait_in_order(tmp_path, managers, fake_trainer):
+def test_jobs_that_fit_start_together_and_the_rest_wait_in_order(fake_gpus):
     # one 20 GiB GPU (19 usable): 8 + 8 start; 4 does not fit next to them; 2 would, but waits its turn.
-    jm = JobManager(
-        tmp_path / "runs",
-        gpus=[0],
-        gpu_memory={0: 20 * GIB},
-        job_memory=fake_gib,
-        python=fake_trainer,
-        poll_interval=0.05,
-    )
-    managers.append(jm)
+    jm = fake_gpus({0: 20})
     a, b, c, d = (jm.submit("fragment-dae", "smoke", seed=gib) for gib in (8, 8, 4, 2))
     cpu = jm.submit("fragment-dae", "smoke", device="cpu", seed=99)
     wait_for(
@@ -152,19 +167,8 @@ def test_jobs_that_fit_start_together_and_the_rest_wait_in_order(tmp_path, manag
 
 
 @pytest.mark.timeout(120)
-def test_gpu_jobs_caps_jobs_per_gpu_and_jobs_spread_to_the_gpu_with_most_room(
-    tmp_path, managers, fake_trainer
-):
-    jm = JobManager(
-        tmp_path / "runs",
-        gpus=[0, 1],
-        gpu_memory={0: 40 * GIB, 1: 24 * GIB},
-        job_memory=fake_gib,
-        python=fake_trainer,
-        poll_interval=0.05,
-        gpu_jobs=2,
-    )
-    managers.append(jm)
+def test_gpu_jobs_caps_jobs_per_gpu_and_jobs_spread_to_the_gpu_with_most_room(fake_gpus):
+    jm = fake_gpus({0: 40, 1: 24}, gpu_jobs=2)
     ids = [jm.submit("fragment-dae", "smoke", seed=gib) for gib in (10, 10, 1, 1, 1)]
     wait_for(lambda: all(started_on(jm, i) for i in ids[:4]), 20, "four jobs")
     time.sleep(0.4)
@@ -174,16 +178,8 @@ def test_gpu_jobs_caps_jobs_per_gpu_and_jobs_spread_to_the_gpu_with_most_room(
 
 
 @pytest.mark.timeout(120)
-def test_a_job_larger_than_the_gpu_runs_alone_once_the_gpu_is_idle(tmp_path, managers, fake_trainer):
-    jm = JobManager(
-        tmp_path / "runs",
-        gpus=[0],
-        gpu_memory={0: 16 * GIB},
-        job_memory=fake_gib,
-        python=fake_trainer,
-        poll_interval=0.05,
-    )
-    managers.append(jm)
+def test_a_job_larger_than_the_gpu_runs_alone_once_the_gpu_is_idle(fake_gpus):
+    jm = fake_gpus({0: 16})
     small = jm.submit("fragment-dae", "smoke", seed=2)
     wait_for(lambda: started_on(jm, small), 20, "the small job")
     big = jm.submit("fragment-dae", "smoke", seed=30)
