@@ -299,7 +299,7 @@ def _model_call(name: str, fn: Callable[[], Any]) -> Any:
 
 @torch.no_grad()
 def _compare_sar(
-    spec: DataSpec,
+    dataset: Dataset,
     models: list[ModelSource],
     baselines: bool,
     device: torch.device,
@@ -309,10 +309,7 @@ def _compare_sar(
     from trainers import codecs
     from trainers.data import sar
     from trainers.metrics.sar import latent_bits_per_pixel
-    from trainers.tasks import SARTask
 
-    first = models[0]
-    dataset = SARTask(first.variant).dataset_for_eval(spec, dict(first.model.preprocessing), first.config)
     x_all, valid_all, db_all = _sar_items(dataset)
     n = x_all.shape[0]
     rows: list[Row] = []
@@ -452,7 +449,7 @@ def _audio_scores(ref: np.ndarray, est: np.ndarray) -> tuple[float, float]:
 
 @torch.no_grad()
 def _compare_audio(
-    spec: DataSpec,
+    dataset: Dataset,
     models: list[ModelSource],
     baselines: bool,
     device: torch.device,
@@ -460,11 +457,8 @@ def _compare_audio(
     progress: Progress,
 ) -> tuple[list[Row], int, dict[str, Any]]:
     from trainers import codecs
-    from trainers.tasks import AudioTask
 
     first = models[0]
-    first_task = AudioTask(first.variant)
-    dataset = first_task.dataset_for_eval(spec, dict(first.model.preprocessing), first.config)
     waveform = _waveform_getter(dataset)
     n = len(dataset)
     if n == 0:
@@ -631,19 +625,13 @@ def _fragment_values(clean: np.ndarray, corrupted: np.ndarray, repaired: np.ndar
 
 @torch.no_grad()
 def _compare_fragments(
-    spec: DataSpec,
+    dataset: Dataset,
     models: list[ModelSource],
     baselines: bool,
     device: torch.device,
     batch_size: int,
     progress: Progress,
 ) -> tuple[list[Row], int, dict[str, Any]]:
-    from trainers.tasks import FragmentTask
-
-    first = models[0]
-    dataset = FragmentTask(first.variant).dataset_for_eval(
-        spec, dict(first.model.preprocessing), first.config
-    )
     n = len(dataset)
     if n == 0:
         raise ValueError("the fragment data has no fragment to compare on")
@@ -738,6 +726,7 @@ def run_compare(
     (the studio's cache). Bad input raises ValueError / FileNotFoundError with a message for the user.
     """
     from trainers.loop import resolve_device
+    from trainers.tasks import task_for
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative whole number, got {seed!r}")
@@ -765,7 +754,13 @@ def run_compare(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            rows, n, extra = _DOMAIN_RUNNERS[domain](spec, models, baselines, dev, int(batch_size), progress)
+            # Every model sees the data as the first one's preprocessing and config make it.
+            first = models[0]
+            dataset = task_for(first.variant).dataset_for_eval(
+                spec, dict(first.model.preprocessing), first.config
+            )
+            runner = _DOMAIN_RUNNERS[domain]
+            rows, n, extra = runner(dataset, models, baselines, dev, int(batch_size), progress)
         except ValueError as exc:
             skipped = _skipped_files(caught)
             if skipped:
