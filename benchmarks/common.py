@@ -102,6 +102,15 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(data)
 
 
+def quantile(values: Iterable[float], q: float) -> float:
+    """The `q` quantile of `values` as the nearest observed value: no interpolation, so a p95 latency is one
+    that happened."""
+    ordered = sorted(float(v) for v in values)
+    if not ordered:
+        raise ValueError("quantile of no values")
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
 # ------------------------------------------------------------------------------------------------ configs
 def sized_config(
     variant: str,

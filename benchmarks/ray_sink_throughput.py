@@ -33,15 +33,10 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO_ROOT, Figure, format_table, machine_info  # noqa: E402
+from benchmarks.common import REPO_ROOT, Figure, format_table, machine_info, quantile  # noqa: E402
 
 RESULT_FILE = REPO_ROOT / "benchmarks" / "results" / "ray_sink.json"
 POLL_S = 0.02
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 class _Gate:
@@ -169,7 +164,7 @@ def measure_sink(
         return statistics.fmean(backlog(t) for t in points)
 
     middle, late = mean_backlog(1 / 3, 2 / 3), mean_backlog(2 / 3, 1.0)
-    p50, p95, worst = _quantile(latencies, 0.5), _quantile(latencies, 0.95), max(latencies)
+    p50, p95, worst = quantile(latencies, 0.5), quantile(latencies, 0.95), max(latencies)
     rate = statistics.fmean(r["rows_per_s"] for r in results)
     aimed = 1000.0 / interval_ms
     grows = late > max(2.0 * middle, middle + 2 * trainers)
@@ -218,7 +213,7 @@ def measure_sink(
         "backlog_middle_third": middle,
         "backlog_last_third": late,
         "backlog_grows": grows,
-        "latency_p99_s": _quantile(latencies, 0.99),
+        "latency_p99_s": quantile(latencies, 0.99),
         "latency_max_s": worst,
         "sink": sink_stats,
     }

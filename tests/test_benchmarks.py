@@ -15,7 +15,7 @@ from torch import nn
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from benchmarks import run as bench_run  # noqa: E402
-from benchmarks.common import NOT_MEASURED_NO_CUDA, Figure, format_table, sized_config  # noqa: E402
+from benchmarks.common import NOT_MEASURED_NO_CUDA, Figure, format_table, quantile, sized_config  # noqa: E402
 from benchmarks.studio import fill_store, measure_app_memory, measure_curve_refresh  # noqa: E402
 from benchmarks.throughput import (  # noqa: E402
     GPU_MODES,
@@ -76,6 +76,15 @@ def test_figure_target_and_table():
 def test_figure_rejects_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Figure("k", "label", unit="x", **kwargs)
+
+
+def test_quantile_is_the_nearest_observed_value():
+    values = [float(v) for v in range(20, -1, -1)]  # 0..20 in reverse: it sorts
+    assert quantile(values, 0.5) == 10.0 and quantile(values, 0.95) == 19.0 and quantile(values, 0.99) == 20.0
+    assert quantile(values, 0.0) == 0.0 and quantile(values, 1.0) == 20.0
+    assert quantile([0.1, 0.4], 0.5) in (0.1, 0.4)  # an observed latency, never the 0.25 between them
+    with pytest.raises(ValueError, match="no values"):
+        quantile([], 0.5)
 
 
 def test_sized_config_sizes_one_epoch_to_the_steps():
