@@ -94,6 +94,17 @@ def test_where_names_the_host_or_the_ray_node():
     assert describe_host("ray:10.0.0.7:ab12cd34") == "ray node 10.0.0.7"
 
 
+def test_a_checkout_ships_its_code_an_installed_studio_ships_an_empty_folder(tmp_path):
+    from studio.backends.ray import default_working_dir
+
+    assert default_working_dir() == ROOT  # this checkout
+    site = tmp_path / "site-packages"  # an installed studio: trainers/ etc. beside other packages
+    (site / "trainers").mkdir(parents=True)
+    (site / "trainers" / "__main__.py").write_text("")
+    shipped = default_working_dir(site)
+    assert shipped != site and shipped.is_dir() and [p.name for p in shipped.iterdir()] == ["README"]
+
+
 # --- without Ray: the local manager and Ray runs ---------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shlex
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -101,6 +102,19 @@ def ray_resources(
     return out
 
 
+def default_working_dir(root: Path = PROJECT_ROOT) -> Path:
+    """What a job carries as its ``working_dir``: the checkout the studio runs from (its code travels), or,
+    for an installed studio (no checkout: the code is in site-packages, which must never be shipped), an
+    empty folder of its own, so each job still works in a folder of its node; the nodes then need the
+    package installed."""
+    if (root / "pyproject.toml").is_file() and (root / "trainers" / "__main__.py").is_file():
+        return root
+    empty = Path(tempfile.gettempdir()) / "ae-studio-ray-job"
+    empty.mkdir(exist_ok=True)
+    (empty / "README").write_text("The working directory of the studio's Ray jobs (an installed studio).\n")
+    return empty
+
+
 def submission_id(runs_dir: Path, run_id: str, attempt: int) -> str:
     """Ray's job id of a run's `attempt`: tied to the studio's runs folder (two studios on one cluster never
     collide) and unique per launch (a resumed run is a new Ray job)."""
@@ -119,7 +133,7 @@ class RayBackend(JobBackend):
     (None: detected once from a GPU node; whole GPUs when that fails), `gpu_jobs`: at most that many jobs per
     GPU. `resources`: extra custom resources a run's job needs (a function of the run, e.g. to pin jobs to
     nodes that carry a resource). `env_vars`: more environment variables for the jobs. `working_dir`: the
-    folder shipped as the job's code (default: the project).
+    folder shipped as the job's code and working directory (default: `default_working_dir`).
     """
 
     name = "ray"
@@ -134,7 +148,7 @@ class RayBackend(JobBackend):
         gpu_jobs: int | None = None,
         resources: Callable[[RunRecord], Mapping[str, float]] | None = None,
         env_vars: Mapping[str, str] | None = None,
-        working_dir: str | Path = PROJECT_ROOT,
+        working_dir: str | Path | None = None,
         stop_wait_s: float = STOP_WAIT_S,
     ) -> None:
         ray_resources("cpu", cpus_per_job)  # checks the number
@@ -142,6 +156,7 @@ class RayBackend(JobBackend):
             raise ValueError(f"gpu_memory must be a number of bytes > 0 or None, got {gpu_memory!r}")
         if gpu_jobs is not None and (isinstance(gpu_jobs, bool) or int(gpu_jobs) < 1):
             raise ValueError(f"gpu_jobs must be a positive int or None, got {gpu_jobs!r}")
+        working_dir = default_working_dir() if working_dir is None else working_dir
         if not Path(working_dir).is_dir():
             raise ValueError(f"working_dir {working_dir} is not a folder")
         self.address = address
