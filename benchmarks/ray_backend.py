@@ -32,15 +32,10 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO_ROOT, Figure, format_table, machine_info  # noqa: E402
+from benchmarks.common import REPO_ROOT, Figure, format_table, machine_info, quantile  # noqa: E402
 
 RESULT_FILE = REPO_ROOT / "benchmarks" / "results" / "ray_backend.json"
 POLL_S = 0.02
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _free_port() -> int:
@@ -127,9 +122,9 @@ def measure(steps: int) -> tuple[list[Figure], dict[str, Any]]:
         Figure("ray_backend/latency_p50", "Ray backend: metric latency p50, worker log -> studio store",
                statistics.median(ray_run["latencies"]), "s"),
         Figure("ray_backend/latency_p95", "Ray backend: metric latency p95, worker log -> studio store",
-               _quantile(ray_run["latencies"], 0.95), "s", bound=2.0, goal="max"),
+               quantile(ray_run["latencies"], 0.95), "s", bound=2.0, goal="max"),
         Figure("ray_backend/latency_local_p95", "local backend: metric latency p95 (own store writes)",
-               _quantile(local["latencies"], 0.95), "s"),
+               quantile(local["latencies"], 0.95), "s"),
         Figure("ray_backend/step_ratio", "time per step, Ray backend / local backend (same run)",
                ray_run["step_s"] / local["step_s"], "x", bound=1.05, goal="max",
                note=f"{1000 * ray_run['step_s']:.1f} ms vs {1000 * local['step_s']:.1f} ms per step"),
