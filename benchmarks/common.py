@@ -3,6 +3,7 @@ readings from /proc (no psutil)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -10,6 +11,7 @@ import resource
 import signal
 import statistics
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,6 +95,23 @@ def format_table(figures: Sequence[Figure]) -> str:
     ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def write_result(
+    path: Path, settings: dict[str, Any], started: float, figures: Sequence[Figure], detail: Any
+) -> None:
+    """Write a benchmark's result file: its settings, wall seconds since `started` (time.monotonic), the
+    machine, the figures and the detail, and say where on stderr."""
+    out = {
+        "settings": settings,
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": machine_info(),
+        "figures": [f.to_dict() for f in figures],
+        "detail": detail,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def median(values: Iterable[float]) -> float:

@@ -33,7 +33,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO_ROOT, Figure, format_table, machine_info, quantile  # noqa: E402
+from benchmarks.common import REPO_ROOT, Figure, format_table, quantile, write_result  # noqa: E402
 
 RESULT_FILE = REPO_ROOT / "benchmarks" / "results" / "ray_sink.json"
 POLL_S = 0.02
@@ -232,16 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(detail, indent=1))
     print(format_table(figures))
     if not args.no_write:
-        RESULT_FILE.parent.mkdir(parents=True, exist_ok=True)
-        out = {
-            "settings": {"trainers": args.trainers, "interval_ms": args.interval_ms, "seconds": args.seconds},
-            "seconds": round(time.monotonic() - started, 1),
-            "machine": machine_info(),
-            "figures": [f.to_dict() for f in figures],
-            "detail": detail,
-        }
-        RESULT_FILE.write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {RESULT_FILE}", file=sys.stderr)
+        settings = {"trainers": args.trainers, "interval_ms": args.interval_ms, "seconds": args.seconds}
+        write_result(RESULT_FILE, settings, started, figures, detail)
     return 0
 
 

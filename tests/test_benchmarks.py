@@ -15,7 +15,14 @@ from torch import nn
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from benchmarks import run as bench_run  # noqa: E402
-from benchmarks.common import NOT_MEASURED_NO_CUDA, Figure, format_table, quantile, sized_config  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    NOT_MEASURED_NO_CUDA,
+    Figure,
+    format_table,
+    quantile,
+    sized_config,
+    write_result,
+)
 from benchmarks.studio import fill_store, measure_app_memory, measure_curve_refresh  # noqa: E402
 from benchmarks.throughput import (  # noqa: E402
     GPU_MODES,
@@ -85,6 +92,19 @@ def test_quantile_is_the_nearest_observed_value():
     assert quantile([0.1, 0.4], 0.5) in (0.1, 0.4)  # an observed latency, never the 0.25 between them
     with pytest.raises(ValueError, match="no values"):
         quantile([], 0.5)
+
+
+def test_write_result_round_trips(tmp_path, capsys):
+    import json
+    import time
+
+    path = tmp_path / "results" / "x.json"
+    figure = Figure("p95", "latency p95", 0.25, "s", bound=2.0, goal="max")
+    write_result(path, {"steps": 3}, time.monotonic() - 1.5, [figure], {"n": 3})
+    got = json.loads(path.read_text())
+    assert got["settings"] == {"steps": 3} and got["detail"] == {"n": 3} and 1.5 <= got["seconds"] < 60
+    assert got["figures"] == [figure.to_dict()] and got["machine"]["python"]
+    assert f"wrote {path}" in capsys.readouterr().err
 
 
 def test_sized_config_sizes_one_epoch_to_the_steps():
