@@ -249,6 +249,21 @@ GUARD = textwrap.dedent(
 )
 
 
+def test_the_guard_catches_a_process_touching_the_runs_folder(tmp_path):
+    """The audit hook the jobs get refuses and records a store opened in the runs folder, and nothing else."""
+    guard, runs, violations = tmp_path / "guard", tmp_path / "runs", tmp_path / "guard.log"
+    guard.mkdir()
+    runs.mkdir()
+    (guard / "sitecustomize.py").write_text(GUARD)
+    env = {**os.environ, "PYTHONPATH": str(guard), "AE_TEST_STUDIO_RUNS": str(runs)}
+    env["AE_TEST_GUARD_LOG"] = str(violations)
+    code = "import sqlite3, sys; open(sys.argv[1] + '/elsewhere.txt', 'w').write('ok')\n"
+    code += "sqlite3.connect(sys.argv[2])"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(runs / "runs.sqlite")], env=env)
+    assert out.returncode != 0 and (tmp_path / "elsewhere.txt").read_text() == "ok"
+    assert violations.read_text().split()[1:] == ["sqlite3.connect", str(runs / "runs.sqlite")]
+
+
 def add_worker(cluster, name: str):
     """A one-CPU worker node carrying the resource `name`, with a temp dir of its own (short, for the
     socket paths; removed with the cluster)."""
