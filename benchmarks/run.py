@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import importlib
 import json
 import os
 import shlex
@@ -30,17 +31,20 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from benchmarks.common import REPO_ROOT, Figure, exit_cleanly_on_signals, format_table, machine_info  # noqa: E402
 
-SECTIONS: tuple[str, ...] = (
-    "overhead",
-    "throughput",
-    "fastpath",
-    "gpu",
-    "phases",
-    "packing",
-    "startup",
-    "curves",
-    "memory",
-)
+# Each section's measuring function as (module, name), in table order. Imported lazily: `--only curves`
+# should not pay for importing the training stack's benchmarks.
+RUNNERS: dict[str, tuple[str, str]] = {
+    "overhead": ("benchmarks.trainer_overhead", "measure_trainer_overhead"),
+    "throughput": ("benchmarks.throughput", "measure_cpu_throughput"),
+    "fastpath": ("benchmarks.fastpath", "measure_fastpath_agreement"),
+    "gpu": ("benchmarks.throughput", "measure_gpu_throughput"),
+    "phases": ("benchmarks.phases", "measure_run_phases"),
+    "packing": ("benchmarks.phases", "measure_packing"),
+    "startup": ("benchmarks.studio", "measure_startup"),
+    "curves": ("benchmarks.studio", "measure_curve_refresh"),
+    "memory": ("benchmarks.studio", "measure_app_memory"),
+}
+SECTIONS: tuple[str, ...] = tuple(RUNNERS)
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 START_MARK = "<!-- results:start (written by benchmarks/run.py; edit outside these marks) -->"
@@ -86,44 +90,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def _runner(section: str) -> Callable[..., tuple[list[Figure], dict[str, Any]]]:
-    # Imported lazily: `--only curves` should not pay for importing the training stack's benchmarks.
-    if section == "overhead":
-        from benchmarks.trainer_overhead import measure_trainer_overhead
-
-        return measure_trainer_overhead
-    if section == "throughput":
-        from benchmarks.throughput import measure_cpu_throughput
-
-        return measure_cpu_throughput
-    if section == "fastpath":
-        from benchmarks.fastpath import measure_fastpath_agreement
-
-        return measure_fastpath_agreement
-    if section == "gpu":
-        from benchmarks.throughput import measure_gpu_throughput
-
-        return measure_gpu_throughput
-    if section == "phases":
-        from benchmarks.phases import measure_run_phases
-
-        return measure_run_phases
-    if section == "packing":
-        from benchmarks.phases import measure_packing
-
-        return measure_packing
-    if section == "startup":
-        from benchmarks.studio import measure_startup
-
-        return measure_startup
-    if section == "curves":
-        from benchmarks.studio import measure_curve_refresh
-
-        return measure_curve_refresh
-    if section == "memory":
-        from benchmarks.studio import measure_app_memory
-
-        return measure_app_memory
-    raise ValueError(f"unknown benchmark section '{section}'; choose from: {', '.join(SECTIONS)}")
+    if section not in RUNNERS:
+        raise ValueError(f"unknown benchmark section '{section}'; choose from: {', '.join(SECTIONS)}")
+    module, name = RUNNERS[section]
+    return getattr(importlib.import_module(module), name)
 
 
 def run_sections(

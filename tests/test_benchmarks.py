@@ -107,6 +107,14 @@ def test_write_result_round_trips(tmp_path, capsys):
     assert f"wrote {path}" in capsys.readouterr().err
 
 
+def test_every_section_has_a_runner_and_settings_at_each_level():
+    for section in bench_run.SECTIONS:
+        assert callable(bench_run._runner(section)), section
+        assert all(section in bench_run.SETTINGS[level] for level in ("full", "quick", "dry")), section
+    with pytest.raises(ValueError, match="unknown benchmark section 'nope'; choose from: overhead"):
+        bench_run._runner("nope")
+
+
 def test_sized_config_sizes_one_epoch_to_the_steps():
     cfg = sized_config("sar-baseline", "smoke", 5)
     spec = parse_data_spec(cfg.data)
