@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -27,9 +29,25 @@ def fake_python(folder: Path, body: str) -> str:
     return str(path)
 
 
-def smoke_train(variant: str, runs: str | Path, *options: str) -> list[str]:
-    """Arguments after `python -m trainers` for a smoke-preset training run into `runs`, no progress bars."""
-    return ["train", variant, "--preset", "smoke", "--runs-dir", str(runs), "--no-progress", *options]
+def smoke_train(variant: str, runs: str | Path | None, *options: str) -> list[str]:
+    """Arguments after `python -m trainers` for a smoke-preset training run into `runs` (None: the trainer's
+    default), no progress bars."""
+    where = [] if runs is None else ["--runs-dir", str(runs)]
+    return ["train", variant, "--preset", "smoke", *where, "--no-progress", *options]
+
+
+def start_trainer(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`python -m trainers ARGS` in a session of its own (a test signals its whole group, as Cancel does),
+    stdout and stderr as one text pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainers", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def write_case(path: Path, content: object) -> Path:

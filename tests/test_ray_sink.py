@@ -28,6 +28,7 @@ needs_ray = pytest.mark.skipif(
     ray is None, reason="ray is not installed (the `ray` extra: pip install 'ray[default]')"
 )
 
+from tests.helpers import smoke_train, start_trainer  # noqa: E402
 from trainers import checkpoints  # noqa: E402
 from trainers.hooks import PAUSE_ENV, PAUSE_FILE_ENV  # noqa: E402
 from trainers.ray_sink import (  # noqa: E402
@@ -268,17 +269,8 @@ def _trainer(cluster: str, cwd: Path, *args: str, pause: Path | None = None) -> 
     env.update(RAY_ADDRESS=cluster, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     if pause is not None:
         env.update({PAUSE_ENV: "step", PAUSE_FILE_ENV: str(pause)})
-    cmd = [sys.executable, "-m", "trainers", "train", "fragment-dae", "--preset", "smoke", "--data", DATA]
-    cmd += ["--device", "cpu", "--no-progress", *args]
-    return subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    args = ("--data", DATA, "--device", "cpu", *args)
+    return start_trainer(smoke_train("fragment-dae", None, *args), cwd, env)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 180) -> str:

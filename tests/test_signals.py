@@ -12,13 +12,12 @@ import contextlib
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import smoke_train, start_trainer
 from trainers import checkpoints
 from trainers.config import make_config
 from trainers.hooks import PAUSE_ENV, PAUSE_FILE_ENV
@@ -52,17 +51,7 @@ def _run_and_signal(tmp_path: Path, variant: str, data: str, phase: str, sig: in
         PAUSE_ENV: phase,
         PAUSE_FILE_ENV: str(marker),
     }
-    cmd = [sys.executable, "-m", "trainers", "train", variant, "--preset", "smoke", "--data", data]
-    cmd += ["--runs-dir", str(runs), "--no-progress", "--device", "cpu", *extra]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        text=True,
-    )
+    proc = start_trainer(smoke_train(variant, runs, "--data", data, "--device", "cpu", *extra), ROOT, env)
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
