@@ -11,7 +11,13 @@ from markdown_it import MarkdownIt
 
 from models import create_model
 from studio.context import StudioContext
-from studio.views.common import escape_markdown, notes_markdown, resolve_checkpoint, selected_folders
+from studio.views.common import (
+    escape_markdown,
+    notes_markdown,
+    page_handler,
+    resolve_checkpoint,
+    selected_folders,
+)
 from trainers import checkpoints
 from trainers.store import RunStore
 
@@ -204,3 +210,27 @@ def test_the_shipped_reference_checkpoints_load_and_stay_under_5_mb():
         assert label == f"reference · {model.VARIANT}"
         assert entry["preset"] == "reference" and entry["seed"] == 0
         assert entry["train_minutes"] <= 15
+
+
+def test_page_handler_takes_the_actions_parameter_names_and_tracks_progress():
+    import inspect
+
+    import gradio as gr
+
+    def scale(ctx, value: float = 1.0, factor: float = 2.0, progress=None):
+        if value < 0:
+            raise ValueError("value must not be negative")
+        (progress or (lambda *a: None))(0.5, "scaling")
+        return {"ctx": ctx, "scaled": value * factor}
+
+    handler = page_handler("the-ctx", scale, lambda r: (r["ctx"], r["scaled"]))
+    params = inspect.signature(handler).parameters
+    assert list(params) == ["value", "factor", "progress"] and handler.__name__ == "scale"
+    assert params["value"].default is inspect.Parameter.empty  # every input comes from a component
+    assert isinstance(params["progress"].default, gr.Progress)  # Gradio tracks this event's progress
+    heard = []
+    assert handler(3.0, 0.5, lambda *a: heard.append(a)) == ("the-ctx", 1.5) and heard == [(0.5, "scaling")]
+    with pytest.raises(gr.Error, match="value must not be negative"):
+        handler(-1.0, 2.0)
+    with pytest.raises(TypeError, match="must take `progress` as its last parameter"):
+        page_handler("the-ctx", lambda ctx, value: value)

@@ -30,6 +30,7 @@ from studio.views.common import (
     model_call,
     model_device,
     notes_markdown,
+    page_handler,
     run_label,
     selected_folders,
     upload_path,
@@ -858,18 +859,11 @@ def _wire_reconstruct(
     """Reconstruct (`audio_compare`), then every window (`audio_windows`), which its own button also runs."""
     import gradio as gr
 
-    @user_errors
-    def compare(checkpoint, source, kind, seed, upload, start, progress=gr.Progress()):  # noqa: B008
-        r = audio_compare(ctx, checkpoint, source, kind, seed, upload, start, progress)
-        sr = r.sample_rate
-        return (
-            notes_markdown(r.notes),
-            r.figure,
-            player(sr, r.input),
-            player(sr, r.roundtrip),
-            player(sr, r.reconstruction),
-            r.table,
-        )
+    def present(r: AudioComparison) -> tuple:
+        players = (player(r.sample_rate, wave) for wave in (r.input, r.roundtrip, r.reconstruction))
+        return (notes_markdown(r.notes), r.figure, *players, r.table)
+
+    compare = page_handler(ctx, audio_compare, present)
 
     @user_errors
     def windows(checkpoint, extra, source, kind, seed, upload, progress=gr.Progress()):  # noqa: B008

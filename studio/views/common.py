@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import html
+import inspect
 import logging
 import re
 import time
@@ -52,6 +53,32 @@ def user_errors(fn: F) -> F:
             ) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def page_handler(
+    ctx: Any, compute: Callable[..., Any], present: Callable[[Any], Any] = lambda result: result
+) -> Callable[..., Any]:
+    """The Gradio handler of a page action `compute(ctx, *inputs, progress=None)`.
+
+    It takes the inputs under `compute`'s own parameter names (Gradio reads them for the API page), hands on
+    the page's gr.Progress, returns `present(result)` (the outputs; the result itself by default) and shows
+    bad input as a message (:func:`user_errors`)."""
+    import gradio as gr
+
+    params = list(inspect.signature(compute).parameters.values())[1:]
+    if not params or params[-1].name != "progress":
+        raise TypeError(f"{compute.__name__} must take `progress` as its last parameter")
+
+    def handler(*inputs: Any) -> Any:  # Gradio passes the progress tracker last, as the signature says
+        return present(compute(ctx, *inputs))
+
+    # Plain names, as a handwritten handler has them: no defaults (every input comes from a component) but
+    # the gr.Progress that tells Gradio to track this event.
+    plain = [p.replace(default=p.empty, annotation=p.empty) for p in params[:-1]]
+    tracked = params[-1].replace(default=gr.Progress(), annotation=inspect.Parameter.empty)
+    handler.__signature__ = inspect.Signature([*plain, tracked])  # type: ignore[attr-defined]
+    handler.__name__ = handler.__qualname__ = compute.__name__
+    return user_errors(handler)
 
 
 def model_call(what: str, fn: Callable[[], Any]) -> Any:

@@ -20,6 +20,7 @@ from studio.views.common import (
     escape_markdown,
     load_checkpoint,
     model_device,
+    page_handler,
     run_label,
     selected_folders,
     upload_path,
@@ -269,12 +270,10 @@ def build_tab(ctx: Any) -> tuple[Any, list[Any]]:
     )
     uploads.upload(lambda _f: SOURCES[2], inputs=uploads, outputs=source, api_visibility="private")
 
-    @user_errors
-    def compare(domain, checkpoints, source, folder, uploads, n, baselines, seed, progress=gr.Progress()):  # noqa: B008
-        view = compare_checkpoints(
-            ctx, domain, checkpoints, source, folder, uploads, n, baselines, seed, progress=progress
-        )
+    def present(view: CompareView) -> tuple:
         return view.summary, {"headers": view.headers, "data": view.rows}, view.figure, view.details
+
+    compare = page_handler(ctx, compare_checkpoints, present)
 
     run.click(
         compare,

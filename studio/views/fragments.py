@@ -23,10 +23,10 @@ from studio.views.common import (
     model_call,
     model_device,
     notes_markdown,
+    page_handler,
     run_label,
     selected_folders,
     upload_path,
-    user_errors,
 )
 from trainers.data.fragments import FRAGMENT_SIZE, NoiseGenerator, bytes_to_tensor, read_fragment
 from trainers.metrics import registry, sanity
@@ -414,37 +414,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     # No results under another file's name, also when the new file turns out to be bad.
     clear_results_on_change(upload, summary, [table, hex_view], "Corrupt and repair")
 
-    @user_errors
-    def fragments_compare(
-        checkpoint,
-        source,
-        builtin,
-        upload,
-        offset,
-        ber,
-        substitution,
-        erasure,
-        burst,
-        seed,
-        show_ascii,
-        progress=gr.Progress(),  # noqa: B008
-    ):
-        result = compare_fragment(
-            ctx,
-            checkpoint,
-            source,
-            builtin,
-            upload,
-            offset,
-            ber,
-            substitution,
-            erasure,
-            burst,
-            seed,
-            show_ascii,
-            progress,
-        )
-        return result.summary, result.table, result.html
+    fragments_compare = page_handler(ctx, compare_fragment, lambda r: (r.summary, r.table, r.html))
 
     run.click(
         fragments_compare,

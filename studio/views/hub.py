@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from studio.views.common import choices_update, escape_markdown, user_errors
+from studio.views.common import choices_update, escape_markdown, page_handler, user_errors
 from trainers import checkpoints
 from trainers import export as export_lib
 from trainers import hub as hub_lib
@@ -347,13 +347,7 @@ def _wire_checkpoints(
     tab opens)."""
     import gradio as gr
 
-    @user_errors
-    def hub_push(run_id, kind, repo_id, private, branch, commit_message, token, progress=gr.Progress()):  # noqa: B008
-        return push(ctx, run_id, kind, repo_id, private, branch, commit_message, token, progress=progress)
-
-    @user_errors
-    def hub_export(run_id, kind, folder, progress=gr.Progress()):  # noqa: B008
-        return export(ctx, run_id, kind, folder, progress=progress)
+    hub_push, hub_export = page_handler(ctx, push), page_handler(ctx, export)
 
     @user_errors
     def hub_load(source, token):

@@ -24,12 +24,12 @@ from studio.views.common import (
     model_call,
     model_device,
     notes_markdown,
+    page_handler,
     resolve_checkpoint,
     run_label,
     selected_folders,
     timed_ms,
     upload_path,
-    user_errors,
 )
 from trainers.data.sar import (
     INPUT_KINDS,
@@ -489,23 +489,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     upload.upload(lambda _f: SOURCES[1], inputs=upload, outputs=source, api_visibility="private")
     clear_results_on_change(upload, status, [figure, table], "Compare")  # no results under another's name
 
-    @user_errors
-    def compare(
-        checkpoints,
-        source,
-        seed,
-        size,
-        looks,
-        upload,
-        input_kind,
-        patch,
-        error_scale,
-        progress=gr.Progress(),  # noqa: B008
-    ):
-        result = sar_compare(
-            ctx, checkpoints, source, seed, size, looks, upload, input_kind, patch, error_scale, progress
-        )
-        return notes_markdown(result.notes), result.figure, result.table
+    compare = page_handler(ctx, sar_compare, lambda r: (notes_markdown(r.notes), r.figure, r.table))
 
     run.click(
         compare,
