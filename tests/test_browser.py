@@ -73,6 +73,15 @@ def refresh_and_pick(page, tab, label: str, text: str) -> None:
     pick_option(page, tab, label, text)
 
 
+def run_in_tab(page, name: str, label: str, checkpoint: str, button: str):
+    """Open tab `name`, pick `checkpoint` in its refreshed `label` list, press `button`; the tab's locator."""
+    page.get_by_role("tab", name=name).click()
+    tab = page.locator(f"#tab-{name.lower()}")
+    refresh_and_pick(page, tab, label, checkpoint)
+    tab.get_by_role("button", name=button).click()
+    return tab
+
+
 @pytest.fixture
 def failure_screenshot(page, artifacts, request):
     """On failure, a screenshot of the page as it was, next to the others."""
@@ -183,10 +192,7 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     cli_checkpoints.wait()
 
     # SAR: input, reconstruction and error map as one heatmap figure, plus a metrics table.
-    page.get_by_role("tab", name="SAR").click()
-    sar = page.locator("#tab-sar")
-    refresh_and_pick(page, sar, "SAR checkpoints", "sar-baseline")
-    sar.get_by_role("button", name="Compare").click()
+    sar = run_in_tab(page, "SAR", "SAR checkpoints", "sar-baseline", "Compare")
     heatmaps = sar.locator(".plotly .heatmaplayer image")
     heatmaps.first.wait_for(timeout=60_000)
     assert heatmaps.count() >= 3  # input, reconstruction, error map
@@ -194,10 +200,7 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     page.screenshot(path=str(artifacts / "sar.png"), full_page=True)
 
     # Audio: spectrograms and three players with sound in them.
-    page.get_by_role("tab", name="Audio").click()
-    audio = page.locator("#tab-audio")
-    refresh_and_pick(page, audio, "Audio VAE checkpoint", "audio-vae")
-    audio.get_by_role("button", name="Reconstruct").click()
+    audio = run_in_tab(page, "Audio", "Audio VAE checkpoint", "audio-vae", "Reconstruct")
     spectrograms = audio.locator(".plotly .heatmaplayer image")
     spectrograms.first.wait_for(timeout=60_000)
     assert spectrograms.count() >= 4  # magnitude and IF of the input and the reconstruction
@@ -211,10 +214,7 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     page.screenshot(path=str(artifacts / "audio.png"), full_page=True)
 
     # Fragments: the hex views of original, corrupted and repaired bytes with marks, and the accuracy table.
-    page.get_by_role("tab", name="Fragments").click()
-    fragments = page.locator("#tab-fragments")
-    refresh_and_pick(page, fragments, "Fragment checkpoint", run_id)
-    fragments.get_by_role("button", name="Corrupt and repair").click()
+    fragments = run_in_tab(page, "Fragments", "Fragment checkpoint", run_id, "Corrupt and repair")
     fragments.get_by_text("Accuracy").first.wait_for()
     fragments.locator("table", has_text="identity baseline").first.wait_for(timeout=60_000)
     hex_view = fragments.locator(".fragment-hex").first
