@@ -112,6 +112,8 @@ def test_export_writes_loadable_folder_with_card_of_the_run(trained, tmp_path):
     # model-index names the data's source; the exact spec is its config.
     assert card.data.eval_results[0].dataset_name.startswith("files of a Python installation")
     assert card.data.eval_results[0].dataset_config == "fragments:python,max_files=8,n=64"
+    # No Hub pipeline repairs file fragments: the model-index task is "other", and there is no pipeline_tag.
+    assert card.data.eval_results[0].task_type == "other" and card.data.pipeline_tag is None
     table_row = next(line for line in card.text.splitlines() if line.startswith("| loss |"))
     assert table_row.split("|")[2].strip() == f"{logged['loss']:.4g}"
     assert table_row.split("|")[3].strip() == f"{best['loss']:.4g}"

@@ -42,25 +42,22 @@ BUILTIN_DATASETS: dict[tuple[str, str], tuple[str, str]] = {
     ),
 }
 
-# Hub task of each domain (the fragments task has no Hub pipeline, hence no pipeline_tag) and extra tags.
+# Hub pipeline of each domain (the fragments task has none: its model-index task is "other") and extra tags.
 DOMAIN_INFO: dict[str, dict[str, Any]] = {
     "sar": {
         "title": "SAR image autoencoder",
-        "task": "image-to-image",
         "pipeline_tag": "image-to-image",
         "tags": ["sar", "remote-sensing", "speckle"],
         "headline": ("psnr", "ssim", "enl_ratio", "epi", "loss"),
     },
     "audio": {
         "title": "audio variational autoencoder",
-        "task": "audio-to-audio",
         "pipeline_tag": "audio-to-audio",
         "tags": ["audio", "vae", "spectrogram"],
         "headline": ("loss", "mse", "kl", "spectral_convergence", "lsd"),
     },
     "fragments": {
         "title": "file-fragment denoising autoencoder",
-        "task": "other",
         "pipeline_tag": None,
         "tags": ["file-fragments", "data-recovery", "denoising"],
         "headline": (
@@ -172,7 +169,7 @@ def card_data(info: CardInfo) -> ModelCardData:
     data_spec = str(info.run_config.get("data") or f"{info.domain} (built-in default)")
     results = [
         EvalResult(
-            task_type=domain["task"],
+            task_type=domain["pipeline_tag"] or "other",
             dataset_type=dataset_type,
             dataset_name=dataset_name,
             dataset_config=data_spec,
