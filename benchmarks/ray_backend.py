@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO_ROOT, Figure, format_table, machine_info, quantile  # noqa: E402
+from benchmarks.common import REPO_ROOT, Figure, format_table, median, quantile, write_result  # noqa: E402
 
 RESULT_FILE = REPO_ROOT / "benchmarks" / "results" / "ray_backend.json"
 POLL_S = 0.02
@@ -71,7 +70,7 @@ def _watch(jm: Any, steps: int, timeout: float = 600.0) -> dict[str, Any]:
     }
 
 
-def measure(steps: int) -> tuple[list[Figure], dict[str, Any]]:
+def measure(steps: int, repeats: int) -> tuple[list[Figure], dict[str, Any]]:
     from ray.cluster_utils import Cluster
 
     from studio.backends.ray import RayBackend
@@ -94,17 +93,23 @@ def measure(steps: int) -> tuple[list[Figure], dict[str, Any]]:
             num_cpus=1, resources={"worker": 1}, temp_dir=temp, dashboard_agent_listen_port=_free_port()
         )
         cluster.wait_for_nodes()
-        results: dict[str, Any] = {}
         backend = RayBackend(
             cluster.address,
             python=sys.executable,
             resources=lambda run: {"worker": 1.0},
             env_vars={"OMP_NUM_THREADS": "1"},
         )
-        with JobManager(root / "ray-runs", cpu_slots=1, gpus=[], poll_interval=0.1, backend=backend) as jm:
-            results["ray"] = _watch(jm, steps)
-        with JobManager(root / "local-runs", cpu_slots=1, gpus=[], poll_interval=0.1) as jm:
-            results["local"] = _watch(jm, steps)
+        results: dict[str, list[dict[str, Any]]] = {"ray": [], "local": []}
+        # Pairs in alternating order (ray, local), (local, ray), ...: a drift in the shared machine's load
+        # falls on both backends alike, and the spread of the per-pair ratios says how noisy it was.
+        with (
+            JobManager(root / "ray-runs", cpu_slots=1, gpus=[], poll_interval=0.1, backend=backend) as ray_jm,
+            JobManager(root / "local-runs", cpu_slots=1, gpus=[], poll_interval=0.1) as local_jm,
+        ):
+            for i in range(repeats):
+                order = [("ray", ray_jm), ("local", local_jm)]
+                for name, jm in order if i % 2 == 0 else order[::-1]:
+                    results[name].append(_watch(jm, steps))
     finally:
         import ray
 
@@ -112,52 +117,55 @@ def measure(steps: int) -> tuple[list[Figure], dict[str, Any]]:
         cluster.shutdown()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(temp, ignore_errors=True)
-    ray_run, local = results["ray"], results["local"]
-    where = f"fragment-dae smoke, {steps} steps, 1-CPU worker node on this machine"
+    ray_runs, local_runs = results["ray"], results["local"]
+    ratios = [r["step_s"] / loc["step_s"] for r, loc in zip(ray_runs, local_runs, strict=True)]
+    ray_lat = [x for r in ray_runs for x in r["latencies"]]
+    local_lat = [x for r in local_runs for x in r["latencies"]]
+    where = f"fragment-dae smoke, {steps} steps, 1-CPU worker node on this machine, median of {repeats}"
+    spread = f"pairs {min(ratios):.3f}-{max(ratios):.3f}x"
     figures = [
         Figure("ray_backend/first_step_ray", f"Ray backend: submit to first step in the store ({where})",
-               ray_run["first_step_s"], "s"),
-        Figure("ray_backend/first_step_local", "local backend: submit to first step in the store (same run)",
-               local["first_step_s"], "s"),
+               median(r["first_step_s"] for r in ray_runs), "s"),
+        Figure("ray_backend/first_step_local", "local backend: submit to first step in the store (same runs)",
+               median(r["first_step_s"] for r in local_runs), "s"),
         Figure("ray_backend/latency_p50", "Ray backend: metric latency p50, worker log -> studio store",
-               statistics.median(ray_run["latencies"]), "s"),
+               median(ray_lat), "s"),
         Figure("ray_backend/latency_p95", "Ray backend: metric latency p95, worker log -> studio store",
-               quantile(ray_run["latencies"], 0.95), "s", bound=2.0, goal="max"),
+               quantile(ray_lat, 0.95), "s", bound=2.0, goal="max"),
         Figure("ray_backend/latency_local_p95", "local backend: metric latency p95 (own store writes)",
-               quantile(local["latencies"], 0.95), "s"),
-        Figure("ray_backend/step_ratio", "time per step, Ray backend / local backend (same run)",
-               ray_run["step_s"] / local["step_s"], "x", bound=1.05, goal="max",
-               note=f"{1000 * ray_run['step_s']:.1f} ms vs {1000 * local['step_s']:.1f} ms per step"),
+               quantile(local_lat, 0.95), "s"),
+        Figure("ray_backend/step_ratio", "time per step, Ray backend / local backend (median of the pairs)",
+               median(ratios), "x", bound=1.05, goal="max",
+               note=f"{spread}; {1000 * median(r['step_s'] for r in ray_runs):.1f} ms vs "
+               f"{1000 * median(r['step_s'] for r in local_runs):.1f} ms per step"),
     ]  # fmt: skip
     detail = {
-        backend: {k: v for k, v in r.items() if k != "latencies"} | {"latency_max_s": max(r["latencies"])}
-        for backend, r in results.items()
-    }
+        "pair_ratios": ratios,
+        **{
+            name: [{k: v for k, v in r.items() if k != "latencies"} | {"latency_max_s": max(r["latencies"])}
+                   for r in runs]
+            for name, runs in results.items()
+        },
+    }  # fmt: skip
     return figures, detail
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of runs, in alternating order")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULT_FILE.name}")
     args = parser.parse_args(argv)
+    if args.steps < 2 or args.repeats < 1:
+        parser.error("--steps must be >= 2 and --repeats >= 1")
     started = time.monotonic()
-    figures, detail = measure(args.steps)
+    figures, detail = measure(args.steps, args.repeats)
     print(json.dumps(detail, indent=1))
     print(format_table(figures))
     if not args.no_write:
-        RESULT_FILE.parent.mkdir(parents=True, exist_ok=True)
-        out = {
-            "settings": {"steps": args.steps},
-            "seconds": round(time.monotonic() - started, 1),
-            "machine": machine_info(),
-            "figures": [f.to_dict() for f in figures],
-            "detail": detail,
-        }
-        RESULT_FILE.write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {RESULT_FILE}", file=sys.stderr)
+        write_result(RESULT_FILE, {"steps": args.steps, "repeats": args.repeats}, started, figures, detail)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

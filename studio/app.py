@@ -190,24 +190,27 @@ def _port(value: str) -> int:
     return port
 
 
-def _positive(value: str) -> int:
+def _checked(kind: str, value: str) -> Any:
+    """An argparse type's value, checked by the one validation layer in its words (imported only when a
+    flag is given: it brings torch)."""
+    from trainers import settings
+
     try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {number}")
-    return number
+        if kind == "whole":
+            return settings.whole("value", value, minimum=1)
+        return settings.real("value", value, positive=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(value: str) -> int:
+    """--cpu-slots, --gpu-jobs."""
+    return _checked("whole", value)
 
 
 def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
-    if not 0 < number < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return number
+    """--ray-gpu-memory."""
+    return _checked("real", value)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -68,12 +68,15 @@ def whole(key: str, value: Any, minimum: int | None = None) -> int:
     return int(number)
 
 
-def real(key: str, value: Any) -> float:
-    """A finite number, > 0 for the learning rate and >= 0 for the weights and the clip."""
-    positive = REAL_POSITIVE.get(key, False)
+def real(key: str, value: Any, positive: bool | None = None) -> float:
+    """A finite number, > 0 for the learning rate and >= 0 for the weights and the clip (``positive``
+    decides for other keys)."""
+    positive = REAL_POSITIVE.get(key, False) if positive is None else positive
     number = _number(value)
     if not math.isfinite(number) or (number <= 0 if positive else number < 0):
-        what = "a positive number such as 3e-4" if key == "lr" else "a finite number >= 0"
+        what = "a finite number >= 0"
+        if positive:
+            what = "a positive number such as 3e-4" if key == "lr" else "a finite number > 0"
         raise ValueError(f"{label(key)} must be {what}, got {value!r}")
     return number
 
