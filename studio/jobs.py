@@ -428,7 +428,7 @@ class JobManager:
                     "best": best,
                     "elapsed": elapsed,
                     "device": run.device,
-                    "where": describe_host(run.host),
+                    "where": describe_host(run.host, ended=run.is_terminal),
                     "reason": run.reason,
                     "name": run.name,
                     "tags": list(run.tags),

@@ -91,7 +91,57 @@ def test_where_names_the_host_or_the_ray_node():
     assert describe_host("box") == "box"
     assert describe_host(None) is None
     assert describe_host("ray:") == "ray (waiting for a node)"
+    assert describe_host("ray:", ended=True) == "ray (no node reported)"  # failed before reaching one
     assert describe_host("ray:10.0.0.7:ab12cd34") == "ray node 10.0.0.7"
+
+
+def test_an_unreachable_cluster_address_fails_at_once_with_a_message():
+    from studio.backends.ray import check_reachable
+
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    message = rf"could not reach the Ray cluster at 127.0.0.1:{port}.*ray start"
+    with pytest.raises(RuntimeError, match=message):
+        check_reachable(f"127.0.0.1:{port}", timeout_s=2.0)
+    assert time.monotonic() - started < 10.0  # bounded: Ray's own retries went on for minutes
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")  # answers: no error
+    for other in ("auto", "ray://head:10001", "local"):
+        check_reachable(other)  # left to Ray
+
+
+def test_ray_colour_codes_are_stripped_from_logs_and_reasons():
+    from studio.backends.ray import _one_line, strip_ansi
+
+    line = "View the dashboard at \x1b[1m\x1b[32mhttp://127.0.0.1:8265 \x1b[39m\x1b[22m"
+    assert strip_ansi(line) == "View the dashboard at http://127.0.0.1:8265 "
+    assert "\x1b" not in _one_line(line)
+
+
+def test_the_trainer_connects_to_the_cluster_the_studio_names(monkeypatch):
+    # Inside a Ray job RAY_ADDRESS is resolved with "auto", which takes any cluster on the node's host.
+    import trainers.ray_sink as ray_sink
+
+    calls = []
+
+    class FakeRay:
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(**kwargs):
+            calls.append(kwargs["address"])
+
+    monkeypatch.setattr(ray_sink, "_ray", lambda: FakeRay)
+    monkeypatch.setenv(ray_sink.ADDRESS_ENV, "10.0.0.7:6379")
+    ray_sink.connect()
+    ray_sink.connect("10.0.0.9:6379")  # an explicit address wins
+    monkeypatch.delenv(ray_sink.ADDRESS_ENV)
+    ray_sink.connect()
+    assert calls == ["10.0.0.7:6379", "10.0.0.9:6379", "auto"]
 
 
 def test_a_checkout_ships_its_code_an_installed_studio_ships_an_empty_folder(tmp_path):
@@ -412,6 +462,10 @@ def test_two_jobs_on_two_nodes_at_once_curves_and_checkpoints_come_home(cluster,
         assert run.status == "completed", (run.status, run.reason, jm.log_tail(run_id))
     runs = {i: jm.store.get_run(i) for i in (sar, audio)}
     assert (node_of(cluster, jm, sar), node_of(cluster, jm, audio)) == ("w1", "w2")
+    # each job is told which cluster is the studio's, whatever else runs on its node's host
+    from trainers.ray_sink import ADDRESS_ENV
+
+    assert jm.backend._runtime_env()["env_vars"][ADDRESS_ENV] == cluster["cluster"].address
     # both trained at the same time: each started before the other ended
     assert max(r.started_at for r in runs.values()) < min(r.ended_at for r in runs.values())
     for run_id in (sar, audio):

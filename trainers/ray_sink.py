@@ -795,9 +795,17 @@ def node_host() -> str:
     return f"ray:{ray.util.get_node_ip_address()}:{ray.get_runtime_context().get_node_id()[:8]}"
 
 
+#: The GCS address of the studio's cluster, set by the studio in each job's environment. Ray's own
+#: RAY_ADDRESS inside a job is resolved with "auto", which picks any cluster running on the node's host.
+ADDRESS_ENV = "AE_STUDIO_RAY_ADDRESS"
+
+
 def connect(address: str | None = "auto") -> Any:
-    """Connect this process to the Ray cluster it runs in (inside a Ray job RAY_ADDRESS names it)."""
+    """Connect this process to the Ray cluster it runs in: the one the studio named (ADDRESS_ENV), else
+    ``address`` ("auto": the RAY_ADDRESS of a Ray job)."""
     ray = _ray()
+    if address == "auto" and os.environ.get(ADDRESS_ENV):
+        address = os.environ[ADDRESS_ENV]
     if not ray.is_initialized():
         try:
             ray.init(address=address, namespace=SINK_NAMESPACE, log_to_driver=False)

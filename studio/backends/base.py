@@ -22,12 +22,15 @@ if TYPE_CHECKING:
 RAY_HOST_PREFIX = "ray:"
 
 
-def describe_host(host: str | None) -> str | None:
-    """Where a run trains, for the jobs table: its host, "ray node <ip>", or "ray (waiting for a node)"."""
+def describe_host(host: str | None, ended: bool = False) -> str | None:
+    """Where a run trains, for the jobs table: its host, "ray node <ip>", or, before its trainer reported
+    a node, "ray (waiting for a node)" ("ray (no node reported)" once it ended)."""
     if not host or not host.startswith(RAY_HOST_PREFIX):
         return host or None
     ip = host[len(RAY_HOST_PREFIX) :].split(":", 1)[0]
-    return f"ray node {ip}" if ip else "ray (waiting for a node)"
+    if ip:
+        return f"ray node {ip}"
+    return "ray (no node reported)" if ended else "ray (waiting for a node)"
 
 
 @dataclass

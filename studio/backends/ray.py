@@ -18,7 +18,9 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from studio.backends.base import RAY_HOST_PREFIX, Ended, Job, JobBackend
 from studio.backends.local import LOG_NAME, PROJECT_ROOT, _tail_lines
 from studio.jobs import GPU_MEMORY_USABLE  # the share of a GPU packed jobs may budget for, as locally
+from trainers.ray_sink import ADDRESS_ENV  # imports no ray
 
 if TYPE_CHECKING:
     from trainers.store import RunRecord, RunStore
@@ -45,6 +48,20 @@ STOP_WAIT_S = 15.0
 SUBMIT_RETRY_S = 30.0
 #: A job's status is asked of the dashboard at most this often (the scheduler ticks faster).
 POLL_EVERY_S = 1.0
+CONNECT_TIMEOUT_S = 5.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# ray.init cannot move a local instance's dashboard agent off its fixed port (52365), which another Ray
+# instance on the machine may hold; its jobs then find no agent.
+AGENT_HINT = (
+    " (another Ray instance on this machine holds the dashboard agent's port 52365: run the studio against "
+    "that cluster with --ray-address, or stop it)"
+)
+# Ray logs the real cause of a refused connection (token authentication, on by default for `ray start` in
+# recent Ray) but raises a generic error; the studio's message says where to look.
+AUTH_HINT = (
+    "; if Ray's log above says 'Unauthenticated' or 'InvalidAuthToken', the cluster uses token "
+    "authentication: set RAY_AUTH_MODE=token and its token for this app, as for any Ray driver"
+)
 #: Never sent with a job: run folders, checkpoints, the shipped references, caches, the git history.
 #: Patterns as in .gitignore, relative to the project folder (Ray also honours the project's .gitignore).
 WORKING_DIR_EXCLUDES: tuple[str, ...] = (
@@ -173,6 +190,7 @@ class RayBackend(JobBackend):
         self.store: RunStore | None = None
         self.sink: str = ""
         self.dashboard = ""
+        self.gcs_address = ""
         self._client: Any = None
         self._connected = False  # this backend called ray.init (and so calls ray.shutdown)
         self._started_local = False
@@ -195,19 +213,22 @@ class RayBackend(JobBackend):
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"namespace": SINK_NAMESPACE, "log_to_driver": False}
             if self.address is None:
-                kwargs["include_dashboard"] = True  # the Jobs API is served by the dashboard
+                # "local": a new instance of this app's own, never a cluster someone else runs on this host.
+                kwargs.update(address="local", include_dashboard=True)  # the dashboard serves the Jobs API
                 self._started_local = True
             else:
+                check_reachable(self.address)  # Ray itself retries an unreachable address for minutes
                 kwargs["address"] = self.address
             try:
                 context = ray.init(**kwargs)
             except Exception as exc:
                 where = "start a local Ray instance" if self.address is None else f"reach {self.address}"
-                raise RuntimeError(f"could not {where}: {' '.join(str(exc).split())}") from None
+                raise RuntimeError(f"could not {where}: {' '.join(str(exc).split())}{AUTH_HINT}") from None
             self._connected = True
             webui = context.address_info.get("webui_url") or context.dashboard_url
         else:
             webui = ray._private.worker._global_node.webui_url
+        self.gcs_address = ray.get_runtime_context().gcs_address
         if not webui:
             self.close(jobs_left=True)
             raise RuntimeError(f"the Ray cluster at {self.address or 'local'} serves no dashboard (Jobs API)")
@@ -320,6 +341,8 @@ class RayBackend(JobBackend):
                 text = _one_line(exc)
                 # A cluster whose nodes' dashboard agents are still starting answers "try again later".
                 if "try again later" not in text or time.monotonic() > deadline:
+                    if "No available agent" in text and self._started_local:
+                        text += AGENT_HINT
                     raise RuntimeError(f"Ray job submission to {self.dashboard} failed: {text}") from None
                 time.sleep(1.0)
         log.info("submitted run %s as Ray job %s (%s)", run.id, sid, needs)
@@ -333,6 +356,7 @@ class RayBackend(JobBackend):
             "MKL_NUM_THREADS": threads,
             "RAY_JOB_STOP_WAIT_TIME_S": f"{self.stop_wait_s:g}",
             "AE_STUDIO_SINK": self.sink,
+            ADDRESS_ENV: self.gcs_address,  # this cluster, whatever else runs on the node's host
             **self.env_vars,
         }
         excludes = list(WORKING_DIR_EXCLUDES)
@@ -389,12 +413,12 @@ class RayBackend(JobBackend):
         if job.ref in self._saved:
             return
         try:
-            text = self._client.get_job_logs(job.ref)
+            text = strip_ansi(self._client.get_job_logs(job.ref))
         except Exception:
             text = ""
         self._saved.add(job.ref)
         if message:
-            text = f"{text.rstrip()}\n[ray] {message.strip()}\n"
+            text = f"{text.rstrip()}\n[ray] {strip_ansi(message).strip()}\n"
         if text and self.store is not None:
             path = self.store.run_dir(job.run_id) / LOG_NAME
             with open(path, "a") as handle:
@@ -424,7 +448,7 @@ class RayBackend(JobBackend):
         sid = self._submission(run) if not run.is_terminal else None
         if sid is not None and self._client is not None:
             try:
-                return self._client.get_job_logs(sid).splitlines()[-n:]
+                return strip_ansi(self._client.get_job_logs(sid)).splitlines()[-n:]
             except Exception:
                 pass
         path = Path(run.log_path) if run.log_path else (self.store.run_dir(run.id) / LOG_NAME)
@@ -437,9 +461,29 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A RuntimeError that says so when nothing answers at a "host:port" cluster address (others, such as
+    "auto" or "ray://...", are left to Ray)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RuntimeError(
+            f"could not reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start --head "
+            f"--port {port}` running on {host}, and is the port open to this machine?)"
+        ) from None
+
+
+def strip_ansi(text: str) -> str:
+    """Ray's own log lines carry terminal colour codes; a log tail in a browser shows them as junk."""
+    return _ANSI.sub("", text)
+
+
 def _one_line(value: object, limit: int = 600) -> str:
     """``value`` on one line, at most `limit` characters: its start and its end (where a log's error is)."""
-    text = " ".join(str(value).split())
+    text = " ".join(strip_ansi(str(value)).split())
     if len(text) <= limit:
         return text
     head = limit // 3
