@@ -43,10 +43,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _watch(jm: Any, steps: int, timeout: float = 600.0) -> dict[str, Any]:
+def _watch(jm: Any, steps: int, log_every: int, timeout: float = 600.0) -> dict[str, Any]:
     """Submit the run, poll the store until it ends; the submit time, arrivals and worker stamps."""
     submitted = time.time()
-    run_id = jm.submit("fragment-dae", "smoke", seed=1, max_steps=steps, epochs=50, log_every=1)
+    run_id = jm.submit("fragment-dae", "smoke", seed=1, max_steps=steps, epochs=50, log_every=log_every)
     cursor, arrivals = 0, []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,19 +65,23 @@ def _watch(jm: Any, steps: int, timeout: float = 600.0) -> dict[str, Any]:
         "run_id": run_id,
         "first_step_s": min(arrived for _, _, arrived in arrivals) - submitted,
         "latencies": [arrived - stamp for _, stamp, arrived in arrivals],
-        "step_s": (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1),
+        "step_s": (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1) / log_every,
         "rows": len(arrivals),
     }
 
 
-def measure(steps: int, repeats: int) -> tuple[list[Figure], dict[str, Any]]:
+def measure(steps: int, repeats: int, log_every: int = 1) -> tuple[list[Figure], dict[str, Any]]:
     from ray.cluster_utils import Cluster
 
     from studio.backends.ray import RayBackend
     from studio.jobs import JobManager
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # both backends' trainers: one thread, as on a 1-CPU node
+    # Both backends' trainers on one thread, as on a 1-CPU node: the Ray job gets OMP and MKL = its CPUs,
+    # the local backend whatever the environment says (else cores / slots: MKL's 2 threads here made the
+    # local steps 1.5x faster in a first version of this benchmark, a thread count and not a backend cost).
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
     root = Path(tempfile.mkdtemp(prefix="ae-ray-bench-"))
     head = {
         "num_cpus": 0,
@@ -109,7 +113,7 @@ def measure(steps: int, repeats: int) -> tuple[list[Figure], dict[str, Any]]:
             for i in range(repeats):
                 order = [("ray", ray_jm), ("local", local_jm)]
                 for name, jm in order if i % 2 == 0 else order[::-1]:
-                    results[name].append(_watch(jm, steps))
+                    results[name].append(_watch(jm, steps, log_every))
     finally:
         import ray
 
@@ -154,16 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="pairs of runs, in alternating order")
+    parser.add_argument("--log-every", type=int, default=1, help="steps between logged losses")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULT_FILE.name}")
     args = parser.parse_args(argv)
     if args.steps < 2 or args.repeats < 1:
         parser.error("--steps must be >= 2 and --repeats >= 1")
     started = time.monotonic()
-    figures, detail = measure(args.steps, args.repeats)
+    figures, detail = measure(args.steps, args.repeats, args.log_every)
     print(json.dumps(detail, indent=1))
     print(format_table(figures))
     if not args.no_write:
-        write_result(RESULT_FILE, {"steps": args.steps, "repeats": args.repeats}, started, figures, detail)
+        settings = {"steps": args.steps, "repeats": args.repeats, "log_every": args.log_every}
+        write_result(RESULT_FILE, settings, started, figures, detail)
     return 0
 
 
