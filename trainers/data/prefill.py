@@ -6,9 +6,9 @@ the CPU benchmark). Making them up front, in parallel, takes the data pipeline o
 DataLoader workers forked afterwards share the filled cache copy-on-write instead of each remaking it.
 
 Signals: a cancel (SIGTERM/SIGINT to the trainer's whole process group, as the studio's Cancel and
-`timeout` send it) must not kill the pool's workers behind the pool's back -- a lost task would leave
-`imap` waiting for ever. The workers ignore both signals; the main process ends them itself when it is done
-or cancelled (see `_init_worker`).
+`timeout` send it) must not kill the workers behind the executor's back -- a lost task would leave the
+results waiting for ever. The workers ignore both signals; the main process shuts them down itself when it
+is done or cancelled (`ProcessPoolExecutor.shutdown`, pending tasks cancelled).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ from trainers.hooks import pause_point
 # Below this many missing items a process pool costs more to start than it saves.
 PARALLEL_MIN_ITEMS = 64
 CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Items per task sent to a worker, at most: what a cancel may still wait for.
+MAX_CHUNK = 16
 
 _DATASET: CachedDataset | None = None  # the dataset being filled, inherited by the forked pool workers
 
@@ -50,28 +53,26 @@ def signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+@contextlib.contextmanager
+def one_thread_for_children() -> Iterator[None]:
+    """Fork workers that run torch on one thread (the pool has a process per core). A forked child that
+    enters an OpenMP parallel region after its parent used one can hang for ever on the parent's thread-pool
+    state (seen once building the fourth reference model in one process; the stuck worker could not even
+    run its SIGTERM handler). The setting is made in the parent around the fork, so the children inherit it
+    and never call into torch's thread pools to change it (calling there from a child hung a cancel)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def ignore_cancel_signals() -> None:
     """For worker processes: SIGTERM/SIGINT are the main process's to handle; it shuts the workers down."""
     for sig in CANCEL_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, CANCEL_SIGNALS)
-
-
-def _init_worker(stop: Any) -> None:
-    # SIGINT is ignored; SIGTERM ends the worker only once the main process has set `stop` (it then calls
-    # Pool.terminate, which sends SIGTERM). A group-wide SIGTERM before that is ignored.
-    def on_term(signum: int, frame: Any) -> None:  # noqa: ARG001
-        if stop.is_set():
-            os._exit(0)
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, CANCEL_SIGNALS)
-    # One thread per worker, as torch's own DataLoader workers do: a forked child that enters an OpenMP
-    # parallel region after its parent used one can hang for ever on the parent's thread-pool state (seen
-    # once building the fourth reference model in one process; the stuck worker could not even run this
-    # module's SIGTERM handler). The pool already has a process per core.
-    torch.set_num_threads(1)
 
 
 def prefill(dataset: Dataset, workers: int | None = None) -> int:
@@ -90,24 +91,21 @@ def prefill(dataset: Dataset, workers: int | None = None) -> int:
     global _DATASET
     _DATASET = dataset
     # fork: the workers inherit the dataset (feature filter banks included) instead of unpickling it.
-    context = multiprocessing.get_context("fork")
-    stop = context.Event()
-    pool = None
+    executor = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=ignore_cancel_signals
+    )
+    # Small chunks: a cancel waits for the chunks already running (shutdown cancels the others).
+    chunk = min(MAX_CHUNK, max(1, len(missing) // (workers * 8)))
     try:
-        with signals_blocked():
-            pool = context.Pool(workers, initializer=_init_worker, initargs=(stop,))
-        chunk = max(1, len(missing) // (workers * 8))
-        for n, (i, item) in enumerate(
-            zip(missing, pool.imap(_compute, missing, chunksize=chunk), strict=True)
-        ):
+        with signals_blocked(), one_thread_for_children():  # the workers fork in the first submit
+            items = executor.map(_compute, missing, chunksize=chunk)
+        for n, (i, item) in enumerate(zip(missing, items, strict=True)):
             dataset.store(i, item)
             if n == 0:
                 pause_point("prefill")
     finally:
-        # Also on a cancel (the loop's signal handler raises while this waits on imap): end the workers now.
-        stop.set()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        # Also on a cancel (the loop's signal handler raises while this waits): the executor's own shutdown,
+        # not Pool.terminate, whose lock hand-over with an idle worker can deadlock (seen 1 in 5 cancels).
+        executor.shutdown(wait=True, cancel_futures=True)
         _DATASET = None
     return len(missing)
