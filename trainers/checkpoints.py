@@ -28,7 +28,6 @@ import json
 import operator
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_file
+
+from trainers.atomic import fsync_dir, point_link, write_synced
 
 KINDS: tuple[str, ...] = ("best", "last")
 CHECKPOINTS_DIR = "checkpoints"
@@ -98,21 +99,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories; the data files are already synced
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_synced(path, text.encode("utf-8"))
 
 
 def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -254,7 +242,7 @@ def save_checkpoint(
             "files": {name: (folder / name).stat().st_size for name in files},
         }
         _write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # never pointed at; do not leave it for the next save
         raise
@@ -265,15 +253,8 @@ def save_checkpoint(
 
 
 def _point(ckpt_dir: Path, kind: str, target_name: str) -> None:
-    link = ckpt_dir / kind
-    if link.is_dir() and not link.is_symlink():
-        # A copy that dereferenced the symlink (shutil.copytree's default) left a real folder: move it aside
-        # so the swap below stays a single atomic rename; _remove_stale deletes it afterwards.
-        link.rename(ckpt_dir / f"{kind}-moved-{secrets.token_hex(4)}")
-    tmp = ckpt_dir / f".{kind}.tmp-{secrets.token_hex(4)}"
-    os.symlink(target_name, tmp)  # relative, so the run directory can be moved or copied
-    os.replace(tmp, link)
-    _fsync_dir(ckpt_dir)
+    # A real folder found at `kind` is moved aside by point_link; _remove_stale deletes it afterwards.
+    point_link(ckpt_dir, kind, target_name)
 
 
 def _remove_stale(ckpt_dir: Path, kind: str, keep: str) -> None:

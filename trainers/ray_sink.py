@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from trainers.atomic import point_link, write_synced
 from trainers.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_synced(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -122,31 +120,15 @@ def replace_folder(run_folder: str | Path, folder: str, files: Mapping[str, byte
         for name, blob in checked:
             path = data.joinpath(*name.parts)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as handle:
-                handle.write(blob)
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_synced(path, blob)
     except BaseException:
         shutil.rmtree(data, ignore_errors=True)
         raise
-    old: Path | None = None
-    if target.is_symlink():
-        old = target.resolve()
-    elif target.is_dir():  # a real folder (an older copy): moved aside so the swap stays one rename
-        old = parent / f"{target.name}-moved-{token}"
-        target.rename(old)
-    elif target.exists():
+    if target.exists() and not target.is_dir() and not target.is_symlink():
         shutil.rmtree(data, ignore_errors=True)
         raise ValueError(f"{target} exists and is not a folder")
-    link = parent / f".{target.name}.tmp-{token}"
-    os.symlink(data.name, link)
-    os.replace(link, target)
-    with contextlib.suppress(OSError):
-        fd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    old = target.resolve() if target.is_symlink() else None
+    old = point_link(parent, target.name, data.name) or old  # a real folder (an older copy) is moved aside
     if old is not None and old != data and old.parent == parent.resolve() and old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
     return data
