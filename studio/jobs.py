@@ -34,18 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studio.backends.base import Ended, Job, JobBackend, describe_host
-from studio.backends.local import (  # noqa: F401 - the process helpers are this module's API for tests
-    LOG_NAME,
-    PROJECT_ROOT,
-    SECRET_VARIABLES,
-    LocalBackend,
-    _cmdline,
-    _is_run_process,
-    _poll,
-    _proc_state,
-    _tail_lines,
-    reason_tail,
-)
+from studio.backends.local import PROJECT_ROOT, LocalBackend, reason_tail
 from trainers.store import RunRecord, RunStore
 
 if TYPE_CHECKING:  # trainers.config imports torch; the job manager does not need it at import time
@@ -726,10 +715,6 @@ class JobManager:
             self.store.set_status(run.id, "failed", f"could not start the trainer process: {exc}")
             return
         self._jobs[run.id] = job
-
-    def _environment(self, slot: str) -> dict[str, str]:
-        """The environment of a local trainer pinned to `slot` (no Hub token in it)."""
-        return self._local._environment(slot)
 
     def _key_metric(self, run: RunRecord) -> tuple[str | None, float | None]:
         best = self.store.best_metrics(run.id)

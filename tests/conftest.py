@@ -283,7 +283,7 @@ def single_thread():
 @pytest.fixture
 def managers() -> Iterator[list]:
     """Job managers a test makes; at teardown every job they still run is cancelled (SIGKILL if stubborn)."""
-    from studio.jobs import _cmdline
+    from studio.backends.local import _cmdline
 
     made: list = []
     yield made

@@ -78,7 +78,7 @@ def test_trainers_get_no_hub_token(tmp_path, monkeypatch):
     monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_secret")
     jobs = JobManager(tmp_path / "runs", cpu_slots=1)
     try:
-        env = jobs._environment("cpu")
+        env = jobs.backend._environment("cpu")  # the local backend, the default
     finally:
         jobs.shutdown()
     assert "HF_TOKEN" not in env and "HUGGING_FACE_HUB_TOKEN" not in env

@@ -22,7 +22,8 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from studio.jobs import LOG_NAME, JobManager, _cmdline, _proc_state  # noqa: E402
+from studio.backends.local import LOG_NAME, _cmdline, _proc_state  # noqa: E402
+from studio.jobs import JobManager  # noqa: E402
 from tests.helpers import fake_python, wait_for  # noqa: E402
 from trainers import checkpoints  # noqa: E402
 from trainers.config import make_config  # noqa: E402

@@ -28,8 +28,9 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from studio.backends.base import describe_host  # noqa: E402
+from studio.backends.local import _proc_state  # noqa: E402
 from studio.backends.ray import GPU_MEMORY_USABLE, ray_resources  # noqa: E402
-from studio.jobs import JobManager, _proc_state  # noqa: E402
+from studio.jobs import JobManager  # noqa: E402
 from trainers import checkpoints  # noqa: E402
 
 HAS_RAY = find_spec("ray") is not None
