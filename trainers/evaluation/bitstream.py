@@ -28,7 +28,7 @@ import numpy as np
 
 #: Bits per latent value of the leaderboard's main row, and of each model's rate-distortion sweep.
 DEFAULT_BITS = 8
-SWEEP_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+SWEEP_BITS: tuple[int, ...] = (2, 3, 4, 6, 8)
 MAX_BITS = 16
 _MIN_SCALE = 0.05  # a channel that is (nearly) constant still needs a proper distribution
 _PER_CHANNEL, _LAPLACE = 1, 2

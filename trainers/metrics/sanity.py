@@ -86,6 +86,41 @@ def _nanmean(values: np.ndarray | Sequence[float] | float) -> float:
     return float(arr.mean()) if arr.size else math.nan
 
 
+def _not_better(
+    name: str,
+    unit: str,
+    fmt: str,
+    model: np.ndarray | Sequence[float] | float,
+    base: np.ndarray | Sequence[float] | float,
+    units: np.ndarray | Sequence[int] | None,
+    higher: bool,
+) -> str:
+    """Words when the model's gain over a baseline on the same examples is not shown to be above zero
+    (the paired 95 % interval over units reaches zero or below; with a single unit, the mean difference);
+    "" when it is. Without a margin, a model could escape by 0.0007 dB (issue 22)."""
+    from trainers.metrics.stats import paired
+
+    a = np.asarray(model, dtype=np.float64).reshape(-1)
+    b = np.asarray(base, dtype=np.float64).reshape(-1)
+    if a.size != b.size:  # means only (a caller with one figure per side)
+        a, b = np.array([_nanmean(a)]), np.array([_nanmean(b)])
+    m, bm = _nanmean(a), _nanmean(b)
+    if not (math.isfinite(m) and math.isfinite(bm)):
+        return ""
+    gain = (a - b) if higher else (b - a)
+    res = paired(gain, np.zeros_like(gain), units, seed=0)
+    sign = "≤" if (m <= bm if higher else m >= bm) else "vs"
+    if res["ci95"] is None:
+        return f"{name} {m:{fmt}}{unit} {sign} {bm:{fmt}}{unit}" if res["diff"] is not None and res["diff"] <= 0 else ""
+    lo, hi = res["ci95"]
+    if lo > 0:
+        return ""
+    return (
+        f"{name} {m:{fmt}}{unit} {sign} {bm:{fmt}}{unit} (gain {res['diff']:+{fmt}}{unit}, 95 % interval "
+        f"[{lo:+{fmt}}, {hi:+{fmt}}] over {res['n_units']} units)"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------- SAR
 def _valid_stats(t: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (mean, std) over the valid pixels of (B, 1, H, W) tensors, float64; NaN with none valid."""
@@ -146,9 +181,12 @@ def sar_flags(
     ssim: np.ndarray | Sequence[float] | float,
     spread: dict[str, np.ndarray],
     baseline: dict[str, np.ndarray],
+    units: np.ndarray | Sequence[int] | None = None,
 ) -> list[Flag]:
     """Flags of a SAR model from its per-image PSNR and SSIM, :func:`sar_spread` and
-    :func:`sar_mean_image_scores` of the same images (means over the images are compared)."""
+    :func:`sar_mean_image_scores` of the same images: "no better" when the paired 95 % interval of the
+    model's gain over the mean-value image (over `units`, the images the examples come from; each example
+    its own when None) does not lie wholly above zero, or, with one unit, when its mean does not."""
     flags: list[Flag] = []
     out_std = np.asarray(spread["output_std"], dtype=np.float64).reshape(-1)
     in_std = np.asarray(spread["input_std"], dtype=np.float64).reshape(-1)
@@ -173,9 +211,9 @@ def sar_flags(
         ("PSNR", " dB", ".2f", psnr, baseline["psnr"]),
         ("SSIM", "", ".4f", ssim, baseline["ssim"]),
     ):
-        m, b = _nanmean(model), _nanmean(base)
-        if math.isfinite(m) and math.isfinite(b) and m <= b:
-            parts.append(f"{name} {m:{fmt}}{unit} ≤ {b:{fmt}}{unit}")
+        text = _not_better(name, unit, fmt, model, base, units, higher=True)
+        if text:
+            parts.append(text)
     if parts:
         flags.append(
             Flag(f"no better than {MEAN_IMAGE}", f"{', '.join(parts)} of the input's mean value everywhere")
@@ -184,14 +222,15 @@ def sar_flags(
 
 
 # -------------------------------------------------------------------------------------------------- audio
-def flat_spectrum_lsd(
-    ref: np.ndarray | torch.Tensor, n_fft: int = 2048, hop_length: int = 512, eps: float = 1e-10
-) -> float:
-    """Log-spectral distance (dB, as ``trainers.metrics.audio.log_spectral_distance``) of the best flat
-    spectrum: one constant power in every bin and frame, chosen per clip to minimise the LSD to ``ref``;
-    averaged over a batch (B, T). A reconstruction at or above it does no better than a constant hiss."""
+def flat_spectrum_lsd(ref: np.ndarray | torch.Tensor, n_fft: int = 2048, hop_length: int = 512) -> float:
+    """Log-spectral distance (dB, as ``trainers.metrics.audio.log_spectral_distance``: the same floor and
+    bandwidth) of the best flat spectrum: one constant power in every bin and frame, chosen per clip to
+    minimise the LSD to ``ref``; averaged over a batch (B, T). A reconstruction at or above it does no better
+    than a constant hiss."""
     import librosa
     from scipy.optimize import minimize_scalar
+
+    from trainers.metrics.audio import lsd_log_powers
 
     r = ref.detach().cpu().double().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref, np.float64)
     if r.ndim == 1:
@@ -201,9 +240,8 @@ def flat_spectrum_lsd(
     if not np.isfinite(r).all():
         raise ValueError("ref: waveform contains NaN or infinite samples")
     s = np.abs(librosa.stft(r, n_fft=n_fft, hop_length=hop_length, center=True, pad_mode="constant"))
-    logp = 10.0 * np.log10(s**2 + eps)  # (B, bins, frames)
     scores = []
-    for clip in logp:
+    for clip, _ in lsd_log_powers(s, None):
 
         def lsd(c: float, clip: np.ndarray = clip) -> float:
             return float(np.sqrt(np.mean((clip - c) ** 2, axis=0)).mean())
