@@ -86,7 +86,11 @@ class ImageCodec:
 IMAGE_CODECS: tuple[ImageCodec, ...] = (
     ImageCodec("JPEG", "JPEG", "jpg", "quality", tuple(float(q) for q in range(1, 96))),
     ImageCodec(
-        "JPEG 2000", "JPEG2000", "jpg_2000", "nominal bpp", tuple(float(v) for v in np.geomspace(0.005, 8, 97))
+        "JPEG 2000",
+        "JPEG2000",
+        "jpg_2000",
+        "nominal bpp",
+        tuple(float(v) for v in np.geomspace(0.005, 8, 97)),
     ),
     ImageCodec("WebP", "WEBP", "webp", "quality", tuple(float(q) for q in range(0, 101))),
 )
@@ -155,8 +159,9 @@ def match_image(codec: ImageCodec, image: np.ndarray, target_bpp: float) -> tupl
     """(setting, measured bpp) of one image whose file size is closest to `target_bpp`, header included.
 
     Quality grids (JPEG, WebP) are bisected over their whole numbers, where one step may move the size by
-    more than :data:`RATE_TOLERANCE`; JPEG 2000's rate is continuous and is searched (a secant step on the size, inside a bisection bracket) until
-    the file is within the tolerance or the steps run out (a target under the header's size cannot be met:
+    more than :data:`RATE_TOLERANCE`; JPEG 2000's rate is continuous and is searched (a secant step on the
+    size, inside a bisection bracket) until the file is within the tolerance or the steps run out (a target
+    under the header's size cannot be met:
     the smallest file is kept).
     """
     if codec.setting_name == "quality":

@@ -42,12 +42,15 @@ BOOTSTRAP_RESAMPLES = 1000
 METRICS: dict[str, tuple[str, ...]] = {
     "sar": ("psnr", "psnr_8bit", "ssim", "enl_ratio", "epi"),
     "audio": ("lsd", "spectral_convergence"),
-    "fragments": ("accuracy", "accuracy_corrupted", "fixed_fraction", "broken_fraction", "ber"),
+    "fragments": ("accuracy", "fixed_fraction", "broken_fraction", "ber"),
 }
 BPP_UNITS: dict[str, str] = {
-    "sar": "bits per pixel (models: latent at 8 bits per value; codecs: actual file bytes)",
-    "audio": "bits per audio sample at 48 kHz (models: latent at 8 bits per value; Opus: packet bytes)",
-    "fragments": "bits per input byte (models: latent at 8 bits per value; identity: the bytes themselves)",
+    "sar": "bits per pixel (models: their range-coded latent's bytes, side information included; codecs: "
+    "actual file bytes, header included)",
+    "audio": "bits per audio sample at 48 kHz (models: their range-coded latent's bytes, side information "
+    "included; Opus: packet bytes)",
+    "fragments": "bits per input byte (models: their range-coded latent's bytes, side information included; "
+    "identity: the bytes themselves)",
 }
 Progress = Callable[[float, str], None]
 
@@ -79,26 +82,22 @@ def _stable_key(*parts: Any) -> list[int]:
 
 
 def bootstrap_summary(
-    values: Sequence[float] | np.ndarray, seed: int | Sequence[int], resamples: int = BOOTSTRAP_RESAMPLES
+    values: Sequence[float] | np.ndarray,
+    seed: int | Sequence[int],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    units: Sequence[Any] | np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """``{"mean", "ci95": [lo, hi], "n"}`` of the finite values: the mean and the 2.5/97.5 percentiles of
-    `resamples` bootstrap means (examples drawn with replacement). NaN values are left out; with none left,
-    mean and ci95 are None. The same seed gives the same interval."""
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    arr = arr[np.isfinite(arr)]
-    n = int(arr.size)
-    if n == 0:
-        return {"mean": None, "ci95": None, "n": 0}
-    mean = float(arr.mean())
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples, dtype=np.float64)
-    chunk = max(1, 2_000_000 // n)  # bounded memory for large example counts
-    for start in range(0, resamples, chunk):
-        stop = min(start + chunk, resamples)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = arr[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": mean, "ci95": [float(lo), float(hi)], "n": n}
+    """``{"mean", "ci95": [lo, hi], "n"}`` of the finite values: the mean and the percentile 95 % interval of
+    `resamples` bootstrap means (``scipy.stats.bootstrap``), resampling whole `units` (images, recordings,
+    files: examples of one unit are correlated) or, without units, the examples. NaN values are left out;
+    with none left, mean and ci95 are None; with one unit, ci95 is None. The same seed gives the same
+    interval."""
+    from trainers.metrics.stats import summary
+
+    out = summary(values, seed, units, resamples)
+    if units is None:
+        out.pop("n_units")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -202,7 +201,9 @@ def _finite_or_none(v: Any) -> Any:
     return v
 
 
-def _summarise(row: Row, seed: int, metrics: Sequence[str], groups: dict[str, np.ndarray] | None) -> dict:
+def _summarise(
+    row: Row, seed: int, metrics: Sequence[str], groups: dict[str, np.ndarray] | None, units: np.ndarray
+) -> dict:
     out: dict[str, Any] = {
         "name": row.name,
         "kind": row.kind,
@@ -217,9 +218,9 @@ def _summarise(row: Row, seed: int, metrics: Sequence[str], groups: dict[str, np
     for m in metrics:
         if m not in row.values:
             missing.setdefault(m, "not measured for this row")
-            out["metrics"][m] = {"mean": None, "ci95": None, "n": 0}
+            out["metrics"][m] = {"mean": None, "ci95": None, "n": 0, "n_units": 0}
             continue
-        summary = bootstrap_summary(row.values[m], _stable_key(seed, m))
+        summary = bootstrap_summary(row.values[m], _stable_key(seed, m), units=units)
         out["metrics"][m] = summary
         if summary["n"] == 0:
             missing.setdefault(m, _missing_reason(m))
@@ -229,7 +230,9 @@ def _summarise(row: Row, seed: int, metrics: Sequence[str], groups: dict[str, np
             entry: dict[str, Any] = {"n": int(mask.sum()), "metrics": {}}
             for m in metrics:
                 if m in row.values:
-                    entry["metrics"][m] = bootstrap_summary(row.values[m][mask], _stable_key(seed, m, group))
+                    entry["metrics"][m] = bootstrap_summary(
+                        row.values[m][mask], _stable_key(seed, m, group), units=units[mask]
+                    )
             by_type[group] = entry
         out["by_type"] = by_type
     if row.bpp is None:
@@ -369,7 +372,9 @@ class Coded:
 
         main = bitstream.DEFAULT_BITS
         values = _stack(self.values[main])
-        row = Row(src.name, src.kind, float(np.mean(self.bpp[main])), src.params, values, self.ms / n, src.variant)
+        row = Row(
+            src.name, src.kind, float(np.mean(self.bpp[main])), src.params, values, self.ms / n, src.variant
+        )
         row.nbytes = np.array(self.nbytes[main], dtype=np.float64)
         row.extra = {
             "rate": "measured",
@@ -443,7 +448,9 @@ def _compare_sar(
     )
     rows: list[Row] = []
     for k, src in enumerate(models):
-        rows.append(_sar_model_row(src, examples, units, trivial, device, _sub_progress(progress, k, total_steps)))
+        rows.append(
+            _sar_model_row(src, examples, units, trivial, device, _sub_progress(progress, k, total_steps))
+        )
     extra: dict[str, Any] = {
         "units": units,
         "ci_unit": "image",
@@ -535,7 +542,11 @@ def _normalisation_notes(models: list[ModelSource]) -> list[str]:
 
 
 def _sar_matched_rows(
-    codec: Any, images: list[np.ndarray], examples: list[SARExample], model_rows: list[Row], device: torch.device
+    codec: Any,
+    images: list[np.ndarray],
+    examples: list[SARExample],
+    model_rows: list[Row],
+    device: torch.device,
 ) -> list[Row]:
     """One row per distinct model rate: the codec's setting bisected per image to that model's measured
     bytes on the same image (within ±2 % where the codec's settings allow it)."""
@@ -573,9 +584,13 @@ def _finite_mean(values: np.ndarray) -> float | None:
 
 
 def _sar_codec_row(
-    codec: Any, settings: Sequence[float], images: list[np.ndarray], examples: list[SARExample], device: torch.device
+    codec: Any,
+    settings: Sequence[float],
+    images: list[np.ndarray],
+    examples: list[SARExample],
+    device: torch.device,
 ) -> Row:
-    """A codec at one setting per image, on the whole 8-bit image; bpp from its file bytes, header included."""
+    """A codec at one setting per image, on the 8-bit image; bpp from its file bytes, header included."""
     parts, bpps, total_ms = [], [], 0.0
     for img, setting, ex in zip(images, settings, examples, strict=True):
         start = time.perf_counter()
@@ -611,14 +626,27 @@ def _audio_scores(ref: np.ndarray, est: np.ndarray) -> tuple[float, float]:
     )
 
 
+def _window_units(dataset: Dataset, n: int) -> tuple[np.ndarray, str]:
+    """The recording each window comes from (each window its own for built-in clips), and the unit's name."""
+    base, index = dataset, list(range(n))
+    while isinstance(base, Subset):
+        index = [int(base.indices[i]) for i in index]
+        base = base.dataset
+    of = getattr(base, "window_file", None)
+    if of is None:
+        return np.arange(n), "recording"
+    return np.array([int(of(i)) for i in index]), "recording"
+
+
 @torch.no_grad()
 def _compare_audio(
     dataset: Dataset,
     models: list[ModelSource],
     baselines: bool,
     device: torch.device,
-    batch_size: int,
+    batch_size: int,  # noqa: ARG001 - one window at a time, through its bitstream
     progress: Progress,
+    spec: DataSpec,  # noqa: ARG001
 ) -> tuple[list[Row], int, dict[str, Any]]:
     from trainers import codecs
 
@@ -632,6 +660,8 @@ def _compare_audio(
     sample_rate = int(features_of(first).config.sample_rate)
     # The trivial baseline every model must beat: silence (spectral convergence 1) and the best flat spectrum.
     flat = np.array([sanity.flat_spectrum_lsd(w) for w in waves])
+    units, unit_name = _window_units(dataset, n)
+    in_spectra = np.stack([sanity.spectrum_db(w) for w in waves])
     rows: list[Row] = []
     feature_sets: dict[str, Any] = {}
     steps = len(models) + (1 + len(codecs.OPUS_SWEEP) if baselines else 0)
@@ -640,16 +670,30 @@ def _compare_audio(
         progress(k / steps, f"{src.name} on {n} windows")
         features = features_of(src)
         feature_sets.setdefault(features.kind, features)
-        rows.append(_audio_model_row(src, features, waves, flat, device))
+        row = _audio_model_row(src, features, waves, device, _sub_progress(progress, k, steps))
+        scored = np.isfinite(row.values["lsd"])
+        spectra = (in_spectra, np.stack(row.extra.pop("spectra")))
+        row.flags = (
+            sanity.audio_flags(
+                row.values["spectral_convergence"], row.values["lsd"], flat, units=units, spectra=spectra
+            )
+            if scored.any()
+            else []
+        )
+        rows.append(row)
 
     extra: dict[str, Any] = {
+        "units": units,
+        "ci_unit": unit_name,
+        "eval_size": f"every {features_of(first).config.clip_seconds:g} s window of every recording",
         "trivial_baseline": {
             "name": "silence (spectral convergence) and the best flat spectrum (log-spectral distance)",
             "metrics": {
                 "lsd": _finite_mean(flat),
                 "spectral_convergence": sanity.SILENCE_SPECTRAL_CONVERGENCE,
             },
-        }
+            "values": {"lsd": flat},
+        },
     }
     if baselines:
         progress(len(models) / steps, "feature round trip")
@@ -708,24 +752,30 @@ def _score_waves(
 
 
 def _audio_model_row(
-    src: ModelSource, features: Any, waves: list[np.ndarray], flat: np.ndarray, device: torch.device
+    src: ModelSource, features: Any, waves: list[np.ndarray], device: torch.device, progress: Progress
 ) -> Row:
-    """A model's row: each window encoded, reconstructed (timed) and decoded, flagged against `flat` (the
-    best flat spectrum's LSD per window)."""
+    """A model's row: each window's features encoded to the latent mean, through the real bitstream, decoded
+    by the model and inverted to audio; the main point's output spectra under extra["spectra"]."""
+    coded, spectra = Coded(), []
     with _on_device(src.model, device) as model:
         warm = torch.from_numpy(features.encode(waves[0]))[None].to(device)
         _model_call(src.name, partial(model.reconstruct, warm))  # warm-up: first calls are slow
-
-        def decode(wav: np.ndarray) -> tuple[np.ndarray, float]:
+        for i, wav in enumerate(waves):
+            progress(i / len(waves), f"{src.name}: window {i + 1} of {len(waves)}")
             x = torch.from_numpy(features.encode(wav))[None].to(device)
-            recon, ms = _timed(partial(_model_call, src.name, partial(model.reconstruct, x)), device)
-            return features.decode(recon.float()[0].cpu().numpy()), ms
-
-        values, total_ms = _score_waves(waves, decode)
-    bpp = 8.0 * int(src.model.latent_dim) / features.config.n_samples
-    row = Row(src.name, src.kind, bpp, src.params, values, total_ms / len(waves), src.variant)
-    scored = np.isfinite(values["lsd"])
-    row.flags = sanity.audio_flags(values["spectral_convergence"], values["lsd"][scored], flat[scored])
+            est = _coded_sweep(
+                lambda x=x: _model_call(src.name, partial(model.encode, x))[0],
+                lambda z: features.decode(model.decode(z).float()[0].cpu().numpy()),
+                lambda est, wav=wav: dict(
+                    zip(("lsd", "spectral_convergence"), _audio_scores(wav, est), strict=True)
+                ),
+                coded,
+                len(wav),
+                device,
+            )
+            spectra.append(sanity.spectrum_db(est[: len(wav)]))
+    row = coded.row(src, len(waves))
+    row.extra["spectra"] = spectra
     return row
 
 
@@ -787,14 +837,25 @@ def _fragment_values(clean: np.ndarray, corrupted: np.ndarray, repaired: np.ndar
     return {m: np.array([p[m] for p in per], dtype=np.float64) for m in METRICS["fragments"]}
 
 
+def _fragment_units(dataset: Dataset, n: int) -> np.ndarray:
+    """The file each fragment comes from (each fragment its own when the data set does not say)."""
+    files = []
+    for i in range(n):
+        base, j = _fragment_base(dataset, i)
+        info = getattr(base, "fragment_info", None)
+        files.append(str(info(j)[0]) if info else str(i))
+    return np.unique(np.array(files), return_inverse=True)[1]
+
+
 @torch.no_grad()
 def _compare_fragments(
     dataset: Dataset,
     models: list[ModelSource],
     baselines: bool,
     device: torch.device,
-    batch_size: int,
+    batch_size: int,  # noqa: ARG001 - one fragment at a time, through its bitstream
     progress: Progress,
+    spec: DataSpec,  # noqa: ARG001
 ) -> tuple[list[Row], int, dict[str, Any]]:
     n = len(dataset)
     if n == 0:
@@ -811,27 +872,21 @@ def _compare_fragments(
     clean_b = np.rint(torch.stack(clean_f)[:, 0].numpy() * 255).astype(np.uint8)
     corrupt_b = np.rint(x_all[:, 0].numpy() * 255).astype(np.uint8)
     changed_all = np.stack(changed_l)
+    units = _fragment_units(dataset, n)
     # The trivial baseline every repair must beat: the corrupted bytes left as they are.
     identity = _fragment_values(clean_b, corrupt_b, corrupt_b, changed_all)
+    in_hist = sanity.byte_histograms(clean_b)
     rows: list[Row] = []
-    batch = max(batch_size, 64)  # fragments are small; bigger batches time the model, not the loop
-
     for k, src in enumerate(models):
-        progress(k / (len(models) + 1), f"{src.name} on {n} fragments")
-        with _on_device(src.model, device) as model:
-            _model_call(src.name, partial(model.predict_bytes, x_all[:batch].to(device)))  # warm-up
-            repaired, total_ms, bpp = [], 0.0, None
-            for start in range(0, n, batch):
-                x = x_all[start : start + batch].to(device)
-                out, ms = _timed(partial(_model_call, src.name, partial(model.predict_bytes, x)), device)
-                total_ms += ms
-                repaired.append(out.cpu().numpy().clip(0, 255).astype(np.uint8))
-                if bpp is None:
-                    z = _model_call(src.name, partial(model.encode, x[:1]))
-                    bpp = 8.0 * z[0].numel() / x.shape[-1]
-        values = _fragment_values(clean_b, corrupt_b, np.concatenate(repaired), changed_all)
-        row = Row(src.name, src.kind, bpp, src.params, values, total_ms / n, src.variant)
-        row.flags = sanity.fragments_flags(values["accuracy"], identity["accuracy"])
+        row, repaired = _fragment_model_row(
+            src, x_all, (clean_b, corrupt_b, changed_all), device, _sub_progress(progress, k, len(models) + 1)
+        )
+        row.flags = sanity.fragments_flags(
+            row.values["accuracy"],
+            identity["accuracy"],
+            units=units,
+            histograms=(in_hist, sanity.byte_histograms(repaired)),
+        )
         rows.append(row)
     if baselines:
         progress(len(models) / (len(models) + 1), "identity baseline")
@@ -846,8 +901,65 @@ def _compare_fragments(
     trivial = {
         "name": "identity (the corrupted input left as it is)",
         "metrics": {"accuracy": _finite_mean(identity["accuracy"])},
+        "values": {"accuracy": identity["accuracy"]},
     }
-    return rows, n, {"types": np.array(types), "noise": noise, "trivial_baseline": trivial}
+    return (
+        rows,
+        n,
+        {
+            "types": np.array(types),
+            "noise": noise,
+            "trivial_baseline": trivial,
+            "units": units,
+            "ci_unit": "file",
+            "eval_size": f"{x_all.shape[-1]}-byte fragments",
+        },
+    )
+
+
+def _fragment_model_row(
+    src: ModelSource,
+    x_all: torch.Tensor,
+    truth: tuple[np.ndarray, ...],
+    device: torch.device,
+    progress: Progress,
+) -> tuple[Row, np.ndarray]:
+    """A repair model through the real bitstream of its latent; the decoder also reads the corrupted input
+    where the model has a byte skip (fragment-dae-bytes): the receiver holds it, so it costs no rate."""
+    clean_b, corrupt_b, changed = truth
+    coded, repaired = Coded(), []
+    with _on_device(src.model, device) as model:
+        _model_call(src.name, partial(model.predict_bytes, x_all[:1].to(device)))  # warm-up
+        for i in range(x_all.shape[0]):
+            if i % 64 == 0:
+                progress(i / x_all.shape[0], f"{src.name}: fragment {i + 1} of {x_all.shape[0]}")
+            x = x_all[i : i + 1].to(device)
+            out = _coded_sweep(
+                partial(_model_call, src.name, partial(model.encode, x)),
+                lambda z, x=x: _fragment_bytes(model, z, x),
+                lambda b, i=i: {
+                    m: float(v[0])
+                    for m, v in _fragment_values(
+                        clean_b[i : i + 1], corrupt_b[i : i + 1], b[None], changed[i : i + 1]
+                    ).items()
+                },
+                coded,
+                x.shape[-1],
+                device,
+            )
+            repaired.append(out)
+    return coded.row(src, x_all.shape[0]), np.stack(repaired)
+
+
+def _fragment_bytes(model: nn.Module, z: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    """The repaired bytes (L,) uint8 a model's decoder gives for latent `z` (and input `x`, for a skip)."""
+    import inspect
+
+    if "x" in inspect.signature(model.decode).parameters:
+        out = model.decode(z, x).argmax(dim=1)[0]  # per-byte logits
+    else:
+        out = torch.round(model.decode(z).float()[0, 0] * 255)
+    return out.clamp(0, 255).cpu().numpy().astype(np.uint8)
 
 
 _DOMAIN_RUNNERS = {"sar": _compare_sar, "audio": _compare_audio, "fragments": _compare_fragments}
@@ -924,7 +1036,7 @@ def run_compare(
                 spec, dict(first.model.preprocessing), first.config
             )
             runner = _DOMAIN_RUNNERS[domain]
-            rows, n, extra = runner(dataset, models, baselines, dev, int(batch_size), progress)
+            rows, n, extra = runner(dataset, models, baselines, dev, int(batch_size), progress, spec)
         except ValueError as exc:
             skipped = _skipped_files(caught)
             if skipped:
@@ -939,16 +1051,23 @@ def run_compare(
     if types is not None:
         groups = {t: types == t for t in _type_order(types)}
     progress(0.98, "confidence intervals")
+    units = np.asarray(extra.pop("units"))
+    trivial = extra.get("trivial_baseline", {}).pop("values", None)
     result: dict[str, Any] = {
         "domain": domain,
         "data": str(spec),
         "n": int(n),
         "seed": int(seed),
         "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "ci_unit": extra.pop("ci_unit"),
+        "n_units": int(np.unique(units).size),
+        "eval_size": extra.pop("eval_size"),
         "bpp_unit": BPP_UNITS[domain],
         "metrics": [{"name": m, "direction": metric_direction(m), "arrow": metric_arrow(m)} for m in metrics],
-        "rows": [_summarise(r, seed, metrics, groups) for r in rows],
+        "rows": [_summarise(r, seed, metrics, groups, units) for r in rows],
+        "pairs": _pairs(rows, metrics, units, seed, trivial),
     }
+    _bjontegaard(result, extra.get("rd_sweep") or [])
     if groups is not None:
         result["types"] = {t: int(mask.sum()) for t, mask in groups.items()}
     result.update(extra)
@@ -956,6 +1075,56 @@ def run_compare(
         result["skipped_files"] = skipped_files
     progress(1.0, "done")
     return _json_safe(result)
+
+
+def _pairs(
+    rows: list[Row], metrics: Sequence[str], units: np.ndarray, seed: int, trivial: dict | None
+) -> list[dict[str, Any]]:
+    """Paired differences a - b on the same examples of every pair of models (and of each model against the
+    trivial baseline), per metric: the difference, its 95 % interval over units and a Wilcoxon p."""
+    from trainers.metrics.stats import paired
+
+    models = [r for r in rows if r.kind != "codec"]
+    sides = [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
+    out = []
+    for a, b in sides:
+        for m in metrics:
+            if m in a.values and m in b.values:
+                res = paired(a.values[m], b.values[m], units, _stable_key(seed, "pair", a.name, b.name, m))
+                out.append({"a": a.name, "b": b.name, "metric": m, **res})
+    for a in models if trivial else []:
+        for m, base in trivial.items():
+            if m in a.values:
+                res = paired(a.values[m], base, units, _stable_key(seed, "trivial", a.name, m))
+                out.append({"a": a.name, "b": "trivial baseline", "metric": m, **res})
+    return out
+
+
+def _bjontegaard(result: dict[str, Any], sweep: list[dict[str, Any]]) -> None:
+    """BD-rate and BD-PSNR of every model row against the JPEG 2000 sweep (SAR), in place; None with the
+    reason under "missing" when a curve is short or the curves do not overlap."""
+    from trainers.metrics.stats import bd_psnr, bd_rate
+
+    if result["domain"] != "sar":
+        return
+    ref = sorted(
+        (p for p in sweep if p["codec"] == "JPEG 2000" and p["mean"] is not None), key=lambda p: p["bpp"]
+    )
+    for row in result["rows"]:
+        if row.get("rate") != "measured":
+            continue
+        if not ref:
+            row["bd_rate"] = row["bd_psnr"] = None
+            row.setdefault("missing", {})["bd_rate"] = "no JPEG 2000 curve (run with --baselines)"
+            continue
+        rd = [p for p in row["rd"] if p["metrics"].get("psnr") is not None]
+        args = ([p["bpp"] for p in ref], [p["mean"] for p in ref], [p["bpp"] for p in rd])
+        psnrs = [p["metrics"]["psnr"] for p in rd]
+        row["bd_rate"], why_rate = bd_rate(*args, psnrs)
+        row["bd_psnr"], why_psnr = bd_psnr(*args, psnrs)
+        for key, why in (("bd_rate", why_rate), ("bd_psnr", why_psnr)):
+            if why:
+                row.setdefault("missing", {})[key] = f"against JPEG 2000: {why}"
 
 
 def _type_order(types: np.ndarray) -> list[str]:
