@@ -1033,7 +1033,7 @@ def run_compare(
             # Every model sees the data as the first one's preprocessing and config make it.
             first = models[0]
             dataset = task_for(first.variant).dataset_for_eval(
-                spec, dict(first.model.preprocessing), first.config
+                _whole_image_spec(spec), dict(first.model.preprocessing), first.config
             )
             runner = _DOMAIN_RUNNERS[domain]
             rows, n, extra = runner(dataset, models, baselines, dev, int(batch_size), progress, spec)
@@ -1075,6 +1075,14 @@ def run_compare(
         result["skipped_files"] = skipped_files
     progress(1.0, "done")
     return _json_safe(result)
+
+
+def _whole_image_spec(spec: DataSpec) -> DataSpec:
+    """A SAR folder without ``size=`` is read with the smallest tile size, so that no image smaller than the
+    checkpoint's training patches is skipped: the whole images are then scored (``_sar_examples``)."""
+    if spec.domain != "sar" or spec.source != "folder" or "size" in spec.options:
+        return spec
+    return DataSpec(spec.domain, spec.source, {**spec.options, "size": 32})
 
 
 def _pairs(
@@ -1223,8 +1231,9 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
     fragments, then the notes (units, missing values and why, skipped codecs and files)."""
     metrics = [m["name"] for m in result["metrics"]]
     lines = [
-        f"**{result['domain']}** on `{_md(result['data'])}`: {result['n']} examples, "
-        f"mean [95% bootstrap CI], seed {result['seed']}",
+        f"**{result['domain']}** on `{_md(result['data'])}`: {result['n']} examples, evaluated as "
+        f"{result.get('eval_size', 'given')}; mean [95% bootstrap CI over {result.get('n_units', '?')} "
+        f"{result.get('ci_unit', 'example')}s], seed {result['seed']}",
     ]
     if main_table:
         head, rows = leaderboard(result)
@@ -1268,8 +1277,18 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
             notes.append(f"{row['name']}: {key} n/a: {reason}.")
         if row.get("matched_to"):
             notes.append(
-                f"{row['name']}: setting with the mean file size closest to {row['target_bpp']:g} bpp "
-                f"({', '.join(row['matched_to'])})."
+                f"{row['name']}: setting per image with the file size closest to the bytes of "
+                f"{', '.join(row['matched_to'])} on that image (mean {row['target_bpp']:.3g} bpp)."
+            )
+    for row in result["rows"]:
+        if row.get("bd_rate") is not None or row.get("bd_psnr") is not None:
+            notes.append(
+                f"{row['name']} against JPEG 2000: BD-rate {_fmt(row.get('bd_rate'), '+.1f')} %, "
+                f"BD-PSNR {_fmt(row.get('bd_psnr'), '+.2f')} dB"
+            )
+        if row.get("rate_error_max") is not None:
+            notes.append(
+                f"{row['name']}: largest per-image rate gap to its target {row['rate_error_max']:.1%}"
             )
     notes += [f"{n}." for n in result.get("notes", [])]
     for s in result.get("skipped", []):
@@ -1277,7 +1296,36 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
     for s in result.get("skipped_files", []):
         notes.append(f"file skipped: {s['file']}: {s['reason']}.")
     lines += ["", *(f"- {_md(n)}" for n in notes)]
+    lines += _pairs_table(result)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else f"{v:{spec}}"
+
+
+def _pairs_table(result: dict[str, Any]) -> list[str]:
+    """Paired differences of the main metric: a - b, its 95 % interval over units and the Wilcoxon p."""
+    metric = result["metrics"][0]["name"]
+    pairs = [p for p in result.get("pairs", []) if p["metric"] == metric]
+    if not pairs:
+        return []
+    unit = result.get("ci_unit", "example")
+    lines = [
+        "",
+        f"Paired differences of {metric} on the same {unit}s (a − b, 95% CI over {unit}s, Wilcoxon p):",
+        "",
+        "| a | b | diff | 95% CI | p |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for p in pairs:
+        ci = p.get("ci95")
+        ci_text = "n/a" if not ci else f"[{format_metric(metric, ci[0])}, {format_metric(metric, ci[1])}]"
+        lines.append(
+            f"| {_md(p['a'])} | {_md(p['b'])} | {format_metric(metric, p['diff'])} | {ci_text} | "
+            f"{_fmt(p.get('p'), '.3g')} |"
+        )
+    return lines
 
 
 # One colour per codec, shared by its matched rows and its sweep; models take the others in turn.
@@ -1359,7 +1407,8 @@ def rd_figure(result: dict[str, Any]) -> Any:
             )
     arrow = metric_arrow(metric)
     fig.update_layout(
-        title=f"{result['domain']}: {metric} ({arrow}) against rate, {result['n']} examples",
+        title=f"{result['domain']}: {metric} ({arrow}) against rate, {result['n']} examples "
+        f"({result.get('eval_size', '')})",
         xaxis_title=f"bpp: {result['bpp_unit']}",
         yaxis_title=f"{metric} ({arrow})" if arrow else metric,
         height=520,
