@@ -219,8 +219,11 @@ def test_sar_json_schema_codecs_from_actual_bytes_and_psnr_against_the_formula(c
     assert sar_b["metrics"]["psnr"]["mean"] == pytest.approx(np.mean(psnrs), abs=1e-3)
     assert len(sar_b["rd"]) >= 4 and [p["bpp"] for p in sar_b["rd"]] == sorted(p["bpp"] for p in sar_b["rd"])
     pair = next(p for p in result["pairs"] if p["metric"] == "psnr" and p["b"] == "sar_b")
-    assert pair["a"] == "run-sar" and pair["n_units"] == 2 and pair["diff"] == pytest.approx(
-        rows["run-sar"]["metrics"]["psnr"]["mean"] - sar_b["metrics"]["psnr"]["mean"]
+    assert (
+        pair["a"] == "run-sar"
+        and pair["n_units"] == 2
+        and pair["diff"]
+        == pytest.approx(rows["run-sar"]["metrics"]["psnr"]["mean"] - sar_b["metrics"]["psnr"]["mean"])
     )
     assert rows["sar_b"]["params"] == sum(p.numel() for p in model.parameters())
 
