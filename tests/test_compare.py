@@ -237,7 +237,8 @@ def test_sar_json_schema_codecs_from_actual_bytes_and_psnr_against_the_formula(c
         codec = next(c for c in IMAGE_CODECS if row["codec"] == c.name)
         # bpp is the mean of the real file sizes of exactly the 8-bit images the models see, one setting each
         settings = row["codec_setting"]
-        decoded, bits = zip(*(codec.roundtrip(img, st) for img, st in zip(images, settings, strict=True)))
+        coded = [codec.roundtrip(img, st) for img, st in zip(images, settings, strict=True)]
+        decoded, bits = [c[0] for c in coded], [c[1] for c in coded]
         assert row["bpp"] == pytest.approx(
             np.mean([8 * b / img.size for b, img in zip(bits, images, strict=True)])
         )

@@ -323,7 +323,7 @@ def test_sar_metrics_per_image_match_the_numpy_reference() -> None:
     assert (
         set(got)
         == set(ref)
-        == {"psnr", "psnr_8bit", "ssim", "enl_ratio", "epi", "mse", "bpp_float32", "bpp_8bit"}
+        == {"psnr", "psnr_db", "psnr_8bit", "ssim", "enl_ratio", "epi", "mse", "bpp_float32", "bpp_8bit"}
     )
     for key, value in got.items():
         assert value.dtype == torch.float64 and value.shape == (4,), key

@@ -40,7 +40,7 @@ from trainers.metrics import registry, sanity
 BOOTSTRAP_RESAMPLES = 1000
 # Metrics of the leaderboard per domain, in column order; the first is the rate-distortion plot's y axis.
 METRICS: dict[str, tuple[str, ...]] = {
-    "sar": ("psnr", "psnr_8bit", "ssim", "enl_ratio", "epi"),
+    "sar": ("psnr", "psnr_db", "psnr_8bit", "ssim", "enl_ratio", "epi"),
     "audio": ("lsd", "spectral_convergence"),
     "fragments": ("accuracy", "fixed_fraction", "broken_fraction", "ber"),
 }
