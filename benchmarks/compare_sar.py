@@ -35,7 +35,7 @@ def make_images(folder: Path, n: int, size: int) -> None:
 
 def run_once(folder: Path) -> tuple[float, dict[str, float]]:
     """(wall seconds, seconds per phase) of one full leaderboard."""
-    from trainers.compare import run_compare
+    from trainers.evaluation.compare import run_compare
 
     phases: dict[str, float] = {}
     last = [time.perf_counter(), "start"]

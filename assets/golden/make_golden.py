@@ -21,7 +21,7 @@ DATA = "sar:folder=" + str(HERE / "sar")
 def golden() -> dict:
     """The leaderboard without what varies between runs (inference times) or machines (paths)."""
     sys.path.insert(0, str(ROOT))
-    from trainers.compare import run_compare
+    from trainers.evaluation.compare import run_compare
 
     result = run_compare(SOURCES, DATA, baselines=True, seed=0)
     result["data"] = "sar:folder=assets/golden/sar"

@@ -1,1 +1,2 @@
-"""Evaluation: the ``compare`` leaderboard, the classic codecs beside it and the models' real bitstreams."""
+"""Evaluation: the `compare` leaderboard (models, trivial baselines and classical codecs on one data set),
+the codec wrappers it matches and sweeps (`codecs`) and the models' real bitstreams (`bitstream`)."""
