@@ -1400,6 +1400,18 @@ def rd_figure(result: dict[str, Any]) -> Any:
                 line={"dash": "dot", "color": CODEC_COLOURS.get(codec)},
             )
         )
+    for k, row in enumerate(r for r in result["rows"] if r.get("rd")):
+        pts = [q for q in row["rd"] if q["metrics"].get(metric) is not None]
+        fig.add_trace(
+            go.Scatter(
+                x=[q["bpp"] for q in pts],
+                y=[q["metrics"][metric] for q in pts],
+                mode="lines+markers",
+                name=f"{row['name']} (bits per value {', '.join(str(q['bits_per_value']) for q in pts)})",
+                marker={"size": 5},
+                line={"color": MODEL_COLOURS[k % len(MODEL_COLOURS)]},
+            )
+        )
     for p in points:
         if p["bpp"] is None:
             fig.add_hline(
@@ -1470,6 +1482,16 @@ def write_png(result: dict[str, Any], path: str | Path) -> Path:
                 label=f"{codec} sweep",
                 color=CODEC_COLOURS.get(codec),
             )
+        for k, row in enumerate(r for r in result["rows"] if r.get("rd")):
+            pts = [q for q in row["rd"] if q["metrics"].get(metric) is not None]
+            ax.plot(
+                [q["bpp"] for q in pts],
+                [q["metrics"][metric] for q in pts],
+                "-",
+                marker=".",
+                label=f"{row['name']} (bits per value)",
+                color=MODEL_COLOURS[k % len(MODEL_COLOURS)],
+            )
         positive = [p["bpp"] for p in points if p["bpp"]] + [s["bpp"] for s in sweep if s.get("bpp")]
         if positive and max(positive) / max(min(positive), 1e-12) > 20:
             from matplotlib.ticker import FuncFormatter
@@ -1486,7 +1508,7 @@ def write_png(result: dict[str, Any], path: str | Path) -> Path:
         ax.set_ylabel(f"{metric} ({arrow})" if arrow else metric)
         ax.set_title(f"{result['domain']}: {metric} against rate, {result['n']} examples")
         ax.grid(True, alpha=0.3)
-        if sweep:
+        if sweep or any(r.get("rd") for r in result["rows"]):
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = Path(path)
