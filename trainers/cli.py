@@ -181,7 +181,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainers.loop import resume_config, train
-    from trainers.settings import validate_run
+    from trainers.settings import parse_run_settings, validate_run
     from trainers.store import RunStore
 
     overrides = {
@@ -198,6 +198,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "precision": args.precision,
     }
     model_overrides = _parse_set(args.set)
+    # The flags go through the one validation layer before any store is opened: a refused value leaves
+    # no database or runs folder behind (a resumed or attached run is checked again with its config).
+    parse_run_settings(args.variant, args.preset, model=model_overrides or None, **overrides)
     if args.sink:  # on a Ray node: a local store whose writes go home to the studio (trainers/ray_sink.py)
         from trainers.ray_sink import open_sink_store
 
@@ -340,9 +343,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from trainers.compare import markdown_report, run_compare, to_json, write_outputs
     from trainers.progress import terminal_progress
+    from trainers.settings import whole
 
-    if args.seed < 0:
-        raise ValueError(f"--seed must be a non-negative whole number, got {args.seed}")
+    whole("seed", args.seed)  # the bootstrap's generator takes seeds in [0, 2**32 - 1]
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     try:

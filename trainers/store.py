@@ -16,6 +16,7 @@ a user trained is lost.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from trainers.metrics import registry
+
+log = logging.getLogger(__name__)
 
 STATUSES: tuple[str, ...] = ("queued", "running", "completed", "failed", "cancelled", "diverged")
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "diverged"})
@@ -284,6 +287,27 @@ def _find_token(obj: Any, path: str = "config") -> str | None:
     return None
 
 
+# What SQLite's INTEGER (and orjson, which serves the studio's API) holds: a wider int is refused on write.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_storable(value: Any, where: str) -> None:
+    """Raise a ValueError naming `where` if `value` (nested dicts and lists too) holds a number that cannot be
+    written and read back: an int beyond 64 bits, or NaN/inf (JSON has no such numbers)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            check_storable(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_storable(item, f"{where}[{i}]")
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{where} is {value}, beyond the 64-bit integers the run store can hold")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}, which the run store cannot hold; give a finite number")
+
+
 def _config_json(config: object) -> str:
     if not isinstance(config, Mapping):
         raise ValueError(f"run config must be a dict, got {type(config).__name__}")
@@ -292,8 +316,9 @@ def _config_json(config: object) -> str:
         raise ValueError(
             f"run config must not contain a Hub token (found one at {where}); pass it at push time"
         )
+    check_storable(config, "config")
     try:
-        return json.dumps(dict(config), sort_keys=True, allow_nan=True)
+        return json.dumps(dict(config), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"run config must be JSON-serialisable (str, int, float, bool, list, dict): {exc}"
@@ -472,7 +497,12 @@ class RunStore:
             row = conn.execute(
                 f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
-        return None if row is None else self._record(row)
+        if row is None:
+            return None
+        try:
+            return self._record(row)
+        except ValueError as exc:
+            raise ValueError(f"run {run_id!r} has a stored record that cannot be read: {exc}") from None
 
     def list_runs(
         self, statuses: Iterable[str] | str | None = None, variant: str | None = None
@@ -497,7 +527,16 @@ class RunStore:
         sql += " ORDER BY created_at DESC, id DESC"
         with self._cursor() as conn:
             rows = conn.execute(sql, params).fetchall()
-        return [self._record(row) for row in rows]
+        records = []
+        for row in rows:
+            # One bad row (written by an older version, or by hand) must not take every listing down.
+            try:
+                records.append(self._record(row))
+            except ValueError as exc:
+                log.warning(
+                    "skipping run %r in %s: its stored record cannot be read (%s)", row[0], self.path, exc
+                )
+        return records
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set columns of a run; names are checked against the schema, ``status`` against STATUSES.
@@ -527,6 +566,8 @@ class RunStore:
                 values[key] = str(value)
             elif value is not None and not isinstance(values[key], (str, int, float)):
                 raise ValueError(f"run column {key} takes a str or number, got {type(value).__name__}")
+            else:
+                check_storable(value, f"run column {key}")
         with self._write() as conn:
             self._require_run(conn, run_id)
             if values:
@@ -611,9 +652,18 @@ class RunStore:
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> RunRecord:
+        """The row as a RunRecord; a ValueError where it holds what the store would refuse to write."""
         values = dict(zip(_RUN_COLUMNS, row, strict=True))
-        values["config"] = json.loads(values["config"]) if values["config"] else {}
+        try:
+            config = json.loads(values["config"]) if values["config"] else {}
+        except ValueError as exc:
+            raise ValueError(f"its config is not JSON ({exc})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"its config is a {type(config).__name__}, not a dict")
+        values["config"] = config
         values["tags"] = _parse_tags_column(values["tags"])
+        for key, value in values.items():
+            check_storable(value, key)
         return RunRecord(**values)
 
     # -- metrics ------------------------------------------------------------------------------------------
@@ -628,10 +678,12 @@ class RunStore:
         time: float | None = None,
     ) -> None:
         """Append one value per metric name, in one transaction (NaN is stored as NULL)."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
-            raise ValueError(f"epoch must be a non-negative int or None, got {epoch!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= INT64_MAX:
+            raise ValueError(f"step must be a non-negative int of at most 64 bits, got {step!r}")
+        if epoch is not None and (
+            isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= INT64_MAX
+        ):
+            raise ValueError(f"epoch must be a non-negative int or None (at most 64 bits), got {epoch!r}")
         if not isinstance(split, str) or not split or "/" in split:
             raise ValueError(
                 f"split must be a non-empty name without '/', e.g. 'train' or 'val'; got {split!r}"
