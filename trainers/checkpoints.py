@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file
 
 from trainers.atomic import fsync_dir, point_link, write_synced
+from trainers.faults import kill_point
 
 KINDS: tuple[str, ...] = ("best", "last")
 CHECKPOINTS_DIR = "checkpoints"
@@ -236,6 +237,7 @@ def save_checkpoint(
         files = sorted(p.name for p in folder.iterdir() if p.is_file())
         for name in files:
             _fsync_file(folder / name)
+        kill_point(f"{kind}-files")
         manifest = {
             "format": MANIFEST_FORMAT,
             "kind": kind,
@@ -243,11 +245,13 @@ def save_checkpoint(
         }
         _write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         fsync_dir(folder)
+        kill_point(f"{kind}-manifest")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # never pointed at; do not leave it for the next save
         raise
 
     _point(ckpt_dir, kind, folder.name)
+    kill_point(f"{kind}-linked")
     _remove_stale(ckpt_dir, kind, keep=folder.name)
     return folder
 

@@ -7,6 +7,9 @@ process opens its own (an instance notices a fork and reopens its connection).
 
 Metric rows get an ever-increasing ``seq``. SQLite has a single writer and commits in order, so a reader
 never sees seq N+1 before N: ``metrics_after(cursor)`` reading ``seq > cursor`` gets every row exactly once.
+A resume supersedes the rows its killed attempt logged past the checkpoint (``supersede_after``); no query
+returns them again, and the resumed attempt logs those steps anew with later seqs (a reader keeping a cache
+keyed by step sees the new value win).
 
 NaN cannot be stored in an SQLite REAL (SQLite turns it into NULL), so NaN values are stored as NULL and
 read back as ``float("nan")``; +/-inf are stored as they are. Runs are never deleted by this API: nothing
@@ -115,7 +118,8 @@ CREATE TABLE IF NOT EXISTS metrics (
     split TEXT NOT NULL,
     name TEXT NOT NULL,
     value REAL,
-    time REAL NOT NULL
+    time REAL NOT NULL,
+    superseded INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS metrics_run_seq ON metrics (run_id, seq);
 """
@@ -128,11 +132,13 @@ _HF_TOKEN_VALUE = re.compile(r"^hf_[A-Za-z0-9]{20,}$")
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Bring a database made by an older version up to the current `runs` columns, keeping every row."""
+    """Bring a database made by an older version up to the current columns, keeping every row."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
     for name in _RUN_COLUMNS:
         if name not in present:
             conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {_COLUMN_TYPES.get(name, 'TEXT')}")
+    if "superseded" not in {row[1] for row in conn.execute("PRAGMA table_info(metrics)")}:
+        conn.execute("ALTER TABLE metrics ADD COLUMN superseded INTEGER NOT NULL DEFAULT 0")
 
 
 # Connections inherited through fork(); never touched again in the child (see RunStore._cursor).
@@ -638,7 +644,7 @@ class RunStore:
         with self._cursor() as conn:
             raw = conn.execute(
                 "SELECT step, time FROM metrics WHERE run_id = ? AND split = 'train' AND name = 'loss'"
-                " ORDER BY seq DESC LIMIT ?",
+                " AND superseded = 0 ORDER BY seq DESC LIMIT ?",
                 (run_id, n),
             ).fetchall()
         return [(int(step), float(t)) for step, t in reversed(raw)]
@@ -704,6 +710,20 @@ class RunStore:
                 rows,
             )
 
+    def supersede_after(self, run_id: str, step: int) -> int:
+        """Mark the run's rows logged past `step` as superseded and return how many: a resume from a
+        checkpoint at `step` makes those rows of the killed attempt again, so queries, curves and exports
+        leave the old ones out. They stay in the database (nothing is deleted) but are never read back."""
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= INT64_MAX:
+            raise ValueError(f"step must be a non-negative int of at most 64 bits, got {step!r}")
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            cursor = conn.execute(
+                "UPDATE metrics SET superseded = 1 WHERE run_id = ? AND step > ? AND superseded = 0",
+                (run_id, step),
+            )
+            return int(cursor.rowcount)
+
     def metrics_after(
         self,
         cursor: int = 0,
@@ -720,7 +740,7 @@ class RunStore:
             raise ValueError(f"cursor must be a non-negative int, got {cursor!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be a positive int or None, got {limit!r}")
-        where = ["seq > ?"]
+        where = ["seq > ?", "superseded = 0"]
         params: list[Any] = [cursor]
         if run_ids is not None:
             ids = list(run_ids)
@@ -759,7 +779,7 @@ class RunStore:
     def metric_series(self, run_id: str, name: str, split: str | None = None) -> list[tuple[int, float]]:
         """(step, value) pairs of one metric, sorted by step; the latest value wins where a step repeats.
 
-        Steps repeat when a run resumes from a checkpoint older than its last logged step. ``name`` may be
+        Rows a resume superseded (``supersede_after``) are left out. ``name`` may be
         "split/name"; a bare name without ``split`` must occur in one split only.
         """
         if split is None:
@@ -769,7 +789,8 @@ class RunStore:
                 splits = [
                     r[0]
                     for r in conn.execute(
-                        "SELECT DISTINCT split FROM metrics WHERE run_id = ? AND name = ? ORDER BY split",
+                        "SELECT DISTINCT split FROM metrics WHERE run_id = ? AND name = ? AND superseded = 0"
+                        " ORDER BY split",
                         (run_id, name),
                     )
                 ]
@@ -780,7 +801,8 @@ class RunStore:
                     )
                 split = splits[0] if splits else ""
             raw = conn.execute(
-                "SELECT step, value FROM metrics WHERE run_id = ? AND split = ? AND name = ? ORDER BY seq",
+                "SELECT step, value FROM metrics WHERE run_id = ? AND split = ? AND name = ?"
+                " AND superseded = 0 ORDER BY seq",
                 (run_id, split, name),
             ).fetchall()
         latest: dict[int, float] = {}
@@ -790,13 +812,13 @@ class RunStore:
 
     def metric_names(self, run_ids: Iterable[str] | None = None) -> list[str]:
         """Distinct metric keys as "split/name" (e.g. "train/loss", "val/psnr"), sorted."""
-        sql = "SELECT DISTINCT split, name FROM metrics"
+        sql = "SELECT DISTINCT split, name FROM metrics WHERE superseded = 0"
         params: list[str] = []
         if run_ids is not None:
             params = list(run_ids)
             if not params:
                 return []
-            sql += f" WHERE run_id IN ({', '.join('?' * len(params))})"
+            sql += f" AND run_id IN ({', '.join('?' * len(params))})"
         with self._cursor() as conn:
             raw = conn.execute(sql, params).fetchall()
         return sorted(f"{split}/{name}" for split, name in raw)
@@ -810,7 +832,8 @@ class RunStore:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise ValueError(f"no run with id {run_id!r}")
             raw = conn.execute(
-                "SELECT name, value FROM metrics WHERE run_id = ? AND split = 'val' ORDER BY seq",
+                "SELECT name, value FROM metrics WHERE run_id = ? AND split = 'val' AND superseded = 0"
+                " ORDER BY seq",
                 (run_id,),
             ).fetchall()
         values: dict[str, list[float | None]] = {}
