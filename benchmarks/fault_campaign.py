@@ -3,13 +3,13 @@ saved checkpoint, resume them, and count the metric rows that come out duplicate
 
 Injections, each on its own tiny `fragment-dae` run (smoke preset, a few kB of stdlib files, one thread):
 
-- ``kill``: SIGKILL at the N-th arrival at a kill point (`trainers.faults.KILL_POINTS`: after a train or
+- ``kill``: SIGKILL at the N-th arrival at a kill point (`trainers.runs.faults.KILL_POINTS`: after a train or
   val row, after the media, inside each checkpoint write: files without manifest, manifest without link,
   link without the store told), then ``--resume`` until the run completes;
 - ``kill-twice``: a kill, then a kill during the resumed attempt, then a resume to the end;
 - ``timed-kill``: SIGKILL of the trainer's process group after a seeded random delay, then resume;
-- ``cancel``: SIGTERM to the group while the trainer is held in a phase (`trainers.hooks.PHASES`), or after
-  a random delay, then resume.
+- ``cancel``: SIGTERM to the group while the trainer is held in a phase (`trainers.training.hooks.PHASES`),
+  or after a random delay, then resume.
 
 After the last attempt the run is audited through what users read (`RunStore.metrics_after`, which curves
 and exports use, and the JSONL export): a *duplicate* is a (split, metric, step) seen more than once; a
@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO_ROOT, Figure, exit_cleanly_on_signals, format_table, write_result
-from trainers.faults import KILL_ENV, KILL_POINTS
-from trainers.hooks import PAUSE_ENV, PAUSE_FILE_ENV
+from trainers.runs.faults import KILL_ENV, KILL_POINTS
+from trainers.training.hooks import PAUSE_ENV, PAUSE_FILE_ENV
 
 EPOCHS = 3
 BATCH = 8
@@ -137,7 +137,7 @@ def _finish(proc: subprocess.Popen, timeout: float = PROCESS_TIMEOUT_S) -> int:
 
 
 def _run_id(runs: Path) -> str | None:
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     if not (runs / "runs.sqlite").exists():
         return None
@@ -147,7 +147,7 @@ def _run_id(runs: Path) -> str | None:
 
 
 def _has_last(runs: Path, run_id: str | None) -> bool:
-    from trainers import checkpoints
+    from trainers.runs import checkpoints
 
     if run_id is None:
         return False
@@ -239,7 +239,7 @@ def inject(injection: Injection, base: Path, data: Path) -> Outcome:
 
 
 def _status(runs: Path, run_id: str | None) -> str:
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     if run_id is None:
         return ""
@@ -250,8 +250,8 @@ def _status(runs: Path, run_id: str | None) -> str:
 
 def audit(runs: Path, run_id: str) -> tuple[int, int, list[str]]:
     """(duplicates, lost, what was wrong) of a finished run, read as the curves and exports read it."""
-    from trainers.export import jsonl_text
-    from trainers.store import RunStore
+    from trainers.runs.export import jsonl_text
+    from trainers.runs.store import RunStore
 
     with RunStore(runs) as store:
         run = store.get_run(run_id)

@@ -20,9 +20,9 @@ from benchmarks.fault_campaign import (
     run_campaign,
     summary,
 )
-from trainers.export import csv_text, jsonl_text
-from trainers.faults import KILL_POINTS
-from trainers.store import RunStore
+from trainers.runs.export import csv_text, jsonl_text
+from trainers.runs.faults import KILL_POINTS
+from trainers.runs.store import RunStore
 
 
 @pytest.fixture(scope="module")

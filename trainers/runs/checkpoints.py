@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file
 
-from trainers.atomic import fsync_dir, point_link, write_synced
-from trainers.faults import kill_point
+from trainers.runs.atomic import fsync_dir, point_link, write_synced
+from trainers.runs.faults import kill_point
 
 KINDS: tuple[str, ...] = ("best", "last")
 CHECKPOINTS_DIR = "checkpoints"
