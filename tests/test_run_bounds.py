@@ -98,7 +98,7 @@ def test_listing_skips_and_logs_each_bad_row(tmp_path: Path, caplog: pytest.LogC
         _insert_raw(store.path, "huge-seed", '{"seed": 1000000000000000000000000000000}')
         _insert_raw(store.path, "not-json", "{seed")
         _insert_raw(store.path, "a-list", "[1, 2]")
-        with caplog.at_level(logging.WARNING, logger="trainers.runs.store"):
+        with caplog.at_level(logging.WARNING, logger="trainers.runs.records"):
             runs = store.list_runs()
         assert [r.id for r in runs] == [good]
         for bad in ("huge-seed", "not-json", "a-list"):
