@@ -33,9 +33,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_a_kill_at_each_point_then_resume_leaves_each_row_once(point: str, data: Path, tmp_path: Path):
-    # The second arrival: epoch 1's `last` exists, so this is a resume, not a fresh start.
-    outcome = inject(Injection("kill", f"{point}:2"), tmp_path, data)
-    assert outcome.struck, f"the trainer was never killed at {point}:2"
+    # An arrival in epoch 2, when epoch 1's `last` exists, so this is a resume and not a fresh start (train
+    # rows come twice an epoch: the third is epoch 2's first).
+    where = f"{point}:{3 if point == 'train-row' else 2}"
+    outcome = inject(Injection("kill", where), tmp_path, data)
+    assert outcome.struck, f"the trainer was never killed at {where}"
     assert outcome.restarts == 0 and outcome.attempts == 2
     assert outcome.status == "completed", outcome.problems
     assert (outcome.duplicates, outcome.lost) == (0, 0), outcome.problems

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time as _time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,6 +134,15 @@ def check_storable(value: Any, where: str) -> None:
 _Store = TypeVar("_Store", bound="Database")
 
 
+def _is_busy(exc: sqlite3.DatabaseError) -> bool:
+    """A lock held by another process: the busy timeout's business, not a problem with the file."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def _writable(folder: Path, path: Path) -> bool:
+    return os.access(folder, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
 class Database:
     """One SQLite connection to ``runs_dir/runs.sqlite`` and how to use it: ``_cursor`` to read,
     ``_write`` for a transaction. The run records and the metric series build on it."""
@@ -168,14 +177,36 @@ class Database:
             self._retry_busy(lambda: _add_missing_columns(conn))
         except sqlite3.DatabaseError as exc:
             conn.close()
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            if _is_busy(exc):
                 raise
-            raise ValueError(f"{self.path} is not a usable run database ({exc}); move it aside") from exc
+            raise self._problem(exc) from exc
         except BaseException:
             conn.close()
             raise
         self._conn = conn
         self._pid = os.getpid()
+
+    def _problem(self, exc: sqlite3.DatabaseError) -> ValueError:
+        """What a failed SQLite call means for the user, in one sentence: a read-only folder or file, a full
+        disk, or a damaged file (only the last is told to move the file aside)."""
+        text = str(exc)
+        folder = self.path.parent
+        if "readonly" in text or "read-only" in text or not _writable(folder, self.path):
+            return ValueError(
+                f"the runs folder {folder} is read-only ({text}): the run store writes there even to read "
+                "(WAL), so make it writable or choose another runs folder"
+            )
+        if "full" in text:
+            return ValueError(
+                f"cannot write {self.path}: the disk is full or a file-size limit was reached ({text}); "
+                "free some space and run again"
+            )
+        if isinstance(exc, sqlite3.OperationalError) and ("unable to open" in text or "disk I/O" in text):
+            return ValueError(f"cannot open {self.path} ({text})")
+        return ValueError(
+            f"{self.path} is not a usable run database, it is damaged ({text}); move it aside (or restore a "
+            "backup) and a new one is made"
+        )
 
     @staticmethod
     def _retry_busy(fn: Any) -> Any:
@@ -201,7 +232,12 @@ class Database:
                 _INHERITED.append(self._conn)
                 self._connect()
             assert self._conn is not None
-            yield self._conn
+            try:
+                yield self._conn
+            except sqlite3.DatabaseError as exc:  # a damaged file, a full disk: a message, no traceback
+                if _is_busy(exc):
+                    raise
+                raise self._problem(exc) from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -210,7 +246,8 @@ class Database:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # a full disk or a damaged file may refuse the rollback too
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from trainers.runs import media
 from trainers.runs.store import DB_NAME, MetricRow, RunRecord, RunStore
 
 FORMATS: tuple[str, ...] = ("csv", "jsonl", "tensorboard")
@@ -191,6 +190,8 @@ def write_tensorboard(store: RunStore, run_id: str, folder: str | Path, with_med
 
 
 def _write_media(writer: Any, run_folder: Path, image_module: Any) -> None:
+    from trainers.runs import media  # imports torch: only TensorBoard needs it, CSV and JSONL stay light
+
     index = media.read_index(run_folder)
     folder = media.media_folder(run_folder)
     for entry in index["entries"]:

@@ -491,8 +491,14 @@ class Trainer:
     def validate_epoch(self) -> tuple[str, str] | None:
         """Validate and record the epoch that just ended; the run's (status, reason) when it ends here."""
         ddp, state = self.ddp, self.state
+        self.check_weights()
         if ddp.main:
             self.validate()
+            loss = self.last_val.get("loss")
+            if loss is not None and not math.isfinite(loss) and not self.cancel.set:
+                # finite weights can still overflow on the validation data: stop before the media and
+                # metrics try to show what cannot be shown
+                raise Diverged(f"validation loss became {loss} at step {state.step} (epoch {state.epoch})")
         if ddp.any(self.cancel.set):
             # SIGTERM during validation: the epoch's training is done, so keep its weights as `last`
             # (now, within the job manager's grace period) and drop the partial metrics; a resume
@@ -508,6 +514,18 @@ class Trainer:
             self.record_epoch()
         reason = self.should_stop()
         return ("completed", reason) if reason else None
+
+    def check_weights(self) -> None:
+        """Diverged when a weight is no longer finite: the last steps' updates can overflow after their loss
+        was read back finite, and the validation, its media and its metrics would then fail in their own
+        ways (e.g. a repaired byte that is NaN)."""
+        with torch.no_grad():
+            bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise Diverged(
+                f"weights became non-finite ({bad[0]}{' and others' if len(bad) > 1 else ''}) "
+                f"at step {self.state.step} (epoch {self.state.epoch}); try a lower learning rate"
+            )
 
     def train_epoch(self, epoch: int) -> None:
         """One pass over the training batches; it ends early at max_steps or a cancel (the flag stays set)."""
