@@ -367,13 +367,10 @@ class LoopState:
 
     def saved(self, epoch: int) -> dict[str, Any]:
         """The trainer state a checkpoint taken at `epoch` stores."""
-        return {
-            "step": self.step,
-            "epoch": epoch,
-            "best": self.best,
-            "bad_epochs": self.bad_epochs,
-            "validated": self.validated,
-        }
+        saved = {"step": self.step, "epoch": epoch, "best": self.best, "bad_epochs": self.bad_epochs}
+        if not self.validated:  # only a cancel in validation writes it, so older checkpoints read the same
+            saved["validated"] = False
+        return saved
 
 
 class Trainer:
