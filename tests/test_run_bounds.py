@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"seed": 2**32}, "seed must be a whole number from 0 to 4294967295"),
         ({"seed": "1e30"}, "seed must be a whole number from 0 to 4294967295"),
         ({"epochs": 10**12}, "epochs must be a whole number from 1 to 1000000"),
-        ({"batch_size": 2**40}, "batch size must be a whole number from 1 to 65536"),
+        ({"batch_size": 2**40}, "batch size must be a whole number from 1 to 1048576"),
         ({"max_steps": 2**70}, "max_steps must be a whole number from 1 to 1000000000"),
         ({"num_workers": 10**6}, "num_workers must be a whole number from 0 to 256"),
         ({"log_every": 10**30}, "log_every must be a whole number from 1 to 1000000"),

@@ -33,7 +33,7 @@ WHOLE_MINIMUM: dict[str, int] = {
 # of a stored config holds (SQLite and orjson stop at 64 bits; torch and numpy seeds at 2**32 - 1).
 WHOLE_MAXIMUM: dict[str, int] = {
     "epochs": 1_000_000,
-    "batch_size": 65_536,
+    "batch_size": 1_048_576,
     "seed": 2**32 - 1,
     "max_steps": 1_000_000_000,
     "num_workers": 256,
