@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"max_steps": 2**70}, "max_steps must be a whole number from 1 to 1000000000"),
         ({"num_workers": 10**6}, "num_workers must be a whole number from 0 to 256"),
         ({"log_every": 10**30}, "log_every must be a whole number from 1 to 1000000"),
-        ({"lr": 1e30}, r"learning rate must be at most 1e\+09"),
+        ({"lr": 1e31}, r"learning rate must be at most 1e\+30"),
         ({"kl_weight": 1e300}, r"kl_weight must be at most 1e\+06"),
         ({"model": {"widths": [8, 10**20]}}, "model setting 'widths' must hold numbers from 0 to 65536"),
         ({"model": {"dropout": math.inf}}, "model setting 'dropout' must hold numbers from 0 to 65536"),

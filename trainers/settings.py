@@ -42,8 +42,8 @@ WHOLE_MAXIMUM: dict[str, int] = {
 }
 # Real-number settings: True where the value must be > 0, False where >= 0 is enough.
 REAL_POSITIVE: dict[str, bool] = {"lr": True, "kl_weight": False, "weight_decay": False, "grad_clip": False}
-# The highest value of each real-number setting (a learning rate of 1e9 still runs, and diverges).
-REAL_MAXIMUM: dict[str, float] = {"lr": 1e9, "kl_weight": 1e6, "weight_decay": 1e6, "grad_clip": 1e9}
+# The highest value of each real-number setting (a learning rate of 1e20 still runs, and diverges).
+REAL_MAXIMUM: dict[str, float] = {"lr": 1e30, "kl_weight": 1e6, "weight_decay": 1e6, "grad_clip": 1e9}
 # Numbers inside model overrides (widths, latent size, image size, dropout) lie in [0, MODEL_NUMBER_MAX].
 MODEL_NUMBER_MAX = 65_536
 # Settings whose value must be one of a table's entries, and that table.
