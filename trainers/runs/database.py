@@ -139,6 +139,14 @@ def _is_busy(exc: sqlite3.DatabaseError) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
+def _about_the_file(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged, read-only or full database file (told to the user), not a constraint or a busy lock (the
+    caller's business)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(word in str(exc) for word in ("readonly", "full", "unable to open", "disk I/O", "malformed"))
+    return type(exc) is sqlite3.DatabaseError  # "database disk image is malformed", "file is not a database"
+
+
 def _writable(folder: Path, path: Path) -> bool:
     return os.access(folder, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
@@ -235,7 +243,7 @@ class Database:
             try:
                 yield self._conn
             except sqlite3.DatabaseError as exc:  # a damaged file, a full disk: a message, no traceback
-                if _is_busy(exc):
+                if not _about_the_file(exc):
                     raise
                 raise self._problem(exc) from exc
 
