@@ -139,11 +139,15 @@ def _is_busy(exc: sqlite3.DatabaseError) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
+# OperationalError texts about the file itself (others, e.g. a syntax error, are bugs and stay raw).
+_FILE_PROBLEMS = ("readonly", "full", "unable to open", "disk I/O", "malformed")
+
+
 def _about_the_file(exc: sqlite3.DatabaseError) -> bool:
     """A damaged, read-only or full database file (told to the user), not a constraint or a busy lock (the
     caller's business)."""
     if isinstance(exc, sqlite3.OperationalError):
-        return any(word in str(exc) for word in ("readonly", "full", "unable to open", "disk I/O", "malformed"))
+        return any(word in str(exc) for word in _FILE_PROBLEMS)
     return type(exc) is sqlite3.DatabaseError  # "database disk image is malformed", "file is not a database"
 
 
