@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+from plotly.colors import qualitative
 
 from models.audio import compute_kl_divergence
 from studio.views.common import (
@@ -631,6 +632,9 @@ def _whole_clip(
     return full, notes
 
 
+WINDOW_COLOURS: tuple[str, ...] = tuple(qualitative.Plotly)
+
+
 def _windows_figure(starts: list[float], scores: dict[str, dict[str, np.ndarray]]) -> Any:
     """Spectral convergence and LSD against the window's start, one line per checkpoint."""
     from plotly.subplots import make_subplots
@@ -638,16 +642,24 @@ def _windows_figure(starts: list[float], scores: dict[str, dict[str, np.ndarray]
     titles = [f"{short} {arrow(m)}".strip() for m, short in WINDOW_METRICS]
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.08)
     fig.update_annotations(font_size=TITLE_FONT_SIZE)
-    for label, values in scores.items():
+    for k, (label, values) in enumerate(scores.items()):
         dash = "dash" if label == "round trip" else None
+        # One colour per checkpoint in both subplots: the legend lists the first subplot's lines only, so
+        # plotly's colour cycle would give the second subplot's lines other colours than their legend.
+        colour = WINDOW_COLOURS[k % len(WINDOW_COLOURS)]
         for col, (m, _) in enumerate(WINDOW_METRICS, start=1):
             y = [float(v) if np.isfinite(v) else None for v in values[m]]  # a gap where a window is silent
             fig.add_scatter(
                 x=starts, y=y, mode="lines+markers", name=label, legendgroup=label, showlegend=col == 1,
-                line={"dash": dash}, row=1, col=col,
+                line={"dash": dash, "color": colour}, marker={"color": colour}, row=1, col=col,
             )  # fmt: skip
     fig.update_xaxes(title_text="window start (s)")
-    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h"})
+    # The legend above the subplots: below them it covered the x-axis titles.
+    fig.update_layout(
+        height=340,
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.12, "x": 0, "xanchor": "left"},
+    )
     return fig
 
 
