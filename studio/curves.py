@@ -394,9 +394,9 @@ def figure_spec(
         "xaxis": {"title": {"text": X_TITLES[x_axis]}} | ({"type": "date"} if x_axis == "wall time" else {}),
         "yaxis": yaxis,
         "uirevision": curve_uirevision(metric, runs, log_y, x_axis),
-        # Above the plot: below it, a legend of a few rows covered the x-axis title. The y-axis title names
-        # the metric, so the figure needs no title of its own up there.
-        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
+        # Above the plot: below it, a legend of a few rows covered the x-axis title. Right-aligned, clear of
+        # the plot's label badge at the top left. The y-axis title names the metric: no figure title.
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
         "margin": {"l": 60, "r": 20, "t": 30, "b": 40},
         "height": height,
     }

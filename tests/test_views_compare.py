@@ -93,3 +93,13 @@ def test_rates_over_a_wide_span_get_a_log_axis_and_missing_values_are_left_out()
     assert "sar-resnet" not in _legend(fig)
     for trace in fig.data:
         assert all(math.isfinite(y) for y in trace.y)
+
+
+def test_legend_entries_of_one_runs_best_and_last_stay_apart():
+    result = _result()
+    result["rows"][0]["name"] = "20261207-141840-sar-resnet-897b (best)"
+    result["rows"][1]["name"] = "20261207-141840-sar-resnet-897b (last)"
+    result["rows"][2]["name"] = "a very long name a person gave their residual run (best)"
+    legend = _legend(rd_figure(result))
+    assert legend[:2] == ["141840-sar-resnet-897b (best)", "141840-sar-resnet-897b (last)"]
+    assert len(legend[2]) <= 32 and legend[2].startswith("a very") and legend[2].endswith("(best)")

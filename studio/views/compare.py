@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 
 from studio.views.common import (
     DOMAIN_NAMES,
+    display_name,
     dropdown_update,
     escape_markdown,
     load_checkpoint,
@@ -130,8 +132,11 @@ def compare_checkpoints(
             kind = "run"
         except ValueError:
             kind = "checkpoint"
-        name = run_label(ctx, f)
-        models.append(ModelSource(name, kind, Path(f), model, config))
+        models.append(ModelSource(display_name(ctx, f), kind, Path(f), model, config))
+    names = [m.name for m in models]
+    for k, (f, m) in enumerate(zip(dict.fromkeys(folders), models, strict=True)):
+        if names.count(m.name) > 1:  # two runs a person gave one name: their ids tell them apart
+            models[k] = ModelSource(run_label(ctx, f), m.kind, m.folder, m.model, m.config)
 
     callback = None
     if progress is not None:
@@ -207,7 +212,13 @@ LEGEND_CHARS = 32  # longer names are cut in the legend (the hover has them whol
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= LEGEND_CHARS else name[: LEGEND_CHARS - 1] + "…"
+    """A legend entry: a run id without its date (its time and suffix tell runs apart), and a long name cut
+    in the middle, so "(best)" and "(last)" of one run stay two different entries."""
+    name = re.sub(r"^\d{8}-(?=\d{6}-)", "", name)
+    if len(name) <= LEGEND_CHARS:
+        return name
+    half = (LEGEND_CHARS - 1) // 2
+    return name[:half] + "…" + name[-(LEGEND_CHARS - 1 - half) :]
 
 
 def _rd_curve(row: dict[str, Any], metric: str) -> list[tuple[float, float]]:
