@@ -529,4 +529,6 @@ def test_every_window_subplots_use_the_colours_of_their_legend():
     assert len({next(iter(c)) for c in by_name.values()}) == 3  # and the checkpoints differ
     assert [t.name for t in fig.data if t.showlegend] == list(scores)
     assert fig.layout.legend.y >= 1 and fig.layout.legend.yanchor == "bottom"
+    assert not fig.layout.annotations  # no subplot title in the legend's row: the y axes name the metrics
+    assert fig.layout.yaxis.title.text.startswith("SC") and fig.layout.yaxis2.title.text.startswith("LSD")
     assert [t.y[1] for t in fig.data] == [None] * len(fig.data)  # a silent window is a gap

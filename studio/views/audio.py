@@ -639,9 +639,8 @@ def _windows_figure(starts: list[float], scores: dict[str, dict[str, np.ndarray]
     """Spectral convergence and LSD against the window's start, one line per checkpoint."""
     from plotly.subplots import make_subplots
 
-    titles = [f"{short} {arrow(m)}".strip() for m, short in WINDOW_METRICS]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.08)
-    fig.update_annotations(font_size=TITLE_FONT_SIZE)
+    # Each metric names its y axis: subplot titles above the plots would share the legend's row.
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1)
     for k, (label, values) in enumerate(scores.items()):
         dash = "dash" if label == "round trip" else None
         # One colour per checkpoint in both subplots: the legend lists the first subplot's lines only, so
@@ -654,11 +653,13 @@ def _windows_figure(starts: list[float], scores: dict[str, dict[str, np.ndarray]
                 line={"dash": dash, "color": colour}, marker={"color": colour}, row=1, col=col,
             )  # fmt: skip
     fig.update_xaxes(title_text="window start (s)")
+    for col, (m, short) in enumerate(WINDOW_METRICS, start=1):
+        fig.update_yaxes(title_text=f"{short} {arrow(m)}".strip(), row=1, col=col)
     # The legend above the subplots: below them it covered the x-axis titles.
     fig.update_layout(
-        height=340,
-        margin={"l": 10, "r": 10, "t": 60, "b": 10},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.12, "x": 0, "xanchor": "left"},
+        height=320,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "xanchor": "left"},
     )
     return fig
 
