@@ -29,6 +29,7 @@ from studio.views.common import (
     selected_folders,
     upload_path,
     user_errors,
+    wrap_title,
 )
 
 DOMAINS = ("sar", "audio", "fragments")
@@ -209,6 +210,7 @@ MODEL_SYMBOLS = tuple(
     f"{s}-open" for s in ("circle", "diamond", "triangle-up", "square", "x", "star", "hexagon", "cross")
 )
 LEGEND_CHARS = 32  # longer names are cut in the legend (the hover has them whole)
+X_TITLE_CHARS = 60
 
 
 def _short(name: str) -> str:
@@ -313,7 +315,8 @@ def rd_figure(result: dict[str, Any]) -> Any:
             "text": f"{result['domain']}: {metric} {arrow} against rate, {result['n']} examples",
             "x": 0.01,
         },
-        xaxis_title=f"bpp: {result['bpp_unit']}",
+        # The rate's unit is a sentence: wrapped, since plotly cuts a long axis title at the figure's edge.
+        xaxis_title=wrap_title(f"bpp: {result['bpp_unit']}", X_TITLE_CHARS, 3),
         yaxis_title=f"{metric} {arrow}".strip(),
         height=520,
         margin={"l": 60, "r": 10, "t": 50, "b": 60},
@@ -421,7 +424,9 @@ def build_tab(ctx: Any) -> tuple[Any, list[Any]]:
     import gradio as gr
 
     with gr.Row():
-        with gr.Column(scale=1):
+        # Minimum widths wrap the row on a narrow page: the leaderboard and plot get the page's width below
+        # the controls instead of 370 px beside them, where the legend left the plot a sliver.
+        with gr.Column(scale=1, min_width=300):
             domain = gr.Radio(
                 [(DOMAIN_LABELS[d], d) for d in DOMAINS],
                 value="sar",
@@ -456,7 +461,7 @@ def build_tab(ctx: Any) -> tuple[Any, list[Any]]:
             baselines = gr.Checkbox(value=True, label="Classic codecs (JPEG/JPEG 2000/WebP, Opus, identity)")
             seed = gr.Number(value=0, precision=0, minimum=0, label="Bootstrap seed")
             run = gr.Button("Run comparison", variant="primary")
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=600):
             summary = gr.Markdown(
                 "Pick a domain, its checkpoints and the data, then press **Run comparison**.", label="Notes"
             )
