@@ -37,7 +37,7 @@ TABLE_CSS = """
 }
 .gradio-container table td span { white-space: nowrap !important; }
 .gradio-container table th span { white-space: normal !important; }
-#sar-metrics td:last-child span { white-space: normal !important; min-width: 14em; display: inline-block; }
+#sar-metrics td:last-child span { white-space: normal !important; max-width: 22em; display: inline-block; }
 """
 
 
