@@ -734,15 +734,17 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     """The Audio tab's components and events (call inside ``with gr.Tab("Audio"):``)."""
     import gradio as gr
 
+    # Minimum widths wrap each row on a narrow page (800 px): the figures get the page's width below the
+    # controls instead of a 370 px column beside them.
     with gr.Row():
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=300):
             checkpoint, audio_checkpoints = checkpoint_picker(
                 ctx, "audio", "Audio VAE checkpoint", "audio-vae (magnitude + IF) or audio-vae-mel (log-mel)"
             )
             clip_a = _clip_picker("Clip")
             start = gr.Number(value=0.0, minimum=0.0, label="Start of the 1 s clip in an upload (s)")
             run = gr.Button("Reconstruct", variant="primary")
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=600):
             shown = _reconstruction_outputs(ctx)
     with gr.Accordion("Samples from the prior", open=False), gr.Row():
         sampling = _sample_section()
@@ -838,11 +840,11 @@ def _reconstruction_outputs(ctx: Any) -> SimpleNamespace:
 def _sample_section() -> SimpleNamespace:
     import gradio as gr
 
-    with gr.Column(scale=1):
+    with gr.Column(scale=1, min_width=300):
         n_samples = gr.Slider(1, MAX_SAMPLES, value=3, step=1, label="Samples")
         seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
         button = gr.Button("Sample")
-    with gr.Column(scale=3):
+    with gr.Column(scale=3, min_width=600):
         status = gr.Markdown("Decode draws from the prior N(0, I): press **Sample**.", label="Sample notes")
         audio = gr.Audio(label="Samples, one after the other", interactive=False)
         figure = gr.Plot(label="Sample spectrograms", show_label=False)
@@ -852,12 +854,12 @@ def _sample_section() -> SimpleNamespace:
 def _interpolate_section() -> SimpleNamespace:
     import gradio as gr
 
-    with gr.Column(scale=1):
+    with gr.Column(scale=1, min_width=300):
         gr.Markdown("From the clip above (A) to clip B:")
         clip_b = _clip_picker("Clip B")
         steps = gr.Slider(2, MAX_STEPS, value=5, step=1, label="Steps from A to B")
         button = gr.Button("Interpolate")
-    with gr.Column(scale=3):
+    with gr.Column(scale=3, min_width=600):
         status = gr.Markdown("Pick clip B, then press **Interpolate**.", label="Interpolation notes")
         audio = gr.Audio(label="A → B, one step after the other", interactive=False)
         figure = gr.Plot(label="Interpolation spectrograms", show_label=False)
