@@ -184,3 +184,27 @@ def test_sigint_cancels_the_running_trainer_and_the_runs_not_started(tmp_path):
     for pid in pids:  # no trainer is left running
         stat = Path(f"/proc/{pid}/stat")
         assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_trainer_logs_its_resource_use_as_sys_metrics(tmp_path):
+    """CPU and memory history (sys/…) from the trainer itself; the first flush samples, then every 10 s."""
+    runs = tmp_path / "runs"
+    args = ["train", "fragment-dae", "--preset", "smoke", "--epochs", "1", "--max-steps", "6", "--data", TINY]
+    proc = _cli(*args, "--runs-dir", str(runs), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    with RunStore(runs) as store:
+        [run] = store.list_runs()
+        cpu = store.metric_series(run.id, "cpu_percent", split="sys")
+        memory = store.metric_series(run.id, "memory_mb", split="sys")
+    assert len(cpu) >= 1 and len(memory) >= 1
+    assert all(0 <= v <= 100 * (os.cpu_count() or 1) + 50 for _, v in cpu)
+    assert all(50 < v < 16_000 for _, v in memory)  # a torch process holds tens of MB at least
+
+
+def test_system_sampler_waits_its_interval():
+    from trainers.training.system import SystemSampler
+
+    sampler = SystemSampler("cpu", interval=3600)
+    first = sampler.sample()
+    assert set(first) == {"cpu_percent", "memory_mb"} and sampler.sample() is None
+    assert sampler.sample(force=True) is not None
