@@ -600,8 +600,9 @@ def test_compare_tab_handler_on_uploads_and_its_errors(ctx, ckpts, fragment_fold
     assert result.result["data"] == "4 uploaded files"  # no temporary server path
     assert "studio-compare-" not in to_json(result.result)
     assert "By file type" in result.details
-    traces = {t.name for t in result.figure.data}
-    assert {"runs", "checkpoints", "codecs"} <= traces
+    # The tab's own R-D figure: one legend group per model, named by its row.
+    metas = {t.meta for t in result.figure.data}
+    assert {r["name"] for r in result.result["rows"] if r["kind"] != "codec"} <= metas
     assert calls and calls[-1][0] == 1.0
 
     with pytest.raises(ValueError, match="no checkpoint chosen"):
