@@ -145,15 +145,151 @@ def test_the_trainer_connects_to_the_cluster_the_studio_names(monkeypatch):
     assert calls == ["10.0.0.7:6379", "10.0.0.9:6379", "auto"]
 
 
-def test_a_checkout_ships_its_code_an_installed_studio_ships_an_empty_folder(tmp_path):
-    from studio.backends.ray import default_working_dir
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True)
 
-    assert default_working_dir() == ROOT  # this checkout
-    site = tmp_path / "site-packages"  # an installed studio: trainers/ etc. beside other packages
-    (site / "trainers").mkdir(parents=True)
-    (site / "trainers" / "__main__.py").write_text("")
-    shipped = default_working_dir(site)
-    assert shipped != site and shipped.is_dir() and [p.name for p in shipped.iterdir()] == ["README"]
+
+def test_only_the_packages_tracked_files_travel_never_build_or_scratch(tmp_path):
+    """A checkout with a wheel build, exports, TensorBoard logs, runs and an untracked file inside the
+    package: the job's working_dir gets the tracked package files (as they are in the working tree) only."""
+    from studio.backends.ray import package_files, stage_package
+
+    root = tmp_path / "checkout"
+    tracked = {
+        "trainers/__main__.py": "print('train')\n",
+        "trainers/data/spec.py": "X = 1\n",
+        "models/__init__.py": "",
+        "studio/app.py": "",
+        "assets/speech/train/a.wav": "RIFF",
+        "assets/reference/sar/model.safetensors": "big",  # the shipped references: never sent
+        "README.md": "# readme\n",  # outside the package folders
+    }
+    for rel, text in tracked.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    _git(root.parent, "init", "-q", str(root))
+    _git(root, "add", ".")
+    stray = {
+        "build/lib/trainers/loop.py": "x" * 1000,  # `pip wheel .` leaves this
+        "exports/run.csv": "a,b\n",
+        "tb/events.out": "e",
+        "runs/runs.sqlite": "db",
+        "trainers/scratch.py": "# an untracked experiment\n",
+        "trainers/__pycache__/x.pyc": "c",
+    }
+    for rel, text in stray.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "trainers/data/spec.py").write_text("X = 2  # an uncommitted edit travels\n")
+    staged = stage_package(tmp_path / "staged", root)
+    shipped = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+    assert shipped == [
+        "assets/speech/train/a.wav",
+        "models/__init__.py",
+        "studio/app.py",
+        "trainers/__main__.py",
+        "trainers/data/spec.py",
+    ]
+    assert (staged / "trainers/data/spec.py").read_text().startswith("X = 2")
+    # This checkout: its sources, not its tests, results or references.
+    here = package_files()
+    assert "trainers/__main__.py" in here and "models/__init__.py" in here
+    assert not [rel for rel in here if rel.startswith(("tests/", "benchmarks/", "assets/reference/"))]
+    # No checkout (an installed studio): the imported packages' files, without caches.
+    installed = package_files(None)
+    assert "trainers/__main__.py" in installed and "studio/backends/ray.py" in installed
+    assert not [rel for rel in installed if "__pycache__" in rel or rel.endswith(".pyc")]
+
+
+def _fake_ray_node(tmp_path: Path, entrypoint: str) -> subprocess.CompletedProcess:
+    """Run `entrypoint` as Ray runs a job's: /bin/sh under a supervisor process, itself a child of a
+    "raylet" whose command line names the node's worker Python; PATH's python and python3 lack Ray."""
+    fake = tmp_path / "path-bin"
+    fake.mkdir(parents=True)
+    for name in ("python", "python3"):
+        (fake / name).write_text(
+            "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n"
+        )
+        (fake / name).chmod(0o755)
+    # The node's Ray runs from a "venv" (a link to this interpreter): the launcher must use that very path.
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(sys.executable)
+    supervisor = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1], shell=True).returncode)"
+    raylet = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[2:]).returncode)"
+    worker_command = f"--python_worker_command={venv_python} setup_worker.py default_worker.py --x=1"
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-c", raylet, worker_command, sys.executable, "-c", supervisor, entrypoint],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="the launcher reads /proc (Linux)")
+def test_a_job_runs_with_the_python_of_the_nodes_ray_not_the_first_on_path(tmp_path):
+    from studio.backends.ray import job_entrypoint
+
+    code = "import sys, ray; print('RAN', sys.executable)"
+    out = _fake_ray_node(tmp_path, job_entrypoint(None, ["-c", code]))
+    assert out.returncode == 0, out.stderr
+    assert f"RAN {tmp_path / 'venv' / 'bin' / 'python'}" in out.stdout, out.stdout
+    assert "the node's Ray Python:" in out.stdout
+    # Before: `python` on the PATH of Ray's processes, which here lacks the project's packages.
+    out = _fake_ray_node(tmp_path / "before", job_entrypoint("python", ["-c", code]))
+    assert out.returncode == 1 and "ModuleNotFoundError" in out.stderr
+    assert job_entrypoint("/opt/py/bin/python", ["-m", "trainers"]) == "/opt/py/bin/python -m trainers"
+
+
+class _FakeJobs:
+    """The Ray Jobs client as poll sees it: one job with a status and a message."""
+
+    def __init__(self, status: str, message: str) -> None:
+        self.info = type("Info", (), {"status": status, "message": message})()
+
+    def get_job_info(self, sid: str) -> object:
+        return self.info
+
+    def get_job_logs(self, sid: str) -> str:
+        return "trainer log\n"
+
+
+@pytest.mark.parametrize(
+    ("message", "status_after"),
+    [
+        ("Job supervisor actor died: The actor died because its node has died. Node Id: ab12", "failed"),
+        ("Job entrypoint command failed with exit code 1", "completed"),  # not a lost node: its word stands
+    ],
+)
+def test_a_failed_job_is_fenced_and_a_completed_that_outlived_its_node_becomes_failed(
+    tmp_path, monkeypatch, message, status_after
+):
+    from studio.backends.base import Job
+    from studio.backends.ray import RayBackend
+    from trainers.store import RunStore
+
+    backend = RayBackend("127.0.0.1:1", working_dir=ROOT)  # never bound: no cluster needed
+    fenced: list[str] = []
+    monkeypatch.setattr(backend, "_fence", fenced.append)
+    with RunStore(tmp_path / "runs") as store:
+        backend.runs_dir, backend.store, backend._client = (
+            tmp_path / "runs",
+            store,
+            _FakeJobs("FAILED", message),
+        )
+        run_id = store.create_run("fragment-dae", "fragments", CONFIG, status="running")
+        store.update_run(run_id, host="ray:10.0.0.7:ab12cd34")
+        store.run_dir(run_id).mkdir(parents=True)  # made by the launch
+        store.set_status(run_id, "completed", "stopped at max_steps=40")  # sent by the trainer that survived
+        ended = backend.poll(Job(run_id, None, None, None, backend="ray", ref="ae-studio-x-1"))
+        assert ended is not None and "failed" in ended.what
+        assert fenced == ["ae-studio-x-1"]  # its later writes are refused by the sink
+        run = store.get_run(run_id)
+        assert run.status == status_after, run.reason
+        if status_after == "failed":
+            assert "node" in run.reason and "completed" in run.reason
 
 
 # --- without Ray: the local manager and Ray runs ---------------------------------------------------------

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub.add_parser("train", help="train one variant"))
+    _add_resume(
+        sub.add_parser("resume", help="continue a failed, cancelled or killed run from its last checkpoint")
+    )
     _add_runs(sub.add_parser("runs", help="list runs with status and best metrics"))
     _add_eval(
         sub.add_parser("eval", help="evaluate a run's best checkpoint or a checkpoint folder on any data")
@@ -79,6 +82,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="model architecture override"
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_resume(p: argparse.ArgumentParser) -> None:
+    """Options of `resume`: the run's own settings are used, so there are none to give."""
+    p.add_argument("run_id", metavar="RUN", help="the id of a failed, cancelled or killed run")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -223,6 +233,58 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if metrics:
         print(f"final val: {metrics}")
     return 0 if result.status in ("completed", "cancelled") else 1
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    """`train VARIANT --resume RUN` for the run's own variant, after checking it can be resumed: failed,
+    cancelled, or `running` with its trainer gone from this host (killed); a Ray run whose node died (the
+    studio marks it failed) continues here from the checkpoint that came home."""
+    from trainers import checkpoints
+    from trainers.store import RunStore
+
+    if not Path(args.runs_dir).is_dir():
+        raise FileNotFoundError(f"runs folder not found: {args.runs_dir}")
+    with RunStore(args.runs_dir) as store:
+        run = store.get_run(args.run_id)
+        if run is None:
+            raise ValueError(f"no run with id {args.run_id!r} in {args.runs_dir}")
+        if run.status == "running":
+            where = _still_running(run)
+            if where:
+                raise ValueError(f"run {run.id} is still running ({where}); cancel it before resuming it")
+            reason = f"killed: its trainer process {run.pid} is gone (found by `resume`)"
+            store.set_status(run.id, "failed", reason, from_statuses=("running",))
+        elif run.status not in ("failed", "cancelled"):
+            raise ValueError(
+                f"run {run.id} is {run.status}; only a failed, cancelled or killed run can be resumed"
+            )
+        if checkpoints.checkpoint_path(store.run_dir(run.id), "last") is None:
+            raise ValueError(f"run {run.id} saved no 'last' checkpoint, so there is nothing to resume from")
+    argv = ["train", run.variant, "--resume", run.id, "--runs-dir", args.runs_dir]
+    return _cmd_train(build_parser().parse_args(argv + (["--no-progress"] if args.no_progress else [])))
+
+
+def _still_running(run: Any) -> str:
+    """Where a `running` run's trainer still runs ("" when it is gone from this host)."""
+    import socket
+
+    if (run.host or "").startswith("ray:"):
+        return "on the Ray cluster: cancel it from the studio, which marks it failed if its node died"
+    if run.host and run.host != socket.gethostname():
+        return f"on host {run.host}"
+    if run.pid is None:
+        return "" if run.started_at is None or run.ended_at is not None else "its trainer recorded no pid yet"
+    try:
+        os.kill(run.pid, 0)
+    except ProcessLookupError:
+        return ""
+    except PermissionError:
+        pass
+    try:  # a recycled pid is some other program
+        cmdline = Path(f"/proc/{run.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        cmdline = "trainers"  # no procfs: the live pid is all there is to go on
+    return f"pid {run.pid}" if "trainers" in cmdline or "ae-train" in cmdline else ""
 
 
 def _finite(v: Any) -> bool:
@@ -398,6 +460,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "train": _cmd_train,
+    "resume": _cmd_resume,
     "runs": _cmd_runs,
     "eval": _cmd_eval,
     "compare": _cmd_compare,
