@@ -138,6 +138,54 @@ def test_replace_folder_is_atomic(tmp_path, monkeypatch) -> None:
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last", second.name]
 
 
+def test_a_checkpoint_in_pieces_lands_whole_or_not_at_all(tmp_path) -> None:
+    """RunSink without Ray: pieces of a file arrive in any order, the folder switches only when every file has
+    its full size; an incomplete upload is refused and the previous checkpoint stays."""
+    sink = RunSink(str(tmp_path / "runs"))
+    run_id = sink.store.create_run("fragment-dae", "fragments", {}, run_id="pieces-1")
+    blob = os.urandom(3 * 1000 + 17)
+    old = replace_folder(sink.store.run_dir(run_id), "checkpoints/last", {"old.bin": b"old"})
+    head = (run_id, "checkpoints/last", "tok1", "replace")
+    for offset in (2000, 0, 3000, 1000):  # out of order, as concurrent pieces may land
+        sink.put_chunk(*head, "model.bin", offset, blob[offset : offset + 1000])
+    sink.put_chunk(*head, "manifest.json", 0, b"{}")
+    link = sink.store.run_dir(run_id) / "checkpoints" / "last"
+    assert _files(link) == {"old.bin": b"old"}  # nothing visible before the commit
+    with pytest.raises(ValueError, match="incomplete"):
+        sink.commit_upload(*head, {"model.bin": len(blob) + 1, "manifest.json": 2})
+    assert _files(link) == {"old.bin": b"old"}
+    sink.commit_upload(*head, {"model.bin": len(blob), "manifest.json": 2})
+    assert _files(link) == {"model.bin": blob, "manifest.json": b"{}"} and not old.exists()
+    assert sink.list_files(run_id, "checkpoints/last") == {"manifest.json": 2, "model.bin": len(blob)}
+    assert sink.read_chunk(run_id, "checkpoints/last", "model.bin", 1000, 500) == blob[1000:1500]
+    # Media: files written under the folder one by one, a thinned one removed.
+    write = (run_id, "", "tok2", "sync")
+    sink.put_chunk(*write, "media/1/a.png", 0, b"png")
+    sink.commit_upload(*write, {"media/1/a.png": 3})
+    sink.put_chunk(*write[:2], "tok3", "sync", "media/index.json", 0, b"[]")
+    sink.commit_upload(*write[:2], "tok3", "sync", {"media/index.json": 2}, removed=["media/1/a.png"])
+    assert _files(sink.store.run_dir(run_id) / "media") == {"index.json": b"[]"}
+    for bad in (("../x", "f"), ("checkpoints/last", "../../f")):
+        with pytest.raises(ValueError, match="relative path"):
+            sink.put_chunk(run_id, bad[0], "tok4", "replace", bad[1], 0, b"x")
+
+
+def test_a_fenced_attempt_writes_nothing_more_even_after_a_sink_restart(tmp_path) -> None:
+    home = tmp_path / "runs"
+    sink = RunSink(str(home))
+    run_id = sink.store.create_run("fragment-dae", "fragments", {}, run_id="fenced-1")
+    row = ("log_metrics", (run_id, 1, 0, "train", {"train/loss": 1.0}), {})
+    assert sink.apply([row], "attempt-a") == []
+    sink.fence("attempt-a")
+    for fresh in (sink, RunSink(str(home))):  # kept on disk: a restarted sink refuses it too
+        errors = fresh.apply([("set_status", (run_id, "completed"), {})], "attempt-a")
+        assert len(errors) == 1 and errors[0].startswith("fenced:"), errors
+        with pytest.raises(PermissionError, match="fenced"):
+            fresh.put_chunk(run_id, "checkpoints/last", "tok", "replace", "m.bin", 0, b"x", "attempt-a")
+        assert fresh.apply([row], "attempt-b") == []  # the next attempt (a resume) writes again
+    assert sink.store.get_run(run_id).status == "queued"
+
+
 def test_without_ray_the_sink_says_how_to_get_it(monkeypatch, capsys) -> None:
     """Without Ray the module imports and names sinks; asking for a sink says what to install (CLI too)."""
     from trainers import cli
