@@ -719,7 +719,7 @@ def _send_big_checkpoint(sink: str, run_id: str, size: int, rows: int, storage: 
         store.update_run(run_id, last_checkpoint=str(folder))
         queued = time.time() - pushed
         for step in range(1, rows + 1):
-            store.log_metrics(run_id, step, 0, "train", {"train/loss": 1.0 / step})
+            store.log_metrics(run_id, step, 0, "train", {"loss": 1.0 / step})
             time.sleep(0.05)
     finally:
         store.close()
@@ -756,9 +756,9 @@ def test_metric_rows_arrive_while_a_large_checkpoint_travels_home(cluster, studi
     assert out["queued_s"] < 2.0, out  # the trainer hands the checkpoint over and goes on at once
     assert landed is not None and sorted(seen) == list(range(1, 61))
     during = [step for step, at in seen.items() if at < landed]
-    home = checkpoints.checkpoint_path(jm.store.run_dir(run_id), "last")
+    home = jm.store.run_dir(run_id) / "checkpoints" / "last"  # a stand-in checkpoint: no real manifest
     assert (
-        home is not None
+        home.is_symlink()
         and hashlib.sha256((home / "model.safetensors").read_bytes()).hexdigest() == out["sha"]
     )
     print(
