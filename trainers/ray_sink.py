@@ -7,6 +7,9 @@ NAME`` keeps a node-local ``RunStore`` (``./runs`` under its working directory) 
 sink. Checkpoint folders (``best``/``last`` with their manifest) are pushed when the run row starts pointing
 at them, files before the row; the run's other files (media, ``phases.json``) with each checkpoint and at the
 end. A sink call returns after its rows are committed, so an acknowledged write survives the trainer's node.
+Checkpoints and large media go by a `FileSender` of their own, in CHUNK_BYTES pieces through the sink's
+"files" concurrency group (or through a ``--ray-storage`` URI), so metric rows never wait behind them. Once
+the studio gives up on a job's attempt (Ray says FAILED), the sink refuses its writes (`RunSink.fence`).
 
 Ray is optional: this module imports it only inside functions, so the studio and the trainers work without
 it (``pip install 'autoencoder-comparison-studio[ray]'`` or ``ray[default]`` adds it).

@@ -4,10 +4,11 @@ Ray's own machinery does the work: the Ray Jobs API (`JobSubmissionClient`) subm
 resource needs (CPUs; a GPU, or a fraction of one when jobs are packed by their memory budgets), stops it
 (SIGTERM to the trainer's process group, SIGKILL after ``RAY_JOB_STOP_WAIT_TIME_S``), reports its status
 (a node that dies ends the job FAILED with Ray's message) and serves its log. The code travels as the job's
-``working_dir`` (the project folder without runs, checkpoints, references or .git), so the trainer's working
-directory is on its node, never the studio's folder. The trainer writes no file the studio reads: with
-``--sink`` it sends every store write and every checkpoint folder to a `RunSink` actor on the studio's node
-(`trainers.ray_sink`), which writes them into the studio's run store as they are acknowledged.
+``working_dir`` (a snapshot of the package's tracked files, `stage_package`), so the trainer's working
+directory is on its node, never the studio's folder; the job runs with its node's own Ray Python
+(`job_entrypoint`). The trainer writes no file the studio reads: with ``--sink`` it sends every store write
+and every checkpoint folder to a `RunSink` actor on the studio's node (`trainers.ray_sink`), which writes them
+into the studio's run store as they are acknowledged (checkpoints in pieces, or through ``storage``).
 
 ``ray`` is optional: this module imports it only when a backend is made.
 """
@@ -204,12 +205,14 @@ class RayBackend(JobBackend):
     """Ray jobs on the cluster at `address` (a GCS address "HOST:6379", "auto" or "ray://..."; None starts
     a local Ray instance, stopped again at `close`).
 
-    `python`: the interpreter on the nodes (default "python" on their PATH). `cpus_per_job`: each job's
+    `python`: one interpreter for every node (default None: each node's own Ray Python, `job_entrypoint`).
+    `cpus_per_job`: each job's
     ``entrypoint_num_cpus`` (also its OpenMP threads). `gpu_memory`: bytes per GPU of the cluster for packing
     (None: detected once from a GPU node; whole GPUs when that fails), `gpu_jobs`: at most that many jobs per
     GPU. `resources`: extra custom resources a run's job needs (a function of the run, e.g. to pin jobs to
     nodes that carry a resource). `env_vars`: more environment variables for the jobs. `working_dir`: the
-    folder shipped as the job's code and working directory (default: `default_working_dir`).
+    checkout whose package files travel (default: this one; not a checkout: the installed packages).
+    `storage`: a URI every node reaches (path, s3://, gs://) for checkpoints and media (None: the sink).
     """
 
     name = "ray"
