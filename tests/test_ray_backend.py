@@ -31,7 +31,7 @@ from studio.backends.base import describe_host  # noqa: E402
 from studio.backends.local import _proc_state  # noqa: E402
 from studio.backends.ray import GPU_MEMORY_USABLE, ray_resources  # noqa: E402
 from studio.jobs import JobManager  # noqa: E402
-from trainers import checkpoints  # noqa: E402
+from trainers.runs import checkpoints  # noqa: E402
 
 HAS_RAY = find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(
@@ -123,7 +123,7 @@ def test_ray_colour_codes_are_stripped_from_logs_and_reasons():
 
 def test_the_trainer_connects_to_the_cluster_the_studio_names(monkeypatch):
     # Inside a Ray job RAY_ADDRESS is resolved with "auto", which takes any cluster on the node's host.
-    import trainers.ray_sink as ray_sink
+    import trainers.runs.ray_sink as ray_sink
 
     calls = []
 
@@ -268,7 +268,7 @@ def test_a_failed_job_is_fenced_and_a_completed_that_outlived_its_node_becomes_f
 ):
     from studio.backends.base import Job
     from studio.backends.ray import RayBackend
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     backend = RayBackend("127.0.0.1:1", working_dir=ROOT)  # never bound: no cluster needed
     fenced: list[str] = []
@@ -610,7 +610,7 @@ def test_two_jobs_on_two_nodes_at_once_curves_and_checkpoints_come_home(cluster,
     runs = {i: jm.store.get_run(i) for i in (sar, audio)}
     assert (node_of(cluster, jm, sar), node_of(cluster, jm, audio)) == ("w1", "w2")
     # each job is told which cluster is the studio's, whatever else runs on its node's host
-    from trainers.ray_sink import ADDRESS_ENV
+    from trainers.runs.ray_sink import ADDRESS_ENV
 
     assert jm.backend._runtime_env()["env_vars"][ADDRESS_ENV] == cluster["cluster"].address
     # both trained at the same time: each started before the other ended
@@ -704,7 +704,7 @@ def _send_big_checkpoint(sink: str, run_id: str, size: int, rows: int, storage: 
     import hashlib
     import tempfile
 
-    from trainers.ray_sink import SinkStore, get_sink
+    from trainers.runs.ray_sink import SinkStore, get_sink
 
     work = Path(tempfile.mkdtemp(prefix="ae-big-"))
     store = SinkStore(work / "runs", get_sink(sink, 10.0), sink_name=sink, host="ray:test", storage=storage)
@@ -779,7 +779,7 @@ def test_closing_after_the_cluster_died_does_not_wait_for_rays_timeout(tmp_path)
         import socket, sys, tempfile, time
         from ray.cluster_utils import Cluster
         from studio.backends.ray import RayBackend
-        from trainers.store import RunStore
+        from trainers.runs.store import RunStore
 
         def free():
             with socket.socket() as s:
@@ -830,7 +830,7 @@ def test_resume_continues_a_killed_run_and_a_ray_run_whose_node_died(tmp_path):
     """`python -m trainers resume RUN`: a run killed on this host (still `running`, its pid gone) and a Ray
     run whose node died (`failed`, its checkpoint at home) go on from their `last` checkpoint with their own
     settings; a completed, a live or a Ray-running run is refused in one sentence."""
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     runs = tmp_path / "runs"
     data = "fragments:folder=trainers,max_files=12"

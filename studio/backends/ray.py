@@ -7,8 +7,9 @@ resource needs (CPUs; a GPU, or a fraction of one when jobs are packed by their 
 ``working_dir`` (a snapshot of the package's tracked files, `stage_package`), so the trainer's working
 directory is on its node, never the studio's folder; the job runs with its node's own Ray Python
 (`job_entrypoint`). The trainer writes no file the studio reads: with ``--sink`` it sends every store write
-and every checkpoint folder to a `RunSink` actor on the studio's node (`trainers.ray_sink`), which writes them
-into the studio's run store as they are acknowledged (checkpoints in pieces, or through ``storage``).
+and every checkpoint folder to a `RunSink` actor on the studio's node (`trainers.runs.ray_sink`), which
+writes them into the studio's run store as they are acknowledged (checkpoints in pieces, or through
+``storage``).
 
 ``ray`` is optional: this module imports it only when a backend is made.
 """
@@ -34,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 from studio.backends.base import RAY_HOST_PREFIX, Ended, Job, JobBackend
 from studio.backends.local import LOG_NAME, PROJECT_ROOT, _tail_lines
 from studio.jobs import GPU_MEMORY_USABLE  # the share of a GPU packed jobs may budget for, as locally
-from trainers.ray_sink import ADDRESS_ENV, ATTEMPT_ENV, STORAGE_ENV  # imports no ray
+from trainers.runs.ray_sink import ADDRESS_ENV, ATTEMPT_ENV, STORAGE_ENV  # imports no ray
 
 if TYPE_CHECKING:
-    from trainers.store import RunRecord, RunStore
+    from trainers.runs.store import RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def job_entrypoint(python: str | None, args: list[str]) -> str:
 def submission_id(runs_dir: Path, run_id: str, attempt: int) -> str:
     """Ray's job id of a run's `attempt`: tied to the studio's runs folder (two studios on one cluster never
     collide) and unique per launch (a resumed run is a new Ray job)."""
-    from trainers.ray_sink import sink_name
+    from trainers.runs.ray_sink import sink_name
 
     tag = sink_name(runs_dir).rsplit("-", 1)[-1]
     return f"ae-studio-{tag}-{run_id}-{attempt}"
@@ -269,9 +270,9 @@ class RayBackend(JobBackend):
         from ray.job_submission import JobSubmissionClient
 
         try:
-            from trainers.ray_sink import SINK_NAMESPACE, sink_name, start_sink
+            from trainers.runs.ray_sink import SINK_NAMESPACE, sink_name, start_sink
         except ImportError as exc:
-            raise RuntimeError(f"the Ray backend needs trainers.ray_sink ({exc})") from None
+            raise RuntimeError(f"the Ray backend needs trainers.runs.ray_sink ({exc})") from None
         self.runs_dir, self.store = Path(runs_dir), store
         if self.storage:
             self.storage = check_storage(self.storage)
@@ -319,7 +320,7 @@ class RayBackend(JobBackend):
         alive = self._cluster_alive()
         try:
             if alive and not jobs_left and self.runs_dir is not None and self._connected:
-                from trainers.ray_sink import stop_sink
+                from trainers.runs.ray_sink import stop_sink
 
                 stop_sink(self.runs_dir)
         except Exception:
@@ -525,7 +526,7 @@ class RayBackend(JobBackend):
     def _fence(self, attempt: str) -> None:
         import ray
 
-        from trainers.ray_sink import get_sink
+        from trainers.runs.ray_sink import get_sink
 
         ray.get(get_sink(self.sink).fence.remote(attempt), timeout=CONNECT_TIMEOUT_S * 2)
 
@@ -606,7 +607,7 @@ def node_died(message: str) -> bool:
 def check_storage(uri: str) -> str:
     """The storage URI of `--ray-storage`, checked (a local path made absolute, its folder created); a
     RuntimeError that says what is wrong otherwise."""
-    from trainers.ray_sink import open_storage
+    from trainers.runs.ray_sink import open_storage
 
     try:
         fs, base = open_storage(uri)
