@@ -979,7 +979,9 @@ class SinkStore(RunStore):
                 self._prune(ray, 0.05 if block else 0)
 
     def _submit(self, ray: Any, batch: list) -> None:
-        ref = self.sink.apply.remote([op for _, _, op in batch], self.attempt)
+        ops = [op for _, _, op in batch]
+        # The attempt only when there is one: a trainer outside a studio's Ray job has none.
+        ref = self.sink.apply.remote(ops, self.attempt) if self.attempt else self.sink.apply.remote(ops)
         self._pending.append((ref, batch))
         self.sent_batches += 1
 
