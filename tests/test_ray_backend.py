@@ -651,7 +651,6 @@ def test_cancel_stops_the_ray_job_and_last_comes_home(cluster, studio, tmp_path)
     home = checkpoints.checkpoint_path(jm.store.run_dir(run_id), "last")
     assert (stored[0].parent / "manifest.json").read_bytes() == (home / "manifest.json").read_bytes()
     wait_for(lambda: jm.running_jobs() == [], 30, "the Ray job to end after its trainer")
-    assert "the node's Ray Python:" in (jm.store.run_dir(run_id) / "job.log").read_text()
 
 
 @needs_ray

@@ -637,7 +637,7 @@ class FileSender:
     in pieces of CHUNK_BYTES through the sink's "files" concurrency group, or, with a `storage` URI, into
     that storage (pyarrow.fs), from which the sink copies them. The metric rows go on meanwhile; an upload
     whose successor (same run and folder) is queued before it started is dropped (only the newest counts).
-    `done(upload)` is called after each commit, `error(message)` on a failure."""
+    The owner's `upload_done(upload)` follows each commit (it sends the row), `upload_failed` a failure."""
 
     def __init__(self, owner: SinkStore, outbox: Path, storage: str | None) -> None:
         self.owner = owner
@@ -655,7 +655,8 @@ class FileSender:
     def submit(self, upload: Upload) -> None:
         with self._cond:
             same = (upload.run_id, upload.folder, "replace")
-            for old in [u for u in self._queue if (u.run_id, u.folder, u.mode) == same]:
+            superseded = [u for u in self._queue if (u.run_id, u.folder, u.mode) == same]
+            for old in superseded if upload.mode == "replace" else []:
                 self._queue.remove(old)  # superseded before it left
                 shutil.rmtree(old.src, ignore_errors=True)
             self._queue.append(upload)
