@@ -59,7 +59,7 @@ def _round(
             now = time.time()
             for step, _ in home.metric_series(run_id, "train/loss"):
                 arrived.setdefault(step, now)
-            if not landed and home.get_run(run_id).last_checkpoint:
+            if not landed and (run := home.get_run(run_id)) is not None and run.last_checkpoint:
                 landed.append(now)
             time.sleep(POLL_S)
 
@@ -80,18 +80,19 @@ def _round(
         store.log_metrics(run_id, step, 0, "train", {"loss": 1.0 / step}, time=logged[step])
         time.sleep(interval)
     store.flush(300)
-    deadline = time.time() + 300
+    deadline = time.time() + 120
     while (len(arrived) < step or not landed) and time.time() < deadline:
         time.sleep(POLL_S)
     stop.set()
     poller.join()
     land = landed[0] if landed else float("nan")
-    during = [arrived[s] - logged[s] for s in logged if logged[s] < land and s in arrived]
+    steps = [s for s in logged if logged[s] < land and s in arrived]  # logged while it travelled
+    during = [arrived[s] - logged[s] for s in steps]
     return {
         "handed_over_s": handed,
         "landed_s": land - pushed,
-        "rows_during": len(during),
-        "rows_home_before_landing": sum(1 for s in during if arrived[s] < land),
+        "rows_during": len(steps),
+        "rows_home_before_landing": sum(1 for s in steps if arrived[s] < land),
         "max_latency_s": max(during) if during else float("nan"),
         "p95_latency_s": quantile(during, 0.95) if during else float("nan"),
     }
