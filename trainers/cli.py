@@ -273,8 +273,8 @@ def _still_running(run: Any) -> str:
         return "on the Ray cluster: cancel it from the studio, which marks it failed if its node died"
     if run.host and run.host != socket.gethostname():
         return f"on host {run.host}"
-    if run.pid is None:
-        return "" if run.started_at is None or run.ended_at is not None else "its trainer recorded no pid yet"
+    if run.pid is None:  # a trainer records its pid as it starts: none here means it never ran on
+        return ""
     try:
         os.kill(run.pid, 0)
     except ProcessLookupError:
