@@ -378,7 +378,7 @@ def test_trainer_on_another_node_cancel_and_resume_through_the_sink(cluster, stu
         resumed = _rows(local2, run_id)
         assert _rows(store, run_id) == _rows(RunStore(worker1 / "runs"), run_id) + resumed
         assert min(r[0] for r in resumed) > 1 and max(r[0] for r in resumed) == 6
-        assert {r[2] for r in resumed} == {"train", "val"}
+        assert {"train", "val"} <= {r[2] for r in resumed} <= {"train", "val", "sys"}  # sys: CPU, memory use
     for kind in ("best", "last"):
         at_home = checkpoints.checkpoint_path(home / run_id, kind)
         assert _files(at_home) == _files(checkpoints.checkpoint_path(worker2 / "runs" / run_id, kind))
