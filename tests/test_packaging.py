@@ -191,3 +191,28 @@ def test_space_installs_the_cpu_torch_wheel_first() -> None:
     assert "download.pytorch.org" not in (ROOT / "requirements.txt").read_text()
     front = (ROOT / "README.md").read_text(encoding="utf-8").split("---")[1]
     assert 'python_version: "3.11"' in front and "suggested_hardware: cpu-basic" in front
+
+
+@pytest.mark.parametrize(
+    "argv, usage",
+    [
+        (["ae-train", "--help"], "usage: ae-train "),
+        (["ae-studio", "--help"], "usage: ae-studio "),
+        (["-m", "trainers", "--help"], "usage: python -m trainers "),
+        (["app.py", "--help"], "usage: python app.py "),
+    ],
+)
+def test_help_names_the_command_as_it_was_typed(tmp_path, argv, usage) -> None:
+    """`ae-train --help` said `python -m trainers` and `ae-studio --help` `python app.py`. The console
+    scripts are written here as pip writes them (a script that imports the entry point)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False"}
+    for script, target in SCRIPTS.items():
+        module, func = target.split(":")
+        (tmp_path / script).write_text(f"import sys\nfrom {module} import {func}\nsys.exit({func}())\n")
+    if argv[0] == "app.py":
+        shutil.copy(ROOT / "app.py", tmp_path / "app.py")
+    proc = subprocess.run(
+        [sys.executable, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(usage), proc.stdout[:200]

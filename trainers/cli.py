@@ -30,8 +30,15 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def prog_name(module_form: str) -> str:
+    """The name --help shows: the console script a user typed (``ae-train``, ``ae-studio``), else the
+    ``python -m``/``python app.py`` form (argparse alone would say ``__main__.py``)."""
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return module_form if not invoked or invoked.endswith(".py") or invoked == "-c" else invoked
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog_name("python -m trainers"), description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub.add_parser("train", help="train one variant"))
     _add_runs(sub.add_parser("runs", help="list runs with status and best metrics"))
