@@ -212,6 +212,18 @@ def test_named_api_over_http(ctx, studio, hub_env, capfd):
         assert "hub alice/over-http · fragment-dae" in status
         with pytest.raises(AppError, match="invalid Hub repo id"):
             client.predict(run_id, "best", "not a repo", False, "", "", TOKEN, api_name="/hub_push")
+        # "/etc" was pushed to "etc"; a 500-character name to load gave "[Errno 36] File name too long".
+        with pytest.raises(AppError, match="invalid Hub repo id '/etc'"):
+            client.predict(run_id, "best", "/etc", False, "", "", TOKEN, api_name="/hub_push")
+        with pytest.raises(AppError, match="invalid Hub repo id 'a{77}") as err:
+            client.predict("a" * 500, TOKEN, api_name="/hub_load")
+        assert "Errno" not in str(err.value)
+        # The source URL the card installs from (an input API clients written before it may leave out).
+        source = "https://git.example.org/me/studio"
+        client.predict(
+            run_id, "best", "alice/with-source", False, "", "", TOKEN, source, api_name="/hub_push"
+        )
+        assert f'pip install "git+{source}"' in hub_env.files("alice/with-source")["README.md"].decode()
     finally:
         demo.close()
     captured = capfd.readouterr()

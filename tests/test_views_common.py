@@ -234,3 +234,6 @@ def test_page_handler_takes_the_actions_parameter_names_and_tracks_progress():
         handler(-1.0, 2.0)
     with pytest.raises(TypeError, match="must take `progress` as its last parameter"):
         page_handler("the-ctx", lambda ctx, value: value)
+    # An input added later keeps its default, so API clients that leave it out still work.
+    later = inspect.signature(page_handler("the-ctx", scale, optional=("factor",))).parameters
+    assert later["value"].default is inspect.Parameter.empty and later["factor"].default == 2.0

@@ -167,6 +167,11 @@ def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private", action="store_true")
     p.add_argument("--branch")
     p.add_argument("--commit-message")
+    p.add_argument(
+        "--source-url",
+        help='the studio\'s source repository that the model card installs from (pip install "git+URL"); '
+        "default: the Space on a Space, else pyproject's [project.urls] Source",
+    )
     p.add_argument("--kind", choices=["best", "last"], default="best")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
 

@@ -56,13 +56,17 @@ def user_errors(fn: F) -> F:
 
 
 def page_handler(
-    ctx: Any, compute: Callable[..., Any], present: Callable[[Any], Any] = lambda result: result
+    ctx: Any,
+    compute: Callable[..., Any],
+    present: Callable[[Any], Any] = lambda result: result,
+    optional: tuple[str, ...] = (),
 ) -> Callable[..., Any]:
     """The Gradio handler of a page action `compute(ctx, *inputs, progress=None)`.
 
     It takes the inputs under `compute`'s own parameter names (Gradio reads them for the API page), hands on
     the page's gr.Progress, returns `present(result)` (the outputs; the result itself by default) and shows
-    bad input as a message (:func:`user_errors`)."""
+    bad input as a message (:func:`user_errors`). The inputs named in `optional` keep `compute`'s default, so
+    an API client written before such an input was added still works (it gets the default)."""
     import gradio as gr
 
     params = list(inspect.signature(compute).parameters.values())[1:]
@@ -74,7 +78,10 @@ def page_handler(
 
     # Plain names, as a handwritten handler has them: no defaults (every input comes from a component) but
     # the gr.Progress that tells Gradio to track this event.
-    plain = [p.replace(default=p.empty, annotation=p.empty) for p in params[:-1]]
+    plain = [
+        p.replace(default=p.default if p.name in optional else p.empty, annotation=p.empty)
+        for p in params[:-1]
+    ]
     tracked = params[-1].replace(default=gr.Progress(), annotation=inspect.Parameter.empty)
     handler.__signature__ = inspect.Signature([*plain, tracked])  # type: ignore[attr-defined]
     handler.__name__ = handler.__qualname__ = compute.__name__
