@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from trainers.data.files import folder_files
+
 FRAGMENT_SIZE = 512
 
 
@@ -427,8 +429,8 @@ def _candidate_files(
             raise FileNotFoundError(f"fragment folder not found: {folder}")
         candidates = sorted(
             p
-            for p in folder.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            for p in folder_files(folder)
+            if not any(part.startswith(".") for part in p.relative_to(folder).parts)
         )
         return candidates, folder.resolve(), f"folder {folder}"
     candidates = [Path(p) for p in paths] if paths is not None else default_corpus_paths()

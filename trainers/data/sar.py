@@ -39,6 +39,7 @@ from scipy.ndimage import gaussian_filter
 from torch.utils.data import Dataset
 
 from trainers.data.cached import CachedDataset
+from trainers.data.files import folder_files
 
 SAR_EXTENSIONS = (".npy", ".tif", ".tiff", ".png")
 #: What real-valued pixels hold; "complex" also reads I/Q pairs stored as two real bands.
@@ -1081,8 +1082,8 @@ class SARFolderDataset(Dataset):
 
         files = sorted(
             p
-            for p in self.folder.rglob("*")
-            if p.is_file() and p.suffix.lower() in SAR_EXTENSIONS and not p.name.startswith(".")
+            for p in folder_files(self.folder)
+            if p.suffix.lower() in SAR_EXTENSIONS and not p.name.startswith(".")
         )
         s = self.image_size
         self.files: list[Path] = []
