@@ -237,3 +237,43 @@ def test_page_handler_takes_the_actions_parameter_names_and_tracks_progress():
     # An input added later keeps its default, so API clients that leave it out still work.
     later = inspect.signature(page_handler("the-ctx", scale, optional=("factor",))).parameters
     assert later["value"].default is inspect.Parameter.empty and later["factor"].default == 2.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["could not cast dtype('<U1') to float", "a <b>bold</b> & c", "already escaped: &lt;U1 &#60; &amp;"],
+)
+def test_error_messages_are_plain_text_in_the_page_and_in_api_clients(text):
+    """An error showed "&lt;U1" to API clients (html.escape'd for the page, which renders gr.Error as HTML).
+    Now a client gets the text itself (an invisible word joiner aside) and an HTML parser finds no tag and
+    no entity in it, so the page shows the same characters."""
+    from html.parser import HTMLParser
+
+    import gradio as gr
+
+    from studio.views.common import user_errors
+
+    @user_errors
+    def fails():
+        raise ValueError(text)
+
+    with pytest.raises(gr.Error) as err:
+        fails()
+    message = err.value.message
+    assert message.replace("\u2060", "") == text
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.data, self.tags = [], []
+
+        def handle_data(self, data):
+            self.data.append(data)
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+    parser = Text()
+    parser.feed(message)
+    parser.close()
+    assert parser.tags == [] and "".join(parser.data).replace("\u2060", "") == text

@@ -29,6 +29,21 @@ DOMAIN_NAMES = {"sar": "SAR", "audio": "audio", "fragments": "fragment"}
 
 
 # -------------------------------------------------------------------------------------------------- errors
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+_ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
+_WORD_JOINER = "\u2060"
+
+
+def plain_message(text: str) -> str:
+    """An error message that reads the same in the page and in an API client.
+
+    Gradio renders a gr.Error message as HTML in the page, but an API client gets the string itself: escaped
+    with html.escape the client read "dtype &lt;U1", unescaped the page dropped "<U1 ..." as a tag. An
+    invisible word joiner after a '<' that would open a tag (or an '&' that would start an entity) makes the
+    HTML parser keep both as text, and leaves the client plain text."""
+    return _ENTITY.sub("&" + _WORD_JOINER, _TAG_START.sub("<" + _WORD_JOINER, text))
+
+
 def user_errors(fn: F) -> F:
     """Wrap a Gradio handler so that bad input shows as a readable message instead of a stack trace.
 
@@ -44,12 +59,11 @@ def user_errors(fn: F) -> F:
         except gr.Error:
             raise
         except (ValueError, FileNotFoundError, OSError) as exc:
-            raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from exc
+            raise gr.Error(plain_message(str(exc)), print_exception=False) from exc
         except Exception as exc:  # noqa: BLE001 - the page must never show a traceback
             log.exception("unexpected error in %s", getattr(fn, "__name__", "handler"))
             raise gr.Error(
-                html.escape(f"unexpected error ({type(exc).__name__}): {exc}", quote=False),
-                print_exception=False,
+                plain_message(f"unexpected error ({type(exc).__name__}): {exc}"), print_exception=False
             ) from exc
 
     return wrapper  # type: ignore[return-value]
