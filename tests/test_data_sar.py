@@ -526,3 +526,17 @@ def test_example_sar_assets(tmp_path, asset_maker):
     for i in range(len(ds)):
         x = ds[i][0]
         assert float(((x == 0) | (x == 1)).float().mean()) < 0.03 and float(x.std()) > 0.08
+
+
+def test_a_12000_pixel_square_png_reads_without_pillows_bomb_warning_and_a_real_bomb_is_refused(tmp_path):
+    """The studio showed Pillow's "possible decompression bomb" warning for a legitimate 12k PNG scene."""
+    from PIL.Image import DecompressionBombWarning
+
+    from tests.test_memory_bombs import png_bomb
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecompressionBombWarning)
+        image = read_sar_image(png_bomb(tmp_path / "scene.png", 12000, 90))
+    assert image.intensity.shape == (12000, 12000) and image.valid.all()
+    with pytest.raises(ValueError, match="too many pixels to decode safely"):
+        read_sar_image(png_bomb(tmp_path / "bomb.png", 30000))
