@@ -159,6 +159,15 @@ def test_push_suggestions_follow_the_chosen_run(ctx, studio):
     assert hub_placeholders(ctx, None)[0] == "your-name/sar-residual"
 
 
+def test_part_of_a_run_id_typed_into_the_run_list_picks_that_run(ctx, studio):
+    from studio.views.hub import _run_id
+
+    _, _, run_id, _ = studio
+    assert _run_id(ctx, run_id[-4:]) == run_id
+    with pytest.raises(ValueError, match="no run matches 'zzz-nothing': pick a run with a checkpoint"):
+        _run_id(ctx, "zzz-nothing")
+
+
 def test_space_never_uses_the_owners_token_nor_server_folders(
     space_ctx, studio, hub_env, tmp_path, monkeypatch
 ):

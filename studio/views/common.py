@@ -231,12 +231,34 @@ def resolve_checkpoint(ctx: Any, name: str, domain: str) -> str:
         # A folder outside the catalogue (scripts, the Hub tab's exports), or one that has gone: loading
         # it says which. A public Space reads no server folder.
         return name
-    known = ", ".join(label.split(" · ")[0] for label, _, _ in catalog[:5]) or "none yet"
+    typed = match_choice(name, [(label, value) for label, value, _ in catalog], "checkpoint")
+    if typed is not None:  # part of a name typed into the dropdown, matching one checkpoint
+        return next(folder for _, value, folder in catalog if value == typed)
+    # The values, which name each checkpoint distinctly (a run id and kind; "reference · sar-baseline").
+    known = ", ".join(value for _, value, _ in catalog[:5]) or "none yet"
     where = "" if space else " or a checkpoint folder"
     raise ValueError(
         f"unknown checkpoint {name!r}: give a run id, RUN_ID/last{where} "
         f"({DOMAIN_NAMES[domain]} checkpoints here: {known}{', ...' if len(catalog) > 5 else ''})"
     )
+
+
+def match_choice(text: str, choices: Sequence[tuple[str, str]], noun: str = "run") -> str | None:
+    """The value of the one dropdown choice (label, value) whose label or value contains ``text`` (case
+    apart), so a part of a run's name or id typed into a dropdown picks that run; None when none does.
+
+    Several matches raise a ValueError naming a few of them. Only the choices the page offers are searched,
+    so a typed text never reaches runs the visitor cannot see."""
+    needle = text.strip().lower()
+    if not needle:
+        return None
+    hits = list(dict.fromkeys(v for label, v in choices if needle in label.lower() or needle in v.lower()))
+    if len(hits) > 1:
+        shown = ", ".join(hits[:3]) + (", ..." if len(hits) > 3 else "")
+        raise ValueError(
+            f"{text.strip()!r} matches {len(hits)} {noun}s ({shown}): type more of the one you mean"
+        )
+    return hits[0] if hits else None
 
 
 def load_checkpoint(ctx: Any, folder: str, domain: str) -> nn.Module:

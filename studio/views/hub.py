@@ -21,7 +21,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from studio.views.common import choices_update, escape_markdown, page_handler, user_errors
+from studio.views.common import (
+    choices_update,
+    escape_markdown,
+    match_choice,
+    page_handler,
+    user_errors,
+)
 from trainers.hub import push as hub_lib
 from trainers.hub import source as source_lib
 from trainers.runs import checkpoints
@@ -71,9 +77,14 @@ def _run_id(ctx: Any, run_id: Any) -> str:
         raise ValueError(
             "no run chosen: pick a run with a checkpoint (train one in the Train tab, then ↻ refresh)"
         )
-    if ctx.store.get_run(text) is None:
-        raise ValueError(f"no run with id {text!r} in {ctx.runs_dir}")
-    return text
+    if ctx.store.get_run(text) is not None:
+        return text
+    typed = match_choice(text, pushable_runs(ctx))  # part of a run's id or name typed into the list
+    if typed is None:
+        raise ValueError(
+            f"no run matches {text!r}: pick a run with a checkpoint from the list (↻ refreshes it)"
+        )
+    return typed
 
 
 def push(
