@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     sub.add_parser("variants", help="list the model variants")
     _add_push(sub.add_parser("push", help="push a run's best checkpoint to a Hugging Face Hub model repo"))
+    _add_study(sub.add_parser("study", help="train variants x seeds (x one swept setting) as one study"))
+    _add_runs(sub.add_parser("studies", help="list studies with their variants, seeds and progress"))
     return parser
 
 
@@ -87,6 +89,25 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="model architecture override"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_study(p: argparse.ArgumentParser) -> None:
+    p.add_argument("variants", nargs="+", metavar="VARIANT")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per variant: 0..N-1 (default 3)")
+    p.add_argument(
+        "--sweep",
+        metavar="KEY=V1,V2,...",
+        help="one setting swept, e.g. lr=1e-3,3e-4 or model.base_channels=8,16",
+    )
+    p.add_argument("--preset", choices=["smoke", "reference", "full"], default="smoke")
+    p.add_argument("--data", help="data spec; default: the preset's built-in data")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--name", help="a display name for the study's runs")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    p.add_argument("--jobs", type=int, help="trainers at once (default: as the studio's slots)")
+    p.add_argument("--json", action="store_true", help='print {"study": ID, "runs": [...]} as JSON')
 
 
 def _add_runs(p: argparse.ArgumentParser) -> None:
@@ -409,8 +430,69 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return hub.cli_push(args)
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from trainers.runs.store import RunStore
+    from trainers.runs.studies import create_study_runs, parse_sweep, plan_study
+    from trainers.training.study import default_jobs, run_study
+
+    settings = {"data": args.data, "epochs": args.epochs, "max_steps": args.max_steps}
+    settings["device"] = args.device if args.device != "auto" else None
+    # Every run is checked before any exists, so a typo in one setting leaves nothing behind.
+    configs = plan_study(args.variants, args.seeds, parse_sweep(args.sweep), preset=args.preset, **settings)
+    jobs = args.jobs if args.jobs is not None else default_jobs()
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    with RunStore(args.runs_dir) as store:
+        run_ids = create_study_runs(store, configs, name=args.name)
+        study = configs[0].study
+        if not args.json:
+            print(f"study {study}: {len(run_ids)} runs, {jobs} at once (Ctrl-C cancels the rest)", flush=True)
+        say = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
+        try:
+            statuses = run_study(store, run_ids, jobs, on_event=say)
+        except KeyboardInterrupt:
+            statuses = {run_id: store.get_run(run_id).status for run_id in run_ids}
+            _print_study(args.json, study, statuses)
+            return 130
+    _print_study(args.json, study, statuses)
+    return 0 if all(s == "completed" for s in statuses.values()) else 1
+
+
+def _print_study(as_json: bool, study: str, statuses: dict[str, str]) -> None:
+    if as_json:
+        runs = [{"id": run_id, "status": status} for run_id, status in statuses.items()]
+        print(json.dumps({"study": study, "runs": runs}))
+        return
+    done = sum(s == "completed" for s in statuses.values())
+    print(f"study {study}: {done} of {len(statuses)} runs completed")
+
+
+def _cmd_studies(args: argparse.Namespace) -> int:
+    from trainers.runs.store import RunStore
+    from trainers.runs.studies import list_studies
+
+    if not Path(args.runs_dir).exists():
+        raise FileNotFoundError(f"runs folder not found: {args.runs_dir}")
+    with RunStore(args.runs_dir) as store:
+        studies = [s.to_dict() for s in list_studies(store)]
+    if args.json:
+        print(json.dumps(studies, indent=2))
+        return 0
+    if not studies:
+        print(f"no studies in {args.runs_dir}")
+    for s in studies:
+        sweep = "; ".join(f"{k}={','.join(map(str, v))}" for k, v in s["sweep"].items())
+        print(
+            f"{s['study']}  {', '.join(s['variants'])}  seeds {s['seeds']}  {s['done']}/{len(s['runs'])} done"
+            + (f"  sweep {sweep}" if sweep else "")
+        )
+    return 0
+
+
 _COMMANDS = {
     "train": _cmd_train,
+    "study": _cmd_study,
+    "studies": _cmd_studies,
     "runs": _cmd_runs,
     "eval": _cmd_eval,
     "compare": _cmd_compare,

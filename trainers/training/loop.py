@@ -39,6 +39,7 @@ from trainers.metrics import registry
 from trainers.runs import checkpoints, media
 from trainers.runs.store import RunStore
 from trainers.settings import check_config
+from trainers.training import system
 from trainers.training.fastpath import FastPath
 from trainers.training.hooks import pause_point
 from trainers.training.tasks import AudioTask, Task, task_for
@@ -395,6 +396,7 @@ class Trainer:
         self.bar: Any = None
         self.on_step: Callable[[int, float], None] | None = None
         self.window: list[torch.Tensor] = []  # losses not yet read back
+        self.system = system.SystemSampler(self.device)  # sys/ metrics: CPU, memory, GPU history
         self.batches: Any = None  # the current epoch's batch iterator
         self.last_save = time.monotonic()
         self.epoch_started = time.monotonic()
@@ -623,6 +625,9 @@ class Trainer:
         if self.ddp.main:
             self.store.log_metrics(self.run_id, state.step, epoch, "train", {"loss": mean})
             self.store.update_run(self.run_id, step=state.step, epoch=epoch)
+            usage = self.system.sample()
+            if usage:
+                self.store.log_metrics(self.run_id, state.step, epoch, system.SPLIT, usage)
         if self.bar is not None:
             self.bar.update(len(values))
             self.bar.set_postfix(loss=f"{mean:.4g}", epoch=epoch + 1)
