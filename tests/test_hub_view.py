@@ -146,7 +146,7 @@ def test_relative_export_goes_under_the_runs_folder_and_foreign_files_are_safe(
     with pytest.raises(gr.Error, match="a relative export name stays inside"):
         fns["hub_export"](run_id, "best", "../../escaped")
     assert not (Path(ctx.runs_dir).resolve().parent / "escaped").exists()
-    with pytest.raises(gr.Error, match="no run with id 'no-such-run'"):
+    with pytest.raises(gr.Error, match="no run matches 'no-such-run'"):
         fns["hub_export"]("no-such-run", "best", "other")
 
 
