@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -206,6 +207,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk (ENOSPC), a file-size limit (EFBIG), an I/O error: a message
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            print(
+                f"error: the disk is full or a file-size limit was reached{where} "
+                f"({exc.strerror or _one_line(exc)}); free some space and run again",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 def _one_line(exc: BaseException) -> str:
@@ -214,7 +226,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainers.runs.store import RunStore
-    from trainers.settings import validate_run
+    from trainers.settings import parse_run_settings, validate_run
     from trainers.training.loop import resume_config, train
 
     overrides = {
@@ -231,6 +243,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "precision": args.precision,
     }
     model_overrides = _parse_set(args.set)
+    # The flags go through the one validation layer before any store is opened: a refused value leaves
+    # no database or runs folder behind (a resumed or attached run is checked again with its config).
+    parse_run_settings(args.variant, args.preset, model=model_overrides or None, **overrides)
     # on a Ray node: a local store whose writes go home to the studio (trainers/runs/ray_sink.py)
     if args.sink:
         from trainers.runs.ray_sink import open_sink_store
@@ -269,6 +284,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if not Path(args.runs_dir).exists():
         raise FileNotFoundError(f"runs folder not found: {args.runs_dir}")
     with RunStore(args.runs_dir) as store:
+        _fail_vanished_runs(store)
         rows = []
         for run in store.list_runs():
             rows.append(
@@ -296,6 +312,60 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         if r["reason"]:
             print(f"    {r['reason']}")
     return 0
+
+
+# A trainer's process starts before it records the run as running; this covers clock ticks and slow starts.
+PROCESS_START_SLACK_S = 5.0
+
+
+def _trainer_alive(pid: int, run_id: str, started_at: float | None) -> bool:
+    """Whether process `pid` is alive and still the one training `run_id` (not a recycled pid): its command
+    line names the run, or it started before the run did. Without procfs a live pid is all there is."""
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc").is_dir():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        args = (proc / "cmdline").read_bytes().split(b"\0")
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, IndexError, ValueError, StopIteration):
+        return False
+    if state[0] in ("Z", "X"):
+        return False
+    if run_id.encode() in args:
+        return True
+    start = boot + int(state[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in clock ticks
+    return started_at is not None and start <= started_at + PROCESS_START_SLACK_S
+
+
+def _fail_vanished_runs(store: Any) -> None:
+    """Runs of this host recorded as `running` whose trainer process is gone (SIGKILL, a crash, a reboot) are
+    marked failed with the reason, as the studio does when it opens the folder."""
+    import socket
+
+    host = socket.gethostname()
+    for run in store.list_runs(statuses="running"):
+        if run.pid is None or run.host not in (None, host) or run.pid == os.getpid():
+            continue
+        if _trainer_alive(run.pid, run.id, run.started_at):
+            continue
+        hint = (
+            f"; `python -m trainers train {run.variant} --resume {run.id}` continues it"
+            if run.last_checkpoint
+            else ""
+        )
+        reason = f"trainer process {run.pid} is gone (killed or crashed) at step {run.step or 0}{hint}"
+        store.set_status(run.id, "failed", reason, from_statuses=("running",))
 
 
 def _json_default(v: Any) -> Any:
@@ -373,10 +443,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from trainers.evaluation.compare import markdown_report, run_compare, to_json, write_outputs
+    from trainers.settings import whole
     from trainers.training.progress import terminal_progress
 
-    if args.seed < 0:
-        raise ValueError(f"--seed must be a non-negative whole number, got {args.seed}")
+    whole("seed", args.seed)  # the bootstrap's generator takes seeds in [0, 2**32 - 1]
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     try:

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 
-from trainers.runs import media
 from trainers.runs.store import DB_NAME, MetricRow, RunRecord, RunStore
 
 FORMATS: tuple[str, ...] = ("csv", "jsonl", "tensorboard")
@@ -244,6 +243,8 @@ def _write_hparams(writer: Any, run: RunRecord, metric_tags: list[str]) -> None:
 
 
 def _write_media(writer: Any, run_folder: Path, image_module: Any) -> None:
+    from trainers.runs import media  # imports torch: only TensorBoard needs it, CSV and JSONL stay light
+
     index = media.read_index(run_folder)
     folder = media.media_folder(run_folder)
     for entry in index["entries"]:
