@@ -221,7 +221,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of `python app.py`; environment variables give the defaults (see --help)."""
     space = is_space()
     env_port = os.environ.get("GRADIO_SERVER_PORT")
-    parser = argparse.ArgumentParser(prog="python app.py", description=f"Serve the {TITLE}.")
+    from trainers.cli import prog_name
+
+    parser = argparse.ArgumentParser(prog=prog_name("python app.py"), description=f"Serve the {TITLE}.")
     parser.add_argument(
         "--host",
         default=os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if space else "127.0.0.1"),

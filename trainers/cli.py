@@ -31,8 +31,15 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def prog_name(module_form: str) -> str:
+    """The name --help shows: the console script a user typed (``ae-train``, ``ae-studio``), else the
+    ``python -m``/``python app.py`` form (argparse alone would say ``__main__.py``)."""
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return module_form if not invoked or invoked.endswith(".py") or invoked == "-c" else invoked
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog_name("python -m trainers"), description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub.add_parser("train", help="train one variant"))
     _add_resume(
@@ -192,6 +199,11 @@ def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private", action="store_true")
     p.add_argument("--branch")
     p.add_argument("--commit-message")
+    p.add_argument(
+        "--source-url",
+        help='the studio\'s source repository that the model card installs from (pip install "git+URL"); '
+        "default: the Space on a Space, else pyproject's [project.urls] Source",
+    )
     p.add_argument("--kind", choices=["best", "last"], default="best")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
 
