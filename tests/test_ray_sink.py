@@ -186,6 +186,18 @@ def test_a_fenced_attempt_writes_nothing_more_even_after_a_sink_restart(tmp_path
     assert sink.store.get_run(run_id).status == "queued"
 
 
+def test_a_resume_supersedes_the_killed_attempts_rows_in_the_studio_store(tmp_path) -> None:
+    """A resumed trainer's supersede travels in order with its rows: the studio's queries keep one row a
+    step, the resumed attempt's (the local store and the studio's agree)."""
+    sink = RunSink(str(tmp_path / "runs"))
+    run_id = sink.store.create_run("fragment-dae", "fragments", {}, run_id="resumed-1")
+    killed = [("log_metrics", (run_id, s, 0, "train", {"loss": 9.0}), {}) for s in (5, 10, 15)]
+    resumed = [("supersede_after", (run_id, 5), {})]
+    resumed += [("log_metrics", (run_id, s, 0, "train", {"loss": 1.0}), {}) for s in (10, 15)]
+    assert sink.apply(killed) == [] and sink.apply(resumed) == []
+    assert sink.store.metric_series(run_id, "loss", split="train") == [(5, 9.0), (10, 1.0), (15, 1.0)]
+
+
 def test_without_ray_the_sink_says_how_to_get_it(monkeypatch, capsys) -> None:
     """Without Ray the module imports and names sinks; asking for a sink says what to install (CLI too)."""
     from trainers import cli

@@ -45,7 +45,7 @@ PATH_FIELDS: tuple[str, ...] = ("best_checkpoint", "last_checkpoint", "log_path"
 CHECKPOINT_FIELDS: dict[str, str] = {"best_checkpoint": "best", "last_checkpoint": "last"}
 # Operations a trainer may batch into RunSink.apply (reads and admin calls are not among them).
 WRITE_OPS: frozenset[str] = frozenset(
-    {"create_run", "update_run", "set_status", "log_metrics", "put_files", "sync_files"}
+    {"create_run", "update_run", "set_status", "log_metrics", "supersede_after", "put_files", "sync_files"}
 )
 CONNECT_TIMEOUT_S = 60.0
 FLUSH_TIMEOUT_S = 120.0
@@ -281,6 +281,11 @@ class RunSink:
         self.counts["calls"] += 1
         self.store.log_metrics(run_id, step, epoch, split, values, time=time)
         self.counts["rows"] += len(values)
+
+    def supersede_after(self, run_id: str, step: int) -> int:
+        """As RunStore.supersede_after: a resumed trainer's rows past its checkpoint go out of every read."""
+        self.counts["calls"] += 1
+        return self.store.supersede_after(run_id, step)
 
     def put_files(self, run_id: str, folder: str, files: Mapping[str, bytes]) -> dict[str, Any]:
         """Atomically replace ``runs_dir/run_id/folder`` by ``files`` (see replace_folder)."""
@@ -862,6 +867,12 @@ class SinkStore(RunStore):
         super().log_metrics(run_id, step, epoch, split, values, time=stamp)
         plain = {str(k): float(v) for k, v in values.items()}  # tensors and numpy scalars as floats
         self._send("log_metrics", (run_id, step, epoch, split, plain), {"time": stamp})
+
+    def supersede_after(self, run_id: str, step: int) -> int:
+        # In order with the rows: the killed attempt's rows reached the studio before this resume's.
+        dropped = super().supersede_after(run_id, step)
+        self._send("supersede_after", (run_id, int(step)), {})
+        return dropped
 
     def _push_checkpoint(self, run_id: str, kind: str, path: Path, row: dict[str, Any]) -> None:
         local = (path if path.is_absolute() else Path.cwd() / path).resolve()
