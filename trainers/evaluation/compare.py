@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from trainers.data.files import folder_files
 from trainers.data.spec import DataSpec, default_data_spec, parse_data_spec
 from trainers.metrics import registry, sanity
 
@@ -979,7 +980,7 @@ def _load_data_spec(data: str | DataSpec | None, domain_hint: str | None) -> Dat
         )
     spec.check_paths()
     folder = spec.folder_path
-    if folder is not None and not any(p.is_file() for p in folder.rglob("*")):
+    if folder is not None and next(folder_files(folder), None) is None:
         raise ValueError(f"data folder {str(folder)!r} is empty: it holds no file")
     return spec
 
