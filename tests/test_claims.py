@@ -84,6 +84,10 @@ def test_claims_parse_in_ascii_and_in_maths():
             parse_claim(bad)
 
 
+def _by_seed(matrix):
+    return {seed: row for seed, row in enumerate(matrix)}
+
+
 def test_study_statistics_answer_the_built_in_claims():
     rng = np.random.default_rng(3)
     images = rng.normal(15, 2, size=8)
@@ -91,9 +95,9 @@ def test_study_statistics_answer_the_built_in_claims():
     residual = baseline + 2.0  # B beats the baseline by 2 dB: supported
     attention = residual + 0.05  # C is level with B: 0.5 dB not reached
     scores = {
-        "sar-baseline": {"psnr": baseline},
-        "sar-residual": {"psnr": residual},
-        "sar-attention": {"psnr": attention},
+        "sar-baseline": {"psnr": _by_seed(baseline)},
+        "sar-residual": {"psnr": _by_seed(residual)},
+        "sar-attention": {"psnr": _by_seed(attention)},
     }
     out = study_statistics(scores)
     verdicts = {c["claim"]: c["verdict"] for c in out["claims"]}
@@ -103,5 +107,20 @@ def test_study_statistics_answer_the_built_in_claims():
     }
     assert {r["name"]: r["seeds"] for r in out["rows"]} == dict.fromkeys(scores, 3)
     assert len(out["pairs"]) == 3
-    missing = study_statistics({"sar-baseline": {"psnr": baseline}})["claims"]
-    assert all(c["verdict"] == "not applicable" for c in missing)
+    missing = study_statistics({"sar-baseline": {"psnr": _by_seed(baseline)}})["claims"]
+    assert all(c["verdict"] == "not applicable" and "no runs of both" in c["reason"] for c in missing)
+
+
+def test_pairs_use_only_the_seeds_both_variants_ran():
+    a = {0: np.array([2.0, 3.0]), 1: np.array([2.0, 3.0]), 2: np.array([9.0, 9.0])}
+    b = {0: np.array([1.0, 2.0]), 1: np.array([1.0, 2.0])}  # seed 2 failed for b
+    out = study_statistics({"a": {"psnr": a}, "b": {"psnr": b}}, claims=[Claim("a", "b", 0.5, "psnr")])
+    [pair] = out["pairs"]
+    assert pair["diff"] == pytest.approx(1.0) and pair["seeds"] == 2
+    assert out["claims"][0]["verdict"] == "supported"
+    assert [r["seeds"] for r in out["rows"]] == [3, 2]
+    none = study_statistics({"a": {"psnr": {5: a[0]}}, "b": {"psnr": b}}, claims=[Claim("a", "b", 0, "psnr")])
+    assert (
+        none["claims"][0]["verdict"] == "not applicable"
+        and "share no training seed" in none["claims"][0]["reason"]
+    )

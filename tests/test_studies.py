@@ -149,6 +149,51 @@ def test_cli_study_trains_every_run_and_prints_the_study_as_json(tmp_path):
     assert seeds == [0, 1]
 
 
+def test_study_leaderboard_answers_claims_over_seeds_and_files(tmp_path):
+    """`compare --study`: every run of the study on the same files, a row per variant with its seeds, the
+    paired difference on the same seeds and files, and a user's claim answered from the interval."""
+    runs = tmp_path / "runs"
+    common = [
+        "--preset",
+        "smoke",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "4",
+        "--data",
+        TINY,
+        "--runs-dir",
+        str(runs),
+    ]
+    made = _cli(
+        "study", "fragment-dae", "fragment-dae-bytes", "--seeds", "2", "--jobs", "2", "--json", *common
+    )
+    assert made.returncode == 0, made.stderr
+    study = json.loads(made.stdout)["study"]
+    claim = "fragment-dae-bytes - fragment-dae >= 0.5 on accuracy"
+    data = "fragments:python,max_files=6,n=60"
+    proc = _cli(
+        "compare", "--study", study, "--runs-dir", str(runs), "--data", data, "--claim", claim, "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    [domain] = out["domains"]
+    assert domain["ci_unit"] == "file" and domain["n_units"] >= 2
+    rows = {r["name"]: r for r in domain["rows"]}
+    assert set(rows) == {"fragment-dae", "fragment-dae-bytes"} and {r["seeds"] for r in rows.values()} == {2}
+    [pair] = [p for p in domain["pairs"] if p["metric"] == "accuracy"]
+    lo, hi = pair["ci95"]
+    assert lo <= pair["diff"] <= hi and 0 < pair["p"] <= 1 and pair["seeds"] == 2
+    [answer] = domain["claims"]  # no SAR variant in this study: the design's SAR claims do not apply
+    # A half-point gain in byte accuracy is far beyond what 4 training steps give: the interval says so.
+    assert answer["claim"] == "fragment-dae-bytes − fragment-dae ≥ 0.5 on accuracy"
+    assert answer["verdict"] == "not supported" and answer["ci95"][1] < 0.5
+    text = _cli("compare", "--study", study, "--runs-dir", str(runs), "--data", data, "--claim", claim).stdout
+    assert "| fragment-dae-bytes | 2 |" in text and "**not supported**" in text
+    bad = _cli("compare", "--study", study, "--runs-dir", str(runs), "--claim", "a beats b")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: a claim reads")
+
+
 def test_cli_refuses_a_bad_study_in_one_line_and_creates_no_database(tmp_path):
     runs = tmp_path / "runs"
     proc = _cli("study", "fragment-dae", "--seeds", "0", "--runs-dir", str(runs))

@@ -151,7 +151,19 @@ def _add_compare(sub: Any) -> None:
         description="Evaluate every model on the same examples of one domain: per metric the mean with a "
         "95%% bootstrap CI over examples, plus parameters, bpp and inference time. See README, 'Compare'.",
     )
-    p.add_argument("sources", nargs="+", metavar="RUN_OR_CHECKPOINT", help="run ids or checkpoint folders")
+    p.add_argument("sources", nargs="*", metavar="RUN_OR_CHECKPOINT", help="run ids or checkpoint folders")
+    p.add_argument(
+        "--study",
+        metavar="ID",
+        help="the study leaderboard: every run of study ID, means over seeds, paired differences, claims",
+    )
+    p.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="'A - B >= D on METRIC'",
+        help="with --study: a claim to answer besides the design's (repeatable)",
+    )
     p.add_argument(
         "--data",
         help="data spec, e.g. sar:folder=PATH, audio:folder=PATH, fragments:folder=PATH or a built-in one "
@@ -511,6 +523,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     whole("seed", args.seed)  # the bootstrap's generator takes seeds in [0, 2**32 - 1]
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.study:
+        return _compare_study(args)
+    if args.claim:
+        raise ValueError("--claim needs --study: a claim is answered over a study's seeds")
     try:
         with terminal_progress("compare") as progress:
             result = run_compare(
@@ -534,6 +550,34 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.out:
         paths = write_outputs(result, args.out)
         print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def _compare_study(args: argparse.Namespace) -> int:
+    from trainers.evaluation.claims import parse_claim
+    from trainers.evaluation.study import compare_study, study_markdown
+    from trainers.training.progress import terminal_progress
+
+    if args.sources:
+        raise ValueError("give either run ids / checkpoints or --study, not both")
+    if args.baselines or args.out:
+        raise ValueError("--baselines and --out are for a leaderboard of runs; a study compares its own runs")
+    claims = [parse_claim(text) for text in args.claim]
+    with terminal_progress("study") as progress:
+        result = compare_study(
+            args.study,
+            args.runs_dir,
+            args.data,
+            claims,
+            seed=args.seed,
+            device=args.device,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+    print(
+        json.dumps(result, allow_nan=False) if args.json else study_markdown(result),
+        end="" if not args.json else "\n",
+    )
     return 0
 
 

@@ -123,37 +123,37 @@ def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, 
     return {"diff": mean, "ci95": [low, high], "p": paired_permutation_p(diff, seed=seed)}
 
 
+Scores = dict[str, dict[str, dict[int, np.ndarray]]]
+
+
+def _matrix(by_seed: dict[int, np.ndarray], seeds: list[int]) -> np.ndarray:
+    return np.asarray([np.asarray(by_seed[s], dtype=np.float64) for s in seeds])
+
+
 def study_statistics(
-    scores: dict[str, dict[str, np.ndarray]],
-    claims: tuple[Claim, ...] | list[Claim] = BUILT_IN_CLAIMS,
-    seed: int = 0,
+    scores: Scores, claims: tuple[Claim, ...] | list[Claim] = BUILT_IN_CLAIMS, seed: int = 0
 ) -> dict[str, Any]:
-    """Per group (variant or sweep value): ``scores[group][metric]`` is a seeds × units matrix, seeds in the
-    same order for every group (seed i of every group trained with the same seed) and units in the same
-    order. Returns rows (mean, interval, seeds), pairs (every pair of groups, every metric) and claims
-    (those whose groups and metric are present; the others are listed as not applicable)."""
+    """``scores[group][metric][training seed]`` is that run's per-unit values (units in the same order for
+    every run). Returns rows (mean and interval over the group's seeds × units), pairs (every two groups,
+    every metric, on the seeds both have) and claims (answered on the seeds both sides have; "not
+    applicable", with the reason, when a side or its metric is missing)."""
     rows = []
     for group, metrics in scores.items():
-        row = {"name": group, "seeds": 0, "metrics": {}}
-        for metric, matrix in metrics.items():
+        row: dict[str, Any] = {"name": group, "seeds": 0, "metrics": {}}
+        for metric, by_seed in metrics.items():
+            matrix = _matrix(by_seed, sorted(by_seed))
             mean, low, high = crossed_bootstrap(matrix, seed=seed)
             row["metrics"][metric] = {"mean": mean, "ci95": [low, high], "n": int(np.isfinite(matrix).sum())}
-            row["seeds"] = int(np.asarray(matrix).shape[0])
+            row["seeds"] = len(by_seed)
         rows.append(row)
     groups = list(scores)
     pairs = []
     for i, a in enumerate(groups):
         for b in groups[i + 1 :]:
             for metric in scores[a]:
-                if metric in scores[b] and np.shape(scores[a][metric]) == np.shape(scores[b][metric]):
-                    pairs.append(
-                        {
-                            "a": a,
-                            "b": b,
-                            "metric": metric,
-                            **paired_difference(scores[a][metric], scores[b][metric], seed),
-                        }
-                    )
+                paired = _paired(scores, a, b, metric, seed)
+                if "diff" in paired:
+                    pairs.append({"a": a, "b": b, "metric": metric, **paired})
     answered = []
     for claim in claims:
         entry = {
@@ -163,15 +163,21 @@ def study_statistics(
             "delta": claim.delta,
             "metric": claim.metric,
         }
-        a, b = scores.get(claim.a, {}), scores.get(claim.b, {})
-        if claim.metric not in a or claim.metric not in b:
-            entry.update(
-                verdict="not applicable", reason="the study has no runs of both variants with this metric"
-            )
-        elif np.shape(a[claim.metric]) != np.shape(b[claim.metric]):
-            entry.update(verdict="not applicable", reason="the two variants were not run on the same seeds")
-        else:
-            paired = paired_difference(a[claim.metric], b[claim.metric], seed)
+        paired = _paired(scores, claim.a, claim.b, claim.metric, seed)
+        if "diff" in paired:
             entry.update(paired, verdict=verdict(*paired["ci95"], claim.delta))
+        else:
+            entry.update(paired, verdict="not applicable")
         answered.append(entry)
     return {"rows": rows, "pairs": pairs, "claims": answered}
+
+
+def _paired(scores: Scores, a: str, b: str, metric: str, seed: int) -> dict[str, Any]:
+    """Paired difference a − b on the seeds both groups ran, or {"reason"} why there is none."""
+    if metric not in scores.get(a, {}) or metric not in scores.get(b, {}):
+        return {"reason": f"the study has no runs of both {a} and {b} with {metric}"}
+    common = sorted(set(scores[a][metric]) & set(scores[b][metric]))
+    if not common:
+        return {"reason": f"{a} and {b} share no training seed"}
+    out = paired_difference(_matrix(scores[a][metric], common), _matrix(scores[b][metric], common), seed)
+    return {**out, "seeds": len(common)}

@@ -996,11 +996,14 @@ def run_compare(
     batch_size: int = 8,
     progress: Progress | None = None,
     models: list[ModelSource] | None = None,
+    unit_scores: bool = False,
 ) -> dict[str, Any]:
     """The leaderboard as a JSON-ready dict (see the module docstring and README "Compare").
 
     `sources` are run ids (in `runs_dir`) or checkpoint folders; `models` may pass them already loaded
-    (the studio's cache). Bad input raises ValueError / FileNotFoundError with a message for the user.
+    (the studio's cache). With `unit_scores`, each model's mean per unit (image, recording, file) is kept
+    too, for the study leaderboard's seeds × units statistics. Bad input raises ValueError /
+    FileNotFoundError with a message for the user.
     """
     from trainers.training.loop import resolve_device
     from trainers.training.tasks import task_for
@@ -1068,6 +1071,9 @@ def run_compare(
         "rows": [_summarise(r, seed, metrics, groups, units) for r in rows],
         "pairs": _pairs(rows, metrics, units, seed, trivial),
     }
+    if unit_scores:
+        result["unit_ids"] = [str(u) for u in np.unique(units)]
+        result["unit_scores"] = {r.name: _unit_means(r, metrics, units) for r in rows if r.kind != "codec"}
     _bjontegaard(result, extra.get("rd_sweep") or [])
     if groups is not None:
         result["types"] = {t: int(mask.sum()) for t, mask in groups.items()}
@@ -1076,6 +1082,24 @@ def run_compare(
         result["skipped_files"] = skipped_files
     progress(1.0, "done")
     return _json_safe(result)
+
+
+def _unit_means(row: Row, metrics: Sequence[str], units: np.ndarray) -> dict[str, list[float]]:
+    """Each metric's mean over the examples of each unit, units in ``np.unique`` order (NaN where a unit
+    has no finite value)."""
+    ids = np.unique(units)
+    out = {}
+    for m in metrics:
+        if m not in row.values:
+            continue
+        values = np.asarray(row.values[m], dtype=np.float64)
+        means = []
+        for u in ids:
+            picked = values[units == u]
+            picked = picked[np.isfinite(picked)]
+            means.append(float(picked.mean()) if picked.size else math.nan)
+        out[m] = means
+    return out
 
 
 def _whole_image_spec(spec: DataSpec) -> DataSpec:
