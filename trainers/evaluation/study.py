@@ -138,7 +138,7 @@ def study_markdown(result: dict[str, Any]) -> str:
                 )
         lines += ["", "Claims:", ""]
         if not d["claims"]:
-            lines.append("- none here (the design's claims are about SAR variants; add your own with --claim)")
+            lines.append("- none here (the design's claims are on SAR variants; add yours with --claim)")
         for c in d["claims"]:
             detail = (
                 c.get("reason") or f"a − b = {_fmt(c['diff'])} [{_fmt(c['ci95'][0])}, {_fmt(c['ci95'][1])}]"
