@@ -172,15 +172,21 @@ class JobManager:
     def submit(self, variant: str, preset: str = "smoke", **settings: Any) -> str:
         """Validate the settings, queue a run with its full config and return the run id.
 
-        `settings` are those of `check` plus `owner` (who may cancel the run on a public Space).
+        `settings` are those of `check` plus `owner` (the visitor whose run it is on a public Space) and
+        `address` (the client address it comes from: a Space counts its jobs against it too), and the
+        person's labels `name`, `tags` and `note` (checked first, stored with the run).
         """
         self._check_open()
         settings = dict(settings)
         owner = settings.pop("owner", None)
+        address = settings.pop("address", None)
+        labels = check_labels(
+            settings.pop("name", None), settings.pop("tags", None), settings.pop("note", None)
+        )
         cfg = self.check(variant, preset, **settings)
         if self.space_limits is not None:
             cfg = self.space_limits.apply(cfg)
-            self.policy.admit(owner, self.store.list_runs(statuses=ACTIVE))
+            self.policy.admit(owner, self.store.list_runs(statuses=ACTIVE), address)
         if self._scheduler.has_gpu() and cfg.device != "cpu":
             self._packing.budget(cfg.to_dict())  # counted now in the caller's thread, not under the lock
         # The trainer attached with --run-id starts from this stored config, so every setting reaches it
@@ -188,6 +194,9 @@ class JobManager:
         run_id = self.store.create_run(variant, cfg.domain, cfg.to_dict(), status="queued")
         if owner:
             self.store.update_run(run_id, owner=str(owner))
+        if labels:
+            self.store.set_labels(run_id, **labels)
+        self.policy.remember_address(run_id, address)
         with self._lock:
             self._watched.submitted.add(run_id)
         self._scheduler.wake.set()
@@ -203,23 +212,28 @@ class JobManager:
 
         return validate_run(variant, preset, has_gpu=self._scheduler.has_gpu(), **settings)
 
-    def resume(self, run_id: str, requester: str | None = None) -> str:
+    def resume(self, run_id: str, requester: str | None = None, address: str | None = None) -> str:
         """Queue an ended run (failed or cancelled) to continue from its last checkpoint; returns a message.
 
         The trainer starts with ``--resume``: same run id, its curves go on from the checkpoint's step.
-        `requester` (the browser session on a public Space) may resume only the runs it submitted.
+        `requester` (the visitor on a public Space) may resume only the runs they launched, within the
+        Space's caps (`address`: the client address it comes from).
         """
         self._check_open()
         run = self.store.get_run(run_id)
-        if run is None:
-            raise ValueError(f"no run with id {run_id!r} in {self.runs_dir}")
+        if run is None or not self.policy.may_see(run, requester):
+            where = "here" if self.policy.private else f"in {self.runs_dir}"
+            raise ValueError(f"no run with id {run_id!r} {where}")
         self.policy.check_may_act(run, requester, "resume")
+        if self.space_limits is not None:
+            self.policy.admit(run.owner, self.store.list_runs(statuses=ACTIVE), address)
         if run.status not in ("failed", "cancelled"):
             raise ValueError(f"run {run_id} is {run.status}; only a failed or cancelled run can be resumed")
         if not run.last_checkpoint:
             raise ValueError(f"run {run_id} saved no 'last' checkpoint, so there is nothing to resume from")
         if not self.store.set_status(run_id, "queued", RESUME_REASON, from_statuses=("failed", "cancelled")):
             raise ValueError(f"run {run_id} changed status meanwhile; try again")
+        self.policy.remember_address(run_id, address)
         with self._lock:
             self._watched.submitted.add(run_id)
         self._scheduler.wake.set()
@@ -276,8 +290,10 @@ class JobManager:
                 return backend.describe_stop(job, self.cancel_grace)
         return f"Run {run_id} kept changing status; try again."
 
-    def jobs(self) -> list[dict[str, Any]]:
-        """One row per run, newest first, for the jobs table.
+    def jobs(self, requester: str | None = None) -> list[dict[str, Any]]:
+        """One row per run, newest first, for the jobs table; on a public Space a `requester` (the visitor
+        asking) gets full rows of their own runs only, and other visitors' queued and running jobs as
+        anonymous queue entries (id "", ``anonymous`` True, status and queue place only).
 
         Keys: id, variant, domain, status, epoch, step, metric ("val/<name>" of the domain's key metric),
         best (its best value so far or None), elapsed (seconds since the start, None while queued),
@@ -285,10 +301,19 @@ class JobManager:
         labels name, tags, note; the settings (`studio.progress.SETTINGS`);
         progress (`studio.progress.progress`: epoch_now, epochs, total_steps, percent, steps_per_s, eta_s),
         queue_position (1 = next to start; None unless queued), queue_wait_s (its estimated longest wait on
-        a public Space, see `queue_wait`), and for running trainers of this host
+        a public Space, see `queue_wait`), time_limit_s (a Space's wall-time limit of every job), and for
+        running trainers of this host
         cpu_percent, rss_bytes and, where NVML is present, gpu_index, gpu_util_percent, gpu_memory_bytes.
         """
-        return job_rows(self.store, self.host, bool(self.gpus), self.queue_wait)
+        policy = self.policy
+        visible = None
+        if requester is not None and policy.private:
+            visible = lambda run: policy.may_see(run, requester)  # noqa: E731
+        rows = job_rows(self.store, self.host, bool(self.gpus), self.queue_wait, visible)
+        if self.space_limits is not None:  # every job stops there: the table warns of an ETA beyond it
+            for row in rows:
+                row["time_limit_s"] = float(self.space_limits.max_seconds)
+        return rows
 
     def queue_wait(self, place: int | None) -> float | None:
         """Estimated longest wait in seconds of the run at `place` in the queue (1 = next), on a public Space
@@ -408,6 +433,29 @@ def _detect_gpus() -> list[int]:
     except Exception:  # a broken CUDA install must not stop the studio: train on CPU
         log.warning("could not count CUDA devices; training on CPU", exc_info=True)
         return []
+
+
+def check_labels(name: Any = None, tags: Any = None, note: Any = None) -> dict[str, Any]:
+    """A run's labels as ``RunStore.set_labels`` takes them (blank ones left out), or a ValueError with a
+    message; checked before a run is queued, so a bad label launches nothing."""
+    from trainers.store import NAME_MAX_CHARS, NOTE_MAX_CHARS, check_tags
+
+    labels: dict[str, Any] = {}
+    for what, value, limit in (("name", name, NAME_MAX_CHARS), ("note", note, NOTE_MAX_CHARS)):
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f"the run's {what} must be text, got {type(value).__name__}")
+        text = value.strip()
+        if what == "name" and ("\n" in text or "\r" in text):
+            raise ValueError("the run's name must be one line")
+        if len(text) > limit:
+            raise ValueError(f"the run's {what} is {len(text)} characters long; at most {limit}")
+        if text:
+            labels[what] = text
+    if tags not in (None, "", []):
+        labels["tags"] = check_tags(tags)
+    return labels
 
 
 def _checked_settings(

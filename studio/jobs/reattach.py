@@ -49,12 +49,13 @@ class Reattacher:
     def finish(self, job: Job, ended: Ended) -> None:
         """The job's trainer is gone: give the run an end status unless the trainer wrote one."""
         run = self.store.get_run(job.run_id)
-        if run is None or run.is_terminal:
-            return
-        if job.time_limited:
+        if run is not None and job.time_limited and run.status in (*ACTIVE, "cancelled"):
+            # The trainer obeys the stop as a cancel ("signal during a training step"): say why it came.
             self.store.set_status(
-                job.run_id, "cancelled", self.policy.time_limit_reason(), from_statuses=ACTIVE
+                job.run_id, "cancelled", self.policy.time_limit_reason(), from_statuses=(*ACTIVE, "cancelled")
             )
+            return
+        if run is None or run.is_terminal:
             return
         if job.cancel_requested or ended.stopped:
             self.store.set_status(job.run_id, "cancelled", f"cancelled ({ended.what})", from_statuses=ACTIVE)

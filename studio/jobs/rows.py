@@ -30,11 +30,29 @@ def key_metric(store: RunStore, run: RunRecord) -> tuple[str | None, float | Non
     return f"val/{names[0]}", None
 
 
+def anonymous_row(run: RunRecord, place: int | None, wait: float | None) -> dict[str, Any]:
+    """Another visitor's queued or running job as the jobs table shows it on a Space: no id, name, labels,
+    settings or owner, only that it holds a place in the queue."""
+    return {
+        "id": "",
+        "anonymous": True,
+        "status": run.status,
+        "domain": None,
+        "queue_position": place,
+        "queue_wait_s": wait,
+    }
+
+
 def job_rows(
-    store: RunStore, host: str, has_gpus: bool, queue_wait: Callable[[int | None], float | None]
+    store: RunStore,
+    host: str,
+    has_gpus: bool,
+    queue_wait: Callable[[int | None], float | None],
+    visible: Callable[[RunRecord], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per run, newest first (see ``JobManager.jobs`` for the keys); `host` is this machine's name,
-    `queue_wait` the estimated wait of a queue place."""
+    `queue_wait` the estimated wait of a queue place; runs that are not `visible` (to the visitor asking)
+    are left out, or anonymous rows while queued or running."""
     from studio.progress import SETTINGS, gpu_usage, process_usage, progress, queue_positions
 
     now = time.time()
@@ -44,6 +62,10 @@ def job_rows(
     local = [r.pid for r in runs if r.status == "running" and r.pid and r.host in (None, host)]
     gpus = gpu_usage(local) if has_gpus else {}
     for run in runs:
+        if visible is not None and not visible(run):
+            if run.status in ("queued", "running"):
+                rows.append(anonymous_row(run, places.get(run.id), queue_wait(places.get(run.id))))
+            continue
         metric, best = key_metric(store, run)
         elapsed = None
         if run.started_at is not None:

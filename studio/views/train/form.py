@@ -12,7 +12,8 @@ import gradio as gr
 from models import VARIANTS
 from studio.context import StudioContext
 from studio.curves import is_finite_number
-from studio.views.train.session import _blank
+from studio.jobs import check_labels
+from studio.views.train.session import _blank, job_rows
 from studio.views.train.table import format_elapsed
 from trainers.config import PRESETS, make_config
 from trainers.dataspec import parse_data_spec
@@ -101,10 +102,16 @@ def launch_runs(
     owner: str | None = None,
     precision: Any = "auto",
     compile: Any = False,
+    address: str | None = None,
+    name: Any = "",
+    tags: Any = "",
+    note: Any = "",
 ) -> list[str]:
     """Queue one run per chosen variant; every setting is checked first, so bad input launches nothing.
 
-    `owner` (the browser session, on a public Space) is recorded so only that visitor can cancel the runs.
+    `owner` (the visitor, on a public Space) is recorded: the runs are theirs alone to see and act on;
+    `address` (their client address) counts them against the Space's per-address cap too. `name`, `tags`
+    and `note` are stored with the runs (with several variants each name is followed by its variant).
     """
     chosen = _chosen_variants(variants)
     if preset not in PRESETS:
@@ -139,12 +146,18 @@ def launch_runs(
         settings["compile"] = compile
     for variant in chosen:  # every variant's settings are checked before the first one is queued
         ctx.jobs.check(variant, preset, **settings)
-    if owner:
+    labels = check_labels(name, tags, note)
+    if owner is not None:
         settings["owner"] = owner
+    if address:
+        settings["address"] = address
     queued: list[str] = []
     for variant in chosen:
         try:
-            queued.append(ctx.jobs.submit(variant, preset, **settings))
+            named = dict(labels)
+            if "name" in named and len(chosen) > 1:
+                named["name"] = f"{named['name']} · {variant}"
+            queued.append(ctx.jobs.submit(variant, preset, **settings, **named))
         except (ValueError, FileNotFoundError) as exc:  # checked above, so only a change meanwhile gets here
             done = f" (already queued: {', '.join(queued)})" if queued else ""
             raise type(exc)(f"{variant}: {exc}{done}") from exc
@@ -156,7 +169,7 @@ def queue_note(ctx: StudioContext, run_ids: Sequence[str]) -> str:
     public Space, where every job has a time limit; "" elsewhere or when none waits."""
     if not ctx.space or ctx.jobs is None:
         return ""
-    rows = {row["id"]: row for row in ctx.jobs.jobs() if row.get("id") in run_ids}
+    rows = {row["id"]: row for row in job_rows(ctx) if row.get("id") in run_ids}
     for run_id in run_ids:
         row = rows.get(run_id, {})
         place, wait = row.get("queue_position"), row.get("queue_wait_s")
@@ -215,7 +228,8 @@ def _launch_form(ctx: StudioContext) -> SimpleNamespace:
                     presets,
                     value="smoke",
                     label="Preset",
-                    info="smoke: small and quick on a CPU; full: the full-size models and batch sizes",
+                    info="smoke: small and quick on a CPU"
+                    + ("" if ctx.space else "; full: the full-size models and batch sizes"),
                 )
                 ui.device = gr.Radio(
                     ["auto", "cpu", "cuda"], value="auto", label="Device", visible=bool(gpus)
@@ -248,8 +262,23 @@ def _launch_form(ctx: StudioContext) -> SimpleNamespace:
                 "",
                 label="Data spec",
                 info="blank: the preset's built-in data",
-                placeholder="e.g. sar:folder=/data/s1 or fragments:folder=/data/files,max_files=500",
+                placeholder=(  # a Space reads no server folder (SpaceLimits.apply)
+                    "e.g. sar:synthetic,n=200 or fragments:python,max_files=50"
+                    if ctx.space
+                    else "e.g. sar:folder=/data/s1 or fragments:folder=/data/files,max_files=500"
+                ),
                 elem_id="train-data",
+            )
+            # The person's labels, stored with the runs at launch (W&B's init(name, tags, notes)).
+            with gr.Row():
+                ui.run_name = gr.Textbox(
+                    "", label="Name", placeholder="e.g. lr sweep 3e-4", elem_id="train-launch-name"
+                )
+                ui.run_tags = gr.Textbox(
+                    "", label="Tags", placeholder="e.g. sweep, baseline", elem_id="train-launch-tags"
+                )
+            ui.run_note = gr.Textbox(
+                "", label="Note", placeholder="what these runs try", elem_id="train-launch-note"
             )
             ui.launch = gr.Button("Launch", variant="primary", elem_id="train-launch")
             ui.status = gr.Markdown(label="Status", elem_id="train-status")

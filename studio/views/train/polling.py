@@ -18,13 +18,14 @@ from studio.views.train.panels import (
     initial_curve_runs,
     view_js,
 )
-from studio.views.train.run_actions import log_tail
+from studio.views.train.run_actions import RESUMABLE, log_tail
 from studio.views.train.session import (
     DEFAULT_METRIC,
     POLL_SECONDS,
     TrainSession,
     _blank,
     _rows_by_id,
+    job_rows,
 )
 from studio.views.train.table import job_table
 
@@ -47,10 +48,11 @@ def poll(
 ) -> dict[str, Any]:
     """One tick of the page: what changed since this session's last look (others are ``gr.skip()``);
     `requester` is the visitor on a public Space, who sees only their own runs' logs."""
-    rows = _rows_by_id(ctx)
+    every = job_rows(ctx)
+    rows = _rows_by_id(ctx, every)
     out: dict[str, Any] = {}
     try:
-        table, ids = job_table(list(rows.values()), query or "", order or "newest")
+        table, ids = job_table(every, query or "", order or "newest")
     except ValueError:
         table, ids = state.table, state.table_ids
     out["table"] = gr.skip() if table == state.table else table
@@ -67,7 +69,7 @@ def poll(
         )
     except ValueError:  # a bad selection; the curves event has already said so
         out["plots"], out["caption"] = [gr.skip()] * len(metrics), gr.skip()
-    out["log"] = out["cancel"] = gr.skip()
+    out["log"] = out["cancel"] = out["resume"] = gr.skip()
     if not _blank(run_id):
         try:
             text = log_tail(ctx, run_id, requester=requester)
@@ -80,6 +82,10 @@ def poll(
         if enabled != state.cancel_enabled:
             state.cancel_enabled = enabled
             out["cancel"] = gr.update(interactive=enabled)
+        resumable = row is not None and row.get("status") in RESUMABLE
+        if resumable != state.resume_enabled:
+            state.resume_enabled = resumable
+            out["resume"] = gr.update(interactive=resumable)
     names = tuple(sorted({DEFAULT_METRIC, *state.cache.metric_names(runs or [])}))
     out["metric_choices"] = gr.skip()
     if names != state.metrics:
@@ -108,11 +114,11 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
                 values[:n],
                 values[n:],
                 run_id,
-                ctx.visitor(),  # the visitor of the Gradio event being handled (None off a Space)
+                ctx.requester(),  # the visitor of the Gradio event being handled (None off a Space)
             )
         except Exception:  # noqa: BLE001 - a failing poll must not put an error on the page every 2 s
             log.exception("Train tab poll failed")
-            return (*[gr.skip()] * (6 + 2 * n), state)
+            return (*[gr.skip()] * (7 + 2 * n), state)
         return (
             out["table"],
             out["choices"],
@@ -122,6 +128,7 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
             out["caption"],
             out["log"],
             out["cancel"],
+            out["resume"],
             state,
         )
 
@@ -148,6 +155,7 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
             curves.caption,
             jobs.log,
             jobs.cancel,
+            jobs.resume,
             session,
         ],
         js=view_js({7 + n + i: i for i in range(n)}),
@@ -160,9 +168,10 @@ def _wire_load(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
     """Fill the table, pickers and panels when the page opens, not on the first tick."""
 
     def load(state: TrainSession):
-        rows = _rows_by_id(ctx)
+        every = job_rows(ctx)
+        rows = _rows_by_id(ctx, every)
         state.run_ids = tuple(rows)
-        state.table, state.table_ids = job_table(list(rows.values()))
+        state.table, state.table_ids = job_table(every)
         plotted = initial_curve_runs(list(rows.values()))
         ids = list(state.run_ids)
         domain = rows[plotted[0]].get("domain") if plotted else None

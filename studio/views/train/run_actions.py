@@ -51,3 +51,21 @@ def log_tail(ctx: StudioContext, run_id: Any, lines: int = LOG_LINES, requester:
     if run is None or run.status == "queued":
         return "(no log yet: the run has not started)"
     return "(no log here: this run was started outside the studio, e.g. `python -m trainers train`)"
+
+
+#: The statuses of a run that can be resumed from its last checkpoint (a killed trainer's run ends failed).
+RESUMABLE = ("failed", "cancelled")
+
+
+def resume_run(
+    ctx: StudioContext, run_id: Any, requester: str | None = None, address: str | None = None
+) -> str:
+    """Queue a failed or cancelled run to go on from its last checkpoint (``JobManager.resume``: its trainer
+    starts with ``--resume``); the answer is the message for the user.
+
+    On a public Space `requester` (the visitor) may resume only their own runs, within the Space's caps."""
+    if _blank(run_id):
+        raise ValueError("No run selected: pick a failed or cancelled run in the jobs table to resume.")
+    if ctx.jobs is None:
+        raise ValueError("this studio has no job manager; start it with `python app.py`")
+    return str(ctx.jobs.resume(str(run_id), requester=requester if ctx.space else None, address=address))

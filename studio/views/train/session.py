@@ -36,18 +36,26 @@ class TrainSession:
     table_ids: list[str] = field(default_factory=list)
     x_axis: str = "step"
     cancel_enabled: bool | None = None
+    resume_enabled: bool | None = None
     panels_domain: str | None = None  # the domain whose default metrics the panels were last given
 
 
-def _rows_by_id(ctx: StudioContext) -> dict[str, dict[str, Any]]:
-    return {row["id"]: row for row in (ctx.jobs.jobs() if ctx.jobs is not None else [])}
+def job_rows(ctx: StudioContext) -> list[dict[str, Any]]:
+    """The jobs rows the visitor asking may see (``JobManager.jobs``): on a public Space their own runs,
+    and other visitors' queued or running jobs as anonymous entries (id "")."""
+    return ctx.jobs.jobs(ctx.requester()) if ctx.jobs is not None else []
+
+
+def _rows_by_id(ctx: StudioContext, rows: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """The visitor's runs' rows by id (anonymous entries left out)."""
+    return {row["id"]: row for row in (job_rows(ctx) if rows is None else rows) if row.get("id")}
 
 
 def _session(ctx: StudioContext, request: gr.Request | None) -> str | None:
-    """Who is asking, on a public Space (None elsewhere: a local studio has one user): the visitor's HF
-    login, else the id their browser keeps (it survives a reload), else the page session; see
-    ``StudioContext.visitor``."""
-    return ctx.visitor(request) if ctx.space and request is not None else None
+    """Who is asking (``StudioContext.requester``): None off a public Space (a local studio has one user);
+    on a Space the visitor's HF login, else the id their browser keeps (it survives a reload), else the page
+    session, else ``NOBODY`` (owns no run)."""
+    return ctx.requester(request) if ctx.space else None
 
 
 def _warn(exc: Exception) -> str:

@@ -69,6 +69,8 @@ def format_bytes(value: Any) -> str:
 def progress_text(row: Mapping[str, Any]) -> str:
     """ "epoch 3 / 20 · 14%", or the queue place of a queued run ("queued · #2 in line"), with its estimated
     wait on a public Space ("queued · #2 in line · wait ≤ ~10m 00s (est.)")."""
+    if row.get("anonymous") and row.get("status") == "running":
+        return "running"
     if row.get("status") == "queued":
         place = row.get("queue_position")
         if not place:
@@ -93,6 +95,9 @@ def speed_text(row: Mapping[str, Any]) -> str:
     text = f"{rate:.3g} steps/s"
     if row.get("status") == "running" and is_finite_number(row.get("eta_s")):
         text += f" · ETA {format_elapsed(row['eta_s'])}"
+        limit, elapsed = row.get("time_limit_s"), row.get("elapsed") or 0.0
+        if is_finite_number(limit) and elapsed + row["eta_s"] > limit:  # a Space stops every job there
+            text += f" ⚠ past the {format_elapsed(limit)} limit: it stops early"
     return text
 
 
@@ -139,6 +144,9 @@ def _setting(value: Any, kind: str = "") -> str:
 
 def job_row(row: Mapping[str, Any]) -> list[Any]:
     """One job manager row as a table row under ``JOB_HEADERS``."""
+    if row.get("anonymous"):  # another visitor's job on a public Space: only its place in the queue
+        cells = ["<i>another visitor's job</i>", "–", row.get("status"), progress_text(row)]
+        return cells + ["–"] * (len(JOB_HEADERS) - len(cells))
     note = " · ".join(str(part) for part in (row.get("note"), row.get("reason")) if part)
     if len(note) > NOTE_CHARS:
         note = note[: NOTE_CHARS - 1] + "…"
@@ -259,7 +267,10 @@ def _jobs_section() -> SimpleNamespace:
             elem_id="train-selected",
         )
         with gr.Column(scale=2, min_width=200):
-            ui.cancel = gr.Button("Cancel run", variant="stop", elem_id="train-cancel", interactive=False)
+            with gr.Row():
+                ui.cancel = gr.Button("Cancel run", variant="stop", elem_id="train-cancel", interactive=False)
+                # A failed or cancelled run goes on from its last checkpoint (JobManager.resume).
+                ui.resume = gr.Button("Resume run", elem_id="train-resume", interactive=False)
             ui.cancel_status = gr.Markdown(label="Cancel status", elem_id="train-cancel-status")
     with gr.Row(equal_height=True):
         ui.name = gr.Textbox(

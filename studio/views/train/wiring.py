@@ -10,6 +10,7 @@ import gradio as gr
 
 from studio.context import StudioContext
 from studio.curves import check_x_axis
+from studio.jobs.policy import client_address
 from studio.views.train.form import _launch_form, launch_runs, plot_selection, preset_summary, queue_note
 from studio.views.train.media import build_media_section
 from studio.views.train.panels import (
@@ -21,8 +22,8 @@ from studio.views.train.panels import (
     view_js,
 )
 from studio.views.train.polling import _wire_load, _wire_poll
-from studio.views.train.run_actions import cancel_run, log_tail, set_run_labels
-from studio.views.train.session import TrainSession, _blank, _rows_by_id, _session, _warn
+from studio.views.train.run_actions import RESUMABLE, cancel_run, log_tail, resume_run, set_run_labels
+from studio.views.train.session import TrainSession, _blank, _rows_by_id, _session, _warn, job_rows
 from studio.views.train.table import _jobs_section, job_table
 
 CSS = """
@@ -65,7 +66,10 @@ def _wire_launch(
         compile=False,
         plotted_runs=None,
         state: TrainSession | None = None,
-        request: gr.Request | None = None,
+        request: gr.Request | None = None,  # Gradio passes it here; the inputs after it follow
+        name="",
+        tags="",
+        note="",
     ):
         try:
             launched = launch_runs(
@@ -81,6 +85,10 @@ def _wire_launch(
                 _session(ctx, request),
                 precision,
                 compile,
+                client_address(request) if ctx.space and request is not None else None,
+                name,
+                tags,
+                note,
             )
         except (ValueError, FileNotFoundError) as exc:
             return _warn(exc), gr.skip(), gr.skip(), state
@@ -100,6 +108,14 @@ def _wire_launch(
         choices = list(state.run_ids)
         return gr.update(choices=choices), gr.update(choices=choices), *updates, state
 
+    # The status says a launch is under way at once, not the previous launch's "Queued ... id".
+    form.launch.click(
+        lambda: "⏳ Launching…",
+        outputs=form.status,
+        queue=False,
+        api_visibility="private",
+        show_progress="hidden",
+    )
     form.launch.click(
         launch,
         inputs=[
@@ -115,6 +131,9 @@ def _wire_launch(
             form.compile,
             curves.runs,
             session,
+            form.run_name,
+            form.run_tags,
+            form.run_note,
         ],
         outputs=[form.status, curves.runs, jobs.selected, session],
         api_name="launch",
@@ -132,7 +151,7 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
 
     def jobs() -> list[dict[str, Any]]:
         """Every run, newest first: the job manager's rows (id, variant, status, progress, settings...)."""
-        return ctx.jobs.jobs() if ctx.jobs is not None else []
+        return job_rows(ctx)
 
     gr.api(jobs, api_name="jobs", concurrency_limit=None)
 
@@ -144,6 +163,17 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
 
     ui.cancel.click(
         cancel, inputs=ui.selected, outputs=ui.cancel_status, api_name="cancel", concurrency_limit=4
+    )
+
+    def resume(run_id: str, request: gr.Request) -> str:
+        try:
+            address = client_address(request) if ctx.space else None
+            return resume_run(ctx, run_id, _session(ctx, request), address)
+        except (ValueError, FileNotFoundError, PermissionError) as exc:
+            return _warn(exc)
+
+    ui.resume.click(
+        resume, inputs=ui.selected, outputs=ui.cancel_status, api_name="resume", concurrency_limit=4
     )
 
     def set_labels(run_id: str, name: str, tags: str, note: str) -> str:
@@ -174,15 +204,27 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
         except (ValueError, FileNotFoundError) as exc:
             text = _warn(exc)
         state.log = text
-        run = None if _blank(run_id) else ctx.store.get_run(str(run_id))
+        run = None if _blank(run_id) else ctx.store.get_run(str(run_id))  # another visitor's: None
         state.cancel_enabled = run is not None and not run.is_terminal
+        state.resume_enabled = run is not None and run.status in RESUMABLE
         labels = [run.name or "", ", ".join(run.tags), run.note or ""] if run else ["", "", ""]
-        return text, gr.update(interactive=state.cancel_enabled), "", *labels, "", state
+        buttons = [gr.update(interactive=state.cancel_enabled), gr.update(interactive=state.resume_enabled)]
+        return text, *buttons, "", *labels, "", state
 
     ui.selected.change(
         show_run,
         inputs=[ui.selected, session],
-        outputs=[ui.log, ui.cancel, ui.cancel_status, ui.name, ui.tags, ui.note, ui.labels_status, session],
+        outputs=[
+            ui.log,
+            ui.cancel,
+            ui.resume,
+            ui.cancel_status,
+            ui.name,
+            ui.tags,
+            ui.note,
+            ui.labels_status,
+            session,
+        ],
         api_visibility="private",
     )
 
@@ -196,7 +238,7 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
 
     def refilter(query: str, order: str, state: TrainSession):
         try:
-            table, ids = job_table(list(_rows_by_id(ctx).values()), query, order)
+            table, ids = job_table(job_rows(ctx), query, order)
         except ValueError as exc:
             _warn(exc)
             return gr.skip(), state
