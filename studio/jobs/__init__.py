@@ -8,9 +8,10 @@ trainers send their results home through a sink actor). Because everything it ne
 app can restart while jobs train: a new manager re-attaches to them (by pid, or by Ray submission id).
 
 ``JobManager`` is the facade the studio calls; its parts, one responsibility each:
-``scheduler`` (the queue, FIFO starts and GPU packing, the scheduler thread), ``policy`` (ownership and the
-Space's limits: who may act on which run, the queue's caps, the wall-time limit), ``reattach`` (end statuses
-of trainers that died, re-attach to running runs no one watches) and ``rows`` (the jobs table's rows).
+``scheduler`` (the queue, FIFO starts, the scheduler thread) with ``packing`` (which GPU a job fits on),
+``policy`` (ownership and the Space's limits: who may see and act on which run, the queue's caps, the
+wall-time limit), ``reattach`` (the watched trainers, end statuses of trainers that died, re-attach to
+running runs no one watches) and ``rows`` (the jobs table's rows).
 """
 
 from __future__ import annotations
@@ -28,20 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from studio.backends.base import Job, JobBackend, describe_host
 from studio.backends.local import PROJECT_ROOT, LocalBackend
-from studio.jobs.policy import OwnershipPolicy, SpaceLimits
-from studio.jobs.reattach import _DETACHED, SWEEP_EVERY_S, UNCLAIMED_PID_GRACE_S, Reattacher
+from studio.jobs.packing import _BUDGETS, GPU_MEMORY_USABLE, GpuPacking
+from studio.jobs.policy import ACTIVE, OwnershipPolicy, SpaceLimits
+from studio.jobs.reattach import _DETACHED, SWEEP_EVERY_S, UNCLAIMED_PID_GRACE_S, Reattacher, Watched
 from studio.jobs.rows import KEY_METRICS, job_rows
-from studio.jobs.scheduler import (
-    _BUDGETS,
-    ACTIVE,
-    FOREIGN_QUEUED_MIN_AGE_S,
-    GPU_MEMORY_USABLE,
-    RESUME_REASON,
-    STARTING_REASON,
-    GpuPacking,
-    Scheduler,
-    Watched,
-)
+from studio.jobs.scheduler import FOREIGN_QUEUED_MIN_AGE_S, RESUME_REASON, STARTING_REASON, Scheduler
 from trainers.store import RunStore
 
 if TYPE_CHECKING:  # trainers.config imports torch; the job manager does not need it at import time

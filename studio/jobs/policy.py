@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 #: The requester of a request whose visitor cannot be told: no run is theirs.
 NOBODY = ""
+#: The statuses of a run that holds a place in the queue (counted by the Space's caps).
+ACTIVE: tuple[str, ...] = ("queued", "running")
 
 
 @dataclass(frozen=True)

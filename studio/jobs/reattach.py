@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from typing import TYPE_CHECKING
 
 from studio.backends.base import Ended, Job
 from studio.backends.local import reason_tail
-from studio.jobs.scheduler import ACTIVE
+from studio.jobs.policy import ACTIVE
 
 if TYPE_CHECKING:
+    from studio.backends.base import JobBackend
+    from studio.backends.local import LocalBackend
+    from studio.jobs.packing import GpuPacking
     from studio.jobs.policy import OwnershipPolicy
-    from studio.jobs.scheduler import GpuPacking, Watched
     from trainers.store import RunRecord, RunStore
 
 # How often running runs that no manager watches (trainer started from a terminal, a manager that died)
@@ -32,6 +35,27 @@ UNCLAIMED_PID_GRACE_S = 60.0
 # Processes left running by shutdown(): kept referenced so that their Popen objects are not collected
 # (which warns, and reaps them behind the back of a manager that re-attached to them in this process).
 _DETACHED: list[subprocess.Popen] = []
+
+
+class Watched:
+    """The trainers one manager watches (run id -> Job), the runs it queued itself, and the backends that run
+    them; shared by the scheduler, the re-attacher and the manager, under one lock."""
+
+    def __init__(self, backend: JobBackend, local: LocalBackend) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.submitted: set[str] = set()
+        self.lock = threading.RLock()
+        self.local = local
+        self.backend = backend
+        # The launching backend first; the local one also watches this host's processes of earlier managers.
+        self.backends: list[JobBackend] = [backend] + ([local] if backend is not local else [])
+
+    def backend_of(self, job: Job) -> JobBackend:
+        return next((b for b in self.backends if b.name == job.backend), self.local)
+
+    def owner(self, run: RunRecord) -> JobBackend | None:
+        """The backend of this manager that runs `run`, or None (another host, a Ray run without Ray)."""
+        return next((b for b in self.backends if b.owns(run)), None)
 
 
 class Reattacher:

@@ -47,8 +47,10 @@ def media_runs(ctx: Any) -> list[tuple[str, str]]:
     choices = []
     for run in ctx.store.list_runs():
         steps = media.media_steps(Path(ctx.runs_dir) / run.id)
-        if steps:
-            choices.append((f"{run.id} · {run.variant} · {run.status} · {len(steps)} validations", run.id))
+        if steps:  # the run's name, where it has one, leads its label (as in the checkpoint pickers)
+            name = f"{run.name} · " if run.name else ""
+            label = f"{name}{run.id} · {run.variant} · {run.status} · {len(steps)} validations"
+            choices.append((label, run.id))
     return choices
 
 
