@@ -20,7 +20,7 @@ from studio.curves import (
     keep_view_spec,
     plot_data,
 )
-from studio.views.train.session import DEFAULT_METRIC, TrainSession, _blank, _rows_by_id
+from studio.views.train.session import DEFAULT_METRIC, TrainSession, _blank, _rows_by_id, _where
 from studio.views.train.table import _setting
 
 # Runs preselected for the curves when a page opens: the running ones, else the newest few.
@@ -194,7 +194,7 @@ def draw_curves(
     rows = _rows_by_id(ctx) if rows is None else rows
     unknown = [run_id for run_id in run_ids if run_id not in rows and ctx.store.get_run(run_id) is None]
     if unknown:
-        raise ValueError(f"no run with id {', '.join(map(repr, unknown))} in {ctx.runs_dir}")
+        raise ValueError(f"no run with id {', '.join(map(repr, unknown))} {_where(ctx)}")
     settings = _check_plot_settings(smoothing, log_y)
     state.cache.update(ctx.store, run_ids)
     plots, caption = [], gr.skip()

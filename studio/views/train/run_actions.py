@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from studio.context import StudioContext
-from studio.views.train.session import LOG_LINES, _blank
+from studio.views.train.session import LOG_LINES, _blank, _where
 from trainers.store import check_tags
 
 
@@ -18,7 +18,7 @@ def set_run_labels(ctx: StudioContext, run_id: Any, name: Any, tags: Any, note: 
         if value is not None and not isinstance(value, (str, list)):
             raise ValueError(f"the run's {what} must be text, got {type(value).__name__}")
     if ctx.store.get_run(str(run_id)) is None:
-        raise ValueError(f"no run with id {str(run_id)!r} in {ctx.runs_dir}")
+        raise ValueError(f"no run with id {str(run_id)!r} {_where(ctx)}")
     record = ctx.store.set_labels(str(run_id), name=name or "", tags=check_tags(tags or []), note=note or "")
     tags_text = f" · tags {', '.join(record.tags)}" if record.tags else ""
     return f"Saved: {record.label}{tags_text}"

@@ -58,6 +58,11 @@ def _session(ctx: StudioContext, request: gr.Request | None) -> str | None:
     return ctx.requester(request) if ctx.space else None
 
 
+def _where(ctx: StudioContext) -> str:
+    """Where a run id was looked for, in a message: the runs folder, but no server path on a public Space."""
+    return "here" if ctx.space else f"in {ctx.runs_dir}"
+
+
 def _warn(exc: Exception) -> str:
     gr.Warning(html.escape(str(exc)))
     return f"⚠️ {exc}"  # Markdown sanitises HTML itself; escaping here would garble the API's text
