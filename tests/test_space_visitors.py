@@ -61,8 +61,8 @@ def _sar_run_of(runs_dir, owner: str) -> str:
     """A SAR run with a `best` checkpoint owned by `owner`, written into the served store (as a finished
     training would leave it), so /sar_compare has a checkpoint of that visitor to be refused."""
     from models import create_model
-    from trainers import checkpoints
-    from trainers.store import RunStore
+    from trainers.runs import checkpoints
+    from trainers.runs.store import RunStore
 
     with RunStore(runs_dir) as store:
         run_id = store.create_run("sar-baseline", "sar", {"variant": "sar-baseline"}, status="completed")

@@ -34,7 +34,7 @@ from studio.jobs.policy import ACTIVE, OwnershipPolicy, SpaceLimits
 from studio.jobs.reattach import _DETACHED, SWEEP_EVERY_S, UNCLAIMED_PID_GRACE_S, Reattacher, Watched
 from studio.jobs.rows import KEY_METRICS, job_rows
 from studio.jobs.scheduler import FOREIGN_QUEUED_MIN_AGE_S, RESUME_REASON, STARTING_REASON, Scheduler
-from trainers.store import RunStore
+from trainers.runs.store import RunStore
 
 if TYPE_CHECKING:  # trainers.config imports torch; the job manager does not need it at import time
     from trainers.config import RunConfig
@@ -430,7 +430,7 @@ def _detect_gpus() -> list[int]:
 def check_labels(name: Any = None, tags: Any = None, note: Any = None) -> dict[str, Any]:
     """A run's labels as ``RunStore.set_labels`` takes them (blank ones left out), or a ValueError with a
     message; checked before a run is queued, so a bad label launches nothing."""
-    from trainers.store import NAME_MAX_CHARS, NOTE_MAX_CHARS, check_tags
+    from trainers.runs.store import NAME_MAX_CHARS, NOTE_MAX_CHARS, check_tags
 
     labels: dict[str, Any] = {}
     for what, value, limit in (("name", name, NAME_MAX_CHARS), ("note", note, NOTE_MAX_CHARS)):

@@ -1,7 +1,7 @@
-"""GPU packing: several jobs share a GPU while their memory budgets (`trainers.memory`: weights, gradients,
-Adam state and saved activations counted for the run's variant, batch size, model overrides and precision,
-with a margin) fit in its memory, optionally capped at `gpu_jobs` per GPU. A job that does not fit even alone
-still gets a GPU of its own once one is idle."""
+"""GPU packing: several jobs share a GPU while their memory budgets (`trainers.training.memory`: weights,
+gradients, Adam state and saved activations counted for the run's variant, batch size, model overrides and
+precision, with a margin) fit in its memory, optionally capped at `gpu_jobs` per GPU. A job that does not
+fit even alone still gets a GPU of its own once one is idle."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 # Share of a GPU's memory that packed jobs may budget for: the rest is for the driver and other processes.
 GPU_MEMORY_USABLE = 0.95
 
-# Counted GPU memory budgets by configuration (trainers.memory.budget_key), shared by all managers.
+# Counted GPU memory budgets by configuration (trainers.training.memory.budget_key), shared by all managers.
 _BUDGETS: dict[str, int] = {}
 
 
@@ -63,7 +63,7 @@ class GpuPacking:
         config = dict(config)
         if self._job_memory is not None:
             return int(self._job_memory(config))
-        from trainers.memory import budget_key, estimate_job_memory
+        from trainers.training.memory import budget_key, estimate_job_memory
 
         variant = str(config.get("variant", ""))
         batch = config.get("batch_size", 1)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from studio.backends.base import Job
-    from trainers.store import RunRecord, RunStore
+    from trainers.runs.store import RunRecord, RunStore
 
 #: The requester of a request whose visitor cannot be told: no run is theirs.
 NOBODY = ""
@@ -67,7 +67,7 @@ class SpaceLimits:
     def apply(self, cfg: Any) -> Any:
         """``cfg`` (a RunConfig) within the limits: absent bounds filled in, excesses refused clearly."""
         from models.registry import check_model_size
-        from trainers.dataspec import format_data_spec, parse_data_spec
+        from trainers.data.spec import format_data_spec, parse_data_spec
 
         def over(what: str, value: Any, limit: Any) -> ValueError:
             return ValueError(f"{what} is {value}; this public Space allows at most {limit} (Space limit)")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from studio.backends.local import LocalBackend
     from studio.jobs.packing import GpuPacking
     from studio.jobs.policy import OwnershipPolicy
-    from trainers.store import RunRecord, RunStore
+    from trainers.runs.store import RunRecord, RunStore
 
 # How often running runs that no manager watches (trainer started from a terminal, a manager that died)
 # are looked for; a running run without a pid is left alone this long (another manager may be launching it).

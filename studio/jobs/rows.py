@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from studio.backends.base import describe_host
-from trainers.store import RunRecord, RunStore
+from trainers.runs.store import RunRecord, RunStore
 
 # The domain's headline validation metric for the jobs table, first one present wins.
 KEY_METRICS: dict[str, tuple[str, ...]] = {

@@ -21,7 +21,7 @@ from studio.jobs.reattach import Reattacher, Watched
 
 if TYPE_CHECKING:
     from studio.jobs.policy import OwnershipPolicy
-    from trainers.store import RunRecord, RunStore
+    from trainers.runs.store import RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 

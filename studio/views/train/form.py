@@ -15,10 +15,10 @@ from studio.curves import is_finite_number
 from studio.jobs import check_labels
 from studio.views.train.session import _blank, job_rows
 from studio.views.train.table import format_elapsed
-from trainers.config import PRESETS, make_config
-from trainers.dataspec import parse_data_spec
-from trainers.fastpath import PRECISIONS
-from trainers.settings import REAL_POSITIVE, real, whole
+from trainers.config import PRESETS
+from trainers.data.spec import parse_data_spec
+from trainers.settings import REAL_POSITIVE, make_config, real, whole
+from trainers.training.fastpath import PRECISIONS
 
 # A Space is a small shared CPU: smoke preset only, bounded runs, built-in data only (no server folders).
 SPACE_MAX_EPOCHS = 10
@@ -234,7 +234,7 @@ def _launch_form(ctx: StudioContext) -> SimpleNamespace:
                 ui.device = gr.Radio(
                     ["auto", "cpu", "cuda"], value="auto", label="Device", visible=bool(gpus)
                 )
-            # Both only act on a GPU (trainers.fastpath), so a CPU-only studio does not show them.
+            # Both only act on a GPU (trainers.training.fastpath), so a CPU-only studio does not show them.
             with gr.Row(visible=bool(gpus)):
                 ui.precision = gr.Radio(
                     list(PRECISIONS),

@@ -1,7 +1,7 @@
-"""The Train tab's media section: media logged at each validation (``trainers.media``), one example at a time
-along a step slider (the panel itself is ``studio.views.media``). Its run list stays live: the page's load
-and a slow timer refill it (with the runs' names) whenever the runs with media change, so it is not empty
-until ↻ on a page opened before the first validation."""
+"""The Train tab's media section: media logged at each validation (``trainers.runs.media``), one example at a
+time along a step slider (the panel itself is ``studio.views.media``). Its run list stays live: the page's
+load and a slow timer refill it (with the runs' names) whenever the runs with media change, so it is not
+empty until ↻ on a page opened before the first validation."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from studio.context import StudioContext
 from studio.views.train.session import LOG_LINES, _blank, _where
-from trainers.store import check_tags
+from trainers.runs.store import check_tags
 
 
 def set_run_labels(ctx: StudioContext, run_id: Any, name: Any, tags: Any, note: Any) -> str:

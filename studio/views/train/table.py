@@ -13,7 +13,7 @@ import gradio as gr
 
 from studio.curves import is_finite_number, run_color
 from trainers.metrics.registry import arrow, format_value, metric_info
-from trainers.store import STATUSES
+from trainers.runs.store import STATUSES
 
 JOB_HEADERS = [
     "run",

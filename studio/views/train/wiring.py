@@ -36,6 +36,38 @@ CSS = """
 """
 
 
+def _after_launch(ctx: StudioContext):
+    """The handler after a launch: fresh choices for both run pickers; the domain's default panels when the
+    plotted domain changed."""
+
+    def after_launch(plotted: list[str], state: TrainSession):
+        state.run_ids = tuple(_rows_by_id(ctx))
+        domain = next((run.domain for r in plotted or [] if (run := ctx.store.get_run(r))), None)
+        updates = [gr.skip()] * PANEL_COUNT
+        if domain is not None and domain != state.panels_domain:
+            state.panels_domain = domain
+            updates = [gr.update(value=m) for m in default_panels(domain)]
+        choices = list(state.run_ids)
+        return gr.update(choices=choices), gr.update(choices=choices), *updates, state
+
+    return after_launch
+
+
+def _wire_resume(ctx: StudioContext, ui: SimpleNamespace) -> None:
+    """Resume run (and the `resume` API): a failed or cancelled run goes on from its last checkpoint."""
+
+    def resume(run_id: str, request: gr.Request) -> str:
+        try:
+            address = client_address(request) if ctx.space else None
+            return resume_run(ctx, run_id, _session(ctx, request), address)
+        except (ValueError, FileNotFoundError, PermissionError) as exc:
+            return _warn(exc)
+
+    ui.resume.click(
+        resume, inputs=ui.selected, outputs=ui.cancel_status, api_name="resume", concurrency_limit=4
+    )
+
+
 def _wire_launch(
     ctx: StudioContext,
     form: SimpleNamespace,
@@ -97,16 +129,7 @@ def _wire_launch(
         message += queue_note(ctx, launched)
         return message, plot_selection(ctx, plotted_runs, launched), launched[0], state
 
-    def after_launch(plotted: list[str], state: TrainSession):
-        """Fresh choices for both run pickers; the domain's default panels when the plotted domain changed."""
-        state.run_ids = tuple(_rows_by_id(ctx))
-        domain = next((run.domain for r in plotted or [] if (run := ctx.store.get_run(r))), None)
-        updates = [gr.skip()] * PANEL_COUNT
-        if domain is not None and domain != state.panels_domain:
-            state.panels_domain = domain
-            updates = [gr.update(value=m) for m in default_panels(domain)]
-        choices = list(state.run_ids)
-        return gr.update(choices=choices), gr.update(choices=choices), *updates, state
+    after_launch = _after_launch(ctx)
 
     # The status says a launch is under way at once, not the previous launch's "Queued ... id".
     form.launch.click(
@@ -165,16 +188,7 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
         cancel, inputs=ui.selected, outputs=ui.cancel_status, api_name="cancel", concurrency_limit=4
     )
 
-    def resume(run_id: str, request: gr.Request) -> str:
-        try:
-            address = client_address(request) if ctx.space else None
-            return resume_run(ctx, run_id, _session(ctx, request), address)
-        except (ValueError, FileNotFoundError, PermissionError) as exc:
-            return _warn(exc)
-
-    ui.resume.click(
-        resume, inputs=ui.selected, outputs=ui.cancel_status, api_name="resume", concurrency_limit=4
-    )
+    _wire_resume(ctx, ui)
 
     def set_labels(run_id: str, name: str, tags: str, note: str) -> str:
         try:
