@@ -178,7 +178,7 @@ def test_two_browser_visitors_see_only_their_own_runs(space, browser, page, arti
     train.get_by_text("fragment-dae-bytes — ").click()
     page.locator("#train-epochs textarea, #train-epochs input").first.fill("10")
     page.locator("#train-launch-name textarea, #train-launch-name input").first.fill("alice browser run")
-    page.locator("#train-preset-info").get_by_text("fragment-dae").wait_for()
+    page.locator("#train-preset-info").get_by_text("fragment-dae-bytes", exact=True).wait_for()
     page.locator("#train-launch").click()
     status = page.locator("#train-status")
     status.get_by_text("Queued 2 run").wait_for()
