@@ -144,8 +144,12 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         "compare": compare,
         "hub": hub,
     }
-    # Uploads stay in Gradio's cache until deleted: every hour, remove those older than an hour.
-    with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
+    from studio.jobs.policy import NOBODY
+
+    # Uploads stay in Gradio's cache until deleted: every hour, remove those older than an hour. On a Space
+    # the page is built as a stranger sees it (no run in its first choices: every visitor receives them).
+    stranger = NOBODY if ctx.space else None
+    with ctx.acting_as(stranger), gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(INTRO)
         limits = getattr(ctx.jobs, "space_limits", None)
         if ctx.space and limits is not None:  # the enforced limits, stated where a visitor starts

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from torch import nn
 
 from models import VARIANTS, load_pretrained
 from models.registry import wrong_domain_message
+from studio.jobs.policy import NOBODY, VisibleRuns
 from trainers.runs import checkpoints
 from trainers.runs.store import RunStore
 
@@ -34,6 +37,10 @@ VISITOR_ID = re.compile(r"[0-9a-f]{32}")
 def new_visitor_id() -> str:
     """A fresh browser visitor id (128 random bits)."""
     return secrets.token_hex(16)
+
+
+# Who asks when no Gradio request says so (see ``StudioContext.acting_as``); unset: the server itself.
+_ACTING: contextvars.ContextVar[Any] = contextvars.ContextVar("studio_acting_requester")
 
 
 def current_request() -> Any:
@@ -91,6 +98,8 @@ def reference_checkpoints(folder: Path | None = None) -> dict[str, str]:
 @dataclass
 class StudioContext:
     runs_dir: Path
+    # The run store as the visitor asking may see it (``studio.jobs.policy.VisibleRuns``: on a public Space
+    # a visitor's own runs only); the unfiltered store is ``store.store``.
     store: RunStore
     jobs: Any = None  # studio.jobs.JobManager; Any keeps this module importable without starting threads
     space: bool = False
@@ -105,7 +114,33 @@ class StudioContext:
     _models: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.store, VisibleRuns):  # every view resolves run ids through the policy
+            self.store = VisibleRuns(self.store, lambda: self.space, self.requester)
+
     # -- visitors (public Space) ----------------------------------------------------------------------
+    def requester(self, request: Any = None) -> str | None:
+        """Who asks, for the ownership policy (``studio.jobs.policy``): None off a Space and for the server
+        itself (no Gradio request: startup, a script); on a Space the visitor of `request` (default: the
+        event being handled), or ``NOBODY`` when the request does not say who."""
+        if not self.space:
+            return None
+        request = request if request is not None else current_request()
+        if request is None:
+            acting = _ACTING.get(None)
+            return acting if isinstance(acting, str) else None
+        return self.visitor(request) or NOBODY
+
+    @contextlib.contextmanager
+    def acting_as(self, requester: str | None) -> Iterator[None]:
+        """Outside a request, read the runs as `requester` sees them (``NOBODY``: as a stranger, e.g. the
+        choices a Space's page is built with, which every visitor receives)."""
+        token = _ACTING.set(requester)
+        try:
+            yield
+        finally:
+            _ACTING.reset(token)
+
     def remember_visitor(self, session_hash: str | None, browser_id: Any) -> str:
         """Tie a page session to the visitor id its browser keeps, and return that id (a fresh one when the
         browser sent none or a malformed one), so a visitor's jobs stay theirs after a page reload."""

@@ -208,6 +208,9 @@ def export_metrics(ctx: Any, run_ids: Any, fmt: Any) -> tuple[str, str]:
         raise ValueError("no run chosen: pick one or more runs to export their metrics")
     if fmt not in METRIC_FORMATS:
         raise ValueError(f"export format must be one of {', '.join(METRIC_FORMATS)}; got {fmt!r}")
+    unknown = [r for r in ids if ctx.store.get_run(r) is None]  # on a Space: another visitor's too
+    if unknown:
+        raise ValueError(f"no run with id {', '.join(map(repr, unknown))} here")
     path = export_lib.export_download(ids, str(fmt), ctx.runs_dir, _download_root())
     what = "run" if len(ids) == 1 else "runs"
     return f"✅ {METRIC_FORMATS[fmt]} of {len(ids)} {what}: `{escape_markdown(path.name)}`.", str(path)

@@ -1,0 +1,102 @@
+"""The jobs table's rows: one dict per run, read from the run store, with progress, the key metric's best
+value and, for running trainers of this host, CPU, memory and GPU use."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from studio.backends.base import describe_host
+from trainers.runs.store import RunRecord, RunStore
+
+# The domain's headline validation metric for the jobs table, first one present wins.
+KEY_METRICS: dict[str, tuple[str, ...]] = {
+    "sar": ("psnr",),
+    "audio": ("loss",),
+    "fragments": ("accuracy_corrupted", "loss"),
+}
+
+
+def key_metric(store: RunStore, run: RunRecord) -> tuple[str | None, float | None]:
+    """("val/<name>", its best value or None) of the run's domain's key metric."""
+    best = store.best_metrics(run.id)
+    for name in KEY_METRICS.get(run.domain, ("loss",)):
+        value = best.get(name)
+        if value is not None and math.isfinite(value):
+            return f"val/{name}", value
+    names = KEY_METRICS.get(run.domain, ("loss",))
+    return f"val/{names[0]}", None
+
+
+def anonymous_row(run: RunRecord, place: int | None, wait: float | None) -> dict[str, Any]:
+    """Another visitor's queued or running job as the jobs table shows it on a Space: no id, name, labels,
+    settings or owner, only that it holds a place in the queue."""
+    return {
+        "id": "",
+        "anonymous": True,
+        "status": run.status,
+        "domain": None,
+        "queue_position": place,
+        "queue_wait_s": wait,
+    }
+
+
+def job_rows(
+    store: RunStore,
+    host: str,
+    has_gpus: bool,
+    queue_wait: Callable[[int | None], float | None],
+    visible: Callable[[RunRecord], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per run, newest first (see ``JobManager.jobs`` for the keys); `host` is this machine's name,
+    `queue_wait` the estimated wait of a queue place; runs that are not `visible` (to the visitor asking)
+    are left out, or anonymous rows while queued or running."""
+    from studio.progress import SETTINGS, gpu_usage, process_usage, progress, queue_positions
+
+    now = time.time()
+    rows = []
+    runs = store.list_runs()
+    places = queue_positions(runs)
+    local = [r.pid for r in runs if r.status == "running" and r.pid and r.host in (None, host)]
+    gpus = gpu_usage(local) if has_gpus else {}
+    for run in runs:
+        if visible is not None and not visible(run):
+            if run.status in ("queued", "running"):
+                rows.append(anonymous_row(run, places.get(run.id), queue_wait(places.get(run.id))))
+            continue
+        metric, best = key_metric(store, run)
+        elapsed = None
+        if run.started_at is not None:
+            elapsed = round(max(0.0, (run.ended_at or now) - run.started_at), 1)
+        recent = store.recent_steps(run.id) if run.status == "running" else None
+        usage = process_usage(run.pid) if run.pid in local else {}
+        rows.append(
+            {
+                "id": run.id,
+                "variant": run.variant,
+                "domain": run.domain,
+                "status": run.status,
+                "epoch": run.epoch,
+                "step": run.step,
+                "metric": metric,
+                "best": best,
+                "elapsed": elapsed,
+                "device": run.device,
+                "where": describe_host(run.host, ended=run.is_terminal),
+                "reason": run.reason,
+                "name": run.name,
+                "tags": list(run.tags),
+                "note": run.note,
+                "created_at": run.created_at,
+                "steps_per_epoch": run.steps_per_epoch,
+                **{key: run.config.get(key) for key in SETTINGS},
+                **progress(run, recent, now),
+                "queue_position": places.get(run.id),
+                "queue_wait_s": queue_wait(places.get(run.id)),
+                **usage,
+                **gpus.get(run.pid or -1, {}),
+            }
+        )
+    return rows

@@ -1,0 +1,190 @@
+"""Polling: one ``gr.Timer`` tick reads the jobs table and only the metric rows newer than what this browser
+session has, and skips every output that did not change; and the fill of a freshly opened page."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import gradio as gr
+
+from studio.context import StudioContext
+from studio.views.train.panels import (
+    PANEL_COUNT,
+    default_panels,
+    draw_curves,
+    initial_curve_runs,
+    view_js,
+)
+from studio.views.train.run_actions import RESUMABLE, log_tail
+from studio.views.train.session import (
+    DEFAULT_METRIC,
+    POLL_SECONDS,
+    TrainSession,
+    _blank,
+    _rows_by_id,
+    job_rows,
+)
+from studio.views.train.table import job_table
+
+log = logging.getLogger(__name__)
+
+
+def poll(
+    ctx: StudioContext,
+    state: TrainSession,
+    query: Any,
+    order: Any,
+    runs: Any,
+    smoothing: Any,
+    log_y: Any,
+    n_panels: Any,
+    metrics: Sequence[Any],
+    views: Sequence[Any],
+    run_id: Any,
+    requester: str | None = None,
+) -> dict[str, Any]:
+    """One tick of the page: what changed since this session's last look (others are ``gr.skip()``);
+    `requester` is the visitor on a public Space, who sees only their own runs' logs."""
+    every = job_rows(ctx)
+    rows = _rows_by_id(ctx, every)
+    out: dict[str, Any] = {}
+    try:
+        table, ids = job_table(every, query or "", order or "newest")
+    except ValueError:
+        table, ids = state.table, state.table_ids
+    out["table"] = gr.skip() if table == state.table else table
+    state.table, state.table_ids = table, ids
+    run_ids = tuple(rows)
+    out["choices"] = gr.skip()
+    if run_ids != state.run_ids:
+        state.run_ids = run_ids
+        out["choices"] = gr.update(choices=list(run_ids))
+    shown = [m if i < int(n_panels or PANEL_COUNT) else None for i, m in enumerate(metrics)]
+    try:
+        out["plots"], out["caption"] = draw_curves(
+            ctx, state, shown, runs, smoothing, log_y, views, False, rows
+        )
+    except ValueError:  # a bad selection; the curves event has already said so
+        out["plots"], out["caption"] = [gr.skip()] * len(metrics), gr.skip()
+    out["log"] = out["cancel"] = out["resume"] = gr.skip()
+    if not _blank(run_id):
+        try:
+            text = log_tail(ctx, run_id, requester=requester)
+        except (ValueError, FileNotFoundError) as exc:
+            text = str(exc)
+        if text != state.log:
+            state.log = out["log"] = text
+        row = rows.get(str(run_id))
+        enabled = row is not None and row.get("status") in ("queued", "running")
+        if enabled != state.cancel_enabled:
+            state.cancel_enabled = enabled
+            out["cancel"] = gr.update(interactive=enabled)
+        resumable = row is not None and row.get("status") in RESUMABLE
+        if resumable != state.resume_enabled:
+            state.resume_enabled = resumable
+            out["resume"] = gr.update(interactive=resumable)
+    names = tuple(sorted({DEFAULT_METRIC, *state.cache.metric_names(runs or [])}))
+    out["metric_choices"] = gr.skip()
+    if names != state.metrics:
+        state.metrics = names
+        out["metric_choices"] = gr.update(choices=list(names))
+    return out
+
+
+def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespace, session: gr.State) -> None:
+    """The one timer: table, pickers, panels, log and Cancel's state, each only when it changed."""
+    timer = gr.Timer(POLL_SECONDS)
+    n = PANEL_COUNT
+
+    def tick(query, order, runs, smoothing, log_y, n_panels, run_id, *rest):
+        *values, state = rest
+        try:
+            out = poll(
+                ctx,
+                state,
+                query,
+                order,
+                runs,
+                smoothing,
+                log_y,
+                n_panels,
+                values[:n],
+                values[n:],
+                run_id,
+                ctx.requester(),  # the visitor of the Gradio event being handled (None off a Space)
+            )
+        except Exception:  # noqa: BLE001 - a failing poll must not put an error on the page every 2 s
+            log.exception("Train tab poll failed")
+            return (*[gr.skip()] * (7 + 2 * n), state)
+        return (
+            out["table"],
+            out["choices"],
+            out["choices"],
+            *[out["metric_choices"]] * n,
+            *out["plots"],
+            out["caption"],
+            out["log"],
+            out["cancel"],
+            out["resume"],
+            state,
+        )
+
+    timer.tick(
+        tick,
+        inputs=[
+            jobs.filter,
+            jobs.sort,
+            curves.runs,
+            curves.smoothing,
+            curves.log_y,
+            curves.n_panels,
+            jobs.selected,
+            *curves.metrics,
+            *curves.views,
+            session,
+        ],
+        outputs=[
+            jobs.table,
+            curves.runs,
+            jobs.selected,
+            *curves.metrics,
+            *curves.plots,
+            curves.caption,
+            jobs.log,
+            jobs.cancel,
+            jobs.resume,
+            session,
+        ],
+        js=view_js({7 + n + i: i for i in range(n)}),
+        api_visibility="private",
+        concurrency_limit=None,
+    )
+
+
+def _wire_load(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespace, session: gr.State) -> None:
+    """Fill the table, pickers and panels when the page opens, not on the first tick."""
+
+    def load(state: TrainSession):
+        every = job_rows(ctx)
+        rows = _rows_by_id(ctx, every)
+        state.run_ids = tuple(rows)
+        state.table, state.table_ids = job_table(every)
+        plotted = initial_curve_runs(list(rows.values()))
+        ids = list(state.run_ids)
+        domain = rows[plotted[0]].get("domain") if plotted else None
+        state.panels_domain = domain
+        panels = [gr.update(value=m) for m in default_panels(domain)]
+        selected = gr.update(choices=ids, value=plotted[0] if plotted else None)
+        return state.table, gr.update(choices=ids, value=plotted), selected, *panels, state
+
+    root = gr.context.Context.root_block
+    if root is not None:
+        root.load(
+            load,
+            inputs=session,
+            outputs=[jobs.table, curves.runs, jobs.selected, *curves.metrics, session],
+            api_visibility="private",
+        )

@@ -1,0 +1,352 @@
+"""The wiring: the Train tab's components built and their events connected (launch, the jobs API, the
+selected run's buttons, the curve panels, the timer, the page load, the media section)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import gradio as gr
+
+from studio.context import StudioContext
+from studio.curves import check_x_axis
+from studio.jobs.policy import client_address
+from studio.views.train.form import _launch_form, launch_runs, plot_selection, preset_summary, queue_note
+from studio.views.train.media import build_media_section
+from studio.views.train.panels import (
+    PANEL_COUNT,
+    _curves_section,
+    check_curve_request,
+    default_panels,
+    draw_curves,
+    view_js,
+)
+from studio.views.train.polling import _wire_load, _wire_poll
+from studio.views.train.run_actions import RESUMABLE, cancel_run, log_tail, resume_run, set_run_labels
+from studio.views.train.session import TrainSession, _blank, _rows_by_id, _session, _warn, job_rows
+from studio.views.train.table import _jobs_section, job_table
+
+CSS = """
+#train-jobs td, #train-jobs th { white-space: nowrap; }
+#train-jobs td span, #train-jobs th span { white-space: nowrap; word-break: keep-all; overflow-wrap: normal; }
+#train-jobs .run-dot { font-size: 1.1em; }
+#tab-train .gr-dropdown input, #tab-train [data-testid="dropdown"] input { padding-right: 2.2em; }
+#tab-train .wrap-inner { padding-right: 1.8em; }
+#train-cancel-status p { margin: 0.25em 0; }
+"""
+
+
+def _after_launch(ctx: StudioContext):
+    """The handler after a launch: fresh choices for both run pickers; the domain's default panels when the
+    plotted domain changed."""
+
+    def after_launch(plotted: list[str], state: TrainSession):
+        state.run_ids = tuple(_rows_by_id(ctx))
+        domain = next((run.domain for r in plotted or [] if (run := ctx.store.get_run(r))), None)
+        updates = [gr.skip()] * PANEL_COUNT
+        if domain is not None and domain != state.panels_domain:
+            state.panels_domain = domain
+            updates = [gr.update(value=m) for m in default_panels(domain)]
+        choices = list(state.run_ids)
+        return gr.update(choices=choices), gr.update(choices=choices), *updates, state
+
+    return after_launch
+
+
+def _wire_resume(ctx: StudioContext, ui: SimpleNamespace) -> None:
+    """Resume run (and the `resume` API): a failed or cancelled run goes on from its last checkpoint."""
+
+    def resume(run_id: str, request: gr.Request) -> str:
+        try:
+            address = client_address(request) if ctx.space else None
+            return resume_run(ctx, run_id, _session(ctx, request), address)
+        except (ValueError, FileNotFoundError, PermissionError) as exc:
+            return _warn(exc)
+
+    ui.resume.click(
+        resume, inputs=ui.selected, outputs=ui.cancel_status, api_name="resume", concurrency_limit=4
+    )
+
+
+def _wire_launch(
+    ctx: StudioContext,
+    form: SimpleNamespace,
+    jobs: SimpleNamespace,
+    curves: SimpleNamespace,
+    session: gr.State,
+) -> None:
+    """Launch: queue the runs, plot them beside those of their domain, select the first; the panels switch to
+    the domain's metrics when the plotted domain changes."""
+    gr.on(
+        [form.variants.change, form.preset.change],
+        preset_summary,
+        inputs=[form.variants, form.preset],
+        outputs=form.preset_info,
+        api_visibility="private",
+    )
+
+    def launch(
+        variants,
+        preset,
+        epochs=None,
+        batch_size=None,
+        lr=None,
+        data=None,
+        seed=None,
+        device="auto",
+        precision="auto",
+        compile=False,
+        plotted_runs=None,
+        state: TrainSession | None = None,
+        request: gr.Request | None = None,  # Gradio passes it here; the inputs after it follow
+        name="",
+        tags="",
+        note="",
+    ):
+        try:
+            launched = launch_runs(
+                ctx,
+                variants,
+                preset,
+                epochs,
+                batch_size,
+                lr,
+                data,
+                seed,
+                device,
+                _session(ctx, request),
+                precision,
+                compile,
+                client_address(request) if ctx.space and request is not None else None,
+                name,
+                tags,
+                note,
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            return _warn(exc), gr.skip(), gr.skip(), state
+        gr.Info(f"Queued {len(launched)} run(s)")
+        message = f"Queued {len(launched)} run(s): " + ", ".join(f"`{run_id}`" for run_id in launched)
+        message += queue_note(ctx, launched)
+        return message, plot_selection(ctx, plotted_runs, launched), launched[0], state
+
+    after_launch = _after_launch(ctx)
+
+    # The status says a launch is under way at once, not the previous launch's "Queued ... id".
+    form.launch.click(
+        lambda: "⏳ Launching…",
+        outputs=form.status,
+        queue=False,
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    form.launch.click(
+        launch,
+        inputs=[
+            form.variants,
+            form.preset,
+            form.epochs,
+            form.batch,
+            form.lr,
+            form.data,
+            form.seed,
+            form.device,
+            form.precision,
+            form.compile,
+            curves.runs,
+            session,
+            form.run_name,
+            form.run_tags,
+            form.run_note,
+        ],
+        outputs=[form.status, curves.runs, jobs.selected, session],
+        api_name="launch",
+        concurrency_limit=4,
+    ).success(
+        after_launch,
+        inputs=[curves.runs, session],
+        outputs=[curves.runs, jobs.selected, *curves.metrics, session],
+        api_visibility="private",
+    )
+
+
+def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> None:
+    """The jobs API, the table's filter/sort and row selection, the selected run's Cancel, labels and log."""
+
+    def jobs() -> list[dict[str, Any]]:
+        """Every run, newest first: the job manager's rows (id, variant, status, progress, settings...)."""
+        return job_rows(ctx)
+
+    gr.api(jobs, api_name="jobs", concurrency_limit=None)
+
+    def cancel(run_id: str, request: gr.Request) -> str:
+        try:
+            return cancel_run(ctx, run_id, _session(ctx, request))
+        except (ValueError, FileNotFoundError, PermissionError) as exc:
+            return _warn(exc)
+
+    ui.cancel.click(
+        cancel, inputs=ui.selected, outputs=ui.cancel_status, api_name="cancel", concurrency_limit=4
+    )
+
+    _wire_resume(ctx, ui)
+
+    def set_labels(run_id: str, name: str, tags: str, note: str) -> str:
+        try:
+            return set_run_labels(ctx, run_id, name, tags, note)
+        except ValueError as exc:
+            return _warn(exc)
+
+    ui.save_labels.click(
+        set_labels,
+        inputs=[ui.selected, ui.name, ui.tags, ui.note],
+        outputs=ui.labels_status,
+        api_name="set_labels",
+        concurrency_limit=4,
+    )
+
+    def select_row(state: TrainSession, evt: gr.SelectData):
+        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not isinstance(index, int) or not 0 <= index < len(state.table_ids):
+            return gr.skip()
+        return gr.update(value=state.table_ids[index])
+
+    ui.table.select(select_row, inputs=session, outputs=ui.selected, api_visibility="private")
+
+    def show_run(run_id: str, state: TrainSession, request: gr.Request):
+        try:
+            text = log_tail(ctx, run_id, requester=_session(ctx, request))
+        except (ValueError, FileNotFoundError) as exc:
+            text = _warn(exc)
+        state.log = text
+        run = None if _blank(run_id) else ctx.store.get_run(str(run_id))  # another visitor's: None
+        state.cancel_enabled = run is not None and not run.is_terminal
+        state.resume_enabled = run is not None and run.status in RESUMABLE
+        labels = [run.name or "", ", ".join(run.tags), run.note or ""] if run else ["", "", ""]
+        buttons = [gr.update(interactive=state.cancel_enabled), gr.update(interactive=state.resume_enabled)]
+        return text, *buttons, "", *labels, "", state
+
+    ui.selected.change(
+        show_run,
+        inputs=[ui.selected, session],
+        outputs=[
+            ui.log,
+            ui.cancel,
+            ui.resume,
+            ui.cancel_status,
+            ui.name,
+            ui.tags,
+            ui.note,
+            ui.labels_status,
+            session,
+        ],
+        api_visibility="private",
+    )
+
+    def log_only(run_id: str, request: gr.Request) -> str:
+        try:
+            return log_tail(ctx, run_id, requester=_session(ctx, request))
+        except (ValueError, FileNotFoundError) as exc:
+            return _warn(exc)
+
+    gr.api(log_only, api_name="log_tail", concurrency_limit=None)
+
+    def refilter(query: str, order: str, state: TrainSession):
+        try:
+            table, ids = job_table(job_rows(ctx), query, order)
+        except ValueError as exc:
+            _warn(exc)
+            return gr.skip(), state
+        state.table, state.table_ids = table, ids
+        return table, state
+
+    gr.on(
+        [ui.filter.submit, ui.filter.blur, ui.sort.change],
+        refilter,
+        inputs=[ui.filter, ui.sort, session],
+        outputs=[ui.table, session],
+        api_visibility="private",
+    )
+
+
+def _panel_handler(ctx: StudioContext, index: int):
+    """The handler of panel ``index``'s own metric picker: redraws that panel only."""
+
+    def one_panel(
+        metric: str, runs: list[str], smoothing: float, log_y: bool, view: str, state: TrainSession
+    ):
+        try:
+            metrics = [None] * index + [metric]
+            plots, _ = draw_curves(ctx, state, metrics, runs, smoothing, log_y, [""] * index + [view], True)
+        except ValueError:
+            return gr.skip(), state
+        return plots[index], state
+
+    return one_panel
+
+
+def _wire_curves(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> None:
+    """Panel 1 answers the `curves` API; any shared setting redraws every panel; a panel's metric itself."""
+
+    def curves(metric: str, runs: list[str], smoothing: float, log_y: bool, view: str, state: TrainSession):
+        try:
+            check_curve_request(metric, runs)
+            plots, caption = draw_curves(ctx, state, [metric], runs, smoothing, log_y, [view], force=True)
+        except ValueError as exc:
+            return gr.skip(), _warn(exc), state
+        return plots[0], caption, state
+
+    ui.metrics[0].change(
+        curves,
+        inputs=[ui.metrics[0], ui.runs, ui.smoothing, ui.log_y, ui.views[0], session],
+        outputs=[ui.plots[0], ui.caption, session],
+        js=view_js({4: 0}),
+        api_name="curves",
+        concurrency_limit=8,
+    )
+    for index in range(1, PANEL_COUNT):
+        ui.metrics[index].change(
+            _panel_handler(ctx, index),
+            inputs=[ui.metrics[index], ui.runs, ui.smoothing, ui.log_y, ui.views[index], session],
+            outputs=[ui.plots[index], session],
+            js=view_js({4: index}),
+            api_visibility="private",
+        )
+
+    n = PANEL_COUNT
+
+    def redraw(runs, smoothing, log_y, x_axis, n_panels, *rest):
+        *values, state = rest
+        metrics, views = values[:n], values[n:]
+        try:
+            state.x_axis = check_x_axis(x_axis)
+            shown = [m if i < int(n_panels or n) else None for i, m in enumerate(metrics)]
+            plots, caption = draw_curves(ctx, state, shown, runs, smoothing, log_y, views, force=True)
+        except ValueError as exc:
+            return *[gr.skip()] * n, _warn(exc), *[gr.skip()] * n, state
+        visible = [gr.update(visible=i < int(n_panels or n)) for i in range(n)]
+        return *plots, caption, *visible, state
+
+    gr.on(
+        [ui.runs.change, ui.smoothing.release, ui.log_y.change, ui.x_axis.change, ui.n_panels.change],
+        redraw,
+        inputs=[ui.runs, ui.smoothing, ui.log_y, ui.x_axis, ui.n_panels, *ui.metrics, *ui.views, session],
+        outputs=[*ui.plots, ui.caption, *ui.columns, session],
+        js=view_js({5 + n + i: i for i in range(n)}),
+        api_visibility="private",
+        concurrency_limit=8,
+    )
+
+
+def build_tab(ctx: StudioContext) -> None:
+    """The Train tab's components and events (call inside ``with gr.Tab("Train"):``)."""
+    gr.HTML(f"<style>{CSS}</style>", js_on_load=None, elem_id="train-css")
+    form = _launch_form(ctx)
+    jobs = _jobs_section()
+    curves = _curves_section()
+    session = gr.State(TrainSession())
+    _wire_launch(ctx, form, jobs, curves, session)
+    _wire_jobs(ctx, jobs, session)
+    _wire_curves(ctx, curves, session)
+    _wire_poll(ctx, jobs, curves, session)
+    _wire_load(ctx, jobs, curves, session)
+    build_media_section(ctx)
