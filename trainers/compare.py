@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from trainers.dataspec import DataSpec, default_data_spec, parse_data_spec
+from trainers.fastpath import prepare_for_inference
 from trainers.metrics import registry, sanity
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -328,7 +329,10 @@ def _compare_sar(
     for k, src in enumerate(models):
         progress(k / total_steps, f"{src.name} on {n} patches")
         with _on_device(src.model, device) as model:
-            _model_call(src.name, partial(model, x_all[:1].to(device)))  # warm-up: first calls are slow
+            # In the variant's precision, warmed up on the batch shape (first calls are slow, not timed).
+            model = _model_call(
+                src.name, partial(prepare_for_inference, model, device, x_all[batches[0]].to(device))
+            )
             parts, spreads, total_ms, bpp = [], [], 0.0, None
             for b in batches:
                 x = x_all[b].to(device)
