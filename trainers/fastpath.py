@@ -31,8 +31,19 @@ CHANNELS_LAST_DOMAINS = ("sar",)
 # training step (loss with SSIM, backward, Adam) measured faster than fp32, channels_last where it added to
 # that. Measured by `benchmarks/cpu_bf16.py` (BENCHMARKS.md, "CPU bf16"); every other variant, and every
 # variant on a CPU without native bf16 (where bf16 is emulated and slower), trains in fp32.
-CPU_BF16_VARIANTS: frozenset[str] = frozenset()
-CPU_CHANNELS_LAST_VARIANTS: frozenset[str] = frozenset()
+CPU_BF16_VARIANTS: frozenset[str] = frozenset(
+    {
+        "sar-baseline",
+        "sar-resnet",
+        "sar-residual",
+        "sar-attention",
+        "audio-vae-mel",
+        "audio-vae",
+        "fragment-dae",
+        "fragment-dae-bytes",
+    }
+)
+CPU_CHANNELS_LAST_VARIANTS: frozenset[str] = frozenset({"sar-baseline"})
 
 # "0" makes `cpu_has_native_bf16` say no (to see, or keep, what a CPU without it gets), "1" says yes.
 NATIVE_BF16_ENV = "AE_STUDIO_CPU_BF16"

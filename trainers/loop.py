@@ -728,8 +728,6 @@ def _train_recorded(
 
     task = task_for(cfg.variant, kl_weight=cfg.kl_weight)
     fast = FastPath.resolve(ddp.device, task.domain, cfg.precision, cfg.compile, variant=cfg.variant)
-    if ddp.device.type == "cpu":
-        torch.set_num_threads(cpu_threads(ddp.world))
     phases.setup = {
         "precision": fast.precision,
         "fast_path": fast.describe(),
