@@ -34,7 +34,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `python -m trainers` s
 import torch  # noqa: E402
 
 from benchmarks.common import REPO_ROOT, Figure, median, sized_config  # noqa: E402
-from trainers.fastpath import NATIVE_BF16_ENV, FastPath, cpu_has_native_bf16  # noqa: E402
+from trainers.fastpath import (  # noqa: E402
+    CPU_BF16_VARIANTS,
+    NATIVE_BF16_ENV,
+    FastPath,
+    cpu_has_native_bf16,
+)
 
 # The target ratios of issue 21 (default/fp32 steps/s on a CPU with native bf16).
 TARGETS: dict[str, float] = {"sar": 3.0, "audio-vae-mel": 1.8}
@@ -274,13 +279,40 @@ def measure_workers(
     return figures, detail
 
 
+def measure_quality(variants: Iterable[str], steps: int = 20) -> tuple[list[Figure], dict[str, Any]]:
+    """Section 5: held-out loss after `steps` steps, the CPU bf16 set-up against fp32, for every variant
+    whose CPU default is bf16 (`benchmarks/fastpath.py`'s comparison, with the CPU set-up)."""
+    from benchmarks.fastpath import TOLERANCE, compare_variant
+
+    figures, detail = [], {}
+    for v in variants:
+        if v not in CPU_BF16_VARIANTS:
+            continue
+        r = compare_variant(v, steps, device="cpu", fast=FastPath.cpu_default(v, bf16=True))
+        detail[v] = r
+        figures.append(
+            Figure(
+                key=f"cpubf16/quality/{v}",
+                label=f"CPU bf16 vs fp32, held-out loss after {steps} steps, {v} ({r['fast']['setup']})",
+                value=100 * r["held_out_relative_difference"],
+                unit="%",
+                bound=100 * TOLERANCE,
+                goal="max",
+                note=f"training loss over the last steps differs by "
+                f"{100 * r['train_relative_difference']:.2f} %",
+            )
+        )
+        print(f"{figures[-1].label}: {figures[-1].value:.2f} %; {figures[-1].note}", flush=True)
+    return figures, detail
+
+
 def measure_cpu_bf16(
     variants: Iterable[str] | None = None,
     sizes: Iterable[str] = ("reference", "full"),
     steps: int = 6,
     warmup: int = 2,
     repeats: int = 3,
-    sections: Iterable[str] = ("forced-off", "compare", "train", "workers"),
+    sections: Iterable[str] = ("forced-off", "compare", "train", "workers", "quality"),
 ) -> tuple[list[Figure], dict[str, Any]]:
     """The sections asked for, in order; `benchmarks/run.py`'s entry point."""
     from models import VARIANTS
@@ -301,6 +333,8 @@ def measure_cpu_bf16(
             f, d = measure_training(names, sizes, steps, warmup, repeats)
         elif section == "workers":
             f, d = measure_workers(steps=steps, warmup=warmup, repeats=repeats)
+        elif section == "quality":
+            f, d = measure_quality(names)
         else:
             raise ValueError(f"unknown section '{section}'")
         figures += f
@@ -320,13 +354,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--variants", nargs="+")
     parser.add_argument("--sizes", nargs="+", default=["reference", "full"])
-    parser.add_argument("--sections", nargs="+", default=["forced-off", "compare", "train", "workers"])
+    parser.add_argument(
+        "--sections", nargs="+", default=["forced-off", "compare", "train", "workers", "quality"]
+    )
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the figures and detail as JSON here")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     figures, detail = measure_cpu_bf16(
         args.variants, args.sizes, args.steps, args.warmup, args.repeats, args.sections
     )

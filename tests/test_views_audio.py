@@ -18,6 +18,7 @@ from models.audio import compute_kl_divergence
 from studio.context import StudioContext
 from studio.views import audio as view
 from trainers.data.audio import AudioFeatureConfig, make_features, synthesize_clip
+from trainers.fastpath import prepare_for_inference
 from trainers.metrics import sanity
 from trainers.metrics.audio import log_spectral_distance, spectral_convergence
 
@@ -86,7 +87,7 @@ def test_compare_builtin_clip_uses_the_checkpoint_features(request, ctx, which, 
     np.testing.assert_allclose(r.roundtrip, features.decode(features.encode(wav)), atol=1e-6)
     assert r.features.shape == (channels, CFG.n_mels, CFG.n_frames)
 
-    model = ctx.load_model(folder, "audio")
+    model = prepare_for_inference(ctx.load_model(folder, "audio"))  # the tab's precision (trainers.fastpath)
     with torch.no_grad():
         mu, logvar = model.encode(torch.from_numpy(features.encode(wav))[None])
         recon = model.decode(mu)[0].numpy()

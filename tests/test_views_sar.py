@@ -25,6 +25,7 @@ from trainers.data.sar import (
     normalize_db,
     simulate_reflectivity,
 )
+from trainers.fastpath import prepare_for_inference
 from trainers.metrics import registry, sanity
 from trainers.metrics import sar as sar_metrics
 from trainers.store import RunStore
@@ -72,7 +73,7 @@ def frag_ckpt(tmp_path_factory):
 
 
 def forward(ctx, folder: str, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    model = ctx.load_model(folder, "sar")
+    model = prepare_for_inference(ctx.load_model(folder, "sar"))  # the tab's precision (trainers.fastpath)
     with torch.no_grad():
         return model(torch.from_numpy(x)[None, None])
 

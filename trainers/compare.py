@@ -553,6 +553,7 @@ def _audio_model_row(
     """A model's row: each window encoded, reconstructed (timed) and decoded, flagged against `flat` (the
     best flat spectrum's LSD per window)."""
     with _on_device(src.model, device) as model:
+        model = prepare_for_inference(model, device)  # the variant's precision (trainers.fastpath)
         warm = torch.from_numpy(features.encode(waves[0]))[None].to(device)
         _model_call(src.name, partial(model.reconstruct, warm))  # warm-up: first calls are slow
 
@@ -659,6 +660,7 @@ def _compare_fragments(
     for k, src in enumerate(models):
         progress(k / (len(models) + 1), f"{src.name} on {n} fragments")
         with _on_device(src.model, device) as model:
+            model = prepare_for_inference(model, device)  # the variant's precision (trainers.fastpath)
             _model_call(src.name, partial(model.predict_bytes, x_all[:batch].to(device)))  # warm-up
             repaired, total_ms, bpp = [], 0.0, None
             for start in range(0, n, batch):

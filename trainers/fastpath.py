@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ CPU_BF16_VARIANTS: frozenset[str] = frozenset(
         "fragment-dae-bytes",
     }
 )
-CPU_CHANNELS_LAST_VARIANTS: frozenset[str] = frozenset({"sar-baseline"})
+CPU_CHANNELS_LAST_VARIANTS: frozenset[str] = frozenset(
+    {"sar-baseline", "sar-resnet", "sar-residual", "sar-attention"}
+)
 
 # "0" makes `cpu_has_native_bf16` say no (to see, or keep, what a CPU without it gets), "1" says yes.
 NATIVE_BF16_ENV = "AE_STUDIO_CPU_BF16"
@@ -165,7 +168,7 @@ class FastPath:
 class InferenceModel(nn.Module):
     """`model` as its variant runs at inference in the set-up `fast`: inputs in its memory format, the
     forward under its autocast, floating outputs back in contiguous fp32, so the scoring after it stays fp32.
-    Other attributes (VARIANT, DOMAIN, preprocessing, encode ...) are the model's own."""
+    `METHODS` run the same way; other attributes (VARIANT, DOMAIN, preprocessing ...) are the model's own."""
 
     def __init__(self, model: nn.Module, fast: FastPath, device: torch.device) -> None:
         super().__init__()
@@ -173,15 +176,22 @@ class InferenceModel(nn.Module):
         self.warmed: set[tuple[Any, ...]] = set()  # the input shapes already run once
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        args = tuple(self.fast.inputs(a) if isinstance(a, torch.Tensor) else a for a in args)
-        with self.fast.autocast(self.device):
-            return _in_fp32(self.model(*args, **kwargs))
+        return self._run(self.model, *args, **kwargs)
+
+    # The models' inference entry points besides forward, run in the same set-up as forward.
+    METHODS = ("reconstruct", "predict_bytes", "encode", "decode")
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["model"], name)
+            value = getattr(self._modules["model"], name)
+        return partial(self._run, value) if name in self.METHODS and callable(value) else value
+
+    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(self.fast.inputs(a) if isinstance(a, torch.Tensor) else a for a in args)
+        with self.fast.autocast(self.device):
+            return _in_fp32(fn(*args, **kwargs))
 
     @torch.no_grad()
     def warm_up(self, example: torch.Tensor) -> None:
