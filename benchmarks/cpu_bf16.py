@@ -125,7 +125,7 @@ def measure_training(
         for size in sizes:
             if size == "full" and domain != "sar":
                 continue
-            default = FastPath.cpu_default(variant)
+            default = FastPath.cpu_default(variant, model=run_config(variant, size, 1, "auto").model)
             bf16 = FastPath.cpu_default(variant, bf16=True)
             runs: dict[str, list[dict[str, float]]] = {"fp32": [], "bf16": []}
             for r in range(repeats):

@@ -50,6 +50,11 @@ def test_with_native_bf16_the_table_decides_per_variant(monkeypatch):
         assert _resolved(v, "fp32") == FastPath(), "fp32 when asked, whatever the table says"
         assert fast.precision == ("bf16" if fast.bf16 else "fp32")
     assert FastPath.resolve(CPU, "sar") == FastPath(), "no variant named: fp32"
+    # A net narrowed by its settings (the smoke and reference presets) trains in fp32: slower in bf16 here.
+    for v in CPU_BF16_VARIANTS:
+        narrow = make_config(v, "reference").model or {"channels": [8, 16, 16]}
+        assert FastPath.resolve(CPU, VARIANTS[v].domain, variant=v, model=narrow) == FastPath(), v
+        assert FastPath.resolve(CPU, VARIANTS[v].domain, "bf16", variant=v, model=narrow).bf16, "asked: bf16"
 
 
 def test_detection_follows_torchs_cpu_report(monkeypatch):

@@ -727,7 +727,9 @@ def _train_recorded(
         run_id = resume
 
     task = task_for(cfg.variant, kl_weight=cfg.kl_weight)
-    fast = FastPath.resolve(ddp.device, task.domain, cfg.precision, cfg.compile, variant=cfg.variant)
+    fast = FastPath.resolve(
+        ddp.device, task.domain, cfg.precision, cfg.compile, variant=cfg.variant, model=cfg.model
+    )
     phases.setup = {
         "precision": fast.precision,
         "fast_path": fast.describe(),
