@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `python -m trainers` s
 import torch  # noqa: E402
 
 from benchmarks.common import REPO_ROOT, Figure, median, sized_config  # noqa: E402
-from trainers.fastpath import (  # noqa: E402
+from trainers.training.fastpath import (  # noqa: E402
     CPU_BF16_VARIANTS,
     NATIVE_BF16_ENV,
     FastPath,
@@ -84,8 +84,8 @@ def run_config(variant: str, size: str, steps: int, precision: str, workers: int
 
 def time_training(cfg, warmup: int) -> dict[str, float]:
     """Train `cfg` with `trainers.loop.train` in a temporary store; steps/s after `warmup` steps."""
-    from trainers.loop import train
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
+    from trainers.training.loop import train
 
     marks: list[tuple[float, float]] = []
 
@@ -171,7 +171,7 @@ def measure_training(
 
 def measure_compare(repeats: int = 3, n: int = 10, size: int = 256) -> tuple[list[Figure], dict[str, Any]]:
     """Section 2: `compare` on the SAR references, fp32 (detection forced off) against the default."""
-    from trainers.compare import resolve_sources, run_compare
+    from trainers.evaluation.compare import resolve_sources, run_compare
 
     folders = [str(REPO_ROOT / "assets" / "reference" / v) for v in SAR_REFERENCES]
     models = resolve_sources(folders, REPO_ROOT / "runs")

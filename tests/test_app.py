@@ -15,8 +15,8 @@ from gradio_client.exceptions import AppError
 
 from studio.app import DEFAULT_PORT, parse_args
 from studio.views.fragments import builtin_choices
-from trainers.fastpath import FastPath
-from trainers.store import RunStore
+from trainers.runs.store import RunStore
+from trainers.training.fastpath import FastPath
 
 FRAGMENT_DATA = "fragments:python,max_files=12"
 # /sar_compare after the checkpoints: source, scene seed, size (0: the checkpoint's), looks, upload, pixel

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from models import VARIANTS, create_model
-from trainers import fastpath
-from trainers.config import make_config
-from trainers.fastpath import (
+from trainers.runs.store import RunStore
+from trainers.settings import make_config
+from trainers.training import fastpath
+from trainers.training.fastpath import (
     CPU_BF16_VARIANTS,
     CPU_CHANNELS_LAST_VARIANTS,
     NATIVE_BF16_ENV,
@@ -20,8 +21,7 @@ from trainers.fastpath import (
     cpu_has_native_bf16,
     prepare_for_inference,
 )
-from trainers.loop import PHASES_NAME, TrainStep, cpu_threads, train
-from trainers.store import RunStore
+from trainers.training.loop import PHASES_NAME, TrainStep, cpu_threads, train
 
 CPU = torch.device("cpu")
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from tests.helpers import smoke_train
-from trainers import checkpoints
-from trainers.fastpath import FastPath
-from trainers.store import RunStore
+from trainers.runs import checkpoints
+from trainers.runs.store import RunStore
+from trainers.training.fastpath import FastPath
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,10 +41,10 @@ from trainers.data.sar import (
     read_sar_patch,
     x_to_db,
 )
-from trainers.fastpath import prepare_for_inference
 from trainers.metrics import registry, sanity
 from trainers.metrics.sar import sar_metrics
-from trainers.progress import Progress, no_progress
+from trainers.training.fastpath import prepare_for_inference
+from trainers.training.progress import Progress, no_progress
 
 SOURCES = ("validation sample", "uploaded image")
 PATCHES = ("centre", "first (top-left)")

@@ -175,7 +175,7 @@ def ssim_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> to
         raise ValueError(f"ssim_tensor: expected floating-point images, got {x.dtype} and {y.dtype}")
     # fp32 (or the float64 it is given) also inside a bf16 autocast: SSIM's variances are differences of
     # near-equal window means (E[x²] - E[x]²), which bf16's 8-bit mantissa would cancel away; its 1-channel
-    # Gaussian convolutions cost little next to the model's (trainers.fastpath, BENCHMARKS.md "CPU bf16").
+    # Gaussian convolutions cost little next to the model's (BENCHMARKS.md, "CPU bf16").
     if x.dtype in (torch.bfloat16, torch.float16):
         x, y = x.float(), y.float()
     with torch.autocast(x.device.type, enabled=False):

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from trainers.dataspec import DataSpec, default_data_spec, parse_data_spec
-from trainers.fastpath import prepare_for_inference
+from trainers.data.spec import DataSpec, default_data_spec, parse_data_spec
 from trainers.metrics import registry, sanity
+from trainers.training.fastpath import prepare_for_inference
 
 BOOTSTRAP_RESAMPLES = 1000
 # Metrics of the leaderboard per domain, in column order; the first is the rate-distortion plot's y axis.
@@ -135,7 +135,7 @@ def resolve_sources(
 
     from models import load_pretrained
     from models.registry import wrong_domain_message
-    from trainers import checkpoints
+    from trainers.runs import checkpoints
 
     if not sources:
         raise ValueError("no model to compare: give one or more run ids or checkpoint folders")
@@ -307,8 +307,8 @@ def _compare_sar(
     batch_size: int,
     progress: Progress,
 ) -> tuple[list[Row], int, dict[str, Any]]:
-    from trainers import codecs
     from trainers.data import sar
+    from trainers.evaluation import codecs
     from trainers.metrics.sar import latent_bits_per_pixel
 
     x_all, valid_all, db_all = _sar_items(dataset)
@@ -460,7 +460,7 @@ def _compare_audio(
     batch_size: int,
     progress: Progress,
 ) -> tuple[list[Row], int, dict[str, Any]]:
-    from trainers import codecs
+    from trainers.evaluation import codecs
 
     first = models[0]
     waveform = _waveform_getter(dataset)
@@ -512,7 +512,7 @@ def _compare_audio(
 def _audio_features(dataset: Dataset, first: ModelSource) -> Callable[[ModelSource], Any]:
     """A model's feature object. They are costly to build (a mel pseudo-inverse): one per distinct kind and
     configuration, starting with the one the data set already made for the first model."""
-    from trainers.tasks import AudioTask
+    from trainers.training.tasks import AudioTask
 
     cache: dict[str, Any] = {}
 
@@ -553,7 +553,7 @@ def _audio_model_row(
     """A model's row: each window encoded, reconstructed (timed) and decoded, flagged against `flat` (the
     best flat spectrum's LSD per window)."""
     with _on_device(src.model, device) as model:
-        model = prepare_for_inference(model, device)  # the variant's precision (trainers.fastpath)
+        model = prepare_for_inference(model, device)  # the variant's precision (trainers.training.fastpath)
         warm = torch.from_numpy(features.encode(waves[0]))[None].to(device)
         _model_call(src.name, partial(model.reconstruct, warm))  # warm-up: first calls are slow
 
@@ -587,7 +587,7 @@ def _feature_round_trip_row(kind: str, features: Any, waves: list[np.ndarray]) -
 def _opus_point(waves: list[np.ndarray], sample_rate: int, bitrate: int) -> tuple[dict[str, Any], Row | None]:
     """Opus at one bitrate: its point of the rate-distortion sweep, and a row where the bitrate is one of
     the leaderboard's (`codecs.OPUS_BITRATES`)."""
-    from trainers import codecs
+    from trainers.evaluation import codecs
 
     nbytes: list[int] = []
 
@@ -660,7 +660,9 @@ def _compare_fragments(
     for k, src in enumerate(models):
         progress(k / (len(models) + 1), f"{src.name} on {n} fragments")
         with _on_device(src.model, device) as model:
-            model = prepare_for_inference(model, device)  # the variant's precision (trainers.fastpath)
+            model = prepare_for_inference(
+                model, device
+            )  # the variant's precision (trainers.training.fastpath)
             _model_call(src.name, partial(model.predict_bytes, x_all[:batch].to(device)))  # warm-up
             repaired, total_ms, bpp = [], 0.0, None
             for start in range(0, n, batch):
@@ -731,8 +733,8 @@ def run_compare(
     `sources` are run ids (in `runs_dir`) or checkpoint folders; `models` may pass them already loaded
     (the studio's cache). Bad input raises ValueError / FileNotFoundError with a message for the user.
     """
-    from trainers.loop import resolve_device
-    from trainers.tasks import task_for
+    from trainers.training.loop import resolve_device
+    from trainers.training.tasks import task_for
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative whole number, got {seed!r}")
