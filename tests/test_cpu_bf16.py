@@ -140,7 +140,7 @@ def test_forced_off_inference_is_the_plain_fp32_model(monkeypatch):
 
 
 def test_ssim_term_stays_fp32_under_bf16_autocast():
-    from trainers.tasks import masked_sar_loss
+    from trainers.training.tasks import masked_sar_loss
 
     torch.manual_seed(0)
     x = torch.rand(4, 1, 64, 64)
