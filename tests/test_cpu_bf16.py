@@ -55,6 +55,8 @@ def test_with_native_bf16_the_table_decides_per_variant(monkeypatch):
         narrow = make_config(v, "reference").model or {"channels": [8, 16, 16]}
         assert FastPath.resolve(CPU, VARIANTS[v].domain, variant=v, model=narrow) == FastPath(), v
         assert FastPath.resolve(CPU, VARIANTS[v].domain, "bf16", variant=v, model=narrow).bf16, "asked: bf16"
+        wide = {"base_channels": 96}
+        assert FastPath.resolve(CPU, VARIANTS[v].domain, variant=v, model=wide).bf16, "wider: bf16"
 
 
 def test_detection_follows_torchs_cpu_report(monkeypatch):

@@ -39,8 +39,8 @@ CPU_CHANNELS_LAST_VARIANTS: frozenset[str] = frozenset(
     {"sar-baseline", "sar-resnet", "sar-residual", "sar-attention"}
 )
 
-# Model settings that make a net narrower than its variant's default (the smoke and reference presets set
-# them). Training such a narrow net in bf16 measured slower than fp32 on the 2-core machine here (its small
+# Model settings that, set below the variant's default, make a net narrower (the smoke and reference presets
+# do). Training such a narrow net in bf16 measured slower than fp32 on the 2-core machine here (its small
 # kernels gain less than the casts and layout changes around them cost), so it trains in fp32; inference
 # keeps the variant's bf16 (on 256² images the narrow SAR references ran 1.7-1.8x faster in bf16).
 NARROWING_SETTINGS = frozenset({"base_channels", "widths", "channels", "head_channels"})
@@ -65,6 +65,24 @@ def cpu_has_native_bf16() -> bool:
     if all(callable(probe) for probe in probes):
         return any(probe() for probe in probes)
     return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())  # an older torch without the probes
+
+
+def _narrowed(variant: str | None, model: dict[str, Any] | None) -> bool:
+    """Whether `model` sets a width (`NARROWING_SETTINGS`) below the variant's default."""
+    from models import VARIANTS
+
+    info = VARIANTS.get(variant or "")
+    if info is None:
+        return False
+    for name in NARROWING_SETTINGS & set(model or {}):
+        given, default = model[name], info.default_config.get(name)
+        if default is None:
+            continue
+        given_t = given if isinstance(given, (list, tuple)) else [given]
+        default_t = default if isinstance(default, (list, tuple)) else [default]
+        if sum(given_t) < sum(default_t):
+            return True
+    return False
 
 
 def _cpu_flags() -> set[str]:
@@ -106,8 +124,7 @@ class FastPath:
         on a CPU with native bf16 (`CPU_BF16_VARIANTS`), unless `model` (the run's model settings) narrows
         the net (`NARROWING_SETTINGS`); else fp32. `bf16` forces autocast on or off."""
         if bf16 is None:
-            narrow = bool(NARROWING_SETTINGS & set(model or {}))
-            bf16 = cpu_has_native_bf16() and variant in CPU_BF16_VARIANTS and not narrow
+            bf16 = cpu_has_native_bf16() and variant in CPU_BF16_VARIANTS and not _narrowed(variant, model)
         return cls(bf16=bf16, channels_last=bf16 and variant in CPU_CHANNELS_LAST_VARIANTS)
 
     @classmethod
