@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
-from functools import partial
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,14 @@ class InferenceModel(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             value = getattr(self._modules["model"], name)
-        return partial(self._run, value) if name in self.METHODS and callable(value) else value
+        if name not in self.METHODS or not callable(value):
+            return value
+
+        @wraps(value)  # callers may read the method's signature (compare's fragment decoder does)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return self._run(value, *args, **kwargs)
+
+        return run
 
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         args = tuple(self.fast.inputs(a) if isinstance(a, torch.Tensor) else a for a in args)
