@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.common import Figure, build_run, sized_config, train_loader
 from benchmarks.throughput import run_setup
-from trainers.training.fastpath import FastPath
+from trainers.training.fastpath import CPU_BF16_VARIANTS, FastPath
 
 # How far the fast path's losses may stray from fp32's, relative. bf16 keeps 8 bits of mantissa (0.4 %
 # per rounding); after tens of steps two runs that differ only in rounding drift apart by about a percent.
@@ -53,8 +53,10 @@ def compare_variant(
     n_batches: int = 4,
     compile: bool = False,
     device: str | None = None,
+    fast: FastPath | None = None,
 ) -> dict[str, Any]:
-    """fp32 eager against the fast set-up for one variant: both trajectories and held-out losses."""
+    """fp32 eager against the fast set-up (default: the CUDA one; `fast` gives another, e.g. the CPU bf16
+    set-up `FastPath.cpu_default(variant, bf16=True)`) for one variant: trajectories and held-out losses."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = "full" if device.startswith("cuda") else "smoke"
     held = 2
@@ -63,7 +65,8 @@ def compare_variant(
     batches = list(train_loader(cfg, data.train))
     train_batches, held_batches = batches[:n_batches], batches[n_batches : n_batches + held]
     dev = torch.device(device)
-    setups = {"fp32": FastPath(), "fast": FastPath.cuda_default(task.domain, compile=compile)}
+    fast = fast if fast is not None else FastPath.cuda_default(task.domain, compile=compile)
+    setups = {"fp32": FastPath(), "fast": fast}
     out: dict[str, Any] = {"variant": variant, "batch_size": cfg.batch_size, "steps": steps, "device": device}
     for name, fast in setups.items():
         with _eager_random_numbers(fast.compile):
@@ -101,13 +104,18 @@ def measure_fastpath_agreement(
             raise ValueError(f"unknown variant '{v}'; choose from: {', '.join(VARIANTS)}")
     where = "GPU" if torch.cuda.is_available() else "CPU"
     raw = {v: compare_variant(v, steps, n_batches, compile) for v in names}
+    # The CPU's own default where it is bf16 (trainers.training.fastpath.CPU_BF16_VARIANTS), on the CPU.
+    for v in names:
+        if v in CPU_BF16_VARIANTS:
+            cpu = FastPath.cpu_default(v, bf16=True)
+            raw[f"{v} (CPU default)"] = compare_variant(v, steps, n_batches, device="cpu", fast=cpu)
     figures = []
     for v, r in raw.items():
         values = (r["held_out_relative_difference"], r["train_relative_difference"], r["fp32_loss_change"])
         finite = all(math.isfinite(x) for x in values)
         figures.append(
             Figure(
-                key=f"fastpath/{where.lower()}/{v}",
+                key=f"fastpath/{where.lower()}/{v}".replace(" (CPU default)", "/cpu-default"),
                 label=f"{where}: fast path vs fp32, held-out loss after {steps} steps, {v} "
                 f"(batch {r['batch_size']}; {r['fast']['setup']})",
                 value=100 * values[0] if finite else None,

@@ -46,6 +46,7 @@ def overhead_config(variant: str, steps: int, batch_size: int | None = None, see
             f"{2 * cfg.log_every}, got {steps}"
         )
     cfg.max_steps = steps
+    cfg.precision = "fp32"  # the bare loop's maths: the loop's CPU bf16 default would differ from it
     return cfg
 
 

@@ -16,6 +16,7 @@ from gradio_client.exceptions import AppError
 from studio.app import DEFAULT_PORT, parse_args
 from studio.views.fragments import builtin_choices
 from trainers.runs.store import RunStore
+from trainers.training.fastpath import FastPath
 
 FRAGMENT_DATA = "fragments:python,max_files=12"
 # /sar_compare after the checkpoints: source, scene seed, size (0: the checkpoint's), looks, upload, pixel
@@ -88,7 +89,7 @@ def test_launch_a_fragments_job_watch_it_complete_and_read_its_curves(client, st
     assert row["status"] == "completed", row["reason"]
     assert row["variant"] == "fragment-dae" and row["epoch"] == 2 and row["step"] > 0
     assert row["metric"] == "val/accuracy_corrupted" and 0.0 <= row["best"] <= 1.0
-    assert row["elapsed"] > 0 and row["device"] == "cpu, fp32"
+    assert row["elapsed"] > 0 and row["device"] == f"cpu, {FastPath.cpu_default('fragment-dae').describe()}"
 
     with RunStore(studio.runs_dir) as store:
         run = store.get_run(run_id)

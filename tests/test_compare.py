@@ -204,8 +204,10 @@ def test_sar_json_schema_codecs_from_actual_bytes_and_psnr_against_the_formula(c
     assert rows["sar_b"]["kind"] == "checkpoint"
     # The rate is measured: the bytes of each tile's range-coded latent, decoded back for the scores.
     from trainers.evaluation import bitstream
+    from trainers.training.fastpath import prepare_for_inference
 
-    model = load_pretrained(ckpts["sar_b"]).eval()
+    # In the precision compare runs the variant in (bf16 on a CPU with native bf16, training.fastpath).
+    model = prepare_for_inference(load_pretrained(ckpts["sar_b"]).eval())
     sizes, psnrs = [], []
     with torch.no_grad():
         for i in range(n):

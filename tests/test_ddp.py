@@ -15,6 +15,7 @@ import torch
 from tests.helpers import smoke_train
 from trainers.runs import checkpoints
 from trainers.runs.store import RunStore
+from trainers.training.fastpath import FastPath
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,9 @@ def _torchrun_two_processes(tmp_path: Path, device: str):
 
 def test_torchrun_two_processes_train_one_run(tmp_path):
     run, _ = _torchrun_two_processes(tmp_path, "cpu")
-    assert run.status == "completed" and run.device == "cpu x2, fp32"
+    # The CPU default of fragment-dae on this machine's CPU (bf16 where it has native bf16).
+    expected = FastPath.cpu_default("fragment-dae").describe()
+    assert run.status == "completed" and run.device == f"cpu x2, {expected}"
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")

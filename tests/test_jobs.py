@@ -28,6 +28,7 @@ from tests.helpers import fake_python, wait_for  # noqa: E402
 from trainers.runs import checkpoints  # noqa: E402
 from trainers.runs.store import RunStore  # noqa: E402
 from trainers.settings import make_config  # noqa: E402
+from trainers.training.fastpath import FastPath  # noqa: E402
 
 FAST = {"poll_interval": 0.1}
 
@@ -80,7 +81,8 @@ def test_two_cpu_jobs_run_at_once_queue_waits_cancel_and_kill(tmp_path: Path, ma
     )
     assert statuses(store, a, b) == ["running", "running"]
     ra, rb = store.get_run(a), store.get_run(b)
-    assert ra.pid != rb.pid and ra.device == rb.device == "cpu, fp32"
+    expected = f"cpu, {FastPath.cpu_default('fragment-dae').describe()}"  # bf16 on a CPU with native bf16
+    assert ra.pid != rb.pid and ra.device == rb.device == expected
     assert store.get_run(c).status == "queued" and store.get_run(c).pid is None
     assert sorted(jm.running_jobs()) == sorted([a, b])
     env_a = Path(f"/proc/{ra.pid}/environ").read_bytes().split(b"\0")

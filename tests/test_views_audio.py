@@ -20,6 +20,7 @@ from studio.views import audio as view
 from trainers.data.audio import AudioFeatureConfig, make_features, synthesize_clip
 from trainers.metrics import sanity
 from trainers.metrics.audio import log_spectral_distance, spectral_convergence
+from trainers.training.fastpath import prepare_for_inference
 
 # A small STFT so each decode is a few ms; the views must read these from the checkpoint, not the defaults.
 CFG = AudioFeatureConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, clip_seconds=0.5)
@@ -86,7 +87,9 @@ def test_compare_builtin_clip_uses_the_checkpoint_features(request, ctx, which, 
     np.testing.assert_allclose(r.roundtrip, features.decode(features.encode(wav)), atol=1e-6)
     assert r.features.shape == (channels, CFG.n_mels, CFG.n_frames)
 
-    model = ctx.load_model(folder, "audio")
+    model = prepare_for_inference(
+        ctx.load_model(folder, "audio")
+    )  # the tab's precision (trainers.training.fastpath)
     with torch.no_grad():
         mu, logvar = model.encode(torch.from_numpy(features.encode(wav))[None])
         recon = model.decode(mu)[0].numpy()

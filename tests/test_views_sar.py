@@ -28,6 +28,7 @@ from trainers.metrics import registry, sanity
 from trainers.metrics import sar as sar_metrics
 from trainers.runs.checkpoints import save_checkpoint
 from trainers.runs.store import RunStore
+from trainers.training.fastpath import prepare_for_inference
 
 ROOT = Path(__file__).resolve().parents[1]
 PRE = {"kind": "sar-log-intensity", "log_min": -6.0, "log_max": 3.0, "eps": 1e-6, "looks": 4}
@@ -72,7 +73,9 @@ def frag_ckpt(tmp_path_factory):
 
 
 def forward(ctx, folder: str, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    model = ctx.load_model(folder, "sar")
+    model = prepare_for_inference(
+        ctx.load_model(folder, "sar")
+    )  # the tab's precision (trainers.training.fastpath)
     with torch.no_grad():
         return model(torch.from_numpy(x)[None, None])
 

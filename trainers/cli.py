@@ -247,9 +247,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from trainers.runs.store import RunStore
     from trainers.settings import parse_run_settings, validate_run
-    from trainers.training.loop import resume_config, train
+    from trainers.training.loop import cpu_threads, resume_config, train
+
+    # A trainer process computes on the cores it may use (the studio's share of them, the CPUs it is pinned
+    # to, a container's quota), shared by the ranks torchrun starts on this host.
+    torch.set_num_threads(cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
     overrides = {
         "epochs": args.epochs,

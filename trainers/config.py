@@ -121,7 +121,8 @@ class RunConfig:
     # DataLoader workers; None = automatic: 0 on CPU (they would compete with the model for the cores), a
     # few on CUDA so batches are made while the GPU computes (see loop.data_workers).
     num_workers: int | None = None
-    # bf16 autocast: "auto" = on CUDA GPUs that have bf16, off on CPU (see trainers.training.fastpath).
+    # bf16 autocast: "auto" = SAR on CUDA GPUs with bf16, and full-width SAR nets on CPUs with native bf16
+    # (see trainers.training.fastpath); "fp32"/"bf16" force it.
     precision: str = "auto"
     # torch.compile the model on CUDA. Off by default: it costs minutes of compilation on short runs and has
     # not been checked against fp32 on a GPU here (see BENCHMARKS.md).

@@ -53,6 +53,7 @@ from trainers.data.audio import (
 from trainers.metrics import registry, sanity
 from trainers.metrics.audio import feature_mse, log_spectral_distance, spectral_convergence
 from trainers.metrics.registry import arrow
+from trainers.training.fastpath import prepare_for_inference
 from trainers.training.progress import Progress, no_progress
 
 SOURCES = ("built-in clip", "upload or recording")
@@ -388,6 +389,7 @@ def audio_compare(
     progress(0.2, "features of the clip")
     clip = clip_input(features, source, kind, seed, upload, start)
     x = torch.from_numpy(clip.features)[None].to(model_device(model))
+    model = prepare_for_inference(model)  # the variant's precision (trainers.training.fastpath)
     mu, logvar = model_call(f"the {model.VARIANT} model", lambda: model.encode(x))
     recon = model.decode(mu).float()[0].cpu().numpy()
     progress(0.4, "waveforms of the round trip and the reconstruction")

@@ -31,6 +31,7 @@ from studio.views.common import (
 from trainers.data.fragments import FRAGMENT_SIZE, NoiseGenerator, bytes_to_tensor, read_fragment
 from trainers.metrics import registry, sanity
 from trainers.metrics.fragments import fragment_metrics
+from trainers.training.fastpath import prepare_for_inference
 from trainers.training.progress import Progress, no_progress
 
 BYTES_PER_ROW = 16
@@ -172,6 +173,7 @@ def make_noise(ber: float, substitution: float, erasure: float, burst: float, se
 def repair_bytes(model: torch.nn.Module, corrupted: np.ndarray) -> np.ndarray:
     """The model's repair of one fragment, as uint8 bytes of the same length."""
     x = bytes_to_tensor(corrupted)[None].to(model_device(model))  # (1, 1, n)
+    model = prepare_for_inference(model)  # the variant's precision (trainers.training.fastpath)
     out = model_call("the fragment model", lambda: model.predict_bytes(x))
     out = out.detach().cpu().numpy().reshape(-1)
     if out.shape != corrupted.shape:

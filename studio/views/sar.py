@@ -45,6 +45,7 @@ from trainers.data.sar import (
 )
 from trainers.metrics import registry, sanity
 from trainers.metrics.sar import sar_metrics
+from trainers.training.fastpath import prepare_for_inference
 from trainers.training.progress import Progress, no_progress
 
 SOURCES = ("validation sample", "uploaded image")
@@ -222,6 +223,8 @@ def sar_input(
 def reconstruct(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, torch.Tensor, float]:
     """(reconstruction (H, W), latent, forward time in ms) of a model-scale image (H, W)."""
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(model_device(model))
+    # The variant's precision, prepared once and warmed up on this shape outside the timed call.
+    model = prepare_for_inference(model, example=t)
     (x_hat, z), ms = model_call(f"the {model.VARIANT} model", lambda: timed_ms(lambda: model(t)))
     return x_hat.float()[0, 0].cpu().numpy(), z.float().cpu(), ms
 

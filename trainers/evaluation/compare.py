@@ -37,6 +37,7 @@ from torch.utils.data import Dataset, Subset
 from trainers.data.files import folder_files
 from trainers.data.spec import DataSpec, default_data_spec, parse_data_spec
 from trainers.metrics import registry, sanity
+from trainers.training.fastpath import prepare_for_inference
 
 BOOTSTRAP_RESAMPLES = 1000
 # Metrics of the leaderboard per domain, in column order; the first is the rate-distortion plot's y axis.
@@ -507,6 +508,7 @@ def _sar_model_row(
 ) -> Row:
     coded, spreads = Coded(), []
     with _on_device(src.model, device) as model:
+        model = prepare_for_inference(model, device)  # the variant's precision (training.fastpath)
         _model_call(src.name, partial(model, examples[0].x.to(device)))  # warm-up: first calls are slow
         for i, ex in enumerate(examples):
             progress(i / len(examples), f"{src.name}: image {i + 1} of {len(examples)}")
@@ -759,6 +761,7 @@ def _audio_model_row(
     by the model and inverted to audio; the main point's output spectra under extra["spectra"]."""
     coded, spectra = Coded(), []
     with _on_device(src.model, device) as model:
+        model = prepare_for_inference(model, device)  # the variant's precision (training.fastpath)
         warm = torch.from_numpy(features.encode(waves[0]))[None].to(device)
         _model_call(src.name, partial(model.reconstruct, warm))  # warm-up: first calls are slow
         for i, wav in enumerate(waves):
@@ -930,6 +933,7 @@ def _fragment_model_row(
     clean_b, corrupt_b, changed = truth
     coded, repaired = Coded(), []
     with _on_device(src.model, device) as model:
+        model = prepare_for_inference(model, device)  # the variant's precision (training.fastpath)
         _model_call(src.name, partial(model.predict_bytes, x_all[:1].to(device)))  # warm-up
         for i in range(x_all.shape[0]):
             if i % 64 == 0:

@@ -182,9 +182,15 @@ def ssim_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> to
     _check_data_range(data_range)
     if not x.is_floating_point() or not y.is_floating_point():
         raise ValueError(f"ssim_tensor: expected floating-point images, got {x.dtype} and {y.dtype}")
-    return _msssim_ssim(
-        x, y, data_range=data_range, size_average=True, win_size=SSIM_WIN_SIZE, win_sigma=SSIM_WIN_SIGMA
-    )
+    # fp32 (or the float64 it is given) also inside a bf16 autocast: SSIM's variances are differences of
+    # near-equal window means (E[x²] - E[x]²), which bf16's 8-bit mantissa would cancel away; its 1-channel
+    # Gaussian convolutions cost little next to the model's (BENCHMARKS.md, "CPU bf16").
+    if x.dtype in (torch.bfloat16, torch.float16):
+        x, y = x.float(), y.float()
+    with torch.autocast(x.device.type, enabled=False):
+        return _msssim_ssim(
+            x, y, data_range=data_range, size_average=True, win_size=SSIM_WIN_SIZE, win_sigma=SSIM_WIN_SIGMA
+        )
 
 
 def ssim(x: ArrayLike, y: ArrayLike, data_range: float = 1.0) -> float:

@@ -8,8 +8,12 @@ options named here.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
+from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +27,73 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # fragment nets have no NHWC layout in any case.
 BF16_DOMAINS = ("sar",)
 CHANNELS_LAST_DOMAINS = ("sar",)
+
+# The CPU default on a CPU with native bf16 (AVX512-BF16 or AMX), per variant: bf16 autocast + channels_last
+# for the SAR nets, whose whole training step (loss with SSIM, backward, Adam) inside the trainer measured
+# 2.6x faster than fp32 at full widths, and whose `compare` inference 1.6-1.8x. The audio VAEs and fragment
+# nets stay fp32: inside the trainer bf16 measured slower for them on the 2-core machine here (audio-vae-mel
+# 0.04x, fragment-dae 0.83x by wall time) though a bare step's compute was 1.1-1.5x faster. Measured by
+# `benchmarks/cpu_bf16.py` (BENCHMARKS.md, "CPU bf16"); on a CPU without native bf16 everything is fp32.
+CPU_BF16_VARIANTS: frozenset[str] = frozenset({"sar-baseline", "sar-resnet", "sar-residual", "sar-attention"})
+CPU_CHANNELS_LAST_VARIANTS: frozenset[str] = frozenset(
+    {"sar-baseline", "sar-resnet", "sar-residual", "sar-attention"}
+)
+
+# Model settings that, set below the variant's default, make a net narrower (the smoke and reference presets
+# do). Training such a narrow net in bf16 measured slower than fp32 on the 2-core machine here (its small
+# kernels gain less than the casts and layout changes around them cost), so it trains in fp32; inference
+# keeps the variant's bf16 (on 256² images the narrow SAR references ran 1.7-1.8x faster in bf16).
+NARROWING_SETTINGS = frozenset({"base_channels", "widths", "channels", "head_channels"})
+
+# "0" makes `cpu_has_native_bf16` say no (to see, or keep, what a CPU without it gets), "1" says yes.
+NATIVE_BF16_ENV = "AE_STUDIO_CPU_BF16"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as torch's own CPU report says;
+    `NATIVE_BF16_ENV` overrides the answer. Without it, torch emulates bf16 in fp32 and autocast is slower."""
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip().lower()
+    if forced in ("0", "false", "no", "off"):
+        return False
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False  # torch's kernels are built for a lower level here (e.g. ATEN_CPU_CAPABILITY=avx2)
+    probes = [
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    if all(callable(probe) for probe in probes):
+        return any(probe() for probe in probes)
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())  # an older torch without the probes
+
+
+def _narrowed(variant: str | None, model: dict[str, Any] | None) -> bool:
+    """Whether `model` sets a width (`NARROWING_SETTINGS`) below the variant's default."""
+    from models import VARIANTS
+
+    info = VARIANTS.get(variant or "")
+    if info is None:
+        return False
+    for name in NARROWING_SETTINGS & set(model or {}):
+        given, default = model[name], info.default_config.get(name)
+        if default is None:
+            continue
+        given_t = given if isinstance(given, (list, tuple)) else [given]
+        default_t = default if isinstance(default, (list, tuple)) else [default]
+        if sum(given_t) < sum(default_t):
+            return True
+    return False
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 @dataclass(frozen=True)
@@ -46,22 +117,44 @@ class FastPath:
         )
 
     @classmethod
-    def resolve(
-        cls, device: torch.device, domain: str, precision: str = "auto", compile: bool = False
+    def cpu_default(
+        cls, variant: str | None, bf16: bool | None = None, model: dict[str, Any] | None = None
     ) -> FastPath:
-        """The loop's set-up on `device`: `cuda_default` on CUDA, plain fp32 on CPU unless bf16 is asked for
-        (it is slower there on most CPUs). `compile` is honoured on CUDA only: on CPU it costs more compile
-        time than short runs gain."""
+        """What the loop runs for `variant` on a CPU: bf16 autocast (and channels_last) where measured faster
+        on a CPU with native bf16 (`CPU_BF16_VARIANTS`), unless `model` (the run's model settings) narrows
+        the net (`NARROWING_SETTINGS`); else fp32. `bf16` forces autocast on or off."""
+        if bf16 is None:
+            bf16 = cpu_has_native_bf16() and variant in CPU_BF16_VARIANTS and not _narrowed(variant, model)
+        return cls(bf16=bf16, channels_last=bf16 and variant in CPU_CHANNELS_LAST_VARIANTS)
+
+    @classmethod
+    def resolve(
+        cls,
+        device: torch.device,
+        domain: str,
+        precision: str = "auto",
+        compile: bool = False,
+        variant: str | None = None,
+        model: dict[str, Any] | None = None,
+    ) -> FastPath:
+        """The loop's set-up on `device`: `cuda_default` on CUDA; on a CPU `cpu_default` for `variant` and its
+        `model` settings (fp32 when no variant is named). `compile` is honoured on CUDA only: on CPU it costs
+        more compile time than short runs gain."""
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
         if device.type != "cuda":
-            return cls(bf16=precision == "bf16")
+            return cls.cpu_default(variant, {"auto": None, "fp32": False, "bf16": True}[precision], model)
         has_bf16 = torch.cuda.is_bf16_supported()
         if precision == "bf16" and not has_bf16:
             raise ValueError("precision bf16 was requested, but this GPU has no bf16; use fp32 or auto")
         default = cls.cuda_default(domain, compile)
         bf16 = {"fp32": False, "bf16": True, "auto": default.bf16 and has_bf16}[precision]
         return replace(default, bf16=bf16)
+
+    @property
+    def precision(self) -> str:
+        """The precision the step computes in: "bf16" (autocast, fp32 master weights) or "fp32"."""
+        return "bf16" if self.bf16 else "fp32"
 
     def describe(self) -> str:
         on = [name for name, value in asdict(self).items() if value]
@@ -90,3 +183,93 @@ class FastPath:
         if isinstance(batch, (list, tuple)):
             return [self.inputs(b) for b in batch]
         return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+
+
+class InferenceModel(nn.Module):
+    """`model` as its variant runs at inference in the set-up `fast`: inputs in its memory format, the
+    forward under its autocast, floating outputs back in contiguous fp32, so the scoring after it stays fp32.
+    `METHODS` run the same way; other attributes (VARIANT, DOMAIN, preprocessing ...) are the model's own."""
+
+    def __init__(self, model: nn.Module, fast: FastPath, device: torch.device) -> None:
+        super().__init__()
+        self.model, self.fast, self.device = model, fast, device
+        self.warmed: set[tuple[Any, ...]] = set()  # the input shapes already run once
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run(self.model, *args, **kwargs)
+
+    # The models' inference entry points besides forward, run in the same set-up as forward.
+    METHODS = ("reconstruct", "predict_bytes", "encode", "decode")
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            value = getattr(self._modules["model"], name)
+        if name not in self.METHODS or not callable(value):
+            return value
+
+        @wraps(value)  # callers may read the method's signature (compare's fragment decoder does)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return self._run(value, *args, **kwargs)
+
+        return run
+
+    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(self.fast.inputs(a) if isinstance(a, torch.Tensor) else a for a in args)
+        with self.fast.autocast(self.device):
+            return _in_fp32(fn(*args, **kwargs))
+
+    @torch.no_grad()
+    def warm_up(self, example: torch.Tensor) -> None:
+        """Run `example` once if its shape is new: the first call of a shape sets up its kernels (oneDNN
+        primitives; sar-attention took 2059 ms on its first call in the studio, 247 ms after it)."""
+        key = (tuple(example.shape), example.dtype, example.device)
+        if key not in self.warmed:
+            self(example)
+            self.warmed.add(key)
+
+
+def _in_fp32(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float().contiguous() if out.is_floating_point() else out
+    if isinstance(out, (list, tuple)):
+        return type(out)(_in_fp32(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _in_fp32(v) for k, v in out.items()}
+    return out
+
+
+_PREPARED_ATTR = "_fastpath_inference_forms"
+_prepare_lock = threading.Lock()
+
+
+def prepare_for_inference(
+    model: nn.Module,
+    device: torch.device | str | None = None,
+    example: torch.Tensor | None = None,
+    precision: str = "auto",
+) -> InferenceModel:
+    """`model` (in eval mode) prepared to run in its variant's training precision on `device` (default: where
+    its weights are), from a cache kept on the model, so every call after the first reuses the prepared form.
+    `example` (an input batch) is run once per new shape, so that set-up is not timed as inference."""
+    if isinstance(model, InferenceModel):
+        model = model.model
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    variant = getattr(model, "VARIANT", None)
+    fast = FastPath.resolve(device, str(getattr(model, "DOMAIN", "")), precision, variant=variant)
+    fast = replace(fast, compile=False, fused=False)
+    with _prepare_lock:
+        forms = model.__dict__.get(_PREPARED_ATTR)
+        if forms is None:
+            forms = {}
+            object.__setattr__(model, _PREPARED_ATTR, forms)  # not a submodule: no change to state_dict
+        prepared = forms.get((device, fast))
+        if prepared is None:
+            fast.prepare(model)  # channels_last weights (in place; fp32 calls give the same results)
+            prepared = forms[(device, fast)] = InferenceModel(model, fast, device)
+    if example is not None:
+        prepared.warm_up(example)
+    return prepared

@@ -41,7 +41,7 @@ from trainers.runs.faults import kill_point
 from trainers.runs.store import RunStore
 from trainers.settings import check_config
 from trainers.training import system
-from trainers.training.fastpath import FastPath
+from trainers.training.fastpath import FastPath, cpu_has_native_bf16
 from trainers.training.hooks import pause_point
 from trainers.training.tasks import AudioTask, Task, task_for
 
@@ -74,6 +74,22 @@ def data_workers(requested: int | None, device: torch.device) -> int:
             raise ValueError(f"num_workers must be >= 0, got {requested}")
         return requested
     return min(4, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
+
+
+def cpu_threads(world: int = 1) -> int:
+    """Intra-op threads for a CPU trainer: OMP_NUM_THREADS when set (the studio sets it to its share of the
+    CPU slots, torchrun to 1 a rank), else the CPUs it is pinned to, capped by a cgroup CPU quota (a
+    container's limit), shared among the `world` ranks of this host."""
+    with contextlib.suppress(ValueError):
+        given = int(os.environ.get("OMP_NUM_THREADS", ""))
+        if given > 0:
+            return given
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(float(quota) / float(period))))
+    return max(1, cores // max(1, world))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -123,6 +139,7 @@ class PhaseTimes:
         self.seconds = dict.fromkeys(self.NAMES, 0.0)
         self.after_warm = dict.fromkeys(self.NAMES, 0.0)  # the part of each phase after the first WARM_S
         self.peak_gpu_bytes: int | None = None
+        self.setup: dict[str, Any] = {}  # what the steps ran in (precision, layout, threads, workers)
         self.first_step_s: float | None = None
         self.first_step_since_process_s: float | None = None
         self.process_start_s = _process_age()
@@ -164,6 +181,7 @@ class PhaseTimes:
         late = total - self.WARM_S
         out["steps_share_after_10s"] = round(self.after_warm["steps"] / late, 4) if late > 0 else None
         out["peak_gpu_bytes"] = self.peak_gpu_bytes
+        out.update(self.setup)
         return out
 
     def summary(self) -> str:
@@ -445,6 +463,7 @@ class Trainer:
     def _make_loaders(self) -> None:
         cfg, pin = self.cfg, self.device.type == "cuda"
         workers = data_workers(cfg.num_workers, self.device)
+        self.phases.setup["data_workers"] = workers
         self.train_loader = DataLoader(
             self.data.train,
             batch_size=cfg.batch_size,
@@ -754,7 +773,15 @@ def _train_recorded(
         run_id = resume
 
     task = task_for(cfg.variant, kl_weight=cfg.kl_weight)
-    fast = FastPath.resolve(ddp.device, task.domain, cfg.precision, cfg.compile)
+    fast = FastPath.resolve(
+        ddp.device, task.domain, cfg.precision, cfg.compile, variant=cfg.variant, model=cfg.model
+    )
+    phases.setup = {
+        "precision": fast.precision,
+        "fast_path": fast.describe(),
+        "cpu_native_bf16": cpu_has_native_bf16() if ddp.device.type == "cpu" else None,
+        "threads": torch.get_num_threads(),
+    }
     _seed_everything(cfg.seed + state.step)
     spec = parse_data_spec(cfg.data) if cfg.data else None
     if spec is not None and spec.domain != task.domain:
