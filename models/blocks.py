@@ -9,6 +9,7 @@ __all__ = [
     "ChannelAttention",
     "PreActResidualBlock",
     "ResidualBlock",
+    "PreActBlockWithBranchCBAM",
     "ResidualBlockWithCBAM",
     "ResidualBlockWithDownsample",
     "ResidualBlockWithUpsample",
@@ -144,31 +145,89 @@ class SpatialAttention(nn.Module):
         return torch.sigmoid(self.conv(pooled))
 
 
+#: CBAM gate kinds: "sigmoid" multiplies by sigma(.) in (0, 1) as in the paper; "identity" by 2 * sigma(.) in
+#: (0, 2) with the gates' last layers initialised near zero, so the module starts as (almost) the identity.
+GATES = ("sigmoid", "identity")
+# Scale of the gates' last-layer weights with gate="identity": 2*sigma(a) - 1 ~ a/2, so each gate starts
+# within about 1 % of 1 and the 32 gates of Variant C together within a few %, while every parameter still
+# gets a gradient from the first step (an exactly-zero layer would leave the layer before it without one).
+IDENTITY_GATE_INIT_STD = 1e-3
+
+
 class CBAM(nn.Module):
     """Convolutional Block Attention Module (Woo et al. 2018): channel attention, then spatial attention.
 
-    out = x' * spatial(x') with x' = x * channel(x).
+    gate="sigmoid" (the paper): out = x' * spatial(x') with x' = x * channel(x).
+    gate="identity": out = x' * 2 spatial(x') with x' = x * 2 channel(x), the gates' last layers started near
+    zero, so out ~ x at initialisation. That is the gate for a CBAM on a network's main path (Variant C, after
+    each residual block): there every sigmoid gate starts near 0.5 and multiplies the whole signal, so 16
+    CBAMs (32 gates) scale the identity path by ~0.5**32 and the network starts (and stays) a near-constant
+    image. Centred at 1, the gates can still attenuate (towards 0) or amplify (towards 2) what they learn to.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+    def __init__(
+        self, channels: int, reduction: int = 16, kernel_size: int = 7, gate: str = "sigmoid"
+    ) -> None:
         super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+        self.gate = gate
+        self.scale = 2.0 if gate == "identity" else 1.0
         self.channel_attention = ChannelAttention(channels, reduction)
         self.spatial_attention = SpatialAttention(kernel_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The channel MLP's own init; with gate="identity" the two last layers start near zero."""
+        self.channel_attention.reset_parameters()
+        if self.gate == "identity":
+            nn.init.normal_(self.channel_attention.mlp[2].weight, 0.0, IDENTITY_GATE_INIT_STD)
+            nn.init.normal_(self.spatial_attention.conv.weight, 0.0, IDENTITY_GATE_INIT_STD)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * self.channel_attention(x)
-        return x * self.spatial_attention(x)
+        x = x * (self.scale * self.channel_attention(x))
+        return x * (self.scale * self.spatial_attention(x))
 
 
 class ResidualBlockWithCBAM(nn.Module):
-    """A :class:`PreActResidualBlock`, then a :class:`CBAM` (attention after the block, not inside it)."""
+    """A :class:`PreActResidualBlock`, then a :class:`CBAM` (attention after the block, on the main path:
+    Variant C as designed). ``gate`` defaults to "identity" for the reason :class:`CBAM` gives."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int = 1, reduction: int = 16, kernel_size: int = 7
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        reduction: int = 16,
+        kernel_size: int = 7,
+        gate: str = "identity",
     ) -> None:
         super().__init__()
         self.block = PreActResidualBlock(in_channels, out_channels, stride)
-        self.cbam = CBAM(out_channels, reduction, kernel_size)
+        self.cbam = CBAM(out_channels, reduction, kernel_size, gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cbam(self.block(x))
+
+
+class PreActBlockWithBranchCBAM(PreActResidualBlock):
+    """A :class:`PreActResidualBlock` with a CBAM on its residual branch, before the addition (the CBAM
+    paper's placement, Woo et al. 2018, Fig. 3): out = CBAM(F(x)) + shortcut(x). The identity path stays
+    clean, so the paper's sigmoid gates only scale what each block adds."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        reduction: int = 16,
+        kernel_size: int = 7,
+        gate: str = "sigmoid",
+    ) -> None:
+        super().__init__(in_channels, out_channels, stride)
+        self.cbam = CBAM(out_channels, reduction, kernel_size, gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return self.cbam(out) + self.shortcut(x)

@@ -10,6 +10,7 @@ from torch import nn
 from models.blocks import (
     CBAM,
     ChannelAttention,
+    PreActBlockWithBranchCBAM,
     PreActResidualBlock,
     ResidualBlock,
     ResidualBlockWithCBAM,
@@ -20,11 +21,18 @@ from models.blocks import (
 from models.sar import (
     AttentionAutoencoder,
     BaselineAutoencoder,
+    BranchAttentionAutoencoder,
     ResidualAutoencoder,
     ResNetAutoencoder,
 )
 
-SAR_CLASSES = [BaselineAutoencoder, ResNetAutoencoder, ResidualAutoencoder, AttentionAutoencoder]
+SAR_CLASSES = [
+    BaselineAutoencoder,
+    ResNetAutoencoder,
+    ResidualAutoencoder,
+    AttentionAutoencoder,
+    BranchAttentionAutoencoder,
+]
 SMALL = {"base_channels": 8, "image_size": 64}
 
 
@@ -129,6 +137,76 @@ def test_cbam_equals_input_times_channel_times_spatial_attention() -> None:
     torch.testing.assert_close(cbam.spatial_attention(refined), sa)
 
 
+def test_identity_gate_cbam_is_input_times_twice_each_gate_and_starts_near_identity() -> None:
+    """gate="identity": out = x' * 2 sa(x') with x' = x * 2 ca(x); at initialisation out ~ x, where the
+    paper's gate halves the signal (the cause of Variant C's collapse: 16 such CBAMs on the main path)."""
+    x = torch.randn(3, 32, 10, 12)
+    cbam = CBAM(32, reduction=16, kernel_size=7, gate="identity")
+    with torch.no_grad():
+        ca = cbam.channel_attention(x)
+        refined = x * 2 * ca
+        expected = refined * 2 * cbam.spatial_attention(refined)
+        out = cbam(x)
+        torch.testing.assert_close(out, expected)
+        assert (out / x - 1).abs().max() < 0.05  # within 5 % of the identity
+        plain = CBAM(32, reduction=16, kernel_size=7, gate="sigmoid")(x)
+        assert (plain / x).abs().mean() < 0.6  # the paper's gates start near 0.5 * 0.5
+    with pytest.raises(ValueError, match="gate must be one of sigmoid, identity"):
+        CBAM(32, gate="relu")
+
+
+def test_branch_cbam_block_is_cbam_of_the_residual_branch_plus_shortcut() -> None:
+    torch.manual_seed(0)
+    block = PreActBlockWithBranchCBAM(8, 16, stride=2, reduction=4).eval()
+    _randomise_bn(block)
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        branch = block.conv2(F.relu(_bn(block.conv1(F.relu(_bn(x, block.bn1))), block.bn2)))
+        expected = block.cbam(branch) + block.shortcut(x)
+        torch.testing.assert_close(block(x), expected)
+
+
+def test_variant_c_placements_have_the_same_parameter_count() -> None:
+    after = AttentionAutoencoder().count_parameters()["total"]
+    branch = BranchAttentionAutoencoder().count_parameters()["total"]
+    assert abs(after - branch) <= 0.01 * after
+
+
+def test_variant_c_starts_close_to_variant_b_and_the_plain_gate_does_not() -> None:
+    """With near-identity gates Variant C's latent keeps the spread of Variant B's at initialisation; the
+    paper's gates on the main path shrink it by orders of magnitude (the collapse the shipped model had)."""
+    x = torch.rand(4, 1, 64, 64)
+
+    def latent_std(**kw) -> float:
+        torch.manual_seed(0)
+        model = AttentionAutoencoder(base_channels=8, image_size=64, **kw).eval()
+        with torch.no_grad():
+            return model.encode(x).std().item()
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        b = ResidualAutoencoder(base_channels=8, image_size=64).eval().encode(x).std().item()
+    assert 0.5 * b < latent_std(gate="identity") < 2 * b
+    assert latent_std(gate="sigmoid") < 0.05 * b
+
+
+def test_checkpoints_saved_before_the_gate_option_load_with_the_plain_gate(tmp_path) -> None:
+    import json
+
+    model = AttentionAutoencoder(base_channels=8, image_size=64, gate="sigmoid").eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["gate"] == "sigmoid"
+    del config["gate"]  # as written before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = AttentionAutoencoder.from_pretrained(tmp_path)
+    assert loaded.gate == "sigmoid"
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], model(x)[0])
+    assert AttentionAutoencoder().gate == "identity" and BranchAttentionAutoencoder().gate == "sigmoid"
+
+
 @pytest.mark.parametrize(("channels", "hidden"), [(16, 1), (8, 1), (64, 4), (512, 32)])
 def test_channel_attention_hidden_width_is_max_c_over_16_and_1(channels: int, hidden: int) -> None:
     ca = ChannelAttention(channels, reduction=16)
@@ -185,7 +263,11 @@ def _count(module: nn.Module, kind: type) -> int:
     return sum(isinstance(m, kind) for m in module.modules())
 
 
-@pytest.mark.parametrize("cls", [ResidualAutoencoder, AttentionAutoencoder], ids=["B", "C"])
+@pytest.mark.parametrize(
+    "cls",
+    [ResidualAutoencoder, AttentionAutoencoder, BranchAttentionAutoencoder],
+    ids=["B", "C", "C-branch"],
+)
 def test_variant_b_and_c_structure(cls: type) -> None:
     model = cls()
     enc, dec = model.encoder, model.decoder
@@ -215,9 +297,12 @@ def test_variant_b_and_c_structure(cls: type) -> None:
     assert (head.in_channels, head.out_channels, head.kernel_size) == (64, 1, (7, 7))
     assert isinstance(dec.head[-1], nn.Sigmoid)
     n_cbam = _count(model, CBAM)
-    if cls is AttentionAutoencoder:
+    if cls is not ResidualAutoencoder:
         assert n_cbam == 16 and _count(enc, CBAM) == 8
-        assert _count(model, ResidualBlockWithCBAM) == 16  # i.e. one CBAM right after every residual block
+        if cls is AttentionAutoencoder:  # one CBAM right after every residual block
+            assert _count(model, ResidualBlockWithCBAM) == 16
+        else:  # one CBAM inside every residual block, on its branch
+            assert _count(model, PreActBlockWithBranchCBAM) == 16
         assert {m.channel_attention.mlp[0].out_channels for m in model.modules() if isinstance(m, CBAM)} == {
             1,
             4,
@@ -322,7 +407,9 @@ def test_bad_constructor_arguments(cls: type) -> None:
         cls(variant="fragment-dae")
 
 
-@pytest.mark.parametrize("cls", [BaselineAutoencoder, AttentionAutoencoder], ids=lambda c: c.VARIANT)
+@pytest.mark.parametrize(
+    "cls", [BaselineAutoencoder, AttentionAutoencoder, BranchAttentionAutoencoder], ids=lambda c: c.VARIANT
+)
 def test_kernel_size_must_be_a_positive_odd_integer(cls: type) -> None:
     with pytest.raises(ValueError, match="kernel_size must be odd .*, got 4"):
         cls(kernel_size=4, **SMALL)
