@@ -137,21 +137,28 @@ def test_cbam_equals_input_times_channel_times_spatial_attention() -> None:
     torch.testing.assert_close(cbam.spatial_attention(refined), sa)
 
 
-def test_identity_gate_cbam_is_input_times_twice_each_gate_and_starts_near_identity() -> None:
-    """gate="identity": out = x' * 2 sa(x') with x' = x * 2 ca(x); at initialisation out ~ x, where the
-    paper's gate halves the signal (the cause of Variant C's collapse: 16 such CBAMs on the main path)."""
+def test_unit_mean_gate_cbam_rescales_each_map_to_mean_one_and_starts_near_identity() -> None:
+    """gate="unit-mean": out = x' * s(x') / mean_hw s(x') with x' = x * c(x) / mean_c c(x); at
+    initialisation out ~ x, where the paper's gates start near 0.5 each (the cause of Variant C's collapse:
+    16 CBAMs, 32 such gates, on the main path)."""
     x = torch.randn(3, 32, 10, 12)
-    cbam = CBAM(32, reduction=16, kernel_size=7, gate="identity")
+    cbam = CBAM(32, reduction=16, kernel_size=7, gate="unit-mean")
     with torch.no_grad():
         ca = cbam.channel_attention(x)
-        refined = x * 2 * ca
-        expected = refined * 2 * cbam.spatial_attention(refined)
-        out = cbam(x)
-        torch.testing.assert_close(out, expected)
-        assert (out / x - 1).abs().max() < 0.05  # within 5 % of the identity
+        refined = x * ca / ca.mean(dim=1, keepdim=True)
+        sa = cbam.spatial_attention(refined)
+        expected = refined * sa / sa.mean(dim=(2, 3), keepdim=True)
+        torch.testing.assert_close(cbam(x), expected)
+        assert (cbam(x) / x - 1).abs().max() < 0.05  # within 5 % of the identity
+        # Trained weights can re-weight channels and pixels but not change the overall scale.
+        cbam.channel_attention.mlp[2].weight.normal_(0.0, 3.0)
+        cbam.spatial_attention.conv.weight.normal_(0.0, 3.0)
+        ca = cbam.channel_attention(x)
+        assert ca.std() > 0.1
+        torch.testing.assert_close((ca / ca.mean(dim=1, keepdim=True)).mean(dim=1), torch.ones(3, 1, 1))
         plain = CBAM(32, reduction=16, kernel_size=7, gate="sigmoid")(x)
         assert (plain / x).abs().mean() < 0.6  # the paper's gates start near 0.5 * 0.5
-    with pytest.raises(ValueError, match="gate must be one of sigmoid, identity"):
+    with pytest.raises(ValueError, match="gate must be one of sigmoid, unit-mean"):
         CBAM(32, gate="relu")
 
 
@@ -173,7 +180,7 @@ def test_variant_c_placements_have_the_same_parameter_count() -> None:
 
 
 def test_variant_c_starts_close_to_variant_b_and_the_plain_gate_does_not() -> None:
-    """With near-identity gates Variant C's latent keeps the spread of Variant B's at initialisation; the
+    """With unit-mean gates Variant C's latent keeps the spread of Variant B's at initialisation; the
     paper's gates on the main path shrink it by orders of magnitude (the collapse the shipped model had)."""
     x = torch.rand(4, 1, 64, 64)
 
@@ -186,7 +193,7 @@ def test_variant_c_starts_close_to_variant_b_and_the_plain_gate_does_not() -> No
     torch.manual_seed(0)
     with torch.no_grad():
         b = ResidualAutoencoder(base_channels=8, image_size=64).eval().encode(x).std().item()
-    assert 0.5 * b < latent_std(gate="identity") < 2 * b
+    assert 0.5 * b < latent_std(gate="unit-mean") < 2 * b
     assert latent_std(gate="sigmoid") < 0.05 * b
 
 
@@ -204,7 +211,7 @@ def test_checkpoints_saved_before_the_gate_option_load_with_the_plain_gate(tmp_p
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], model(x)[0])
-    assert AttentionAutoencoder().gate == "identity" and BranchAttentionAutoencoder().gate == "sigmoid"
+    assert AttentionAutoencoder().gate == "unit-mean" and BranchAttentionAutoencoder().gate == "sigmoid"
 
 
 @pytest.mark.parametrize(("channels", "hidden"), [(16, 1), (8, 1), (64, 4), (512, 32)])

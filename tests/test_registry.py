@@ -40,7 +40,7 @@ SMALL = {
     "sar-resnet": {"base_channels": 8, "image_size": 64},
     "sar-residual": {"base_channels": 8, "image_size": 64},
     "sar-attention": {"base_channels": 8, "image_size": 64, "reduction": 4},
-    "sar-attention-branch": {"base_channels": 8, "image_size": 64, "reduction": 4, "gate": "identity"},
+    "sar-attention-branch": {"base_channels": 8, "image_size": 64, "reduction": 4, "gate": "unit-mean"},
     "audio-vae-mel": {"latent_dim": 8, "n_mels": 32, "n_frames": 20, "widths": (8, 16, 32, 64)},
     "audio-vae": {"latent_dim": 16, "n_mels": 32, "n_frames": 21, "widths": (8, 16, 32, 64, 128)},
     "fragment-dae": {"channels": (8, 16, 32)},

@@ -39,6 +39,7 @@ from trainers.dataspec import DataSpec, parse_data_spec
 from trainers.fastpath import FastPath
 from trainers.hooks import pause_point
 from trainers.metrics import registry
+from trainers.metrics.collapse import check_collapse
 from trainers.settings import check_config
 from trainers.store import RunStore
 from trainers.tasks import AudioTask, Task, task_for
@@ -528,6 +529,7 @@ class Trainer:
         GPU step does not wait on a host sync each time; the window still names the exact step that first
         went non-finite."""
         batch = self.fast.inputs(self.task.batch_to(batch, self.device))
+        self.task.step = self.state.step  # the KL warm-up's clock (it goes on from a resumed step)
         loss = self.one_step(batch, lambda: pause_point("step", until=lambda: self.cancel.set))
         self.state.step += 1
         self.state.steps_here += 1
@@ -558,6 +560,9 @@ class Trainer:
         """Rank 0 after validation: log metrics, media and the epoch line; save `best` when the monitored
         metric improved, and `last`."""
         state, epoch, monitor = self.state, self.state.epoch, self.task.monitor
+        self.last_val.update(
+            check_collapse(self.task.domain, self.last_val, self.store, self.run_id, self.folder, epoch)
+        )
         self.store.log_metrics(self.run_id, state.step, epoch, "val", self.last_val)
         media.log_validation_media(
             self.task, self.model, self.data.val, self.device, self.folder, state.step, epoch
@@ -707,7 +712,7 @@ def _train_recorded(
         state.resume_from(checkpoints.resume_state(resume_folder))  # best value as the best checkpoint's
         run_id = resume
 
-    task = task_for(cfg.variant, kl_weight=cfg.kl_weight)
+    task = task_for(cfg.variant, cfg.kl_weight, cfg.kl_warmup, cfg.free_bits)
     fast = FastPath.resolve(ddp.device, task.domain, cfg.precision, cfg.compile)
     _seed_everything(cfg.seed + state.step)
     spec = parse_data_spec(cfg.data) if cfg.data else None

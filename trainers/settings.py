@@ -28,9 +28,16 @@ WHOLE_MINIMUM: dict[str, int] = {
     "num_workers": 0,
     "patience": 0,
     "log_every": 1,
+    "kl_warmup": 0,
 }
 # Real-number settings: True where the value must be > 0, False where >= 0 is enough.
-REAL_POSITIVE: dict[str, bool] = {"lr": True, "kl_weight": False, "weight_decay": False, "grad_clip": False}
+REAL_POSITIVE: dict[str, bool] = {
+    "lr": True,
+    "kl_weight": False,
+    "free_bits": False,
+    "weight_decay": False,
+    "grad_clip": False,
+}
 # Settings whose value must be one of a table's entries, and that table.
 CHOICES: dict[str, Any] = {"variant": VARIANTS, "preset": PRESETS, "precision": PRECISIONS}
 # What a setting is called in messages where that is not its key.
@@ -133,6 +140,8 @@ class RunSettings(BaseModel):
     log_every: int | None = None
     lr: float | None = None
     kl_weight: float | None = None
+    kl_warmup: int | None = None
+    free_bits: float | None = None
     weight_decay: float | None = None
     grad_clip: float | None = None
     data: Any = None  # a data spec string or a trainers.dataspec.DataSpec
