@@ -43,10 +43,10 @@ def _commit() -> str:
 
 def train_reference(variant: str, runs_dir: Path, seed: int = 0) -> dict:
     """Train `variant` with the reference preset, copy its best checkpoint into OUT, return its manifest."""
-    from trainers import checkpoints
-    from trainers.config import make_config
-    from trainers.loop import train
-    from trainers.store import RunStore
+    from trainers.runs import checkpoints
+    from trainers.runs.store import RunStore
+    from trainers.settings import make_config
+    from trainers.training.loop import train
 
     cfg = make_config(variant, "reference", seed=seed, device="cpu", num_workers=0)
     start = time.monotonic()

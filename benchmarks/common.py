@@ -144,8 +144,8 @@ def sized_config(
     Benchmarks time steps inside one epoch (no epoch-end evaluation in the window), so synthetic data is
     sized to the steps, validation is cut to two samples, and fragments read enough files.
     """
-    from trainers.config import make_config
-    from trainers.dataspec import DataSpec, format_data_spec, parse_data_spec
+    from trainers.data.spec import DataSpec, format_data_spec, parse_data_spec
+    from trainers.settings import make_config
 
     if batches < 1:
         raise ValueError(f"batches must be at least 1, got {batches}")
@@ -161,13 +161,14 @@ def sized_config(
 
 
 def build_run(cfg):
-    """(task, data, model) as `trainers.loop.Trainer.setup` builds them: same seeding order, same weights."""
+    """(task, data, model) as `trainers.training.loop.Trainer.setup` builds them: same seeding order, same
+    weights."""
     import numpy as np
     import torch
 
     from models import create_model
-    from trainers.dataspec import parse_data_spec
-    from trainers.tasks import task_for
+    from trainers.data.spec import parse_data_spec
+    from trainers.training.tasks import task_for
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)

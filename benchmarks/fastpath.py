@@ -1,7 +1,7 @@
 """Does the fast path train like fp32? The evidence behind the training loop's CUDA defaults.
 
 Each variant trains twice from the same weights on the same batches, with the same random draws: once in
-fp32 eager, once in the fast set-up (`trainers.fastpath.FastPath.cuda_default`: bf16 autocast +
+fp32 eager, once in the fast set-up (`trainers.training.fastpath.FastPath.cuda_default`: bf16 autocast +
 channels_last + fused Adam, plus `torch.compile` where asked). Compared: the validation loss both models
 reach on held-out batches (evaluated in fp32, as the loop evaluates), and the training loss over the last
 steps. A figure meets its target when the fast path's value is within `TOLERANCE` of fp32's.
@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.common import Figure, build_run, sized_config, train_loader
 from benchmarks.throughput import run_setup
-from trainers.fastpath import FastPath
+from trainers.training.fastpath import FastPath
 
 # How far the fast path's losses may stray from fp32's, relative. bf16 keeps 8 bits of mantissa (0.4 %
 # per rounding); after tens of steps two runs that differ only in rounding drift apart by about a percent.

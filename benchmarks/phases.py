@@ -2,10 +2,11 @@
 
 `measure_run_phases` runs `python -m trainers train VARIANT ...` per variant as its own process (imports
 and all, as the studio starts it) and reads the phase timings the trainer writes into its run folder
-(`trainers.loop.read_phases`): time to the first step, data build, steps, waits for batches, validation,
+(`trainers.training.loop.read_phases`): time to the first step, data build, steps, waits for batches,
+validation,
 checkpoints, and the share of wall time in steps. On CUDA it also records each run's peak GPU memory
 into `benchmarks/results/gpu-memory.json`, which the job manager then uses as the measured budget
-(`trainers.memory`).
+(`trainers.training.memory`).
 
 `measure_packing` (CUDA only) trains the four SAR variants at once on one GPU and each alone, and reports
 the together/slowest-alone wall-time ratio (target <= 1.3).
@@ -50,8 +51,8 @@ def _train_cmd(variant: str, runs: Path, preset: str, device: str, epochs: int |
 
 
 def _only_run(runs: Path) -> tuple[str, dict[str, Any]]:
-    from trainers.loop import read_phases
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
+    from trainers.training.loop import read_phases
 
     with RunStore(runs) as store:
         (run,) = store.list_runs()
@@ -155,7 +156,7 @@ def write_gpu_memory_table(rows: Sequence[dict[str, Any]], path: Path = GPU_MEMO
     """Merge the runs' measured peak GPU memory into the table the job manager budgets with."""
     import torch
 
-    from trainers.memory import budget_key
+    from trainers.training.memory import budget_key
 
     table: dict[str, Any] = {}
     if path.exists():

@@ -3,7 +3,7 @@ logging every step, p95 latency <= 2 s from a metric logged on the worker to its
 no backlog that grows).
 
 A two-node `ray.cluster_utils.Cluster` on this machine: the head holds the studio's sink actor
-(`trainers.ray_sink.start_sink`), the worker node runs N Ray tasks, each a stand-in trainer with its own
+(`trainers.runs.ray_sink.start_sink`), the worker node runs N Ray tasks, each a stand-in trainer with its own
 node-local `SinkStore` that logs one metric row every `interval_ms` for `seconds`. Meanwhile this driver
 polls the studio's store as the curves do (`metrics_after`) and notes when each row arrives:
 
@@ -61,7 +61,7 @@ def _trainer(sink_name: str, run_id: str, local_dir: str, gate: Any, seconds: fl
     """One stand-in trainer: a row every `interval` s through a SinkStore, as `_flush` logs train/loss."""
     import ray
 
-    from trainers.ray_sink import SinkStore, get_sink
+    from trainers.runs.ray_sink import SinkStore, get_sink
 
     store = SinkStore(local_dir, get_sink(sink_name), sink_name=sink_name, host="ray:bench")
     try:
@@ -99,8 +99,8 @@ def measure_sink(
     import ray
     from ray.cluster_utils import Cluster
 
-    from trainers.ray_sink import SINK_NAMESPACE, sink_name, start_sink, stop_sink
-    from trainers.store import RunStore
+    from trainers.runs.ray_sink import SINK_NAMESPACE, sink_name, start_sink, stop_sink
+    from trainers.runs.store import RunStore
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     tmp = Path(tempfile.mkdtemp(prefix="ray-sink-bench-"))

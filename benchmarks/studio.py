@@ -165,7 +165,7 @@ def fill_store(
     """
     import numpy as np
 
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     store = RunStore(runs_dir)
     if run_ids is None:
@@ -355,7 +355,7 @@ def measure_app_memory(
     from gradio_client import Client
 
     from models import VARIANTS
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be at least 1, got {n_jobs}")
@@ -453,7 +453,7 @@ def _wait_jobs_end(runs_dir: Path, run_ids: list[str], timeout: float = 60.0) ->
     """Wait for cancelled jobs to stop; SIGTERM stragglers by the pid the store holds for them.
 
     Returns whether every job had ended by itself within ``timeout``."""
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     if not run_ids or not (runs_dir / "runs.sqlite").exists():
         return True

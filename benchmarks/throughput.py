@@ -6,7 +6,8 @@ speeds are reported relative to the domain's reference variant, memory as the pe
 variant builds its data and model and trains on the first pass (read from /proc, reset between variants).
 
 GPU (when CUDA is present): the full preset's models and batch sizes, each variant in the three set-ups of
-`GPU_MODES`, built by `trainers.fastpath` exactly as the training loop builds them: fp32 eager; the loop's
+`GPU_MODES`, built by `trainers.training.fastpath` exactly as the training loop builds them: fp32 eager; the
+loop's
 CUDA default (bf16 autocast + channels_last + fused Adam for SAR, fp32 + fused Adam for the others); that plus
 `torch.compile`. Reported: samples/s,
 `torch.cuda.max_memory_allocated`, and the achieved FLOP rate as a fraction of this GPU's measured bf16
@@ -45,13 +46,14 @@ from benchmarks.common import (
     sized_config,
     train_loader,
 )
-from trainers.fastpath import FastPath
-from trainers.loop import TrainStep
+from trainers.training.fastpath import FastPath
+from trainers.training.loop import TrainStep
 
 # Speeds within a domain are given relative to its plainest model.
 REFERENCE: dict[str, str] = {"sar": "sar-baseline", "audio": "audio-vae-mel", "fragments": "fragment-dae"}
 DATA_SHARE_TARGET = 0.10
-# The set-ups compared on a GPU, as `trainers.fastpath` builds them for a domain. "default" is what the
+# The set-ups compared on a GPU, as `trainers.training.fastpath` builds them for a domain. "default" is what
+# the
 # training loop runs on CUDA; "compiled" adds `torch.compile` (the loop's `--compile`).
 GPU_MODES: tuple[str, ...] = ("fp32-eager", "default", "compiled")
 GPU_MODE_LABELS: dict[str, str] = {
@@ -90,7 +92,7 @@ class _Trainee:
     loader: DataLoader
 
     def step(self, batch: Any) -> torch.Tensor:
-        """The training loop's own step (trainers.loop.TrainStep), not a copy of it."""
+        """The training loop's own step (trainers.training.loop.TrainStep), not a copy of it."""
         return TrainStep(self.task, self.model, self.optimizer, self.cfg.grad_clip)(batch)
 
 
@@ -291,7 +293,8 @@ def run_setup(
     compile_on_cpu: bool = False,
 ) -> tuple[dict[str, Any], nn.Module]:
     """Train a fresh copy of the model (same init, same random draws) for ``warmup`` + ``steps`` steps in
-    the set-up ``fast``, exactly as `trainers.loop` runs a step. Returns the timings and the trained model.
+    the set-up ``fast``, exactly as `trainers.training.loop` runs a step. Returns the timings and the trained
+    model.
 
     ``device`` may be "cpu" to run the code path without a GPU: there is then no CUDA timing, and
     ``torch.compile`` only with ``compile_on_cpu`` (inductor's C++ back end takes ~20 s per model here).

@@ -1,4 +1,4 @@
-"""Trainer overhead: `trainers.loop.train` against a bare PyTorch loop doing the same work.
+"""Trainer overhead: `trainers.training.loop.train` against a bare PyTorch loop doing the same work.
 
 Both loops get the same config, seed, model weights, data, batch order, loss (the domain's
 `Task.loss`), Adam settings and gradient clipping, so the difference is what the loop adds around the
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import Figure, build_run, median, sized_config, train_loader
-from trainers.loop import TrainStep
-from trainers.store import RunStore
+from trainers.runs.store import RunStore
+from trainers.training.loop import TrainStep
 
 _clock = time.perf_counter
 
@@ -149,7 +149,7 @@ def paired_windows(cfg, bare_first: bool = False, control: bool = False) -> list
     of each (warm-up: first batches, lazy set-up) is dropped. With ``control`` a second bare loop takes our
     loop's place: the A/A run that shows how far from 1.0 the harness reads when nothing differs.
     """
-    from trainers.loop import train
+    from trainers.training.loop import train
 
     runner = _bare_train if control else train
     every = cfg.log_every
@@ -356,14 +356,15 @@ def measure_trainer_overhead(
 
 
 def profile_ours(variant: str, steps: int = 40, top: int = 25) -> str:
-    """cProfile of `trainers.loop.train` alone for one variant (set-up and evaluation included): where the
+    """cProfile of `trainers.training.loop.train` alone for one variant (set-up and evaluation included):
+    where the
     loop's own Python time goes, next to the time spent in torch."""
     import cProfile
     import io
     import pstats
 
-    from trainers.loop import train
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
+    from trainers.training.loop import train
 
     cfg = overhead_config(variant, steps)
     profiler = cProfile.Profile()

@@ -144,7 +144,7 @@ class AutoencoderHubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, licen
         """Save ``config.json`` + ``model.safetensors``, with ``self.preprocessing`` as it is *now*.
 
         The mixin captures init kwargs at construction, but trainers may fill ``preprocessing`` later.
-        No README.md is written: the one model card comes from ``trainers.model_card`` at export time (the
+        No README.md is written: the one model card comes from ``trainers.hub.model_card`` at export time (the
         mixin's own card would say "[More Information Needed]"); a README already in the folder is kept.
         """
         if config is None and isinstance(self._hub_mixin_config, dict):

@@ -100,7 +100,7 @@ def make_context(
     RuntimeError says what is wrong (Ray not installed, cluster unreachable)."""
     from studio.context import StudioContext
     from studio.jobs import JobManager, SpaceLimits
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")

@@ -17,8 +17,8 @@ from torch import nn
 
 from models import VARIANTS, load_pretrained
 from models.registry import wrong_domain_message
-from trainers import checkpoints
-from trainers.store import RunStore
+from trainers.runs import checkpoints
+from trainers.runs.store import RunStore
 
 log = logging.getLogger(__name__)
 

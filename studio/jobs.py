@@ -11,7 +11,8 @@ A run is claimed by a compare-and-set from `queued` to `running` ("starting the 
 its process starts, so two managers on one runs folder never start the same run twice, and a restart in
 the middle of a launch still finds the pid.
 
-GPU jobs are packed: several share a GPU while their memory budgets (`trainers.memory`: weights, gradients,
+GPU jobs are packed: several share a GPU while their memory budgets (`trainers.training.memory`: weights,
+gradients,
 Adam state and saved activations counted for the run's variant, batch size, model overrides and precision,
 with a margin) fit in its memory, optionally capped at `gpu_jobs` per GPU. Queued GPU runs start in
 submission order: one that does not fit yet holds back the ones after it, so a big job is not starved by a
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from studio.backends.base import Ended, Job, JobBackend, describe_host
 from studio.backends.local import PROJECT_ROOT, LocalBackend, reason_tail
-from trainers.store import RunRecord, RunStore
+from trainers.runs.store import RunRecord, RunStore
 
 if TYPE_CHECKING:  # trainers.config imports torch; the job manager does not need it at import time
     from trainers.config import RunConfig
@@ -67,7 +68,7 @@ GPU_MEMORY_USABLE = 0.95
 # Processes left running by shutdown(): kept referenced so that their Popen objects are not collected
 # (which warns, and reaps them behind the back of a manager that re-attached to them in this process).
 _DETACHED: list[subprocess.Popen] = []
-# Counted GPU memory budgets by configuration (trainers.memory.budget_key), shared by all managers.
+# Counted GPU memory budgets by configuration (trainers.training.memory.budget_key), shared by all managers.
 _BUDGETS: dict[str, int] = {}
 
 
@@ -105,7 +106,7 @@ class SpaceLimits:
     def apply(self, cfg: Any) -> Any:
         """``cfg`` (a RunConfig) within the limits: absent bounds filled in, excesses refused clearly."""
         from models.registry import check_model_size
-        from trainers.dataspec import format_data_spec, parse_data_spec
+        from trainers.data.spec import format_data_spec, parse_data_spec
 
         def over(what: str, value: Any, limit: Any) -> ValueError:
             return ValueError(f"{what} is {value}; this public Space allows at most {limit} (Space limit)")
@@ -685,7 +686,7 @@ class JobManager:
         """A run's GPU memory budget from its stored config, counted once per configuration."""
         if self._job_memory is not None:
             return int(self._job_memory(config))
-        from trainers.memory import budget_key, estimate_job_memory
+        from trainers.training.memory import budget_key, estimate_job_memory
 
         variant = str(config.get("variant", ""))
         batch = config.get("batch_size", 1)

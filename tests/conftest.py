@@ -108,7 +108,7 @@ def _wait_until_serving(server: StudioServer, timeout: float) -> None:
 
 def stop_runs(runs_dir: Path) -> None:
     """SIGTERM the trainer process groups of runs still active in `runs_dir` (started by these tests)."""
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     if not (runs_dir / "runs.sqlite").exists():
         return

@@ -15,7 +15,7 @@ from gradio_client.exceptions import AppError
 
 from studio.app import DEFAULT_PORT, parse_args
 from studio.views.fragments import builtin_choices
-from trainers.store import RunStore
+from trainers.runs.store import RunStore
 
 FRAGMENT_DATA = "fragments:python,max_files=12"
 # /sar_compare after the checkpoints: source, scene seed, size (0: the checkpoint's), looks, upload, pixel

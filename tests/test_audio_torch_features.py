@@ -14,8 +14,8 @@ from trainers.data.audio import (
     make_features,
     synthesize_clip,
 )
-from trainers.dataspec import parse_data_spec
-from trainers.tasks import AudioTask
+from trainers.data.spec import parse_data_spec
+from trainers.training.tasks import AudioTask
 
 CFG = AudioFeatureConfig()
 

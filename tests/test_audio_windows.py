@@ -15,9 +15,9 @@ import torch
 from models import create_model
 from trainers.cli import evaluate_checkpoint
 from trainers.data.audio import AudioFeatureConfig, AudioFolderDataset, make_features, window_starts
-from trainers.dataspec import parse_data_spec
+from trainers.data.spec import parse_data_spec
 from trainers.metrics.audio import log_spectral_distance, spectral_convergence
-from trainers.tasks import AUDIO_DECODED_CLIPS, AudioTask
+from trainers.training.tasks import AUDIO_DECODED_CLIPS, AudioTask
 
 SR = 48000
 # Small features (0.5 s clips at 8 kHz) keep the model and every decode fast.

@@ -35,7 +35,7 @@ from benchmarks.throughput import (  # noqa: E402
     run_setup,
 )
 from benchmarks.trainer_overhead import measure_trainer_overhead, overhead_config, paired_windows  # noqa: E402
-from trainers.dataspec import parse_data_spec  # noqa: E402
+from trainers.data.spec import parse_data_spec  # noqa: E402
 
 
 def _finite(figure: Figure) -> bool:
@@ -220,7 +220,7 @@ def test_gpu_modes_run_on_cpu(variant, image):
         assert r["samples_per_s"] > 0 and math.isfinite(r["mean_loss"]) and len(r["losses"]) == 2
         assert r["peak_allocated_mib"] is None  # CUDA memory only
         assert r["options"]["channels_last"] == (mode != "fp32-eager" and image)
-        # bf16 is the GPU default for the SAR nets only (trainers.fastpath.BF16_DOMAINS)
+        # bf16 is the GPU default for the SAR nets only (trainers.training.fastpath.BF16_DOMAINS)
         assert r["options"]["bf16"] == (mode != "fp32-eager" and image)
         assert r["options"]["compile"] is False  # not compiled off the GPU unless asked
         if image and mode != "fp32-eager":

@@ -16,8 +16,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from safetensors import safe_open
 from torch import nn
 
-from trainers import checkpoints as ck
-from trainers.checkpoints import (
+from trainers.runs import checkpoints as ck
+from trainers.runs.checkpoints import (
     checkpoint_path,
     is_complete,
     load_model_weights,

@@ -23,11 +23,11 @@ import soundfile as sf
 import torch
 
 from models import create_model, load_pretrained
-from trainers import checkpoints
 from trainers.cli import main
-from trainers.codecs import IMAGE_CODECS, opus_roundtrip, to_8bit
-from trainers.compare import bootstrap_summary, leaderboard, markdown_report, run_compare, to_json
-from trainers.store import RunStore
+from trainers.evaluation.codecs import IMAGE_CODECS, opus_roundtrip, to_8bit
+from trainers.evaluation.compare import bootstrap_summary, leaderboard, markdown_report, run_compare, to_json
+from trainers.runs import checkpoints
+from trainers.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SAR_SPEC = "sar:synthetic,n=6,size=32"
@@ -145,9 +145,9 @@ def test_bootstrap_interval_matches_the_normal_theory_and_leaves_out_nan():
 
 # ---------------------------------------------------------------------------------------------------- SAR
 def _sar_examples(spec: str):
-    from trainers.compare import _sar_items
-    from trainers.dataspec import parse_data_spec
-    from trainers.tasks import SARTask
+    from trainers.data.spec import parse_data_spec
+    from trainers.evaluation.compare import _sar_items
+    from trainers.training.tasks import SARTask
 
     dataset = SARTask("sar-baseline").dataset_for_eval(parse_data_spec(spec), {}, {"image_size": 32})
     return _sar_items(dataset)
@@ -337,7 +337,7 @@ def _zeroed(folder: str, part: str | None = None) -> torch.nn.Module:
 
 
 def _sources(folder: str, **models: torch.nn.Module) -> list:
-    from trainers.compare import ModelSource
+    from trainers.evaluation.compare import ModelSource
 
     config = json.loads((Path(folder) / "config.json").read_text())
     return [ModelSource(name, "checkpoint", Path(folder), m, config) for name, m in models.items()]
@@ -417,9 +417,9 @@ def test_useless_sar_models_are_flagged_in_the_json_and_the_markdown(ckpts):
 
 def test_useless_audio_and_fragment_models_are_flagged(ckpts, audio_folder, fragment_folder):
     from trainers.data.audio import AudioFolderDataset
-    from trainers.dataspec import parse_data_spec
+    from trainers.data.spec import parse_data_spec
     from trainers.metrics.sanity import flat_spectrum_lsd
-    from trainers.tasks import FragmentTask
+    from trainers.training.tasks import FragmentTask
 
     buzz = _zeroed(ckpts["audio"], "decoder")  # every clip decodes to the same sound
     models = _sources(ckpts["audio"], buzz=buzz, passthrough=_AudioPassthrough(buzz))

@@ -559,8 +559,8 @@ def test_synthetic_sets_draw_natural_images_from_disjoint_pools(monkeypatch) -> 
     """Training and validation draw from the 'train' source images, the built-in test set from the held-out
     ones, so its figures are on photographs no model saw."""
     import trainers.data.sar as sar
-    from trainers.dataspec import parse_data_spec
-    from trainers.tasks import SARTask
+    from trainers.data.spec import parse_data_spec
+    from trainers.training.tasks import SARTask
 
     assert set(sar.IMAGE_POOLS["train"]).isdisjoint(sar.IMAGE_POOLS["test"])
     assert sorted(sar.IMAGE_POOLS["train"] + sar.IMAGE_POOLS["test"]) == list(range(len(sar.NATURAL_IMAGES)))
@@ -596,8 +596,8 @@ def test_synthetic_sets_draw_natural_images_from_disjoint_pools(monkeypatch) -> 
 
 
 def test_folder_training_splits_by_image_and_a_single_image_cannot_be_split(tmp_path: Path) -> None:
-    from trainers.dataspec import parse_data_spec
-    from trainers.tasks import SARTask
+    from trainers.data.spec import parse_data_spec
+    from trainers.training.tasks import SARTask
 
     rng = np.random.default_rng(0)
     for k in range(4):

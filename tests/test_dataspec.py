@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers.dataspec import (
+from trainers.data.spec import (
     DOMAINS,
     KEYS,
     OPTIONS,
@@ -159,7 +159,7 @@ def test_table_is_consistent() -> None:
         assert set(keys) <= set(OPTIONS)
         assert {"seed", "val"} <= set(keys)
         assert ("folder" in keys) == (source == "folder")
-    import trainers.dataspec as module
+    import trainers.data.spec as module
 
     for (domain, source), keys in KEYS.items():  # the documented table matches the enforced one
         row = re.search(rf"^\| {domain} \| {source}( \(default\))? \| (.+) \|$", module.__doc__ or "", re.M)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.helpers import smoke_train
-from trainers import checkpoints
-from trainers.store import RunStore
+from trainers.runs import checkpoints
+from trainers.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

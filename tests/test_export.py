@@ -1,4 +1,5 @@
-"""Exports of logged points (trainers.export, `python -m trainers export`): CSV in Trackio's import layout,
+"""Exports of logged points (trainers.runs.export, `python -m trainers export`): CSV in Trackio's import
+layout,
 strict JSONL, TensorBoard event files read back with TensorBoard's own reader."""
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import torch
 from PIL import Image
 
 from models import create_model
-from trainers import export, media
 from trainers.cli import main as cli_main
 from trainers.data.sar import SyntheticSARDataset
-from trainers.store import RunStore
-from trainers.tasks import task_for
+from trainers.runs import export, media
+from trainers.runs.store import RunStore
+from trainers.training.tasks import task_for
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_800_000_000.0

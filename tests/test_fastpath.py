@@ -1,4 +1,5 @@
-"""The training step's set-up (`trainers.fastpath`): what the loop picks per device, that the fast path
+"""The training step's set-up (`trainers.training.fastpath`): what the loop picks per device, that the fast
+path
 trains like fp32 (run on the CPU, where bf16 autocast, channels_last and the fused Adam kernel all exist),
 and that every variant's training step compiles into one graph, so `--compile` on a GPU gets whole-model
 kernels."""
@@ -12,10 +13,10 @@ from torch import nn
 from benchmarks.fastpath import TOLERANCE, compare_variant
 from models import VARIANTS
 from trainers.cli import build_parser
-from trainers.config import make_config
-from trainers.fastpath import PRECISIONS, FastPath
-from trainers.loop import train
-from trainers.store import RunStore
+from trainers.runs.store import RunStore
+from trainers.settings import make_config
+from trainers.training.fastpath import PRECISIONS, FastPath
+from trainers.training.loop import train
 
 CPU = torch.device("cpu")
 

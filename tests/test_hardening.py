@@ -16,8 +16,8 @@ import torch
 
 from models import create_model
 from studio.context import StudioContext
-from trainers import checkpoints
-from trainers.store import RunStore
+from trainers.runs import checkpoints
+from trainers.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def test_eval_of_an_oversized_checkpoint_is_a_message_not_a_traceback(tmp_path):
 
 def test_space_hub_load_never_reads_a_server_folder(ctx, monkeypatch):
     from studio.views import hub
-    from trainers import hub as hub_lib
+    from trainers.hub import push as hub_lib
 
     seen: list[str] = []
 

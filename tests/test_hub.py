@@ -24,10 +24,13 @@ from PIL import Image
 
 from models import load_pretrained
 from models.fragments import FragmentAutoencoder
-from trainers import checkpoints, cli, hub, model_card
-from trainers.config import make_config
-from trainers.loop import train
-from trainers.store import RunStore
+from trainers import cli
+from trainers.hub import model_card
+from trainers.hub import push as hub
+from trainers.runs import checkpoints
+from trainers.runs.store import RunStore
+from trainers.settings import make_config
+from trainers.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Random per session and shaped like real tokens, so a leak anywhere is found by a plain text search.

@@ -18,9 +18,9 @@ from fake_hub import FakeHub, use_fake_hub
 from models import create_model
 from studio.context import StudioContext
 from studio.views import hub as view
-from trainers import checkpoints
-from trainers.config import make_config
-from trainers.store import RunStore
+from trainers.runs import checkpoints
+from trainers.runs.store import RunStore
+from trainers.settings import make_config
 
 TOKEN = "hf_" + secrets.token_hex(17)
 OWNER_TOKEN = "hf_" + secrets.token_hex(17)  # plays the Space owner's HF_TOKEN

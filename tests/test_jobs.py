@@ -25,9 +25,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from studio.backends.local import LOG_NAME, _cmdline, _proc_state  # noqa: E402
 from studio.jobs import JobManager  # noqa: E402
 from tests.helpers import fake_python, wait_for  # noqa: E402
-from trainers import checkpoints  # noqa: E402
-from trainers.config import make_config  # noqa: E402
-from trainers.store import RunStore  # noqa: E402
+from trainers.runs import checkpoints  # noqa: E402
+from trainers.runs.store import RunStore  # noqa: E402
+from trainers.settings import make_config  # noqa: E402
 
 FAST = {"poll_interval": 0.1}
 

@@ -1,4 +1,5 @@
-"""trainers.loop.TrainStep (the one step the loop and the benchmarks run) and `improved` (the registry's
+"""trainers.training.loop.TrainStep (the one step the loop and the benchmarks run) and `improved` (the
+registry's
 direction decides early stopping and the best checkpoint), the Trainer's stop rules, its non-finite loss
 check and the LoopState a checkpoint keeps."""
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainers.loop import (
+from trainers.training.loop import (
     Diverged,
     LoopState,
     PhaseTimes,

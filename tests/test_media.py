@@ -1,4 +1,5 @@
-"""Media logged along a run (trainers.media): the same examples at every validation, bounded, never fatal."""
+"""Media logged along a run (trainers.runs.media): the same examples at every validation, bounded, never
+fatal."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ import torch
 from PIL import Image
 
 from models import create_model
-from trainers import media
-from trainers.config import make_config
 from trainers.data.fragments import FragmentDataset
 from trainers.data.sar import SyntheticSARDataset
-from trainers.loop import train
-from trainers.store import RunStore
-from trainers.tasks import task_for
+from trainers.runs import media
+from trainers.runs.store import RunStore
+from trainers.settings import make_config
+from trainers.training.loop import train
+from trainers.training.tasks import task_for
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +162,7 @@ def test_a_media_failure_only_warns(sar_setup, tmp_path, caplog, monkeypatch):
 
     monkeypatch.setattr(media, "render_examples", boom)
     model.train()
-    with caplog.at_level(logging.WARNING, logger="trainers.media"):
+    with caplog.at_level(logging.WARNING, logger="trainers.runs.media"):
         assert media.log_validation_media(task, model, data, "cpu", folder, 10, 2) is None
     assert "media at step 10 not written (RuntimeError: disk on fire); training goes on" in caplog.text
     assert model.training, "the model's mode is restored"

@@ -154,7 +154,7 @@ def test_fragment_directions_agree_with_the_definitions() -> None:
 
 
 def test_model_card_table_reads_the_registry() -> None:
-    from trainers.model_card import CardInfo, metrics_table
+    from trainers.hub.model_card import CardInfo, metrics_table
 
     info = CardInfo(
         run_id="r", variant="fragment-dae", domain="fragments", kind="best", step=10, epoch=1,

@@ -80,7 +80,7 @@ def test_fragment_dae_learns_to_find_the_corrupted_bytes_without_breaking_clean_
     """Runs of equal bytes with 3 % replaced at random: after a short training run with the task's loss the
     gate opens mostly on corrupted bytes (precision and recall over 0.5), so byte accuracy stays at or above
     the corrupted input's (the whole-fragment design fell to a few % of bytes right)."""
-    from trainers.tasks import fragment_loss
+    from trainers.training.tasks import fragment_loss
 
     torch.manual_seed(0)
     model = FragmentAutoencoder(channels=(16, 32, 64)).train()

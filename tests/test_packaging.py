@@ -94,7 +94,7 @@ def test_wheel_holds_the_packages_template_assets_and_scripts(wheel) -> None:
         assert f"{package.replace('.', '/')}/__init__.py" in names, package
     sources = {str(p.relative_to(ROOT)) for top in PACKAGES for p in (ROOT / top).rglob("*.py")}
     assert {s for s in sources if "__pycache__" not in s} <= names
-    assert "trainers/templates/model_card.md.j2" in names
+    assert "trainers/hub/templates/model_card.md.j2" in names
     # assets/ ships as trainers/assets: every example input is there, and nothing outside the packages is.
     for path in (ROOT / "assets").rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts:
@@ -120,7 +120,7 @@ def test_dependencies_match_requirements_txt() -> None:
     assert dev[0] == "-r requirements.txt"
     extra = project["optional-dependencies"]["dev"]
     assert dict(map(_requirement, dev[1:])) == dict(map(_requirement, extra))
-    # The hub client that speaks httpx2 (imported by trainers/hub.py), and a gradio that accepts it.
+    # The hub client that speaks httpx2 (imported by trainers/hub/push.py), and a gradio that accepts it.
     assert declared["huggingface-hub"] == "<3,>=2.0" and "httpx2" in declared
     assert declared["gradio"] == "<7,>=6.30"
 
@@ -140,7 +140,7 @@ def test_unpacked_wheel_runs_the_cli_finds_assets_and_renders_a_card(unpacked, t
     assert "fragment-dae" in proc.stdout and "sar-attention" in proc.stdout
     code = """
 import models, trainers, studio.context as c
-from trainers.model_card import TEMPLATE, CardInfo, build_model_card
+from trainers.hub.model_card import TEMPLATE, CardInfo, build_model_card
 print(models.__file__); print(c.ASSETS_DIR); print(TEMPLATE)
 info = CardInfo(run_id="r", variant="fragment-dae", domain="fragments", kind="best", step=3, epoch=1,
     status="completed", run_config={}, model_config={}, parameters={"total": 10},

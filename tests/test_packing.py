@@ -1,4 +1,5 @@
-"""Several jobs on one GPU: the memory budget of a job (trainers.memory), which queued jobs the manager
+"""Several jobs on one GPU: the memory budget of a job (trainers.training.memory), which queued jobs the
+manager
 starts together on a GPU of a given size and which wait, and an out-of-memory error that fails one job only.
 
 There is no GPU here: the manager is given a fake GPU list and sizes, and a stand-in trainer (a shell script
@@ -21,8 +22,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from models import create_model  # noqa: E402
 from studio.jobs import GPU_MEMORY_USABLE, JobManager  # noqa: E402
 from tests.helpers import fake_python, wait_for  # noqa: E402
-from trainers.config import make_config  # noqa: E402
-from trainers.memory import (  # noqa: E402
+from trainers.runs.store import RunStore  # noqa: E402
+from trainers.settings import make_config  # noqa: E402
+from trainers.training.memory import (  # noqa: E402
     AUTOCAST_FACTOR,
     GIB,
     MARGIN,
@@ -32,7 +34,6 @@ from trainers.memory import (  # noqa: E402
     example_input,
     saved_activation_bytes,
 )
-from trainers.store import RunStore  # noqa: E402
 
 SAR = ("sar-baseline", "sar-resnet", "sar-residual", "sar-attention")
 
@@ -218,8 +219,8 @@ def test_app_takes_gpu_jobs():
 
 
 def test_out_of_gpu_memory_fails_that_run_only_with_a_clear_reason(tmp_path, monkeypatch):
-    from trainers.loop import train
-    from trainers.tasks import FragmentTask
+    from trainers.training.loop import train
+    from trainers.training.tasks import FragmentTask
 
     original = FragmentTask.loss
     calls = {"n": 0}

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from trainers import cli, hub
-from trainers.config import make_config
-from trainers.loop import train
-from trainers.progress import bar, terminal_progress
-from trainers.store import RunStore
+from trainers import cli
+from trainers.hub import push as hub
+from trainers.runs.store import RunStore
+from trainers.settings import make_config
+from trainers.training.loop import train
+from trainers.training.progress import bar, terminal_progress
 
 
 def test_terminal_bar_draws_fractions_and_stays_off_when_disabled(capsys) -> None:

@@ -31,7 +31,7 @@ from studio.backends.base import describe_host  # noqa: E402
 from studio.backends.local import _proc_state  # noqa: E402
 from studio.backends.ray import GPU_MEMORY_USABLE, ray_resources  # noqa: E402
 from studio.jobs import JobManager  # noqa: E402
-from trainers import checkpoints  # noqa: E402
+from trainers.runs import checkpoints  # noqa: E402
 
 HAS_RAY = find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(
@@ -123,7 +123,7 @@ def test_ray_colour_codes_are_stripped_from_logs_and_reasons():
 
 def test_the_trainer_connects_to_the_cluster_the_studio_names(monkeypatch):
     # Inside a Ray job RAY_ADDRESS is resolved with "auto", which takes any cluster on the node's host.
-    import trainers.ray_sink as ray_sink
+    import trainers.runs.ray_sink as ray_sink
 
     calls = []
 
@@ -464,7 +464,7 @@ def test_two_jobs_on_two_nodes_at_once_curves_and_checkpoints_come_home(cluster,
     runs = {i: jm.store.get_run(i) for i in (sar, audio)}
     assert (node_of(cluster, jm, sar), node_of(cluster, jm, audio)) == ("w1", "w2")
     # each job is told which cluster is the studio's, whatever else runs on its node's host
-    from trainers.ray_sink import ADDRESS_ENV
+    from trainers.runs.ray_sink import ADDRESS_ENV
 
     assert jm.backend._runtime_env()["env_vars"][ADDRESS_ENV] == cluster["cluster"].address
     # both trained at the same time: each started before the other ended

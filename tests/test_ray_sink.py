@@ -1,4 +1,4 @@
-"""The Ray result sink (trainers/ray_sink.py): a trainer in another working directory, with its own runs
+"""The Ray result sink (trainers/runs/ray_sink.py): a trainer in another working directory, with its own runs
 folder, sends its rows, status changes and checkpoints home to the studio's RunStore through the sink actor.
 
 One local Ray instance serves the whole module. The training cases run `python -m trainers train --sink`
@@ -29,9 +29,8 @@ needs_ray = pytest.mark.skipif(
 )
 
 from tests.helpers import smoke_train, start_trainer  # noqa: E402
-from trainers import checkpoints  # noqa: E402
-from trainers.hooks import PAUSE_ENV, PAUSE_FILE_ENV  # noqa: E402
-from trainers.ray_sink import (  # noqa: E402
+from trainers.runs import checkpoints  # noqa: E402
+from trainers.runs.ray_sink import (  # noqa: E402
     SINK_NAMESPACE,
     RunSink,
     SinkStore,
@@ -42,7 +41,8 @@ from trainers.ray_sink import (  # noqa: E402
     start_sink,
     stop_sink,
 )
-from trainers.store import RunStore  # noqa: E402
+from trainers.runs.store import RunStore  # noqa: E402
+from trainers.training.hooks import PAUSE_ENV, PAUSE_FILE_ENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "fragments:python,max_files=12"  # 5 steps an epoch at the smoke preset's batch size

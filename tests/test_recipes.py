@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers.metrics.collapse import SPREAD_WARNING, check_collapse, collapse_note, collapse_reasons
-from trainers.tasks import (
+from trainers.training.tasks import (
     feature_spread_ratio,
     fragment_loss,
     latent_usage,
@@ -112,7 +112,7 @@ def test_healthy_metrics_raise_no_collapse(domain: str, metrics: dict) -> None:
 
 
 def test_check_collapse_notes_the_run_and_writes_its_flag(tmp_path, caplog) -> None:
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     with RunStore(tmp_path / "runs") as store:
         run_id = store.create_run("sar-attention", "sar", {"variant": "sar-attention"})
@@ -133,9 +133,9 @@ def test_check_collapse_notes_the_run_and_writes_its_flag(tmp_path, caplog) -> N
 def test_a_collapsing_run_is_flagged_at_its_first_validation(tmp_path) -> None:
     """The plain-gate Variant C (the shipped collapsed design) trained for one epoch is caught by the loop:
     the `collapsing` metric is logged with the validation metrics and collapse.json says why."""
-    from trainers.config import make_config
-    from trainers.loop import train
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
+    from trainers.settings import make_config
+    from trainers.training.loop import train
 
     cfg = make_config(
         "sar-attention",

@@ -147,7 +147,7 @@ def test_create_model_rejects_unknown_names_and_options() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_save_and_load_round_trip_gives_identical_outputs(name: str, tmp_path: Path) -> None:
     model = _trained_checkpoint(name, tmp_path)
-    # No README: the one model card is written at export (trainers.model_card), not by the hub mixin.
+    # No README: the one model card is written at export (trainers.hub.model_card), not by the hub mixin.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["variant"] == name and config["preprocessing"] == PREPROCESSING

@@ -9,8 +9,15 @@ import pytest
 
 from studio.views.train import parse_settings
 from trainers.cli import main
-from trainers.config import make_config
-from trainers.settings import RunSettings, check_config, parse_run_settings, real, validate_run, whole
+from trainers.settings import (
+    RunSettings,
+    check_config,
+    make_config,
+    parse_run_settings,
+    real,
+    validate_run,
+    whole,
+)
 
 
 def test_whole_and_real_accept_what_the_widgets_hand_over():

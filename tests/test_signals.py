@@ -1,7 +1,8 @@
 """Cancel by signal in every phase of a run, with worker processes, as the studio's Cancel and `timeout`
 send it: SIGTERM (or SIGINT) to the trainer's whole process group. And the phase timings a run records.
 
-Each case holds the trainer in one phase with the `trainers.hooks` pause point (no sleeps that race the
+Each case holds the trainer in one phase with the `trainers.training.hooks` pause point (no sleeps that race
+the
 phase), signals the group, and checks the store's status and reason, the `last` checkpoint, that no worker
 outlived the trainer, and that the output has no traceback.
 """
@@ -18,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import smoke_train, start_trainer
-from trainers import checkpoints
-from trainers.config import make_config
-from trainers.hooks import PAUSE_ENV, PAUSE_FILE_ENV
-from trainers.loop import PHASES_NAME, PhaseTimes, read_phases, train
-from trainers.store import RunStore
+from trainers.runs import checkpoints
+from trainers.runs.store import RunStore
+from trainers.settings import make_config
+from trainers.training.hooks import PAUSE_ENV, PAUSE_FILE_ENV
+from trainers.training.loop import PHASES_NAME, PhaseTimes, read_phases, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 72 training images: enough for the prefill pool (64+ missing items) on a 2-core machine, still ~0.3 s.
@@ -139,8 +140,8 @@ def test_phase_timings_are_recorded_with_the_run(tmp_path):
 
 def test_a_run_is_never_left_running_when_the_data_build_fails_or_is_cancelled(tmp_path, monkeypatch):
     """In-process: a cancel raised inside the data build (as the handler does) ends the run cancelled."""
-    from trainers import loop
-    from trainers.tasks import FragmentTask
+    from trainers.training import loop
+    from trainers.training.tasks import FragmentTask
 
     def build_then_cancel(self, *args, **kwargs):
         raise loop.Cancelled()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers.store import STATUSES, TERMINAL, MetricRow, RunRecord, RunStore, lower_is_better
+from trainers.runs.store import STATUSES, TERMINAL, MetricRow, RunRecord, RunStore, lower_is_better
 
 
 @pytest.fixture

@@ -49,8 +49,8 @@ from studio.views.train import (  # noqa: E402
     set_run_labels,
     speed_text,
 )
-from trainers.config import make_config  # noqa: E402
-from trainers.store import RunStore  # noqa: E402
+from trainers.runs.store import RunStore  # noqa: E402
+from trainers.settings import make_config  # noqa: E402
 
 
 class CountingStore:
@@ -642,10 +642,10 @@ def test_panels_redraw_only_what_changed_and_the_poll_reports_it(ctx):
 def test_each_epoch_writes_one_log_line_with_loss_metrics_and_time(tmp_path, caplog):
     import logging
 
-    from trainers.loop import train
+    from trainers.training.loop import train
 
     cfg = make_config("fragment-dae", "smoke", epochs=2, data="fragments:python,max_files=6")
-    with RunStore(tmp_path / "runs") as store, caplog.at_level(logging.INFO, logger="trainers.loop"):
+    with RunStore(tmp_path / "runs") as store, caplog.at_level(logging.INFO, logger="trainers.training.loop"):
         result = train(cfg, store)
         run = store.get_run(result.run_id)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
@@ -656,7 +656,7 @@ def test_each_epoch_writes_one_log_line_with_loss_metrics_and_time(tmp_path, cap
 
 def test_checkpoint_choices_offer_best_and_last_of_each_run(ctx):
     from models import create_model
-    from trainers import checkpoints
+    from trainers.runs import checkpoints
 
     run_id = ctx.store.create_run("fragment-dae", "fragments", {}, status="completed")
     model = create_model("fragment-dae", channels=[8, 16, 16])

@@ -16,10 +16,10 @@ import torch
 
 from models import VARIANTS, load_pretrained
 from tests.helpers import smoke_train
-from trainers import checkpoints
-from trainers.config import make_config
-from trainers.loop import resume_config, train
-from trainers.store import RunStore
+from trainers.runs import checkpoints
+from trainers.runs.store import RunStore
+from trainers.settings import make_config
+from trainers.training.loop import resume_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -285,7 +285,7 @@ def test_fragment_repair_beats_identity_on_held_out_text_files(tmp_path, store):
 
 
 def test_data_workers_default_to_none_on_cpu_and_some_on_cuda():
-    from trainers.loop import data_workers
+    from trainers.training.loop import data_workers
 
     assert data_workers(None, torch.device("cpu")) == 0
     assert 1 <= data_workers(None, torch.device("cuda")) <= 4
@@ -296,7 +296,7 @@ def test_data_workers_default_to_none_on_cpu_and_some_on_cuda():
 
 def test_sigterm_during_validation_cancels_at_once_and_keeps_the_epoch(store, monkeypatch):
     """The job manager SIGKILLs a trainer that ignores SIGTERM for too long; validation must not delay it."""
-    from trainers.tasks import SARTask
+    from trainers.training.tasks import SARTask
 
     original = SARTask.evaluate
     seen: list[int] = []

@@ -29,7 +29,7 @@ UPLOAD = view.SOURCES[1]
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory):
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     root = tmp_path_factory.mktemp("studio")
     return StudioContext(runs_dir=root / "runs", store=RunStore(root / "runs"))

@@ -18,8 +18,8 @@ from studio.views.common import (
     resolve_checkpoint,
     selected_folders,
 )
-from trainers import checkpoints
-from trainers.store import RunStore
+from trainers.runs import checkpoints
+from trainers.runs.store import RunStore
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from studio.context import StudioContext
 from studio.views import fragments as view
 from trainers.data.fragments import NoiseGenerator, bytes_to_tensor
 from trainers.metrics.fragments import fragment_metrics
-from trainers.store import RunStore
+from trainers.runs.store import RunStore
 
 SPAN = re.compile(r'<span data-col="(\w+)" data-i="(\d+)" data-mark="(\w*)"[^>]*>([0-9a-f]{2})</span>')
 

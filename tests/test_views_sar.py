@@ -17,7 +17,6 @@ from PIL import Image
 from models import create_model
 from studio.context import StudioContext
 from studio.views import sar as view
-from trainers.checkpoints import save_checkpoint
 from trainers.data.sar import (
     KNOT_X,
     SyntheticSARDataset,
@@ -27,7 +26,8 @@ from trainers.data.sar import (
 )
 from trainers.metrics import registry, sanity
 from trainers.metrics import sar as sar_metrics
-from trainers.store import RunStore
+from trainers.runs.checkpoints import save_checkpoint
+from trainers.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PRE = {"kind": "sar-log-intensity", "log_min": -6.0, "log_max": 3.0, "eps": 1e-6, "looks": 4}

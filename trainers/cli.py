@@ -180,9 +180,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from trainers.loop import resume_config, train
+    from trainers.runs.store import RunStore
     from trainers.settings import validate_run
-    from trainers.store import RunStore
+    from trainers.training.loop import resume_config, train
 
     overrides = {
         "epochs": args.epochs,
@@ -198,8 +198,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "precision": args.precision,
     }
     model_overrides = _parse_set(args.set)
-    if args.sink:  # on a Ray node: a local store whose writes go home to the studio (trainers/ray_sink.py)
-        from trainers.ray_sink import open_sink_store
+    # on a Ray node: a local store whose writes go home to the studio (trainers/runs/ray_sink.py)
+    if args.sink:
+        from trainers.runs.ray_sink import open_sink_store
 
         local = None if args.runs_dir == DEFAULT_RUNS_DIR else args.runs_dir
         opened = open_sink_store(args.sink, local, run_id=args.run_id, resume=args.resume)
@@ -230,7 +231,7 @@ def _finite(v: Any) -> bool:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from trainers.store import RunStore
+    from trainers.runs.store import RunStore
 
     if not Path(args.runs_dir).exists():
         raise FileNotFoundError(f"runs folder not found: {args.runs_dir}")
@@ -272,7 +273,7 @@ def _json_default(v: Any) -> Any:
 
 def resolve_checkpoint(source: str, runs_dir: str | Path, kind: str = "best") -> Path:
     """A run id (its `best`, else `last`, checkpoint) or a checkpoint folder, as a folder path."""
-    from trainers import checkpoints
+    from trainers.runs import checkpoints
 
     path = Path(source)
     if path.is_dir():
@@ -293,10 +294,10 @@ def evaluate_checkpoint(folder: Path, data: str | None, device: str = "auto", ba
     from torch.utils.data import DataLoader
 
     from models import load_pretrained
-    from trainers.dataspec import default_data_spec, parse_data_spec
-    from trainers.loop import resolve_device
-    from trainers.progress import bar
-    from trainers.tasks import AudioTask, task_for
+    from trainers.data.spec import default_data_spec, parse_data_spec
+    from trainers.training.loop import resolve_device
+    from trainers.training.progress import bar
+    from trainers.training.tasks import AudioTask, task_for
 
     model = load_pretrained(folder)
     config = json.loads((Path(folder) / "config.json").read_text())
@@ -338,8 +339,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from trainers.compare import markdown_report, run_compare, to_json, write_outputs
-    from trainers.progress import terminal_progress
+    from trainers.evaluation.compare import markdown_report, run_compare, to_json, write_outputs
+    from trainers.training.progress import terminal_progress
 
     if args.seed < 0:
         raise ValueError(f"--seed must be a non-negative whole number, got {args.seed}")
@@ -372,7 +373,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from trainers.export import export_runs
+    from trainers.runs.export import export_runs
 
     paths = export_runs(args.run_ids, args.format, args.out, args.runs_dir, with_media=not args.no_media)
     for path in paths:
@@ -391,7 +392,7 @@ def _cmd_variants(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from trainers import hub
+    from trainers.hub import push as hub
 
     return hub.cli_push(args)
 

@@ -110,7 +110,7 @@ _REFERENCE: dict[str, dict[str, Any]] = {
 _REFERENCE_MODEL_BY_VARIANT: dict[str, dict[str, Any]] = {
     "audio-vae-mel": {"widths": [16, 32, 64, 64], "latent_dim": 64},
 }
-_PRESET_TABLES = {
+PRESET_TABLES = {
     "smoke": (_SMOKE, _SMOKE_MODEL_BY_VARIANT),
     "reference": (_REFERENCE, _REFERENCE_MODEL_BY_VARIANT),
     "full": (_FULL, {}),
@@ -130,9 +130,9 @@ class RunConfig:
     patience: int = 5
     grad_clip: float = 1.0
     kl_weight: float = 0.01
-    # The audio VAEs' KL schedule (see trainers.tasks.Task.kl_beta and models.audio.vae_loss): the KL weight
-    # rises linearly from 0 to kl_weight over kl_warmup steps, and each latent dimension's first free_bits
-    # nats are not penalised; together they keep the posterior from collapsing onto the prior.
+    # The audio VAEs' KL schedule (trainers.training.tasks.Task.kl_beta, models.audio.vae_loss): the KL
+    # weight rises linearly from 0 to kl_weight over kl_warmup steps, and each latent dimension's first
+    # free_bits nats are not penalised; together they keep the posterior from collapsing onto the prior.
     kl_warmup: int = 0
     free_bits: float = 0.0
     data: str = ""
@@ -143,7 +143,7 @@ class RunConfig:
     # DataLoader workers; None = automatic: 0 on CPU (they would compete with the model for the cores), a
     # few on CUDA so batches are made while the GPU computes (see loop.data_workers).
     num_workers: int | None = None
-    # bf16 autocast: "auto" = on CUDA GPUs that have bf16, off on CPU (see trainers.fastpath).
+    # bf16 autocast: "auto" = on CUDA GPUs that have bf16, off on CPU (see trainers.training.fastpath).
     precision: str = "auto"
     # torch.compile the model on CUDA. Off by default: it costs minutes of compilation on short runs and has
     # not been checked against fp32 on a GPU here (see BENCHMARKS.md).
@@ -167,32 +167,3 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown run config keys {unknown}; valid keys: {sorted(names)}")
         return cls(**data)
-
-
-def make_config(variant: str, preset: str = "full", **overrides: Any) -> RunConfig:
-    """Build a run config from a preset, then apply explicit overrides (None values are ignored).
-
-    The values are checked by `trainers.settings.check_config`; `trainers.settings.validate_run` also checks
-    the types of user input and the data spec.
-    """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant '{variant}'; choose one of: {', '.join(VARIANTS)}")
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
-    domain = VARIANTS[variant].domain
-    table, by_variant = _PRESET_TABLES[preset]
-    base = dict(table[domain])
-    model = dict(base.pop("model", {}))
-    model.update(by_variant.get(variant, {}))
-    cfg = RunConfig(variant=variant, preset=preset, model=model, **base)
-    model_overrides = overrides.pop("model", None) or {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if not hasattr(cfg, key):
-            raise ValueError(f"unknown run setting '{key}'")
-        setattr(cfg, key, value)
-    cfg.model.update(model_overrides)
-    from trainers.settings import check_config  # the one validation layer (it imports this module)
-
-    return check_config(cfg)

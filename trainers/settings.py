@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from models import VARIANTS
-from trainers.config import PRESETS, RunConfig, make_config
-from trainers.fastpath import PRECISIONS
+from trainers.config import PRESET_TABLES, PRESETS, RunConfig
+from trainers.training.fastpath import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
 # The lowest value of each whole-number setting.
@@ -93,7 +93,7 @@ def checked_data(data: Any, domain: str, check_paths: bool = True) -> str:
 
     A folder is made absolute, since the trainer may run in another working directory.
     """
-    from trainers.dataspec import DataSpec, format_data_spec, parse_data_spec
+    from trainers.data.spec import DataSpec, format_data_spec, parse_data_spec
 
     if data is None or (isinstance(data, str) and not data.strip()):
         return ""
@@ -144,7 +144,7 @@ class RunSettings(BaseModel):
     free_bits: float | None = None
     weight_decay: float | None = None
     grad_clip: float | None = None
-    data: Any = None  # a data spec string or a trainers.dataspec.DataSpec
+    data: Any = None  # a data spec string or a trainers.data.spec.DataSpec
     device: str = "auto"
     precision: str | None = None
     compile: bool | None = None
@@ -240,3 +240,30 @@ def validate_run(
     cfg = make_config(checked.variant, checked.preset, **checked.overrides())
     cfg.data = checked_data(cfg.data, cfg.domain, check_paths=check_paths)
     return cfg
+
+
+def make_config(variant: str, preset: str = "full", **overrides: Any) -> RunConfig:
+    """Build a run config from a preset, then apply explicit overrides (None values are ignored).
+
+    The values are checked by `trainers.settings.check_config`; `trainers.settings.validate_run` also checks
+    the types of user input and the data spec.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant '{variant}'; choose one of: {', '.join(VARIANTS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    domain = VARIANTS[variant].domain
+    table, by_variant = PRESET_TABLES[preset]
+    base = dict(table[domain])
+    model = dict(base.pop("model", {}))
+    model.update(by_variant.get(variant, {}))
+    cfg = RunConfig(variant=variant, preset=preset, model=model, **base)
+    model_overrides = overrides.pop("model", None) or {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if not hasattr(cfg, key):
+            raise ValueError(f"unknown run setting '{key}'")
+        setattr(cfg, key, value)
+    cfg.model.update(model_overrides)
+    return check_config(cfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from trainers.store import RunRecord, RunStore
+    from trainers.runs.store import RunRecord, RunStore
 
 #: Hosts of runs trained on a Ray node start with this ("ray:<node ip>:<node id[:8]>", written by the trainer;
 #: the studio writes "ray:" alone when it submits, so no local sweep ever takes the run for one of its own).

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from studio.backends.base import Ended, Job, JobBackend
 
 if TYPE_CHECKING:
-    from trainers.store import RunRecord, RunStore
+    from trainers.runs.store import RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 

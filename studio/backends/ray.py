@@ -7,7 +7,7 @@ resource needs (CPUs; a GPU, or a fraction of one when jobs are packed by their 
 ``working_dir`` (the project folder without runs, checkpoints, references or .git), so the trainer's working
 directory is on its node, never the studio's folder. The trainer writes no file the studio reads: with
 ``--sink`` it sends every store write and every checkpoint folder to a `RunSink` actor on the studio's node
-(`trainers.ray_sink`), which writes them into the studio's run store as they are acknowledged.
+(`trainers.runs.ray_sink`), which writes them into the studio's run store as they are acknowledged.
 
 ``ray`` is optional: this module imports it only when a backend is made.
 """
@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 from studio.backends.base import RAY_HOST_PREFIX, Ended, Job, JobBackend
 from studio.backends.local import LOG_NAME, PROJECT_ROOT, _tail_lines
 from studio.jobs import GPU_MEMORY_USABLE  # the share of a GPU packed jobs may budget for, as locally
-from trainers.ray_sink import ADDRESS_ENV  # imports no ray
+from trainers.runs.ray_sink import ADDRESS_ENV  # imports no ray
 
 if TYPE_CHECKING:
-    from trainers.store import RunRecord, RunStore
+    from trainers.runs.store import RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def default_working_dir(root: Path = PROJECT_ROOT) -> Path:
 def submission_id(runs_dir: Path, run_id: str, attempt: int) -> str:
     """Ray's job id of a run's `attempt`: tied to the studio's runs folder (two studios on one cluster never
     collide) and unique per launch (a resumed run is a new Ray job)."""
-    from trainers.ray_sink import sink_name
+    from trainers.runs.ray_sink import sink_name
 
     tag = sink_name(runs_dir).rsplit("-", 1)[-1]
     return f"ae-studio-{tag}-{run_id}-{attempt}"
@@ -206,9 +206,9 @@ class RayBackend(JobBackend):
         from ray.job_submission import JobSubmissionClient
 
         try:
-            from trainers.ray_sink import SINK_NAMESPACE, sink_name, start_sink
+            from trainers.runs.ray_sink import SINK_NAMESPACE, sink_name, start_sink
         except ImportError as exc:
-            raise RuntimeError(f"the Ray backend needs trainers.ray_sink ({exc})") from None
+            raise RuntimeError(f"the Ray backend needs trainers.runs.ray_sink ({exc})") from None
         self.runs_dir, self.store = Path(runs_dir), store
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"namespace": SINK_NAMESPACE, "log_to_driver": False}
@@ -252,7 +252,7 @@ class RayBackend(JobBackend):
         """Stop the sink when none of this studio's jobs still runs, and what this backend started."""
         try:
             if not jobs_left and self.runs_dir is not None and self._connected:
-                from trainers.ray_sink import stop_sink
+                from trainers.runs.ray_sink import stop_sink
 
                 stop_sink(self.runs_dir)
         except Exception:

@@ -52,7 +52,7 @@ from trainers.data.audio import (
 from trainers.metrics import registry, sanity
 from trainers.metrics.audio import feature_mse, log_spectral_distance, spectral_convergence
 from trainers.metrics.registry import arrow
-from trainers.progress import Progress, no_progress
+from trainers.training.progress import Progress, no_progress
 
 SOURCES = ("built-in clip", "upload or recording")
 MIN_SECONDS = 0.25  # shorter clips leave too few STFT frames with content to judge a reconstruction

@@ -195,7 +195,7 @@ def resolve_checkpoint(ctx: Any, name: str, domain: str) -> str:
             return folder
     run_id, _, kind = name.partition("/")
     if kind in ("", "best", "last") and ctx.store.get_run(run_id) is not None:
-        from trainers import checkpoints
+        from trainers.runs import checkpoints
 
         run_dir = Path(ctx.runs_dir) / run_id
         for k in [kind] if kind else ["best", "last"]:

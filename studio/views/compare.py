@@ -1,6 +1,7 @@
 """Compare tab: the `python -m trainers compare` leaderboard for a chosen domain, its checkpoints and data.
 
-:func:`compare_checkpoints` does the work (the same :func:`trainers.compare.run_compare` as the CLI, with the
+:func:`compare_checkpoints` does the work (the same :func:`trainers.evaluation.compare.run_compare` as the
+CLI, with the
 tab's cached models); :func:`build_tab` wires it to Gradio and the ``compare`` / ``compare_checkpoints`` API
 endpoints.
 """
@@ -110,7 +111,7 @@ def compare_checkpoints(
     Data: the built-in set (`n` examples), a folder on the server (not on a public Space), or uploaded
     files (copied into a temporary folder for the duration of the comparison).
     """
-    from trainers.compare import ModelSource, leaderboard, markdown_report, rd_figure, run_compare
+    from trainers.evaluation.compare import ModelSource, leaderboard, markdown_report, rd_figure, run_compare
 
     domain = _check_domain(domain)
     seed_i = _count(seed if seed is not None else 0, "the seed", 0, 2**31 - 1)

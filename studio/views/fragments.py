@@ -31,7 +31,7 @@ from studio.views.common import (
 from trainers.data.fragments import FRAGMENT_SIZE, NoiseGenerator, bytes_to_tensor, read_fragment
 from trainers.metrics import registry, sanity
 from trainers.metrics.fragments import fragment_metrics
-from trainers.progress import Progress, no_progress
+from trainers.training.progress import Progress, no_progress
 
 BYTES_PER_ROW = 16
 # With the ASCII gutter three 16-byte columns need ~1500 px; 8 bytes a row keeps them within a 1400 px page.

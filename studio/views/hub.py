@@ -2,7 +2,7 @@
 Hub (or a folder) so that every comparison tab can pick it.
 
 Pure functions (:func:`push`, :func:`export`, :func:`load`, :func:`pushable_runs`) do the work through
-``trainers.hub``; :func:`build_tab` wires them to components and the ``hub_push`` / ``hub_export`` /
+``trainers.hub.push``; :func:`build_tab` wires them to components and the ``hub_push`` / ``hub_export`` /
 ``hub_load`` / ``hub_runs`` API endpoints. :func:`export_metrics` (``export_metrics`` endpoint) makes one
 download of every logged point of the chosen runs as CSV, JSONL or zipped TensorBoard files.
 
@@ -22,10 +22,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from studio.views.common import choices_update, escape_markdown, page_handler, user_errors
-from trainers import checkpoints
-from trainers import export as export_lib
-from trainers import hub as hub_lib
-from trainers.progress import Progress, no_progress
+from trainers.hub import push as hub_lib
+from trainers.runs import checkpoints
+from trainers.runs import export as export_lib
+from trainers.training.progress import Progress, no_progress
 
 KINDS = ("best", "last")
 METRIC_FORMATS = {
@@ -170,7 +170,8 @@ def _download_root() -> Path:
 
 
 def export_metrics(ctx: Any, run_ids: Any, fmt: Any) -> tuple[str, str]:
-    """Every logged point of the chosen runs as one download (see trainers.export): (status Markdown, path
+    """Every logged point of the chosen runs as one download (see trainers.runs.export): (status Markdown,
+    path
     of the file: a single run's CSV/JSONL as it is, else a zip)."""
     if isinstance(run_ids, str):
         run_ids = [run_ids]

@@ -1,6 +1,7 @@
 """Media viewer of the Train tab: pick a run, slide through its validations, watch one example improve.
 
-The trainer writes the media (``trainers.media``): at each validation the same few validation examples, as a
+The trainer writes the media (``trainers.runs.media``): at each validation the same few validation examples,
+as a
 SAR input | reconstruction image, an audio spectrogram with the decoded audio (and the input audio to compare
 with), or a fragment's hex diff. Pure functions (:func:`media_runs`, :func:`media_choices`,
 :func:`media_view`) read them; :func:`build_panel` wires them to components and the ``media_runs`` /
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from trainers import media
+from trainers.runs import media
 
 DOMAIN_HELP = {
     "sar": "input | reconstruction of the normalised dB image",

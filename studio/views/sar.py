@@ -43,7 +43,7 @@ from trainers.data.sar import (
 )
 from trainers.metrics import registry, sanity
 from trainers.metrics.sar import sar_metrics
-from trainers.progress import Progress, no_progress
+from trainers.training.progress import Progress, no_progress
 
 SOURCES = ("validation sample", "uploaded image")
 PATCHES = ("centre", "first (top-left)")

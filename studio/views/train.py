@@ -36,12 +36,12 @@ from studio.curves import (
     plot_data,
     run_color,
 )
-from trainers.config import PRESETS, make_config
-from trainers.dataspec import parse_data_spec
-from trainers.fastpath import PRECISIONS
+from trainers.config import PRESETS
+from trainers.data.spec import parse_data_spec
 from trainers.metrics.registry import arrow, format_value, metric_info
-from trainers.settings import REAL_POSITIVE, real, whole
-from trainers.store import STATUSES, check_tags
+from trainers.runs.store import STATUSES, check_tags
+from trainers.settings import REAL_POSITIVE, make_config, real, whole
+from trainers.training.fastpath import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -725,7 +725,7 @@ def _launch_form(ctx: StudioContext) -> SimpleNamespace:
                 ui.device = gr.Radio(
                     ["auto", "cpu", "cuda"], value="auto", label="Device", visible=bool(gpus)
                 )
-            # Both only act on a GPU (trainers.fastpath), so a CPU-only studio does not show them.
+            # Both only act on a GPU (trainers.training.fastpath), so a CPU-only studio does not show them.
             with gr.Row(visible=bool(gpus)):
                 ui.precision = gr.Radio(
                     list(PRECISIONS),
@@ -1283,7 +1283,7 @@ def build_tab(ctx: StudioContext) -> None:
     _wire_curves(ctx, curves, session)
     _wire_poll(ctx, jobs, curves, session)
     _wire_load(ctx, jobs, curves, session)
-    # Media logged at each validation (trainers.media), one example at a time along a step slider.
+    # Media logged at each validation (trainers.runs.media), one example at a time along a step slider.
     from studio.views.media import build_panel as build_media_panel
 
     gr.Markdown("### Media")

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from trainers.data.cached import CachedDataset
-from trainers.hooks import pause_point
+from trainers.training.hooks import pause_point
 
 # Below this many missing items a process pool costs more to start than it saves.
 PARALLEL_MIN_ITEMS = 64

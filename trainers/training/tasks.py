@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Subset
 
 from models import VARIANTS
 from models.audio import active_units, kl_per_dimension, vae_loss
-from trainers.dataspec import DataSpec, default_data_spec
+from trainers.data.spec import DataSpec, default_data_spec
 from trainers.metrics import audio as audio_metrics
 from trainers.metrics import fragments as fragment_metrics
 from trainers.metrics import sar as sar_metrics
@@ -62,7 +62,7 @@ class Task:
 
     domain = ""
     # Validation metric that selects the `best` checkpoint; which way is better comes from the metric
-    # registry (trainers.loop.improved).
+    # registry (trainers.training.loop.improved).
     monitor = "loss"
 
     def __init__(

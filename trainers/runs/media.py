@@ -329,7 +329,7 @@ def render_examples(
             )
             files[name] = png_bytes(image)
     elif task.domain == "audio":
-        from trainers.tasks import _waveform_getter
+        from trainers.training.tasks import _waveform_getter
 
         x = torch.stack(list(data)).float()
         recon = model.reconstruct(x.to(device)).float().cpu().numpy()

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from trainers.dataspec import DataSpec, default_data_spec, parse_data_spec
+from trainers.data.spec import DataSpec, default_data_spec, parse_data_spec
 from trainers.metrics import registry, sanity
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -134,7 +134,7 @@ def resolve_sources(
 
     from models import load_pretrained
     from models.registry import wrong_domain_message
-    from trainers import checkpoints
+    from trainers.runs import checkpoints
 
     if not sources:
         raise ValueError("no model to compare: give one or more run ids or checkpoint folders")
@@ -306,8 +306,8 @@ def _compare_sar(
     batch_size: int,
     progress: Progress,
 ) -> tuple[list[Row], int, dict[str, Any]]:
-    from trainers import codecs
     from trainers.data import sar
+    from trainers.evaluation import codecs
     from trainers.metrics.sar import latent_bits_per_pixel
 
     x_all, valid_all, db_all = _sar_items(dataset)
@@ -456,7 +456,7 @@ def _compare_audio(
     batch_size: int,
     progress: Progress,
 ) -> tuple[list[Row], int, dict[str, Any]]:
-    from trainers import codecs
+    from trainers.evaluation import codecs
 
     first = models[0]
     waveform = _waveform_getter(dataset)
@@ -508,7 +508,7 @@ def _compare_audio(
 def _audio_features(dataset: Dataset, first: ModelSource) -> Callable[[ModelSource], Any]:
     """A model's feature object. They are costly to build (a mel pseudo-inverse): one per distinct kind and
     configuration, starting with the one the data set already made for the first model."""
-    from trainers.tasks import AudioTask
+    from trainers.training.tasks import AudioTask
 
     cache: dict[str, Any] = {}
 
@@ -582,7 +582,7 @@ def _feature_round_trip_row(kind: str, features: Any, waves: list[np.ndarray]) -
 def _opus_point(waves: list[np.ndarray], sample_rate: int, bitrate: int) -> tuple[dict[str, Any], Row | None]:
     """Opus at one bitrate: its point of the rate-distortion sweep, and a row where the bitrate is one of
     the leaderboard's (`codecs.OPUS_BITRATES`)."""
-    from trainers import codecs
+    from trainers.evaluation import codecs
 
     nbytes: list[int] = []
 
@@ -725,8 +725,8 @@ def run_compare(
     `sources` are run ids (in `runs_dir`) or checkpoint folders; `models` may pass them already loaded
     (the studio's cache). Bad input raises ValueError / FileNotFoundError with a message for the user.
     """
-    from trainers.loop import resolve_device
-    from trainers.tasks import task_for
+    from trainers.training.loop import resolve_device
+    from trainers.training.tasks import task_for
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative whole number, got {seed!r}")

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file
 
-from trainers.atomic import fsync_dir, point_link, write_synced
+from trainers.runs.atomic import fsync_dir, point_link, write_synced
 
 KINDS: tuple[str, ...] = ("best", "last")
 CHECKPOINTS_DIR = "checkpoints"

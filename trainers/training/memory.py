@@ -33,7 +33,7 @@ MARGIN = 1.3
 # Per process, outside PyTorch's allocator: the CUDA context (~0.5 GiB on recent GPUs) and library
 # workspaces, plus cached-but-free blocks the allocator keeps.
 PROCESS_OVERHEAD_BYTES = int(1.5 * GIB)
-MEASURED_TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-memory.json"
+MEASURED_TABLE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "gpu-memory.json"
 AUTOCAST_FACTOR = 1.15
 # Bytes of fp32 weight + gradient + Adam's exp_avg and exp_avg_sq per parameter.
 TRAIN_STATE_BYTES_PER_PARAM = 16
@@ -64,7 +64,7 @@ def budget_key(variant: str, batch_size: int, model: dict[str, Any] | None, prec
 
 
 def _uses_bf16(precision: str) -> bool:
-    # On a GPU "auto" means bf16 (trainers.fastpath); only an explicit fp32 turns it off.
+    # On a GPU "auto" means bf16 (trainers.training.fastpath); only an explicit fp32 turns it off.
     return precision != "fp32"
 
 

@@ -32,17 +32,17 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from models import create_model, load_pretrained
-from trainers import checkpoints, media
 from trainers.config import RunConfig
 from trainers.data.prefill import ignore_cancel_signals, signals_blocked
-from trainers.dataspec import DataSpec, parse_data_spec
-from trainers.fastpath import FastPath
-from trainers.hooks import pause_point
+from trainers.data.spec import DataSpec, parse_data_spec
 from trainers.metrics import registry
 from trainers.metrics.collapse import check_collapse
+from trainers.runs import checkpoints, media
+from trainers.runs.store import RunStore
 from trainers.settings import check_config
-from trainers.store import RunStore
-from trainers.tasks import AudioTask, Task, task_for
+from trainers.training.fastpath import FastPath
+from trainers.training.hooks import pause_point
+from trainers.training.tasks import AudioTask, Task, task_for
 
 log = logging.getLogger(__name__)
 

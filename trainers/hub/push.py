@@ -44,8 +44,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from trainers import checkpoints
-from trainers.model_card import (
+from trainers.hub.model_card import (
     EXAMPLES_FILE,
     LOSS_CURVE_FILE,
     TAB_OF_DOMAIN,
@@ -55,8 +54,9 @@ from trainers.model_card import (
     fragment_examples,
     sar_examples,
 )
-from trainers.progress import Progress, no_progress, terminal_progress
-from trainers.store import DB_NAME, RunRecord, RunStore
+from trainers.runs import checkpoints
+from trainers.runs.store import DB_NAME, RunRecord, RunStore
+from trainers.training.progress import Progress, no_progress, terminal_progress
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,8 @@ def _examples(model: Any, config: dict[str, Any]):
     """Render the domain's example figure from a few samples of its built-in data (see model_card)."""
     import torch
 
-    from trainers.dataspec import DataSpec
-    from trainers.tasks import task_for
+    from trainers.data.spec import DataSpec
+    from trainers.training.tasks import task_for
 
     task = task_for(model.VARIANT)
     preprocessing = dict(getattr(model, "preprocessing", None) or {})
@@ -245,7 +245,7 @@ def _build_folder(
     )
     progress(0.1, "TensorBoard event files")
     try:
-        from trainers.export import write_tensorboard
+        from trainers.runs.export import write_tensorboard
 
         write_tensorboard(store, run.id, dest / TENSORBOARD_DIR / run.id)
     except (ValueError, ImportError, OSError, RuntimeError) as exc:

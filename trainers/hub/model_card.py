@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from models.base import LIBRARY_NAME, LICENSE
-from trainers.dataspec import parse_data_spec
+from trainers.data.spec import parse_data_spec
 from trainers.metrics import registry
 
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -77,7 +77,8 @@ SERIES_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), 
 
 @dataclass
 class CardInfo:
-    """What a model card says about one exported checkpoint (all plain data, gathered by trainers.hub)."""
+    """What a model card says about one exported checkpoint (all plain data, gathered by
+    trainers.hub.push)."""
 
     run_id: str
     variant: str

@@ -12,7 +12,7 @@ One file (or folder) per run, named by the run id, in the output folder:
   so every line is strict JSON.
 - ``RUN_ID/``: TensorBoard event files: each metric as a scalar tagged ``split/name`` at its step and wall
   time, ``epoch`` as a scalar, the run's settings as text, and the media logged along the run
-  (``trainers.media``) as images, audio and text at their steps. The event file is named
+  (``trainers.runs.media``) as images, audio and text at their steps. The event file is named
   ``events.out.tfevents.RUN_ID`` (no host name or process id, since it may be pushed to a public repo).
 """
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from trainers import media
-from trainers.store import DB_NAME, MetricRow, RunRecord, RunStore
+from trainers.runs import media
+from trainers.runs.store import DB_NAME, MetricRow, RunRecord, RunStore
 
 FORMATS: tuple[str, ...] = ("csv", "jsonl", "tensorboard")
 EVENTS_PREFIX = "events.out.tfevents."

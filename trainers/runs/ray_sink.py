@@ -30,8 +30,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from trainers.atomic import point_link, write_synced
-from trainers.store import RunStore
+from trainers.runs.atomic import point_link, write_synced
+from trainers.runs.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _check_files(files: Mapping[str, bytes]) -> list[tuple[PurePosixPath, bytes]
 def replace_folder(run_folder: str | Path, folder: str, files: Mapping[str, bytes]) -> Path:
     """Make ``run_folder/folder`` hold exactly ``files``, atomically: the files go into a fresh sibling
     folder ``<name>-put-<token>``, then ``folder`` becomes a relative symlink to it (``os.replace``, as
-    trainers.checkpoints points ``best``/``last``) and the previous content is removed. A reader sees the
+    trainers.runs.checkpoints points ``best``/``last``) and the previous content is removed. A reader sees the
     old folder or the new one, never a mix. Returns the new data folder."""
     rel = _safe_rel(folder, "folder")
     checked = _check_files(files)  # every name is checked before anything is written
@@ -385,7 +385,7 @@ def start_sink(runs_dir: str | Path) -> Any:
     RunStore(folder).close()  # a bad runs folder fails here, in the studio, not inside the actor
     name = sink_name(folder)
     node_id = ray.get_runtime_context().get_node_id()
-    code = str(Path(__file__).resolve().parents[1])
+    code = str(Path(__file__).resolve().parents[2])
     paths = [code, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != code)]
     actor = (
         _actor_class()
@@ -728,7 +728,7 @@ class SinkStore(RunStore):
     def pull_run(self, run_id: str, checkpoints: bool = False) -> bool:
         """Copy the studio's record of ``run_id`` into the local store (and, for a resume, its best/last
         checkpoints and media into the local run folder); False when the studio has no such run."""
-        from trainers.checkpoints import KINDS
+        from trainers.runs.checkpoints import KINDS
 
         record = _call(self.sink.get_run, run_id)
         if record is None:
