@@ -81,7 +81,7 @@ VARIANTS: dict[str, VariantInfo] = {
         _info(ResidualAutoencoder, "Variant B: pre-activation residual autoencoder, 2 blocks per stage"),
         _info(
             AttentionAutoencoder,
-            "Variant C: Variant B with a CBAM after every residual block (main path, unit-mean gates)",
+            "Variant C: Variant B with a CBAM after every residual block (main path, bounded gates)",
         ),
         _info(
             BranchAttentionAutoencoder,

@@ -171,7 +171,7 @@ def _preact_block(
     stride: int,
     reduction: int | None,
     kernel_size: int,
-    gate: str = "unit-mean",
+    gate: str = "residual",
     placement: str = "after",
 ) -> nn.Module:
     if reduction is None:
@@ -195,7 +195,7 @@ class PreActResidualEncoder(nn.Module):
         latent_channels: int = 16,
         reduction: int | None = None,
         kernel_size: int = 7,
-        gate: str = "unit-mean",
+        gate: str = "residual",
         placement: str = "after",
     ) -> None:
         super().__init__()
@@ -236,7 +236,7 @@ class PreActResidualDecoder(nn.Module):
         latent_channels: int = 16,
         reduction: int | None = None,
         kernel_size: int = 7,
-        gate: str = "unit-mean",
+        gate: str = "residual",
         placement: str = "after",
     ) -> None:
         super().__init__()
@@ -272,7 +272,7 @@ class AttentionEncoder(PreActResidualEncoder):
         latent_channels: int = 16,
         reduction: int = 16,
         kernel_size: int = 7,
-        gate: str = "unit-mean",
+        gate: str = "residual",
         placement: str = "after",
     ) -> None:
         super().__init__(in_channels, base_channels, latent_channels, reduction, kernel_size, gate, placement)
@@ -288,7 +288,7 @@ class AttentionDecoder(PreActResidualDecoder):
         latent_channels: int = 16,
         reduction: int = 16,
         kernel_size: int = 7,
-        gate: str = "unit-mean",
+        gate: str = "residual",
         placement: str = "after",
     ) -> None:
         super().__init__(
@@ -337,7 +337,7 @@ class SarAutoencoder(nn.Module, AutoencoderHubMixin, tags=["sar", "image", "auto
     def _finish_init(self) -> None:
         init_weights(self)
         for m in self.modules():
-            if isinstance(m, CBAM):  # keeps its own init (non-negative squeeze; unit-mean gates)
+            if isinstance(m, CBAM):  # keeps its own init (non-negative squeeze; gate strengths)
                 m.reset_parameters()
         # The output conv feeds a Sigmoid, not a ReLU: a variance-preserving (fan-in, linear) init keeps the
         # Sigmoid out of saturation at the start, where Kaiming's ReLU gain would push it to 0/1.
@@ -443,8 +443,8 @@ class ResidualAutoencoder(_WidthOnlySarAutoencoder, tags=["sar-residual"]):
 class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
     """Variant C: Variant B with a CBAM after every residual block, on the main path (16 CBAM modules).
 
-    ``gate="unit-mean"`` (the default) starts every CBAM near the identity and keeps the main path's scale
-    (see :class:`models.blocks.CBAM`);
+    ``gate="residual"`` (the default) starts every CBAM near the identity and bounds each gate's factor to
+    (0.5, 1.5), so the main path keeps its scale (see :class:`models.blocks.CBAM`);
     ``gate="sigmoid"`` is the paper's plain gate, with which this placement collapses to a near-constant
     output. Checkpoints saved before the option existed used the plain gate, and load with it.
     """
@@ -463,7 +463,7 @@ class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
         image_size: int = 256,
         reduction: int = 16,
         kernel_size: int = 7,
-        gate: str = "unit-mean",
+        gate: str = "residual",
         variant: str | None = None,
         preprocessing: dict | None = None,
     ) -> None:

@@ -298,10 +298,13 @@ def test_synthetic_preprocessing():
         "knot_pcts": [0.25, 1.0, 99.0, 99.75],
         "knot_x": [0.0, 0.04, 0.96, 1.0],
         "looks": 2.0,
+        "scene": "mixed",
     }
     old = SyntheticSARDataset(n_images=2, image_size=32, looks=2, pcts=(0.5, 99.5))
     assert old.preprocessing()["kind"] == "sar-db-per-image" and old[0][2].shape == (2,)
     assert SyntheticSARDataset(2, 32).preprocessing()["looks"] == "1-4"
+    single = SyntheticSARDataset(2, 32, scene="single-look").preprocessing()
+    assert single["looks"] == 1.0 and single["scene"] == "single-look"
 
 
 # ---------------------------------------------------------------------------------------------- patches

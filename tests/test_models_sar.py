@@ -158,8 +158,32 @@ def test_unit_mean_gate_cbam_rescales_each_map_to_mean_one_and_starts_near_ident
         torch.testing.assert_close((ca / ca.mean(dim=1, keepdim=True)).mean(dim=1), torch.ones(3, 1, 1))
         plain = CBAM(32, reduction=16, kernel_size=7, gate="sigmoid")(x)
         assert (plain / x).abs().mean() < 0.6  # the paper's gates start near 0.5 * 0.5
-    with pytest.raises(ValueError, match="gate must be one of sigmoid, unit-mean"):
+    with pytest.raises(ValueError, match="gate must be one of sigmoid, unit-mean, residual"):
         CBAM(32, gate="relu")
+
+
+def test_residual_gate_cbam_factors_are_bounded_and_start_near_identity() -> None:
+    """gate="residual" (Variant C's default): out = x' * (1 + tanh(k_s) (s(x') - 0.5)) with
+    x' = x * (1 + tanh(k_c) (c(x) - 0.5)); each factor stays in (0.5, 1.5) whatever the weights, so no gate
+    can shut the main path or blow it up."""
+    x = torch.randn(3, 32, 10, 12)
+    cbam = CBAM(32, reduction=16, kernel_size=7, gate="residual")
+    assert torch.equal(cbam.strength.detach(), torch.full((2,), 0.1))
+    with torch.no_grad():
+        assert (cbam(x) / x - 1).abs().max() < 0.11  # two factors within tanh(0.1) / 2 = 0.05 of 1
+
+        def expected(strength: torch.Tensor) -> torch.Tensor:
+            k = torch.tanh(strength)
+            refined = x * (1 + k[0] * (cbam.channel_attention(x) - 0.5))
+            return refined * (1 + k[1] * (cbam.spatial_attention(refined) - 0.5))
+
+        torch.testing.assert_close(cbam(x), expected(cbam.strength))
+        cbam.strength.fill_(50.0)
+        cbam.channel_attention.mlp[2].weight.normal_(0.0, 5.0)
+        out = cbam(x)
+        torch.testing.assert_close(out, expected(cbam.strength))
+        ratio = out / x
+        assert ratio.min() > 0.25 - 1e-6 and ratio.max() < 2.25 + 1e-6  # two factors in (0.5, 1.5)
 
 
 def test_branch_cbam_block_is_cbam_of_the_residual_branch_plus_shortcut() -> None:
@@ -211,7 +235,7 @@ def test_checkpoints_saved_before_the_gate_option_load_with_the_plain_gate(tmp_p
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], model(x)[0])
-    assert AttentionAutoencoder().gate == "unit-mean" and BranchAttentionAutoencoder().gate == "sigmoid"
+    assert AttentionAutoencoder().gate == "residual" and BranchAttentionAutoencoder().gate == "sigmoid"
 
 
 @pytest.mark.parametrize(("channels", "hidden"), [(16, 1), (8, 1), (64, 4), (512, 32)])
