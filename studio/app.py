@@ -170,9 +170,11 @@ def launch_kwargs(ctx: StudioContext) -> dict[str, Any]:
     """Settings for ``Blocks.launch`` besides host and port (Gradio 6 takes theme and css here)."""
     import gradio as gr
 
+    from studio.views.common import TABLE_CSS
+
     return {
         "theme": gr.themes.Soft(),
-        "css": CSS,
+        "css": CSS + TABLE_CSS,
         # Handlers turn bad input into messages; an unexpected error shows its message, never a traceback.
         "show_error": True,
         "max_file_size": SPACE_MAX_UPLOAD if ctx.space else MAX_UPLOAD,

@@ -188,12 +188,13 @@ def run_color(run_id: str) -> str:
 
 @dataclass(frozen=True)
 class RunLabel:
-    """How a run appears in a figure: its legend text, the settings its hover lists, and its steps per
-    epoch (for the epoch axis; None: the logged epoch numbers are used)."""
+    """How a run appears in a figure: its legend text, the settings its hover lists, its steps per epoch
+    (for the epoch axis; None: the logged epoch numbers are used) and its domain."""
 
     label: str
     settings: str = ""
     steps_per_epoch: int | None = None
+    domain: str = ""  # runs of different domains get y axes of their own (see figure_spec)
 
 
 def ema(values: Sequence[float] | np.ndarray, smoothing: float) -> np.ndarray:
@@ -332,6 +333,7 @@ def figure_spec(
     labels = labels or {}
     traces: list[dict[str, Any]] = []
     lows, highs = [], []
+    axes = domain_axes(runs, labels)
     for run_id in runs:
         steps, values, epochs, times = cache.points(run_id, metric)
         keep = np.isfinite(values)
@@ -360,6 +362,7 @@ def figure_spec(
                     "line": {"color": color, "width": 1},
                     "opacity": 0.3,
                     "name": f"{info.label} (raw)",
+                    "yaxis": axes[run_id],
                     "legendgroup": run_id,
                     "showlegend": False,
                     "hoverinfo": "skip",
@@ -376,6 +379,7 @@ def figure_spec(
                 "line": {"color": color, "width": 2},
                 "marker": {"size": 5},
                 "name": info.label,
+                "yaxis": axes[run_id],
                 "legendgroup": run_id,
                 "meta": run_id,
                 "hovertemplate": f"<b>{html.escape(info.label)}</b>{hover_settings}<br>{X_HOVER[x_axis]}"
@@ -387,20 +391,74 @@ def figure_spec(
         yaxis |= log_ticks(math.log10(max(highs) / min(lows)))
     layout: dict[str, Any] = {
         "template": _template(),
-        "title": {"text": metric or "no metric chosen", "x": 0.01},
         "xaxis": {"title": {"text": X_TITLES[x_axis]}} | ({"type": "date"} if x_axis == "wall time" else {}),
         "yaxis": yaxis,
         "uirevision": curve_uirevision(metric, runs, log_y, x_axis),
-        "legend": {"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
-        "margin": {"l": 60, "r": 20, "t": 50, "b": 40},
+        # Above the plot: below it, a legend of a few rows covered the x-axis title. Right-aligned, clear of
+        # the plot's label badge at the top left. The y-axis title names the metric: no figure title.
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
+        "margin": {"l": 60, "r": 20, "t": 30, "b": 40},
         "height": height,
     }
+    _split_axes(layout, axes, labels, metric)
     if not traces:
         message = "Choose runs to plot" if not runs else f"No points of {metric} yet"
         layout["annotations"] = [
             {"text": message, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}
         ]
     return {"data": traces, "layout": layout}
+
+
+def domain_axes(runs: Sequence[str], labels: Mapping[str, RunLabel]) -> dict[str, str]:
+    """The y axis ("y", "y2", ...) of each run: one per domain among the runs, in the order they come, so a
+    fragment cross-entropy of ~5 and a SAR loss of ~0.3 launched together are never drawn on one scale."""
+    order: list[str] = []
+    axes = {}
+    for run_id in runs:
+        domain = labels[run_id].domain if run_id in labels else ""
+        if domain not in order:
+            order.append(domain)
+        k = order.index(domain)
+        axes[run_id] = "y" if k == 0 else f"y{k + 1}"
+    return axes
+
+
+def _split_axes(
+    layout: dict[str, Any], axes: Mapping[str, str], labels: Mapping[str, RunLabel], metric: str
+) -> None:
+    """With runs of several domains, stack one y axis per domain (sharing the x axis), each titled with
+    its domain; with one domain, nothing changes."""
+    names = list(dict.fromkeys(axes.values()))
+    if len(names) < 2:
+        return
+    domains = {axis: labels[r].domain if r in labels else "" for r, axis in reversed(list(axes.items()))}
+    gap = 0.08
+    share = (1.0 - gap * (len(names) - 1)) / len(names)
+    base = layout["yaxis"]
+    for k, axis in enumerate(names):  # the first domain on top
+        top = 1.0 - k * (share + gap)
+        key = "yaxis" if axis == "y" else f"yaxis{axis[1:]}"
+        spec = {**base, "domain": [max(0.0, top - share), top], "anchor": "x"}
+        spec["title"] = {"text": f"{metric} · {domains[axis] or 'other'}"}
+        layout[key] = spec
+
+
+def panel_metrics(
+    current: Sequence[str | None], available: Iterable[str], defaults: Sequence[str]
+) -> list[str | None]:
+    """The metric of each panel once the plotted runs change: a panel keeps its metric while the plotted runs
+    log it or it is one of ``defaults`` (the plotted domain's panels: a fresh run has not logged them yet);
+    another domain's metric ("val/psnr" after switching to fragment runs) takes the next of ``defaults`` not
+    already shown. An empty panel stays empty."""
+    have = set(available) | set(defaults)
+    kept = [m if (m is None or m in have) else "" for m in current]
+    spare = [m for m in defaults if m not in kept]
+    out: list[str | None] = []
+    for metric in kept:
+        if metric == "":
+            metric = spare.pop(0) if spare else (defaults[0] if defaults else None)
+        out.append(metric)
+    return out
 
 
 def plot_data(figure: go.Figure | Mapping[str, Any]) -> Any:

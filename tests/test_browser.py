@@ -289,3 +289,79 @@ def test_a_space_visitor_cancels_their_job_after_a_reload_and_another_cannot(spa
     page.reload()
     answer = cancel_in_page(page, run_id)
     assert "someone else" not in answer and "ancel" in answer, answer
+
+
+# Plotly annotations (subplot titles) that overlap another or stick out of the figure, per visible plot.
+TITLE_CLASHES = """(sel) => {
+    const g = document.querySelector(sel + ' .js-plotly-plot');
+    const root = g.querySelector('.main-svg').getBoundingClientRect();
+    const boxes = Array.from(g.querySelectorAll('.annotation')).filter(a => a.textContent.trim())
+        .map(a => a.getBoundingClientRect());
+    const clash = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1
+        && b.top < a.bottom - 1;
+    let overlaps = 0;
+    boxes.forEach((a, i) => boxes.slice(i + 1).forEach(b => { overlaps += clash(a, b) ? 1 : 0; }));
+    const outside = boxes.filter(b => b.left < root.left - 1 || b.right > root.right + 1)
+        .map(b => [b.left, b.right, root.left, root.right]);
+    return {overlaps, outside, n: boxes.length};
+}"""
+# True when the legend box of the plot in `sel` overlaps its x-axis title.
+LEGEND_ON_X_TITLE = """(sel) => {
+    const g = document.querySelector(sel + ' .js-plotly-plot');
+    const legend = g.querySelector('.legend'), title = g.querySelector('.xtitle');
+    if (!legend || !title) return false;
+    const a = legend.getBoundingClientRect(), b = title.getBoundingClientRect();
+    return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+}"""
+
+
+def test_plots_and_tables_are_readable_at_three_widths(studio, page, artifacts, failure_screenshot):
+    """With the shipped references only (issue 19, item 8): Audio and Fragments open on a reference, SAR
+    panel titles neither overlap nor leave the figure, its table keeps every number on one line, and the
+    Compare plot has a legend entry per model, no text on the points and an axis fitted to the models."""
+    page.goto(studio.url)
+    for name, label, reference in (
+        ("Audio", "Audio VAE checkpoint", "reference · audio-vae"),
+        ("Fragments", "Fragment checkpoint", "reference · fragment-dae"),
+    ):
+        page.get_by_role("tab", name=name).click()
+        expect(page.locator(f"#tab-{name.lower()}").get_by_label(label)).to_have_value(
+            re.compile(re.escape(reference)), timeout=15_000
+        )
+
+    page.get_by_role("tab", name="SAR").click()
+    sar = page.locator("#tab-sar")
+    sar.get_by_role("button", name="Compare").click()  # the four references, selected by default
+    sar.locator(".plotly .heatmaplayer image").first.wait_for(timeout=120_000)
+    expect(page.locator("#sar-metrics")).to_contain_text("sar-attention", timeout=30_000)
+    page.get_by_role("tab", name="Compare").click()
+    compare = page.locator("#tab-compare")
+    compare.get_by_label("Built-in data: examples (fragments: corpus files)").fill("4")
+    compare.get_by_role("button", name="Run comparison").click()
+    legend = compare.locator(".js-plotly-plot .legendtext")
+    expect(legend.first).to_be_visible(timeout=300_000)
+    assert compare.locator(".js-plotly-plot .textpoint").count() == 0  # no labels stacked on the points
+    names = legend.evaluate_all("texts => texts.map(t => t.textContent)")  # SVG text has no innerText
+    for variant in ("sar-attention", "sar-baseline", "sar-residual", "sar-resnet"):
+        assert f"reference · {variant}" in names, names
+    top = page.evaluate(
+        "() => document.querySelector('#tab-compare .js-plotly-plot')._fullLayout.xaxis.range[1]"
+    )
+    assert top <= 2 * 0.5 * 1.1 + 1e-6  # the codec sweeps do not stretch the axis past twice the models' rate
+
+    for width in (800, 1400, 1920):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.get_by_role("tab", name="SAR").click()
+        page.evaluate("() => window.dispatchEvent(new Event('resize'))")  # plotly re-fits a shown plot
+        page.wait_for_timeout(2000)
+        clashes = page.evaluate(TITLE_CLASHES, "#tab-sar")
+        assert clashes["n"] >= 5 and clashes["overlaps"] == 0 and not clashes["outside"], (width, clashes)
+        # Every cell on one line, the flagged ENL figure included; only the flag words (last column) wrap.
+        cells = "#sar-metrics td:not(:last-child)"
+        assert page.evaluate(WRAPPED_CELLS.replace("#train-jobs td, #train-jobs th", cells)) == [], width
+        page.screenshot(path=str(artifacts / f"sar-{width}.png"), full_page=True, timeout=120_000)
+        page.get_by_role("tab", name="Compare").click()
+        page.evaluate("() => window.dispatchEvent(new Event('resize'))")
+        page.wait_for_timeout(2000)
+        assert not page.evaluate(LEGEND_ON_X_TITLE, "#tab-compare"), width
+        page.screenshot(path=str(artifacts / f"compare-{width}.png"), full_page=True, timeout=120_000)

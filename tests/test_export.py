@@ -215,8 +215,11 @@ def test_tensorboard_read_back_with_tensorboards_reader(runs, tmp_path):
 
 def test_download_is_one_file_or_a_zip(runs, tmp_path):
     runs_dir, sar, other, _, _ = runs
-    single = export.export_download([sar], "csv", runs_dir, tmp_path)
-    assert single.name == f"{sar}.csv" and single.read_text().startswith("step,timestamp,epoch,")
+    single = export.export_download([sar], "jsonl", runs_dir, tmp_path)
+    assert single.name == f"{sar}.jsonl" and json.loads(single.read_text().splitlines()[0])["run_id"] == sar
+    with zipfile.ZipFile(export.export_download([sar], "csv", runs_dir, tmp_path)) as zf:  # with its settings
+        assert sorted(zf.namelist()) == [f"runs-csv/{sar}.config.json", f"runs-csv/{sar}.csv"]
+        assert zf.read(f"runs-csv/{sar}.csv").decode().startswith("step,timestamp,epoch,")
     both = export.export_download([sar, other], "jsonl", runs_dir, tmp_path)
     with zipfile.ZipFile(both) as zf:
         assert sorted(zf.namelist()) == sorted(f"runs-jsonl/{r}.jsonl" for r in (sar, other))
@@ -232,7 +235,8 @@ def test_cli_export_and_its_errors(runs, tmp_path, capsys):
         cli_main(["export", sar, other, "--format", "csv", "--out", str(out), "--runs-dir", str(runs_dir)])
         == 0
     )
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{sar}.csv", f"{other}.csv"])
+    expected = [f"{r}{suffix}" for r in (sar, other) for suffix in (".csv", ".config.json")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     assert capsys.readouterr().out.split() == [str(out / f"{sar}.csv"), str(out / f"{other}.csv")]
 
     def fails(argv, message):
@@ -306,9 +310,10 @@ def test_hub_tab_metric_export(runs):
     with RunStore(runs_dir) as store:
         ctx = types.SimpleNamespace(runs_dir=runs_dir, store=store, space=False)
         assert {r for _, r in hub_view.metric_runs(ctx)} == {sar, other, empty}
-        status, path = hub_view.export_metrics(ctx, [sar], "csv")
-        assert Path(path).name == f"{sar}.csv" and sar in status
-        assert Path(path).read_text() == export.csv_text(store.metrics_after(0, run_ids=[sar])[0])
+        status, path = hub_view.export_metrics(ctx, [sar], "jsonl")
+        assert Path(path).name == f"{sar}.jsonl" and sar in status
+        settings = export.run_settings(store.get_run(sar))
+        assert Path(path).read_text() == export.jsonl_text(store.metrics_after(0, run_ids=[sar])[0], settings)
         status, path = hub_view.export_metrics(ctx, [sar, other], "tensorboard")
         with zipfile.ZipFile(path) as zf:
             assert sorted(zf.namelist()) == sorted(
@@ -320,3 +325,47 @@ def test_hub_tab_metric_export(runs):
             hub_view.export_metrics(ctx, [sar, empty], "jsonl")
         with pytest.raises(ValueError, match="export format must be one of"):
             hub_view.export_metrics(ctx, [sar], "parquet")
+
+
+def test_settings_travel_with_the_metrics(runs, tmp_path):
+    """CSV: a settings file beside it; JSONL: the settings in every line; both hold the stored config."""
+    runs_dir, sar, _, _, _ = runs
+    with RunStore(runs_dir) as store:
+        store.set_labels(sar, name="lr check", tags=["study-x"], note="first")
+        config = store.get_run(sar).config
+    [csv_path] = export.export_runs([sar], "csv", tmp_path / "csv", runs_dir)
+    sidecar = json.loads((tmp_path / "csv" / f"{sar}.config.json").read_text())
+    assert sidecar["config"] == config and sidecar["run_id"] == sar and sidecar["variant"] == "sar-baseline"
+    assert (sidecar["name"], sidecar["tags"], sidecar["note"]) == ("lr check", ["study-x"], "first")
+    assert "config" not in csv_path.read_text().splitlines()[0]  # Trackio would import it as a metric
+    [jsonl] = export.export_runs([sar], "jsonl", tmp_path / "jsonl", runs_dir)
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert all(line["config"] == sidecar for line in lines)
+
+
+def test_tensorboard_hparams_read_back_with_the_hparams_plugin(runs, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    runs_dir, sar, _, _, _ = runs
+    with RunStore(runs_dir) as store:  # a real run's config: nested model keys, a list, None
+        config = {"variant": "sar-baseline", "lr": 0.001, "seed": 3, "max_steps": None}
+        config["model"] = {"base_channels": 8, "widths": [8, 16]}
+        store.update_run(sar, config=config)
+    [folder] = export.export_runs([sar], "tensorboard", tmp_path / "tb", runs_dir, with_media=False)
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.SESSION_START_INFO_TAG])
+    values = {
+        k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+        for k, v in start.session_start_info.hparams.items()
+    }
+    assert (
+        values["variant"] == "sar-baseline" and values["lr"] == pytest.approx(0.001) and values["seed"] == 3
+    )
+    assert values["model.base_channels"] == 8 and values["model.widths"] == "[8, 16]"
+    assert values["max_steps"] == "null"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.EXPERIMENT_TAG]).experiment
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert metric_tags and metric_tags <= set(acc.Tags()["scalars"])  # the dashboard reads existing scalars

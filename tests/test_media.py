@@ -188,6 +188,17 @@ def test_training_logs_media_at_each_validation(tmp_path):
     assert len(files) == 4 and all((folder / "media" / f).is_file() for f in files)
 
 
+@pytest.mark.parametrize(("height", "zoom"), [(64, 5), (32, 8), (320, 1), (500, 1), (100, 3)])
+def test_media_images_are_enlarged_by_a_whole_factor(height, zoom):
+    from studio.views.media import enlarge
+
+    image = np.random.default_rng(0).integers(0, 255, (height, 2 * height, 3), dtype=np.uint8)
+    big = enlarge(image)
+    assert big.shape == (height * zoom, 2 * height * zoom, 3)
+    np.testing.assert_array_equal(big[::zoom, ::zoom], image)  # every pixel a zoom x zoom square
+    np.testing.assert_array_equal(big[zoom - 1 :: zoom, zoom - 1 :: zoom], image)
+
+
 def test_media_viewer_functions(sar_setup, tmp_path):
     """The Train tab's viewer: runs with media, their steps and examples, one example at a chosen step."""
     import types
@@ -201,13 +212,23 @@ def test_media_viewer_functions(sar_setup, tmp_path):
         for step in (4, 8, 12):
             media.log_validation_media(task, model, data, "cpu", tmp_path / with_media, step, step // 4)
         ctx = types.SimpleNamespace(runs_dir=tmp_path, store=store)
-        assert [r for _, r in media_view.media_runs(ctx)] == [with_media]
+        assert media_view.media_runs(ctx) == [
+            (f"{with_media} · sar-baseline · running · 3 validations", with_media)
+        ]
+        store.set_labels(with_media, name="speckle test")  # the list leads with a run's name where it has one
+        assert media_view.media_runs(ctx) == [
+            ("speckle test · sar-baseline · running · 3 validations", with_media)
+        ]
         choices = media_view.media_choices(ctx, with_media)
         assert choices["steps"] == [4, 8, 12] and [k for k, _ in choices["examples"]] == ["ex1", "ex2"]
         view = media_view.media_view(ctx, with_media, 7, "ex2")
         assert view["step"] == 8 and "nearest to step 7" in view["caption"] and view["text"] is None
         [item] = [i for i in media.media_at(tmp_path / with_media, 8) if i["key"] == "ex2"]
-        np.testing.assert_array_equal(view["image"], np.asarray(Image.open(item["path"]).convert("RGB")))
+        # Shown enlarged by a whole factor, nearest-neighbour: each pixel of the file becomes a k x k square.
+        raw = np.asarray(Image.open(item["path"]).convert("RGB"))
+        k = view["image"].shape[0] // raw.shape[0]
+        assert k >= 2 and view["image"].shape[0] >= media_view.DISPLAY_HEIGHT * 0.8
+        np.testing.assert_array_equal(view["image"], raw.repeat(k, axis=0).repeat(k, axis=1))
         assert "PSNR" in view["caption"] and "↑" in view["caption"]
         with pytest.raises(ValueError, match="has no media yet"):
             media_view.media_choices(ctx, without)

@@ -37,7 +37,9 @@ def test_database_is_wal_with_schema(tmp_path: Path) -> None:
             "owner", "name", "tags", "note", "steps_per_epoch",
         ]  # fmt: skip
         metric_cols = [row[1] for row in conn.execute("PRAGMA table_info(metrics)")]
-        assert metric_cols == ["seq", "run_id", "step", "epoch", "split", "name", "value", "time"]
+        assert metric_cols == [
+            "seq", "run_id", "step", "epoch", "split", "name", "value", "time", "superseded",
+        ]  # fmt: skip
         indexed = [row[2] for row in conn.execute("PRAGMA index_info(metrics_run_seq)")]
         assert indexed == ["run_id", "seq"]
     finally:

@@ -511,3 +511,24 @@ def test_a_useless_decoder_is_flagged_and_a_passthrough_is_not(ctx, vae, tmp_pat
     assert windows.flags[good_label] == [] and windows.flags["round trip"] == []
     assert windows.table[-1] == ["flag (of the mean)", sanity.flag_cell(windows.flags[bad_label]), "",
                                  "none", "", "none", ""]  # fmt: skip
+
+
+def test_every_window_subplots_use_the_colours_of_their_legend():
+    """Each checkpoint has one colour in both subplots (the legend lists the first subplot's lines), and the
+    legend sits above the plots, clear of the x-axis titles."""
+    starts = [0.0, 0.5, 1.0]
+    scores = {
+        name: {m: np.array([0.5, np.nan, 0.7]) for m, _ in view.WINDOW_METRICS}
+        for name in ("reference · audio-vae", "round trip", "run-b (best)")
+    }
+    fig = view._windows_figure(starts, scores)
+    by_name: dict[str, set[str]] = {}
+    for trace in fig.data:
+        by_name.setdefault(trace.name, set()).update({trace.line.color, trace.marker.color})
+    assert all(len(colours) == 1 for colours in by_name.values()), by_name
+    assert len({next(iter(c)) for c in by_name.values()}) == 3  # and the checkpoints differ
+    assert [t.name for t in fig.data if t.showlegend] == list(scores)
+    assert fig.layout.legend.y >= 1 and fig.layout.legend.yanchor == "bottom"
+    assert not fig.layout.annotations  # no subplot title in the legend's row: the y axes name the metrics
+    assert fig.layout.yaxis.title.text.startswith("SC") and fig.layout.yaxis2.title.text.startswith("LSD")
+    assert [t.y[1] for t in fig.data] == [None] * len(fig.data)  # a silent window is a gap

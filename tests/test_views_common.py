@@ -12,6 +12,7 @@ from markdown_it import MarkdownIt
 from models import create_model
 from studio.context import StudioContext
 from studio.views.common import (
+    dropdown_update,
     escape_markdown,
     notes_markdown,
     page_handler,
@@ -108,6 +109,15 @@ def test_reference_checkpoints_are_offered_and_selected_by_default(tmp_path):
         assert ctx.default_checkpoints("fragments") == ["reference · fragment-dae"]
         assert resolve_checkpoint(ctx, "reference · fragment-dae", "fragments") == str(ref / "fragment-dae")
         assert ctx.default_checkpoints("sar") == []
+        # A single-choice tab (Audio, Fragments) shows the reference first, not the newest run (a cancelled
+        # 6-step one, say); a choice the user made stays, and one that is gone falls back to the reference.
+        assert dropdown_update(ctx, "fragments", None)["value"] == "reference · fragment-dae"
+        assert dropdown_update(ctx, "fragments", f"{run_id}/best")["value"] == f"{run_id}/best"
+        assert dropdown_update(ctx, "fragments", "gone/best")["value"] == "reference · fragment-dae"
+        assert dropdown_update(ctx, "fragments", None, multiselect=True)["value"] == [
+            "reference · fragment-dae"
+        ]
+        assert dropdown_update(ctx, "sar", None)["value"] is None  # no SAR checkpoint at all
 
 
 def test_no_choice_value_is_a_server_path(ctx, tmp_path):

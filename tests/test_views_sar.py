@@ -180,27 +180,46 @@ def test_figure_shares_one_scale_for_images_and_one_for_errors(ctx, run_ckpt, ex
     assert lay.coloraxis2.cmax == pytest.approx(lay.coloraxis.cmax - lay.coloraxis.cmin)
 
 
-def test_panel_titles_are_short_and_full_names_in_the_hover(ctx, run_ckpt, ext_ckpt):
+def test_panel_titles_fit_their_column_and_use_run_names(ctx, run_ckpt, ext_ckpt):
     run_id, folder = run_ckpt
     r = view.sar_compare(ctx, [folder, ext_ckpt, folder], size=32)
     titles = [a.text for a in r.figure.layout.annotations]
     time_suffix = "-".join(re.fullmatch(r"\d{8}-(\d{6})-sar-residual-(\w+)", run_id).groups())
-    assert titles[:4] == [
-        "input<br> ",
-        f"sar-residual<br>{time_suffix} (best)",
-        "sar-baseline<br>hub: someone/sar-baseline",
-        f"sar-residual<br>{time_suffix} (best)",
+    # Four columns: each title is wrapped between words to its column's share of the narrowest plot.
+    width = view.title_chars(4)
+    # (joined back: a line broken after "-" keeps its "-", one broken between words loses the space)
+    assert [t.replace("-<br>", "-").replace("<br>", " ") for t in titles[:4]] == [
+        "input",
+        f"sar-residual {time_suffix} (best)",  # the variant on its line, the checkpoint's name below
+        "sar-baseline hub: someone/sar-baseline",
+        f"sar-residual {time_suffix} (best)",
     ]
-    assert titles[4:] == ["|error|<br>" + t.split("<br>")[1] for t in titles[1:4]]
-    # Seven columns of ~140 px at 1400 px: every title line must stay short.
-    assert max(len(line) for t in titles for line in t.split("<br>")) <= view.SHORT_LABEL
-    assert {a.font.size for a in r.figure.layout.annotations} == {12}
+    assert titles[4:] == ["|error|"] * 3
+    for title in titles:
+        lines = title.split("<br>")
+        assert len(lines) <= view.TITLE_LINES and max(map(len, lines)) <= width, title
+    assert {a.font.size for a in r.figure.layout.annotations} == {view.TITLE_FONT_SIZE}
     hover = [t.hovertemplate for t in r.figure.data]
-    assert f"<extra>sar-residual · {run_id} (best)</extra>" in hover[1]
+    assert f"<extra>sar-residual · {run_id} (best)</extra>" in hover[1]  # the hover keeps the full id
     lay = r.figure.layout
     assert lay.coloraxis.colorbar.title.text == "dB (input's units)"
     assert lay.coloraxis2.colorbar.title.text == "|input − reconstruction| dB"
-    assert lay.margin.t >= 50  # room for two-line titles
+    assert lay.margin.t >= 15 * view.TITLE_LINES + 20  # room for the title lines
+    # No axis both matches another and is scale-anchored (plotly ignores it with a warning per render).
+    assert lay.xaxis.matches is None and lay.yaxis.matches is None
+    assert all(lay[f"yaxis{k}"].scaleanchor is None for k in range(2, 9))
+
+    # A named run is called by its name, in the titles and the table; seven columns still fit.
+    ctx.store.set_labels(run_id, name="speckle run with a long descriptive name")
+    try:
+        r = view.sar_compare(ctx, [folder] * 6, size=32)
+    finally:
+        ctx.store.set_labels(run_id, name="")
+    titles = [a.text for a in r.figure.layout.annotations]
+    assert titles[1].startswith("sar-residual<br>speckle run") and time_suffix not in titles[1]
+    assert all(max(map(len, t.split("<br>"))) <= view.title_chars(7) for t in titles)
+    assert all(len(t.split("<br>")) <= view.TITLE_LINES for t in titles)
+    assert r.table[0][1].startswith("speckle run")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     sub.add_parser("variants", help="list the model variants")
     _add_push(sub.add_parser("push", help="push a run's best checkpoint to a Hugging Face Hub model repo"))
+    _add_study(sub.add_parser("study", help="train variants x seeds (x one swept setting) as one study"))
+    _add_runs(sub.add_parser("studies", help="list studies with their variants, seeds and progress"))
     return parser
 
 
@@ -80,6 +83,25 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="model architecture override"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_study(p: argparse.ArgumentParser) -> None:
+    p.add_argument("variants", nargs="+", metavar="VARIANT")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per variant: 0..N-1 (default 3)")
+    p.add_argument(
+        "--sweep",
+        metavar="KEY=V1,V2,...",
+        help="one setting swept, e.g. lr=1e-3,3e-4 or model.base_channels=8,16",
+    )
+    p.add_argument("--preset", choices=["smoke", "reference", "full"], default="smoke")
+    p.add_argument("--data", help="data spec; default: the preset's built-in data")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--name", help="a display name for the study's runs")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    p.add_argument("--jobs", type=int, help="trainers at once (default: as the studio's slots)")
+    p.add_argument("--json", action="store_true", help='print {"study": ID, "runs": [...]} as JSON')
 
 
 def _add_runs(p: argparse.ArgumentParser) -> None:
@@ -173,6 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk (ENOSPC), a file-size limit (EFBIG), an I/O error: a message
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            print(
+                f"error: the disk is full or a file-size limit was reached{where} "
+                f"({exc.strerror or _one_line(exc)}); free some space and run again",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 def _one_line(exc: BaseException) -> str:
@@ -181,7 +214,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainers.runs.store import RunStore
-    from trainers.settings import validate_run
+    from trainers.settings import parse_run_settings, validate_run
     from trainers.training.loop import resume_config, train
 
     overrides = {
@@ -198,6 +231,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "precision": args.precision,
     }
     model_overrides = _parse_set(args.set)
+    # The flags go through the one validation layer before any store is opened: a refused value leaves
+    # no database or runs folder behind (a resumed or attached run is checked again with its config).
+    parse_run_settings(args.variant, args.preset, model=model_overrides or None, **overrides)
     # on a Ray node: a local store whose writes go home to the studio (trainers/runs/ray_sink.py)
     if args.sink:
         from trainers.runs.ray_sink import open_sink_store
@@ -236,6 +272,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if not Path(args.runs_dir).exists():
         raise FileNotFoundError(f"runs folder not found: {args.runs_dir}")
     with RunStore(args.runs_dir) as store:
+        _fail_vanished_runs(store)
         rows = []
         for run in store.list_runs():
             rows.append(
@@ -263,6 +300,60 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         if r["reason"]:
             print(f"    {r['reason']}")
     return 0
+
+
+# A trainer's process starts before it records the run as running; this covers clock ticks and slow starts.
+PROCESS_START_SLACK_S = 5.0
+
+
+def _trainer_alive(pid: int, run_id: str, started_at: float | None) -> bool:
+    """Whether process `pid` is alive and still the one training `run_id` (not a recycled pid): its command
+    line names the run, or it started before the run did. Without procfs a live pid is all there is."""
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc").is_dir():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        args = (proc / "cmdline").read_bytes().split(b"\0")
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, IndexError, ValueError, StopIteration):
+        return False
+    if state[0] in ("Z", "X"):
+        return False
+    if run_id.encode() in args:
+        return True
+    start = boot + int(state[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in clock ticks
+    return started_at is not None and start <= started_at + PROCESS_START_SLACK_S
+
+
+def _fail_vanished_runs(store: Any) -> None:
+    """Runs of this host recorded as `running` whose trainer process is gone (SIGKILL, a crash, a reboot) are
+    marked failed with the reason, as the studio does when it opens the folder."""
+    import socket
+
+    host = socket.gethostname()
+    for run in store.list_runs(statuses="running"):
+        if run.pid is None or run.host not in (None, host) or run.pid == os.getpid():
+            continue
+        if _trainer_alive(run.pid, run.id, run.started_at):
+            continue
+        hint = (
+            f"; `python -m trainers train {run.variant} --resume {run.id}` continues it"
+            if run.last_checkpoint
+            else ""
+        )
+        reason = f"trainer process {run.pid} is gone (killed or crashed) at step {run.step or 0}{hint}"
+        store.set_status(run.id, "failed", reason, from_statuses=("running",))
 
 
 def _json_default(v: Any) -> Any:
@@ -340,10 +431,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from trainers.evaluation.compare import markdown_report, run_compare, to_json, write_outputs
+    from trainers.settings import whole
     from trainers.training.progress import terminal_progress
 
-    if args.seed < 0:
-        raise ValueError(f"--seed must be a non-negative whole number, got {args.seed}")
+    whole("seed", args.seed)  # the bootstrap's generator takes seeds in [0, 2**32 - 1]
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
@@ -397,8 +488,69 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return hub.cli_push(args)
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from trainers.runs.store import RunStore
+    from trainers.runs.studies import create_study_runs, parse_sweep, plan_study
+    from trainers.training.study import default_jobs, run_study
+
+    settings = {"data": args.data, "epochs": args.epochs, "max_steps": args.max_steps}
+    settings["device"] = args.device if args.device != "auto" else None
+    # Every run is checked before any exists, so a typo in one setting leaves nothing behind.
+    configs = plan_study(args.variants, args.seeds, parse_sweep(args.sweep), preset=args.preset, **settings)
+    jobs = args.jobs if args.jobs is not None else default_jobs()
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    with RunStore(args.runs_dir) as store:
+        run_ids = create_study_runs(store, configs, name=args.name)
+        study = configs[0].study
+        if not args.json:
+            print(f"study {study}: {len(run_ids)} runs, {jobs} at once (Ctrl-C cancels the rest)", flush=True)
+        say = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
+        try:
+            statuses = run_study(store, run_ids, jobs, on_event=say)
+        except KeyboardInterrupt:
+            statuses = {run_id: store.get_run(run_id).status for run_id in run_ids}
+            _print_study(args.json, study, statuses)
+            return 130
+    _print_study(args.json, study, statuses)
+    return 0 if all(s == "completed" for s in statuses.values()) else 1
+
+
+def _print_study(as_json: bool, study: str, statuses: dict[str, str]) -> None:
+    if as_json:
+        runs = [{"id": run_id, "status": status} for run_id, status in statuses.items()]
+        print(json.dumps({"study": study, "runs": runs}))
+        return
+    done = sum(s == "completed" for s in statuses.values())
+    print(f"study {study}: {done} of {len(statuses)} runs completed")
+
+
+def _cmd_studies(args: argparse.Namespace) -> int:
+    from trainers.runs.store import RunStore
+    from trainers.runs.studies import list_studies
+
+    if not Path(args.runs_dir).exists():
+        raise FileNotFoundError(f"runs folder not found: {args.runs_dir}")
+    with RunStore(args.runs_dir) as store:
+        studies = [s.to_dict() for s in list_studies(store)]
+    if args.json:
+        print(json.dumps(studies, indent=2))
+        return 0
+    if not studies:
+        print(f"no studies in {args.runs_dir}")
+    for s in studies:
+        sweep = "; ".join(f"{k}={','.join(map(str, v))}" for k, v in s["sweep"].items())
+        print(
+            f"{s['study']}  {', '.join(s['variants'])}  seeds {s['seeds']}  {s['done']}/{len(s['runs'])} done"
+            + (f"  sweep {sweep}" if sweep else "")
+        )
+    return 0
+
+
 _COMMANDS = {
     "train": _cmd_train,
+    "study": _cmd_study,
+    "studies": _cmd_studies,
     "runs": _cmd_runs,
     "eval": _cmd_eval,
     "compare": _cmd_compare,

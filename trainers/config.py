@@ -148,6 +148,8 @@ class RunConfig:
     # torch.compile the model on CUDA. Off by default: it costs minutes of compilation on short runs and has
     # not been checked against fp32 on a GPU here (see BENCHMARKS.md).
     compile: bool = False
+    # The study this run belongs to (trainers.runs.studies): "" for a run launched on its own.
+    study: str = ""
     model: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -30,6 +30,18 @@ WHOLE_MINIMUM: dict[str, int] = {
     "log_every": 1,
     "kl_warmup": 0,
 }
+# The highest value of each whole-number setting: far beyond any sensible run, and within what every reader
+# of a stored config holds (SQLite and orjson stop at 64 bits; torch and numpy seeds at 2**32 - 1).
+WHOLE_MAXIMUM: dict[str, int] = {
+    "epochs": 1_000_000,
+    "batch_size": 1_048_576,
+    "seed": 2**32 - 1,
+    "max_steps": 1_000_000_000,
+    "num_workers": 256,
+    "patience": 1_000_000,
+    "log_every": 1_000_000,
+    "kl_warmup": 1_000_000_000,
+}
 # Real-number settings: True where the value must be > 0, False where >= 0 is enough.
 REAL_POSITIVE: dict[str, bool] = {
     "lr": True,
@@ -38,6 +50,16 @@ REAL_POSITIVE: dict[str, bool] = {
     "weight_decay": False,
     "grad_clip": False,
 }
+# The highest value of each real-number setting (a learning rate of 1e20 still runs, and diverges).
+REAL_MAXIMUM: dict[str, float] = {
+    "lr": 1e30,
+    "kl_weight": 1e6,
+    "free_bits": 1e6,
+    "weight_decay": 1e6,
+    "grad_clip": 1e9,
+}
+# Numbers inside model overrides (widths, latent size, image size, dropout) lie in [0, MODEL_NUMBER_MAX].
+MODEL_NUMBER_MAX = 65_536
 # Settings whose value must be one of a table's entries, and that table.
 CHOICES: dict[str, Any] = {"variant": VARIANTS, "preset": PRESETS, "precision": PRECISIONS}
 # What a setting is called in messages where that is not its key.
@@ -72,7 +94,12 @@ def whole(key: str, value: Any, minimum: int | None = None) -> int:
     number = _number(value)
     if not math.isfinite(number) or not number.is_integer() or number < low:
         raise ValueError(f"{label(key)} must be a whole number >= {low}, got {value!r}")
-    return int(number)
+    high = WHOLE_MAXIMUM.get(key)
+    # int(value) where it is one: a float loses digits past 2**53, and 10**23 must not pass as 9.99e22.
+    exact = value if isinstance(value, int) else int(number)
+    if high is not None and exact > high:
+        raise ValueError(f"{label(key)} must be a whole number from {low} to {high}, got {value!r}")
+    return exact
 
 
 def real(key: str, value: Any, positive: bool | None = None) -> float:
@@ -85,7 +112,35 @@ def real(key: str, value: Any, positive: bool | None = None) -> float:
         if positive:
             what = "a positive number such as 3e-4" if key == "lr" else "a finite number > 0"
         raise ValueError(f"{label(key)} must be {what}, got {value!r}")
+    high = REAL_MAXIMUM.get(key)
+    if high is not None and number > high:
+        raise ValueError(f"{label(key)} must be at most {high:g}, got {value!r}")
     return number
+
+
+def model_numbers(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`overrides` after checking that every number in them (lists included) is finite and within
+    [0, MODEL_NUMBER_MAX], so a stored config never holds a value a reader cannot take back."""
+
+    def check(key: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for inner, item in value.items():
+                check(f"{key}.{inner}", item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                check(key, item)
+        elif (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and not (math.isfinite(value) and 0 <= value <= MODEL_NUMBER_MAX)
+        ):
+            raise ValueError(
+                f"model setting '{key}' must hold numbers from 0 to {MODEL_NUMBER_MAX}, got {value!r}"
+            )
+
+    for key, value in overrides.items():
+        check(str(key), value)
+    return dict(overrides)
 
 
 def checked_data(data: Any, domain: str, check_paths: bool = True) -> str:
@@ -121,6 +176,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
     for key in REAL_POSITIVE:
         setattr(cfg, key, real(key, getattr(cfg, key)))
     one_of("precision", cfg.precision)
+    cfg.model = model_numbers(cfg.model)
     return cfg
 
 
@@ -186,7 +242,7 @@ class RunSettings(BaseModel):
     def _model(cls, value: Any) -> dict[str, Any] | None:
         if value is not None and not isinstance(value, Mapping):
             raise ValueError(f"model overrides must be a dict of settings, got {type(value).__name__}")
-        return None if value is None else dict(value)
+        return None if value is None else model_numbers(value)
 
     @model_validator(mode="after")
     def _data(self) -> RunSettings:

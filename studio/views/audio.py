@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+from plotly.colors import qualitative
 
 from models.audio import compute_kl_divergence
 from studio.views.common import (
@@ -631,23 +632,35 @@ def _whole_clip(
     return full, notes
 
 
+WINDOW_COLOURS: tuple[str, ...] = tuple(qualitative.Plotly)
+
+
 def _windows_figure(starts: list[float], scores: dict[str, dict[str, np.ndarray]]) -> Any:
     """Spectral convergence and LSD against the window's start, one line per checkpoint."""
     from plotly.subplots import make_subplots
 
-    titles = [f"{short} {arrow(m)}".strip() for m, short in WINDOW_METRICS]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.08)
-    fig.update_annotations(font_size=TITLE_FONT_SIZE)
-    for label, values in scores.items():
+    # Each metric names its y axis: subplot titles above the plots would share the legend's row.
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1)
+    for k, (label, values) in enumerate(scores.items()):
         dash = "dash" if label == "round trip" else None
+        # One colour per checkpoint in both subplots: the legend lists the first subplot's lines only, so
+        # plotly's colour cycle would give the second subplot's lines other colours than their legend.
+        colour = WINDOW_COLOURS[k % len(WINDOW_COLOURS)]
         for col, (m, _) in enumerate(WINDOW_METRICS, start=1):
             y = [float(v) if np.isfinite(v) else None for v in values[m]]  # a gap where a window is silent
             fig.add_scatter(
                 x=starts, y=y, mode="lines+markers", name=label, legendgroup=label, showlegend=col == 1,
-                line={"dash": dash}, row=1, col=col,
+                line={"dash": dash, "color": colour}, marker={"color": colour}, row=1, col=col,
             )  # fmt: skip
     fig.update_xaxes(title_text="window start (s)")
-    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h"})
+    for col, (m, short) in enumerate(WINDOW_METRICS, start=1):
+        fig.update_yaxes(title_text=f"{short} {arrow(m)}".strip(), row=1, col=col)
+    # The legend above the subplots: below them it covered the x-axis titles.
+    fig.update_layout(
+        height=320,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "xanchor": "left"},
+    )
     return fig
 
 
@@ -721,15 +734,17 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     """The Audio tab's components and events (call inside ``with gr.Tab("Audio"):``)."""
     import gradio as gr
 
+    # Minimum widths wrap each row on a narrow page (800 px): the figures get the page's width below the
+    # controls instead of a 370 px column beside them.
     with gr.Row():
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=300):
             checkpoint, audio_checkpoints = checkpoint_picker(
                 ctx, "audio", "Audio VAE checkpoint", "audio-vae (magnitude + IF) or audio-vae-mel (log-mel)"
             )
             clip_a = _clip_picker("Clip")
             start = gr.Number(value=0.0, minimum=0.0, label="Start of the 1 s clip in an upload (s)")
             run = gr.Button("Reconstruct", variant="primary")
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=600):
             shown = _reconstruction_outputs(ctx)
     with gr.Accordion("Samples from the prior", open=False), gr.Row():
         sampling = _sample_section()
@@ -825,11 +840,11 @@ def _reconstruction_outputs(ctx: Any) -> SimpleNamespace:
 def _sample_section() -> SimpleNamespace:
     import gradio as gr
 
-    with gr.Column(scale=1):
+    with gr.Column(scale=1, min_width=300):
         n_samples = gr.Slider(1, MAX_SAMPLES, value=3, step=1, label="Samples")
         seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
         button = gr.Button("Sample")
-    with gr.Column(scale=3):
+    with gr.Column(scale=3, min_width=600):
         status = gr.Markdown("Decode draws from the prior N(0, I): press **Sample**.", label="Sample notes")
         audio = gr.Audio(label="Samples, one after the other", interactive=False)
         figure = gr.Plot(label="Sample spectrograms", show_label=False)
@@ -839,12 +854,12 @@ def _sample_section() -> SimpleNamespace:
 def _interpolate_section() -> SimpleNamespace:
     import gradio as gr
 
-    with gr.Column(scale=1):
+    with gr.Column(scale=1, min_width=300):
         gr.Markdown("From the clip above (A) to clip B:")
         clip_b = _clip_picker("Clip B")
         steps = gr.Slider(2, MAX_STEPS, value=5, step=1, label="Steps from A to B")
         button = gr.Button("Interpolate")
-    with gr.Column(scale=3):
+    with gr.Column(scale=3, min_width=600):
         status = gr.Markdown("Pick clip B, then press **Interpolate**.", label="Interpolation notes")
         audio = gr.Audio(label="A → B, one step after the other", interactive=False)
         figure = gr.Plot(label="Interpolation spectrograms", show_label=False)

@@ -27,6 +27,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DOMAIN_NAMES = {"sar": "SAR", "audio": "audio", "fragments": "fragment"}
 
+#: Table rules of every tab (the app passes them to ``launch(css=...)``). Gradio's wrapping cells break
+#: anywhere once a column is narrow ("laten t bpp", "-0.000/8", a flagged ENL figure on five lines): a cell
+#: stays on one line and the table scrolls sideways instead; a header wraps between words only; the SAR flag
+#: column, the one text column, wraps between words.
+TABLE_CSS = """
+.gradio-container table th span, .gradio-container table td span {
+  word-break: normal !important; overflow-wrap: normal !important; hyphens: none !important;
+}
+.gradio-container table td span { white-space: nowrap !important; }
+.gradio-container table th span { white-space: normal !important; }
+#sar-metrics td:last-child span { white-space: normal !important; max-width: 22em; display: inline-block; }
+"""
+
 
 # -------------------------------------------------------------------------------------------------- errors
 def user_errors(fn: F) -> F:
@@ -253,25 +266,77 @@ def run_label(ctx: Any, folder: str | Path) -> str:
         return path.name or folder_s
 
 
+def display_name(ctx: Any, folder: str | Path) -> str:
+    """What a person calls a checkpoint in a title: the run's name where it has one, else its id, with
+    "(best)"/"(last)"; the catalogue label of an external or reference checkpoint."""
+    label = run_label(ctx, folder)
+    run_id, _, kind = label.partition(" (")
+    store = getattr(ctx, "store", None)
+    run = store.get_run(run_id) if store is not None and run_id else None
+    name = getattr(run, "name", None)
+    return f"{name} ({kind}" if name and kind else (name or label)
+
+
+def wrap_title(text: str, width: int, lines: int = 2, keep_tail: bool = True) -> str:
+    """``text`` on at most ``lines`` lines of at most ``width`` characters, joined by <br> for a plotly title:
+    broken after spaces, "·", "-" or "_" where possible, and cut with "…" when it is still too long, keeping
+    its end (``keep_tail``: a run id's distinguishing suffix) or its start (a name a person wrote). Plotly
+    never wraps a title itself, so a long one runs into its neighbour's."""
+    width = max(4, int(width))
+    parts = [p for p in re.findall(r"[^\s·_-]*[\s·_-]*", text.strip()) if p]
+    raw: list[str] = []  # lines as in the text, separators kept, so a cut tail reads as written
+    line = ""
+    for part in parts:
+        if len(line) + len(part.rstrip()) <= width or not line:
+            line += part
+        else:
+            raw.append(line)
+            line = part
+    raw.append(line)
+    raw = [piece for chunk in raw for piece in _chunks(chunk, width)]
+    if len(raw) > lines:
+        rest = "".join(raw[lines - 1 :]).strip()
+        raw = raw[: lines - 1] + ["…" + rest[-(width - 1) :] if keep_tail else rest[: width - 1] + "…"]
+    return "<br>".join(html.escape(piece.strip(), quote=False) for piece in raw)
+
+
+def _chunks(text: str, width: int) -> list[str]:
+    """A word longer than a line, cut into pieces of ``width`` (trailing separators do not count)."""
+    if len(text.rstrip()) <= width:
+        return [text]
+    return [text[i : i + width] for i in range(0, len(text), width)]
+
+
 def dropdown_update(ctx: Any, domain: str, current: Any = None, multiselect: bool = False) -> Any:
-    """A ``gr.update`` with fresh checkpoint choices, keeping the user's selections that still exist."""
+    """A ``gr.update`` with fresh checkpoint choices, keeping the user's selections that still exist; with
+    nothing chosen (or a choice that is gone), the shipped reference checkpoints, as the README says."""
     import gradio as gr
 
     choices = ctx.checkpoint_choices(domain)
     if multiselect and current is None:  # never chosen: start from the shipped reference checkpoints
         return gr.update(choices=choices, value=ctx.default_checkpoints(domain))
-    return choices_update(choices, current, multiselect)
+    return choices_update(choices, current, multiselect, default_checkpoint(ctx, domain))
 
 
-def choices_update(choices: list[tuple[str, Any]], current: Any, multiselect: bool = False) -> Any:
+def default_checkpoint(ctx: Any, domain: str) -> str | None:
+    """The checkpoint a single-choice tab shows first: the domain's first shipped reference (not the newest
+    run, which may be a cancelled 6-step one); None when none ships."""
+    return next(iter(ctx.default_checkpoints(domain)), None)
+
+
+def choices_update(
+    choices: list[tuple[str, Any]], current: Any, multiselect: bool = False, default: Any = None
+) -> Any:
     """A ``gr.update`` with fresh (label, value) choices, keeping the selections that still exist; a single
-    choice that is gone becomes the first one."""
+    choice that is gone (or none) becomes ``default`` when it is offered, else the first choice."""
     import gradio as gr
 
     valid = {value for _, value in choices}
     if multiselect:
         return gr.update(choices=choices, value=[c for c in current or [] if c in valid])
-    value = current if current in valid else (choices[0][1] if choices else None)
+    if current in valid:
+        return gr.update(choices=choices, value=current)
+    value = default if default in valid else (choices[0][1] if choices else None)
     return gr.update(choices=choices, value=value)
 
 
@@ -287,7 +352,7 @@ def checkpoint_picker(
     with gr.Row():
         dropdown = gr.Dropdown(
             choices=ctx.checkpoint_choices(domain),
-            value=ctx.default_checkpoints(domain) if multiselect else None,
+            value=ctx.default_checkpoints(domain) if multiselect else default_checkpoint(ctx, domain),
             multiselect=multiselect,
             label=label,
             info=info,

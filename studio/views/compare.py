@@ -9,6 +9,8 @@ endpoints.
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any
 
 from studio.views.common import (
     DOMAIN_NAMES,
+    display_name,
     dropdown_update,
     escape_markdown,
     load_checkpoint,
@@ -26,6 +29,7 @@ from studio.views.common import (
     selected_folders,
     upload_path,
     user_errors,
+    wrap_title,
 )
 
 DOMAINS = ("sar", "audio", "fragments")
@@ -111,7 +115,7 @@ def compare_checkpoints(
     Data: the built-in set (`n` examples), a folder on the server (not on a public Space), or uploaded
     files (copied into a temporary folder for the duration of the comparison).
     """
-    from trainers.evaluation.compare import ModelSource, leaderboard, markdown_report, rd_figure, run_compare
+    from trainers.evaluation.compare import ModelSource, leaderboard, markdown_report, run_compare
 
     domain = _check_domain(domain)
     seed_i = _count(seed if seed is not None else 0, "the seed", 0, 2**31 - 1)
@@ -129,8 +133,11 @@ def compare_checkpoints(
             kind = "run"
         except ValueError:
             kind = "checkpoint"
-        name = run_label(ctx, f)
-        models.append(ModelSource(name, kind, Path(f), model, config))
+        models.append(ModelSource(display_name(ctx, f), kind, Path(f), model, config))
+    names = [m.name for m in models]
+    for k, (f, m) in enumerate(zip(dict.fromkeys(folders), models, strict=True)):
+        if names.count(m.name) > 1:  # two runs a person gave one name: their ids tell them apart
+            models[k] = ModelSource(run_label(ctx, f), m.kind, m.folder, m.model, m.config)
 
     callback = None
     if progress is not None:
@@ -192,6 +199,213 @@ def compare_checkpoints(
     return CompareView(result, headers, rows, details, rd_figure(result), summary)
 
 
+# ------------------------------------------------------------------------------------------------- figure
+#: Codec sweeps are drawn up to this multiple of the largest model rate: they give context near the models'
+#: rates, and a sweep to 5 bpp would otherwise squeeze every model into the first tenth of the axis.
+SWEEP_SPAN = 2.0
+CODEC_COLOURS = {"JPEG": "#9467bd", "JPEG 2000": "#8c564b", "WebP": "#e377c2", "Opus": "#2ca02c"}
+MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#d62728", "#17becf", "#bcbd22", "#393b79", "#637939", "#7f7f7f")
+# Open symbols of different shapes: models often share one rate, and filled markers would hide each other.
+MODEL_SYMBOLS = tuple(
+    f"{s}-open" for s in ("circle", "diamond", "triangle-up", "square", "x", "star", "hexagon", "cross")
+)
+LEGEND_CHARS = 32  # longer names are cut in the legend (the hover has them whole)
+X_TITLE_CHARS = 60
+
+
+def _short(name: str) -> str:
+    """A legend entry: a run id without its date (its time and suffix tell runs apart), and a long name cut
+    in the middle, so "(best)" and "(last)" of one run stay two different entries."""
+    name = re.sub(r"^\d{8}-(?=\d{6}-)", "", name)
+    if len(name) <= LEGEND_CHARS:
+        return name
+    half = (LEGEND_CHARS - 1) // 2
+    return name[:half] + "…" + name[-(LEGEND_CHARS - 1 - half) :]
+
+
+def _rd_curve(row: dict[str, Any], metric: str) -> list[tuple[float, float]]:
+    """(bpp, mean) of a model's R-D curve (the compare JSON's per-model ``rd`` list), sorted by rate."""
+    points = []
+    for p in row.get("rd") or []:
+        bpp, value = p.get("bpp"), (p.get("metrics") or {}).get(metric)
+        if _finite(bpp) and _finite(value):
+            points.append((float(bpp), float(value)))
+    return sorted(points)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ci_bars(points: list[dict[str, Any]]) -> dict[str, Any]:
+    plus = [(p["ci95"][1] - p["mean"]) if p.get("ci95") else 0 for p in points]
+    minus = [(p["mean"] - p["ci95"][0]) if p.get("ci95") else 0 for p in points]
+    return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus, "thickness": 1.2}
+
+
+def _point(row: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    stats = row["metrics"].get(metric) or {}
+    if not _finite(stats.get("mean")):
+        return None
+    ci = stats.get("ci95")
+    ci = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(map(_finite, ci)) else None
+    bpp = row.get("bpp")
+    return {
+        "name": row["name"],
+        "bpp": float(bpp) if _finite(bpp) else None,
+        "mean": stats["mean"],
+        "ci95": ci,
+    }
+
+
+def rd_figure(result: dict[str, Any]) -> Any:
+    """The rate-distortion plot of a leaderboard: one legend entry per model (its R-D curve as a line with
+    markers where the result has one, else its one point, with the 95% CI), one per codec (its rate-matched
+    points and its sweep), and a dashed line per row without a rate. No text on the points: models share
+    rates, and their labels stacked into a heap. The x axis fits the models; sweeps are cut at SWEEP_SPAN
+    times the largest model rate."""
+    import plotly.graph_objects as go
+
+    metric = result["metrics"][0]["name"]
+    arrow = result["metrics"][0].get("arrow") or ""
+    hover = f"<b>%{{text}}</b><br>%{{x:.4g}} bpp<br>{metric} %{{y:.4g}}<extra></extra>"
+    fig = go.Figure()
+    models = [r for r in result["rows"] if r.get("kind") != "codec"]
+    model_x: list[float] = []
+    for k, row in enumerate(models):
+        point, curve = _point(row, metric), _rd_curve(row, metric)
+        colour, symbol = MODEL_COLOURS[k % len(MODEL_COLOURS)], MODEL_SYMBOLS[k % len(MODEL_SYMBOLS)]
+        common = {"legendgroup": f"model{k}", "meta": row["name"], "hovertemplate": hover}
+        if curve:
+            model_x += [x for x, _ in curve]
+            fig.add_scatter(
+                x=[x for x, _ in curve],
+                text=[row["name"]] * len(curve),
+                y=[y for _, y in curve],
+                mode="lines+markers",
+                name=_short(row["name"]),
+                line={"color": colour, "width": 2},
+                marker={"symbol": symbol, "size": 8, "color": colour},
+                **common,
+            )
+        if point is not None and point["bpp"] is not None:
+            model_x.append(point["bpp"])
+            fig.add_scatter(
+                x=[point["bpp"]],
+                text=[row["name"]],
+                y=[point["mean"]],
+                mode="markers",
+                name=_short(row["name"]),
+                showlegend=not curve,
+                error_y=_ci_bars([point]) | {"color": colour},
+                marker={
+                    "symbol": symbol,
+                    "size": 12,
+                    "color": colour,
+                    "line": {"width": 2, "color": colour},
+                },
+                **common,
+            )
+    limit = SWEEP_SPAN * max(model_x) if model_x else math.inf
+    codec_x = _add_codecs(fig, result, metric, limit, hover)
+    shown_x = model_x + [x for x in codec_x if x <= limit]
+    _add_flat_rows(fig, result, metric, shown_x)
+    fig.update_layout(
+        title={
+            "text": f"{result['domain']}: {metric} {arrow} against rate, {result['n']} examples",
+            "x": 0.01,
+        },
+        # The rate's unit is a sentence: wrapped, since plotly cuts a long axis title at the figure's edge.
+        xaxis_title=wrap_title(f"bpp: {result['bpp_unit']}", X_TITLE_CHARS, 3),
+        yaxis_title=f"{metric} {arrow}".strip(),
+        height=520,
+        margin={"l": 60, "r": 10, "t": 50, "b": 60},
+        legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"},
+        template="plotly_white",
+    )
+    fig.update_xaxes(**_x_range(shown_x))
+    return fig
+
+
+def _add_codecs(fig: Any, result: dict[str, Any], metric: str, limit: float, hover: str) -> list[float]:
+    """Each codec's rate-matched rows as squares and its sweep as a dotted line (cut at ``limit``), under one
+    legend entry; the x values drawn."""
+    codec_rows = [r for r in result["rows"] if r.get("kind") == "codec"]
+    sweep = [s for s in result.get("rd_sweep") or [] if s.get("metric", metric) == metric]
+    names = list(
+        dict.fromkeys([r.get("codec") or r["name"] for r in codec_rows] + [s["codec"] for s in sweep])
+    )
+    drawn: list[float] = []
+    for k, codec in enumerate(names):
+        colour = CODEC_COLOURS.get(codec, MODEL_COLOURS[-1 - k % len(MODEL_COLOURS)])
+        rows = [r for r in codec_rows if (r.get("codec") or r["name"]) == codec]
+        points = [p for r in rows if (p := _point(r, metric)) is not None and p["bpp"] is not None]
+        line = sorted(
+            (s["bpp"], s["mean"])
+            for s in sweep
+            if s["codec"] == codec and _finite(s.get("bpp")) and _finite(s.get("mean")) and s["bpp"] <= limit
+        )
+        group = {"legendgroup": f"codec-{codec}", "hovertemplate": hover}
+        if line:
+            drawn += [x for x, _ in line]
+            fig.add_scatter(
+                x=[x for x, _ in line],
+                y=[y for _, y in line],
+                mode="lines+markers",
+                name=codec,
+                text=[f"{codec} sweep"] * len(line),
+                line={"dash": "dot", "color": colour, "width": 1.5},
+                marker={"size": 5, "color": colour},
+                **group,
+            )
+        if points:
+            drawn += [p["bpp"] for p in points]
+            fig.add_scatter(
+                x=[p["bpp"] for p in points],
+                y=[p["mean"] for p in points],
+                mode="markers",
+                name=codec,
+                text=[p["name"] for p in points],
+                showlegend=not line,
+                error_y=_ci_bars(points) | {"color": colour},
+                marker={"symbol": "square", "size": 9, "color": colour},
+                **group,
+            )
+    return drawn
+
+
+def _add_flat_rows(fig: Any, result: dict[str, Any], metric: str, xs: list[float]) -> None:
+    """Rows without a rate (a feature round trip) as dashed horizontal lines across the shown rates, each
+    with its legend entry instead of a text label."""
+    lo, hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    for row in result["rows"]:
+        point = _point(row, metric)
+        if point is None or point["bpp"] is not None:
+            continue
+        fig.add_scatter(
+            x=[lo, hi],
+            y=[point["mean"]] * 2,
+            mode="lines",
+            name=_short(row["name"]),
+            meta=row["name"],
+            text=[row["name"]] * 2,
+            line={"dash": "dash", "color": "#555", "width": 1},
+            hovertemplate=f"<b>%{{text}}</b> (no rate)<br>{metric} %{{y:.4g}}<extra></extra>",
+        )
+
+
+def _x_range(xs: list[float]) -> dict[str, Any]:
+    """An x axis fitted to the points drawn: linear from 0 with a margin, or log when they span more than
+    a factor of 20 (then a margin of a tenth of a decade either side)."""
+    positive = [x for x in xs if x > 0]
+    if not positive:
+        return {}
+    lo, hi = min(positive), max(positive)
+    if hi / lo > 20:
+        return {"type": "log", "range": [math.log10(lo) - 0.1, math.log10(hi) + 0.1]}
+    return {"type": "linear", "range": [0.0, hi * 1.1]}
+
+
 # ------------------------------------------------------------------------------------------------- Gradio
 def _choices_update(ctx: Any, domain: str, current: Any = None) -> Any:
     """Fresh checkpoint choices of `domain`; with nothing chosen yet, the first few are selected."""
@@ -210,7 +424,9 @@ def build_tab(ctx: Any) -> tuple[Any, list[Any]]:
     import gradio as gr
 
     with gr.Row():
-        with gr.Column(scale=1):
+        # Minimum widths wrap the row on a narrow page: the leaderboard and plot get the page's width below
+        # the controls instead of 370 px beside them, where the legend left the plot a sliver.
+        with gr.Column(scale=1, min_width=300):
             domain = gr.Radio(
                 [(DOMAIN_LABELS[d], d) for d in DOMAINS],
                 value="sar",
@@ -245,7 +461,7 @@ def build_tab(ctx: Any) -> tuple[Any, list[Any]]:
             baselines = gr.Checkbox(value=True, label="Classic codecs (JPEG/JPEG 2000/WebP, Opus, identity)")
             seed = gr.Number(value=0, precision=0, minimum=0, label="Bootstrap seed")
             run = gr.Button("Run comparison", variant="primary")
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=600):
             summary = gr.Markdown(
                 "Pick a domain, its checkpoints and the data, then press **Run comparison**.", label="Notes"
             )

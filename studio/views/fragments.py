@@ -380,7 +380,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
 
     choices = builtin_choices()
     with gr.Row():
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=300):
             checkpoint, fragments_checkpoints = checkpoint_picker(
                 ctx, "fragments", "Fragment checkpoint", "fragment-dae or fragment-dae-bytes"
             )
@@ -400,7 +400,7 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Noise seed")
             show_ascii = gr.Checkbox(value=False, label="Show ASCII")
             run = gr.Button("Corrupt and repair", variant="primary")
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=600):
             # Starts with a hint so the progress spinner and an "Error" badge have a visible place to sit.
             summary = gr.Markdown(
                 "Pick a checkpoint and a fragment, then press **Corrupt and repair**.", label="Notes"

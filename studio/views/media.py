@@ -22,6 +22,13 @@ from PIL import Image
 
 from trainers.runs import media
 
+#: Seconds between two looks for runs that have written their first media (the run list is live).
+POLL_SECONDS = 5.0
+#: Media images are small (a 64-px SAR patch): they are enlarged by a whole factor, nearest-neighbour so every
+#: pixel stays a sharp square, until their height reaches this many pixels.
+DISPLAY_HEIGHT = 320
+MAX_ZOOM = 8
+
 DOMAIN_HELP = {
     "sar": "input | reconstruction of the normalised dB image",
     "audio": "log-mel spectrograms (input above, reconstruction below) and the decoded reconstruction",
@@ -44,13 +51,24 @@ def _run_folder(ctx: Any, run_id: Any) -> tuple[Any, Path]:
 
 
 def media_runs(ctx: Any) -> list[tuple[str, str]]:
-    """(label, run id) of the runs with media, newest first."""
+    """(label, run id) of the runs with media, newest first; a run's label leads with its name where it
+    has one (the id is the value)."""
     choices = []
     for run in ctx.store.list_runs():
         steps = media.media_steps(Path(ctx.runs_dir) / run.id)
         if steps:
-            choices.append((f"{run.id} · {run.variant} · {run.status} · {len(steps)} validations", run.id))
+            many = "s" if len(steps) != 1 else ""
+            choices.append(
+                (f"{run.label} · {run.variant} · {run.status} · {len(steps)} validation{many}", run.id)
+            )
     return choices
+
+
+def enlarge(image: np.ndarray, height: int = DISPLAY_HEIGHT) -> np.ndarray:
+    """``image`` (H, W, C) repeated by the whole factor that brings its height to about ``height`` (at most
+    MAX_ZOOM; 1 for an image already that tall): nearest-neighbour, so speckle stays speckle, not a blur."""
+    zoom = max(1, min(MAX_ZOOM, round(height / max(1, image.shape[0]))))
+    return image if zoom == 1 else np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1)
 
 
 def media_choices(ctx: Any, run_id: Any) -> dict[str, Any]:
@@ -103,7 +121,7 @@ def media_view(ctx: Any, run_id: Any, step: Any, example: Any) -> dict[str, Any]
             raise ValueError(f"the media of step {shown} were just thinned out; press ↻ to reload the steps")
         if item["kind"] == "image":
             with Image.open(path) as im:
-                out["image"] = np.asarray(im.convert("RGB"))
+                out["image"] = enlarge(np.asarray(im.convert("RGB")))
         elif item["kind"] == "audio":
             out["audio"] = _read_wav(path)
         elif item["kind"] == "text":
@@ -129,10 +147,9 @@ def build_panel(ctx: Any) -> dict[str, Any]:
 
     from studio.views.common import choices_update, user_errors
 
-    runs = media_runs(ctx)
     with gr.Row():
         run = gr.Dropdown(
-            choices=runs,
+            choices=media_runs(ctx),
             value=None,
             label="Run",
             info="runs that have validated at least once",
@@ -145,7 +162,9 @@ def build_panel(ctx: Any) -> dict[str, Any]:
     step = gr.Slider(0, 1, value=1, step=1, label="Step", interactive=True, elem_id="media-step")
     caption = gr.Markdown(label="Caption", elem_id="media-caption")
     with gr.Row():
-        image = gr.Image(label="Image", type="numpy", visible=False, interactive=False, elem_id="media-image")
+        image = gr.Image(
+            label="Image", type="numpy", visible=False, interactive=False, elem_id="media-image", format="png"
+        )
         with gr.Column(visible=True):
             audio = gr.Audio(
                 label="Decoded reconstruction", visible=False, interactive=False, elem_id="media-audio"
@@ -188,6 +207,23 @@ def build_panel(ctx: Any) -> dict[str, Any]:
     def on_refresh(current):
         return choices_update(media_runs(ctx), current)
 
+    @user_errors
+    def on_poll(current, shown):
+        """The run list as it is now, sent only when it changed (runs that validated since, new names)."""
+        choices = media_runs(ctx)
+        if choices == shown:
+            return gr.skip(), shown
+        # The run the person picked stays; nothing is picked for them (that would load media unasked).
+        value = current if current in {value for _, value in choices} else None
+        return gr.update(choices=choices, value=value), choices
+
+    listed = gr.State(None)  # the choices this page shows; None until the page's first look
+    gr.Timer(POLL_SECONDS).tick(
+        on_poll, inputs=[run, listed], outputs=[run, listed], api_visibility="private", concurrency_limit=None
+    )
+    root = gr.context.Context.root_block
+    if root is not None:  # the list of the page's opening, not of the app's start
+        root.load(on_poll, inputs=[run, listed], outputs=[run, listed], api_visibility="private")
     outputs = [caption, image, audio, input_audio, text]
     run.change(on_run, inputs=[run, example], outputs=[step, example, *outputs], api_name="media_steps")
     step.release(on_view, inputs=[run, step, example], outputs=outputs, api_name="media_view")

@@ -19,6 +19,7 @@ import torch
 from studio.views.common import (
     checkpoint_picker,
     clear_results_on_change,
+    display_name,
     heatmap,
     load_checkpoint,
     model_call,
@@ -30,6 +31,7 @@ from studio.views.common import (
     selected_folders,
     timed_ms,
     upload_path,
+    wrap_title,
 )
 from trainers.data.sar import (
     INPUT_KINDS,
@@ -52,6 +54,13 @@ MULTIPLE = 16  # every SAR variant downsamples 4 times
 MAX_SIDE = 256  # the full preset's SAR patch size; larger uploads are cropped to it
 MAX_CHECKPOINTS = 6  # more panels than this no longer fit side by side
 SHORT_LABEL = 28  # characters of a run label in plot titles and the table
+NAME_CHARS = 40  # a run's own name in the table (one line, the table scrolls) and titles (wrapped)
+TITLE_FONT_SIZE = 11
+TITLE_LINES = 3
+# The plot's width at the narrowest page (800 px: the controls stack above it, see build_tab) and the average
+# width of a character of TITLE_FONT_SIZE in plotly's font, with a margin (measured in Chromium: ~5.9 px).
+MIN_PLOT_PX = 680
+CHAR_PX = 6.4
 # The trainer's synthetic validation set uses data seed + 1_000_003, so "sample i" is its i-th image.
 VALIDATION_SEED_OFFSET = 1_000_003
 #: (metric key, header) of the table's metric columns; each header carries its direction from the registry.
@@ -242,8 +251,11 @@ def comparison_figure(
     titles = list(labels) if titles is None else list(titles)
     if len(titles) != n:
         raise ValueError(f"expected {n} panel titles, got {len(titles)}")
-    top = ["input<br> "] + titles
-    bottom = [""] + ["|error|<br>" + t.split("<br>")[-1] for t in titles]
+    # Plotly never wraps a title: each is wrapped to its column's share of the narrowest plot the page
+    # lays out, on up to TITLE_LINES lines, so neighbours never run into each other.
+    width = title_chars(n + 1)
+    top = ["input"] + [_fit_title(t, width) for t in titles]
+    bottom = [""] + ["|error|"] * n
     fig = make_subplots(
         rows=2, cols=n + 1, subplot_titles=top + bottom, horizontal_spacing=0.02, vertical_spacing=0.1
     )
@@ -251,8 +263,7 @@ def comparison_figure(
     for k, (rec, err, label) in enumerate(zip(recons, errors, labels, strict=True)):
         fig.add_trace(heatmap(rec, "coloraxis", label), row=1, col=k + 2)
         fig.add_trace(heatmap(err, "coloraxis2", f"|error| {label}"), row=2, col=k + 2)
-    # Two-line titles in a small font: long names would otherwise run into the next panel's title.
-    fig.update_annotations(font_size=12)
+    fig.update_annotations(font_size=TITLE_FONT_SIZE)
     same = error_scale == ERROR_SCALES[1]
     lo, hi = float(db_range[0]), float(db_range[-1])
     largest = max((float(np.nanmax(e)) for e in errors if np.isfinite(e).any()), default=0.0)
@@ -271,8 +282,10 @@ def comparison_figure(
             "cmax": emax,
             "colorbar": {**bar, "y": 0.22, "title": {**bar["title"], "text": "|input − reconstruction| dB"}},
         },
-        height=330 * 2,
-        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        # Square panels are as wide as a column: beyond two rows of those the figure is empty space.
+        height=min(660, 2 * (1100 // (n + 1)) + 90),
+        # Room above for TITLE_LINES lines of title, and on the left for the first title's overhang.
+        margin={"l": 20, "r": 10, "t": 26 + 15 * TITLE_LINES, "b": 10},
     )
     # Square pixels, row 0 on top, no ticks, and zoom/pan linked across every panel. No grid or tinted
     # background: square pixels leave part of each cell empty, and it should look empty.
@@ -288,7 +301,46 @@ def comparison_figure(
     )
     fig.update_xaxes(visible=False, row=2, col=1)
     fig.update_yaxes(visible=False, row=2, col=1)
+    # The first axes anchor the others: an axis matching itself, or matching and scale-anchored at once,
+    # is a conflict plotly ignores with a console warning on every render.
+    fig.layout.xaxis.matches = None
+    fig.layout.yaxis.matches = None
+    for name in fig.layout:
+        if name.startswith("yaxis") and name != "yaxis":
+            fig.layout[name].scaleanchor = None
     return fig
+
+
+def _fit_title(title: str, width: int) -> str:
+    """A "variant · name" title as the variant on one line over the name on the others."""
+    variant, _, name = title.partition(" · ")
+    head = wrap_title(variant, width, 1)
+    if not name:
+        return head
+    # A person's run name keeps its start when cut; ids and catalogue labels their distinguishing end.
+    human = not re.fullmatch(r"(….*|\d{6}-[0-9a-z]+|reference|hub: .*)( \(\w+\))?", name)
+    return head + "<br>" + wrap_title(name, width, TITLE_LINES - 1, keep_tail=not human)
+
+
+def title_chars(columns: int, plot_px: int = MIN_PLOT_PX) -> int:
+    """Characters of a panel title that fit in one of ``columns`` columns of a ``plot_px`` wide plot."""
+    return max(8, int(plot_px * (1 - 0.02 * (columns - 1)) / columns / CHAR_PX))
+
+
+def checkpoint_name(ctx: Any, folder: str, variant: str) -> str:
+    """What a title or the table calls a checkpoint beside its variant: the run's name where it has one (cut
+    at NAME_CHARS), else the short run id; a reference is "reference"."""
+    name = display_name(ctx, folder)
+    if name.startswith("reference · ") and name.endswith(variant):
+        return "reference"
+    if name != run_label(ctx, folder):  # a name the person gave the run
+        return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
+    return short_run(name, variant)
+
+
+def panel_title(ctx: Any, folder: str, variant: str) -> str:
+    """A panel's title: the variant and the checkpoint's name (``checkpoint_name``)."""
+    return f"{variant} · {checkpoint_name(ctx, folder, variant)}"
 
 
 def short_run(run: str, variant: str) -> str:
@@ -406,14 +458,11 @@ def sar_compare(
         labels.append(f"{model.VARIANT} · {run}")
         metrics.append(values)
         flags.append(found)
-        table.append(metrics_row(model.VARIANT, short_run(run, model.VARIANT), values, found))
+        table.append(metrics_row(model.VARIANT, checkpoint_name(ctx, folder, model.VARIANT), values, found))
         notes += [f"{model.VARIANT} · {run} flagged: {f.text}" for f in found]
     notes += _missing_notes(metrics)
     notes.append(_baseline_note(baseline))
-    shorts = [
-        f"{model.VARIANT}<br>{short_run(run_label(ctx, f), model.VARIANT)}"
-        for f, model in zip(folders, models, strict=True)
-    ]
+    shorts = [panel_title(ctx, f, model.VARIANT) for f, model in zip(folders, models, strict=True)]
     progress(0.9, "figure")
     figure = comparison_figure(
         image, recons, errors, labels, error_scale, titles=shorts, db_range=inp.db_range
@@ -436,8 +485,10 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
     """The SAR tab's components and events (call inside ``with gr.Tab("SAR"):``)."""
     import gradio as gr
 
+    # Minimum widths make the row wrap on a narrow page: the figure gets the page's width under the controls
+    # instead of a third of it beside them (368 px at 800, where seven panels' titles cannot fit).
     with gr.Row():
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=300):
             checkpoints, sar_checkpoints = checkpoint_picker(
                 ctx, "sar", "SAR checkpoints", "any SAR variants, compared side by side", multiselect=True
             )
@@ -470,20 +521,19 @@ def build_tab(ctx: Any) -> tuple[Any, Any]:
                 patch = gr.Radio(list(PATCHES), value=PATCHES[0], label="256x256 patch of a larger image")
             error_scale = gr.Radio(list(ERROR_SCALES), value=ERROR_SCALES[0], label="Error map scale")
             run = gr.Button("Compare", variant="primary")
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=600):
             status = gr.Markdown(
                 "Choose one or more checkpoints and an input, then press **Compare**.", label="Notes"
             )
             # The label badge would sit on top of the first panel's title; the panels are titled anyway.
             figure = gr.Plot(label="Input, reconstructions and absolute error maps", show_label=False)
-            # Fixed shares of the width so the last columns (bpp, params, time) are not pushed off-screen.
+            # Columns sized by their content: cells never wrap (common.TABLE_CSS), the table scrolls sideways.
             table = gr.Dataframe(
                 headers=TABLE_HEADERS,
                 label="Metrics",
                 elem_id="sar-metrics",
                 interactive=False,
                 wrap=True,
-                column_widths=["11%", "15%", "8%", "8%", "10%", "8%", "7%", "9%", "8%", "16%"],
             )
 
     upload.upload(lambda _f: SOURCES[1], inputs=upload, outputs=source, api_visibility="private")

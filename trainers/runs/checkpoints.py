@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file
 
 from trainers.runs.atomic import fsync_dir, point_link, write_synced
+from trainers.runs.faults import kill_point
 
 KINDS: tuple[str, ...] = ("best", "last")
 CHECKPOINTS_DIR = "checkpoints"
@@ -236,6 +237,7 @@ def save_checkpoint(
         files = sorted(p.name for p in folder.iterdir() if p.is_file())
         for name in files:
             _fsync_file(folder / name)
+        kill_point(f"{kind}-files")
         manifest = {
             "format": MANIFEST_FORMAT,
             "kind": kind,
@@ -243,13 +245,26 @@ def save_checkpoint(
         }
         _write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         fsync_dir(folder)
-    except BaseException:
+        kill_point(f"{kind}-manifest")
+    except BaseException as exc:
         shutil.rmtree(folder, ignore_errors=True)  # never pointed at; do not leave it for the next save
+        code = _os_error_code(exc)
+        if code is not None and not isinstance(
+            exc, OSError
+        ):  # safetensors wraps a full disk in its own error
+            raise OSError(code, os.strerror(code), str(folder)) from exc
         raise
 
     _point(ckpt_dir, kind, folder.name)
+    kill_point(f"{kind}-linked")
     _remove_stale(ckpt_dir, kind, keep=folder.name)
     return folder
+
+
+def _os_error_code(exc: BaseException) -> int | None:
+    """The errno inside a library's error text ("I/O error: File too large (os error 27)"), if any."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(found.group(1)) if found else None
 
 
 def _point(ckpt_dir: Path, kind: str, target_name: str) -> None:

@@ -7,11 +7,15 @@ One file (or folder) per run, named by the run id, in the output folder:
   ``val/psnr``, ...) plus ``epoch``. One row per logged call (a train window or a validation), so a row fills
   only the columns logged then; the others are empty. A NaN (missing) value is an empty cell too, +/-inf are
   written ``inf``/``-inf``. Trackio shortens column names to their first 10 letters, digits and ``/``.
+  Its settings go beside it in ``RUN_ID.config.json`` (:func:`run_settings`): in the CSV, Trackio would
+  import every numeric setting column as a metric.
 - ``RUN_ID.jsonl``: one point per line: ``{"run_id", "split", "name", "key", "step", "epoch", "value",
-  "time", "timestamp"}``; ``value`` is null for NaN and +/-inf (then ``"nonfinite": "nan"|"inf"|"-inf"``),
-  so every line is strict JSON.
+  "time", "timestamp", "config"}``; ``value`` is null for NaN and +/-inf (then ``"nonfinite":
+  "nan"|"inf"|"-inf"``), so every line is strict JSON, and ``config`` is the run's settings, so any line
+  filtered out of the file still says which run and settings it came from.
 - ``RUN_ID/``: TensorBoard event files: each metric as a scalar tagged ``split/name`` at its step and wall
-  time, ``epoch`` as a scalar, the run's settings as text, and the media logged along the run
+  time, ``epoch`` as a scalar, the run's settings as text and as HParams (TensorBoard's HParams dashboard
+  then tabulates a study's runs by setting), and the media logged along the run
   (``trainers.runs.media``) as images, audio and text at their steps. The event file is named
   ``events.out.tfevents.RUN_ID`` (no host name or process id, since it may be pushed to a public repo).
 """
@@ -34,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from trainers.runs import media
 from trainers.runs.store import DB_NAME, MetricRow, RunRecord, RunStore
 
 FORMATS: tuple[str, ...] = ("csv", "jsonl", "tensorboard")
 EVENTS_PREFIX = "events.out.tfevents."
+CONFIG_SUFFIX = ".config.json"
 
 
 def open_store(runs_dir: str | Path) -> RunStore:
@@ -117,8 +121,43 @@ def csv_text(rows: Sequence[MetricRow]) -> str:
     return out.getvalue()
 
 
-def jsonl_text(rows: Sequence[MetricRow]) -> str:
-    """One JSON object per point and line (see the module docstring)."""
+def run_settings(run: RunRecord) -> dict[str, Any]:
+    """What a run was: id, variant, domain, its labels and study, and every setting it ran with."""
+    return {
+        "run_id": run.id,
+        "variant": run.variant,
+        "domain": run.domain,
+        "name": run.name,
+        "tags": list(run.tags),
+        "note": run.note,
+        "study": (run.config or {}).get("study") or None,
+        "config": run.config or {},
+    }
+
+
+def hparams(run: RunRecord) -> dict[str, bool | int | float | str]:
+    """The run's settings as TensorBoard HParams: nested model keys flattened (``model.base_channels``),
+    values that are no bool, number or text written as JSON text."""
+    flat: dict[str, Any] = {"variant": run.variant, "domain": run.domain}
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                add(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, (bool, int, float, str)) and not (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            flat[prefix] = value
+        else:
+            flat[prefix] = json.dumps(value, sort_keys=True)
+
+    add("", run.config or {})
+    return flat
+
+
+def jsonl_text(rows: Sequence[MetricRow], settings: dict[str, Any] | None = None) -> str:
+    """One JSON object per point and line (see the module docstring); ``settings`` goes in each as
+    ``config``."""
     lines = []
     for r in rows:
         point: dict[str, Any] = {
@@ -132,6 +171,8 @@ def jsonl_text(rows: Sequence[MetricRow]) -> str:
             "time": r.time,
             "timestamp": _timestamp(r.time),
         }
+        if settings is not None:
+            point["config"] = settings
         if not math.isfinite(r.value):
             point["nonfinite"] = "nan" if math.isnan(r.value) else ("inf" if r.value > 0 else "-inf")
         lines.append(json.dumps(point, allow_nan=False))
@@ -178,6 +219,7 @@ def write_tensorboard(store: RunStore, run_id: str, folder: str | Path, with_med
                     epochs[r.step] = (r.epoch, r.time)
             for step, (epoch, t) in sorted(epochs.items()):
                 writer.add_scalar("epoch", float(epoch), global_step=step, walltime=t, new_style=False)
+            _write_hparams(writer, run, sorted({r.key for r in rows if r.split == "val"}))
             if with_media:
                 _write_media(writer, store.run_dir(run.id), Image)
         finally:
@@ -190,7 +232,19 @@ def write_tensorboard(store: RunStore, run_id: str, folder: str | Path, with_med
     return target
 
 
+def _write_hparams(writer: Any, run: RunRecord, metric_tags: list[str]) -> None:
+    """HParams of the run in its own event file (``SummaryWriter.add_hparams`` would write them into a
+    sub-run of their own); the metrics are the validation scalars, whose last values the dashboard shows."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    metrics = dict.fromkeys(metric_tags, 0.0)  # only the tags count: values come from the scalars
+    for summary in hparams_summaries(hparams(run), metrics):
+        writer.file_writer.add_summary(summary, walltime=run.created_at)
+
+
 def _write_media(writer: Any, run_folder: Path, image_module: Any) -> None:
+    from trainers.runs import media  # imports torch: only TensorBoard needs it, CSV and JSONL stay light
+
     index = media.read_index(run_folder)
     folder = media.media_folder(run_folder)
     for entry in index["entries"]:
@@ -216,7 +270,8 @@ def _write_media(writer: Any, run_folder: Path, image_module: Any) -> None:
 def export_runs(
     run_ids: Iterable[str], fmt: str, out: str | Path, runs_dir: str | Path, with_media: bool = True
 ) -> list[Path]:
-    """Export each run in ``fmt`` into the folder ``out`` (created); returns the written files/folders.
+    """Export each run in ``fmt`` into the folder ``out`` (created); returns the written files/folders (a
+    CSV's settings file beside it is not listed).
 
     Every run id is checked before anything is written, so a typo exports nothing.
     """
@@ -235,9 +290,11 @@ def export_runs(
             if fmt == "csv":
                 path = out / f"{run.id}.csv"
                 path.write_text(csv_text(rows), encoding="utf-8")
+                settings = json.dumps(run_settings(run), indent=2, sort_keys=True, default=str)
+                (out / f"{run.id}{CONFIG_SUFFIX}").write_text(settings + "\n", encoding="utf-8")
             elif fmt == "jsonl":
                 path = out / f"{run.id}.jsonl"
-                path.write_text(jsonl_text(rows), encoding="utf-8")
+                path.write_text(jsonl_text(rows, run_settings(run)), encoding="utf-8")
             else:
                 write_tensorboard(store, run_id, out / run.id, with_media=with_media)
                 path = out / run.id
@@ -256,14 +313,15 @@ def zip_folder(folder: str | Path, target: str | Path) -> Path:
 
 
 def export_download(run_ids: Iterable[str], fmt: str, runs_dir: str | Path, workdir: str | Path) -> Path:
-    """One file to download: the CSV/JSONL of a single run as it is, several runs (or TensorBoard folders)
-    zipped. Written under ``workdir`` (a fresh temporary folder per call is the caller's choice)."""
+    """One file to download: the JSONL of a single run as it is; several runs, a CSV with its settings file,
+    or TensorBoard folders zipped. Written under ``workdir`` (a fresh temporary folder per call is the
+    caller's choice)."""
     fmt = check_format(fmt)
     workdir = Path(workdir)
     staging = Path(tempfile.mkdtemp(prefix=f"export-{fmt}-", dir=workdir))
     folder = staging / f"runs-{fmt}"
     paths = export_runs(run_ids, fmt, folder, runs_dir)
-    if fmt != "tensorboard" and len(paths) == 1:
+    if fmt == "jsonl" and len(paths) == 1:
         return paths[0]
     archive = zip_folder(folder, staging / f"runs-{fmt}.zip")
     shutil.rmtree(folder, ignore_errors=True)

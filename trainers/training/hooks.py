@@ -4,6 +4,7 @@ test can signal it exactly there instead of racing a sleep against the phase.
 Set `TRAINERS_PAUSE_AT=<phase>` and `TRAINERS_PAUSE_FILE=<path>` in the trainer's environment: on reaching
 that phase the trainer writes the file and waits (up to `PAUSE_LIMIT_S`) until its `until` condition holds,
 e.g. a cancel flag set by SIGTERM. Without the variables `pause_point` costs one dictionary lookup.
+`trainers.runs.faults.kill_point` is its SIGKILL counterpart for the points between a row and a checkpoint.
 """
 
 from __future__ import annotations

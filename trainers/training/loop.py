@@ -38,8 +38,10 @@ from trainers.data.spec import DataSpec, parse_data_spec
 from trainers.metrics import registry
 from trainers.metrics.collapse import check_collapse
 from trainers.runs import checkpoints, media
+from trainers.runs.faults import kill_point
 from trainers.runs.store import RunStore
 from trainers.settings import check_config
+from trainers.training import system
 from trainers.training.fastpath import FastPath
 from trainers.training.hooks import pause_point
 from trainers.training.tasks import AudioTask, Task, task_for
@@ -353,19 +355,24 @@ class LoopState:
     epoch: int = 0
     best: float | None = None
     bad_epochs: int = 0
+    # False when a cancel cut the validation of the epoch that ended at `step`: the resume validates it first.
+    validated: bool = True
     steps_here: int = 0  # steps made by this process: 0 means a cancel came before the first one
     loss_sum: float = 0.0  # the current epoch's training loss, for its log line
     loss_n: int = 0
 
     def resume_from(self, saved: dict[str, Any]) -> None:
         """Take over the saved fields of a checkpoint's trainer state."""
-        for name in ("step", "epoch", "best", "bad_epochs"):
+        for name in ("step", "epoch", "best", "bad_epochs", "validated"):
             if name in saved:
                 setattr(self, name, saved[name])
 
     def saved(self, epoch: int) -> dict[str, Any]:
         """The trainer state a checkpoint taken at `epoch` stores."""
-        return {"step": self.step, "epoch": epoch, "best": self.best, "bad_epochs": self.bad_epochs}
+        saved = {"step": self.step, "epoch": epoch, "best": self.best, "bad_epochs": self.bad_epochs}
+        if not self.validated:  # only a cancel in validation writes it, so older checkpoints read the same
+            saved["validated"] = False
+        return saved
 
 
 class Trainer:
@@ -396,6 +403,7 @@ class Trainer:
         self.bar: Any = None
         self.on_step: Callable[[int, float], None] | None = None
         self.window: list[torch.Tensor] = []  # losses not yet read back
+        self.system = system.SystemSampler(self.device)  # sys/ metrics: CPU, memory, GPU history
         self.batches: Any = None  # the current epoch's batch iterator
         self.last_save = time.monotonic()
         self.epoch_started = time.monotonic()
@@ -458,6 +466,10 @@ class Trainer:
     def fit(self) -> tuple[str, str]:
         """Epochs until the configured number, a stop rule or a cancel: the run's (status, reason)."""
         ddp, state = self.ddp, self.state
+        if not state.validated:  # resumed after a cancel cut this epoch's validation: do it now
+            outcome = self.validate_epoch()
+            if outcome:
+                return outcome
         while state.epoch < self.cfg.epochs:
             if ddp.any(self.cancel.set):  # e.g. signalled while the previous epoch's checkpoints were written
                 return "cancelled", self.cancelled_reason()
@@ -469,24 +481,51 @@ class Trainer:
                     self.save_last(epoch, step=state.step)
                 return "cancelled", reason
             state.epoch = epoch + 1
-            if ddp.main:
-                self.validate()
-            if ddp.any(self.cancel.set):
-                # SIGTERM during validation: the epoch's training is done, so keep its weights as `last`
-                # (now, within the job manager's grace period) and drop the partial metrics.
-                reason = self.cancelled_reason()
-                self.last_val = {}
-                if ddp.main:
-                    self.save_last(state.epoch, epoch=state.epoch, step=state.step)
-                return "cancelled", reason
-            if ddp.main:
-                self.record_epoch()
-            reason = self.should_stop()
-            if reason:
-                return "completed", reason
+            outcome = self.validate_epoch()
+            if outcome:
+                return outcome
         if ddp.any(self.cancel.set):  # signalled during the last epoch's checkpoint writes
             return "cancelled", self.cancelled_reason()
         return "completed", ""
+
+    def validate_epoch(self) -> tuple[str, str] | None:
+        """Validate and record the epoch that just ended; the run's (status, reason) when it ends here."""
+        ddp, state = self.ddp, self.state
+        self.check_weights()
+        if ddp.main:
+            self.validate()
+            loss = self.last_val.get("loss")
+            if loss is not None and not math.isfinite(loss) and not self.cancel.set:
+                # finite weights can still overflow on the validation data: stop before the media and
+                # metrics try to show what cannot be shown
+                raise Diverged(f"validation loss became {loss} at step {state.step} (epoch {state.epoch})")
+        if ddp.any(self.cancel.set):
+            # SIGTERM during validation: the epoch's training is done, so keep its weights as `last`
+            # (now, within the job manager's grace period) and drop the partial metrics; a resume
+            # validates this epoch before it trains the next.
+            reason = self.cancelled_reason()
+            self.last_val = {}
+            state.validated = False
+            if ddp.main:
+                self.save_last(state.epoch, epoch=state.epoch, step=state.step)
+            return "cancelled", reason
+        state.validated = True
+        if ddp.main:
+            self.record_epoch()
+        reason = self.should_stop()
+        return ("completed", reason) if reason else None
+
+    def check_weights(self) -> None:
+        """Diverged when a weight is no longer finite: the last steps' updates can overflow after their loss
+        was read back finite, and the validation, its media and its metrics would then fail in their own
+        ways (e.g. a repaired byte that is NaN)."""
+        with torch.no_grad():
+            bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise Diverged(
+                f"weights became non-finite ({bad[0]}{' and others' if len(bad) > 1 else ''}) "
+                f"at step {self.state.step} (epoch {self.state.epoch}); try a lower learning rate"
+            )
 
     def train_epoch(self, epoch: int) -> None:
         """One pass over the training batches; it ends early at max_steps or a cancel (the flag stays set)."""
@@ -564,9 +603,11 @@ class Trainer:
             check_collapse(self.task.domain, self.last_val, self.store, self.run_id, self.folder, epoch)
         )
         self.store.log_metrics(self.run_id, state.step, epoch, "val", self.last_val)
+        kill_point("val-row")
         media.log_validation_media(
             self.task, self.model, self.data.val, self.device, self.folder, state.step, epoch
         )
+        kill_point("media")
         seconds = time.monotonic() - self.epoch_started
         log.info("%s", epoch_line(epoch, self.cfg.epochs, state, self.last_val, seconds))
         value = self.last_val.get(monitor, math.nan)
@@ -626,8 +667,13 @@ class Trainer:
         state.loss_sum += mean * len(values)
         state.loss_n += len(values)
         if self.ddp.main:
-            self.store.log_metrics(self.run_id, state.step, epoch, "train", {"loss": mean})
+            # Rows carry the epoch's number counted from 1, as the validation rows at its end do.
+            self.store.log_metrics(self.run_id, state.step, epoch + 1, "train", {"loss": mean})
+            kill_point("train-row")
             self.store.update_run(self.run_id, step=state.step, epoch=epoch)
+            usage = self.system.sample()
+            if usage:
+                self.store.log_metrics(self.run_id, state.step, epoch, system.SPLIT, usage)
         if self.bar is not None:
             self.bar.update(len(values))
             self.bar.set_postfix(loss=f"{mean:.4g}", epoch=epoch + 1)
@@ -721,6 +767,8 @@ def _train_recorded(
             f"data spec '{cfg.data}' is for {spec.domain}, but {cfg.variant} trains on {task.domain}"
         )
     run_id = ddp.broadcast(_attach_run(store, run_id, cfg, task.domain) if ddp.main else run_id)
+    if resume and ddp.main:
+        _rewind(store, run_id, state)
     trainer = Trainer(cfg, task, fast, store, run_id, ddp, state, phases, cancel)
 
     def finish(status: str, reason: str, finished: bool) -> RunResult:
@@ -777,6 +825,15 @@ def _resume_folder(store: RunStore, resume: str, variant: str) -> Path:
     if folder is None:
         raise ValueError(f"run '{resume}' has no 'last' checkpoint to resume from")
     return folder
+
+
+def _rewind(store: RunStore, run_id: str, state: LoopState) -> None:
+    """A resume continues from its checkpoint's step: the rows the killed attempt logged past it are
+    superseded (the resumed attempt logs those steps again), and the record's step and epoch go back."""
+    dropped = store.supersede_after(run_id, state.step)
+    store.update_run(run_id, step=state.step, epoch=state.epoch)
+    if dropped:
+        log.info("run %s: resumed at step %d; %d later rows superseded", run_id, state.step, dropped)
 
 
 def _attach_run(store: RunStore, run_id: str | None, cfg: RunConfig, domain: str) -> str:

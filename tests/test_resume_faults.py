@@ -1,0 +1,112 @@
+"""Issue 19's resume duplicates, replayed: a trainer SIGKILLed at each point between a logged metric row and
+a saved checkpoint (a kill hook, not a timer), then resumed, ends with every (split, metric, step) once in
+queries, curves and exports, and none lost; plus the same through the fault campaign's own code."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from benchmarks.fault_campaign import (
+    EPOCHS,
+    Injection,
+    audit,
+    fragment_folder,
+    inject,
+    plan,
+    run_campaign,
+    summary,
+)
+from trainers.runs.export import csv_text, jsonl_text
+from trainers.runs.faults import KILL_POINTS
+from trainers.runs.store import RunStore
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fragment_folder(tmp_path_factory.mktemp("fragments"))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_kill_at_each_point_then_resume_leaves_each_row_once(point: str, data: Path, tmp_path: Path):
+    # An arrival in epoch 2, when epoch 1's `last` exists, so this is a resume and not a fresh start (train
+    # rows come twice an epoch: the third is epoch 2's first).
+    where = f"{point}:{3 if point == 'train-row' else 2}"
+    outcome = inject(Injection("kill", where), tmp_path, data)
+    assert outcome.struck, f"the trainer was never killed at {where}"
+    assert outcome.restarts == 0 and outcome.attempts == 2
+    assert outcome.status == "completed", outcome.problems
+    assert (outcome.duplicates, outcome.lost) == (0, 0), outcome.problems
+    with RunStore(tmp_path / "runs") as store:
+        [run] = store.list_runs()
+        rows, _ = store.metrics_after(0, run_ids=[run.id])
+        series = store.metric_series(run.id, "train/loss")
+    assert run.step == rows[-1].step and run.epoch == EPOCHS
+    # curves read one value per step; the CSV export has one train row and one val row per logged step
+    assert len(series) == len({s for s, _ in series})
+    lines = csv_text(rows).splitlines()[1:]
+    assert len(lines) == len({(r.step, r.split) for r in rows})
+    # train and validation rows of one step carry the same epoch number
+    epochs = {(r.split, r.step): r.epoch for r in rows}
+    for split, step in epochs:
+        if split == "val" and ("train", step) in epochs:
+            assert epochs[("train", step)] == epochs[("val", step)]
+
+
+def test_resume_supersedes_the_killed_attempts_rows(data: Path, tmp_path: Path) -> None:
+    """The reproduction's shape: killed after an epoch's rows but before `last`; the superseded rows stay in
+    the database (nothing deleted) but no query, curve or export shows them."""
+    outcome = inject(Injection("kill", "last-files:2"), tmp_path, data)
+    assert outcome.ok, outcome.problems
+    with RunStore(tmp_path / "runs") as store:
+        [run] = store.list_runs()
+        visible, _ = store.metrics_after(0, run_ids=[run.id])
+    with sqlite3.connect(tmp_path / "runs" / "runs.sqlite") as conn:
+        stored, superseded = conn.execute("SELECT COUNT(*), SUM(superseded) FROM metrics").fetchone()
+        killed_steps = {s for (s,) in conn.execute("SELECT step FROM metrics WHERE superseded = 1")}
+    assert superseded > 0 and stored == len(visible) + superseded
+    # the killed attempt's steps were logged again by the resumed one, each once
+    exported = [(p["key"], p["step"]) for p in map(json.loads, jsonl_text(visible).splitlines())]
+    assert len(exported) == len(set(exported))
+    assert killed_steps <= {step for _, step in exported}
+
+
+def test_the_campaign_runs_a_handful_of_injections_through_the_same_code(tmp_path: Path) -> None:
+    injections = [
+        Injection("kill-twice", "val-row:2", "last-manifest:1"),
+        Injection("cancel", "validation"),
+        Injection("timed-kill", "12.0s"),
+    ]
+    outcomes = run_campaign(injections, workers=3, keep=tmp_path)
+    result = summary(outcomes)
+    assert result["injections"] == 3 and result["completed"] == 3
+    assert (result["duplicate_rows"], result["lost_rows"]) == (0, 0), result["failed_injections"]
+    assert result["failed_injections"] == [] or all(
+        not o["struck"] and o["label"].startswith("timed-kill") for o in result["failed_injections"]
+    )
+
+
+def test_the_full_plan_has_at_least_60_injections_of_every_kind() -> None:
+    injections = plan()
+    kinds = {i.kind for i in injections}
+    assert len(injections) >= 60 and kinds == {"kill", "kill-twice", "cancel", "timed-kill"}
+    assert {i.where.split(":")[0] for i in injections if i.kind == "kill"} == set(KILL_POINTS)
+
+
+def test_audit_counts_a_duplicate_and_a_lost_row(tmp_path: Path) -> None:
+    """The audit itself can fail: a row logged twice at one step and a missing validation are counted."""
+    with RunStore(tmp_path) as store:
+        run_id = store.create_run("fragment-dae", "fragments", {})
+        for step in (5, 7, 12, 14):
+            store.log_metrics(run_id, step, 1 + (step > 7), "train", {"loss": 0.1})
+        store.log_metrics(run_id, 14, 2, "train", {"loss": 0.2})  # the duplicate
+        store.log_metrics(run_id, 7, 1, "val", {"loss": 0.1})
+        store.log_metrics(run_id, 14, 2, "val", {"loss": 0.1})
+        store.update_run(run_id, step=14)
+    duplicates, lost, problems = audit(tmp_path, run_id)
+    assert duplicates == 2  # once in the query, once in the export
+    assert lost == 1 and "2 validations for 3 epochs" in problems[-1]

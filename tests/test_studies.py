@@ -1,0 +1,210 @@
+"""Studies (trainers.runs.studies, trainers.training.study, `python -m trainers study|studies`): variants ×
+seeds × one swept setting planned and checked before any run exists, launched as one, listed, and cancelled
+cleanly on SIGINT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import start_trainer, wait_for
+from trainers.runs.store import RunStore
+from trainers.runs.studies import (
+    create_study_runs,
+    differing_settings,
+    flatten_config,
+    list_studies,
+    parse_sweep,
+    plan_study,
+    study_runs,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "fragments:python,max_files=12"
+
+
+def test_sweep_parses_numbers_and_model_keys():
+    sweep = parse_sweep("lr=1e-3, 3e-4")
+    assert sweep.key == "lr" and sweep.values == (1e-3, 3e-4)
+    model = parse_sweep("model.base_channels=8,16")
+    assert model.is_model_key and model.overrides(8) == {"model": {"base_channels": 8}}
+    assert parse_sweep("") is None and parse_sweep(None) is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lr", "KEY=V1,V2"),
+        ("lr=1e-3", "2 to 8 values"),
+        ("lr=1e-3,1e-3", "given twice"),
+        ("lr=1e-3,,2e-3", "empty value"),
+    ],
+)
+def test_a_bad_sweep_says_why(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_sweep(text)
+
+
+def test_plan_is_variants_times_values_times_seeds_with_one_study_id():
+    configs = plan_study(
+        ["fragment-dae", "fragment-dae-bytes"], 3, parse_sweep("lr=1e-3,3e-4"), preset="smoke", data=TINY
+    )
+    assert len(configs) == 2 * 2 * 3
+    assert len({c.study for c in configs}) == 1 and configs[0].study.startswith("study-")
+    triples = {(c.variant, c.lr, c.seed) for c in configs}
+    assert len(triples) == 12 and {c.seed for c in configs} == {0, 1, 2}
+
+
+def test_a_swept_model_key_reaches_the_model_config():
+    configs = plan_study(["sar-baseline"], 1, parse_sweep("model.base_channels=8,12"), preset="smoke")
+    assert [c.model["base_channels"] for c in configs] == [8, 12]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seeds": 0}, "seeds must be a whole number from 1 to 20"),
+        ({"seeds": 1e30}, "seeds must be a whole number from 1 to 20"),
+        ({"seeds": 2, "sweep": parse_sweep("lr=-1,1e-3")}, "learning rate"),
+        ({"seeds": 2, "epochs": 0}, "epochs"),
+        (
+            {
+                "seeds": 20,
+                "sweep": parse_sweep("lr=1,2,3,4,5,6,7,8"),
+                "variants": ["sar-baseline", "sar-resnet"],
+            },
+            "more than the 200",
+        ),
+    ],
+)
+def test_a_bad_study_is_refused_before_any_run_exists(tmp_path, kwargs, message):
+    variants = kwargs.pop("variants", ["fragment-dae"])
+    seeds = kwargs.pop("seeds")
+    sweep = kwargs.pop("sweep", None)
+    with pytest.raises(ValueError, match=message):
+        plan_study(variants, seeds, sweep, preset="smoke", **kwargs)
+
+
+def test_studies_are_listed_with_their_variants_seeds_and_swept_setting(tmp_path):
+    configs = plan_study(["fragment-dae"], 2, parse_sweep("lr=1e-3,3e-4"), preset="smoke", data=TINY)
+    with RunStore(tmp_path / "runs") as store:
+        ids = create_study_runs(store, configs, name="lr check")
+        store.create_run("fragment-dae", "fragments", {"variant": "fragment-dae"})  # not in a study
+        [summary] = list_studies(store)
+        runs = study_runs(store, summary.id)
+        assert [r.id for r in runs] == ids
+        assert runs[0].tags == [summary.id] and runs[0].name.startswith("lr check · fragment-dae")
+        with pytest.raises(ValueError, match="no study with id"):
+            study_runs(store, "study-nope")
+    assert summary.variants == ["fragment-dae"] and summary.seeds == [0, 1]
+    assert summary.sweep == {"lr": [1e-3, 3e-4]} and summary.statuses == {"queued": 4}
+    assert summary.to_dict()["done"] == 0
+
+
+def test_differing_settings_flatten_model_keys():
+    assert flatten_config({"lr": 1, "model": {"w": [1, 2]}}) == {"lr": 1, "model.w": [1, 2]}
+
+    class Run:
+        def __init__(self, config):
+            self.config = config
+
+    runs = [Run({"lr": 1, "seed": 0, "model": {"w": 8}}), Run({"lr": 1, "seed": 1, "model": {"w": 16}})]
+    assert differing_settings(runs) == {"model.w": [8, 16]}
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "trainers", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_cli_study_trains_every_run_and_prints_the_study_as_json(tmp_path):
+    runs = tmp_path / "runs"
+    common = [
+        "--preset",
+        "smoke",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "3",
+        "--data",
+        TINY,
+        "--runs-dir",
+        str(runs),
+    ]
+    proc = _cli("study", "fragment-dae", "--seeds", "2", "--jobs", "2", "--json", *common)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["study"].startswith("study-") and [r["status"] for r in out["runs"]] == ["completed"] * 2
+    listed = json.loads(_cli("studies", "--runs-dir", str(runs), "--json").stdout)
+    assert [s["study"] for s in listed] == [out["study"]] and listed[0]["done"] == 2
+    with RunStore(runs) as store:
+        seeds = sorted(r.config["seed"] for r in study_runs(store, out["study"]))
+    assert seeds == [0, 1]
+
+
+def test_cli_refuses_a_bad_study_in_one_line_and_creates_no_database(tmp_path):
+    runs = tmp_path / "runs"
+    proc = _cli("study", "fragment-dae", "--seeds", "0", "--runs-dir", str(runs))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: seeds must be")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not runs.exists()
+
+
+@pytest.mark.slow
+def test_sigint_cancels_the_running_trainer_and_the_runs_not_started(tmp_path):
+    runs = tmp_path / "runs"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    args = ["study", "fragment-dae", "--seeds", "3", "--jobs", "1", "--preset", "smoke", "--epochs", "50"]
+    proc = start_trainer([*args, "--data", TINY, "--runs-dir", str(runs)], ROOT, env)
+    try:
+
+        def running() -> bool:
+            if not (runs / "runs.sqlite").exists():
+                return False
+            with RunStore(runs) as store:
+                return any(r.status == "running" and r.step for r in store.list_runs())
+
+        wait_for(running, 300, "the first run to train")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out
+    with RunStore(runs) as store:
+        statuses = sorted(r.status for r in store.list_runs())
+        pids = [r.pid for r in store.list_runs() if r.pid]
+    assert statuses == ["cancelled"] * 3, out
+    for pid in pids:  # no trainer is left running
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_trainer_logs_its_resource_use_as_sys_metrics(tmp_path):
+    """CPU and memory history (sys/…) from the trainer itself; the first flush samples, then every 10 s."""
+    runs = tmp_path / "runs"
+    args = ["train", "fragment-dae", "--preset", "smoke", "--epochs", "1", "--max-steps", "6", "--data", TINY]
+    proc = _cli(*args, "--runs-dir", str(runs), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    with RunStore(runs) as store:
+        [run] = store.list_runs()
+        cpu = store.metric_series(run.id, "cpu_percent", split="sys")
+        memory = store.metric_series(run.id, "memory_mb", split="sys")
+    assert len(cpu) >= 1 and len(memory) >= 1
+    assert all(0 <= v <= 100 * (os.cpu_count() or 1) + 50 for _, v in cpu)
+    assert all(50 < v < 16_000 for _, v in memory)  # a torch process holds tens of MB at least
+
+
+def test_system_sampler_waits_its_interval():
+    from trainers.training.system import SystemSampler
+
+    sampler = SystemSampler("cpu", interval=3600)
+    first = sampler.sample()
+    assert set(first) == {"cpu_percent", "memory_mb"} and sampler.sample() is None
+    assert sampler.sample(force=True) is not None
