@@ -43,6 +43,7 @@ RUNNERS: dict[str, tuple[str, str]] = {
     "startup": ("benchmarks.studio", "measure_startup"),
     "curves": ("benchmarks.studio", "measure_curve_refresh"),
     "memory": ("benchmarks.studio", "measure_app_memory"),
+    "data": ("benchmarks.data", "measure_sar_simulation"),
 }
 SECTIONS: tuple[str, ...] = tuple(RUNNERS)
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -63,6 +64,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "startup": {"repeats": 3},
         "curves": {"n_runs": 20, "histories": (1_000, 10_000), "repeats": 10},
         "memory": {"n_jobs": 4, "sample_s": 20.0},
+        "data": {"scenes": 12, "repeats": 5},
     },
     "quick": {
         "overhead": {"steps": 15, "repeats": 1},
@@ -74,6 +76,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "startup": {"repeats": 1},
         "curves": {"n_runs": 20, "histories": (1_000, 10_000), "repeats": 3},
         "memory": {"n_jobs": 4, "sample_s": 4.0},
+        "data": {"scenes": 6, "repeats": 2},
     },
     "dry": {
         "overhead": {"steps": 10, "repeats": 1, "variants": ("fragment-dae",)},
@@ -85,6 +88,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "startup": {"repeats": 1},
         "curves": {"n_runs": 3, "histories": (20, 200), "repeats": 2},
         "memory": {"n_jobs": 1, "sample_s": 1.0},
+        "data": {"scenes": 2, "repeats": 1, "image_size": 64},
     },
 }
 

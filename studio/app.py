@@ -91,13 +91,15 @@ def make_context(
     ray_address: str | None = None,
     ray_gpu_memory_gib: float | None = None,
     ray_python: str | None = None,
+    ray_storage: str | None = None,
 ) -> StudioContext:
     """Open the run store in `runs_dir` and start the job manager; `space=None` detects a Space.
 
     `gpu_jobs` caps the training jobs per GPU; None packs as many as fit in its memory. `backend` "ray"
     sends the jobs to the Ray cluster at `ray_address` (None: a local Ray instance started for the app), with
-    `ray_gpu_memory_gib` per GPU for packing (None: detected) and `ray_python` as the nodes' interpreter; a
-    RuntimeError says what is wrong (Ray not installed, cluster unreachable)."""
+    `ray_gpu_memory_gib` per GPU for packing (None: detected), `ray_python` as the nodes' interpreter (None:
+    each node's own Ray Python) and `ray_storage` for checkpoints and media (None: through the sink actor);
+    a RuntimeError says what is wrong (Ray not installed, cluster unreachable)."""
     from studio.context import StudioContext
     from studio.jobs import JobManager, SpaceLimits
     from trainers.runs.store import RunStore
@@ -115,9 +117,9 @@ def make_context(
 
             import_ray()  # not installed: the one-line install hint
             memory = None if ray_gpu_memory_gib is None else int(ray_gpu_memory_gib * (1 << 30))
-            # A local instance runs on this machine: its interpreter. A cluster: `python` on each node's PATH.
-            python = ray_python or (sys.executable if not ray_address else "python")
-            runner = RayBackend(ray_address, python=python, gpu_memory=memory, gpu_jobs=gpu_jobs)
+            runner = RayBackend(
+                ray_address, python=ray_python, gpu_memory=memory, gpu_jobs=gpu_jobs, storage=ray_storage
+            )
         limits = SpaceLimits() if space else None  # what a stranger may ask of a public Space
         jobs = JobManager(
             folder, store=store, cpu_slots=slots, gpu_jobs=gpu_jobs, space_limits=limits, backend=runner
@@ -219,7 +221,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of `python app.py`; environment variables give the defaults (see --help)."""
     space = is_space()
     env_port = os.environ.get("GRADIO_SERVER_PORT")
-    parser = argparse.ArgumentParser(prog="python app.py", description=f"Serve the {TITLE}.")
+    from trainers.cli import prog_name
+
+    parser = argparse.ArgumentParser(prog=prog_name("python app.py"), description=f"Serve the {TITLE}.")
     parser.add_argument(
         "--host",
         default=os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if space else "127.0.0.1"),
@@ -274,8 +278,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ray-python",
         default=os.environ.get("AE_STUDIO_RAY_PYTHON") or None,
-        help="with --backend ray: the Python interpreter on the nodes (default: python; with a local Ray "
-        "instance this app's own; env AE_STUDIO_RAY_PYTHON)",
+        help="with --backend ray: the Python interpreter on the nodes (default: the one each node runs Ray "
+        "with; env AE_STUDIO_RAY_PYTHON)",
+    )
+    parser.add_argument(
+        "--ray-storage",
+        default=os.environ.get("AE_STUDIO_RAY_STORAGE") or None,
+        metavar="URI",
+        help="with --backend ray: storage every node reaches (a shared path, s3://..., gs://...; as Ray "
+        "Train's storage_path) for checkpoints and media (default: sent through the studio's sink; env "
+        "AE_STUDIO_RAY_STORAGE)",
     )
     args = parser.parse_args(argv)
     if args.backend not in BACKENDS:  # from the environment: argparse checks only the command line
@@ -313,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ray_address=args.ray_address,
             ray_gpu_memory_gib=args.ray_gpu_memory,
             ray_python=args.ray_python,
+            ray_storage=args.ray_storage,
         )
     except RuntimeError as exc:  # the Ray backend: Ray not installed, the cluster unreachable
         print(f"error: {exc}", file=sys.stderr)

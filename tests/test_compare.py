@@ -145,12 +145,20 @@ def test_bootstrap_interval_matches_the_normal_theory_and_leaves_out_nan():
 
 # ---------------------------------------------------------------------------------------------------- SAR
 def _sar_examples(spec: str):
+    """(x, valid, db, units) of the examples compare scores on (here all of one size: stacked)."""
     from trainers.data.spec import parse_data_spec
-    from trainers.evaluation.compare import _sar_items
+    from trainers.evaluation.compare import _sar_examples as examples_of
     from trainers.training.tasks import SARTask
 
-    dataset = SARTask("sar-baseline").dataset_for_eval(parse_data_spec(spec), {}, {"image_size": 32})
-    return _sar_items(dataset)
+    parsed = parse_data_spec(spec)
+    dataset = SARTask("sar-baseline").dataset_for_eval(parsed, {}, {"image_size": 32})
+    examples, units, _ = examples_of(dataset, parsed)
+    return (
+        torch.cat([e.x for e in examples]),
+        torch.cat([e.valid for e in examples]),
+        torch.cat([e.db_range for e in examples]),
+        units,
+    )
 
 
 def _masked_psnr(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> float:
@@ -174,16 +182,19 @@ def test_sar_json_schema_codecs_from_actual_bytes_and_psnr_against_the_formula(c
     assert code == 0, err
     result = strict_json(out)
     assert {"domain", "data", "n", "rows"} <= set(result)
-    x, valid, _ = _sar_examples(spec)
+    x, valid, _, units = _sar_examples(spec)
     n = x.shape[0]
     assert result["domain"] == "sar" and result["n"] == n >= 4
+    # Tiles of two images: intervals resample the two images, not the tiles.
+    assert result["ci_unit"] == "image" and result["n_units"] == 2 and len(set(units.tolist())) == 2
+    assert "32×32 tiles of 2 images" in result["eval_size"]
     assert not valid.all()  # the no-data border is masked out of every metric below
     rows = {r["name"]: r for r in result["rows"]}
     for row in result["rows"]:
         assert {"name", "kind", "bpp", "params", "metrics"} <= set(row)
         assert row["kind"] in ("run", "checkpoint", "codec")
         for name, summary in row["metrics"].items():
-            assert set(summary) == {"mean", "ci95", "n"}
+            assert set(summary) == {"mean", "ci95", "n", "n_units"}
             if summary["mean"] is None:
                 assert name in row["missing"]  # a missing value says why
             else:
@@ -191,15 +202,29 @@ def test_sar_json_schema_codecs_from_actual_bytes_and_psnr_against_the_formula(c
                 assert lo <= summary["mean"] <= hi
     assert rows["run-sar"]["kind"] == "run" and rows["run-sar"]["variant"] == "sar-baseline"
     assert rows["sar_b"]["kind"] == "checkpoint"
-    assert rows["run-sar"]["bpp"] == pytest.approx(0.5)  # 16 latent channels at H/16 x W/16, 8 bits each
+    # The rate is measured: the bytes of each tile's range-coded latent, decoded back for the scores.
+    from trainers.evaluation import bitstream
 
     model = load_pretrained(ckpts["sar_b"]).eval()
+    sizes, psnrs = [], []
     with torch.no_grad():
-        x_hat = model(x)[0].clamp(0, 1)
-    expected = np.mean(
-        [_masked_psnr(x[i, 0].numpy(), x_hat[i, 0].numpy(), valid[i, 0].numpy()) for i in range(n)]
+        for i in range(n):
+            data = bitstream.encode(model.encode(x[i : i + 1])[0].numpy(), bitstream.DEFAULT_BITS).data
+            x_hat = model.decode(torch.from_numpy(bitstream.decode(data)[1])[None]).clamp(0, 1)
+            sizes.append(len(data))
+            psnrs.append(_masked_psnr(x[i, 0].numpy(), x_hat[0, 0].numpy(), valid[i, 0].numpy()))
+    sar_b = rows["sar_b"]
+    assert sar_b["rate"] == "measured" and sar_b["bytes"] == sum(sizes)
+    assert sar_b["bpp"] == pytest.approx(np.mean([8 * b / 32**2 for b in sizes]))
+    assert sar_b["metrics"]["psnr"]["mean"] == pytest.approx(np.mean(psnrs), abs=1e-3)
+    assert len(sar_b["rd"]) >= 4 and [p["bpp"] for p in sar_b["rd"]] == sorted(p["bpp"] for p in sar_b["rd"])
+    pair = next(p for p in result["pairs"] if p["metric"] == "psnr" and p["b"] == "sar_b")
+    assert (
+        pair["a"] == "run-sar"
+        and pair["n_units"] == 2
+        and pair["diff"]
+        == pytest.approx(rows["run-sar"]["metrics"]["psnr"]["mean"] - sar_b["metrics"]["psnr"]["mean"])
     )
-    assert rows["sar_b"]["metrics"]["psnr"]["mean"] == pytest.approx(expected, abs=1e-3)
     assert rows["sar_b"]["params"] == sum(p.numel() for p in model.parameters())
 
     codec_rows = [r for r in result["rows"] if r["kind"] == "codec"]
@@ -210,8 +235,10 @@ def test_sar_json_schema_codecs_from_actual_bytes_and_psnr_against_the_formula(c
     for row in codec_rows:
         assert row["params"] is None
         codec = next(c for c in IMAGE_CODECS if row["codec"] == c.name)
-        # bpp is the mean of the real file sizes of exactly the 8-bit images the models see ...
-        decoded, bits = zip(*(codec.roundtrip(img, row["codec_setting"]) for img in images), strict=True)
+        # bpp is the mean of the real file sizes of exactly the 8-bit images the models see, one setting each
+        settings = row["codec_setting"]
+        coded = [codec.roundtrip(img, st) for img, st in zip(images, settings, strict=True)]
+        decoded, bits = [c[0] for c in coded], [c[1] for c in coded]
         assert row["bpp"] == pytest.approx(
             np.mean([8 * b / img.size for b, img in zip(bits, images, strict=True)])
         )
@@ -220,8 +247,9 @@ def test_sar_json_schema_codecs_from_actual_bytes_and_psnr_against_the_formula(c
             [_masked_psnr(x[i, 0].numpy(), decoded[i] / 255.0, valid[i, 0].numpy()) for i in range(n)]
         )
         assert row["metrics"]["psnr"]["mean"] == pytest.approx(psnr, abs=1e-3)
-        # The chosen setting is the grid's closest mean size to the models' 0.5 bpp.
-        assert row["target_bpp"] == pytest.approx(0.5)
+        # Matched per image to the model's own bytes on that image.
+        (model_name,) = row["matched_to"]
+        assert row["target_bpp"] == pytest.approx(rows[model_name]["bpp"])
     assert {s["codec"] for s in result["rd_sweep"]} == done
 
 
@@ -266,7 +294,10 @@ def test_audio_every_window_codecs_and_units(ckpts, audio_folder, capsys):
     windows = len(AudioFolderDataset(audio_folder))
     assert result["n"] == windows >= 3  # every window of both files, not one second per file
     rows = {r["name"]: r for r in result["rows"]}
-    assert rows["audio"]["bpp"] == pytest.approx(8 * 16 / 48000)  # latent 16 at 8 bits per 1 s window
+    # Measured: the range-coded latent's bytes of every 1 s window (48,000 samples each).
+    assert rows["audio"]["rate"] == "measured"
+    assert rows["audio"]["bpp"] == pytest.approx(8 * rows["audio"]["bytes"] / (windows * 48000))
+    assert result["ci_unit"] == "recording" and result["n_units"] == 2
     assert "audio sample" in result["bpp_unit"]
     ceiling = rows["feature round trip (mel-if)"]
     assert ceiling["bpp"] is None and "bpp" in ceiling["missing"]
@@ -306,7 +337,9 @@ def test_fragments_per_file_type_and_identity_against_the_bytes(ckpts, fragment_
     rows = {r["name"]: r for r in result["rows"]}
     identity = rows["identity (corrupted input unchanged)"]
     assert identity["kind"] == "codec" and identity["bpp"] == 8.0
-    assert rows["run-frag"]["bpp"] == pytest.approx(16 * 64 * 8 / 512)  # latent (16, 64) at 8 bits
+    frag = rows["run-frag"]
+    assert frag["rate"] == "measured" and result["ci_unit"] == "file" and result["n_units"] == 4
+    assert frag["bpp"] == pytest.approx(8 * frag["bytes"] / (result["n"] * 512))  # the latent's real bytes
 
     # Reference: the same fragments and noise, identity accuracy per file type straight from the bytes.
     from trainers.data.fragments import file_type
@@ -347,7 +380,13 @@ class _SARPassthrough(torch.nn.Module):
     DOMAIN, VARIANT = "sar", "sar-baseline"
 
     def forward(self, x):
-        return x.clone(), torch.zeros(x.shape[0], 16, x.shape[2] // 16, x.shape[3] // 16)
+        return x.clone(), x.clone()
+
+    def encode(self, x):  # the image is its own latent: decoded from 6-bit codes, within 1/126 of x
+        return x.clone()
+
+    def decode(self, z):
+        return z.clone()
 
 
 class _AudioPassthrough(torch.nn.Module):
@@ -363,6 +402,12 @@ class _AudioPassthrough(torch.nn.Module):
     def reconstruct(self, x):
         return x.clone()
 
+    def encode(self, x):
+        return x.flatten(1), torch.zeros(x.shape[0], 1)
+
+    def decode(self, z):
+        return z.view(z.shape[0], *self.input_shape)
+
 
 class _FragmentRepair(torch.nn.Module):
     DOMAIN, VARIANT = "fragments", "fragment-dae"
@@ -375,7 +420,11 @@ class _FragmentRepair(torch.nn.Module):
         return torch.stack([self.fn(row) for row in np.rint(x[:, 0].numpy() * 255).astype(np.uint8)])
 
     def encode(self, x):
-        return torch.zeros(x.shape[0], 16, 64)
+        return x.clone()
+
+    def decode(self, z, x):  # per-byte logits of the repair of the corrupted input the receiver holds
+        out = self.predict_bytes(x)
+        return torch.nn.functional.one_hot(out, 256).permute(0, 2, 1).float()
 
 
 def _md_row(report: str, name: str) -> list[str]:
@@ -393,7 +442,7 @@ def test_useless_sar_models_are_flagged_in_the_json_and_the_markdown(ckpts):
         "constant output: on 6 of 6 images its spread over the valid pixels is under 5%"
     )
     # The trivial baseline, the mean-value image: its MSE is each patch's variance over the valid pixels.
-    x, valid, _ = _sar_examples(SAR_SPEC)
+    x, valid, _, _ = _sar_examples(SAR_SPEC)
     reference = np.mean([10 * np.log10(1 / np.var(x[i, 0][valid[i, 0]].double().numpy())) for i in range(6)])
     baseline = result["trivial_baseline"]["metrics"]
     assert baseline["psnr"] == pytest.approx(reference, rel=1e-4)
@@ -426,7 +475,7 @@ def test_useless_audio_and_fragment_models_are_flagged(ckpts, audio_folder, frag
     result = run_compare([], f"audio:folder={audio_folder}", models=models)
     rows = {r["name"]: r for r in result["rows"]}
     assert [f.split(":")[0] for f in rows["buzz"]["flags"]] == [
-        "no better than silence", "no better than a flat spectrum",
+        "constant output", "no better than silence", "no better than a flat spectrum",
     ]  # fmt: skip
     assert rows["passthrough"]["flags"] == []
     data = AudioFolderDataset(audio_folder)
@@ -458,10 +507,12 @@ def test_useless_audio_and_fragment_models_are_flagged(ckpts, audio_folder, frag
     for name in ("zeroed", "identity"):
         acc = rows[name]["metrics"]["accuracy"]["mean"]
         assert acc <= base
-        assert rows[name]["flags"] == [
-            f"does not beat the identity baseline: byte accuracy {acc:.2%} ≤ {base:.2%} of the corrupted "
-            "input left as it is"
-        ]
+        assert rows[name]["flags"][-1].startswith(
+            f"does not beat the identity baseline: byte accuracy {acc:.2%} ≤ {base:.2%} (gain "
+        )
+    # The zeroed net writes the same bytes whatever it reads: its byte distribution does not move.
+    assert rows["zeroed"]["flags"][0].startswith("constant output: its byte distribution varies")
+    assert len(rows["identity"]["flags"]) == 1
     assert rows["identity (corrupted input unchanged)"]["flags"] == []  # a baseline row is not judged
     _, table = leaderboard(result)
     assert [r[-1] for r in table][-1] == "–" and table[2][-1] == "none"
@@ -549,8 +600,9 @@ def test_compare_tab_handler_on_uploads_and_its_errors(ctx, ckpts, fragment_fold
     assert result.result["data"] == "4 uploaded files"  # no temporary server path
     assert "studio-compare-" not in to_json(result.result)
     assert "By file type" in result.details
-    traces = {t.name for t in result.figure.data}
-    assert {"runs", "checkpoints", "codecs"} <= traces
+    # The tab's own R-D figure: one legend group per model, named by its row.
+    metas = {t.meta for t in result.figure.data}
+    assert {r["name"] for r in result.result["rows"] if r["kind"] != "codec"} <= metas
     assert calls and calls[-1][0] == 1.0
 
     with pytest.raises(ValueError, match="no checkpoint chosen"):

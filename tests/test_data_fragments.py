@@ -268,6 +268,45 @@ def test_default_corpus_is_real_python_files():
     assert len(ds) >= 2 and ds.preprocessing()["kind"] == "bytes-over-255"
 
 
+_CORPUS_KINDS = """
+import collections, json, sys
+from trainers.data.fragments import default_corpus_paths, file_type
+kinds = collections.Counter(file_type(p) for p in default_corpus_paths(max_files=64))
+print(json.dumps({"venv": sys.prefix != sys.base_prefix, "kinds": dict(kinds)}))
+"""
+
+
+def test_the_python_corpus_is_the_same_kinds_of_files_inside_a_virtual_environment(tmp_path):
+    """Replays the venv report: inside a venv the built-in corpus had no shared libraries (its lib-dynload
+    was looked for in the venv), so a venv user trained on other data than a system install."""
+    import collections
+    import os
+    import subprocess
+    import sys
+    import venv
+
+    from trainers.data.fragments import file_type
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(tmp_path / "venv")
+    # The fresh venv sees this interpreter's packages (numpy, torch) and the checkout through PYTHONPATH
+    # only, so the test also holds when pytest itself runs in a venv.
+    packages = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    proc = subprocess.run(
+        [str(tmp_path / "venv" / "bin" / "python"), "-c", _CORPUS_KINDS],
+        cwd=tmp_path,
+        env={"PATH": os.defpath, "PYTHONPATH": os.pathsep.join([str(ROOT), *packages])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    inside = json.loads(proc.stdout.splitlines()[-1])
+    here = collections.Counter(file_type(p) for p in default_corpus_paths(max_files=64))
+    assert inside["venv"]
+    assert inside["kinds"].get("elf", 0) >= 8
+    assert inside["kinds"] == dict(here)
+
+
 def test_preprocessing_is_json_and_rebuilds_the_noise(tmp_path):
     _make_corpus(tmp_path)
     noise = NoiseGenerator(bit_error_rate=0.02, seed=9)

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -98,25 +99,24 @@ def test_export_writes_loadable_folder_with_card_of_the_run(trained, tmp_path):
     assert (folder / "model.safetensors").read_bytes() == (ckpt / "model.safetensors").read_bytes()
     assert json.loads((folder / "config.json").read_text()) == json.loads((ckpt / "config.json").read_text())
 
-    # The card's metadata and its model-index hold the validation metrics logged at the checkpoint's step.
+    # The metadata names no Hub dataset (no source of the studio is one: `datasets` and model-index's
+    # dataset.type take Hub dataset ids only); the card's table holds the metrics at the checkpoint's step.
     card = ModelCard.load(folder / "README.md")
     assert card.data.library_name == "autoencoder-comparison-studio" and card.data.license == "mit"
     assert {"fragments", "fragment-dae", "autoencoder"} <= set(card.data.tags)
+    meta = card.data.to_dict()
+    assert "datasets" not in meta and "model-index" not in meta and card.data.eval_results is None
+    # No Hub pipeline repairs file fragments: there is no pipeline_tag.
+    assert card.data.pipeline_tag is None
     step = checkpoints.read_trainer_state(ckpt)["step"]
     with RunStore(runs) as store:
         rows = [r for r in store.metrics_after(0, run_ids=[run_id])[0] if r.split == "val" and r.step == step]
         best = store.best_metrics(run_id)
     logged = {r.name: r.value for r in rows}
     assert {"loss", "accuracy", "identity_accuracy"} <= set(logged)
-    indexed = {r.metric_type: r.metric_value for r in card.data.eval_results}
-    assert set(indexed) == {k for k, v in logged.items() if math.isfinite(v)}
-    for name, value in indexed.items():
-        assert value == pytest.approx(logged[name], abs=1e-6)
-    # model-index names the data's source; the exact spec is its config.
-    assert card.data.eval_results[0].dataset_name.startswith("files of a Python installation")
-    assert card.data.eval_results[0].dataset_config == "fragments:python,max_files=8,n=64"
-    # No Hub pipeline repairs file fragments: the model-index task is "other", and there is no pipeline_tag.
-    assert card.data.eval_results[0].task_type == "other" and card.data.pipeline_tag is None
+    tabled = {line.split("|")[1].strip() for line in card.text.splitlines() if line.startswith("| ")}
+    assert set(logged) <= tabled
+    assert "**Data:** `fragments:python,max_files=8,n=64` (files of a Python installation" in card.text
     table_row = next(line for line in card.text.splitlines() if line.startswith("| loss |"))
     assert table_row.split("|")[2].strip() == f"{logged['loss']:.4g}"
     assert table_row.split("|")[3].strip() == f"{best['loss']:.4g}"
@@ -318,6 +318,10 @@ def test_push_without_network_or_offline(trained, hub_env, monkeypatch):
     [
         ({"repo_id": "not a repo!"}, "invalid Hub repo id"),
         ({"repo_id": "a/b/c"}, "invalid Hub repo id"),
+        ({"repo_id": "/etc"}, "invalid Hub repo id '/etc'"),  # was silently pushed to 'etc'
+        ({"repo_id": "a" * 500}, r"invalid Hub repo id 'a{77}\.\.\.'"),
+        ({"repo_id": "alice/m", "source_url": "not a url"}, "invalid source URL"),
+        ({"repo_id": "alice/m", "source_url": 'https://x.org/a"; rm -rf ~'}, "invalid source URL"),
         ({"repo_id": "  "}, "no Hub repo id"),
         ({"repo_id": "alice/m", "branch": "bad branch"}, "invalid branch name"),
         ({"repo_id": "alice/m", "branch": "../x"}, "invalid branch name"),
@@ -385,6 +389,88 @@ def test_load_offline_uses_the_cache_or_says_offline(trained, hub_env, tmp_path,
         hub.load_from_hub_or_folder("alice/never-fetched", cache_dir=tmp_path / "c")
 
 
+def test_source_url_defaults_to_the_space_else_the_projects_source():
+    import tomllib
+
+    from trainers.hub import source
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Source"]
+    assert source.project_source_url() == declared
+    assert source.default_source_url({}) == declared
+    space = source.default_source_url({"SPACE_ID": "alice/studio"})
+    assert space == f"{constants.ENDPOINT.rstrip('/')}/spaces/alice/studio"
+    assert source.resolve_source_url("  https://x.org/r  ") == "https://x.org/r"
+    assert source.pip_requirement("git+ssh://git@x.org/r") == "git+ssh://git@x.org/r"
+    for bad in ("x.org/r", "https://x.org/a b", "javascript://x", "https://" + "a" * 600):
+        with pytest.raises(ValueError, match="invalid source URL"):
+            source.check_source_url(bad)
+
+
+def test_load_refuses_a_very_long_name_with_a_message(hub_env):
+    """A 500-character name answered "[Errno 36] File name too long" (the folder check asked the OS)."""
+    with pytest.raises(ValueError, match="invalid Hub repo id") as err:
+        hub.load_from_hub_or_folder("a" * 500)
+    assert "Errno" not in str(err.value) and len(str(err.value)) < 300
+    with pytest.raises(FileNotFoundError, match="checkpoint folder '/b+\\.\\.\\.' does not exist"):
+        hub.load_from_hub_or_folder("/" + "b" * 500)
+
+
+def test_the_cards_install_line_installs_the_studio_from_its_source(trained, tmp_path):
+    """The card said `pip install autoencoder-comparison-studio`, which no index has. Its install line, run as
+    written against a git repository of this checkout (pip's VCS support, a file:// URL instead of a host),
+    installs classes that load the exported checkpoint in a process that cannot see the checkout."""
+    runs, run_id = trained
+    repo = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("pyproject.toml", "README.md", "docs/package.md"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
+    for name in ("models", "trainers", "studio", "assets"):
+        shutil.copytree(ROOT / name, repo / name, ignore=ignore)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "source"]):
+        subprocess.run([*git, *args], check=True, capture_output=True, timeout=120)
+
+    folder = hub.export_checkpoint(run_id, runs, tmp_path / "export", source_url=repo.as_uri())
+    card = (folder / "README.md").read_text()
+    assert "pip install autoencoder-comparison-studio" not in card
+    (line,) = [line for line in card.splitlines() if line.startswith('pip install "git+')]
+    requirement = line.removeprefix("pip install ").strip('"')
+    assert requirement == f"git+{repo.as_uri()}"
+    target = tmp_path / "installed"
+    # As written, but with the dependencies this interpreter already has (no index is reachable here).
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    proc = subprocess.run(
+        [*pip, "--target", str(target), requirement], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    code = (
+        "import sys, torch, models\n"
+        "from models import load_pretrained\n"
+        "x = torch.rand(4, 1, 512, generator=torch.Generator().manual_seed(0))\n"
+        "with torch.no_grad():\n"
+        "    torch.save(load_pretrained(sys.argv[1])(x), sys.argv[2])\n"
+        "print(models.__file__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(target), PYTHONSAFEPATH="1")
+    out = tmp_path / "out.pt"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(folder), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert Path(proc.stdout.split()[-1]).is_relative_to(target)
+    x = torch.rand(4, 1, 512, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load_pretrained(_checkpoint(runs, run_id))(x)
+    torch.testing.assert_close(torch.load(out), expected)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def _args(run_id: str, runs: Path, **kw) -> list[str]:
     argv = ["push", run_id, "--runs-dir", str(runs)]
@@ -410,12 +496,18 @@ def test_cli_push_export_and_errors(trained, hub_env, tmp_path, monkeypatch, cap
     assert cli.main(_args(run_id, runs, to_folder=tmp_path / "cli-export", kind="last")) == 0
     assert "exported run" in capsys.readouterr().out
     assert (tmp_path / "cli-export" / "model.safetensors").is_file()
+    source = "https://git.example.org/me/autoencoder-comparison-studio"
+    assert cli.main(_args(run_id, runs, to_folder=tmp_path / "cli-source", source_url=source)) == 0
+    capsys.readouterr()
+    assert f'pip install "git+{source}"' in (tmp_path / "cli-source" / "README.md").read_text()
 
     for argv, message in [
         (_args(run_id, runs), "--repo-id OWNER/NAME is required"),
         (_args(run_id, runs, repo_id="alice/x", to_folder=tmp_path / "y"), "either --repo-id"),
         (_args(run_id, runs, to_folder=tmp_path / "y", private=True), "--private applies to a Hub push"),
         (_args(run_id, runs, repo_id="bob/their-model"), "no write access"),
+        (_args(run_id, runs, repo_id="/etc"), "invalid Hub repo id '/etc'"),
+        (_args(run_id, runs, repo_id="alice/x", source_url="ftp://x"), "invalid source URL"),
     ]:
         assert cli.main(argv) == 2
         assert message in capsys.readouterr().err

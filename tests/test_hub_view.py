@@ -146,7 +146,7 @@ def test_relative_export_goes_under_the_runs_folder_and_foreign_files_are_safe(
     with pytest.raises(gr.Error, match="a relative export name stays inside"):
         fns["hub_export"](run_id, "best", "../../escaped")
     assert not (Path(ctx.runs_dir).resolve().parent / "escaped").exists()
-    with pytest.raises(gr.Error, match="no run with id 'no-such-run'"):
+    with pytest.raises(gr.Error, match="no run matches 'no-such-run'"):
         fns["hub_export"]("no-such-run", "best", "other")
 
 
@@ -157,6 +157,15 @@ def test_push_suggestions_follow_the_chosen_run(ctx, studio):
     variant = ctx.store.get_run(run_id).variant
     assert hub_placeholders(ctx, run_id) == (f"your-name/{variant}", f"Upload {variant} checkpoint")
     assert hub_placeholders(ctx, None)[0] == "your-name/sar-residual"
+
+
+def test_part_of_a_run_id_typed_into_the_run_list_picks_that_run(ctx, studio):
+    from studio.views.hub import _run_id
+
+    _, _, run_id, _ = studio
+    assert _run_id(ctx, run_id[-4:]) == run_id
+    with pytest.raises(ValueError, match="no run matches 'zzz-nothing': pick a run with a checkpoint"):
+        _run_id(ctx, "zzz-nothing")
 
 
 def test_space_never_uses_the_owners_token_nor_server_folders(
@@ -212,6 +221,18 @@ def test_named_api_over_http(ctx, studio, hub_env, capfd):
         assert "hub alice/over-http · fragment-dae" in status
         with pytest.raises(AppError, match="invalid Hub repo id"):
             client.predict(run_id, "best", "not a repo", False, "", "", TOKEN, api_name="/hub_push")
+        # "/etc" was pushed to "etc"; a 500-character name to load gave "[Errno 36] File name too long".
+        with pytest.raises(AppError, match="invalid Hub repo id '/etc'"):
+            client.predict(run_id, "best", "/etc", False, "", "", TOKEN, api_name="/hub_push")
+        with pytest.raises(AppError, match="invalid Hub repo id 'a{77}") as err:
+            client.predict("a" * 500, TOKEN, api_name="/hub_load")
+        assert "Errno" not in str(err.value)
+        # The source URL the card installs from (an input API clients written before it may leave out).
+        source = "https://git.example.org/me/studio"
+        client.predict(
+            run_id, "best", "alice/with-source", False, "", "", TOKEN, source, api_name="/hub_push"
+        )
+        assert f'pip install "git+{source}"' in hub_env.files("alice/with-source")["README.md"].decode()
     finally:
         demo.close()
     captured = capfd.readouterr()

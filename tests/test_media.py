@@ -234,7 +234,11 @@ def test_media_viewer_functions(sar_setup, tmp_path):
             media_view.media_choices(ctx, without)
         with pytest.raises(ValueError, match="no example 'ex7'"):
             media_view.media_view(ctx, with_media, 8, "ex7")
-        with pytest.raises(ValueError, match="no run with id"):
+        with pytest.raises(
+            ValueError, match="no run matches '20200101-000000-x-0000': pick a run with media"
+        ):
             media_view.media_view(ctx, "20200101-000000-x-0000", 8, "ex1")
+        # Part of a run's id (or name) typed into the list, as Gradio sends it on blur, picks that run.
+        assert media_view.media_choices(ctx, with_media[-4:])["steps"] == [4, 8, 12]
         with pytest.raises(ValueError, match="step must be a whole number"):
             media_view.media_view(ctx, with_media, "soon", "ex1")

@@ -323,7 +323,7 @@ def test_sar_metrics_per_image_match_the_numpy_reference() -> None:
     assert (
         set(got)
         == set(ref)
-        == {"psnr", "psnr_8bit", "ssim", "enl_ratio", "epi", "mse", "bpp_float32", "bpp_8bit"}
+        == {"psnr", "psnr_db", "psnr_8bit", "ssim", "enl_ratio", "epi", "mse", "bpp_float32", "bpp_8bit"}
     )
     for key, value in got.items():
         assert value.dtype == torch.float64 and value.shape == (4,), key
@@ -455,8 +455,12 @@ def test_spectral_metrics_hand_computed_tiny_example() -> None:
     est = np.array([0.0, 1.0, 0.0, 0.0])
     # SC = sqrt(6 * 0.25) / sqrt(3) = sqrt(1/2).
     assert spectral_convergence(ref, est, n_fft=4, hop_length=2) == pytest.approx(math.sqrt(0.5), abs=1e-12)
-    # Frame dB gaps: 10log10(1/0.25) = 6.02 and 10log10(0.25/1e-10) = 93.98, then 0: mean = 100/3.
-    assert log_spectral_distance(ref, est, n_fft=4, hop_length=2) == pytest.approx(100 / 3, abs=1e-6)
+    # Textbook form: frame dB gaps 10log10(1/0.25) = 6.02 and 10log10(0.25/1e-10) = 93.98, then 0: 100/3.
+    assert log_spectral_distance(ref, est, n_fft=4, hop_length=2, floor_db=None) == pytest.approx(
+        100 / 3, abs=1e-6
+    )
+    # Default: powers floored 80 dB below the reference's peak (1): the second gap is 10log10(0.25/1e-8).
+    assert log_spectral_distance(ref, est, n_fft=4, hop_length=2) == pytest.approx(80 / 3, abs=1e-6)
 
 
 def test_spectral_metrics_batch_cropping_and_bad_input() -> None:

@@ -52,7 +52,8 @@ def _requirement(line: str) -> tuple[str, str]:
 def wheel(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "docs/package.md"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, src / name)
     for name in (*PACKAGES, "assets"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
@@ -104,6 +105,12 @@ def test_wheel_holds_the_packages_template_assets_and_scripts(wheel) -> None:
         assert re.search(rf"^{script}\s*=\s*{re.escape(target)}$", entry_points, re.M), entry_points
     assert metadata["Name"] == "autoencoder-comparison-studio"
     assert metadata["Requires-Python"] == ">=3.10"
+    # The source repository (no index has the package) and a description that is not the Space's YAML.
+    source = _pyproject()["project"]["urls"]["Source"]
+    assert metadata.get_all("Project-URL") == [f"Source, {source}"]
+    description = metadata.get_payload()
+    assert description.startswith("# Autoencoder Comparison Studio\n") and "sdk: gradio" not in description
+    assert f'pip install "git+{source}"' in description
 
 
 def test_dependencies_match_requirements_txt() -> None:
@@ -141,19 +148,26 @@ def test_unpacked_wheel_runs_the_cli_finds_assets_and_renders_a_card(unpacked, t
     code = """
 import models, trainers, studio.context as c
 from trainers.hub.model_card import TEMPLATE, CardInfo, build_model_card
+from trainers.hub.source import default_source_url
 print(models.__file__); print(c.ASSETS_DIR); print(TEMPLATE)
 info = CardInfo(run_id="r", variant="fragment-dae", domain="fragments", kind="best", step=3, epoch=1,
     status="completed", run_config={}, model_config={}, parameters={"total": 10},
-    model_class="models.fragments.FragmentAutoencoder", checkpoint_metrics={"loss": 0.5})
-print(build_model_card(info).count("pip install autoencoder-comparison-studio"))
+    model_class="models.fragments.FragmentAutoencoder", checkpoint_metrics={"loss": 0.5},
+    source_url=default_source_url())
+card = build_model_card(info)
+print(card.count("pip install autoencoder-comparison-studio"), card.count('pip install "git+SOURCE"'))
 """
+    source = _pyproject()["project"]["urls"]["Source"]
+    code = code.replace("SOURCE", source)
     proc = _run_installed(unpacked, tmp_path, "-c", code)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    models_file, assets, template, usage = proc.stdout.split()
+    models_file, assets, template, index_line, source_line = proc.stdout.split()
     for path in (models_file, assets, template):
         assert Path(path).is_relative_to(unpacked), path
     assert Path(assets) == unpacked / "trainers" / "assets" and (Path(assets) / "sar").is_dir()
-    assert usage == "1"
+    # No `pip install <name>` from an index that has no such package: the card installs from the source URL
+    # of the installed package's metadata.
+    assert (index_line, source_line) == ("0", "1")
 
 
 def test_checkpoint_folders_get_no_second_model_card(tmp_path) -> None:
@@ -191,3 +205,34 @@ def test_space_installs_the_cpu_torch_wheel_first() -> None:
     assert "download.pytorch.org" not in (ROOT / "requirements.txt").read_text()
     front = (ROOT / "README.md").read_text(encoding="utf-8").split("---")[1]
     assert 'python_version: "3.11"' in front and "suggested_hardware: cpu-basic" in front
+
+
+@pytest.mark.parametrize(
+    "argv, usage",
+    [
+        (["ae-train", "--help"], "usage: ae-train "),
+        (["ae-studio", "--help"], "usage: ae-studio "),
+        (["-m", "trainers", "--help"], "usage: python -m trainers "),
+        (["app.py", "--help"], "usage: python app.py "),
+    ],
+)
+def test_help_names_the_command_as_it_was_typed(tmp_path, argv, usage) -> None:
+    """`ae-train --help` said `python -m trainers` and `ae-studio --help` `python app.py`. The console
+    scripts are written here as pip writes them (a script that imports the entry point)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False"}
+    for script, target in SCRIPTS.items():
+        module, func = target.split(":")
+        (tmp_path / script).write_text(f"import sys\nfrom {module} import {func}\nsys.exit({func}())\n")
+    if argv[0] == "app.py":
+        shutil.copy(ROOT / "app.py", tmp_path / "app.py")
+    proc = subprocess.run(
+        [sys.executable, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(usage), proc.stdout[:200]
+
+
+def test_the_package_description_installs_from_the_declared_source() -> None:
+    source = _pyproject()["project"]["urls"]["Source"]
+    text = (ROOT / _pyproject()["project"]["readme"]).read_text(encoding="utf-8")
+    assert not text.startswith("---") and f'pip install "git+{source}"' in text

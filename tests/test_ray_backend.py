@@ -145,15 +145,151 @@ def test_the_trainer_connects_to_the_cluster_the_studio_names(monkeypatch):
     assert calls == ["10.0.0.7:6379", "10.0.0.9:6379", "auto"]
 
 
-def test_a_checkout_ships_its_code_an_installed_studio_ships_an_empty_folder(tmp_path):
-    from studio.backends.ray import default_working_dir
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True)
 
-    assert default_working_dir() == ROOT  # this checkout
-    site = tmp_path / "site-packages"  # an installed studio: trainers/ etc. beside other packages
-    (site / "trainers").mkdir(parents=True)
-    (site / "trainers" / "__main__.py").write_text("")
-    shipped = default_working_dir(site)
-    assert shipped != site and shipped.is_dir() and [p.name for p in shipped.iterdir()] == ["README"]
+
+def test_only_the_packages_tracked_files_travel_never_build_or_scratch(tmp_path):
+    """A checkout with a wheel build, exports, TensorBoard logs, runs and an untracked file inside the
+    package: the job's working_dir gets the tracked package files (as they are in the working tree) only."""
+    from studio.backends.ray import package_files, stage_package
+
+    root = tmp_path / "checkout"
+    tracked = {
+        "trainers/__main__.py": "print('train')\n",
+        "trainers/data/spec.py": "X = 1\n",
+        "models/__init__.py": "",
+        "studio/app.py": "",
+        "assets/speech/train/a.wav": "RIFF",
+        "assets/reference/sar/model.safetensors": "big",  # the shipped references: never sent
+        "README.md": "# readme\n",  # outside the package folders
+    }
+    for rel, text in tracked.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    _git(root.parent, "init", "-q", str(root))
+    _git(root, "add", ".")
+    stray = {
+        "build/lib/trainers/loop.py": "x" * 1000,  # `pip wheel .` leaves this
+        "exports/run.csv": "a,b\n",
+        "tb/events.out": "e",
+        "runs/runs.sqlite": "db",
+        "trainers/scratch.py": "# an untracked experiment\n",
+        "trainers/__pycache__/x.pyc": "c",
+    }
+    for rel, text in stray.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "trainers/data/spec.py").write_text("X = 2  # an uncommitted edit travels\n")
+    staged = stage_package(tmp_path / "staged", root)
+    shipped = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+    assert shipped == [
+        "assets/speech/train/a.wav",
+        "models/__init__.py",
+        "studio/app.py",
+        "trainers/__main__.py",
+        "trainers/data/spec.py",
+    ]
+    assert (staged / "trainers/data/spec.py").read_text().startswith("X = 2")
+    # This checkout: its sources, not its tests, results or references.
+    here = package_files()
+    assert "trainers/__main__.py" in here and "models/__init__.py" in here
+    assert not [rel for rel in here if rel.startswith(("tests/", "benchmarks/", "assets/reference/"))]
+    # No checkout (an installed studio): the imported packages' files, without caches.
+    installed = package_files(None)
+    assert "trainers/__main__.py" in installed and "studio/backends/ray.py" in installed
+    assert not [rel for rel in installed if "__pycache__" in rel or rel.endswith(".pyc")]
+
+
+def _fake_ray_node(tmp_path: Path, entrypoint: str) -> subprocess.CompletedProcess:
+    """Run `entrypoint` as Ray runs a job's: /bin/sh under a supervisor process, itself a child of a
+    "raylet" whose command line names the node's worker Python; PATH's python and python3 lack Ray."""
+    fake = tmp_path / "path-bin"
+    fake.mkdir(parents=True)
+    for name in ("python", "python3"):
+        (fake / name).write_text(
+            "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n"
+        )
+        (fake / name).chmod(0o755)
+    # The node's Ray runs from a "venv" (a link to this interpreter): the launcher must use that very path.
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(sys.executable)
+    supervisor = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1], shell=True).returncode)"
+    raylet = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[2:]).returncode)"
+    worker_command = f"--python_worker_command={venv_python} setup_worker.py default_worker.py --x=1"
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-c", raylet, worker_command, sys.executable, "-c", supervisor, entrypoint],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="the launcher reads /proc (Linux)")
+def test_a_job_runs_with_the_python_of_the_nodes_ray_not_the_first_on_path(tmp_path):
+    from studio.backends.ray import job_entrypoint
+
+    code = "import sys, ray; print('RAN', sys.executable)"
+    out = _fake_ray_node(tmp_path, job_entrypoint(None, ["-c", code]))
+    assert out.returncode == 0, out.stderr
+    assert f"RAN {tmp_path / 'venv' / 'bin' / 'python'}" in out.stdout, out.stdout
+    assert "the node's Ray Python:" in out.stdout
+    # Before: `python` on the PATH of Ray's processes, which here lacks the project's packages.
+    out = _fake_ray_node(tmp_path / "before", job_entrypoint("python", ["-c", code]))
+    assert out.returncode == 1 and "ModuleNotFoundError" in out.stderr
+    assert job_entrypoint("/opt/py/bin/python", ["-m", "trainers"]) == "/opt/py/bin/python -m trainers"
+
+
+class _FakeJobs:
+    """The Ray Jobs client as poll sees it: one job with a status and a message."""
+
+    def __init__(self, status: str, message: str) -> None:
+        self.info = type("Info", (), {"status": status, "message": message})()
+
+    def get_job_info(self, sid: str) -> object:
+        return self.info
+
+    def get_job_logs(self, sid: str) -> str:
+        return "trainer log\n"
+
+
+@pytest.mark.parametrize(
+    ("message", "status_after"),
+    [
+        ("Job supervisor actor died: The actor died because its node has died. Node Id: ab12", "failed"),
+        ("Job entrypoint command failed with exit code 1", "completed"),  # not a lost node: its word stands
+    ],
+)
+def test_a_failed_job_is_fenced_and_a_completed_that_outlived_its_node_becomes_failed(
+    tmp_path, monkeypatch, message, status_after
+):
+    from studio.backends.base import Job
+    from studio.backends.ray import RayBackend
+    from trainers.runs.store import RunStore
+
+    backend = RayBackend("127.0.0.1:1", working_dir=ROOT)  # never bound: no cluster needed
+    fenced: list[str] = []
+    monkeypatch.setattr(backend, "_fence", fenced.append)
+    with RunStore(tmp_path / "runs") as store:
+        backend.runs_dir, backend.store, backend._client = (
+            tmp_path / "runs",
+            store,
+            _FakeJobs("FAILED", message),
+        )
+        run_id = store.create_run("fragment-dae", "fragments", CONFIG, status="running")
+        store.update_run(run_id, host="ray:10.0.0.7:ab12cd34")
+        store.run_dir(run_id).mkdir(parents=True)  # made by the launch
+        store.set_status(run_id, "completed", "stopped at max_steps=40")  # sent by the trainer that survived
+        ended = backend.poll(Job(run_id, None, None, None, backend="ray", ref="ae-studio-x-1"))
+        assert ended is not None and "failed" in ended.what
+        assert fenced == ["ae-studio-x-1"]  # its later writes are refused by the sink
+        run = store.get_run(run_id)
+        assert run.status == status_after, run.reason
+        if status_after == "failed":
+            assert "node" in run.reason and "completed" in run.reason
 
 
 # --- without Ray: the local manager and Ray runs ---------------------------------------------------------
@@ -353,7 +489,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         guard = root / "guard"
         guard.mkdir()
         (guard / "sitecustomize.py").write_text(GUARD)
-        yield {"cluster": made, "nodes": nodes, "root": root, "guard": guard}
+        # The first python and python3 on the jobs' PATH lack the project (issue 19: jobs failed with
+        # "ModuleNotFoundError: torch"); every job must run with its node's own Ray Python regardless.
+        wrong = root / "wrong-python"
+        wrong.mkdir()
+        for name in ("python", "python3"):
+            (wrong / name).write_text(
+                "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n"
+            )
+            (wrong / name).chmod(0o755)
+        yield {"cluster": made, "nodes": nodes, "root": root, "guard": guard, "wrong": wrong}
     finally:
         import ray
 
@@ -377,12 +522,13 @@ def studio(cluster: dict, tmp_path: Path) -> Iterator[Callable[..., JobManager]]
     def pinned(run) -> dict[str, float]:
         return {f"w{run.config['seed']}": 1.0}
 
-    def make() -> JobManager:
+    def make(storage: str | None = None) -> JobManager:
         backend = RayBackend(
             cluster["cluster"].address,
-            python=sys.executable,
             resources=pinned,
+            storage=storage,
             env_vars={
+                "PATH": f"{cluster['wrong']}{os.pathsep}${{PATH}}",  # Ray expands ${PATH} on the node
                 "PYTHONPATH": str(cluster["guard"]),
                 "AE_TEST_STUDIO_RUNS": str(runs),
                 "AE_TEST_GUARD_LOG": str(violations),
@@ -483,8 +629,9 @@ def test_two_jobs_on_two_nodes_at_once_curves_and_checkpoints_come_home(cluster,
 
 
 @needs_ray
-def test_cancel_stops_the_ray_job_and_last_comes_home(cluster, studio):
-    jm = studio()
+def test_cancel_stops_the_ray_job_and_last_comes_home(cluster, studio, tmp_path):
+    storage = tmp_path / "storage"  # --ray-storage: a path every node reaches (one machine here)
+    jm = studio(storage=str(storage))
     run_id = jm.submit("fragment-dae", "smoke", seed=1, max_steps=2000, epochs=10, log_every=1)
     first_step(jm, run_id)
     # The live log is Ray's (get_job_logs), not the run folder's job.log (whose first line is the studio's).
@@ -498,6 +645,11 @@ def test_cancel_stops_the_ray_job_and_last_comes_home(cluster, studio):
     assert run.status == "cancelled", (run.reason, jm.log_tail(run_id))
     assert run.reason.startswith("cancelled at step"), run.reason  # the trainer's words: it stopped cleanly
     assert_home(jm, run_id, ("last",))
+    # The checkpoint went through the storage, which keeps the newest copy of each kind.
+    stored = [p for p in storage.rglob("manifest.json") if f"/{run_id}/checkpoints/last/" in p.as_posix()]
+    assert len(stored) == 1, stored
+    home = checkpoints.checkpoint_path(jm.store.run_dir(run_id), "last")
+    assert (stored[0].parent / "manifest.json").read_bytes() == (home / "manifest.json").read_bytes()
     wait_for(lambda: jm.running_jobs() == [], 30, "the Ray job to end after its trainer")
 
 
@@ -543,3 +695,188 @@ def test_a_restarted_studio_reattaches_and_the_job_completes(cluster, studio):
     assert_home(second, run_id)
     with contextlib.suppress(Exception):
         json.loads((second.store.run_dir(run_id) / "ray-job.json").read_text())
+
+
+def _send_big_checkpoint(sink: str, run_id: str, size: int, rows: int, storage: str | None) -> dict:
+    """On a worker node: a trainer's SinkStore saves a `size`-byte checkpoint, then logs `rows` metric rows
+    every 50 ms while the checkpoint travels home."""
+    import hashlib
+    import tempfile
+
+    from trainers.runs.ray_sink import SinkStore, get_sink
+
+    work = Path(tempfile.mkdtemp(prefix="ae-big-"))
+    store = SinkStore(work / "runs", get_sink(sink, 10.0), sink_name=sink, host="ray:test", storage=storage)
+    try:
+        store.pull_run(run_id)
+        folder = work / "runs" / run_id / "checkpoints" / "last"
+        folder.mkdir(parents=True)
+        blob = os.urandom(size)
+        (folder / "model.safetensors").write_bytes(blob)
+        (folder / "manifest.json").write_text("{}")
+        pushed = time.time()
+        store.update_run(run_id, last_checkpoint=str(folder))
+        queued = time.time() - pushed
+        for step in range(1, rows + 1):
+            store.log_metrics(run_id, step, 0, "train", {"loss": 1.0 / step})
+            time.sleep(0.05)
+    finally:
+        store.close()
+    return {"sha": hashlib.sha256(blob).hexdigest(), "queued_s": queued, "pieces": store.files.sent}
+
+
+@needs_ray
+@pytest.mark.parametrize("via_storage", [False, True], ids=["through-the-sink", "through-storage"])
+def test_metric_rows_arrive_while_a_large_checkpoint_travels_home(cluster, studio, tmp_path, via_storage):
+    """Issue 19 item 7: a checkpoint of 96 MB goes home in pieces (or through --ray-storage) while the
+    trainer's metric rows keep arriving; before, one call carried it and every row waited behind it."""
+    import hashlib
+
+    import ray
+
+    storage = str(tmp_path / "storage") if via_storage else None
+    jm = studio(storage=storage)
+    run_id = jm.store.create_run("fragment-dae", "fragments", CONFIG, status="running")
+    task = ray.remote(_send_big_checkpoint).options(
+        num_cpus=0,
+        resources={"w1": 1},
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}},
+    )
+    ref = task.remote(jm.backend.sink, run_id, 96 * 2**20, 60, jm.backend.storage)
+    seen: dict[int, float] = {}
+    landed = None
+    while not ray.wait([ref], timeout=0.02)[0]:
+        now = time.time()
+        for step, _ in jm.store.metric_series(run_id, "train/loss"):
+            seen.setdefault(step, now)
+        if landed is None and jm.store.get_run(run_id).last_checkpoint:
+            landed = now
+    out = ray.get(ref)
+    assert out["queued_s"] < 2.0, out  # the trainer hands the checkpoint over and goes on at once
+    assert landed is not None and sorted(seen) == list(range(1, 61))
+    during = [step for step, at in seen.items() if at < landed]
+    home = jm.store.run_dir(run_id) / "checkpoints" / "last"  # a stand-in checkpoint: no real manifest
+    assert (
+        home.is_symlink()
+        and hashlib.sha256((home / "model.safetensors").read_bytes()).hexdigest() == out["sha"]
+    )
+    print(
+        f"rows home before the checkpoint landed: {len(during)} of 60 ({'storage' if storage else 'pieces'})"
+    )
+    if storage:
+        stored = list(Path(storage).rglob("model.safetensors"))
+        assert len(stored) == 1 and stored[0].stat().st_size == 96 * 2**20
+    else:
+        assert len(during) >= 3, (during, landed)
+
+
+@needs_ray
+def test_closing_after_the_cluster_died_does_not_wait_for_rays_timeout(tmp_path):
+    """The studio exits promptly when its cluster is gone (Ray waits 60 s for its control store, then
+    ends the process)."""
+    code = """
+        import socket, sys, tempfile, time
+        from ray.cluster_utils import Cluster
+        from studio.backends.ray import RayBackend
+        from trainers.runs.store import RunStore
+
+        def free():
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+
+        head = {"num_cpus": 0, "include_dashboard": True, "dashboard_port": free(),
+                "dashboard_agent_listen_port": free()}
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        store = RunStore(sys.argv[1])
+        backend = RayBackend(cluster.address)
+        backend.bind(sys.argv[1], store)
+        for node in cluster.list_all_nodes():
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+        started = time.monotonic()
+        backend.close(jobs_left=False)
+        print(f"closed in {time.monotonic() - started:.1f} s", flush=True)
+        """
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    closed = [line for line in out.stdout.splitlines() if line.startswith("closed in")]
+    assert out.returncode == 0 and closed, (out.stdout[-1000:], out.stderr[-3000:])
+    assert float(closed[0].split()[2]) < 20.0, closed
+
+
+# --- python -m trainers resume -----------------------------------------------------------------------------
+
+
+def _cli(runs: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "trainers", *args, "--runs-dir", str(runs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_resume_continues_a_killed_run_and_a_ray_run_whose_node_died(tmp_path):
+    """`python -m trainers resume RUN`: a run killed on this host (still `running`, its pid gone) and a Ray
+    run whose node died (`failed`, its checkpoint at home) go on from their `last` checkpoint with their own
+    settings; a completed, a live or a Ray-running run is refused in one sentence."""
+    from trainers.runs.store import RunStore
+
+    runs = tmp_path / "runs"
+    data = "fragments:folder=trainers,max_files=12"
+    train = ["train", "fragment-dae", "--preset", "smoke", "--no-progress", "--data", data]
+    out = _cli(runs, *train, "--epochs", "1", "--max-steps", "3")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    with RunStore(runs) as store:
+        (run,) = store.list_runs()
+    resume = ["resume", run.id, "--no-progress"]
+
+    def refused(match: str) -> None:
+        got = _cli(runs, *resume)
+        assert got.returncode == 2 and match in got.stderr and "Traceback" not in got.stderr, got.stderr
+
+    refused("is completed; only a failed, cancelled or killed run can be resumed")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "trainers"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        with RunStore(runs) as store:
+            store.set_status(run.id, "running", "")
+            store.update_run(run.id, host="ray:10.0.0.7:ab12cd34")
+        refused("on the Ray cluster")
+        with RunStore(runs) as store:
+            store.update_run(run.id, host=socket.gethostname(), pid=live.pid)
+        refused(f"still running (pid {live.pid})")
+        # Killed: SIGKILL left it `running`; 3 more steps from its step-3 checkpoint.
+        with RunStore(runs) as store:
+            store.update_run(
+                run.id, pid=gone.pid, config={**run.config, "max_steps": 6, "epochs": 2, "log_every": 1}
+            )
+    finally:
+        live.kill()
+        live.wait()
+    out = _cli(runs, *resume)
+    assert out.returncode == 0 and f"run {run.id}: completed after 6 steps" in out.stdout, out.stderr[-2000:]
+    # A Ray run whose node died: the studio marked it failed; its `last` came home before.
+    with RunStore(runs) as store:
+        store.set_status(run.id, "failed", "Ray job x failed: The actor died because its node has died")
+        store.update_run(
+            run.id,
+            host="ray:10.0.0.7:ab12cd34",
+            config={**run.config, "max_steps": 9, "epochs": 3, "log_every": 1},
+        )
+    out = _cli(runs, *resume)
+    assert out.returncode == 0 and f"run {run.id}: completed after 9 steps" in out.stdout, out.stderr[-2000:]
+    with RunStore(runs) as store:
+        steps = [step for step, _ in store.metric_series(run.id, "train/loss")]
+        assert steps == list(range(3, 10)), steps  # each resume went on from its checkpoint's step
+        assert store.get_run(run.id).host == socket.gethostname()  # trained here now

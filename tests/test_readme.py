@@ -32,4 +32,12 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, commands
     studio, tests = commands
     assert "python app.py" in studio and "pytest" in tests
-    assert tests in (ROOT / ".ci" / "run").read_text()
+    script = (ROOT / ".ci" / "run").read_text()
+    assert tests in script
+    # ... inside a fresh virtual environment (not --system-site-packages) that it activates first, so the
+    # tests see what a user's venv sees (the fragments corpus once lost its shared libraries in one).
+    lines = [line.split("#", 1)[0].strip() for line in script.splitlines()]
+    venv = next(i for i, line in enumerate(lines) if re.match(r"python3? -m venv ", line))
+    activate = next(i for i, line in enumerate(lines) if re.match(r'\. "?\$venv/bin/activate', line))
+    run = next(i for i, line in enumerate(lines) if line.startswith(tests))
+    assert venv < activate < run and "system-site-packages" not in lines[venv]

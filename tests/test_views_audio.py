@@ -159,6 +159,7 @@ def test_short_upload_is_zero_padded(ctx, vae, tmp_path):
         (None, {"upload": None}, "no audio file uploaded"),
         ("tiny", {}, "is 0.10 s long; need at least 0.25 s"),
         ("empty", {}, "is empty"),
+        ("no-samples", {}, "'no-samples.wav' holds no audio samples (0 s long)"),
         ("garbage", {}, "could not read the audio file 'garbage.wav'"),
         ("silent", {}, "is silent"),
         ("long", {"start": 5.0}, "start must be between 0 and 1.00 s"),
@@ -173,6 +174,8 @@ def test_bad_inputs_give_clear_messages(ctx, vae, tmp_path, make, kwargs, messag
         sf.write(path, tone(0.1, 44100), 44100)
     elif make == "empty":
         path.write_bytes(b"")
+    elif make == "no-samples":  # a valid WAV header with 0 frames
+        sf.write(path, np.zeros(0, np.float32), CFG.sample_rate)
     elif make == "garbage":
         path.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
     elif make == "silent":

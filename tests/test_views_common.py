@@ -134,6 +134,35 @@ def test_no_choice_value_is_a_server_path(ctx, tmp_path):
         assert ctx.load_model(folder, "fragments").VARIANT == "fragment-dae"
 
 
+def test_typed_parts_of_names_pick_one_checkpoint_and_errors_name_each_distinctly(tmp_path):
+    """'SAR checkpoints here: reference, reference, reference, reference' named none of them; a part of a
+    run's name typed into a dropdown (Gradio sends the typed text on blur) was an unknown checkpoint."""
+    from studio.context import reference_checkpoints
+    from studio.views.common import match_choice
+
+    ref = tmp_path / "reference"
+    for variant in ("fragment-dae", "fragment-dae-bytes"):
+        create_model(variant).save_pretrained(ref / variant)
+    with RunStore(tmp_path / "runs") as store:
+        ctx = StudioContext(runs_dir=tmp_path / "runs", store=store, reference=reference_checkpoints(ref))
+        run_id = _run_with(ctx, ("best",))
+        store.set_labels(run_id, name="night run")
+        folder = str(ctx.runs_dir / run_id / "checkpoints" / "best")
+        assert resolve_checkpoint(ctx, "NIGHT", "fragments") == folder  # part of its name
+        assert resolve_checkpoint(ctx, run_id[-6:], "fragments") == folder  # part of its id
+        assert resolve_checkpoint(ctx, "dae-bytes", "fragments") == str(ref / "fragment-dae-bytes")
+        with pytest.raises(
+            ValueError, match=r"'reference' matches 2 checkpoints \(reference · fragment-dae,"
+        ):
+            resolve_checkpoint(ctx, "reference", "fragments")
+        with pytest.raises(ValueError) as info:
+            resolve_checkpoint(ctx, "nope", "fragments")
+        listed = str(info.value).split("checkpoints here: ")[1]
+        assert f"{run_id}/best" in listed
+        assert "reference · fragment-dae," in listed and "reference · fragment-dae-bytes" in listed
+    assert match_choice("  ", [("a", "a")]) is None and match_choice("zz", [("a", "a")]) is None
+
+
 def _space_ctx(tmp_path):
     store = RunStore(tmp_path / "space-runs")
     return StudioContext(runs_dir=tmp_path / "space-runs", store=store, space=True, reference={})
@@ -244,3 +273,46 @@ def test_page_handler_takes_the_actions_parameter_names_and_tracks_progress():
         handler(-1.0, 2.0)
     with pytest.raises(TypeError, match="must take `progress` as its last parameter"):
         page_handler("the-ctx", lambda ctx, value: value)
+    # An input added later keeps its default, so API clients that leave it out still work.
+    later = inspect.signature(page_handler("the-ctx", scale, optional=("factor",))).parameters
+    assert later["value"].default is inspect.Parameter.empty and later["factor"].default == 2.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["could not cast dtype('<U1') to float", "a <b>bold</b> & c", "already escaped: &lt;U1 &#60; &amp;"],
+)
+def test_error_messages_are_plain_text_in_the_page_and_in_api_clients(text):
+    """An error showed "&lt;U1" to API clients (html.escape'd for the page, which renders gr.Error as HTML).
+    Now a client gets the text itself (an invisible word joiner aside) and an HTML parser finds no tag and
+    no entity in it, so the page shows the same characters."""
+    from html.parser import HTMLParser
+
+    import gradio as gr
+
+    from studio.views.common import user_errors
+
+    @user_errors
+    def fails():
+        raise ValueError(text)
+
+    with pytest.raises(gr.Error) as err:
+        fails()
+    message = err.value.message
+    assert message.replace("\u2060", "") == text
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.data, self.tags = [], []
+
+        def handle_data(self, data):
+            self.data.append(data)
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+    parser = Text()
+    parser.feed(message)
+    parser.close()
+    assert parser.tags == [] and "".join(parser.data).replace("\u2060", "") == text

@@ -31,10 +31,20 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def prog_name(module_form: str) -> str:
+    """The name --help shows: the console script a user typed (``ae-train``, ``ae-studio``), else the
+    ``python -m``/``python app.py`` form (argparse alone would say ``__main__.py``)."""
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return module_form if not invoked or invoked.endswith(".py") or invoked == "-c" else invoked
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog_name("python -m trainers"), description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub.add_parser("train", help="train one variant"))
+    _add_resume(
+        sub.add_parser("resume", help="continue a failed, cancelled or killed run from its last checkpoint")
+    )
     _add_runs(sub.add_parser("runs", help="list runs with status and best metrics"))
     _add_eval(
         sub.add_parser("eval", help="evaluate a run's best checkpoint or a checkpoint folder on any data")
@@ -82,6 +92,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="model architecture override"
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_resume(p: argparse.ArgumentParser) -> None:
+    """Options of `resume`: the run's own settings are used, so there are none to give."""
+    p.add_argument("run_id", metavar="RUN", help="the id of a failed, cancelled or killed run")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -182,6 +199,11 @@ def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private", action="store_true")
     p.add_argument("--branch")
     p.add_argument("--commit-message")
+    p.add_argument(
+        "--source-url",
+        help='the studio\'s source repository that the model card installs from (pip install "git+URL"); '
+        "default: the Space on a Space, else pyproject's [project.urls] Source",
+    )
     p.add_argument("--kind", choices=["best", "last"], default="best")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
 
@@ -260,6 +282,58 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if metrics:
         print(f"final val: {metrics}")
     return 0 if result.status in ("completed", "cancelled") else 1
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    """`train VARIANT --resume RUN` for the run's own variant, after checking it can be resumed: failed,
+    cancelled, or `running` with its trainer gone from this host (killed); a Ray run whose node died (the
+    studio marks it failed) continues here from the checkpoint that came home."""
+    from trainers.runs import checkpoints
+    from trainers.runs.store import RunStore
+
+    if not Path(args.runs_dir).is_dir():
+        raise FileNotFoundError(f"runs folder not found: {args.runs_dir}")
+    with RunStore(args.runs_dir) as store:
+        run = store.get_run(args.run_id)
+        if run is None:
+            raise ValueError(f"no run with id {args.run_id!r} in {args.runs_dir}")
+        if run.status == "running":
+            where = _still_running(run)
+            if where:
+                raise ValueError(f"run {run.id} is still running ({where}); cancel it before resuming it")
+            reason = f"killed: its trainer process {run.pid} is gone (found by `resume`)"
+            store.set_status(run.id, "failed", reason, from_statuses=("running",))
+        elif run.status not in ("failed", "cancelled"):
+            raise ValueError(
+                f"run {run.id} is {run.status}; only a failed, cancelled or killed run can be resumed"
+            )
+        if checkpoints.checkpoint_path(store.run_dir(run.id), "last") is None:
+            raise ValueError(f"run {run.id} saved no 'last' checkpoint, so there is nothing to resume from")
+    argv = ["train", run.variant, "--resume", run.id, "--runs-dir", args.runs_dir]
+    return _cmd_train(build_parser().parse_args(argv + (["--no-progress"] if args.no_progress else [])))
+
+
+def _still_running(run: Any) -> str:
+    """Where a `running` run's trainer still runs ("" when it is gone from this host)."""
+    import socket
+
+    if (run.host or "").startswith("ray:"):
+        return "on the Ray cluster: cancel it from the studio, which marks it failed if its node died"
+    if run.host and run.host != socket.gethostname():
+        return f"on host {run.host}"
+    if run.pid is None:  # a trainer records its pid as it starts: none here means it never ran on
+        return ""
+    try:
+        os.kill(run.pid, 0)
+    except ProcessLookupError:
+        return ""
+    except PermissionError:
+        pass
+    try:  # a recycled pid is some other program
+        cmdline = Path(f"/proc/{run.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        cmdline = "trainers"  # no procfs: the live pid is all there is to go on
+    return f"pid {run.pid}" if "trainers" in cmdline or "ae-train" in cmdline else ""
 
 
 def _finite(v: Any) -> bool:
@@ -549,6 +623,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "train": _cmd_train,
+    "resume": _cmd_resume,
     "study": _cmd_study,
     "studies": _cmd_studies,
     "runs": _cmd_runs,

@@ -4,23 +4,28 @@ Ray's own machinery does the work: the Ray Jobs API (`JobSubmissionClient`) subm
 resource needs (CPUs; a GPU, or a fraction of one when jobs are packed by their memory budgets), stops it
 (SIGTERM to the trainer's process group, SIGKILL after ``RAY_JOB_STOP_WAIT_TIME_S``), reports its status
 (a node that dies ends the job FAILED with Ray's message) and serves its log. The code travels as the job's
-``working_dir`` (the project folder without runs, checkpoints, references or .git), so the trainer's working
-directory is on its node, never the studio's folder. The trainer writes no file the studio reads: with
-``--sink`` it sends every store write and every checkpoint folder to a `RunSink` actor on the studio's node
-(`trainers.runs.ray_sink`), which writes them into the studio's run store as they are acknowledged.
+``working_dir`` (a snapshot of the package's tracked files, `stage_package`), so the trainer's working
+directory is on its node, never the studio's folder; the job runs with its node's own Ray Python
+(`job_entrypoint`). The trainer writes no file the studio reads: with ``--sink`` it sends every store write
+and every checkpoint folder to a `RunSink` actor on the studio's node (`trainers.runs.ray_sink`), which
+writes them into the studio's run store as they are acknowledged (checkpoints in pieces, or through
+``storage``).
 
 ``ray`` is optional: this module imports it only when a backend is made.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
 import os
 import re
 import shlex
+import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from studio.backends.base import RAY_HOST_PREFIX, Ended, Job, JobBackend
 from studio.backends.local import LOG_NAME, PROJECT_ROOT, _tail_lines
 from studio.jobs import GPU_MEMORY_USABLE  # the share of a GPU packed jobs may budget for, as locally
-from trainers.runs.ray_sink import ADDRESS_ENV  # imports no ray
+from trainers.runs.ray_sink import ADDRESS_ENV, ATTEMPT_ENV, STORAGE_ENV  # imports no ray
 
 if TYPE_CHECKING:
     from trainers.runs.store import RunRecord, RunStore
@@ -62,20 +67,11 @@ AUTH_HINT = (
     "; if Ray's log above says 'Unauthenticated' or 'InvalidAuthToken', the cluster uses token "
     "authentication: set RAY_AUTH_MODE=token and its token for this app, as for any Ray driver"
 )
-#: Never sent with a job: run folders, checkpoints, the shipped references, caches, the git history.
-#: Patterns as in .gitignore, relative to the project folder (Ray also honours the project's .gitignore).
-WORKING_DIR_EXCLUDES: tuple[str, ...] = (
-    "/.git/",
-    "/runs/",
-    "/test-artifacts/",
-    "/assets/reference/",
-    "/benchmarks/results/",
-    "__pycache__/",
-    "/.ruff_cache/",
-    "/.pytest_cache/",
-    "*.egg-info/",
-    "/.venv/",
-)
+#: What a job carries as its ``working_dir``: the package's own files under these folders (assets: the presets
+#: name example data by a relative path), never build/, runs/, exports/, tb/ or other scratch of the checkout.
+PACKAGE_DIRS: tuple[str, ...] = ("models", "trainers", "studio", "assets")
+#: Shipped nowhere: the reference checkpoints (16 MB the trainers never read).
+PACKAGE_EXCLUDES: tuple[str, ...] = ("assets/reference/",)
 # Hub tokens and the like never travel: a job gets only the variables named here and in `env_vars`.
 
 
@@ -119,17 +115,82 @@ def ray_resources(
     return out
 
 
-def default_working_dir(root: Path = PROJECT_ROOT) -> Path:
-    """What a job carries as its ``working_dir``: the checkout the studio runs from (its code travels), or,
-    for an installed studio (no checkout: the code is in site-packages, which must never be shipped), an
-    empty folder of its own, so each job still works in a folder of its node; the nodes then need the
-    package installed."""
-    if (root / "pyproject.toml").is_file() and (root / "trainers" / "__main__.py").is_file():
-        return root
-    empty = Path(tempfile.gettempdir()) / "ae-studio-ray-job"
-    empty.mkdir(exist_ok=True)
-    (empty / "README").write_text("The working directory of the studio's Ray jobs (an installed studio).\n")
-    return empty
+def package_files(root: Path | None = PROJECT_ROOT) -> dict[str, Path]:
+    """The files a job needs, as relative POSIX path -> source file: in a git checkout (`root`), the tracked
+    files under PACKAGE_DIRS (their working-tree content: an uncommitted edit travels, a stray file never);
+    otherwise (an installed studio, or no git) every file of the imported packages but caches. A tracked file
+    deleted from the working tree is left out."""
+    tracked = _git_files(root) if root is not None else None
+    if tracked is not None:
+        wanted = tuple(f"{name}/" for name in PACKAGE_DIRS)
+        picked = {rel: root / rel for rel in tracked if rel.startswith(wanted)}
+    else:
+        picked = {}
+        for name in ("models", "trainers", "studio"):
+            base = Path(importlib.import_module(name).__file__).resolve().parent
+            for path in base.rglob("*"):
+                rel = path.relative_to(base.parent).as_posix()
+                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                    picked[rel] = path
+    return {
+        rel: path
+        for rel, path in sorted(picked.items())
+        if not rel.startswith(PACKAGE_EXCLUDES) and path.is_file() and not path.is_symlink()
+    }
+
+
+def _git_files(root: Path) -> list[str] | None:
+    """`git ls-files` of the checkout at `root` (None: not a checkout's top, or no git)."""
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z"], capture_output=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [name for name in out.decode("utf-8", "surrogateescape").split("\0") if name]
+
+
+def stage_package(dest: Path, root: Path | None = PROJECT_ROOT) -> Path:
+    """Copy the package's files (`package_files`) into the empty folder `dest`: the job's ``working_dir``.
+    A snapshot: nothing that changes in the checkout during a submission reaches Ray's upload."""
+    for rel, source in package_files(root).items():
+        target = dest.joinpath(*rel.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return dest
+
+
+# The interpreter of a job: the one Ray runs its workers with on that node (the raylet's
+# --python_worker_command, i.e. the sys.executable of `ray start` there, venv included), then the binary of
+# the job's supervisor (Ray's own worker process), then python3/python on PATH; the first that imports ray
+# wins.
+# POSIX sh: Ray runs the entrypoint with /bin/sh, whose parent is the job's supervisor.
+_NODE_PYTHON_SH = r"""ae_ok() { [ -n "$1" ] && [ -x "$1" ] && "$1" -c 'import importlib.util as u, sys
+sys.exit(u.find_spec("ray") is None)' 2>/dev/null; }
+ae_py=; ae_p=$PPID; ae_i=0
+while [ -z "$ae_py" ] && [ "$ae_i" -lt 4 ] && [ -r "/proc/$ae_p/cmdline" ]; do
+  ae_c=$(tr '\0' '\n' < "/proc/$ae_p/cmdline" |
+    sed -n 's/^--python_worker_command=\([^ ]*\).*/\1/p' | head -n 1)
+  ae_ok "$ae_c" && ae_py=$ae_c
+  ae_p=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$ae_p/status"); ae_i=$((ae_i + 1))
+done
+[ -n "$ae_py" ] || { ae_c=$(readlink "/proc/$PPID/exe" 2>/dev/null); ae_ok "$ae_c" && ae_py=$ae_c; }
+for ae_c in python3 python; do
+  [ -n "$ae_py" ] && break; ae_c=$(command -v "$ae_c") && ae_ok "$ae_c" && ae_py=$ae_c
+done
+echo "[ae-studio] the node's Ray Python: ${ae_py:-none found, trying python}"
+exec "${ae_py:-python}" """
+
+
+def job_entrypoint(python: str | None, args: list[str]) -> str:
+    """The job's shell command: `python` with `args`, or (None) the node's own Ray Python with them, found on
+    the node when the job starts (nodes may differ; `python` on the PATH of Ray's processes often is not
+    the one Ray, torch and the project's dependencies are installed in)."""
+    if python:
+        return shlex.join([python, *args])
+    return _NODE_PYTHON_SH + shlex.join(args)
 
 
 def submission_id(runs_dir: Path, run_id: str, attempt: int) -> str:
@@ -145,12 +206,14 @@ class RayBackend(JobBackend):
     """Ray jobs on the cluster at `address` (a GCS address "HOST:6379", "auto" or "ray://..."; None starts
     a local Ray instance, stopped again at `close`).
 
-    `python`: the interpreter on the nodes (default "python" on their PATH). `cpus_per_job`: each job's
+    `python`: one interpreter for every node (default None: each node's own Ray Python, `job_entrypoint`).
+    `cpus_per_job`: each job's
     ``entrypoint_num_cpus`` (also its OpenMP threads). `gpu_memory`: bytes per GPU of the cluster for packing
     (None: detected once from a GPU node; whole GPUs when that fails), `gpu_jobs`: at most that many jobs per
     GPU. `resources`: extra custom resources a run's job needs (a function of the run, e.g. to pin jobs to
     nodes that carry a resource). `env_vars`: more environment variables for the jobs. `working_dir`: the
-    folder shipped as the job's code and working directory (default: `default_working_dir`).
+    checkout whose package files travel (default: this one; not a checkout: the installed packages).
+    `storage`: a URI every node reaches (path, s3://, gs://) for checkpoints and media (None: the sink).
     """
 
     name = "ray"
@@ -159,7 +222,7 @@ class RayBackend(JobBackend):
     def __init__(
         self,
         address: str | None = None,
-        python: str = "python",
+        python: str | None = None,
         cpus_per_job: float = 1.0,
         gpu_memory: int | None = None,
         gpu_jobs: int | None = None,
@@ -167,14 +230,14 @@ class RayBackend(JobBackend):
         env_vars: Mapping[str, str] | None = None,
         working_dir: str | Path | None = None,
         stop_wait_s: float = STOP_WAIT_S,
+        storage: str | None = None,
     ) -> None:
         ray_resources("cpu", cpus_per_job)  # checks the number
         if gpu_memory is not None and (isinstance(gpu_memory, bool) or int(gpu_memory) <= 0):
             raise ValueError(f"gpu_memory must be a number of bytes > 0 or None, got {gpu_memory!r}")
         if gpu_jobs is not None and (isinstance(gpu_jobs, bool) or int(gpu_jobs) < 1):
             raise ValueError(f"gpu_jobs must be a positive int or None, got {gpu_jobs!r}")
-        working_dir = default_working_dir() if working_dir is None else working_dir
-        if not Path(working_dir).is_dir():
+        if working_dir is not None and not Path(working_dir).is_dir():
             raise ValueError(f"working_dir {working_dir} is not a folder")
         self.address = address
         self.python = python
@@ -184,8 +247,9 @@ class RayBackend(JobBackend):
         self.gpu_jobs = gpu_jobs
         self.resources = resources
         self.env_vars = dict(env_vars or {})
-        self.working_dir = Path(working_dir).resolve()
+        self.working_dir = PROJECT_ROOT if working_dir is None else Path(working_dir).resolve()
         self.stop_wait_s = float(stop_wait_s)
+        self.storage = storage or None
         self.runs_dir: Path | None = None
         self.store: RunStore | None = None
         self.sink: str = ""
@@ -210,6 +274,8 @@ class RayBackend(JobBackend):
         except ImportError as exc:
             raise RuntimeError(f"the Ray backend needs trainers.runs.ray_sink ({exc})") from None
         self.runs_dir, self.store = Path(runs_dir), store
+        if self.storage:
+            self.storage = check_storage(self.storage)
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"namespace": SINK_NAMESPACE, "log_to_driver": False}
             if self.address is None:
@@ -249,9 +315,11 @@ class RayBackend(JobBackend):
         log.info("Ray backend: jobs API at %s, sink %s", self.dashboard, self.sink)
 
     def close(self, jobs_left: bool) -> None:
-        """Stop the sink when none of this studio's jobs still runs, and what this backend started."""
+        """Stop the sink when none of this studio's jobs still runs, and what this backend started. With the
+        cluster gone, no call waits on it: Ray retries its control store for 60 s, then ends the process."""
+        alive = self._cluster_alive()
         try:
-            if not jobs_left and self.runs_dir is not None and self._connected:
+            if alive and not jobs_left and self.runs_dir is not None and self._connected:
                 from trainers.runs.ray_sink import stop_sink
 
                 stop_sink(self.runs_dir)
@@ -262,6 +330,16 @@ class RayBackend(JobBackend):
 
             ray.shutdown()  # a local instance this backend started stops with it
             self._connected = False
+
+    def _cluster_alive(self) -> bool:
+        if not self.gcs_address:
+            return True
+        try:
+            check_reachable(self.gcs_address, timeout_s=2.0)
+        except RuntimeError:
+            log.warning("the Ray cluster at %s is gone; closing without it", self.gcs_address)
+            return False
+        return True
 
     @property
     def started_local(self) -> bool:
@@ -311,9 +389,9 @@ class RayBackend(JobBackend):
         needs = ray_resources(device, self.cpus_per_job, budget, memory, self.gpu_jobs)
         extra = dict(self.resources(run)) if self.resources is not None else {}
         attach = "--resume" if resume else "--run-id"
-        cmd = [self.python, "-m", "trainers", "train", run.variant, attach, run.id, "--sink", self.sink]
-        cmd += ["--no-progress", "--device", device]
-        entrypoint = shlex.join(cmd)
+        args = ["-m", "trainers", "train", run.variant, attach, run.id, "--sink", self.sink]
+        args += ["--no-progress", "--device", device]
+        entrypoint = job_entrypoint(self.python, args)
         sid = submission_id(self.runs_dir, run.id, int(time.time() * 1000))
         folder = self.store.run_dir(run.id)
         folder.mkdir(parents=True, exist_ok=True)
@@ -322,16 +400,33 @@ class RayBackend(JobBackend):
         _write_json(folder / SUBMISSION_FILE, {"submission_id": sid, "dashboard": self.dashboard})
         with open(log_path, "a") as handle:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            handle.write(f"[studio {stamp}] Ray job {sid} ({needs} {extra or ''}): {entrypoint}\n")
+            shown = shlex.join([self.python or "<the node's Ray Python>", *args])
+            handle.write(f"[studio {stamp}] Ray job {sid} ({needs} {extra or ''}): {shown}\n")
         # "ray:" marks it as a Ray run at once: no local sweep takes it for a vanished process of this host.
         self.store.update_run(run.id, host=RAY_HOST_PREFIX, pid=None, device=device, log_path=str(log_path))
+        with tempfile.TemporaryDirectory(prefix="ae-studio-job-") as staged:
+            # A snapshot of the package's own files: Ray zips and uploads it inside submit_job.
+            runtime_env = self._runtime_env(stage_package(Path(staged), self.working_dir), sid)
+            self._submit(entrypoint, sid, runtime_env, run, extra, needs)
+        log.info("submitted run %s as Ray job %s (%s)", run.id, sid, needs)
+        return Job(run.id, None, None, log_path, backend=self.name, ref=sid)
+
+    def _submit(
+        self,
+        entrypoint: str,
+        sid: str,
+        runtime_env: dict[str, Any],
+        run: RunRecord,
+        extra: dict[str, float],
+        needs: dict[str, float],
+    ) -> None:
         deadline = time.monotonic() + SUBMIT_RETRY_S
         while True:
             try:
                 self._client.submit_job(
                     entrypoint=entrypoint,
                     submission_id=sid,
-                    runtime_env=self._runtime_env(),
+                    runtime_env=runtime_env,
                     metadata={"ae_studio_run": run.id, "ae_studio_sink": self.sink},
                     entrypoint_resources=extra or None,
                     **needs,
@@ -345,10 +440,9 @@ class RayBackend(JobBackend):
                         text += AGENT_HINT
                     raise RuntimeError(f"Ray job submission to {self.dashboard} failed: {text}") from None
                 time.sleep(1.0)
-        log.info("submitted run %s as Ray job %s (%s)", run.id, sid, needs)
-        return Job(run.id, None, None, log_path, backend=self.name, ref=sid)
 
-    def _runtime_env(self) -> dict[str, Any]:
+    def _runtime_env(self, working_dir: Path | None = None, sid: str = "") -> dict[str, Any]:
+        """The job's runtime_env: its `working_dir` (the staged package) and the only variables it gets."""
         threads = str(max(1, int(self.cpus_per_job)))
         env = {
             "PYTHONUNBUFFERED": "1",
@@ -357,12 +451,15 @@ class RayBackend(JobBackend):
             "RAY_JOB_STOP_WAIT_TIME_S": f"{self.stop_wait_s:g}",
             "AE_STUDIO_SINK": self.sink,
             ADDRESS_ENV: self.gcs_address,  # this cluster, whatever else runs on the node's host
+            ATTEMPT_ENV: sid,  # the sink refuses this attempt's writes once the studio gave up on it
             **self.env_vars,
         }
-        excludes = list(WORKING_DIR_EXCLUDES)
-        if self.runs_dir is not None and self.runs_dir.resolve().is_relative_to(self.working_dir):
-            excludes.append("/" + self.runs_dir.resolve().relative_to(self.working_dir).as_posix() + "/")
-        return {"working_dir": str(self.working_dir), "excludes": excludes, "env_vars": env}
+        if self.storage:
+            env[STORAGE_ENV] = self.storage
+        out: dict[str, Any] = {"env_vars": env}
+        if working_dir is not None:
+            out["working_dir"] = str(working_dir)
+        return out
 
     # -- watching -----------------------------------------------------------------------------------------
 
@@ -392,6 +489,7 @@ class RayBackend(JobBackend):
             text = _one_line(exc)
             if "404" in text or "does not exist" in text:
                 self._polled.pop(job.ref or "", None)
+                self._give_up(job, "")
                 return Ended(f"the Ray cluster at {self.dashboard} does not know job {job.ref} (restarted?)")
             log.warning("cannot read the status of Ray job %s: %s", job.ref, text)
             return None  # the dashboard hiccups; the job may well run on
@@ -401,11 +499,36 @@ class RayBackend(JobBackend):
         self._polled.pop(job.ref or "", None)
         self._save_log(job, info.message if status == "FAILED" else "")
         message = _one_line(info.message or "", 700)
+        if status == "FAILED":
+            self._give_up(job, message)
         if status == "STOPPED":
             return Ended(f"Ray job {job.ref} stopped" + (f": {message}" if message else ""), stopped=True)
         if status == "SUCCEEDED":
             return Ended(f"Ray job {job.ref} succeeded, but its trainer reported no end status", code=0)
         return Ended(f"Ray job {job.ref} failed: {message or 'no message from Ray'}")
+
+    def _give_up(self, job: Job, message: str) -> None:
+        """Ray ended the job FAILED: the sink refuses every later write of this attempt (a trainer that
+        outlived its node, or its job, can no longer change the run), and a `completed` the trainer sent
+        before Ray lost its node becomes `failed`, as Ray says (the manager keeps a terminal status)."""
+        try:
+            self._fence(job.ref or "")
+        except Exception as exc:
+            log.warning("could not fence Ray job %s of run %s: %s", job.ref, job.run_id, _one_line(exc))
+        run = self.store.get_run(job.run_id) if self.store is not None else None
+        if run is not None and run.status == "completed" and node_died(message):
+            reason = (
+                f"Ray job {job.ref} failed: {message}; its trainer had reported 'completed' while Ray lost "
+                "its node (resume continues from its last checkpoint)"
+            )
+            self.store.set_status(job.run_id, "failed", reason, from_statuses=("completed",))
+
+    def _fence(self, attempt: str) -> None:
+        import ray
+
+        from trainers.runs.ray_sink import get_sink
+
+        ray.get(get_sink(self.sink).fence.remote(attempt), timeout=CONNECT_TIMEOUT_S * 2)
 
     def _save_log(self, job: Job, message: str = "") -> None:
         """Keep the ended job's log in the run's folder: it stays readable when the cluster is gone. Ray's
@@ -474,6 +597,24 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
             f"could not reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start --head "
             f"--port {port}` running on {host}, and is the port open to this machine?)"
         ) from None
+
+
+def node_died(message: str) -> bool:
+    """Whether Ray's message of a failed job says its node died (Ray: "...because its node has died")."""
+    return bool(re.search(r"\bnode\b.*\b(died|dead)\b|\b(died|dead)\b.*\bnode\b", message, re.IGNORECASE))
+
+
+def check_storage(uri: str) -> str:
+    """The storage URI of `--ray-storage`, checked (a local path made absolute, its folder created); a
+    RuntimeError that says what is wrong otherwise."""
+    from trainers.runs.ray_sink import open_storage
+
+    try:
+        fs, base = open_storage(uri)
+        fs.create_dir(base, recursive=True)
+    except (ValueError, OSError) as exc:
+        raise RuntimeError(f"the Ray storage {uri!r} cannot be used: {_one_line(exc)}") from None
+    return uri if "://" in uri else base
 
 
 def strip_ansi(text: str) -> str:

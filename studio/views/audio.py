@@ -208,10 +208,15 @@ def _full_upload(
     path = upload_path(upload, "audio file")
     with tempfile.TemporaryDirectory() as tmp:
         readable, original_rate, notes = _readable_audio(path, Path(tmp))
-        duration = audio_seconds(readable) or 0.0
+        seconds = audio_seconds(readable)
+        if seconds == 0:  # a valid header with no frames (it said "start must be between 0 and 0.00 s")
+            raise ValueError(f"{path.name!r} holds no audio samples (0 s long); upload a recording")
+        duration = seconds or 0.0
         if start_s is not None and 0 < duration < MIN_SECONDS:
             raise ValueError(f"{path.name!r} is {duration:.2f} s long; need at least {MIN_SECONDS:.2f} s")
-        if start_s is not None and (not np.isfinite(start_s) or start_s < 0 or start_s >= duration):
+        # A length the header does not give (None): only the decoder can tell a start past the end.
+        past_end = seconds is not None and start_s is not None and start_s >= duration
+        if start_s is not None and (not np.isfinite(start_s) or start_s < 0 or past_end):
             raise ValueError(
                 f"start must be between 0 and {duration:.2f} s (the recording's length), got {start_s!r}"
             )

@@ -42,6 +42,21 @@ TABLE_CSS = """
 
 
 # -------------------------------------------------------------------------------------------------- errors
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+_ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
+_WORD_JOINER = "\u2060"
+
+
+def plain_message(text: str) -> str:
+    """An error message that reads the same in the page and in an API client.
+
+    Gradio renders a gr.Error message as HTML in the page, but an API client gets the string itself: escaped
+    with html.escape the client read "dtype &lt;U1", unescaped the page dropped "<U1 ..." as a tag. An
+    invisible word joiner after a '<' that would open a tag (or an '&' that would start an entity) makes the
+    HTML parser keep both as text, and leaves the client plain text."""
+    return _ENTITY.sub("&" + _WORD_JOINER, _TAG_START.sub("<" + _WORD_JOINER, text))
+
+
 def user_errors(fn: F) -> F:
     """Wrap a Gradio handler so that bad input shows as a readable message instead of a stack trace.
 
@@ -57,25 +72,28 @@ def user_errors(fn: F) -> F:
         except gr.Error:
             raise
         except (ValueError, FileNotFoundError, OSError) as exc:
-            raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from exc
+            raise gr.Error(plain_message(str(exc)), print_exception=False) from exc
         except Exception as exc:  # noqa: BLE001 - the page must never show a traceback
             log.exception("unexpected error in %s", getattr(fn, "__name__", "handler"))
             raise gr.Error(
-                html.escape(f"unexpected error ({type(exc).__name__}): {exc}", quote=False),
-                print_exception=False,
+                plain_message(f"unexpected error ({type(exc).__name__}): {exc}"), print_exception=False
             ) from exc
 
     return wrapper  # type: ignore[return-value]
 
 
 def page_handler(
-    ctx: Any, compute: Callable[..., Any], present: Callable[[Any], Any] = lambda result: result
+    ctx: Any,
+    compute: Callable[..., Any],
+    present: Callable[[Any], Any] = lambda result: result,
+    optional: tuple[str, ...] = (),
 ) -> Callable[..., Any]:
     """The Gradio handler of a page action `compute(ctx, *inputs, progress=None)`.
 
     It takes the inputs under `compute`'s own parameter names (Gradio reads them for the API page), hands on
     the page's gr.Progress, returns `present(result)` (the outputs; the result itself by default) and shows
-    bad input as a message (:func:`user_errors`)."""
+    bad input as a message (:func:`user_errors`). The inputs named in `optional` keep `compute`'s default, so
+    an API client written before such an input was added still works (it gets the default)."""
     import gradio as gr
 
     params = list(inspect.signature(compute).parameters.values())[1:]
@@ -87,7 +105,10 @@ def page_handler(
 
     # Plain names, as a handwritten handler has them: no defaults (every input comes from a component) but
     # the gr.Progress that tells Gradio to track this event.
-    plain = [p.replace(default=p.empty, annotation=p.empty) for p in params[:-1]]
+    plain = [
+        p.replace(default=p.default if p.name in optional else p.empty, annotation=p.empty)
+        for p in params[:-1]
+    ]
     tracked = params[-1].replace(default=gr.Progress(), annotation=inspect.Parameter.empty)
     handler.__signature__ = inspect.Signature([*plain, tracked])  # type: ignore[attr-defined]
     handler.__name__ = handler.__qualname__ = compute.__name__
@@ -223,12 +244,34 @@ def resolve_checkpoint(ctx: Any, name: str, domain: str) -> str:
         # A folder outside the catalogue (scripts, the Hub tab's exports), or one that has gone: loading
         # it says which. A public Space reads no server folder.
         return name
-    known = ", ".join(label.split(" · ")[0] for label, _, _ in catalog[:5]) or "none yet"
+    typed = match_choice(name, [(label, value) for label, value, _ in catalog], "checkpoint")
+    if typed is not None:  # part of a name typed into the dropdown, matching one checkpoint
+        return next(folder for _, value, folder in catalog if value == typed)
+    # The values, which name each checkpoint distinctly (a run id and kind; "reference · sar-baseline").
+    known = ", ".join(value for _, value, _ in catalog[:5]) or "none yet"
     where = "" if space else " or a checkpoint folder"
     raise ValueError(
         f"unknown checkpoint {name!r}: give a run id, RUN_ID/last{where} "
         f"({DOMAIN_NAMES[domain]} checkpoints here: {known}{', ...' if len(catalog) > 5 else ''})"
     )
+
+
+def match_choice(text: str, choices: Sequence[tuple[str, str]], noun: str = "run") -> str | None:
+    """The value of the one dropdown choice (label, value) whose label or value contains ``text`` (case
+    apart), so a part of a run's name or id typed into a dropdown picks that run; None when none does.
+
+    Several matches raise a ValueError naming a few of them. Only the choices the page offers are searched,
+    so a typed text never reaches runs the visitor cannot see."""
+    needle = text.strip().lower()
+    if not needle:
+        return None
+    hits = list(dict.fromkeys(v for label, v in choices if needle in label.lower() or needle in v.lower()))
+    if len(hits) > 1:
+        shown = ", ".join(hits[:3]) + (", ..." if len(hits) > 3 else "")
+        raise ValueError(
+            f"{text.strip()!r} matches {len(hits)} {noun}s ({shown}): type more of the one you mean"
+        )
+    return hits[0] if hits else None
 
 
 def load_checkpoint(ctx: Any, folder: str, domain: str) -> nn.Module:

@@ -194,7 +194,9 @@ def compare_checkpoints(
         f"{len(models)} {DOMAIN_NAMES[domain]} checkpoint{'s' if len(models) != 1 else ''} on "
         f"{escape_markdown(label)}: {result['n']} examples"
         + (", with classic codecs" if baselines else "")
-        + ". Each cell: mean [95% bootstrap CI]; ↑ higher is better, ↓ lower is better."
+        + f", evaluated as {result.get('eval_size', 'given')}. Each cell: mean [95% bootstrap CI over "
+        f"{result.get('n_units', '?')} {result.get('ci_unit', 'example')}s]; ↑ higher is better, ↓ lower is "
+        "better. Model rates are their real bitstreams' bytes."
     )
     return CompareView(result, headers, rows, details, rd_figure(result), summary)
 

@@ -21,8 +21,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from studio.views.common import choices_update, escape_markdown, page_handler, user_errors
+from studio.views.common import (
+    choices_update,
+    escape_markdown,
+    match_choice,
+    page_handler,
+    user_errors,
+)
 from trainers.hub import push as hub_lib
+from trainers.hub import source as source_lib
 from trainers.runs import checkpoints
 from trainers.runs import export as export_lib
 from trainers.training.progress import Progress, no_progress
@@ -70,9 +77,14 @@ def _run_id(ctx: Any, run_id: Any) -> str:
         raise ValueError(
             "no run chosen: pick a run with a checkpoint (train one in the Train tab, then ↻ refresh)"
         )
-    if ctx.store.get_run(text) is None:
-        raise ValueError(f"no run with id {text!r} in {ctx.runs_dir}")
-    return text
+    if ctx.store.get_run(text) is not None:
+        return text
+    typed = match_choice(text, pushable_runs(ctx))  # part of a run's id or name typed into the list
+    if typed is None:
+        raise ValueError(
+            f"no run matches {text!r}: pick a run with a checkpoint from the list (↻ refreshes it)"
+        )
+    return typed
 
 
 def push(
@@ -84,10 +96,12 @@ def push(
     branch: Any = None,
     commit_message: Any = None,
     token: Any = None,
+    source_url: Any = None,
     progress: Progress | None = None,
 ) -> str:
     """Push the chosen checkpoint; returns a Markdown line with the commit link. ``progress(fraction, desc)``
-    (the page's gr.Progress) hears the export steps and the upload."""
+    (the page's gr.Progress) hears the export steps and the upload. ``source_url``: where the model card
+    installs the studio from (empty: the default of trainers.hub.source)."""
     run_id = _run_id(ctx, run_id)
     token = _text(token) or None
     if ctx.space and token is None:
@@ -105,6 +119,7 @@ def push(
         commit_message=_text(commit_message) or None,
         kind=str(kind or "best"),
         progress=progress or no_progress,
+        source_url=_text(source_url) or None,
     )
     repo_url = url.split("/commit/", 1)[0]
     where = f" (branch `{html.escape(_text(branch))}`)" if _text(branch) else ""
@@ -114,8 +129,16 @@ def push(
     )
 
 
-def export(ctx: Any, run_id: Any, kind: Any, folder: Any, progress: Progress | None = None) -> str:
-    """Export the chosen checkpoint to a folder on this machine (refused on a Space)."""
+def export(
+    ctx: Any,
+    run_id: Any,
+    kind: Any,
+    folder: Any,
+    source_url: Any = None,
+    progress: Progress | None = None,
+) -> str:
+    """Export the chosen checkpoint to a folder on this machine (refused on a Space); ``source_url`` as in
+    :func:`push`."""
     if ctx.space:
         raise ValueError(
             "export to a folder is disabled on a Space (its disk is not yours); push to the Hub instead"
@@ -127,7 +150,12 @@ def export(ctx: Any, run_id: Any, kind: Any, folder: Any, progress: Progress | N
     target = export_folder(ctx, text)
     earlier = target.is_dir() and any(target.iterdir())
     target = hub_lib.export_checkpoint(
-        run_id, ctx.runs_dir, target, kind=str(kind or "best"), progress=progress or no_progress
+        run_id,
+        ctx.runs_dir,
+        target,
+        kind=str(kind or "best"),
+        progress=progress or no_progress,
+        source_url=_text(source_url) or None,
     )
     files = ", ".join(sorted(p.name for p in target.iterdir()))
     verb = "Replaced the earlier export in" if earlier else "Exported to"
@@ -301,6 +329,12 @@ def _push_column(ctx: Any, runs: list[tuple[str, str]]) -> SimpleNamespace:
         private = gr.Checkbox(value=False, label="Private (new repos)")
         branch = gr.Textbox(label="Branch", placeholder="main")
     commit_message = gr.Textbox(label="Commit message", placeholder=message_hint)
+    source_url = gr.Textbox(
+        label="Source URL (model card)",
+        placeholder=source_lib.default_source_url()
+        or "https://github.com/owner/autoencoder-comparison-studio",
+        info='the studio\'s git repository; the card installs it with pip install "git+URL"',
+    )
     push_btn = gr.Button("Push", variant="primary")
     push_status = gr.Markdown(label="Push status")
     with gr.Column(visible=not ctx.space):
@@ -318,6 +352,7 @@ def _push_column(ctx: Any, runs: list[tuple[str, str]]) -> SimpleNamespace:
         private=private,
         branch=branch,
         commit_message=commit_message,
+        source_url=source_url,
         push_btn=push_btn,
         push_status=push_status,
         folder=folder,
@@ -348,7 +383,9 @@ def _wire_checkpoints(
     tab opens)."""
     import gradio as gr
 
-    hub_push, hub_export = page_handler(ctx, push), page_handler(ctx, export)
+    # source_url came after the first API clients: they may leave it out.
+    hub_push = page_handler(ctx, push, optional=("source_url",))
+    hub_export = page_handler(ctx, export, optional=("source_url",))
 
     @user_errors
     def hub_load(source, token):
@@ -365,12 +402,24 @@ def _wire_checkpoints(
     run, kind = picked.run, picked.kind
     sent.push_btn.click(
         hub_push,
-        inputs=[run, kind, sent.repo_id, sent.private, sent.branch, sent.commit_message, picked.token],
+        inputs=[
+            run,
+            kind,
+            sent.repo_id,
+            sent.private,
+            sent.branch,
+            sent.commit_message,
+            picked.token,
+            sent.source_url,
+        ],
         outputs=sent.push_status,
         api_name="hub_push",
     )
     sent.export_btn.click(
-        hub_export, inputs=[run, kind, sent.folder], outputs=sent.export_status, api_name="hub_export"
+        hub_export,
+        inputs=[run, kind, sent.folder, sent.source_url],
+        outputs=sent.export_status,
+        api_name="hub_export",
     )
     # A failed load marks only its status line; the table of loaded checkpoints stays as it was.
     loading.load_btn.click(

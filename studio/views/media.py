@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from studio.views.common import match_choice
 from trainers.runs import media
 
 #: Seconds between two looks for runs that have written their first media (the run list is live).
@@ -46,7 +47,10 @@ def _run_folder(ctx: Any, run_id: Any) -> tuple[Any, Path]:
         raise ValueError("no run chosen: pick a run that has validated at least once (↻ refreshes the list)")
     run = ctx.store.get_run(text)
     if run is None:
-        raise ValueError(f"no run with id {text!r} in {ctx.runs_dir}")
+        typed = match_choice(text, media_runs(ctx))  # part of a run's id or name typed into the list
+        if typed is None:
+            raise ValueError(f"no run matches {text!r}: pick a run with media from the list (↻ refreshes it)")
+        run = ctx.store.get_run(typed)
     return run, Path(ctx.runs_dir) / run.id
 
 

@@ -23,6 +23,7 @@ import soundfile as sf
 import torch
 
 from trainers.data.cached import CachedDataset
+from trainers.data.files import folder_files
 
 # soundfile reads the first four (any integer or float PCM); the rest are decoded with PyAV.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".webm", ".m4a")
@@ -831,8 +832,8 @@ class AudioFolderDataset(_FeatureDataset):
         min_tail = int(math.ceil(self.min_seconds * sr))
         paths = sorted(
             p
-            for p in self.folder.rglob("*")
-            if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
+            for p in folder_files(self.folder)
+            if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
         )
         self.files: list[Path] = []
         self._waves: list[np.ndarray] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import sysconfig
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from trainers.data.files import folder_files
 
 FRAGMENT_SIZE = 512
 
@@ -44,11 +47,27 @@ def default_corpus_paths(max_files: int = 256, min_size: int = FRAGMENT_SIZE) ->
     return list(_corpus_paths(int(max_files), int(min_size)))
 
 
+def installation_stdlib() -> tuple[Path, Path]:
+    """(stdlib, platstdlib) of the Python *installation*, also when running inside a virtual environment.
+
+    In a venv ``sysconfig``'s ``platstdlib`` is the venv's own folder (``{platbase}`` is ``sys.exec_prefix``),
+    which has no ``lib-dynload``: the corpus silently lost its shared libraries there. The installation's
+    prefixes (``sys.base_prefix``, ``sys.base_exec_prefix``) give a venv the same files as a system install.
+    """
+    bases = {
+        "base": sys.base_prefix,
+        "installed_base": sys.base_prefix,
+        "platbase": sys.base_exec_prefix,
+        "installed_platbase": sys.base_exec_prefix,
+    }
+    paths = sysconfig.get_paths(vars=bases)
+    return Path(paths["stdlib"]), Path(paths["platstdlib"])
+
+
 @functools.lru_cache(maxsize=8)
 def _corpus_paths(max_files: int, min_size: int) -> tuple[Path, ...]:
     # Walking the stdlib's ~25k .pyc files takes a second or two; train and val datasets share the walk.
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    platstdlib = Path(sysconfig.get_paths()["platstdlib"])
+    stdlib, platstdlib = installation_stdlib()
 
     def usable(paths: list[Path]) -> list[Path]:
         out = []
@@ -410,8 +429,8 @@ def _candidate_files(
             raise FileNotFoundError(f"fragment folder not found: {folder}")
         candidates = sorted(
             p
-            for p in folder.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            for p in folder_files(folder)
+            if not any(part.startswith(".") for part in p.relative_to(folder).parts)
         )
         return candidates, folder.resolve(), f"folder {folder}"
     candidates = [Path(p) for p in paths] if paths is not None else default_corpus_paths()

@@ -33,12 +33,13 @@ import numpy as np
 import tifffile
 import torch
 from PIL import Image, UnidentifiedImageError
-from PIL.Image import DecompressionBombError
+from PIL.Image import DecompressionBombError, DecompressionBombWarning
 from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 from torch.utils.data import Dataset
 
 from trainers.data.cached import CachedDataset
+from trainers.data.files import folder_files
 
 SAR_EXTENSIONS = (".npy", ".tif", ".tiff", ".png")
 #: What real-valued pixels hold; "complex" also reads I/Q pairs stored as two real bands.
@@ -389,7 +390,13 @@ def _read_raw(
                     raise _too_large(path, series.shape, series.dtype.itemsize, max_bytes) from None
                 return mapped, series.axes, _gdal_nodata(tif)
             return series.asarray(), series.axes, _gdal_nodata(tif)
-    with Image.open(path) as im:
+    # Pillow warns from 89 M pixels ("possible decompression bomb") and refuses from twice that. A 12000 x
+    # 12000 SAR scene is an ordinary raster, not a bomb: the warning is silenced here, where max_bytes and
+    # Pillow's refusal (DecompressionBombError, above ~179 M pixels, e.g. 30000 x 30000) are the limits.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecompressionBombWarning)
+        opened = Image.open(path)
+    with opened as im:
         if max_bytes is not None:
             itemsize = 2 if im.mode.startswith("I;16") else 4 if im.mode in ("I", "F") else 1
             if im.width * im.height * itemsize > max_bytes:
@@ -1145,8 +1152,8 @@ class SARFolderDataset(Dataset):
 
         files = sorted(
             p
-            for p in self.folder.rglob("*")
-            if p.is_file() and p.suffix.lower() in SAR_EXTENSIONS and not p.name.startswith(".")
+            for p in folder_files(self.folder)
+            if p.suffix.lower() in SAR_EXTENSIONS and not p.name.startswith(".")
         )
         s = self.image_size
         self.files: list[Path] = []

@@ -1,3 +1,2 @@
-"""Evaluation: the `compare` leaderboard (models, trivial baselines and classical codecs on one data set) and
-the
-codec wrappers it sweeps (`codecs`)."""
+"""Evaluation: the `compare` leaderboard (models, trivial baselines and classical codecs on one data set),
+the codec wrappers it matches and sweeps (`codecs`) and the models' real bitstreams (`bitstream`)."""

@@ -9,6 +9,7 @@ image sizes a JPEG header alone costs more than half a bit per pixel, and a lead
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +86,11 @@ class ImageCodec:
 IMAGE_CODECS: tuple[ImageCodec, ...] = (
     ImageCodec("JPEG", "JPEG", "jpg", "quality", tuple(float(q) for q in range(1, 96))),
     ImageCodec(
-        "JPEG 2000", "JPEG2000", "jpg_2000", "nominal bpp", tuple(float(v) for v in np.geomspace(0.02, 8, 97))
+        "JPEG 2000",
+        "JPEG2000",
+        "jpg_2000",
+        "nominal bpp",
+        tuple(float(v) for v in np.geomspace(0.005, 8, 97)),
     ),
     ImageCodec("WebP", "WEBP", "webp", "quality", tuple(float(q) for q in range(0, 101))),
 )
@@ -93,7 +98,7 @@ IMAGE_CODECS: tuple[ImageCodec, ...] = (
 # Settings of each codec's small rate-distortion sweep (the plot's codec curves), low rate first.
 SWEEP: dict[str, tuple[float, ...]] = {
     "JPEG": (2.0, 5.0, 10.0, 25.0, 50.0, 80.0),
-    "JPEG 2000": (0.1, 0.25, 0.5, 1.0, 2.0, 4.0),
+    "JPEG 2000": (0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0),
     "WebP": (0.0, 5.0, 20.0, 50.0, 75.0, 90.0),
 }
 
@@ -143,6 +148,48 @@ def match_rate(codec: ImageCodec, images: list[np.ndarray], target_bpp: float) -
     # Ties (e.g. the header floor) go to the higher setting: the same bytes at better quality.
     best = min(candidates, key=lambda i: (abs(rate(i) - target_bpp), -i))
     return grid[best], rate(best)
+
+
+#: How close a codec's file must come to a model's measured rate, per image (a fraction of the target).
+RATE_TOLERANCE = 0.02
+_CONTINUOUS_STEPS = 12  # secant/bisection steps on JPEG 2000's continuous rate
+
+
+def match_image(codec: ImageCodec, image: np.ndarray, target_bpp: float) -> tuple[float, float]:
+    """(setting, measured bpp) of one image whose file size is closest to `target_bpp`, header included.
+
+    Quality grids (JPEG, WebP) are bisected over their whole numbers, where one step may move the size by
+    more than :data:`RATE_TOLERANCE`; JPEG 2000's rate is continuous and is searched (a secant step on the
+    size, inside a bisection bracket) until the file is within the tolerance or the steps run out (a target
+    under the header's size cannot be met:
+    the smallest file is kept).
+    """
+    if codec.setting_name == "quality":
+        return match_rate(codec, [image], target_bpp)
+    cache: dict[float, float] = {}
+
+    def rate(setting: float) -> float:
+        if setting not in cache:
+            cache[setting] = 8.0 * len(codec.encode(image, setting)) / image.size
+        return cache[setting]
+
+    lo, hi = codec.grid[0], codec.grid[-1]
+    setting = min(max(target_bpp, lo), hi)
+    for _ in range(_CONTINUOUS_STEPS):
+        got = rate(setting)
+        if abs(got / target_bpp - 1.0) <= RATE_TOLERANCE * 0.9:
+            break
+        if got < target_bpp:
+            lo = max(lo, setting)
+        else:
+            hi = min(hi, setting)
+        # The file grows about in proportion to the nominal rate: step there, inside the bracket.
+        guess = setting * target_bpp / max(got, 1e-12)
+        setting = guess if lo < guess < hi else math.sqrt(lo * hi)
+        if hi / lo < 1.0001:
+            break
+    best = min(cache, key=lambda v: (abs(cache[v] - target_bpp), -v))
+    return best, cache[best]
 
 
 # --------------------------------------------------------------------------------------------------- audio
@@ -203,6 +250,8 @@ __all__ = [
     "OPUS_SWEEP",
     "SWEEP",
     "ImageCodec",
+    "RATE_TOLERANCE",
+    "match_image",
     "match_rate",
     "mean_bpp",
     "opus_roundtrip",

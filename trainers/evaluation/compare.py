@@ -34,20 +34,24 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from trainers.data.files import folder_files
 from trainers.data.spec import DataSpec, default_data_spec, parse_data_spec
 from trainers.metrics import registry, sanity
 
 BOOTSTRAP_RESAMPLES = 1000
 # Metrics of the leaderboard per domain, in column order; the first is the rate-distortion plot's y axis.
 METRICS: dict[str, tuple[str, ...]] = {
-    "sar": ("psnr", "psnr_8bit", "ssim", "enl_ratio", "epi"),
+    "sar": ("psnr", "psnr_db", "psnr_8bit", "ssim", "enl_ratio", "epi"),
     "audio": ("lsd", "spectral_convergence"),
-    "fragments": ("accuracy", "accuracy_corrupted", "fixed_fraction", "broken_fraction", "ber"),
+    "fragments": ("accuracy", "fixed_fraction", "broken_fraction", "ber"),
 }
 BPP_UNITS: dict[str, str] = {
-    "sar": "bits per pixel (models: latent at 8 bits per value; codecs: actual file bytes)",
-    "audio": "bits per audio sample at 48 kHz (models: latent at 8 bits per value; Opus: packet bytes)",
-    "fragments": "bits per input byte (models: latent at 8 bits per value; identity: the bytes themselves)",
+    "sar": "bits per pixel (models: their range-coded latent's bytes, side information included; codecs: "
+    "actual file bytes, header included)",
+    "audio": "bits per audio sample at 48 kHz (models: their range-coded latent's bytes, side information "
+    "included; Opus: packet bytes)",
+    "fragments": "bits per input byte (models: their range-coded latent's bytes, side information included; "
+    "identity: the bytes themselves)",
 }
 Progress = Callable[[float, str], None]
 
@@ -79,26 +83,22 @@ def _stable_key(*parts: Any) -> list[int]:
 
 
 def bootstrap_summary(
-    values: Sequence[float] | np.ndarray, seed: int | Sequence[int], resamples: int = BOOTSTRAP_RESAMPLES
+    values: Sequence[float] | np.ndarray,
+    seed: int | Sequence[int],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    units: Sequence[Any] | np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """``{"mean", "ci95": [lo, hi], "n"}`` of the finite values: the mean and the 2.5/97.5 percentiles of
-    `resamples` bootstrap means (examples drawn with replacement). NaN values are left out; with none left,
-    mean and ci95 are None. The same seed gives the same interval."""
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    arr = arr[np.isfinite(arr)]
-    n = int(arr.size)
-    if n == 0:
-        return {"mean": None, "ci95": None, "n": 0}
-    mean = float(arr.mean())
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples, dtype=np.float64)
-    chunk = max(1, 2_000_000 // n)  # bounded memory for large example counts
-    for start in range(0, resamples, chunk):
-        stop = min(start + chunk, resamples)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = arr[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": mean, "ci95": [float(lo), float(hi)], "n": n}
+    """``{"mean", "ci95": [lo, hi], "n"}`` of the finite values: the mean and the percentile 95 % interval of
+    `resamples` bootstrap means (``scipy.stats.bootstrap``), resampling whole `units` (images, recordings,
+    files: examples of one unit are correlated) or, without units, the examples. NaN values are left out;
+    with none left, mean and ci95 are None; with one unit, ci95 is None. The same seed gives the same
+    interval."""
+    from trainers.metrics.stats import summary
+
+    out = summary(values, seed, units, resamples)
+    if units is None:
+        out.pop("n_units")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -193,6 +193,7 @@ class Row:
     missing: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     flags: list[sanity.Flag] = field(default_factory=list)  # why a model is useless (models only)
+    nbytes: np.ndarray | None = None  # bytes of each example's bitstream (models at their main point)
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -201,7 +202,9 @@ def _finite_or_none(v: Any) -> Any:
     return v
 
 
-def _summarise(row: Row, seed: int, metrics: Sequence[str], groups: dict[str, np.ndarray] | None) -> dict:
+def _summarise(
+    row: Row, seed: int, metrics: Sequence[str], groups: dict[str, np.ndarray] | None, units: np.ndarray
+) -> dict:
     out: dict[str, Any] = {
         "name": row.name,
         "kind": row.kind,
@@ -216,9 +219,9 @@ def _summarise(row: Row, seed: int, metrics: Sequence[str], groups: dict[str, np
     for m in metrics:
         if m not in row.values:
             missing.setdefault(m, "not measured for this row")
-            out["metrics"][m] = {"mean": None, "ci95": None, "n": 0}
+            out["metrics"][m] = {"mean": None, "ci95": None, "n": 0, "n_units": 0}
             continue
-        summary = bootstrap_summary(row.values[m], _stable_key(seed, m))
+        summary = bootstrap_summary(row.values[m], _stable_key(seed, m), units=units)
         out["metrics"][m] = summary
         if summary["n"] == 0:
             missing.setdefault(m, _missing_reason(m))
@@ -228,7 +231,9 @@ def _summarise(row: Row, seed: int, metrics: Sequence[str], groups: dict[str, np
             entry: dict[str, Any] = {"n": int(mask.sum()), "metrics": {}}
             for m in metrics:
                 if m in row.values:
-                    entry["metrics"][m] = bootstrap_summary(row.values[m][mask], _stable_key(seed, m, group))
+                    entry["metrics"][m] = bootstrap_summary(
+                        row.values[m][mask], _stable_key(seed, m, group), units=units[mask]
+                    )
             by_type[group] = entry
         out["by_type"] = by_type
     if row.bpp is None:
@@ -245,29 +250,80 @@ def _no_progress(fraction: float, desc: str) -> None:  # noqa: ARG001
 
 
 # ---------------------------------------------------------------------------------------------------- SAR
-def _sar_items(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x (N,1,H,W), valid (N,1,H,W) bool, db_range (N,K) knots) of each ``(x, valid, db_range)`` SAR item."""
-    if len(dataset) == 0:
-        raise ValueError("the SAR data has no patch to compare on")
-    items = [dataset[i] for i in range(len(dataset))]
-    return (
-        torch.stack([it[0].float() for it in items]),
-        torch.stack([it[1] > 0 for it in items]),  # bool: a quarter of the memory of float32
-        torch.stack([torch.as_tensor(it[2]).float() for it in items]),
+@dataclass
+class SARExample:
+    """One SAR example as the models see it: padded to a multiple of 16 (the padding invalid), and the
+    size of the region that is scored (the image itself, without the padding)."""
+
+    x: torch.Tensor  # (1, 1, Hp, Wp)
+    valid: torch.Tensor  # (1, 1, Hp, Wp) bool
+    db_range: torch.Tensor  # (1, K)
+    h: int
+    w: int
+
+    def crop(self, t: torch.Tensor) -> torch.Tensor:
+        return t[..., : self.h, : self.w]
+
+    @property
+    def pixels(self) -> int:
+        return self.h * self.w
+
+
+def _pad16(x: np.ndarray, valid: np.ndarray, db: Sequence[float]) -> SARExample:
+    h, w = x.shape
+    ph, pw = (-h) % 16, (-w) % 16
+    xp = np.pad(x, ((0, ph), (0, pw)), mode="symmetric")  # mirrored: no false edge at the border
+    vp = np.pad(valid, ((0, ph), (0, pw)), constant_values=False)
+    return SARExample(
+        torch.from_numpy(np.ascontiguousarray(xp, np.float32))[None, None],
+        torch.from_numpy(np.ascontiguousarray(vp, bool))[None, None],
+        torch.as_tensor(np.asarray(db, np.float32))[None],
+        h,
+        w,
     )
 
 
-def _sar_per_image(
-    x: torch.Tensor, x_hat: torch.Tensor, z: Any, valid: torch.Tensor, db_range: torch.Tensor | None
-) -> dict[str, np.ndarray]:
+def _sar_examples(dataset: Dataset, spec: DataSpec) -> tuple[list[SARExample], np.ndarray, str]:
+    """(examples, unit of each, evaluation size in words). A folder without ``size=`` is evaluated on whole
+    images (the models are fully convolutional); with ``size=``, or built-in scenes, on its items."""
+    from trainers.data import sar
+
+    if len(dataset) == 0:
+        raise ValueError("the SAR data has no patch to compare on")
+    if isinstance(dataset, sar.SARFolderDataset) and "size" not in spec.options:
+        examples = []
+        for path in dataset.files:
+            img = sar.read_sar_image(path, dataset.input_kind, dataset.band)
+            x, valid, knots = sar.normalize_db(img.intensity, img.valid, dataset.pcts)
+            examples.append(_pad16(x, valid, knots))
+        sizes = sorted({f"{e.h}×{e.w}" for e in examples})
+        size = sizes[0] if len(sizes) == 1 else f"{len(sizes)} sizes, {sizes[0]} to {sizes[-1]}"
+        return examples, np.arange(len(examples)), f"whole images ({size}), padded to a multiple of 16"
+    examples, units = [], []
+    for i in range(len(dataset)):
+        x, valid, db = dataset[i]
+        examples.append(_pad16(x[0].numpy(), (valid[0] > 0).numpy(), torch.as_tensor(db).tolist()))
+        origin = getattr(dataset, "patch_origin", None)
+        units.append(str(origin(i)[0]) if origin else str(i))
+    s = examples[0].h
+    if isinstance(dataset, sar.SARFolderDataset):
+        what = f"{s}×{s} tiles of {len(set(units))} images (size={s})"
+    else:
+        what = f"whole {s}×{s} scenes"
+    return examples, np.unique(np.array(units), return_inverse=True)[1], what
+
+
+def _sar_scores(ex: SARExample, shown: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Every leaderboard metric of one example's reconstruction (cropped to the image)."""
     from trainers.metrics.sar import sar_metrics_per_image
 
-    values = sar_metrics_per_image(x, x_hat, z, valid=valid, db_range=db_range)
-    return {k: v.detach().cpu().double().numpy() for k, v in values.items() if k in METRICS["sar"]}
+    x, valid = ex.crop(ex.x).to(device), ex.crop(ex.valid).to(device).float()
+    values = sar_metrics_per_image(x, ex.crop(shown).to(device), (1, 1, 1, 1), valid, ex.db_range.to(device))
+    return {k: float(v[0]) for k, v in values.items() if k in METRICS["sar"]}
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+def _stack(parts: list[dict[str, float]]) -> dict[str, np.ndarray]:
+    return {k: np.array([p[k] for p in parts], dtype=np.float64) for k in parts[0]} if parts else {}
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
@@ -297,87 +353,131 @@ def _model_call(name: str, fn: Callable[[], Any]) -> Any:
         raise ValueError(f"model '{name}' could not process this data: {exc}") from exc
 
 
+@dataclass
+class Coded:
+    """A model's results at every point of its bits sweep: per-example values, bytes and bits per unit."""
+
+    values: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+    nbytes: dict[int, list[int]] = field(default_factory=dict)
+    bpp: dict[int, list[float]] = field(default_factory=dict)
+    ms: float = 0.0
+
+    def add(self, bits: int, values: dict[str, float], nbytes: int, units: float) -> None:
+        self.values.setdefault(bits, []).append(values)
+        self.nbytes.setdefault(bits, []).append(nbytes)
+        self.bpp.setdefault(bits, []).append(8.0 * nbytes / units)
+
+    def row(self, src: ModelSource, n: int) -> Row:
+        """The leaderboard row at the main point (``bitstream.DEFAULT_BITS``) with the sweep as "rd"."""
+        from trainers.evaluation import bitstream
+
+        main = bitstream.DEFAULT_BITS
+        values = _stack(self.values[main])
+        row = Row(
+            src.name, src.kind, float(np.mean(self.bpp[main])), src.params, values, self.ms / n, src.variant
+        )
+        row.nbytes = np.array(self.nbytes[main], dtype=np.float64)
+        row.extra = {
+            "rate": "measured",
+            "bytes": int(sum(self.nbytes[main])),
+            "bits_per_value": main,
+            "rd": [
+                {
+                    "bits_per_value": bits,
+                    "bpp": float(np.mean(self.bpp[bits])),
+                    "metrics": {m: _finite_mean(v) for m, v in _stack(self.values[bits]).items()},
+                }
+                for bits in sorted(self.values)
+            ],
+        }
+        return row
+
+
+def _coded_sweep(
+    encode: Callable[[], torch.Tensor],
+    decode: Callable[[torch.Tensor], Any],
+    score: Callable[[Any], dict[str, float]],
+    coded: Coded,
+    units: float,
+    device: torch.device,
+) -> Any:
+    """One example through the real bitstream at every point of the sweep: encode once, then for each bits
+    per value, the bytes, the latent decoded from them, the model's decoder on it and the scores; returns
+    the main point's decoded output. Inference time = encode + the main point's decode."""
+    from trainers.evaluation import bitstream
+
+    z, ms = _timed(encode, device)
+    z_np = z[0].detach().float().cpu().numpy()
+    shown = None
+    for bits in bitstream.SWEEP_BITS:
+        enc = bitstream.encode(z_np, bits)
+        latent = bitstream.decode(enc.data)[1]  # what a receiver gets, from the bytes alone
+        out, dec_ms = _timed(lambda latent=latent: decode(torch.from_numpy(latent)[None].to(device)), device)
+        coded.add(bits, score(out), len(enc.data), units)
+        if bits == bitstream.DEFAULT_BITS:
+            coded.ms += ms + dec_ms
+            shown = out
+    return shown
+
+
 @torch.no_grad()
 def _compare_sar(
     dataset: Dataset,
     models: list[ModelSource],
     baselines: bool,
     device: torch.device,
-    batch_size: int,
+    batch_size: int,  # noqa: ARG001 - examples differ in size: one at a time
     progress: Progress,
+    spec: DataSpec,
 ) -> tuple[list[Row], int, dict[str, Any]]:
-    from trainers.data import sar
     from trainers.evaluation import codecs
-    from trainers.metrics.sar import latent_bits_per_pixel
 
-    x_all, valid_all, db_all = _sar_items(dataset)
-    n = x_all.shape[0]
-    rows: list[Row] = []
+    examples, units, eval_size = _sar_examples(dataset, spec)
+    n = len(examples)
     total_steps = len(models) + (len(codecs.IMAGE_CODECS) if baselines else 0)
-    batches = [slice(start, start + batch_size) for start in range(0, n, batch_size)]
-    # The trivial baseline every model must beat: the mean-value image of each patch.
-    trivial = _concat(
+    # The trivial baseline every model must beat: the mean-value image of each example.
+    trivial = _stack(
         [
-            sanity.sar_mean_image_scores(
-                x_all[b].to(device), valid_all[b].to(device).float(), db_all[b].to(device)
-            )
-            for b in batches
+            {
+                k: float(v[0])
+                for k, v in sanity.sar_mean_image_scores(
+                    e.crop(e.x).to(device), e.crop(e.valid).to(device).float(), e.db_range.to(device)
+                ).items()
+            }
+            for e in examples
         ]
     )
-
+    rows: list[Row] = []
     for k, src in enumerate(models):
-        progress(k / total_steps, f"{src.name} on {n} patches")
-        with _on_device(src.model, device) as model:
-            _model_call(src.name, partial(model, x_all[:1].to(device)))  # warm-up: first calls are slow
-            parts, spreads, total_ms, bpp = [], [], 0.0, None
-            for b in batches:
-                x = x_all[b].to(device)
-                valid = valid_all[b].to(device).float()
-                db = db_all[b].to(device)
-                (x_hat, z), ms = _timed(partial(_model_call, src.name, partial(model, x)), device)
-                total_ms += ms
-                bpp = latent_bits_per_pixel(tuple(z.shape), tuple(x.shape), bits=8)
-                shown = x_hat.float().clamp(0, 1)
-                parts.append(_sar_per_image(x, shown, z, valid, db))
-                spreads.append(sanity.sar_spread(x, shown, valid))
-        row = Row(src.name, src.kind, bpp, src.params, _concat(parts), total_ms / n, src.variant)
-        row.flags = sanity.sar_flags(row.values["psnr"], row.values["ssim"], _concat(spreads), trivial)
-        rows.append(row)
-
+        rows.append(
+            _sar_model_row(src, examples, units, trivial, device, _sub_progress(progress, k, total_steps))
+        )
     extra: dict[str, Any] = {
+        "units": units,
+        "ci_unit": "image",
+        "eval_size": eval_size,
         "trivial_baseline": {
-            "name": "mean-value image (each patch's mean over its valid pixels, everywhere)",
+            "name": "mean-value image (each image's mean over its valid pixels, everywhere)",
             "metrics": {m: _finite_mean(v) for m, v in trivial.items()},
-        }
+            "values": trivial,
+        },
     }
     # A checkpoint trained with another normalisation is scored on today's inputs: say so (as `eval` does).
-    notes = [(s.name, sar.legacy_preprocessing_note(getattr(s.model, "preprocessing", None))) for s in models]
-    if any(note for _, note in notes):
-        extra["notes"] = [f"{name}: {note}" for name, note in notes if note]
+    notes = _normalisation_notes(models)
+    if notes:
+        extra["notes"] = notes
     if baselines:
-        images = [codecs.to_8bit(x[0].numpy()) for x in x_all]
-        targets: dict[float, list[str]] = {}
-        for row in rows:
-            targets.setdefault(round(float(row.bpp), 6), []).append(row.name)
+        images = [codecs.to_8bit(e.crop(e.x)[0, 0].numpy()) for e in examples]
         sweep, skipped = [], []
         for j, codec in enumerate(codecs.IMAGE_CODECS):
-            progress((len(models) + j) / total_steps, f"{codec.name} on {n} patches")
+            progress((len(models) + j) / total_steps, f"{codec.name} on {n} images")
             reason = codec.unavailable_reason()
             if reason is not None:
                 skipped.append({"name": codec.name, "reason": reason})
                 continue
-            for target, names in sorted(targets.items()):
-                setting, _ = codecs.match_rate(codec, images, target)
-                row = _sar_codec_row(codec, setting, images, x_all, valid_all, db_all, device)
-                row.extra = {
-                    "codec": codec.name,
-                    "codec_setting": setting,
-                    "matched_to": names,
-                    "target_bpp": target,
-                }
-                rows.append(row)
+            rows += _sar_matched_rows(codec, images, examples, rows[: len(models)], device)
             for setting in codecs.SWEEP[codec.name]:
-                point = _sar_codec_row(codec, setting, images, x_all, valid_all, db_all, device)
+                point = _sar_codec_row(codec, [setting] * n, images, examples, device)
                 sweep.append(
                     {
                         "codec": codec.name,
@@ -385,10 +485,97 @@ def _compare_sar(
                         "bpp": point.bpp,
                         "metric": METRICS["sar"][0],
                         "mean": _finite_mean(point.values[METRICS["sar"][0]]),
+                        "metrics": {m: _finite_mean(v) for m, v in point.values.items()},
                     }
                 )
         extra.update({"rd_sweep": sweep, "skipped": skipped})
     return rows, n, extra
+
+
+def _sub_progress(progress: Progress, k: int, total: int) -> Progress:
+    """Progress of step k of `total` as a fraction of the whole, with the step's own words."""
+    return lambda fraction, desc: progress((k + fraction) / total, desc)
+
+
+def _sar_model_row(
+    src: ModelSource,
+    examples: list[SARExample],
+    units: np.ndarray,
+    trivial: dict[str, np.ndarray],
+    device: torch.device,
+    progress: Progress,
+) -> Row:
+    coded, spreads = Coded(), []
+    with _on_device(src.model, device) as model:
+        _model_call(src.name, partial(model, examples[0].x.to(device)))  # warm-up: first calls are slow
+        for i, ex in enumerate(examples):
+            progress(i / len(examples), f"{src.name}: image {i + 1} of {len(examples)}")
+            x = ex.x.to(device)
+            shown = _coded_sweep(
+                partial(_model_call, src.name, partial(model.encode, x)),
+                lambda z: model.decode(z).float().clamp(0, 1),
+                lambda out, ex=ex: _sar_scores(ex, out, device),
+                coded,
+                ex.pixels,
+                device,
+            )
+            spreads.append(sanity.sar_spread(ex.crop(x), ex.crop(shown), ex.crop(ex.valid.to(device))))
+    row = coded.row(src, len(examples))
+    row.flags = sanity.sar_flags(
+        row.values["psnr"], row.values["ssim"], _concat(spreads), trivial, units=units
+    )
+    return row
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+def _normalisation_notes(models: list[ModelSource]) -> list[str]:
+    from trainers.data import sar
+
+    notes = []
+    for src in models:
+        note = sar.legacy_preprocessing_note(getattr(src.model, "preprocessing", None))
+        if note:
+            notes.append(f"{src.name}: {note}")
+    return notes
+
+
+def _sar_matched_rows(
+    codec: Any,
+    images: list[np.ndarray],
+    examples: list[SARExample],
+    model_rows: list[Row],
+    device: torch.device,
+) -> list[Row]:
+    """One row per distinct model rate: the codec's setting bisected per image to that model's measured
+    bytes on the same image (within ±2 % where the codec's settings allow it)."""
+    from trainers.evaluation import codecs
+
+    out, seen = [], {}
+    for mrow in model_rows:
+        targets = [8.0 * b / e.pixels for b, e in zip(mrow.nbytes, examples, strict=True)]
+        key = tuple(round(t, 9) for t in targets)
+        if key in seen:
+            seen[key].extra["matched_to"].append(mrow.name)
+            continue
+        settings = [codecs.match_image(codec, img, t)[0] for img, t in zip(images, targets, strict=True)]
+        row = _sar_codec_row(codec, settings, images, examples, device)
+        errors = [abs(b / t - 1.0) for b, t in zip(row.extra.pop("per_bpp"), targets, strict=True) if t > 0]
+        row.name = f"{codec.name} at {mrow.name}'s rate"
+        row.extra.update(
+            {
+                "codec": codec.name,
+                "codec_setting": settings,
+                "matched_to": [mrow.name],
+                "target_bpp": float(np.mean(targets)),
+                "rate_error_max": float(max(errors)) if errors else None,
+            }
+        )
+        seen[key] = row
+        out.append(row)
+    return out
 
 
 def _finite_mean(values: np.ndarray) -> float | None:
@@ -399,32 +586,25 @@ def _finite_mean(values: np.ndarray) -> float | None:
 
 def _sar_codec_row(
     codec: Any,
-    setting: float,
+    settings: Sequence[float],
     images: list[np.ndarray],
-    x_all: torch.Tensor,
-    valid_all: torch.Tensor,
-    db_all: torch.Tensor,
+    examples: list[SARExample],
     device: torch.device,
 ) -> Row:
-    decoded, nbytes, total_ms = [], [], 0.0
-    for img in images:
+    """A codec at one setting per image, on the 8-bit image; bpp from its file bytes, header included."""
+    parts, bpps, total_ms = [], [], 0.0
+    for img, setting, ex in zip(images, settings, examples, strict=True):
         start = time.perf_counter()
         out, size = codec.roundtrip(img, setting)
         total_ms += (time.perf_counter() - start) * 1000.0
-        decoded.append(out)
-        nbytes.append(size)
-    x_hat = torch.from_numpy(np.stack(decoded).astype(np.float32) / 255.0)[:, None]
-    z = (x_all.shape[0], 1, 1, 1)  # no latent: the codec's rate comes from its bytes
-    values = _sar_per_image(
-        x_all.to(device),
-        x_hat.to(device),
-        z,
-        valid_all.to(device).float(),
-        db_all.to(device),
-    )
-    pixels = images[0].size
-    bpp = float(np.mean([8.0 * b / pixels for b in nbytes]))
-    return Row(codec.label(setting), "codec", bpp, None, values, total_ms / len(images))
+        bpps.append(8.0 * size / img.size)
+        shown = torch.zeros_like(ex.x)
+        shown[..., : ex.h, : ex.w] = torch.from_numpy(out.astype(np.float32) / 255.0)
+        parts.append(_sar_scores(ex, shown, device))
+    label = codec.label(settings[0]) if len(set(settings)) == 1 else codec.name
+    row = Row(label, "codec", float(np.mean(bpps)), None, _stack(parts), total_ms / len(images))
+    row.extra = {"per_bpp": bpps}
+    return row
 
 
 # -------------------------------------------------------------------------------------------------- audio
@@ -447,14 +627,27 @@ def _audio_scores(ref: np.ndarray, est: np.ndarray) -> tuple[float, float]:
     )
 
 
+def _window_units(dataset: Dataset, n: int) -> tuple[np.ndarray, str]:
+    """The recording each window comes from (each window its own for built-in clips), and the unit's name."""
+    base, index = dataset, list(range(n))
+    while isinstance(base, Subset):
+        index = [int(base.indices[i]) for i in index]
+        base = base.dataset
+    of = getattr(base, "window_file", None)
+    if of is None:
+        return np.arange(n), "recording"
+    return np.array([int(of(i)) for i in index]), "recording"
+
+
 @torch.no_grad()
 def _compare_audio(
     dataset: Dataset,
     models: list[ModelSource],
     baselines: bool,
     device: torch.device,
-    batch_size: int,
+    batch_size: int,  # noqa: ARG001 - one window at a time, through its bitstream
     progress: Progress,
+    spec: DataSpec,  # noqa: ARG001
 ) -> tuple[list[Row], int, dict[str, Any]]:
     from trainers.evaluation import codecs
 
@@ -468,6 +661,8 @@ def _compare_audio(
     sample_rate = int(features_of(first).config.sample_rate)
     # The trivial baseline every model must beat: silence (spectral convergence 1) and the best flat spectrum.
     flat = np.array([sanity.flat_spectrum_lsd(w) for w in waves])
+    units, unit_name = _window_units(dataset, n)
+    in_spectra = np.stack([sanity.spectrum_db(w) for w in waves])
     rows: list[Row] = []
     feature_sets: dict[str, Any] = {}
     steps = len(models) + (1 + len(codecs.OPUS_SWEEP) if baselines else 0)
@@ -476,16 +671,30 @@ def _compare_audio(
         progress(k / steps, f"{src.name} on {n} windows")
         features = features_of(src)
         feature_sets.setdefault(features.kind, features)
-        rows.append(_audio_model_row(src, features, waves, flat, device))
+        row = _audio_model_row(src, features, waves, device, _sub_progress(progress, k, steps))
+        scored = np.isfinite(row.values["lsd"])
+        spectra = (in_spectra, np.stack(row.extra.pop("spectra")))
+        row.flags = (
+            sanity.audio_flags(
+                row.values["spectral_convergence"], row.values["lsd"], flat, units=units, spectra=spectra
+            )
+            if scored.any()
+            else []
+        )
+        rows.append(row)
 
     extra: dict[str, Any] = {
+        "units": units,
+        "ci_unit": unit_name,
+        "eval_size": f"every {features_of(first).config.clip_seconds:g} s window of every recording",
         "trivial_baseline": {
             "name": "silence (spectral convergence) and the best flat spectrum (log-spectral distance)",
             "metrics": {
                 "lsd": _finite_mean(flat),
                 "spectral_convergence": sanity.SILENCE_SPECTRAL_CONVERGENCE,
             },
-        }
+            "values": {"lsd": flat},
+        },
     }
     if baselines:
         progress(len(models) / steps, "feature round trip")
@@ -544,24 +753,30 @@ def _score_waves(
 
 
 def _audio_model_row(
-    src: ModelSource, features: Any, waves: list[np.ndarray], flat: np.ndarray, device: torch.device
+    src: ModelSource, features: Any, waves: list[np.ndarray], device: torch.device, progress: Progress
 ) -> Row:
-    """A model's row: each window encoded, reconstructed (timed) and decoded, flagged against `flat` (the
-    best flat spectrum's LSD per window)."""
+    """A model's row: each window's features encoded to the latent mean, through the real bitstream, decoded
+    by the model and inverted to audio; the main point's output spectra under extra["spectra"]."""
+    coded, spectra = Coded(), []
     with _on_device(src.model, device) as model:
         warm = torch.from_numpy(features.encode(waves[0]))[None].to(device)
         _model_call(src.name, partial(model.reconstruct, warm))  # warm-up: first calls are slow
-
-        def decode(wav: np.ndarray) -> tuple[np.ndarray, float]:
+        for i, wav in enumerate(waves):
+            progress(i / len(waves), f"{src.name}: window {i + 1} of {len(waves)}")
             x = torch.from_numpy(features.encode(wav))[None].to(device)
-            recon, ms = _timed(partial(_model_call, src.name, partial(model.reconstruct, x)), device)
-            return features.decode(recon.float()[0].cpu().numpy()), ms
-
-        values, total_ms = _score_waves(waves, decode)
-    bpp = 8.0 * int(src.model.latent_dim) / features.config.n_samples
-    row = Row(src.name, src.kind, bpp, src.params, values, total_ms / len(waves), src.variant)
-    scored = np.isfinite(values["lsd"])
-    row.flags = sanity.audio_flags(values["spectral_convergence"], values["lsd"][scored], flat[scored])
+            est = _coded_sweep(
+                lambda x=x: _model_call(src.name, partial(model.encode, x))[0],
+                lambda z: features.decode(model.decode(z).float()[0].cpu().numpy()),
+                lambda est, wav=wav: dict(
+                    zip(("lsd", "spectral_convergence"), _audio_scores(wav, est), strict=True)
+                ),
+                coded,
+                len(wav),
+                device,
+            )
+            spectra.append(sanity.spectrum_db(est[: len(wav)]))
+    row = coded.row(src, len(waves))
+    row.extra["spectra"] = spectra
     return row
 
 
@@ -623,14 +838,25 @@ def _fragment_values(clean: np.ndarray, corrupted: np.ndarray, repaired: np.ndar
     return {m: np.array([p[m] for p in per], dtype=np.float64) for m in METRICS["fragments"]}
 
 
+def _fragment_units(dataset: Dataset, n: int) -> np.ndarray:
+    """The file each fragment comes from (each fragment its own when the data set does not say)."""
+    files = []
+    for i in range(n):
+        base, j = _fragment_base(dataset, i)
+        info = getattr(base, "fragment_info", None)
+        files.append(str(info(j)[0]) if info else str(i))
+    return np.unique(np.array(files), return_inverse=True)[1]
+
+
 @torch.no_grad()
 def _compare_fragments(
     dataset: Dataset,
     models: list[ModelSource],
     baselines: bool,
     device: torch.device,
-    batch_size: int,
+    batch_size: int,  # noqa: ARG001 - one fragment at a time, through its bitstream
     progress: Progress,
+    spec: DataSpec,  # noqa: ARG001
 ) -> tuple[list[Row], int, dict[str, Any]]:
     n = len(dataset)
     if n == 0:
@@ -647,27 +873,21 @@ def _compare_fragments(
     clean_b = np.rint(torch.stack(clean_f)[:, 0].numpy() * 255).astype(np.uint8)
     corrupt_b = np.rint(x_all[:, 0].numpy() * 255).astype(np.uint8)
     changed_all = np.stack(changed_l)
+    units = _fragment_units(dataset, n)
     # The trivial baseline every repair must beat: the corrupted bytes left as they are.
     identity = _fragment_values(clean_b, corrupt_b, corrupt_b, changed_all)
+    in_hist = sanity.byte_histograms(clean_b)
     rows: list[Row] = []
-    batch = max(batch_size, 64)  # fragments are small; bigger batches time the model, not the loop
-
     for k, src in enumerate(models):
-        progress(k / (len(models) + 1), f"{src.name} on {n} fragments")
-        with _on_device(src.model, device) as model:
-            _model_call(src.name, partial(model.predict_bytes, x_all[:batch].to(device)))  # warm-up
-            repaired, total_ms, bpp = [], 0.0, None
-            for start in range(0, n, batch):
-                x = x_all[start : start + batch].to(device)
-                out, ms = _timed(partial(_model_call, src.name, partial(model.predict_bytes, x)), device)
-                total_ms += ms
-                repaired.append(out.cpu().numpy().clip(0, 255).astype(np.uint8))
-                if bpp is None:
-                    z = _model_call(src.name, partial(model.encode, x[:1]))
-                    bpp = 8.0 * z[0].numel() / x.shape[-1]
-        values = _fragment_values(clean_b, corrupt_b, np.concatenate(repaired), changed_all)
-        row = Row(src.name, src.kind, bpp, src.params, values, total_ms / n, src.variant)
-        row.flags = sanity.fragments_flags(values["accuracy"], identity["accuracy"])
+        row, repaired = _fragment_model_row(
+            src, x_all, (clean_b, corrupt_b, changed_all), device, _sub_progress(progress, k, len(models) + 1)
+        )
+        row.flags = sanity.fragments_flags(
+            row.values["accuracy"],
+            identity["accuracy"],
+            units=units,
+            histograms=(in_hist, sanity.byte_histograms(repaired)),
+        )
         rows.append(row)
     if baselines:
         progress(len(models) / (len(models) + 1), "identity baseline")
@@ -682,8 +902,65 @@ def _compare_fragments(
     trivial = {
         "name": "identity (the corrupted input left as it is)",
         "metrics": {"accuracy": _finite_mean(identity["accuracy"])},
+        "values": {"accuracy": identity["accuracy"]},
     }
-    return rows, n, {"types": np.array(types), "noise": noise, "trivial_baseline": trivial}
+    return (
+        rows,
+        n,
+        {
+            "types": np.array(types),
+            "noise": noise,
+            "trivial_baseline": trivial,
+            "units": units,
+            "ci_unit": "file",
+            "eval_size": f"{x_all.shape[-1]}-byte fragments",
+        },
+    )
+
+
+def _fragment_model_row(
+    src: ModelSource,
+    x_all: torch.Tensor,
+    truth: tuple[np.ndarray, ...],
+    device: torch.device,
+    progress: Progress,
+) -> tuple[Row, np.ndarray]:
+    """A repair model through the real bitstream of its latent; the decoder also reads the corrupted input
+    where the model has a byte skip (fragment-dae-bytes): the receiver holds it, so it costs no rate."""
+    clean_b, corrupt_b, changed = truth
+    coded, repaired = Coded(), []
+    with _on_device(src.model, device) as model:
+        _model_call(src.name, partial(model.predict_bytes, x_all[:1].to(device)))  # warm-up
+        for i in range(x_all.shape[0]):
+            if i % 64 == 0:
+                progress(i / x_all.shape[0], f"{src.name}: fragment {i + 1} of {x_all.shape[0]}")
+            x = x_all[i : i + 1].to(device)
+            out = _coded_sweep(
+                partial(_model_call, src.name, partial(model.encode, x)),
+                lambda z, x=x: _fragment_bytes(model, z, x),
+                lambda b, i=i: {
+                    m: float(v[0])
+                    for m, v in _fragment_values(
+                        clean_b[i : i + 1], corrupt_b[i : i + 1], b[None], changed[i : i + 1]
+                    ).items()
+                },
+                coded,
+                x.shape[-1],
+                device,
+            )
+            repaired.append(out)
+    return coded.row(src, x_all.shape[0]), np.stack(repaired)
+
+
+def _fragment_bytes(model: nn.Module, z: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    """The repaired bytes (L,) uint8 a model's decoder gives for latent `z` (and input `x`, for a skip)."""
+    import inspect
+
+    if "x" in inspect.signature(model.decode).parameters:
+        out = model.decode(z, x).argmax(dim=1)[0]  # per-byte logits
+    else:
+        out = torch.round(model.decode(z).float()[0, 0] * 255)
+    return out.clamp(0, 255).cpu().numpy().astype(np.uint8)
 
 
 _DOMAIN_RUNNERS = {"sar": _compare_sar, "audio": _compare_audio, "fragments": _compare_fragments}
@@ -703,7 +980,7 @@ def _load_data_spec(data: str | DataSpec | None, domain_hint: str | None) -> Dat
         )
     spec.check_paths()
     folder = spec.folder_path
-    if folder is not None and not any(p.is_file() for p in folder.rglob("*")):
+    if folder is not None and next(folder_files(folder), None) is None:
         raise ValueError(f"data folder {str(folder)!r} is empty: it holds no file")
     return spec
 
@@ -757,10 +1034,10 @@ def run_compare(
             # Every model sees the data as the first one's preprocessing and config make it.
             first = models[0]
             dataset = task_for(first.variant).dataset_for_eval(
-                spec, dict(first.model.preprocessing), first.config
+                _whole_image_spec(spec), dict(first.model.preprocessing), first.config
             )
             runner = _DOMAIN_RUNNERS[domain]
-            rows, n, extra = runner(dataset, models, baselines, dev, int(batch_size), progress)
+            rows, n, extra = runner(dataset, models, baselines, dev, int(batch_size), progress, spec)
         except ValueError as exc:
             skipped = _skipped_files(caught)
             if skipped:
@@ -775,16 +1052,23 @@ def run_compare(
     if types is not None:
         groups = {t: types == t for t in _type_order(types)}
     progress(0.98, "confidence intervals")
+    units = np.asarray(extra.pop("units"))
+    trivial = extra.get("trivial_baseline", {}).pop("values", None)
     result: dict[str, Any] = {
         "domain": domain,
         "data": str(spec),
         "n": int(n),
         "seed": int(seed),
         "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "ci_unit": extra.pop("ci_unit"),
+        "n_units": int(np.unique(units).size),
+        "eval_size": extra.pop("eval_size"),
         "bpp_unit": BPP_UNITS[domain],
         "metrics": [{"name": m, "direction": metric_direction(m), "arrow": metric_arrow(m)} for m in metrics],
-        "rows": [_summarise(r, seed, metrics, groups) for r in rows],
+        "rows": [_summarise(r, seed, metrics, groups, units) for r in rows],
+        "pairs": _pairs(rows, metrics, units, seed, trivial),
     }
+    _bjontegaard(result, extra.get("rd_sweep") or [])
     if groups is not None:
         result["types"] = {t: int(mask.sum()) for t, mask in groups.items()}
     result.update(extra)
@@ -792,6 +1076,64 @@ def run_compare(
         result["skipped_files"] = skipped_files
     progress(1.0, "done")
     return _json_safe(result)
+
+
+def _whole_image_spec(spec: DataSpec) -> DataSpec:
+    """A SAR folder without ``size=`` is read with the smallest tile size, so that no image smaller than the
+    checkpoint's training patches is skipped: the whole images are then scored (``_sar_examples``)."""
+    if spec.domain != "sar" or spec.source != "folder" or "size" in spec.options:
+        return spec
+    return DataSpec(spec.domain, spec.source, {**spec.options, "size": 32})
+
+
+def _pairs(
+    rows: list[Row], metrics: Sequence[str], units: np.ndarray, seed: int, trivial: dict | None
+) -> list[dict[str, Any]]:
+    """Paired differences a - b on the same examples of every pair of models (and of each model against the
+    trivial baseline), per metric: the difference, its 95 % interval over units and a Wilcoxon p."""
+    from trainers.metrics.stats import paired
+
+    models = [r for r in rows if r.kind != "codec"]
+    sides = [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
+    out = []
+    for a, b in sides:
+        for m in metrics:
+            if m in a.values and m in b.values:
+                res = paired(a.values[m], b.values[m], units, _stable_key(seed, "pair", a.name, b.name, m))
+                out.append({"a": a.name, "b": b.name, "metric": m, **res})
+    for a in models if trivial else []:
+        for m, base in trivial.items():
+            if m in a.values:
+                res = paired(a.values[m], base, units, _stable_key(seed, "trivial", a.name, m))
+                out.append({"a": a.name, "b": "trivial baseline", "metric": m, **res})
+    return out
+
+
+def _bjontegaard(result: dict[str, Any], sweep: list[dict[str, Any]]) -> None:
+    """BD-rate and BD-PSNR of every model row against the JPEG 2000 sweep (SAR), in place; None with the
+    reason under "missing" when a curve is short or the curves do not overlap."""
+    from trainers.metrics.stats import bd_psnr, bd_rate
+
+    if result["domain"] != "sar":
+        return
+    ref = sorted(
+        (p for p in sweep if p["codec"] == "JPEG 2000" and p["mean"] is not None), key=lambda p: p["bpp"]
+    )
+    for row in result["rows"]:
+        if row.get("rate") != "measured":
+            continue
+        if not ref:
+            row["bd_rate"] = row["bd_psnr"] = None
+            row.setdefault("missing", {})["bd_rate"] = "no JPEG 2000 curve (run with --baselines)"
+            continue
+        rd = [p for p in row["rd"] if p["metrics"].get("psnr") is not None]
+        args = ([p["bpp"] for p in ref], [p["mean"] for p in ref], [p["bpp"] for p in rd])
+        psnrs = [p["metrics"]["psnr"] for p in rd]
+        row["bd_rate"], why_rate = bd_rate(*args, psnrs)
+        row["bd_psnr"], why_psnr = bd_psnr(*args, psnrs)
+        for key, why in (("bd_rate", why_rate), ("bd_psnr", why_psnr)):
+            if why:
+                row.setdefault("missing", {})[key] = f"against JPEG 2000: {why}"
 
 
 def _type_order(types: np.ndarray) -> list[str]:
@@ -890,8 +1232,9 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
     fragments, then the notes (units, missing values and why, skipped codecs and files)."""
     metrics = [m["name"] for m in result["metrics"]]
     lines = [
-        f"**{result['domain']}** on `{_md(result['data'])}`: {result['n']} examples, "
-        f"mean [95% bootstrap CI], seed {result['seed']}",
+        f"**{result['domain']}** on `{_md(result['data'])}`: {result['n']} examples, evaluated as "
+        f"{result.get('eval_size', 'given')}; mean [95% bootstrap CI over {result.get('n_units', '?')} "
+        f"{result.get('ci_unit', 'example')}s], seed {result['seed']}",
     ]
     if main_table:
         head, rows = leaderboard(result)
@@ -935,8 +1278,18 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
             notes.append(f"{row['name']}: {key} n/a: {reason}.")
         if row.get("matched_to"):
             notes.append(
-                f"{row['name']}: setting with the mean file size closest to {row['target_bpp']:g} bpp "
-                f"({', '.join(row['matched_to'])})."
+                f"{row['name']}: setting per image with the file size closest to the bytes of "
+                f"{', '.join(row['matched_to'])} on that image (mean {row['target_bpp']:.3g} bpp)."
+            )
+    for row in result["rows"]:
+        if row.get("bd_rate") is not None or row.get("bd_psnr") is not None:
+            notes.append(
+                f"{row['name']} against JPEG 2000: BD-rate {_fmt(row.get('bd_rate'), '+.1f')} %, "
+                f"BD-PSNR {_fmt(row.get('bd_psnr'), '+.2f')} dB"
+            )
+        if row.get("rate_error_max") is not None:
+            notes.append(
+                f"{row['name']}: largest per-image rate gap to its target {row['rate_error_max']:.1%}"
             )
     notes += [f"{n}." for n in result.get("notes", [])]
     for s in result.get("skipped", []):
@@ -944,7 +1297,36 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
     for s in result.get("skipped_files", []):
         notes.append(f"file skipped: {s['file']}: {s['reason']}.")
     lines += ["", *(f"- {_md(n)}" for n in notes)]
+    lines += _pairs_table(result)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else f"{v:{spec}}"
+
+
+def _pairs_table(result: dict[str, Any]) -> list[str]:
+    """Paired differences of the main metric: a - b, its 95 % interval over units and the Wilcoxon p."""
+    metric = result["metrics"][0]["name"]
+    pairs = [p for p in result.get("pairs", []) if p["metric"] == metric]
+    if not pairs:
+        return []
+    unit = result.get("ci_unit", "example")
+    lines = [
+        "",
+        f"Paired differences of {metric} on the same {unit}s (a − b, 95% CI over {unit}s, Wilcoxon p):",
+        "",
+        "| a | b | diff | 95% CI | p |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for p in pairs:
+        ci = p.get("ci95")
+        ci_text = "n/a" if not ci else f"[{format_metric(metric, ci[0])}, {format_metric(metric, ci[1])}]"
+        lines.append(
+            f"| {_md(p['a'])} | {_md(p['b'])} | {format_metric(metric, p['diff'])} | {ci_text} | "
+            f"{_fmt(p.get('p'), '.3g')} |"
+        )
+    return lines
 
 
 # One colour per codec, shared by its matched rows and its sweep; models take the others in turn.
@@ -1019,6 +1401,18 @@ def rd_figure(result: dict[str, Any]) -> Any:
                 line={"dash": "dot", "color": CODEC_COLOURS.get(codec)},
             )
         )
+    for k, row in enumerate(r for r in result["rows"] if r.get("rd")):
+        pts = [q for q in row["rd"] if q["metrics"].get(metric) is not None]
+        fig.add_trace(
+            go.Scatter(
+                x=[q["bpp"] for q in pts],
+                y=[q["metrics"][metric] for q in pts],
+                mode="lines+markers",
+                name=f"{row['name']} (bits per value {', '.join(str(q['bits_per_value']) for q in pts)})",
+                marker={"size": 5},
+                line={"color": MODEL_COLOURS[k % len(MODEL_COLOURS)]},
+            )
+        )
     for p in points:
         if p["bpp"] is None:
             fig.add_hline(
@@ -1026,7 +1420,8 @@ def rd_figure(result: dict[str, Any]) -> Any:
             )
     arrow = metric_arrow(metric)
     fig.update_layout(
-        title=f"{result['domain']}: {metric} ({arrow}) against rate, {result['n']} examples",
+        title=f"{result['domain']}: {metric} ({arrow}) against rate, {result['n']} examples "
+        f"({result.get('eval_size', '')})",
         xaxis_title=f"bpp: {result['bpp_unit']}",
         yaxis_title=f"{metric} ({arrow})" if arrow else metric,
         height=520,
@@ -1088,6 +1483,16 @@ def write_png(result: dict[str, Any], path: str | Path) -> Path:
                 label=f"{codec} sweep",
                 color=CODEC_COLOURS.get(codec),
             )
+        for k, row in enumerate(r for r in result["rows"] if r.get("rd")):
+            pts = [q for q in row["rd"] if q["metrics"].get(metric) is not None]
+            ax.plot(
+                [q["bpp"] for q in pts],
+                [q["metrics"][metric] for q in pts],
+                "-",
+                marker=".",
+                label=f"{row['name']} (bits per value)",
+                color=MODEL_COLOURS[k % len(MODEL_COLOURS)],
+            )
         positive = [p["bpp"] for p in points if p["bpp"]] + [s["bpp"] for s in sweep if s.get("bpp")]
         if positive and max(positive) / max(min(positive), 1e-12) > 20:
             from matplotlib.ticker import FuncFormatter
@@ -1104,7 +1509,7 @@ def write_png(result: dict[str, Any], path: str | Path) -> Path:
         ax.set_ylabel(f"{metric} ({arrow})" if arrow else metric)
         ax.set_title(f"{result['domain']}: {metric} against rate, {result['n']} examples")
         ax.grid(True, alpha=0.3)
-        if sweep:
+        if sweep or any(r.get("rd") for r in result["rows"]):
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = Path(path)

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from models.base import LIBRARY_NAME, LICENSE
 from trainers.data.spec import parse_data_spec
+from trainers.hub.source import pip_requirement
 from trainers.metrics import registry
 
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -29,20 +30,17 @@ EXAMPLES_FILE = "examples.png"
 #: The one model card template (shipped as package data); the models' hub mixin writes no card of its own.
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
 
-# What model-index calls the data of the built-in sources: (domain, source) -> (dataset name, dataset type).
-BUILTIN_DATASETS: dict[tuple[str, str], tuple[str, str]] = {
+# What the card calls the data of the built-in sources. None of them is a Hub dataset, so the metadata names
+# none: `datasets` and model-index's `dataset.type` take Hub dataset ids only, and the Hub links them.
+BUILTIN_DATASETS: dict[tuple[str, str], str] = {
     ("sar", "synthetic"): (
-        "built-in synthetic SAR scenes (scikit-image sample images as reflectivity, Gamma speckle)",
-        "synthetic-sar-scenes",
+        "built-in synthetic SAR scenes (scikit-image sample images as reflectivity, Gamma speckle)"
     ),
-    ("audio", "synthetic"): ("built-in synthetic audio clips", "synthetic-audio"),
-    ("fragments", "python"): (
-        "files of a Python installation (source, bytecode, shared libraries, archives)",
-        "python-installation-files",
-    ),
+    ("audio", "synthetic"): "built-in synthetic audio clips",
+    ("fragments", "python"): "files of a Python installation (source, bytecode, shared libraries, archives)",
 }
 
-# Hub pipeline of each domain (the fragments task has none: its model-index task is "other") and extra tags.
+# Hub pipeline of each domain (no Hub pipeline repairs file fragments) and extra tags.
 DOMAIN_INFO: dict[str, dict[str, Any]] = {
     "sar": {
         "title": "SAR image autoencoder",
@@ -99,6 +97,7 @@ class CardInfo:
     has_examples: bool = False
     examples_markdown: str = ""
     tensorboard_dir: str | None = None  # folder of TensorBoard event files in the export, if any
+    source_url: str | None = None  # the studio's source repository (trainers.hub.source): the install line
 
 
 # ------------------------------------------------------------------------------------------- model card
@@ -146,9 +145,9 @@ def metrics_table(info: CardInfo) -> str:
     return "\n".join(lines)
 
 
-def dataset_of(info: CardInfo) -> tuple[str, str]:
-    """(name, type) of the data a run trained on, as ``model-index`` names it: the named source for the
-    built-in sources, the folder's own name (not its path, which may be private) for a folder."""
+def dataset_of(info: CardInfo) -> str:
+    """What the card calls the data a run trained on: the named source for the built-in sources, the
+    folder's own name (not its path, which may be private) for a folder."""
     spec = info.run_config.get("data")
     source = "synthetic" if info.domain != "fragments" else "python"
     folder = None
@@ -156,32 +155,20 @@ def dataset_of(info: CardInfo) -> tuple[str, str]:
         try:
             parsed = parse_data_spec(str(spec))
         except ValueError:
-            return str(spec), f"{info.domain}-data"
+            return str(spec)
         source, folder = parsed.source or source, parsed.folder_path
     if folder is not None:
-        return f"files of the folder '{folder.name or folder}'", f"{info.domain}-folder"
-    return BUILTIN_DATASETS.get((info.domain, source), (f"{info.domain} {source}", f"{info.domain}-{source}"))
+        return f"files of the folder '{folder.name or folder}'"
+    return BUILTIN_DATASETS.get((info.domain, source), f"{info.domain} {source}")
 
 
 def card_data(info: CardInfo) -> ModelCardData:
-    """Hub metadata: library, license, tags and a ``model-index`` with the checkpoint's validation metrics."""
+    """Hub metadata: library, license, tags and pipeline.
+
+    No ``datasets`` and no ``model-index``: both name the data by Hub dataset id (the Hub links and lists
+    them), and no data source of the studio is a Hub dataset. The metrics are in the card's table and the
+    repo's metrics tab (the TensorBoard event files)."""
     domain = DOMAIN_INFO[info.domain]
-    dataset_name, dataset_type = dataset_of(info)
-    data_spec = str(info.run_config.get("data") or f"{info.domain} (built-in default)")
-    results = [
-        EvalResult(
-            task_type=domain["pipeline_tag"] or "other",
-            dataset_type=dataset_type,
-            dataset_name=dataset_name,
-            dataset_config=data_spec,
-            dataset_split="validation",
-            metric_type=name,
-            metric_name=name,
-            metric_value=round(float(value), 6),
-        )
-        for name in _metric_order(info.domain, set(info.checkpoint_metrics))
-        if math.isfinite(value := info.checkpoint_metrics[name])
-    ]
     tags = [
         info.domain,
         info.variant,
@@ -196,7 +183,6 @@ def card_data(info: CardInfo) -> ModelCardData:
         tags=list(dict.fromkeys(tags)),
         pipeline_tag=domain["pipeline_tag"],
         model_name=info.repo_id or f"{info.variant}-{info.run_id}",
-        eval_results=results or None,
     )
 
 
@@ -231,14 +217,15 @@ def build_model_card(info: CardInfo) -> str:
         params=f"{total:,} parameters" if isinstance(total, int) else "parameters unknown",
         trained=trained,
         data_spec=cfg.get("data") or f"{info.domain} (built-in default)",
-        dataset_name=dataset_of(info)[0],
+        dataset_name=dataset_of(info),
         **{key: cfg.get(key, "–") for key in ("preset", "epochs", "batch_size", "lr", "seed")},
         metrics_table=metrics_table(info),
         loss_curve_file=LOSS_CURVE_FILE if info.has_loss_curve else "",
         examples_file=EXAMPLES_FILE if info.has_examples else "",
         examples_markdown=info.examples_markdown,
         tensorboard_dir=info.tensorboard_dir or "",
-        package=LIBRARY_NAME,
+        source_url=info.source_url or "",
+        pip_requirement=pip_requirement(info.source_url) if info.source_url else "",
         source=info.repo_id or "path/to/this/folder",
         tab=TAB_OF_DOMAIN[info.domain],
         preprocessing_json=_json(info.model_config.get("preprocessing", {})),

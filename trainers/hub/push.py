@@ -54,6 +54,7 @@ from trainers.hub.model_card import (
     fragment_examples,
     sar_examples,
 )
+from trainers.hub.source import resolve_source_url
 from trainers.runs import checkpoints
 from trainers.runs.store import DB_NAME, RunRecord, RunStore
 from trainers.training.progress import Progress, no_progress, terminal_progress
@@ -94,8 +95,10 @@ def parse_repo_id(text: Any, allow_revision: bool = False) -> tuple[str, str | N
         raise ValueError("no Hub repo id given: expected 'owner/name', e.g. 'alice/sar-residual'")
     repo = text.strip()
     endpoint = constants.ENDPOINT.rstrip("/") + "/"
-    repo = repo[len(endpoint) :] if repo.startswith(endpoint) else _HUB_URL.sub("", repo)
-    repo = repo.strip("/")
+    # Only a pasted URL loses its trailing '/': a typed id goes to the Hub's own validator as it is, so
+    # '/etc' is refused instead of silently becoming 'etc'.
+    if repo.startswith(endpoint) or _HUB_URL.match(repo):
+        repo = (repo[len(endpoint) :] if repo.startswith(endpoint) else _HUB_URL.sub("", repo)).rstrip("/")
     revision = None
     if allow_revision and "@" in repo:
         repo, revision = repo.split("@", 1)
@@ -105,20 +108,26 @@ def parse_repo_id(text: Any, allow_revision: bool = False) -> tuple[str, str | N
         repo, revision = tree.group(1), check_branch(tree.group(2))
     try:
         validate_repo_id(repo)
-    except HFValidationError as exc:
+    except HFValidationError:
         raise ValueError(
-            f"invalid Hub repo id {text.strip()!r}: expected 'owner/name' (or 'name' for your own "
-            f"namespace) made of letters, digits, '-', '_' and '.', at most 96 characters ({exc})"
+            f"invalid Hub repo id {_shorten(text.strip())!r}: expected 'owner/name' (or 'name' for your own "
+            "namespace) made of letters, digits, '-', '_' and '.', not starting or ending with '-' or '.', "
+            "at most 96 characters"
         ) from None
     return repo, revision
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """``text`` as a message quotes it: a 500-character paste is cut, not echoed whole."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def check_branch(branch: Any) -> str:
     """A branch name the Hub accepts (git ref rules), else ValueError."""
     if not isinstance(branch, str) or not _BRANCH.match(branch.strip()):
         raise ValueError(
-            f"invalid branch name {branch!r}: use letters, digits, '.', '_', '-' and '/' (no spaces, "
-            "no '..', not starting with '-', '.' or '/'), at most 100 characters"
+            f"invalid branch name {_shorten(str(branch))!r}: use letters, digits, '.', '_', '-' and '/' "
+            "(no spaces, no '..', not starting with '-', '.' or '/'), at most 100 characters"
         )
     return branch.strip()
 
@@ -210,9 +219,11 @@ def _build_folder(
     dest: Path,
     repo_id: str | None = None,
     progress: Progress = no_progress,
+    source_url: str | None = None,
 ) -> list[str]:
     """Write the export files of ``checkpoint`` into the empty folder ``dest``; returns their names.
 
+    ``source_url`` (checked, or None) is where the card tells a reader to install the studio from.
     ``progress`` hears each step (the example reconstructions take the longest: they build data)."""
     from models import load_pretrained
 
@@ -242,6 +253,7 @@ def _build_folder(
         best_metrics=best,
         final_metrics=final,
         repo_id=repo_id,
+        source_url=source_url,
     )
     progress(0.1, "TensorBoard event files")
     try:
@@ -278,13 +290,16 @@ def export_checkpoint(
     to_folder: str | Path,
     kind: str = "best",
     progress: Progress = no_progress,
+    source_url: str | None = None,
 ) -> Path:
     """Write the run's ``kind`` checkpoint with its model card into ``to_folder`` and return that folder.
 
     ``to_folder`` may be new, empty, or an earlier export (only export files in it); anything else is
     refused. The files are built in a temporary sibling folder first, so a failure leaves it unchanged.
+    ``source_url``: the studio's source repository the card installs from (default: see trainers.hub.source).
     """
     kind = _check_kind(kind)
+    source_url = resolve_source_url(source_url)
     if to_folder is None or not str(to_folder).strip():
         raise ValueError("no export folder given: expected a folder path, e.g. ./exports/my-model")
     target = Path(str(to_folder).strip()).expanduser().absolute()
@@ -304,7 +319,9 @@ def export_checkpoint(
         staging = target.parent / f".{target.name}.export-{secrets.token_hex(4)}"
         staging.mkdir()  # not mkdtemp: that one is private (0700), an export is meant to be shared
         try:
-            written = _build_folder(store, run, checkpoint, kind, staging, progress=progress)
+            written = _build_folder(
+                store, run, checkpoint, kind, staging, progress=progress, source_url=source_url
+            )
             if not target.exists():
                 os.replace(staging, target)
             else:
@@ -399,13 +416,16 @@ def push_checkpoint(
     commit_message: str | None = None,
     kind: str = "best",
     progress: Progress = no_progress,
+    source_url: str | None = None,
 ) -> str:
     """Push the run's ``kind`` checkpoint with its model card to the Hub model repo ``repo_id``.
 
     Creates the repo (``private`` applies only to a new repo) and the branch when missing. Returns the URL
     of the commit (``<endpoint>/<owner>/<name>/commit/<sha>``). Everything is checked before any upload.
+    ``source_url``: the studio's source repository the card installs from (default: see trainers.hub.source).
     """
     kind = _check_kind(kind)
+    source_url = resolve_source_url(source_url)
     repo_id, _ = parse_repo_id(repo_id)
     branch = None if branch is None or not str(branch).strip() else check_branch(str(branch))
     if branch == constants.DEFAULT_REVISION:
@@ -440,7 +460,16 @@ def push_checkpoint(
             def building(fraction: float, desc: str) -> None:
                 progress(0.8 * fraction, desc)
 
-            _build_folder(store, run, checkpoint, kind, Path(tmp), repo_id=repo_id, progress=building)
+            _build_folder(
+                store,
+                run,
+                checkpoint,
+                kind,
+                Path(tmp),
+                repo_id=repo_id,
+                progress=building,
+                source_url=source_url,
+            )
             progress(0.8, f"uploading to {repo_id}")
             try:
                 # private=None rather than False: a new repo then follows the namespace's default visibility.
@@ -462,6 +491,15 @@ def push_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------------- load
+def _exists(path: Path) -> bool:
+    """Path.exists that answers False for a name the OS cannot even look up (ENAMETOOLONG: a 500-character
+    repo id typed into the load field), which would otherwise surface as "[Errno 36] File name too long"."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def load_from_hub_or_folder(
     source: str, cache_dir: str | Path | None = None, token: str | bool | None = None
 ) -> tuple[str, Path]:
@@ -483,15 +521,17 @@ def load_from_hub_or_folder(
     elif token is not False:
         token = None
     is_url = text.startswith(("http://", "https://"))
+    exists = _exists(path)
     # Repo ids have at most one '/', so anything with more, or that looks like a path, is a folder.
     if not is_url and (
-        path.exists() or text.startswith((".", "/", "~", "\\")) or text.split("@", 1)[0].count("/") > 1
+        exists or text.startswith((".", "/", "~", "\\")) or text.split("@", 1)[0].count("/") > 1
     ):
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint folder {text!r} does not exist")
+        if not exists:
+            raise FileNotFoundError(f"checkpoint folder {_shorten(text)!r} does not exist")
         if not path.is_dir():
             raise ValueError(
-                f"{text!r} is a file; expected a checkpoint folder with config.json and model.safetensors"
+                f"{_shorten(text)!r} is a file; expected a checkpoint folder with config.json and "
+                "model.safetensors"
             )
         folder, where = path.absolute(), f"folder {path.name or text}"
     else:
@@ -536,6 +576,7 @@ def cli_push(args: argparse.Namespace) -> int:
     """
     kind = getattr(args, "kind", "best") or "best"
     runs_dir = getattr(args, "runs_dir", "runs")
+    source_url = getattr(args, "source_url", None)
     if args.to_folder and args.repo_id:
         raise ValueError("give either --repo-id (push to the Hub) or --to-folder (export locally), not both")
     if args.to_folder:
@@ -547,7 +588,9 @@ def cli_push(args: argparse.Namespace) -> int:
             if value:
                 raise ValueError(f"{flag} applies to a Hub push; it has no meaning with --to-folder")
         with terminal_progress(f"export {args.run_id}") as progress:
-            folder = export_checkpoint(args.run_id, runs_dir, args.to_folder, kind=kind, progress=progress)
+            folder = export_checkpoint(
+                args.run_id, runs_dir, args.to_folder, kind=kind, progress=progress, source_url=source_url
+            )
         files = ", ".join(sorted(p.name for p in folder.iterdir()))
         print(f"exported run {args.run_id} ({kind} checkpoint) to {folder}: {files}")
         return 0
@@ -564,6 +607,7 @@ def cli_push(args: argparse.Namespace) -> int:
                 commit_message=args.commit_message,
                 kind=kind,
                 progress=progress,
+                source_url=source_url,
             )
     except ConnectionError as exc:  # main() reports only ValueError/FileNotFoundError/PermissionError
         print(f"error: {exc}", file=sys.stderr)

@@ -19,6 +19,11 @@ ArrayLike = np.ndarray | torch.Tensor
 #: A reference clip quieter than this RMS (-100 dBFS, below 16-bit dither) counts as silent: its spectral
 #: convergence ||S - S_est|| / ||S|| would divide by (almost) nothing and read 1e8 for an ordinary estimate.
 SILENT_RMS = 1e-5
+#: Log-spectral distance: each clip's powers are floored this many dB below the reference's peak power, and
+#: only the bins up to the reference's bandwidth (the highest bin whose mean power is above that floor) count.
+#: An absolute floor (1e-10) let the empty bins of a band-limited reference (a 16 kHz recording at 48 kHz) or
+#: of a band-limited codec dominate: Opus 6 kb/s scored worse than a flat spectrum (issue 22).
+LSD_FLOOR_DB = 80.0
 
 
 def _as_waveforms(a: ArrayLike, name: str) -> np.ndarray:
@@ -88,20 +93,52 @@ def spectral_convergence(ref: ArrayLike, est: ArrayLike, n_fft: int = 2048, hop_
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def lsd_log_powers(
+    s_ref: np.ndarray, s_est: np.ndarray | None, eps: float = 1e-10, floor_db: float | None = LSD_FLOOR_DB
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Per clip, the dB powers the log-spectral distance compares, (bins kept, frames) each: floored at
+    ``floor_db`` below the reference's peak (and at ``eps``) over the reference's bandwidth; with
+    ``floor_db=None``, ``10 log10(|S|^2 + eps)`` over every bin (the textbook form)."""
+    out = []
+    for k, r in enumerate(s_ref):
+        pr = r**2
+        pe = None if s_est is None else s_est[k] ** 2
+        if floor_db is None:
+            out.append((10.0 * np.log10(pr + eps), None if pe is None else 10.0 * np.log10(pe + eps)))
+            continue
+        floor = max(eps, float(pr.max()) * 10.0 ** (-floor_db / 10.0))
+        above = np.nonzero(pr.mean(axis=1) > floor)[0]
+        top = int(above[-1]) + 1 if above.size else pr.shape[0]
+        lr = 10.0 * np.log10(np.maximum(pr[:top], floor))
+        out.append((lr, None if pe is None else 10.0 * np.log10(np.maximum(pe[:top], floor))))
+    return out
+
+
 def log_spectral_distance(
-    ref: ArrayLike, est: ArrayLike, n_fft: int = 2048, hop_length: int = 512, eps: float = 1e-10
+    ref: ArrayLike,
+    est: ArrayLike,
+    n_fft: int = 2048,
+    hop_length: int = 512,
+    eps: float = 1e-10,
+    floor_db: float | None = LSD_FLOOR_DB,
 ) -> float:
     """Log-spectral distance in dB: mean over frames of the RMS over bins of the log-power difference.
 
-    LSD = mean_t sqrt(mean_f (10 log10(|S|^2 + eps) - 10 log10(|S_est|^2 + eps))^2), per clip, averaged
-    over the batch. ``eps`` bounds the penalty on bins that are silent in one of the two signals.
+    LSD = mean_t sqrt(mean_f (P_dB(S) - P_dB(S_est))^2), per clip, averaged over the batch, with
+    ``P_dB = 10 log10(max(|S|^2, floor))``: the floor is ``floor_db`` (80) dB below the reference clip's peak
+    power, and f runs over the reference's bandwidth (up to its highest bin whose mean power is above the
+    floor), so empty bins above a recording's Nyquist or a codec's band limit cannot dominate.
+    ``floor_db=None`` gives the textbook form with an absolute ``eps`` over every bin.
     """
     if not (isinstance(eps, numbers.Real) and not isinstance(eps, bool) and np.isfinite(eps) and eps > 0):
         raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
+    if floor_db is not None and not (isinstance(floor_db, numbers.Real) and 0 < floor_db < 400):
+        raise ValueError(f"floor_db: expected a positive number of dB or None, got {floor_db!r}")
     s_ref, s_est = _paired_magnitudes(ref, est, n_fft, hop_length)
-    diff = 10.0 * np.log10(s_ref**2 + eps) - 10.0 * np.log10(s_est**2 + eps)  # (B, bins, frames)
-    per_frame = np.sqrt(np.mean(diff**2, axis=1))
-    return float(per_frame.mean(axis=1).mean())
+    scores = []
+    for lr, le in lsd_log_powers(s_ref, s_est, eps, floor_db):
+        scores.append(float(np.sqrt(np.mean((lr - le) ** 2, axis=0)).mean()))
+    return float(np.mean(scores))
 
 
 def feature_mse(recon: ArrayLike, target: ArrayLike) -> float:

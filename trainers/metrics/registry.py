@@ -86,6 +86,17 @@ _ENTRIES: tuple[MetricInfo, ...] = (
         _NO_VALID,
     ),
     _m(
+        "psnr_db",
+        "sar",
+        "max",
+        "dB",
+        ".2f",
+        "PSNR of sigma-nought in dB within the fixed window -25 to +5 dB (both images mapped back to dB with "
+        "the input's own map and clipped to it; peak 30 dB): comparable across images and data sets of "
+        "calibrated backscatter",
+        "no dB map to take the image back to sigma-nought, or no valid pixel",
+    ),
+    _m(
         "psnr_8bit",
         "sar",
         "max",
@@ -113,8 +124,8 @@ _ENTRIES: tuple[MetricInfo, ...] = (
         ".3f",
         "ENL(reconstruction) / ENL(input), ENL = mean^2/var of the intensity over homogeneous regions of the "
         "input; above the band the output is over-smoothed, below it noisier than the input",
-        "no usable homogeneous region in the input (too few valid 15x15 boxes as smooth as its speckle), "
-        "or no dB range to map the image back to intensity",
+        "no usable homogeneous region in the input: too few valid 15x15 boxes as smooth as its speckle, or "
+        "their input ENL under 0.9 (texture, not fully developed speckle), or no dB range to map back",
         band=(0.7, 1.3),
     ),
     _m(

@@ -86,6 +86,45 @@ def _nanmean(values: np.ndarray | Sequence[float] | float) -> float:
     return float(arr.mean()) if arr.size else math.nan
 
 
+def _not_better(
+    name: str,
+    unit: str,
+    fmt: str,
+    model: np.ndarray | Sequence[float] | float,
+    base: np.ndarray | Sequence[float] | float,
+    units: np.ndarray | Sequence[int] | None,
+    higher: bool,
+) -> str:
+    """Words when the model's gain over a baseline on the same examples is not shown to be above zero
+    (the paired 95 % interval over units reaches zero or below; with a single unit, the mean difference);
+    "" when it is. Without a margin, a model could escape by 0.0007 dB (issue 22)."""
+    from trainers.metrics.stats import paired
+
+    a = np.asarray(model, dtype=np.float64).reshape(-1)
+    b = np.asarray(base, dtype=np.float64).reshape(-1)
+    if a.size != b.size:  # means only (a caller with one figure per side)
+        a, b = np.array([_nanmean(a)]), np.array([_nanmean(b)])
+    m, bm = _nanmean(a), _nanmean(b)
+    if not (math.isfinite(m) and math.isfinite(bm)):
+        return ""
+    gain = (a - b) if higher else (b - a)
+    res = paired(gain, np.zeros_like(gain), units, seed=0)
+    sign = "≤" if (m <= bm if higher else m >= bm) else "vs"
+    if res["ci95"] is None:
+        return (
+            f"{name} {m:{fmt}}{unit} {sign} {bm:{fmt}}{unit}"
+            if res["diff"] is not None and res["diff"] <= 0
+            else ""
+        )
+    lo, hi = res["ci95"]
+    if lo > 0:
+        return ""
+    return (
+        f"{name} {m:{fmt}}{unit} {sign} {bm:{fmt}}{unit} (gain {res['diff']:+{fmt}}{unit}, 95 % interval "
+        f"[{lo:+{fmt}}, {hi:+{fmt}}] over {res['n_units']} units)"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------- SAR
 def _valid_stats(t: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (mean, std) over the valid pixels of (B, 1, H, W) tensors, float64; NaN with none valid."""
@@ -146,9 +185,12 @@ def sar_flags(
     ssim: np.ndarray | Sequence[float] | float,
     spread: dict[str, np.ndarray],
     baseline: dict[str, np.ndarray],
+    units: np.ndarray | Sequence[int] | None = None,
 ) -> list[Flag]:
     """Flags of a SAR model from its per-image PSNR and SSIM, :func:`sar_spread` and
-    :func:`sar_mean_image_scores` of the same images (means over the images are compared)."""
+    :func:`sar_mean_image_scores` of the same images: "no better" when the paired 95 % interval of the
+    model's gain over the mean-value image (over `units`, the images the examples come from; each example
+    its own when None) does not lie wholly above zero, or, with one unit, when its mean does not."""
     flags: list[Flag] = []
     out_std = np.asarray(spread["output_std"], dtype=np.float64).reshape(-1)
     in_std = np.asarray(spread["input_std"], dtype=np.float64).reshape(-1)
@@ -173,9 +215,9 @@ def sar_flags(
         ("PSNR", " dB", ".2f", psnr, baseline["psnr"]),
         ("SSIM", "", ".4f", ssim, baseline["ssim"]),
     ):
-        m, b = _nanmean(model), _nanmean(base)
-        if math.isfinite(m) and math.isfinite(b) and m <= b:
-            parts.append(f"{name} {m:{fmt}}{unit} ≤ {b:{fmt}}{unit}")
+        text = _not_better(name, unit, fmt, model, base, units, higher=True)
+        if text:
+            parts.append(text)
     if parts:
         flags.append(
             Flag(f"no better than {MEAN_IMAGE}", f"{', '.join(parts)} of the input's mean value everywhere")
@@ -184,14 +226,15 @@ def sar_flags(
 
 
 # -------------------------------------------------------------------------------------------------- audio
-def flat_spectrum_lsd(
-    ref: np.ndarray | torch.Tensor, n_fft: int = 2048, hop_length: int = 512, eps: float = 1e-10
-) -> float:
-    """Log-spectral distance (dB, as ``trainers.metrics.audio.log_spectral_distance``) of the best flat
-    spectrum: one constant power in every bin and frame, chosen per clip to minimise the LSD to ``ref``;
-    averaged over a batch (B, T). A reconstruction at or above it does no better than a constant hiss."""
+def flat_spectrum_lsd(ref: np.ndarray | torch.Tensor, n_fft: int = 2048, hop_length: int = 512) -> float:
+    """Log-spectral distance (dB, as ``trainers.metrics.audio.log_spectral_distance``: the same floor and
+    bandwidth) of the best flat spectrum: one constant power in every bin and frame, chosen per clip to
+    minimise the LSD to ``ref``; averaged over a batch (B, T). A reconstruction at or above it does no better
+    than a constant hiss."""
     import librosa
     from scipy.optimize import minimize_scalar
+
+    from trainers.metrics.audio import lsd_log_powers
 
     r = ref.detach().cpu().double().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref, np.float64)
     if r.ndim == 1:
@@ -201,9 +244,8 @@ def flat_spectrum_lsd(
     if not np.isfinite(r).all():
         raise ValueError("ref: waveform contains NaN or infinite samples")
     s = np.abs(librosa.stft(r, n_fft=n_fft, hop_length=hop_length, center=True, pad_mode="constant"))
-    logp = 10.0 * np.log10(s**2 + eps)  # (B, bins, frames)
     scores = []
-    for clip in logp:
+    for clip, _ in lsd_log_powers(s, None):
 
         def lsd(c: float, clip: np.ndarray = clip) -> float:
             return float(np.sqrt(np.mean((clip - c) ** 2, axis=0)).mean())
@@ -217,10 +259,50 @@ def flat_spectrum_lsd(
     return float(np.mean(scores))
 
 
-def audio_flags(spectral_convergence: float, lsd: float, flat_lsd: float) -> list[Flag]:
-    """Flags of a decoded reconstruction from its (mean) spectral convergence and log-spectral distance and
-    the :func:`flat_spectrum_lsd` of the same clips."""
+def spectrum_db(wave: np.ndarray, n_fft: int = 2048, hop_length: int = 512) -> np.ndarray:
+    """A clip's average spectrum: mean power over frames per bin, in dB, floored 80 dB below its peak bin."""
+    import librosa
+
+    p = np.abs(librosa.stft(np.asarray(wave, np.float64), n_fft=n_fft, hop_length=hop_length)) ** 2
+    mean = p.mean(axis=1)
+    return 10.0 * np.log10(np.maximum(mean, max(float(mean.max()), 1e-30) * 1e-8))
+
+
+def _variation(rows: np.ndarray) -> float:
+    """Mean over columns of the standard deviation across rows: how much the examples differ."""
+    return float(np.asarray(rows, np.float64).std(axis=0).mean())
+
+
+def _constant_flag(what: str, unit: str, inputs: np.ndarray, outputs: np.ndarray) -> Flag | None:
+    if len(inputs) < 2:
+        return None
+    vin, vout = _variation(inputs), _variation(outputs)
+    if vin > 0 and vout < CONSTANT_STD_FRACTION * vin:
+        return Flag(
+            "constant output",
+            f"{what} varies {vout:.3g}{unit} across the {len(outputs)} examples against {vin:.3g}{unit} for "
+            f"the inputs (under {CONSTANT_STD_FRACTION:.0%})",
+        )
+    return None
+
+
+def audio_flags(
+    spectral_convergence: float | np.ndarray,
+    lsd: float | np.ndarray,
+    flat_lsd: float | np.ndarray,
+    units: np.ndarray | Sequence[int] | None = None,
+    spectra: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[Flag]:
+    """Flags of decoded reconstructions from their spectral convergence and log-spectral distance (per clip,
+    or means) and the :func:`flat_spectrum_lsd` of the same clips: "no better than a flat spectrum" unless
+    the paired interval over `units` shows a gain. `spectra`, the (input, output) :func:`spectrum_db` of
+    every clip, adds the constant-output check: the output's average spectrum hardly changes from clip to
+    clip while the inputs' does."""
     flags = []
+    if spectra is not None:
+        flag = _constant_flag("its average spectrum", " dB", spectra[0], spectra[1])
+        if flag:
+            flags.append(flag)
     sc = _nanmean(spectral_convergence)
     if math.isfinite(sc) and sc >= SILENCE_SPECTRAL_CONVERGENCE:
         flags.append(
@@ -230,27 +312,40 @@ def audio_flags(spectral_convergence: float, lsd: float, flat_lsd: float) -> lis
                 "scores",
             )
         )
-    d, flat = _nanmean(lsd), _nanmean(flat_lsd)
-    if math.isfinite(d) and math.isfinite(flat) and d >= flat:
+    text = _not_better("log-spectral distance", " dB", ".3f", lsd, flat_lsd, units, higher=False)
+    if text:
         flags.append(
-            Flag(
-                f"no better than {FLAT_SPECTRUM}",
-                f"log-spectral distance {d:.3f} dB ≥ {flat:.3f} dB of the best constant power in every bin",
-            )
+            Flag(f"no better than {FLAT_SPECTRUM}", f"{text} of the best constant power in every bin")
         )
     return flags
 
 
 # ---------------------------------------------------------------------------------------------- fragments
-def fragments_flags(accuracy: float | np.ndarray, identity_accuracy: float | np.ndarray) -> list[Flag]:
-    """Flags of a fragment repair from its (mean) byte accuracy and the identity baseline's on the same
-    fragments: a repair that does not beat the corrupted input left as it is is not working."""
-    a, b = _nanmean(accuracy), _nanmean(identity_accuracy)
-    if math.isfinite(a) and math.isfinite(b) and a <= b:
-        return [
-            Flag(
-                f"does not beat {IDENTITY}",
-                f"byte accuracy {a:.2%} ≤ {b:.2%} of the corrupted input left as it is",
-            )
-        ]
-    return []
+def byte_histograms(fragments: np.ndarray) -> np.ndarray:
+    """(N, 256) share of each byte value in each fragment of an (N, L) uint8 array."""
+    f = np.asarray(fragments, dtype=np.uint8)
+    out = np.zeros((f.shape[0], 256))
+    for i, row in enumerate(f):
+        out[i] = np.bincount(row, minlength=256) / max(row.size, 1)
+    return out
+
+
+def fragments_flags(
+    accuracy: float | np.ndarray,
+    identity_accuracy: float | np.ndarray,
+    units: np.ndarray | Sequence[int] | None = None,
+    histograms: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[Flag]:
+    """Flags of a fragment repair from its byte accuracy and the identity baseline's on the same fragments
+    (per fragment, or means): a repair whose paired gain over the corrupted input left as it is is not shown
+    above zero is not working. `histograms`, the (input, output) :func:`byte_histograms`, adds the
+    constant-output check on the output's byte distribution."""
+    flags = []
+    if histograms is not None:
+        flag = _constant_flag("its byte distribution", "", histograms[0], histograms[1])
+        if flag:
+            flags.append(flag)
+    text = _not_better("byte accuracy", "", ".2%", accuracy, identity_accuracy, units, higher=True)
+    if text:
+        flags.append(Flag(f"does not beat {IDENTITY}", f"{text} of the corrupted input left as it is"))
+    return flags

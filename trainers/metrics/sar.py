@@ -39,6 +39,15 @@ ENL_CV_MARGIN = 1.3
 ENL_MAX_CLIPPED = 0.05
 ENL_MIN_WINDOWS = 20
 ENL_MAX_SPECKLE_CV = 1.25
+#: The input's ENL over the boxes chosen must be at least this: fully developed speckle has ENL >= 1 (one
+#: look); below it the boxes hold texture, not speckle over a flat reflectivity, and a ratio to it means
+#: nothing (real crops gave 0.55-1.7; a flat output's ratio was then the 8-bit cap over that, issue 22).
+ENL_MIN_INPUT = 0.9
+#: PSNR in a fixed dB window (``psnr_db``): both images mapped back to dB with the input's own knots and
+#: clipped to this window of sigma-nought, peak = its width. Unlike the per-image normalised PSNR (where one
+#: unit of x spans 23-38 dB depending on the image), it compares across images and data sets of calibrated
+#: sigma-nought; the brightest scatterers (above +5 dB) and the noise floor (below -25 dB) are clipped.
+PSNR_DB_WINDOW = (-25.0, 5.0)
 
 # EPI: a Laplacian with an RMS below this is flat (nothing to correlate); float rounding of a constant image's
 # Laplacian stays far below it, the smallest 8-bit step (1/255) far above.
@@ -307,7 +316,21 @@ def _enl_ratio_ref_one(x: np.ndarray, y: np.ndarray, valid: np.ndarray, knots: n
     cap = _enl_max(span)
     enl_x = min(np.mean(mx[sel] ** 2) / max(np.mean(vx[sel]), 1e-300), cap)
     enl_y = min(np.mean(my[sel] ** 2) / max(np.mean(vy[sel]), 1e-300), cap)
+    if enl_x < ENL_MIN_INPUT:
+        return math.nan
     return float(enl_y / enl_x)
+
+
+def _psnr_db_ref_one(x: np.ndarray, y: np.ndarray, valid: np.ndarray, knots: np.ndarray) -> float:
+    """numpy reference of ``psnr_db``: dB by np.interp over the knots, clipped to the window."""
+    if not np.isfinite(knots).all():
+        return math.nan
+    lo, hi = PSNR_DB_WINDOW
+    xs = knot_x(len(knots))
+    dx = np.clip(np.interp(np.clip(x, 0, 1), xs, knots), lo, hi)
+    dy = np.clip(np.interp(np.clip(y, 0, 1), xs, knots), lo, hi)
+    mse = float(np.mean((dx[valid] - dy[valid]) ** 2))
+    return min(PSNR_CAP_DB, 10 * math.log10((hi - lo) ** 2 / mse)) if mse > 0 else PSNR_CAP_DB
 
 
 def _epi_ref_one(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> float:
@@ -368,7 +391,8 @@ def sar_metrics_reference(
     n = len(xs)
     ranges = None if db_range is None else _db_ranges(db_range, n)
     zshape = tuple(z) if isinstance(z, tuple) else tuple(_as_tensor(z, "z").shape)
-    out: dict[str, list[float]] = {k: [] for k in ("psnr", "psnr_8bit", "ssim", "enl_ratio", "epi", "mse")}
+    keys = ("psnr", "psnr_db", "psnr_8bit", "ssim", "enl_ratio", "epi", "mse")
+    out: dict[str, list[float]] = {k: [] for k in keys}
     for i in range(n):
         xi, yi, vi = xs[i], ys[i], vs[i]
         if not vi.any():
@@ -385,6 +409,7 @@ def sar_metrics_reference(
         out["epi"].append(_epi_ref_one(xi, yi, vi))
         knots = np.full(2, math.nan) if ranges is None else ranges[i]
         out["enl_ratio"].append(_enl_ratio_ref_one(xi, yi, vi, knots))
+        out["psnr_db"].append(_psnr_db_ref_one(xi, yi, vi, knots))
     result = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
     for key, bits in (("bpp_float32", 32), ("bpp_8bit", 8)):
         result[key] = np.full(n, latent_bits_per_pixel(zshape, (n, 1, *shape[-2:]), bits=bits))
@@ -622,8 +647,27 @@ def _enl_ratio_per_image(
     cap = 12.0 / (step * step)  # ENL an 8-bit display of the normalised image can show at most
     enl_x = torch.minimum(m2x / mvx.clamp(min=1e-300), cap)
     enl_y = torch.minimum(m2y / mvy.clamp(min=1e-300), cap)
-    missing = ~ok | (n_usable < ENL_MIN_WINDOWS) | ~(q <= ENL_MAX_SPECKLE_CV)
+    missing = ~ok | (n_usable < ENL_MIN_WINDOWS) | ~(q <= ENL_MAX_SPECKLE_CV) | ~(enl_x >= ENL_MIN_INPUT)
     return torch.where(missing, nan, enl_y / enl_x)
+
+
+def _psnr_db_window(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    vmask: torch.Tensor,
+    db_range: ArrayLike | None,
+    b: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """PSNR in dB of sigma-nought within ``PSNR_DB_WINDOW`` (NaN without knots to map back to dB)."""
+    if db_range is None:
+        return torch.full((b,), math.nan, dtype=torch.float64, device=device)
+    r = _db_range_tensor(db_range, b, device)
+    lo, hi = PSNR_DB_WINDOW
+    dx = x_to_db(x.clamp(0, 1), r).clamp(lo, hi)
+    dy = x_to_db(y.clamp(0, 1), r).clamp(lo, hi)
+    mse, _ = _masked_mean((dx - dy) ** 2, vmask)
+    return (10.0 * torch.log10((hi - lo) ** 2 / mse)).clamp(max=PSNR_CAP_DB)
 
 
 @torch.no_grad()
@@ -660,8 +704,9 @@ def sar_metrics_per_image(
       8-bit quantisation of the normalised image can show, 12 / (ln(10)/10 * s/255)^2 with s the dB per
       unit x of the map's bulk (``db_per_x``; about 16,000 for 30 dB), so a flat reconstruction gives a
       large but finite ratio. NaN when db_range is None or its knots do not increase, the image has fewer
-      than 20 usable boxes, or its smoothest 10% of boxes are rougher than single-look speckle (CV > 1.25):
-      then there is no homogeneous region.
+      than 20 usable boxes, its smoothest 10% of boxes are rougher than single-look speckle (CV > 1.25), or
+      the input's ENL over the boxes chosen is under 0.9 (texture, not fully developed speckle): then there
+      is no homogeneous region.
     """
     xt, yt = _batch(x, "x"), _batch(x_hat, "x_hat")
     if xt.shape != yt.shape:
@@ -700,6 +745,7 @@ def sar_metrics_per_image(
         enl = _enl_ratio_per_image(xd, yd, vd, _db_range_tensor(db_range, b, device))
     out = {
         "psnr": _psnr_from_mse(mse),
+        "psnr_db": _psnr_db_window(xd, yd, vmask, db_range, b, device),
         "psnr_8bit": _psnr_from_mse(mse8),
         "ssim": _ssim_per_image(xd, yd, vd),
         "enl_ratio": enl,

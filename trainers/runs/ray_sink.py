@@ -7,6 +7,9 @@ NAME`` keeps a node-local ``RunStore`` (``./runs`` under its working directory) 
 sink. Checkpoint folders (``best``/``last`` with their manifest) are pushed when the run row starts pointing
 at them, files before the row; the run's other files (media, ``phases.json``) with each checkpoint and at the
 end. A sink call returns after its rows are committed, so an acknowledged write survives the trainer's node.
+Checkpoints and large media go by a `FileSender` of their own, in CHUNK_BYTES pieces through the sink's
+"files" concurrency group (or through a ``--ray-storage`` URI), so metric rows never wait behind them. Once
+the studio gives up on a job's attempt (Ray says FAILED), the sink refuses its writes (`RunSink.fence`).
 
 Ray is optional: this module imports it only inside functions, so the studio and the trainers work without
 it (``pip install 'autoencoder-comparison-studio[ray]'`` or ``ray[default]`` adds it).
@@ -31,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from trainers.runs.atomic import point_link, write_synced
-from trainers.runs.store import RunStore
+from trainers.runs.store import TERMINAL, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,24 @@ PATH_FIELDS: tuple[str, ...] = ("best_checkpoint", "last_checkpoint", "log_path"
 CHECKPOINT_FIELDS: dict[str, str] = {"best_checkpoint": "best", "last_checkpoint": "last"}
 # Operations a trainer may batch into RunSink.apply (reads and admin calls are not among them).
 WRITE_OPS: frozenset[str] = frozenset(
-    {"create_run", "update_run", "set_status", "log_metrics", "put_files", "sync_files"}
+    {"create_run", "update_run", "set_status", "log_metrics", "supersede_after", "put_files", "sync_files"}
 )
 CONNECT_TIMEOUT_S = 60.0
 FLUSH_TIMEOUT_S = 120.0
 RECONNECT_TIMEOUT_S = 30.0
 MARKER_NAME = ".ae-studio-sink"  # in the studio's runs folder: see RunSink.__init__
+FENCE_NAME = ".ae-studio-fenced"  # in the studio's runs folder: the attempts whose writes the sink refuses
+#: Files travel in pieces of this size through the sink's "files" concurrency group, beside (never ahead of)
+#: the trainers' metric rows, which the default group commits one batch at a time.
+CHUNK_BYTES = 8 * 2**20
+FILES_GROUP = "files"
+FILES_CONCURRENCY = 2
+CHUNKS_IN_FLIGHT = 2
+#: The job's attempt (its Ray submission id), set by the studio in each job's environment.
+ATTEMPT_ENV = "AE_STUDIO_ATTEMPT"
+#: With `--ray-storage URI`: checkpoints and media go through this storage (pyarrow.fs), not the actor.
+STORAGE_ENV = "AE_STUDIO_STORAGE"
+FENCED = "fenced:"  # the start of the sink's answer to a write of an attempt the studio gave up on
 
 
 def sink_name(runs_dir: str | Path) -> str:
@@ -198,6 +213,10 @@ class RunSink:
         # studio's (same node, or a shared filesystem) and must not (open_sink_store).
         self.token = secrets.token_hex(16)
         _write_bytes(self.runs_dir / MARKER_NAME, self.token.encode("ascii"))
+        try:  # kept on disk: a restarted sink still refuses the attempts the studio gave up on
+            self.fenced = set((self.runs_dir / FENCE_NAME).read_text().split())
+        except OSError:
+            self.fenced = set()
 
     # -- reads and admin
     def ping(self) -> dict[str, Any]:
@@ -263,6 +282,11 @@ class RunSink:
         self.store.log_metrics(run_id, step, epoch, split, values, time=time)
         self.counts["rows"] += len(values)
 
+    def supersede_after(self, run_id: str, step: int) -> int:
+        """As RunStore.supersede_after: a resumed trainer's rows past its checkpoint go out of every read."""
+        self.counts["calls"] += 1
+        return self.store.supersede_after(run_id, step)
+
     def put_files(self, run_id: str, folder: str, files: Mapping[str, bytes]) -> dict[str, Any]:
         """Atomically replace ``runs_dir/run_id/folder`` by ``files`` (see replace_folder)."""
         self.counts["calls"] += 1
@@ -280,11 +304,15 @@ class RunSink:
         self.counts["files"] += len(files)
         self.counts["bytes"] += sum(len(b) for b in files.values())
 
-    def apply(self, ops: list[tuple[str, tuple, dict]]) -> list[str]:
+    def apply(self, ops: list[tuple[str, tuple, dict]], attempt: str = "") -> list[str]:
         """Run a trainer's batch of writes in order; returns one message per write that failed (a bad
         write is reported, not allowed to drop the writes after it). Consecutive metric rows are committed
         in one transaction: with 20 trainers logging every step, a commit per row is most of the sink's
-        time."""
+        time. The writes of a fenced `attempt` are all refused, with one message that starts with FENCED."""
+        if attempt and attempt in self.fenced:
+            self.counts["errors"] += len(ops)
+            gave_up = f"the studio gave up on attempt {attempt} (its Ray job ended)"
+            return [f"{FENCED} {gave_up}; {len(ops)} writes refused"]
         start = _time.perf_counter()
         self.counts["batches"] += 1
         errors: list[str] = []
@@ -331,13 +359,164 @@ class RunSink:
         self.counts["ops"] += len(group)
         return True
 
+    # -- fencing: an attempt the studio gave up on (its Ray job failed) writes nothing more
+    def fence(self, attempt: str) -> None:
+        """Refuse every later write of `attempt` (a Ray submission id). Runs in the default group, so a
+        batch of that attempt already running lands whole and none after it does."""
+        if attempt and attempt not in self.fenced:
+            self.fenced.add(attempt)
+            with open(self.runs_dir / FENCE_NAME, "a") as handle:
+                handle.write(attempt + "\n")
+
+    def _check_fence(self, attempt: str) -> None:
+        if attempt and attempt in self.fenced:
+            raise PermissionError(f"{FENCED} the studio gave up on attempt {attempt} (its Ray job ended)")
+
+    # -- files in pieces (the "files" concurrency group: metric rows never wait behind them)
+    def _upload_dir(self, run_id: str, folder: str, token: str, mode: str) -> Path:
+        if not token.isalnum() or len(token) > 32:
+            raise ValueError(f"upload token must be short and alphanumeric, got {token!r}")
+        run_folder = self.store.run_dir(run_id)
+        if mode == "replace":  # the new data folder itself, beside the link `folder` will become
+            target = run_folder.joinpath(*_safe_rel(folder, "folder").parts)
+            return target.parent / f"{target.name}-put-{token}"
+        if mode == "sync":
+            return run_folder / f".upload-{token}"
+        raise ValueError(f"upload mode must be 'replace' or 'sync', got {mode!r}")
+
+    def put_chunk(
+        self,
+        run_id: str,
+        folder: str,
+        token: str,
+        mode: str,
+        rel: str,
+        offset: int,
+        data: bytes,
+        attempt: str = "",
+    ) -> None:
+        """Write `data` at `offset` of file `rel` of an upload (pieces may arrive in any order)."""
+        self._check_fence(attempt)
+        path = self._upload_dir(run_id, folder, token, mode).joinpath(*_safe_rel(rel, "file name").parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)  # no truncation: another piece may be in
+        try:
+            os.pwrite(fd, data, int(offset))
+        finally:
+            os.close(fd)
+        self.counts["bytes"] += len(data)
+
+    def commit_upload(
+        self,
+        run_id: str,
+        folder: str,
+        token: str,
+        mode: str,
+        sizes: Mapping[str, int],
+        removed: Iterable[str] = (),
+        attempt: str = "",
+    ) -> dict[str, Any]:
+        """Make an upload visible once every file has its full size: `replace` points `folder` at it (as
+        replace_folder), `sync` moves each file into place under `folder` and deletes `removed`."""
+        self._check_fence(attempt)
+        staged = self._upload_dir(run_id, folder, token, mode)
+        staged.mkdir(parents=True, exist_ok=True)  # an upload of no files
+        for rel, size in sizes.items():
+            path = staged.joinpath(*_safe_rel(rel, "file name").parts)
+            if not path.is_file() or path.stat().st_size != int(size):
+                raise ValueError(f"upload {token} of run {run_id}: {rel} is incomplete; not committed")
+            with open(path, "rb+") as handle:
+                os.fsync(handle.fileno())
+        run_folder = self.store.run_dir(run_id)
+        if mode == "replace":
+            parent, name = staged.parent, staged.name.rsplit("-put-", 1)[0]
+            link = parent / name
+            old = link.resolve() if link.is_symlink() else None
+            moved = point_link(parent, name, staged.name)
+            # The previous copy, a real folder moved aside, and uploads of this folder that never finished.
+            for stale in [moved, old, *parent.glob(f"{name}-put-*")]:
+                if stale is not None and stale != staged and stale.resolve().parent == parent.resolve():
+                    shutil.rmtree(stale, ignore_errors=True)
+        else:
+            base = run_folder.joinpath(*_safe_rel(folder, "folder", allow_empty=True).parts)
+            for rel in sorted(sizes, key=lambda r: (r.endswith("index.json"), r)):
+                target = base.joinpath(*_safe_rel(rel, "file name").parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged.joinpath(*PurePosixPath(rel).parts), target)
+            write_files(run_folder, folder, {}, removed)
+            shutil.rmtree(staged, ignore_errors=True)
+        self.counts["files"] += len(sizes)
+        return {"folder": str(staged), "files": len(sizes)}
+
+    def fetch_upload(
+        self,
+        run_id: str,
+        folder: str,
+        token: str,
+        mode: str,
+        storage: str,
+        key: str,
+        sizes: Mapping[str, int],
+        removed: Iterable[str] = (),
+        attempt: str = "",
+    ) -> dict[str, Any]:
+        """An upload the trainer put into the shared storage under `key`: copied into the runs folder here
+        (the studio reads runs from its own disk), then committed as `commit_upload`."""
+        self._check_fence(attempt)
+        import pyarrow.fs as pafs
+
+        fs, base = open_storage(storage)
+        staged = self._upload_dir(run_id, folder, token, mode)
+        staged.mkdir(parents=True, exist_ok=True)
+        if sizes:
+            pafs.copy_files(f"{base}/{_safe_rel(key, 'storage key')}", str(staged), source_filesystem=fs)
+        return self.commit_upload(run_id, folder, token, mode, sizes, removed, attempt)
+
+    def list_files(self, run_id: str, folder: str) -> dict[str, int]:
+        """Relative path -> size of every file under the run's `folder` ({} when there is none)."""
+        root = self.store.run_dir(run_id).joinpath(*_safe_rel(folder, "folder").parts)
+        if not root.is_dir():
+            return {}
+        root = root.resolve()
+        return {
+            path.relative_to(root).as_posix(): path.stat().st_size
+            for path in sorted(root.rglob("*"))
+            if path.is_file() and not (path.name.startswith(".") and ".tmp-" in path.name)
+        }
+
+    def read_chunk(self, run_id: str, folder: str, rel: str, offset: int, size: int) -> bytes:
+        """`size` bytes from `offset` of a file under the run's `folder` (a resume pulls checkpoints so)."""
+        root = self.store.run_dir(run_id).joinpath(*_safe_rel(folder, "folder").parts)
+        with open(root.joinpath(*_safe_rel(rel, "file name").parts), "rb") as handle:
+            handle.seek(int(offset))
+            return handle.read(min(int(size), CHUNK_BYTES))
+
+
+def open_storage(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, base path) of a storage URI, as Ray Train's ``storage_path``: a local or
+    shared path (NFS), ``file://``, ``s3://``, ``gs://`` or any scheme pyarrow.fs knows."""
+    try:
+        import pyarrow.fs as pafs
+    except ImportError as exc:
+        raise ValueError(
+            "a Ray storage URI needs pyarrow: pip install pyarrow (Ray Train's own need)"
+        ) from exc
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        raise ValueError(f"cannot open the storage {uri!r}: {exc}") from exc
+    return fs, path.rstrip("/")
+
 
 _REMOTE: dict[str, Any] = {}
 
 
 def _actor_class() -> Any:
     if "cls" not in _REMOTE:
-        _REMOTE["cls"] = _ray().remote(RunSink)
+        # Checkpoint and media pieces get threads of their own: metric rows never queue behind them.
+        _REMOTE["cls"] = _ray().remote(concurrency_groups={FILES_GROUP: FILES_CONCURRENCY})(RunSink)
     return _REMOTE["cls"]
 
 
@@ -426,6 +605,160 @@ def stop_sink(runs_dir: str | Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ trainer
+@dataclasses.dataclass
+class Upload:
+    """Files of one run on their way home: a snapshot folder `src` (hard links: the trainer's next save
+    never changes it) with the files' sizes; `replace` makes them the run's `folder` (a checkpoint), `sync`
+    writes them under it and deletes `removed` (media). `row`: the run fields sent once they are home."""
+
+    run_id: str
+    folder: str
+    mode: str
+    src: Path
+    sizes: dict[str, int]
+    removed: list[str] = dataclasses.field(default_factory=list)
+    row: dict[str, Any] | None = None
+    token: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
+
+
+def snapshot(files: Mapping[str, Path], dest: Path, link: bool = True) -> dict[str, int]:
+    """Hard-link (or copy) `files` (relative path -> file) into `dest`; returns relative path -> size."""
+    sizes: dict[str, int] = {}
+    for rel, source in files.items():
+        target = dest.joinpath(*_safe_rel(rel, "file name").parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if not link:
+                raise OSError("copy")
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+        sizes[rel] = target.stat().st_size
+    return sizes
+
+
+class FileSender:
+    """Sends a trainer's checkpoints and media home, one upload after the other, on a thread of its own:
+    in pieces of CHUNK_BYTES through the sink's "files" concurrency group, or, with a `storage` URI, into
+    that storage (pyarrow.fs), from which the sink copies them. The metric rows go on meanwhile; an upload
+    whose successor (same run and folder) is queued before it started is dropped (only the newest counts).
+    The owner's `upload_done(upload)` follows each commit (it sends the row), `upload_failed` a failure."""
+
+    def __init__(self, owner: SinkStore, outbox: Path, storage: str | None) -> None:
+        self.owner = owner
+        self.outbox = outbox
+        self.storage = storage
+        self.stored: dict[tuple[str, str], str] = {}  # (run, folder) -> its newest copy's key in storage
+        self.sent = 0
+        self._cond = threading.Condition()
+        self._queue: deque[Upload] = deque()
+        self._busy = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="ray-sink-files", daemon=True)
+        self._thread.start()
+
+    def submit(self, upload: Upload) -> None:
+        with self._cond:
+            same = (upload.run_id, upload.folder, "replace")
+            superseded = [u for u in self._queue if (u.run_id, u.folder, u.mode) == same]
+            for old in superseded if upload.mode == "replace" else []:
+                self._queue.remove(old)  # superseded before it left
+                shutil.rmtree(old.src, ignore_errors=True)
+            self._queue.append(upload)
+            self._cond.notify_all()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Until every upload queued so far is home (or failed); False on timeout."""
+        deadline = _time.monotonic() + timeout_s
+        with self._cond:
+            while (self._queue or self._busy) and self._thread.is_alive():
+                left = deadline - _time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait(0.5)
+                if not self._queue:
+                    return
+                upload = self._queue.popleft()
+                self._busy = True
+            try:
+                self._send(upload)
+                self.sent += 1
+                self.owner.upload_done(upload)
+            except Exception as exc:  # noqa: BLE001 - reported; the run goes on without this copy at home
+                self.owner.upload_failed(upload, f"{type(exc).__name__}: {exc}")
+            finally:
+                shutil.rmtree(upload.src, ignore_errors=True)
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _send(self, upload: Upload) -> None:
+        ray = _ray()
+        for attempt in range(3):
+            sink = self.owner.sink
+            try:
+                if self.storage:
+                    return self._via_storage(ray, sink, upload)
+                return self._in_pieces(ray, sink, upload)
+            except ray.exceptions.RayActorError:
+                if attempt == 2 or not self.owner._reconnect(ray):
+                    raise
+        return None
+
+    def _group(self, method: Any) -> Any:
+        return method.options(concurrency_group=FILES_GROUP) if hasattr(method, "options") else method
+
+    def _in_pieces(self, ray: Any, sink: Any, upload: Upload) -> None:
+        attempt = self.owner.attempt
+        head = (upload.run_id, upload.folder, upload.token, upload.mode)
+        pending: deque[Any] = deque()
+        for rel in sorted(upload.sizes):
+            with open(upload.src.joinpath(*PurePosixPath(rel).parts), "rb") as handle:
+                for offset in range(0, max(upload.sizes[rel], 1), CHUNK_BYTES):  # an empty file: one piece
+                    data = handle.read(CHUNK_BYTES)
+                    pending.append(self._group(sink.put_chunk).remote(*head, rel, offset, data, attempt))
+                    while len(pending) >= CHUNKS_IN_FLIGHT:
+                        ray.get(pending.popleft(), timeout=FLUSH_TIMEOUT_S)
+        while pending:
+            ray.get(pending.popleft(), timeout=FLUSH_TIMEOUT_S)
+        commit = self._group(sink.commit_upload).remote(*head, upload.sizes, upload.removed, attempt)
+        ray.get(commit, timeout=FLUSH_TIMEOUT_S)
+
+    def _via_storage(self, ray: Any, sink: Any, upload: Upload) -> None:
+        import pyarrow.fs as pafs
+
+        fs, base = open_storage(self.storage)
+        key = f"{self.owner.sink_name or 'sink'}/{upload.run_id}/{upload.folder or 'files'}/{upload.token}"
+        if upload.sizes:
+            fs.create_dir(f"{base}/{key}", recursive=True)
+            pafs.copy_files(str(upload.src), f"{base}/{key}", destination_filesystem=fs)
+        head = (upload.run_id, upload.folder, upload.token, upload.mode, self.storage, key)
+        call = self._group(sink.fetch_upload).remote(*head, upload.sizes, upload.removed, self.owner.attempt)
+        ray.get(call, timeout=FLUSH_TIMEOUT_S)
+        # The storage keeps the newest checkpoint of each kind (a node-independent copy); media once home.
+        if upload.mode == "replace":
+            previous = self.stored.get((upload.run_id, upload.folder))
+            self.stored[(upload.run_id, upload.folder)] = key
+        else:
+            previous = key if upload.sizes else None
+        if previous:
+            with contextlib.suppress(OSError):
+                fs.delete_dir(f"{base}/{previous}")
+
+
 class SinkStore(RunStore):
     """A node-local RunStore that forwards every write to a RunSink, in order, without waiting for it.
 
@@ -447,8 +780,12 @@ class SinkStore(RunStore):
         max_in_flight: int = 4,
         max_batch: int = 500,
         flush_timeout_s: float = FLUSH_TIMEOUT_S,
+        storage: str | None = None,
+        attempt: str | None = None,
     ) -> None:
         super().__init__(runs_dir)
+        self.attempt = os.environ.get(ATTEMPT_ENV, "") if attempt is None else attempt
+        self.fenced = False
         self.sink = sink
         self.sink_name = sink_name
         self.host = host
@@ -471,6 +808,9 @@ class SinkStore(RunStore):
         self._file_state: dict[str, dict[str, tuple[int, int]]] = {}
         self._thread = threading.Thread(target=self._sender, name="ray-sink-sender", daemon=True)
         self._thread.start()
+        outbox = Path(self.runs_dir) / ".ae-outbox"  # snapshots of files on their way home
+        shutil.rmtree(outbox, ignore_errors=True)
+        self.files = FileSender(self, outbox, storage or os.environ.get(STORAGE_ENV) or None)
 
     # -- forwarding
     def create_run(
@@ -493,14 +833,22 @@ class SinkStore(RunStore):
         kinds = [(k, v) for k, v in sent.items() if k in CHECKPOINT_FIELDS and v]
         if kinds:
             self.push_run_files(run_id)  # media of the validation that made this checkpoint
-            for key, value in kinds:  # the folder before the row that points at it
-                self._push_checkpoint(run_id, CHECKPOINT_FIELDS[key], Path(value))
+            for (
+                key,
+                value,
+            ) in kinds:  # the folder goes home first, then (FileSender) the row that points at it
+                self._push_checkpoint(run_id, CHECKPOINT_FIELDS[key], Path(value), {key: value})
+            sent = {k: v for k, v in sent.items() if k not in dict(kinds)}
+            if not sent:
+                return
         self._send("update_run", (run_id,), sent)
 
     def set_status(
         self, run_id: str, status: str, reason: str = "", from_statuses: Iterable[str] | None = None
     ) -> bool:
         allowed = None if from_statuses is None else list(from_statuses)
+        if status in TERMINAL:  # the end status after the checkpoints: the studio never sees one without them
+            self.files.wait(self.flush_timeout_s)
         changed = super().set_status(run_id, status, reason, from_statuses=allowed)
         if changed:
             self._send("set_status", (run_id, status, reason), {"from_statuses": allowed})
@@ -520,13 +868,42 @@ class SinkStore(RunStore):
         plain = {str(k): float(v) for k, v in values.items()}  # tensors and numpy scalars as floats
         self._send("log_metrics", (run_id, step, epoch, split, plain), {"time": stamp})
 
-    def _push_checkpoint(self, run_id: str, kind: str, path: Path) -> None:
-        local = path if path.is_absolute() else Path.cwd() / path
-        files = read_folder(local)  # read now: the next save of this kind replaces the folder
+    def supersede_after(self, run_id: str, step: int) -> int:
+        # In order with the rows: the killed attempt's rows reached the studio before this resume's.
+        dropped = super().supersede_after(run_id, step)
+        self._send("supersede_after", (run_id, int(step)), {})
+        return dropped
+
+    def _push_checkpoint(self, run_id: str, kind: str, path: Path, row: dict[str, Any]) -> None:
+        local = (path if path.is_absolute() else Path.cwd() / path).resolve()
+        files = {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*")) if p.is_file()}
+        files = {rel: p for rel, p in files.items() if ".tmp-" not in rel}
         if not files:
             log.warning("run %s: checkpoint %s has no files; not sent to the studio", run_id, path)
             return
-        self._send("put_files", (run_id, f"checkpoints/{kind}", files), {})
+        src = self.files.outbox / secrets.token_hex(8)
+        sizes = snapshot(files, src)  # links, taken now: the next save of this kind replaces the folder
+        self.files.submit(Upload(run_id, f"checkpoints/{kind}", "replace", src, sizes, row=row))
+
+    def upload_done(self, upload: Upload) -> None:
+        """FileSender: an upload is home; the row that points at it follows in the ordered queue."""
+        if upload.row:
+            self._send("update_run", (upload.run_id,), upload.row)
+
+    def upload_failed(self, upload: Upload, message: str) -> None:
+        self._note_error(f"run {upload.run_id}: {upload.folder or 'files'} not sent home: {message}")
+        if FENCED in message:
+            self._on_fenced(message)
+
+    def _on_fenced(self, message: str) -> None:
+        """The studio gave up on this attempt (its Ray job failed while this trainer ran on): stop training
+        (SIGTERM, as a cancel) instead of going on unseen."""
+        if self.fenced:
+            return
+        self.fenced = True
+        log.error("result sink: %s; stopping this trainer", message)
+        with contextlib.suppress(OSError):
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def push_run_files(self, run_id: str, send: bool = True) -> int:
         """Send the run folder's files (except checkpoints) that changed since the last push, and the
@@ -551,6 +928,14 @@ class SinkStore(RunStore):
             key=lambda rel: (rel.endswith("index.json"), rel),  # an index after the files it lists
         )
         removed = sorted(rel for rel in known if rel not in now)
+        big = sum(now[rel][0] for rel in changed) > CHUNK_BYTES
+        if send and (changed or removed) and (big or self.files.storage):
+            src = self.files.outbox / secrets.token_hex(8)
+            with contextlib.suppress(OSError):  # copies: these files may be rewritten in place
+                sizes = snapshot({rel: folder / rel for rel in changed}, src, link=False)
+                self.files.submit(Upload(run_id, "", "sync", src, sizes, removed=removed))
+                self._file_state[run_id] = now
+            return len(changed)
         files: dict[str, bytes] = {}
         for rel in changed:
             with contextlib.suppress(OSError):
@@ -606,7 +991,9 @@ class SinkStore(RunStore):
                 self._prune(ray, 0.05 if block else 0)
 
     def _submit(self, ray: Any, batch: list) -> None:
-        ref = self.sink.apply.remote([op for _, _, op in batch])
+        ops = [op for _, _, op in batch]
+        # The attempt only when there is one: a trainer outside a studio's Ray job has none.
+        ref = self.sink.apply.remote(ops, self.attempt) if self.attempt else self.sink.apply.remote(ops)
         self._pending.append((ref, batch))
         self.sent_batches += 1
 
@@ -626,6 +1013,8 @@ class SinkStore(RunStore):
             try:
                 for message in ray.get(ref):
                     self._note_error(message)
+                    if message.startswith(FENCED):
+                        self._on_fenced(message)
             except ray.exceptions.RayActorError as exc:
                 log.warning("result sink unreachable (%s); reconnecting", type(exc).__name__)
                 failed_actor = True
@@ -681,6 +1070,8 @@ class SinkStore(RunStore):
         """Wait until every write made so far is acknowledged by the sink (or reported lost); False on
         timeout."""
         deadline = _time.monotonic() + (self.flush_timeout_s if timeout_s is None else timeout_s)
+        if not self.files.wait(deadline - _time.monotonic()):  # their rows join the queue when they land
+            return False
         with self._cond:
             target = self._seq
             while self._acked < target:
@@ -713,6 +1104,7 @@ class SinkStore(RunStore):
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout=5)
+        self.files.close()
         if not done:
             log.error(
                 "result sink %s: %d writes not acknowledged after %.0f s; the studio may miss the run's end",
@@ -743,17 +1135,37 @@ class SinkStore(RunStore):
         if checkpoints:
             folder = self.run_dir(run_id)
             for kind in KINDS:
-                files = _call(self.sink.get_files, run_id, f"checkpoints/{kind}")
+                files = _fetch_folder_from(self.sink, run_id, f"checkpoints/{kind}")
                 if files:
                     replace_folder(folder, f"checkpoints/{kind}", files)
                     fields[f"{kind}_checkpoint"] = str(folder / "checkpoints" / kind)
-            media = _call(self.sink.get_files, run_id, "media")
+            media = _fetch_folder_from(self.sink, run_id, "media")
             if media:
                 write_files(folder, "media", media)
             self._file_state.pop(run_id, None)
             self.push_run_files(run_id, send=False)
         RunStore.update_run(self, run_id, **fields)
         return True
+
+
+def _fetch_folder_from(sink: Any, run_id: str, folder: str) -> dict[str, bytes]:
+    """Every file of the studio's run `folder`, read in pieces through the sink's "files" group (a 290 MB
+    checkpoint in one call would hold every trainer's rows back for its whole transfer)."""
+    group = FILES_GROUP
+
+    def call(method: Any, *args: Any) -> Any:
+        return _call(method.options(concurrency_group=group) if hasattr(method, "options") else method, *args)
+
+    out: dict[str, bytes] = {}
+    for rel, size in call(sink.list_files, run_id, folder).items():
+        parts = [
+            call(sink.read_chunk, run_id, folder, rel, off, CHUNK_BYTES)
+            for off in range(0, size, CHUNK_BYTES)
+        ]
+        out[rel] = b"".join(parts)
+        if len(out[rel]) != size:
+            raise ValueError(f"run {run_id}: {folder}/{rel} changed while it was read; try the resume again")
+    return out
 
 
 def _op_bytes(args: tuple, kwargs: dict) -> int:
