@@ -70,6 +70,11 @@ def train_reference(variant: str, runs_dir: Path, seed: int = 0) -> dict:
         "preset": "reference",
         "seed": seed,
         "data": cfg.data,
+        "recipe": {
+            k: v
+            for k, v in cfg.to_dict().items()
+            if k in ("epochs", "batch_size", "lr", "patience", "kl_weight", "kl_warmup", "free_bits", "model")
+        },
         "epochs": result.epoch,
         "steps": result.step,
         "train_minutes": round(minutes, 2),
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("variants", nargs="*", default=list(VARIANTS), help="default: all eight")
+    parser.add_argument("variants", nargs="*", default=list(VARIANTS), help="default: every variant")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]

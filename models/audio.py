@@ -24,7 +24,16 @@ from .base import (
     padded_size,
 )
 
-__all__ = ["ConvDecoder", "ConvEncoder", "ConvVAE", "MelConvVAE", "compute_kl_divergence", "vae_loss"]
+__all__ = [
+    "ConvDecoder",
+    "ConvEncoder",
+    "ConvVAE",
+    "MelConvVAE",
+    "active_units",
+    "compute_kl_divergence",
+    "kl_per_dimension",
+    "vae_loss",
+]
 
 LOGVAR_CLAMP = 20.0  # keeps exp(logvar) finite in float32 when the encoder misbehaves early in training
 
@@ -253,30 +262,64 @@ class MelConvVAE(_SpectrogramVAE, tags=["audio-vae-mel", "log-mel"]):
         self._build(latent_dim, n_mels, n_frames, widths, dropout)
 
 
-def _kl_per_example(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def _kl_elements(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) of every latent dimension of every example, (B, latent_dim)."""
     if mu.shape != logvar.shape or mu.dim() != 2:
         raise ValueError(
             f"expected mu and logvar of the same shape (B, latent_dim), "
             f"got {tuple(mu.shape)} and {tuple(logvar.shape)}"
         )
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def _kl_per_example(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return _kl_elements(mu, logvar).sum(dim=1)
+
+
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL of each latent dimension averaged over the batch, (latent_dim,): how many nats each one carries."""
+    return _kl_elements(mu, logvar).mean(dim=0)
+
+
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
+    """Latent dimensions in use (Burda et al. 2016): the variance over inputs of the posterior mean
+    Cov_x(E_q[z_d | x]) above ``threshold``. ``mu`` is (N, latent_dim) over N inputs; a collapsed
+    posterior (the same q(z|x) for every input) has none."""
+    if mu.dim() != 2 or mu.shape[0] < 2:
+        raise ValueError(f"expected posterior means (N, latent_dim) of N >= 2 inputs, got {tuple(mu.shape)}")
+    return int((mu.double().var(dim=0) > threshold).sum())
 
 
 def vae_loss(
-    recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, kl_weight: float = 1.0
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    kl_weight: float = 1.0,
+    free_bits: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``(total, recon_loss, kl_loss)``.
 
     recon: MSE averaged over all elements (any channel count); kl: KL(q(z|x) || N(0, I)) summed over the
     latent dimensions and averaged over the batch; total = recon + kl_weight * kl.
+
+    ``free_bits`` > 0 (nats per latent dimension, Kingma et al. 2016): the KL in ``total`` is
+    sum_d max(free_bits, KL_d) with KL_d the batch mean of dimension d, so a dimension carrying less than
+    ``free_bits`` nats is not pushed towards the prior at all. That keeps the latent in use where the KL
+    term would otherwise win and make q(z|x) the prior for every input (posterior collapse: the decoder
+    then outputs one average spectrogram). ``kl_loss`` is always the plain KL, for logging.
     """
     if recon.shape != target.shape:
         raise ValueError(
             f"expected recon and target of the same shape, got {tuple(recon.shape)} and {tuple(target.shape)}"
         )
+    if free_bits < 0:
+        raise ValueError(f"free_bits must be >= 0 nats per latent dimension, got {free_bits}")
     recon_loss = F.mse_loss(recon, target, reduction="mean")
-    kl_loss = _kl_per_example(mu, logvar).mean()
-    return recon_loss + kl_weight * kl_loss, recon_loss, kl_loss
+    per_dim = kl_per_dimension(mu, logvar)
+    kl_loss = per_dim.sum()
+    kl_term = per_dim.clamp(min=free_bits).sum() if free_bits > 0 else kl_loss
+    return recon_loss + kl_weight * kl_term, recon_loss, kl_loss
 
 
 def compute_kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> float:

@@ -112,6 +112,9 @@ class AutoencoderHubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, licen
 
     VARIANT: ClassVar[str] = ""
     DOMAIN: ClassVar[str] = ""
+    #: Options a config.json written before they existed lacks, with the value such a checkpoint was trained
+    #: with (its weights would otherwise load silently into a model that computes something else).
+    LEGACY_OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def _init_common(self, variant: str | None, preprocessing: dict | None) -> None:
         """`variant` None means the class's own; the config the mixin captured then names it too."""
@@ -171,6 +174,7 @@ class AutoencoderHubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, licen
     ) -> "AutoencoderHubMixin":
         # Unlike the stock mixin: never falls back to pickle weights, loads strictly (a checkpoint whose
         # weights do not fit its config is an error, not a half-initialised model) and prints nothing.
+        model_kwargs = {**cls.LEGACY_OPTIONS, **model_kwargs}
         model = cls(**model_kwargs)
         if os.path.isdir(model_id):
             model_file = os.path.join(model_id, WEIGHTS_NAME)

@@ -9,6 +9,7 @@ __all__ = [
     "ChannelAttention",
     "PreActResidualBlock",
     "ResidualBlock",
+    "PreActBlockWithBranchCBAM",
     "ResidualBlockWithCBAM",
     "ResidualBlockWithDownsample",
     "ResidualBlockWithUpsample",
@@ -144,31 +145,114 @@ class SpatialAttention(nn.Module):
         return torch.sigmoid(self.conv(pooled))
 
 
+#: CBAM gate kinds: "sigmoid" multiplies by sigma(.) in (0, 1) as in the paper; "residual" by
+#: 1 + tanh(k) (sigma(.) - 0.5), a factor in (0.5, 1.5) with a learned strength k started near 0, so the
+#: module starts near the identity and no gate can shut or blow up the signal; "unit-mean" by sigma(.)
+#: divided by its mean (over the channels, over the pixels), tried and found to drift (see CBAM).
+GATES = ("sigmoid", "unit-mean", "residual")
+# Scale of the gates' last-layer weights with gate="unit-mean": each gate starts within about 1 % of 1,
+# while every parameter still gets a gradient from the first step (an exactly-zero layer would leave the
+# layer before it without one).
+UNIT_MEAN_GATE_INIT_STD = 1e-3
+#: Initial strength of each gate with gate="residual" (the factor starts within 5 % of 1).
+RESIDUAL_GATE_INIT = 0.1
+
+
 class CBAM(nn.Module):
     """Convolutional Block Attention Module (Woo et al. 2018): channel attention, then spatial attention.
 
-    out = x' * spatial(x') with x' = x * channel(x).
+    gate="sigmoid" (the paper): out = x' * s(x') with x' = x * c(x), c and s the sigmoid attention maps.
+    gate="residual": out = x' * (1 + tanh(k_s) (s(x') - 0.5)) with x' = x * (1 + tanh(k_c) (c(x) - 0.5)),
+    learned strengths k started at 0.1. That is the gate for a CBAM on a network's main path (Variant C as
+    designed, after each residual block), where every gate multiplies the whole signal and 32 of them
+    compound: with the paper's gates (near 0.5 at the start) the signal shrinks by ~0.5**32 and the network
+    outputs a near-constant image from the first step. Gates that may scale freely let the main path's
+    scale run away instead: with 2 sigmoid gates the latent's std went from 6 to 860 in 40 steps, with
+    unit-mean gates (each map divided by its mean, gate="unit-mean") to 10^4, and the output went flat both
+    times. Bounded factors near 1 keep the latent's scale as in Variant B (std 16-18 over the same steps).
+    gate="unit-mean": out = x' * s(x') / mean_hw s(x') with x' = x * c(x) / mean_c c(x).
     """
 
-    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+    def __init__(
+        self, channels: int, reduction: int = 16, kernel_size: int = 7, gate: str = "sigmoid"
+    ) -> None:
         super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+        self.gate = gate
         self.channel_attention = ChannelAttention(channels, reduction)
         self.spatial_attention = SpatialAttention(kernel_size)
+        if gate == "residual":
+            # Per-gate strengths: each map acts as 1 + tanh(strength) (map - 0.5), in (0.5, 1.5); started
+            # small (not 0) so the maps get a gradient from the first step.
+            self.strength = nn.Parameter(torch.full((2,), RESIDUAL_GATE_INIT))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The channel MLP's own init; with gate="unit-mean" the two last layers start near zero, with
+        gate="residual" the strengths start at RESIDUAL_GATE_INIT."""
+        self.channel_attention.reset_parameters()
+        if self.gate == "unit-mean":
+            nn.init.normal_(self.channel_attention.mlp[2].weight, 0.0, UNIT_MEAN_GATE_INIT_STD)
+            nn.init.normal_(self.spatial_attention.conv.weight, 0.0, UNIT_MEAN_GATE_INIT_STD)
+        if self.gate == "residual":
+            with torch.no_grad():
+                self.strength.fill_(RESIDUAL_GATE_INIT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * self.channel_attention(x)
-        return x * self.spatial_attention(x)
+        if self.gate == "residual":
+            k = torch.tanh(self.strength)
+            x = x * (1 + k[0] * (self.channel_attention(x) - 0.5))
+            return x * (1 + k[1] * (self.spatial_attention(x) - 0.5))
+        c = self.channel_attention(x)
+        if self.gate == "unit-mean":
+            c = c / c.mean(dim=1, keepdim=True)
+        x = x * c
+        s = self.spatial_attention(x)
+        if self.gate == "unit-mean":
+            s = s / s.mean(dim=(2, 3), keepdim=True)
+        return x * s
 
 
 class ResidualBlockWithCBAM(nn.Module):
-    """A :class:`PreActResidualBlock`, then a :class:`CBAM` (attention after the block, not inside it)."""
+    """A :class:`PreActResidualBlock`, then a :class:`CBAM` (attention after the block, on the main path:
+    Variant C as designed). ``gate`` defaults to "residual" for the reason :class:`CBAM` gives."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int = 1, reduction: int = 16, kernel_size: int = 7
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        reduction: int = 16,
+        kernel_size: int = 7,
+        gate: str = "residual",
     ) -> None:
         super().__init__()
         self.block = PreActResidualBlock(in_channels, out_channels, stride)
-        self.cbam = CBAM(out_channels, reduction, kernel_size)
+        self.cbam = CBAM(out_channels, reduction, kernel_size, gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cbam(self.block(x))
+
+
+class PreActBlockWithBranchCBAM(PreActResidualBlock):
+    """A :class:`PreActResidualBlock` with a CBAM on its residual branch, before the addition (the CBAM
+    paper's placement, Woo et al. 2018, Fig. 3): out = CBAM(F(x)) + shortcut(x). The identity path stays
+    clean, so the paper's sigmoid gates only scale what each block adds."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        reduction: int = 16,
+        kernel_size: int = 7,
+        gate: str = "sigmoid",
+    ) -> None:
+        super().__init__(in_channels, out_channels, stride)
+        self.cbam = CBAM(out_channels, reduction, kernel_size, gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return self.cbam(out) + self.shortcut(x)

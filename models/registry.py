@@ -19,7 +19,13 @@ from torch import nn
 from .audio import ConvVAE, MelConvVAE
 from .base import CONFIG_NAME, DOMAINS, WEIGHTS_NAME
 from .fragments import ByteFragmentAutoencoder, FragmentAutoencoder
-from .sar import AttentionAutoencoder, BaselineAutoencoder, ResidualAutoencoder, ResNetAutoencoder
+from .sar import (
+    AttentionAutoencoder,
+    BaselineAutoencoder,
+    BranchAttentionAutoencoder,
+    ResidualAutoencoder,
+    ResNetAutoencoder,
+)
 
 __all__ = [
     "MAX_PARAMETERS",
@@ -73,7 +79,14 @@ VARIANTS: dict[str, VariantInfo] = {
             ResNetAutoencoder, "Post-activation residual autoencoder, ReLU after each addition (ResNet-Lite)"
         ),
         _info(ResidualAutoencoder, "Variant B: pre-activation residual autoencoder, 2 blocks per stage"),
-        _info(AttentionAutoencoder, "Variant C: Variant B with a CBAM after every residual block"),
+        _info(
+            AttentionAutoencoder,
+            "Variant C: Variant B with a CBAM after every residual block (main path, bounded gates)",
+        ),
+        _info(
+            BranchAttentionAutoencoder,
+            "Variant C, CBAM paper placement: a CBAM on every residual branch, before the addition",
+        ),
         _info(MelConvVAE, "1-channel log-mel ConvVAE, 4 conv layers, latent 64 (v1.0)"),
         _info(
             ConvVAE, "2-channel magnitude + instantaneous-frequency ConvVAE, 5 conv layers, latent 128 (v2.0)"

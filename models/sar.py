@@ -1,7 +1,8 @@
-"""SAR image autoencoders: plain-conv baseline, post-activation ResNet, Variant B (pre-activation residual)
-and Variant C (B + CBAM attention).
+"""SAR image autoencoders: plain-conv baseline, post-activation ResNet, Variant B (pre-activation residual),
+Variant C (B + a CBAM after every block, on the main path, as designed) and Variant C with the CBAM paper's
+placement (on each block's residual branch, before the addition).
 
-All four map (B, C, H, W) in [0, 1] with H, W multiples of 16 to a latent (B, latent_channels, H/16, W/16)
+All five map (B, C, H, W) in [0, 1] with H, W multiples of 16 to a latent (B, latent_channels, H/16, W/16)
 and back through a Sigmoid. They are fully convolutional; ``image_size`` is the training size, used only
 for :meth:`get_latent_size` and :meth:`get_compression_ratio`. Every width derives from ``base_channels``
 so that small smoke-test models (e.g. ``base_channels=8, image_size=64``) keep the same topology.
@@ -19,7 +20,9 @@ from .base import (
     init_weights,
 )
 from .blocks import (
-    ChannelAttention,
+    CBAM,
+    GATES,
+    PreActBlockWithBranchCBAM,
     PreActResidualBlock,
     ResidualBlock,
     ResidualBlockWithCBAM,
@@ -31,6 +34,7 @@ __all__ = [
     "AttentionAutoencoder",
     "AttentionDecoder",
     "AttentionEncoder",
+    "BranchAttentionAutoencoder",
     "BaselineAutoencoder",
     "BaselineDecoder",
     "BaselineEncoder",
@@ -156,10 +160,25 @@ class ResNetDecoder(nn.Module):
 # ------------------------------------------------------------------------------------ Variants B and C
 
 
-def _preact_block(c_in: int, c_out: int, stride: int, reduction: int | None, kernel_size: int) -> nn.Module:
+#: Where Variant C puts its CBAMs: "after" each residual block on the main path (the design), or on each
+#: block's residual "branch" before the addition (Woo et al. 2018).
+PLACEMENTS = ("after", "branch")
+
+
+def _preact_block(
+    c_in: int,
+    c_out: int,
+    stride: int,
+    reduction: int | None,
+    kernel_size: int,
+    gate: str = "residual",
+    placement: str = "after",
+) -> nn.Module:
     if reduction is None:
         return PreActResidualBlock(c_in, c_out, stride)
-    return ResidualBlockWithCBAM(c_in, c_out, stride, reduction, kernel_size)
+    if placement == "branch":
+        return PreActBlockWithBranchCBAM(c_in, c_out, stride, reduction, kernel_size, gate)
+    return ResidualBlockWithCBAM(c_in, c_out, stride, reduction, kernel_size, gate)
 
 
 class PreActResidualEncoder(nn.Module):
@@ -176,17 +195,20 @@ class PreActResidualEncoder(nn.Module):
         latent_channels: int = 16,
         reduction: int | None = None,
         kernel_size: int = 7,
+        gate: str = "residual",
+        placement: str = "after",
     ) -> None:
         super().__init__()
         b = base_channels
+        opts = (reduction, kernel_size, gate, placement)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, b, 7, 1, 3, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)
         )
         widths = [b, 2 * b, 4 * b, 8 * b, latent_channels]
         self.stages = nn.ModuleList(
             nn.Sequential(
-                _preact_block(c_in, c_out, 2, reduction, kernel_size),
-                _preact_block(c_out, c_out, 1, reduction, kernel_size),
+                _preact_block(c_in, c_out, 2, *opts),
+                _preact_block(c_out, c_out, 1, *opts),
             )
             for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
         )
@@ -214,16 +236,19 @@ class PreActResidualDecoder(nn.Module):
         latent_channels: int = 16,
         reduction: int | None = None,
         kernel_size: int = 7,
+        gate: str = "residual",
+        placement: str = "after",
     ) -> None:
         super().__init__()
         b = base_channels
+        opts = (reduction, kernel_size, gate, placement)
         widths = [latent_channels, 8 * b, 4 * b, 2 * b, b]
         self.stages = nn.ModuleList(
             nn.Sequential(
                 _upsample(),
                 nn.Conv2d(c_in, c_out, 1),
-                _preact_block(c_out, c_out, 1, reduction, kernel_size),
-                _preact_block(c_out, c_out, 1, reduction, kernel_size),
+                _preact_block(c_out, c_out, 1, *opts),
+                _preact_block(c_out, c_out, 1, *opts),
             )
             for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
         )
@@ -247,8 +272,10 @@ class AttentionEncoder(PreActResidualEncoder):
         latent_channels: int = 16,
         reduction: int = 16,
         kernel_size: int = 7,
+        gate: str = "residual",
+        placement: str = "after",
     ) -> None:
-        super().__init__(in_channels, base_channels, latent_channels, reduction, kernel_size)
+        super().__init__(in_channels, base_channels, latent_channels, reduction, kernel_size, gate, placement)
 
 
 class AttentionDecoder(PreActResidualDecoder):
@@ -261,8 +288,12 @@ class AttentionDecoder(PreActResidualDecoder):
         latent_channels: int = 16,
         reduction: int = 16,
         kernel_size: int = 7,
+        gate: str = "residual",
+        placement: str = "after",
     ) -> None:
-        super().__init__(out_channels, base_channels, latent_channels, reduction, kernel_size)
+        super().__init__(
+            out_channels, base_channels, latent_channels, reduction, kernel_size, gate, placement
+        )
 
 
 # --------------------------------------------------------------------------------------------- wrappers
@@ -306,7 +337,7 @@ class SarAutoencoder(nn.Module, AutoencoderHubMixin, tags=["sar", "image", "auto
     def _finish_init(self) -> None:
         init_weights(self)
         for m in self.modules():
-            if isinstance(m, ChannelAttention):  # keeps its own (non-negative squeeze) init
+            if isinstance(m, CBAM):  # keeps its own init (non-negative squeeze; gate strengths)
                 m.reset_parameters()
         # The output conv feeds a Sigmoid, not a ReLU: a variance-preserving (fan-in, linear) init keeps the
         # Sigmoid out of saturation at the start, where Kaiming's ReLU gain would push it to 0/1.
@@ -410,10 +441,19 @@ class ResidualAutoencoder(_WidthOnlySarAutoencoder, tags=["sar-residual"]):
 
 
 class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
-    """Variant C: Variant B with a CBAM after every residual block (16 CBAM modules)."""
+    """Variant C: Variant B with a CBAM after every residual block, on the main path (16 CBAM modules).
+
+    ``gate="residual"`` (the default) starts every CBAM near the identity and bounds each gate's factor to
+    (0.5, 1.5), so the main path keeps its scale (see :class:`models.blocks.CBAM`);
+    ``gate="sigmoid"`` is the paper's plain gate, with which this placement collapses to a near-constant
+    output. Checkpoints saved before the option existed used the plain gate, and load with it.
+    """
 
     VARIANT = "sar-attention"
     ENCODER, DECODER = AttentionEncoder, AttentionDecoder
+    PLACEMENT = "after"
+    # config.json options that older checkpoints lack, with the value those checkpoints were trained with.
+    LEGACY_OPTIONS: ClassVar[dict[str, object]] = {"gate": "sigmoid"}
 
     def __init__(
         self,
@@ -423,12 +463,16 @@ class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
         image_size: int = 256,
         reduction: int = 16,
         kernel_size: int = 7,
+        gate: str = "residual",
         variant: str | None = None,
         preprocessing: dict | None = None,
     ) -> None:
         super().__init__()
         self.reduction = check_positive_int("reduction", reduction)
         self.kernel_size = _odd_kernel(kernel_size, "so the spatial attention map keeps the feature size")
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+        self.gate = gate
         self._build(
             variant,
             preprocessing,
@@ -438,4 +482,40 @@ class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
             image_size,
             reduction,
             kernel_size,
+            gate,
+            self.PLACEMENT,
+        )
+
+
+class BranchAttentionAutoencoder(AttentionAutoencoder, tags=["sar-attention-branch", "cbam"]):
+    """Variant C with the CBAM paper's placement: a CBAM on every residual block's branch, before the
+    addition (Woo et al. 2018), 16 CBAMs, the same parameters as ``sar-attention``. The identity path stays
+    clean, so the paper's sigmoid gates (the default here) need no special initialisation."""
+
+    VARIANT = "sar-attention-branch"
+    PLACEMENT = "branch"
+    LEGACY_OPTIONS: ClassVar[dict[str, object]] = {}
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        latent_channels: int = 16,
+        image_size: int = 256,
+        reduction: int = 16,
+        kernel_size: int = 7,
+        gate: str = "sigmoid",
+        variant: str | None = None,
+        preprocessing: dict | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            base_channels,
+            latent_channels,
+            image_size,
+            reduction,
+            kernel_size,
+            gate,
+            variant,
+            preprocessing,
         )

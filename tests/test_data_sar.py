@@ -298,10 +298,13 @@ def test_synthetic_preprocessing():
         "knot_pcts": [0.25, 1.0, 99.0, 99.75],
         "knot_x": [0.0, 0.04, 0.96, 1.0],
         "looks": 2.0,
+        "scene": "mixed",
     }
     old = SyntheticSARDataset(n_images=2, image_size=32, looks=2, pcts=(0.5, 99.5))
     assert old.preprocessing()["kind"] == "sar-db-per-image" and old[0][2].shape == (2,)
     assert SyntheticSARDataset(2, 32).preprocessing()["looks"] == "1-4"
+    single = SyntheticSARDataset(2, 32, scene="single-look").preprocessing()
+    assert single["looks"] == 1.0 and single["scene"] == "single-look"
 
 
 # ---------------------------------------------------------------------------------------------- patches
@@ -526,6 +529,94 @@ def test_example_sar_assets(tmp_path, asset_maker):
     for i in range(len(ds)):
         x = ds[i][0]
         assert float(((x == 0) | (x == 1)).float().mean()) < 0.03 and float(x.std()) > 0.08
+
+
+# ------------------------------------------------------------------------------- single-look scenes, splits
+def test_single_look_scenes_have_exponential_speckle_texture_and_bright_targets() -> None:
+    """Speckle of ENL 1 (intensity / reflectivity ~ Exp(1)), a Gamma texture on every scene (the intensity
+    over a flat region is K-distributed, its ENL below 1), point targets 25+ dB above the median."""
+    from trainers.data.sar import simulate_single_look_scene
+
+    ratios, spans, medians = [], [], []
+    for seed in range(6):
+        scene = simulate_single_look_scene(128, np.random.default_rng(seed))
+        assert scene.looks == 1.0 and scene.texture_shape is not None
+        assert 0.8 <= scene.texture_shape <= 12.0
+        ok = scene.valid
+        ratios.append(scene.intensity[ok] / scene.reflectivity[ok])
+        db = 10 * np.log10(scene.reflectivity[ok])
+        spans.append(db.max() - np.median(db))
+        medians.append(np.median(10 * np.log10(np.maximum(scene.intensity[ok], 1e-12))))
+    speckle = np.concatenate(ratios)
+    assert abs(speckle.mean() - 1) < 0.02 and abs(speckle.mean() ** 2 / speckle.var() - 1) < 0.05
+    assert stats.kstest(speckle[:20000], "expon").statistic < 0.02
+    assert min(spans) > 25.0
+    assert all(-30 < m < 0 for m in medians)  # sigma0 of land and sea, in dB
+    # K-distributed: a constant reflectivity under texture and speckle has ENL < 1.
+    rng = np.random.default_rng(0)
+    k = rng.gamma(2.0, 0.5, 200_000) * rng.exponential(1.0, 200_000)
+    assert k.mean() ** 2 / k.var() < 0.7
+
+
+def test_synthetic_sets_draw_natural_images_from_disjoint_pools(monkeypatch) -> None:
+    """Training and validation draw from the 'train' source images, the built-in test set from the held-out
+    ones, so its figures are on photographs no model saw."""
+    import trainers.data.sar as sar
+    from trainers.data.spec import parse_data_spec
+    from trainers.training.tasks import SARTask
+
+    assert set(sar.IMAGE_POOLS["train"]).isdisjoint(sar.IMAGE_POOLS["test"])
+    assert sorted(sar.IMAGE_POOLS["train"] + sar.IMAGE_POOLS["test"]) == list(range(len(sar.NATURAL_IMAGES)))
+    seen: dict[str, set[int]] = {"train": set(), "test": set()}
+    real = sar.natural_images
+
+    def recording() -> tuple[np.ndarray, ...]:
+        images = real()
+
+        class Spy(tuple):
+            def __getitem__(self, i):
+                seen[current].add(int(i))
+                return tuple.__getitem__(self, i)
+
+        return Spy(images)
+
+    monkeypatch.setattr(sar, "natural_images", recording)
+    task = SARTask("sar-baseline")
+    spec = parse_data_spec("sar:synthetic,n=24,size=32,val=8,scene=single-look")
+    current = "train"
+    bundle = task.build_data(spec, {"image_size": 32}, 0)
+    for i in range(len(bundle.val)):
+        bundle.val[i]
+    current = "test"
+    test = task.dataset_for_eval(spec, {}, {"image_size": 32})
+    for i in range(len(test)):
+        test[i]
+    assert bundle.train.pool == "train" and test.pool == "test"
+    assert seen["train"] and seen["test"]
+    assert seen["train"] <= set(sar.IMAGE_POOLS["train"]) and seen["test"] <= set(sar.IMAGE_POOLS["test"])
+    with pytest.raises(ValueError, match="contradicts scene=single-look"):
+        SyntheticSARDataset(4, image_size=32, looks=4, scene="single-look")
+
+
+def test_folder_training_splits_by_image_and_a_single_image_cannot_be_split(tmp_path: Path) -> None:
+    from trainers.data.spec import parse_data_spec
+    from trainers.training.tasks import SARTask
+
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        np.save(tmp_path / f"scene{k}.npy", rng.gamma(1.0, 0.05 * (k + 1), (64, 96)).astype(np.float32))
+    task = SARTask("sar-baseline")
+    bundle = task.build_data(parse_data_spec(f"sar:folder={tmp_path},size=32,val=0.25"), {}, 0)
+    ds = bundle.train.dataset
+    train_images = {ds.patch_image(i) for i in bundle.train.indices}
+    val_images = {ds.patch_image(i) for i in bundle.val.indices}
+    assert train_images and val_images and train_images.isdisjoint(val_images)
+    assert len(bundle.train) + len(bundle.val) == len(ds) == 4 * 6
+    one = tmp_path / "one"
+    one.mkdir()
+    np.save(one / "only.npy", rng.gamma(1.0, 0.05, (64, 96)).astype(np.float32))
+    with pytest.raises(ValueError, match="holds one usable image, so it cannot be split"):
+        task.build_data(parse_data_spec(f"sar:folder={one},size=32"), {}, 0)
 
 
 def test_a_12000_pixel_square_png_reads_without_pillows_bomb_warning_and_a_real_bomb_is_refused(tmp_path):

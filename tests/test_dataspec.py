@@ -88,6 +88,7 @@ def _all_keys_spec(domain: str, source: str) -> DataSpec:
         "n": 12,
         "size": 128,
         "looks": 4.4,
+        "scene": "single-look",
         "kind": "intensity",
         "band": 1,
         "max_files": 9,
@@ -194,9 +195,12 @@ def test_table_is_consistent() -> None:
         ('sar:folder=""', r"invalid value '' for data key 'folder'.*expected a folder path"),
         (
             "sar:synthetic,folder=/x",
-            r"unknown key 'folder' for data sar:synthetic.*allowed keys: size, looks",
+            r"unknown key 'folder' for data sar:synthetic.*allowed keys: size, scene, looks",
         ),
-        ("sar:kind=auto", r"'kind' belongs to source folder\); allowed keys: size, looks, n, seed, val"),
+        (
+            "sar:kind=auto",
+            r"'kind' belongs to source folder\); allowed keys: size, scene, looks, n, seed, val",
+        ),
         ("audio:looks=2", r"unknown key 'looks' for data audio:synthetic; allowed keys: n, seed, val"),
         ("fragments:python,size=64", r"allowed keys: max_files, ber, sub, erasure, burst, n, seed, val"),
         ("sar:n=0", r"invalid value '0' for data key 'n' \(sar:synthetic\); expected an integer >= 1"),

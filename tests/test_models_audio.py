@@ -7,7 +7,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from models.audio import ConvDecoder, ConvEncoder, ConvVAE, MelConvVAE, compute_kl_divergence, vae_loss
+from models.audio import (
+    ConvDecoder,
+    ConvEncoder,
+    ConvVAE,
+    MelConvVAE,
+    active_units,
+    compute_kl_divergence,
+    kl_per_dimension,
+    vae_loss,
+)
 
 SMALL_2CH = {"latent_dim": 16, "n_mels": 32, "n_frames": 20, "widths": (8, 16, 32, 64, 128)}
 
@@ -183,6 +192,37 @@ def test_vae_loss_matches_reference_formula_on_two_channel_tensors() -> None:
     kl = compute_kl_divergence(mu, logvar)
     assert isinstance(kl, float) and kl == pytest.approx(ref_kl, rel=1e-5)
     assert compute_kl_divergence(torch.zeros(3, 5), torch.zeros(3, 5)) == 0.0
+
+
+def test_free_bits_floor_each_dimensions_batch_mean_kl_and_leave_the_logged_kl_plain() -> None:
+    """total = recon + beta * sum_d max(lambda, mean_b KL_bd) (Kingma et al. 2016); kl_loss stays the KL."""
+    recon, target = torch.rand(3, 1, 8, 6), torch.rand(3, 1, 8, 6)
+    mu = torch.tensor([[0.0, 2.0, 0.1], [0.0, -1.0, 0.0], [0.0, 0.5, -0.1]])
+    logvar = torch.tensor([[0.0, -1.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    m, lv = mu.double().numpy(), logvar.double().numpy()
+    per_dim = np.mean(-0.5 * (1 + lv - m**2 - np.exp(lv)), axis=0)
+    torch.testing.assert_close(kl_per_dimension(mu, logvar).double(), torch.from_numpy(per_dim))
+    total, rec, kl = vae_loss(recon, target, mu, logvar, kl_weight=0.1, free_bits=0.5)
+    assert kl.item() == pytest.approx(per_dim.sum(), rel=1e-5)
+    assert total.item() == pytest.approx(rec.item() + 0.1 * np.maximum(per_dim, 0.5).sum(), rel=1e-5)
+    # Below the floor a dimension gets no gradient from the KL term: it is free to carry information.
+    mu.requires_grad_(True)
+    vae_loss(target, target, mu, logvar, kl_weight=1.0, free_bits=0.5)[0].backward()
+    assert mu.grad[:, 0].abs().sum() == 0 and mu.grad[:, 2].abs().sum() == 0 and mu.grad[:, 1].abs().sum() > 0
+    with pytest.raises(ValueError, match="free_bits must be >= 0"):
+        vae_loss(recon, target, mu, logvar, free_bits=-1.0)
+
+
+def test_active_units_count_dimensions_whose_posterior_mean_varies_across_inputs() -> None:
+    mu = torch.zeros(50, 4)
+    mu[:, 0] = torch.linspace(-1, 1, 50)  # variance ~0.35: active
+    mu[:, 1] = 0.05 * torch.linspace(-1, 1, 50)  # variance ~0.0009: inactive
+    mu[:, 2] = 3.0  # constant: inactive however far from 0
+    mu[:, 3] = torch.linspace(-0.3, 0.3, 50)  # variance ~0.031: active
+    assert active_units(mu) == 2
+    assert active_units(mu, threshold=0.05) == 1
+    with pytest.raises(ValueError, match="N >= 2"):
+        active_units(torch.zeros(1, 4))
 
 
 def test_vae_loss_rejects_mismatched_shapes() -> None:

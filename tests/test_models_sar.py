@@ -10,6 +10,7 @@ from torch import nn
 from models.blocks import (
     CBAM,
     ChannelAttention,
+    PreActBlockWithBranchCBAM,
     PreActResidualBlock,
     ResidualBlock,
     ResidualBlockWithCBAM,
@@ -20,11 +21,18 @@ from models.blocks import (
 from models.sar import (
     AttentionAutoencoder,
     BaselineAutoencoder,
+    BranchAttentionAutoencoder,
     ResidualAutoencoder,
     ResNetAutoencoder,
 )
 
-SAR_CLASSES = [BaselineAutoencoder, ResNetAutoencoder, ResidualAutoencoder, AttentionAutoencoder]
+SAR_CLASSES = [
+    BaselineAutoencoder,
+    ResNetAutoencoder,
+    ResidualAutoencoder,
+    AttentionAutoencoder,
+    BranchAttentionAutoencoder,
+]
 SMALL = {"base_channels": 8, "image_size": 64}
 
 
@@ -129,6 +137,107 @@ def test_cbam_equals_input_times_channel_times_spatial_attention() -> None:
     torch.testing.assert_close(cbam.spatial_attention(refined), sa)
 
 
+def test_unit_mean_gate_cbam_rescales_each_map_to_mean_one_and_starts_near_identity() -> None:
+    """gate="unit-mean": out = x' * s(x') / mean_hw s(x') with x' = x * c(x) / mean_c c(x); at
+    initialisation out ~ x, where the paper's gates start near 0.5 each (the cause of Variant C's collapse:
+    16 CBAMs, 32 such gates, on the main path)."""
+    x = torch.randn(3, 32, 10, 12)
+    cbam = CBAM(32, reduction=16, kernel_size=7, gate="unit-mean")
+    with torch.no_grad():
+        ca = cbam.channel_attention(x)
+        refined = x * ca / ca.mean(dim=1, keepdim=True)
+        sa = cbam.spatial_attention(refined)
+        expected = refined * sa / sa.mean(dim=(2, 3), keepdim=True)
+        torch.testing.assert_close(cbam(x), expected)
+        assert (cbam(x) / x - 1).abs().max() < 0.05  # within 5 % of the identity
+        # Trained weights can re-weight channels and pixels but not change the overall scale.
+        cbam.channel_attention.mlp[2].weight.normal_(0.0, 3.0)
+        cbam.spatial_attention.conv.weight.normal_(0.0, 3.0)
+        ca = cbam.channel_attention(x)
+        assert ca.std() > 0.1
+        torch.testing.assert_close((ca / ca.mean(dim=1, keepdim=True)).mean(dim=1), torch.ones(3, 1, 1))
+        plain = CBAM(32, reduction=16, kernel_size=7, gate="sigmoid")(x)
+        assert (plain / x).abs().mean() < 0.6  # the paper's gates start near 0.5 * 0.5
+    with pytest.raises(ValueError, match="gate must be one of sigmoid, unit-mean, residual"):
+        CBAM(32, gate="relu")
+
+
+def test_residual_gate_cbam_factors_are_bounded_and_start_near_identity() -> None:
+    """gate="residual" (Variant C's default): out = x' * (1 + tanh(k_s) (s(x') - 0.5)) with
+    x' = x * (1 + tanh(k_c) (c(x) - 0.5)); each factor stays in (0.5, 1.5) whatever the weights, so no gate
+    can shut the main path or blow it up."""
+    x = torch.randn(3, 32, 10, 12)
+    cbam = CBAM(32, reduction=16, kernel_size=7, gate="residual")
+    assert torch.equal(cbam.strength.detach(), torch.full((2,), 0.1))
+    with torch.no_grad():
+        assert (cbam(x) / x - 1).abs().max() < 0.11  # two factors within tanh(0.1) / 2 = 0.05 of 1
+
+        def expected(strength: torch.Tensor) -> torch.Tensor:
+            k = torch.tanh(strength)
+            refined = x * (1 + k[0] * (cbam.channel_attention(x) - 0.5))
+            return refined * (1 + k[1] * (cbam.spatial_attention(refined) - 0.5))
+
+        torch.testing.assert_close(cbam(x), expected(cbam.strength))
+        cbam.strength.fill_(50.0)
+        cbam.channel_attention.mlp[2].weight.normal_(0.0, 5.0)
+        out = cbam(x)
+        torch.testing.assert_close(out, expected(cbam.strength))
+        ratio = out / x
+        assert ratio.min() > 0.25 - 1e-6 and ratio.max() < 2.25 + 1e-6  # two factors in (0.5, 1.5)
+
+
+def test_branch_cbam_block_is_cbam_of_the_residual_branch_plus_shortcut() -> None:
+    torch.manual_seed(0)
+    block = PreActBlockWithBranchCBAM(8, 16, stride=2, reduction=4).eval()
+    _randomise_bn(block)
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        branch = block.conv2(F.relu(_bn(block.conv1(F.relu(_bn(x, block.bn1))), block.bn2)))
+        expected = block.cbam(branch) + block.shortcut(x)
+        torch.testing.assert_close(block(x), expected)
+
+
+def test_variant_c_placements_have_the_same_parameter_count() -> None:
+    after = AttentionAutoencoder().count_parameters()["total"]
+    branch = BranchAttentionAutoencoder().count_parameters()["total"]
+    assert abs(after - branch) <= 0.01 * after
+
+
+def test_variant_c_starts_close_to_variant_b_and_the_plain_gate_does_not() -> None:
+    """With unit-mean gates Variant C's latent keeps the spread of Variant B's at initialisation; the
+    paper's gates on the main path shrink it by orders of magnitude (the collapse the shipped model had)."""
+    x = torch.rand(4, 1, 64, 64)
+
+    def latent_std(**kw) -> float:
+        torch.manual_seed(0)
+        model = AttentionAutoencoder(base_channels=8, image_size=64, **kw).eval()
+        with torch.no_grad():
+            return model.encode(x).std().item()
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        b = ResidualAutoencoder(base_channels=8, image_size=64).eval().encode(x).std().item()
+    assert 0.5 * b < latent_std(gate="unit-mean") < 2 * b
+    assert latent_std(gate="sigmoid") < 0.05 * b
+
+
+def test_checkpoints_saved_before_the_gate_option_load_with_the_plain_gate(tmp_path) -> None:
+    import json
+
+    model = AttentionAutoencoder(base_channels=8, image_size=64, gate="sigmoid").eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["gate"] == "sigmoid"
+    del config["gate"]  # as written before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = AttentionAutoencoder.from_pretrained(tmp_path)
+    assert loaded.gate == "sigmoid"
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], model(x)[0])
+    assert AttentionAutoencoder().gate == "residual" and BranchAttentionAutoencoder().gate == "sigmoid"
+
+
 @pytest.mark.parametrize(("channels", "hidden"), [(16, 1), (8, 1), (64, 4), (512, 32)])
 def test_channel_attention_hidden_width_is_max_c_over_16_and_1(channels: int, hidden: int) -> None:
     ca = ChannelAttention(channels, reduction=16)
@@ -185,7 +294,11 @@ def _count(module: nn.Module, kind: type) -> int:
     return sum(isinstance(m, kind) for m in module.modules())
 
 
-@pytest.mark.parametrize("cls", [ResidualAutoencoder, AttentionAutoencoder], ids=["B", "C"])
+@pytest.mark.parametrize(
+    "cls",
+    [ResidualAutoencoder, AttentionAutoencoder, BranchAttentionAutoencoder],
+    ids=["B", "C", "C-branch"],
+)
 def test_variant_b_and_c_structure(cls: type) -> None:
     model = cls()
     enc, dec = model.encoder, model.decoder
@@ -215,9 +328,12 @@ def test_variant_b_and_c_structure(cls: type) -> None:
     assert (head.in_channels, head.out_channels, head.kernel_size) == (64, 1, (7, 7))
     assert isinstance(dec.head[-1], nn.Sigmoid)
     n_cbam = _count(model, CBAM)
-    if cls is AttentionAutoencoder:
+    if cls is not ResidualAutoencoder:
         assert n_cbam == 16 and _count(enc, CBAM) == 8
-        assert _count(model, ResidualBlockWithCBAM) == 16  # i.e. one CBAM right after every residual block
+        if cls is AttentionAutoencoder:  # one CBAM right after every residual block
+            assert _count(model, ResidualBlockWithCBAM) == 16
+        else:  # one CBAM inside every residual block, on its branch
+            assert _count(model, PreActBlockWithBranchCBAM) == 16
         assert {m.channel_attention.mlp[0].out_channels for m in model.modules() if isinstance(m, CBAM)} == {
             1,
             4,
@@ -322,7 +438,9 @@ def test_bad_constructor_arguments(cls: type) -> None:
         cls(variant="fragment-dae")
 
 
-@pytest.mark.parametrize("cls", [BaselineAutoencoder, AttentionAutoencoder], ids=lambda c: c.VARIANT)
+@pytest.mark.parametrize(
+    "cls", [BaselineAutoencoder, AttentionAutoencoder, BranchAttentionAutoencoder], ids=lambda c: c.VARIANT
+)
 def test_kernel_size_must_be_a_positive_odd_integer(cls: type) -> None:
     with pytest.raises(ValueError, match="kernel_size must be odd .*, got 4"):
         cls(kernel_size=4, **SMALL)

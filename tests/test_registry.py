@@ -14,13 +14,20 @@ from torch import nn
 from models import VARIANTS, create_model, load_pretrained
 from models.audio import ConvVAE, MelConvVAE
 from models.fragments import ByteFragmentAutoencoder, FragmentAutoencoder
-from models.sar import AttentionAutoencoder, BaselineAutoencoder, ResidualAutoencoder, ResNetAutoencoder
+from models.sar import (
+    AttentionAutoencoder,
+    BaselineAutoencoder,
+    BranchAttentionAutoencoder,
+    ResidualAutoencoder,
+    ResNetAutoencoder,
+)
 
 VARIANT_TABLE = [
     ("sar-baseline", "sar", BaselineAutoencoder),
     ("sar-resnet", "sar", ResNetAutoencoder),
     ("sar-residual", "sar", ResidualAutoencoder),
     ("sar-attention", "sar", AttentionAutoencoder),
+    ("sar-attention-branch", "sar", BranchAttentionAutoencoder),
     ("audio-vae-mel", "audio", MelConvVAE),
     ("audio-vae", "audio", ConvVAE),
     ("fragment-dae", "fragments", FragmentAutoencoder),
@@ -33,6 +40,7 @@ SMALL = {
     "sar-resnet": {"base_channels": 8, "image_size": 64},
     "sar-residual": {"base_channels": 8, "image_size": 64},
     "sar-attention": {"base_channels": 8, "image_size": 64, "reduction": 4},
+    "sar-attention-branch": {"base_channels": 8, "image_size": 64, "reduction": 4, "gate": "unit-mean"},
     "audio-vae-mel": {"latent_dim": 8, "n_mels": 32, "n_frames": 20, "widths": (8, 16, 32, 64)},
     "audio-vae": {"latent_dim": 16, "n_mels": 32, "n_frames": 21, "widths": (8, 16, 32, 64, 128)},
     "fragment-dae": {"channels": (8, 16, 32)},

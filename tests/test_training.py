@@ -31,8 +31,9 @@ TINY_DATA = {
     "fragments": "fragments:python,max_files=24",
 }
 TINY_BATCH = {"sar": 4, "audio": 4, "fragments": 64}
-# Variant C passes every activation through 16 attention gates (sigmoids near 0.5 at initialisation), so it
-# starts learning later than the others: its loss fell only ~1 % in 3 epochs here, so it gets 6.
+# Variant C passes every activation through 16 CBAMs on its main path; with the plain sigmoid gates its loss
+# fell only ~1 % in 3 epochs here. Its bounded gates (models.blocks.CBAM) start near the identity, but it
+# keeps the 6 epochs it was given then.
 TINY_EPOCHS = {"sar-attention": 6}
 
 

@@ -28,6 +28,7 @@ WHOLE_MINIMUM: dict[str, int] = {
     "num_workers": 0,
     "patience": 0,
     "log_every": 1,
+    "kl_warmup": 0,
 }
 # The highest value of each whole-number setting: far beyond any sensible run, and within what every reader
 # of a stored config holds (SQLite and orjson stop at 64 bits; torch and numpy seeds at 2**32 - 1).
@@ -39,11 +40,24 @@ WHOLE_MAXIMUM: dict[str, int] = {
     "num_workers": 256,
     "patience": 1_000_000,
     "log_every": 1_000_000,
+    "kl_warmup": 1_000_000_000,
 }
 # Real-number settings: True where the value must be > 0, False where >= 0 is enough.
-REAL_POSITIVE: dict[str, bool] = {"lr": True, "kl_weight": False, "weight_decay": False, "grad_clip": False}
+REAL_POSITIVE: dict[str, bool] = {
+    "lr": True,
+    "kl_weight": False,
+    "free_bits": False,
+    "weight_decay": False,
+    "grad_clip": False,
+}
 # The highest value of each real-number setting (a learning rate of 1e20 still runs, and diverges).
-REAL_MAXIMUM: dict[str, float] = {"lr": 1e30, "kl_weight": 1e6, "weight_decay": 1e6, "grad_clip": 1e9}
+REAL_MAXIMUM: dict[str, float] = {
+    "lr": 1e30,
+    "kl_weight": 1e6,
+    "free_bits": 1e6,
+    "weight_decay": 1e6,
+    "grad_clip": 1e9,
+}
 # Numbers inside model overrides (widths, latent size, image size, dropout) lie in [0, MODEL_NUMBER_MAX].
 MODEL_NUMBER_MAX = 65_536
 # Settings whose value must be one of a table's entries, and that table.
@@ -182,6 +196,8 @@ class RunSettings(BaseModel):
     log_every: int | None = None
     lr: float | None = None
     kl_weight: float | None = None
+    kl_warmup: int | None = None
+    free_bits: float | None = None
     weight_decay: float | None = None
     grad_clip: float | None = None
     data: Any = None  # a data spec string or a trainers.data.spec.DataSpec

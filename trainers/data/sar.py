@@ -816,6 +816,19 @@ NATURAL_IMAGES = (
 )
 
 
+#: Which natural images each use may draw from. The built-in test set (``trainers eval`` / ``compare`` on
+#: the synthetic source) uses source images that training and validation never see, so a model cannot
+#: score well on it by having learned these particular photographs.
+HELD_OUT_IMAGES = ("camera", "coins", "clock", "page")
+IMAGE_POOLS = {
+    "all": tuple(range(len(NATURAL_IMAGES))),
+    "train": tuple(i for i, n in enumerate(NATURAL_IMAGES) if n not in HELD_OUT_IMAGES),
+    "test": tuple(i for i, n in enumerate(NATURAL_IMAGES) if n in HELD_OUT_IMAGES),
+}
+#: Simulated scene families: "mixed" (L drawn from 1-4, K texture in half the scenes) and "single-look".
+SCENES = ("mixed", "single-look")
+
+
 @functools.lru_cache(maxsize=1)
 def natural_images() -> tuple[np.ndarray, ...]:
     """The scikit-image sample images as float32 grey levels in [0, 1] (loaded once per process)."""
@@ -830,16 +843,19 @@ def natural_images() -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def natural_reflectivity(size: int, rng: np.random.Generator) -> np.ndarray:
+def natural_reflectivity(size: int, rng: np.random.Generator, pool: str = "all") -> np.ndarray:
     """A reflectivity (σ⁰, linear) of ``size``×``size`` from a random crop of a scikit-image sample image.
 
     A crop of 0.5-2x the output size (so scales vary), randomly flipped and turned, resampled bilinearly;
     its grey levels map linearly onto dB around a random mean level (-16 … -4 dB) over a random
-    dynamic range (15 … 30 dB), float32 and > 0.
+    dynamic range (15 … 30 dB), float32 and > 0. ``pool`` picks the source images (:data:`IMAGE_POOLS`).
     """
     size = _check_size(size)
+    if pool not in IMAGE_POOLS:
+        raise ValueError(f"pool must be one of {', '.join(IMAGE_POOLS)}, got {pool!r}")
     images = natural_images()
-    img = images[int(rng.integers(len(images)))]
+    indices = IMAGE_POOLS[pool]
+    img = images[indices[int(rng.integers(len(indices)))]]
     h, w = img.shape
     side = int(min(h, w, max(16, round(size * rng.uniform(0.5, 2.0)))))
     y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
@@ -880,34 +896,67 @@ class SARScene:
     texture_shape: float | None  # ν of the Gamma texture (K-distributed clutter), None if none
 
 
-def simulate_scene(size: int, rng: np.random.Generator, looks: float | None = None) -> SARScene:
+def simulate_scene(
+    size: int, rng: np.random.Generator, looks: float | None = None, pool: str = "all"
+) -> SARScene:
     """A speckled scene closer to real SAR than geometric shapes alone.
 
     Reflectivity: a geometric scene (30 %), a natural image (35 %) or the geometric scene with a natural
     image's texture on top (35 %); then extra bright point targets, and in half the scenes a Gamma(ν, 1/ν)
     texture multiplier per pixel (ν 1.5 … 20), which makes the intensity K-distributed (the heavy tails
     of sea clutter, forest, urban areas). Speckle: fully developed, ``looks`` looks (default: L drawn from
-    1 … 4). One scene in ten has a no-data border (zeros) along one side, as at a swath edge.
+    1 … 4). One scene in ten has a no-data border (zeros) along one side, as at a swath edge. ``pool``
+    picks the natural source images (:data:`IMAGE_POOLS`).
     """
     size = _check_size(size)
-    mode = rng.choice(3, p=[0.3, 0.35, 0.35])
-    if mode == 0:
-        refl, kind = simulate_reflectivity(size, rng), "geometric"
-    elif mode == 1:
-        refl, kind = natural_reflectivity(size, rng), "natural"
-        _add_point_targets(refl, rng)
-    else:
-        geo = simulate_reflectivity(size, rng)
-        nat = natural_reflectivity(size, rng)
-        w = rng.uniform(0.3, 0.8)
-        log_nat = np.log(nat)
-        refl, kind = (geo * np.exp(w * (log_nat - log_nat.mean()))).astype(np.float32), "blend"
+    refl, kind = _base_reflectivity(size, rng, pool)
     _add_point_targets(refl, rng, low_db=20.0)
     nu = None
     if rng.random() < 0.5:
         nu = float(np.exp(rng.uniform(np.log(1.5), np.log(20.0))))
         refl = (refl * rng.gamma(nu, 1.0 / nu, refl.shape)).astype(np.float32)
     L = float(rng.integers(1, 5)) if looks is None else float(looks)
+    return _speckled(refl, L, kind, nu, rng)
+
+
+def _base_reflectivity(size: int, rng: np.random.Generator, pool: str) -> tuple[np.ndarray, str]:
+    """A geometric scene (30 %), a natural image (35 %) or both blended (35 %), and which."""
+    mode = rng.choice(3, p=[0.3, 0.35, 0.35])
+    if mode == 0:
+        return simulate_reflectivity(size, rng), "geometric"
+    if mode == 1:
+        refl = natural_reflectivity(size, rng, pool)
+        _add_point_targets(refl, rng)
+        return refl, "natural"
+    geo = simulate_reflectivity(size, rng)
+    nat = natural_reflectivity(size, rng, pool)
+    w = rng.uniform(0.3, 0.8)
+    log_nat = np.log(nat)
+    return (geo * np.exp(w * (log_nat - log_nat.mean()))).astype(np.float32), "blend"
+
+
+def simulate_single_look_scene(size: int, rng: np.random.Generator, pool: str = "all") -> SARScene:
+    """A scene with the statistics of real single-look crops (Sentinel-1, AIRSAR, PiSAR: ENL near 1,
+    heavy tails, bright isolated scatterers), which the mixed scenes (L 1-4, texture in half) lack.
+
+    Reflectivity as :func:`simulate_scene`'s, then always a Gamma(ν, 1/ν) texture with ν log-uniform in
+    0.8 … 12 (K-distributed intensity; ν of a few is typical of urban areas, forest and sea clutter), a
+    cluster of very bright point targets (+25 … +40 dB, with sidelobes) as ships, pylons and building
+    corners give, and single-look speckle (L = 1, exponential intensity): the intensity's ENL over a
+    homogeneous area is ≈ 1 or below (texture lowers it). One scene in ten has a no-data border.
+    """
+    size = _check_size(size)
+    refl, kind = _base_reflectivity(size, rng, pool)
+    _add_point_targets(refl, rng, low_db=25.0)
+    _add_point_targets(refl, rng, low_db=30.0)
+    nu = float(np.exp(rng.uniform(np.log(0.8), np.log(12.0))))
+    refl = (refl * rng.gamma(nu, 1.0 / nu, refl.shape)).astype(np.float32)
+    return _speckled(refl, 1.0, kind, nu, rng)
+
+
+def _speckled(refl: np.ndarray, L: float, kind: str, nu: float | None, rng: np.random.Generator) -> SARScene:
+    """The scene of a reflectivity: L-look speckle, and in one scene of ten a no-data border."""
+    size = refl.shape[0]
     intensity = apply_speckle(np.maximum(refl, 1e-6), L, rng)
     valid = np.ones((size, size), dtype=bool)
     if rng.random() < 0.1:
@@ -987,7 +1036,10 @@ class SyntheticSARDataset(CachedDataset[tuple[np.ndarray, np.ndarray, tuple[floa
     """Simulated speckled scenes (:func:`simulate_scene`), each normalised on its own in dB.
 
     Item ``i`` is ``(x, valid, db_range)`` (see :func:`normalize_db`), a pure function of (seed, i).
-    ``looks`` fixes L for every scene; None draws L from 1 … 4 per scene.
+    ``looks`` fixes L for every scene; None draws L from 1 … 4 per scene. ``scene="single-look"`` draws
+    :func:`simulate_single_look_scene` instead (L = 1; ``looks`` must then be None or 1). ``pool`` picks
+    the natural source images (:data:`IMAGE_POOLS`): training and validation use "train", the built-in
+    test set "test".
     """
 
     ITEM_NAME = "image"
@@ -1000,7 +1052,16 @@ class SyntheticSARDataset(CachedDataset[tuple[np.ndarray, np.ndarray, tuple[floa
         seed: int = 0,
         cache: bool | None = None,
         pcts: Any = KNOT_PCTS,
+        scene: str = "mixed",
+        pool: str = "all",
     ) -> None:
+        if scene not in SCENES:
+            raise ValueError(f"scene must be one of {', '.join(SCENES)}, got {scene!r}")
+        if pool not in IMAGE_POOLS:
+            raise ValueError(f"pool must be one of {', '.join(IMAGE_POOLS)}, got {pool!r}")
+        if scene == "single-look" and looks not in (None, 1, 1.0):
+            raise ValueError(f"single-look scenes have L = 1; looks={looks!r} contradicts scene=single-look")
+        self.scene_kind, self.pool = scene, pool
         if int(n_images) < 1:
             raise ValueError(f"n_images must be at least 1, got {n_images}")
         if int(image_size) < 16:
@@ -1026,7 +1087,9 @@ class SyntheticSARDataset(CachedDataset[tuple[np.ndarray, np.ndarray, tuple[floa
     def scene(self, i: int) -> SARScene:
         """Everything simulated for image ``i``."""
         rng = np.random.default_rng([self.seed, self._index(i)])
-        return simulate_scene(self.image_size, rng, self.looks)
+        if self.scene_kind == "single-look":
+            return simulate_single_look_scene(self.image_size, rng, self.pool)
+        return simulate_scene(self.image_size, rng, self.looks, self.pool)
 
     def clean_intensity(self, i: int) -> np.ndarray:
         """The noise-free reflectivity of image ``i`` (float32, H×W)."""
@@ -1049,7 +1112,8 @@ class SyntheticSARDataset(CachedDataset[tuple[np.ndarray, np.ndarray, tuple[floa
     def preprocessing(self) -> dict[str, Any]:
         return {
             **_prep_kind(self.pcts),
-            "looks": self.looks if self.looks is not None else "1-4",
+            "looks": 1.0 if self.scene_kind == "single-look" else (self.looks or "1-4"),
+            "scene": self.scene_kind,
         }
 
 
@@ -1137,6 +1201,10 @@ class SARFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    def patch_image(self, i: int) -> int:
+        """Which image (index into ``files``) patch ``i`` comes from."""
+        return self._index[i][0]
+
     def patch_origin(self, i: int) -> tuple[Path, int, int]:
         """(file, row, column) of patch ``i``'s top-left corner."""
         k, y, x = self._index[i]
@@ -1168,6 +1236,9 @@ __all__ = [
     "SAR_EXTENSIONS",
     "SARFolderDataset",
     "SARImage",
+    "HELD_OUT_IMAGES",
+    "IMAGE_POOLS",
+    "SCENES",
     "SARScene",
     "SyntheticSARDataset",
     "apply_speckle",
@@ -1183,5 +1254,6 @@ __all__ = [
     "read_sar_patch",
     "simulate_reflectivity",
     "simulate_scene",
+    "simulate_single_look_scene",
     "x_to_db",
 ]

@@ -13,7 +13,7 @@ starts or ends with a space, is written in double quotes with ``\\"`` and ``\\\\
 
 | domain | source | keys |
 |---|---|---|
-| sar | synthetic (default) | size, looks, n, seed, val |
+| sar | synthetic (default) | size, scene, looks, n, seed, val |
 | sar | folder | folder, size, kind, band, n, seed, val |
 | audio | synthetic (default) | n, seed, val |
 | audio | folder | folder, hop, n, seed, val |
@@ -27,6 +27,7 @@ starts or ends with a space, is written in double quotes with ``\\"`` and ``\\\\
 | seed | int >= 0 | seed of generation, shuffling, the train/val split and the corruption noise |
 | size | int >= 32, multiple of 16 | SAR patch size in pixels (larger images are cut into patches) |
 | looks | float >= 1 | looks L of the simulated Gamma(L, 1/L) speckle (default: drawn from 1-4 per scene) |
+| scene | mixed, single-look | SAR synthetic: mixed scenes with L 1-4 (default), or single-look statistics |
 | kind | auto, intensity, amplitude, db, complex | what the SAR files hold (auto: see README, SAR input) |
 | band | int >= 0 | SAR: band of multi-band files (0 = first) |
 | folder | path | folder to read with its subfolders: .npy/.tif/.png, .wav/.flac/.ogg, any files |
@@ -58,6 +59,8 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "fragments": ("python", "folder"),
 }
 SAR_KINDS: tuple[str, ...] = ("auto", "intensity", "amplitude", "db", "complex")
+# Simulated SAR scene families (trainers.data.sar.SCENES; repeated here so parsing a spec imports no numpy).
+SCENES: tuple[str, ...] = ("mixed", "single-look")
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,9 @@ OPTIONS: dict[str, OptionSpec] = {
     "n": OptionSpec("an integer >= 1", _ranged_int(1), "examples to generate / at most this many"),
     "size": OptionSpec("an integer >= 32 and a multiple of 16", _ranged_int(32, 16), "SAR patch size"),
     "looks": OptionSpec("a number >= 1", _ranged_float(1.0), "looks of the simulated speckle"),
+    "scene": OptionSpec(
+        " or ".join(SCENES), _choice(SCENES), "simulated scenes: mixed (L 1-4) or single-look (ENL ~ 1)"
+    ),
     "kind": OptionSpec(" or ".join(SAR_KINDS), _choice(SAR_KINDS), "what the SAR files hold"),
     "band": OptionSpec("an integer >= 0", _ranged_int(0), "band of multi-band SAR files (0 = first)"),
     "max_files": OptionSpec("an integer >= 1", _ranged_int(1), "read at most this many files"),
@@ -173,7 +179,7 @@ _NOISE = ("ber", "sub", "erasure", "burst")
 _COMMON = ("n", "seed", "val")
 # Allowed keys per (domain, source), in the order format_data_spec writes them.
 KEYS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("sar", "synthetic"): ("size", "looks", *_COMMON),
+    ("sar", "synthetic"): ("size", "scene", "looks", *_COMMON),
     ("sar", "folder"): ("folder", "size", "kind", "band", *_COMMON),
     ("audio", "synthetic"): _COMMON,
     ("audio", "folder"): ("folder", "hop", *_COMMON),

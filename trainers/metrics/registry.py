@@ -157,6 +157,25 @@ _ENTRIES: tuple[MetricInfo, ...] = (
         "bits per pixel of the coded image: the latent at 8 bits for a model, the file's actual bytes for "
         "a codec",
     ),
+    _m(
+        "output_spread",
+        "sar",
+        "band",
+        "",
+        ".3f",
+        "the output's spread (std over valid pixels) over the input's, averaged over images; under 0.05 is a "
+        "near-constant image (a collapsed model)",
+        band=(0.5, 1.5),
+    ),
+    _m(
+        "collapsing",
+        "all",
+        "min",
+        "",
+        ".0f",
+        "1 when a validation found the model collapsing (constant output, no latent in use, or worse than "
+        "the identity), else 0; the reason is in the run's log and collapse.json",
+    ),
     # ----------------------------------------------------------------------------------------------- audio
     _m(
         "mse",
@@ -211,6 +230,42 @@ _ENTRIES: tuple[MetricInfo, ...] = (
         "dB",
         ".3f",
         "log-spectral distance of the feature round trip alone: the ceiling the representation allows",
+    ),
+    _m(
+        "active_units",
+        "audio",
+        "max",
+        "",
+        ".0f",
+        "latent dimensions in use: the variance over inputs of the posterior mean above 0.01 (Burda et al. "
+        "2016); 0 is posterior collapse, the same output for every input",
+    ),
+    _m(
+        "kl_dim_max",
+        "audio",
+        "info",
+        "nat",
+        ".3g",
+        "KL of the most informative latent dimension (batch mean): near 0 for every dimension is posterior "
+        "collapse",
+    ),
+    _m(
+        "kl_dim_median",
+        "audio",
+        "info",
+        "nat",
+        ".3g",
+        "median over latent dimensions of the per-dimension KL (batch mean)",
+    ),
+    _m(
+        "output_spread",
+        "audio",
+        "band",
+        "",
+        ".3f",
+        "how much the output features vary across clips against the input's (std across clips, averaged "
+        "over bins and frames, output / input); near 0 is a constant output",
+        band=(0.5, 1.5),
     ),
     # ------------------------------------------------------------------------------------------- fragments
     _m("accuracy", "fragments", "max", "", ".4f", "fraction of repaired bytes equal to the clean ones"),

@@ -36,6 +36,7 @@ from trainers.config import RunConfig
 from trainers.data.prefill import ignore_cancel_signals, signals_blocked
 from trainers.data.spec import DataSpec, parse_data_spec
 from trainers.metrics import registry
+from trainers.metrics.collapse import check_collapse
 from trainers.runs import checkpoints, media
 from trainers.runs.faults import kill_point
 from trainers.runs.store import RunStore
@@ -586,6 +587,7 @@ class Trainer:
         GPU step does not wait on a host sync each time; the window still names the exact step that first
         went non-finite."""
         batch = self.fast.inputs(self.task.batch_to(batch, self.device))
+        self.task.step = self.state.step  # the KL warm-up's clock (it goes on from a resumed step)
         loss = self.one_step(batch, lambda: pause_point("step", until=lambda: self.cancel.set))
         self.state.step += 1
         self.state.steps_here += 1
@@ -616,6 +618,9 @@ class Trainer:
         """Rank 0 after validation: log metrics, media and the epoch line; save `best` when the monitored
         metric improved, and `last`."""
         state, epoch, monitor = self.state, self.state.epoch, self.task.monitor
+        self.last_val.update(
+            check_collapse(self.task.domain, self.last_val, self.store, self.run_id, self.folder, epoch)
+        )
         self.store.log_metrics(self.run_id, state.step, epoch, "val", self.last_val)
         kill_point("val-row")
         media.log_validation_media(
@@ -772,7 +777,7 @@ def _train_recorded(
         state.resume_from(checkpoints.resume_state(resume_folder))  # best value as the best checkpoint's
         run_id = resume
 
-    task = task_for(cfg.variant, kl_weight=cfg.kl_weight)
+    task = task_for(cfg.variant, cfg.kl_weight, cfg.kl_warmup, cfg.free_bits)
     fast = FastPath.resolve(
         ddp.device, task.domain, cfg.precision, cfg.compile, variant=cfg.variant, model=cfg.model
     )

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from models import VARIANTS
-from models.audio import vae_loss
+from models.audio import active_units, kl_per_dimension, vae_loss
 from trainers.data.spec import DataSpec, default_data_spec
 from trainers.metrics import audio as audio_metrics
 from trainers.metrics import fragments as fragment_metrics
@@ -46,17 +46,6 @@ def _prefilled(bundle: DataBundle) -> DataBundle:
     return bundle
 
 
-def _split(dataset: Dataset, val: float | int, seed: int) -> tuple[Subset, Subset]:
-    """Deterministic train/val split of a folder dataset (val: a fraction < 1 or a count)."""
-    n = len(dataset)
-    n_val = int(round(n * val)) if isinstance(val, float) and val < 1 else int(val)
-    n_val = min(max(n_val, 1), n - 1) if n > 1 else 0
-    if n < 2:
-        raise ValueError(f"need at least 2 samples to split into train and validation, found {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    return Subset(dataset, order[n_val:].tolist()), Subset(dataset, order[:n_val].tolist())
-
-
 def _cap(dataset: Dataset, options: dict[str, Any]) -> Dataset:
     """`n=` on a folder source: use at most that many samples (the first ones, deterministically)."""
     n = options.get("n")
@@ -76,9 +65,24 @@ class Task:
     # registry (trainers.training.loop.improved).
     monitor = "loss"
 
-    def __init__(self, variant: str, kl_weight: float = 0.01) -> None:
+    def __init__(
+        self, variant: str, kl_weight: float = 0.01, kl_warmup: int = 0, free_bits: float = 0.0
+    ) -> None:
         self.variant = variant
         self.kl_weight = kl_weight
+        self.kl_warmup = int(kl_warmup)
+        self.free_bits = float(free_bits)
+        # The optimisation step the next loss is for (the loop sets it before each step; the KL warm-up
+        # reads it). A resumed run sets it from the saved step count, so the warm-up does not restart.
+        self.step = 0
+
+    def kl_beta(self, step: int | None = None) -> float:
+        """The KL weight at ``step`` (default the current one): linear warm-up from 0 to ``kl_weight`` over
+        ``kl_warmup`` steps (Bowman et al. 2016), then ``kl_weight``."""
+        step = self.step if step is None else step
+        if self.kl_warmup <= 0:
+            return self.kl_weight
+        return self.kl_weight * min(1.0, step / self.kl_warmup)
 
     def build_data(self, spec: DataSpec | None, model_config: dict[str, Any], seed: int) -> DataBundle:
         raise NotImplementedError
@@ -151,11 +155,56 @@ def masked_sar_loss(
     return mse_weight * mse + ssim_weight * (1.0 - sar_metrics.ssim_tensor(filled, x, data_range=1.0))
 
 
+def split_by_image(dataset: Dataset, val: float | int, seed: int) -> tuple[Subset, Subset]:
+    """Train/validation split of a SAR folder's patches that keeps each image's patches on one side
+    (neighbouring patches of one scene share its statistics and its normalisation, so a split by patch
+    validates on what training saw). Whole images, in a seeded order, go to validation until it holds the
+    requested share (a fraction < 1 or a count) of patches; at least one image stays for training."""
+    ds = _unwrap(dataset)
+    indices = list(dataset.indices) if isinstance(dataset, Subset) else list(range(len(dataset)))
+    by_image: dict[int, list[int]] = {}
+    for pos, i in enumerate(indices):
+        by_image.setdefault(ds.patch_image(i), []).append(pos)
+    if len(by_image) < 2:
+        raise ValueError(
+            f"the SAR folder {getattr(ds, 'folder', '')} holds one usable image, so it cannot be split into "
+            "training and validation by image: add at least one more image"
+        )
+    n = len(indices)
+    n_val = int(round(n * val)) if isinstance(val, float) and val < 1 else int(val)
+    n_val = min(max(n_val, 1), n - 1)
+    images = list(by_image)
+    order = [images[k] for k in np.random.default_rng(seed).permutation(len(images))]
+    val_pos: list[int] = []
+    for image in order[:-1]:
+        if len(val_pos) >= n_val:
+            break
+        val_pos += by_image[image]
+    held = set(val_pos)
+    train_pos = [p for p in range(n) if p not in held]
+    return Subset(dataset, train_pos), Subset(dataset, sorted(val_pos))
+
+
+def sar_output_spread(x: torch.Tensor, x_hat: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean over the images of the output's spread (standard deviation over the valid pixels) divided by the
+    input's: near 0 for a near-constant image (a collapsed model), about 1 for a faithful one."""
+    from trainers.metrics.sanity import sar_spread
+
+    spread = sar_spread(x, x_hat, valid)
+    out, inp = spread["output_std"], spread["input_std"]
+    ok = np.isfinite(out) & np.isfinite(inp) & (inp > 0)
+    return float((out[ok] / inp[ok]).mean()) if ok.any() else math.nan
+
+
 class SARTask(Task):
     domain = "sar"
 
-    def _datasets(self, spec: DataSpec, image_size: int, offset: int = 0, n: int | None = None):
-        """The synthetic set (``n`` scenes, default the spec's, data seed + ``offset``) or the folder set."""
+    def _datasets(
+        self, spec: DataSpec, image_size: int, offset: int = 0, n: int | None = None, pool: str = "train"
+    ):
+        """The synthetic set (``n`` scenes, default the spec's, data seed + ``offset``, natural source images
+        from ``pool``: "train" for training and validation, "test" for the built-in test set) or the
+        folder set."""
         from trainers.data import sar
 
         opts = spec.options
@@ -166,7 +215,8 @@ class SARTask(Task):
             looks = float(opts["looks"]) if "looks" in opts else None  # None: L drawn from 1 ... 4
             n = int(opts.get("n", 256)) if n is None else n
             seed = int(opts.get("seed", 0)) + offset
-            return sar.SyntheticSARDataset(n, image_size=size, looks=looks, seed=seed)
+            scene = str(opts.get("scene", "mixed"))
+            return sar.SyntheticSARDataset(n, image_size=size, looks=looks, seed=seed, scene=scene, pool=pool)
         band = opts.get("band")
         return sar.SARFolderDataset(
             opts["folder"],
@@ -185,7 +235,7 @@ class SARTask(Task):
             prep = train.preprocessing()
         else:
             ds = self._datasets(spec, image_size)
-            train, val = _split(_cap(ds, opts), opts.get("val", 0.2), int(opts.get("seed", 0)))
+            train, val = split_by_image(_cap(ds, opts), opts.get("val", 0.2), int(opts.get("seed", 0)))
             prep = ds.preprocessing()
         return _prefilled(DataBundle(train, val, prep))
 
@@ -199,7 +249,8 @@ class SARTask(Task):
         if note:
             warnings.warn(note, stacklevel=2)
         image_size = int(model_config.get("image_size", 256))
-        return self._datasets(spec, image_size, offset=2_000_003, n=int(spec.options.get("n", 64)))
+        n = int(spec.options.get("n", 64))
+        return self._datasets(spec, image_size, offset=2_000_003, n=n, pool="test")
 
     def loss(self, model, batch):
         x, valid, _ = sar_batch(batch)
@@ -215,6 +266,7 @@ class SARTask(Task):
             x_hat = x_hat.float()
             values = sar_metrics.sar_metrics(x, x_hat, z, valid, db_range)
             values["loss"] = float(masked_sar_loss(x_hat, x, valid))
+            values["output_spread"] = sar_output_spread(x, x_hat, valid)
             avg.add(values, x.shape[0])
         return avg.result()
 
@@ -223,8 +275,10 @@ class SARTask(Task):
 class AudioTask(Task):
     domain = "audio"
 
-    def __init__(self, variant: str, kl_weight: float = 0.01) -> None:
-        super().__init__(variant, kl_weight)
+    def __init__(
+        self, variant: str, kl_weight: float = 0.01, kl_warmup: int = 0, free_bits: float = 0.0
+    ) -> None:
+        super().__init__(variant, kl_weight, kl_warmup, free_bits)
         self._ceiling: dict[tuple[int, tuple[int, ...]], dict[str, np.ndarray]] = {}
 
     def feature_kind(self) -> str:
@@ -284,20 +338,33 @@ class AudioTask(Task):
 
     def loss(self, model, batch):
         recon, mu, logvar = model(batch)
-        total, _, _ = vae_loss(recon.float(), batch, mu.float(), logvar.float(), self.kl_weight)
+        total, _, _ = vae_loss(
+            recon.float(), batch, mu.float(), logvar.float(), self.kl_beta(), self.free_bits
+        )
         return total
 
     @torch.no_grad()
     def evaluate(self, model, batches, device, dataset: Dataset | None = None, max_clips: int | None = None):
-        """Loss terms over ``batches``; with ``dataset``, also the spectral metrics of decoded audio (see
+        """Loss terms over ``batches`` (the loss at the full KL weight, so epochs compare), the latent's use
+        (:func:`latent_usage`); with ``dataset``, also the spectral metrics of decoded audio (see
         :meth:`audio_metrics` for ``max_clips``)."""
         avg = _Averager()
+        mus, logvars, spreads = [], [], []
         for batch in batches:
             x = self.batch_to(batch, device)
             recon, mu, logvar = model(x)
-            total, rec, kl = vae_loss(recon.float(), x, mu.float(), logvar.float(), self.kl_weight)
+            total, rec, kl = vae_loss(
+                recon.float(), x, mu.float(), logvar.float(), self.kl_weight, self.free_bits
+            )
             avg.add({"loss": float(total), "mse": float(rec), "kl": float(kl)}, x.shape[0])
+            mus.append(mu.float().cpu())
+            logvars.append(logvar.float().cpu())
+            spreads.append((model.decode(mu).float().cpu(), x.float().cpu()))
         result = avg.result()
+        if mus:
+            result.update(latent_usage(torch.cat(mus), torch.cat(logvars)))
+            outs, ins = (torch.cat(t) for t in zip(*spreads, strict=True))
+            result["output_spread"] = feature_spread_ratio(outs, ins)
         if dataset is not None:
             result.update(self.audio_metrics(model, dataset, device, max_clips))
         return result
@@ -361,6 +428,30 @@ class AudioTask(Task):
                 )
             self._ceiling[key] = ceiling
         return {**out, **{k: v.copy() for k, v in self._ceiling[key].items()}}
+
+
+def latent_usage(mu: torch.Tensor, logvar: torch.Tensor) -> dict[str, float]:
+    """How much of a VAE's latent is in use over a validation set (N examples): ``active_units`` (posterior
+    mean variance over inputs > 0.01, Burda et al. 2016) and the KL per latent dimension summarised as its
+    largest and median value (nats): all near 0 is posterior collapse."""
+    if mu.shape[0] < 2:
+        return {}
+    per_dim = kl_per_dimension(mu, logvar)
+    return {
+        "active_units": float(active_units(mu)),
+        "kl_dim_max": float(per_dim.max()),
+        "kl_dim_median": float(per_dim.median()),
+    }
+
+
+def feature_spread_ratio(outputs: torch.Tensor, inputs: torch.Tensor) -> float:
+    """How much the outputs vary across examples against the inputs: the mean over feature positions of
+    the standard deviation across examples, output over input. A model that returns one output for every
+    input scores 0; a faithful one about 1."""
+    if outputs.shape[0] < 2:
+        return math.nan
+    den = float(inputs.double().std(dim=0).mean())
+    return float(outputs.double().std(dim=0).mean()) / den if den > 0 else math.nan
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -431,6 +522,23 @@ def _waveform_getter(dataset: Dataset):
 
 
 # ----------------------------------------------------------------------------------------------- fragments
+def fragment_loss(out: torch.Tensor, clean: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+    """The loss of a fragment model's output on a batch:
+
+    - (B, 256, L) logits of the byte classifier: cross-entropy against the clean bytes;
+    - (B, 2, L) of the correcting fragment-dae: MSE of the repair (channel 0) against the clean fragment
+      plus MSE of the gate (channel 1) against the mask of changed bytes (see FragmentAutoencoder);
+    - (B, 1, L) of a whole-fragment fragment-dae: MSE against the clean fragment.
+    """
+    out = out.float()
+    if out.shape[1] == 256:
+        return F.cross_entropy(out, torch.round(clean[:, 0] * 255).long())
+    if out.shape[1] == 2:
+        mask = changed.to(out.dtype).reshape(out[:, 1:].shape)
+        return F.mse_loss(out[:, :1], clean) + F.mse_loss(out[:, 1:], mask)
+    return F.mse_loss(out, clean)
+
+
 class FragmentTask(Task):
     domain = "fragments"
 
@@ -483,12 +591,9 @@ class FragmentTask(Task):
         return self._dataset(spec, "all", seed, None if explicit_noise else noise)
 
     def loss(self, model, batch):
-        corrupted, clean, _ = batch
+        corrupted, clean, changed = batch
         out = model(corrupted)
-        if out.shape[1] == 256:  # per-byte classifier head: cross-entropy against the clean byte values
-            target = torch.round(clean[:, 0] * 255).long()
-            return F.cross_entropy(out.float(), target)
-        return F.mse_loss(out.float(), clean)
+        return fragment_loss(out, clean, changed)
 
     @torch.no_grad()
     def evaluate(self, model, batches, device):
@@ -509,8 +614,10 @@ class FragmentTask(Task):
 _TASKS = {"sar": SARTask, "audio": AudioTask, "fragments": FragmentTask}
 
 
-def task_for(variant: str, kl_weight: float = 0.01) -> Task:
-    """The task object of a variant's domain."""
+def task_for(variant: str, kl_weight: float = 0.01, kl_warmup: int = 0, free_bits: float = 0.0) -> Task:
+    """The task object of a variant's domain (the KL settings matter to the audio VAEs only)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant '{variant}'; choose one of: {', '.join(VARIANTS)}")
-    return _TASKS[VARIANTS[variant].domain](variant, kl_weight=kl_weight)
+    return _TASKS[VARIANTS[variant].domain](
+        variant, kl_weight=kl_weight, kl_warmup=kl_warmup, free_bits=free_bits
+    )
