@@ -98,27 +98,10 @@ def _check_domain(domain: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- compute
-def compare_checkpoints(
-    ctx: Any,
-    domain: str,
-    checkpoints: Any,
-    source: str = SOURCES[0],
-    folder: str | None = None,
-    uploads: Any = None,
-    n: Any = BUILTIN_DEFAULT_N,
-    baselines: bool = True,
-    seed: Any = 0,
-    progress: Any = None,
-) -> CompareView:
-    """Run the leaderboard for the chosen checkpoints of `domain` on the chosen data.
+def _model_sources(ctx: Any, domain: str, checkpoints: Any) -> list[Any]:
+    """The chosen checkpoints loaded (from the studio's cache), each named as the person named its run."""
+    from trainers.evaluation.compare import ModelSource
 
-    Data: the built-in set (`n` examples), a folder on the server (not on a public Space), or uploaded
-    files (copied into a temporary folder for the duration of the comparison).
-    """
-    from trainers.evaluation.compare import ModelSource, leaderboard, markdown_report, run_compare
-
-    domain = _check_domain(domain)
-    seed_i = _count(seed if seed is not None else 0, "the seed", 0, 2**31 - 1)
     folders = selected_folders(checkpoints, domain, multiple=True, ctx=ctx)
     if len(folders) > MAX_MODELS:
         raise ValueError(f"{len(folders)} checkpoints chosen; compare at most {MAX_MODELS} at once")
@@ -138,7 +121,31 @@ def compare_checkpoints(
     for k, (f, m) in enumerate(zip(dict.fromkeys(folders), models, strict=True)):
         if names.count(m.name) > 1:  # two runs a person gave one name: their ids tell them apart
             models[k] = ModelSource(run_label(ctx, f), m.kind, m.folder, m.model, m.config)
+    return models
 
+
+def compare_checkpoints(
+    ctx: Any,
+    domain: str,
+    checkpoints: Any,
+    source: str = SOURCES[0],
+    folder: str | None = None,
+    uploads: Any = None,
+    n: Any = BUILTIN_DEFAULT_N,
+    baselines: bool = True,
+    seed: Any = 0,
+    progress: Any = None,
+) -> CompareView:
+    """Run the leaderboard for the chosen checkpoints of `domain` on the chosen data.
+
+    Data: the built-in set (`n` examples), a folder on the server (not on a public Space), or uploaded
+    files (copied into a temporary folder for the duration of the comparison).
+    """
+    from trainers.evaluation.compare import leaderboard, markdown_report, run_compare
+
+    domain = _check_domain(domain)
+    seed_i = _count(seed if seed is not None else 0, "the seed", 0, 2**31 - 1)
+    models = _model_sources(ctx, domain, checkpoints)
     callback = None
     if progress is not None:
 
