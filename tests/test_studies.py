@@ -253,3 +253,19 @@ def test_system_sampler_waits_its_interval():
     first = sampler.sample()
     assert set(first) == {"cpu_percent", "memory_mb"} and sampler.sample() is None
     assert sampler.sample(force=True) is not None
+
+
+def test_jobs_rows_carry_the_study_and_a_collapse_warning_after_the_run_ended(tmp_path):
+    from studio.jobs.rows import job_rows
+    from trainers.metrics.collapse import COLLAPSE_FILE
+
+    with RunStore(tmp_path / "runs") as store:
+        [cfg] = plan_study(["fragment-dae"], 1, preset="smoke", data=TINY)
+        [run_id] = create_study_runs(store, [cfg])
+        store.set_status(run_id, "completed", reason="max epochs")
+        record = {"collapsing": True, "first_epoch": 1, "reasons": ["accuracy 2 points below identity"]}
+        store.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        (store.run_dir(run_id) / COLLAPSE_FILE).write_text(json.dumps(record))
+        [row] = job_rows(store, "here", False, lambda place: None)
+    assert row["study"] == cfg.study
+    assert row["reason"] == "max epochs · ⚠ collapsing since epoch 1: accuracy 2 points below identity"

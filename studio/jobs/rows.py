@@ -30,6 +30,17 @@ def key_metric(store: RunStore, run: RunRecord) -> tuple[str | None, float | Non
     return f"val/{names[0]}", None
 
 
+def _reason(store: RunStore, run: RunRecord) -> str:
+    """The run's reason, and the trainer's collapse warning where it raised one (its run folder's
+    collapse.json), so a collapsed model is flagged in the table after it ends too."""
+    from trainers.metrics.collapse import collapse_note
+
+    note = "" if run.status == "queued" else collapse_note(store.run_dir(run.id))
+    if not note or note in run.reason:  # while it runs the trainer puts the warning in its reason itself
+        return run.reason
+    return f"{run.reason} · {note}" if run.reason else note
+
+
 def anonymous_row(run: RunRecord, place: int | None, wait: float | None) -> dict[str, Any]:
     """Another visitor's queued or running job as the jobs table shows it on a Space: no id, name, labels,
     settings or owner, only that it holds a place in the queue."""
@@ -85,7 +96,8 @@ def job_rows(
                 "elapsed": elapsed,
                 "device": run.device,
                 "where": describe_host(run.host, ended=run.is_terminal),
-                "reason": run.reason,
+                "reason": _reason(store, run),
+                "study": run.config.get("study") or None,
                 "name": run.name,
                 "tags": list(run.tags),
                 "note": run.note,

@@ -91,7 +91,8 @@ def run_labels(rows: Mapping[str, Mapping[str, Any]], run_ids: Sequence[str]) ->
         per_epoch = row.get("steps_per_epoch")
         if not per_epoch and total and epochs and not row.get("max_steps"):
             per_epoch = total // epochs
-        labels[run_id] = RunLabel(f"{name} ({diff})" if diff else name, settings, per_epoch or None)
+        label = f"{name} ({diff})" if diff else name
+        labels[run_id] = RunLabel(label, settings, per_epoch or None, domain=str(row.get("domain") or ""))
     return labels
 
 

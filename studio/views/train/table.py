@@ -245,7 +245,10 @@ def _jobs_section() -> SimpleNamespace:
             scale=4,
             elem_id="train-filter",
         )
-        ui.sort = gr.Dropdown(list(SORTS), value="newest", label="Sort", scale=1, elem_id="train-sort")
+        # Capitalised labels: a choice named exactly "status" collides with Gradio's own i18n group of that
+        # name (a svelte-i18n warning on every page load).
+        choices = [(s.capitalize(), s) for s in SORTS]
+        ui.sort = gr.Dropdown(choices, value="newest", label="Sort", scale=1, elem_id="train-sort")
     ui.table = gr.Dataframe(
         headers=JOB_HEADERS,
         datatype=["html"] + ["str"] * (len(JOB_HEADERS) - 1),
