@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,58 @@ def test_jobs_rows_carry_the_study_and_a_collapse_warning_after_the_run_ended(tm
         [row] = job_rows(store, "here", False, lambda place: None)
     assert row["study"] == cfg.study
     assert row["reason"] == "max epochs · ⚠ collapsing since epoch 1: accuracy 2 points below identity"
+
+
+class _FakeJobs:
+    """Records what the Train tab's launch asks of the job manager (no trainer is started)."""
+
+    def __init__(self, space_limits=None):
+        self.space_limits = space_limits
+        self.checked, self.submitted = [], []
+
+    def check(self, variant, preset, **settings):
+        from trainers.settings import validate_run
+
+        self.checked.append((variant, settings))
+        return validate_run(variant, preset, **settings)
+
+    def submit(self, variant, preset, **settings):
+        self.submitted.append((variant, settings))
+        return f"run-{len(self.submitted)}"
+
+
+def test_the_train_tab_launches_a_study_of_variants_sweep_values_and_seeds():
+    from studio.views.train.form import launch_runs
+
+    ctx = types.SimpleNamespace(space=False, jobs=_FakeJobs())
+    ids = launch_runs(
+        ctx, ["fragment-dae", "fragment-dae-bytes"], "smoke", seed=5, name="lr", seeds=2, sweep="lr=1e-3,3e-3"
+    )
+    assert len(ids) == 8 and len(ctx.jobs.checked) == 8  # every run checked before the first is queued
+    settings = [s for _, s in ctx.jobs.submitted]
+    assert len({s["study"] for s in settings}) == 1 and settings[0]["study"].startswith("study-")
+    assert {(v, s["lr"], s["seed"]) for v, s in ctx.jobs.submitted} == {
+        (v, lr, seed)
+        for v in ("fragment-dae", "fragment-dae-bytes")
+        for lr in (1e-3, 3e-3)
+        for seed in (5, 6)
+    }
+    assert all(s["tags"] == [settings[0]["study"]] for s in settings)
+    assert settings[0]["name"] == "lr · fragment-dae · seed 5"
+    one = launch_runs(types.SimpleNamespace(space=False, jobs=_FakeJobs()), ["fragment-dae"], "smoke")
+    assert one == ["run-1"]
+
+
+def test_a_space_refuses_a_study_beyond_a_visitors_jobs_in_one_sentence():
+    from studio.jobs import SpaceLimits
+    from studio.views.train.form import launch_runs
+
+    jobs = _FakeJobs(SpaceLimits())
+    ctx = types.SimpleNamespace(space=True, jobs=jobs)
+    with pytest.raises(
+        ValueError, match="this launch is 12 runs, but a visitor of this demo Space may hold 2"
+    ):
+        launch_runs(ctx, ["sar-baseline", "sar-resnet", "sar-residual", "sar-attention"], "smoke", seeds=3)
+    assert jobs.submitted == [] and jobs.checked == []
+    with pytest.raises(ValueError, match="seeds must be a whole number from 1 to 20"):
+        launch_runs(types.SimpleNamespace(space=False, jobs=_FakeJobs()), ["fragment-dae"], "smoke", seeds=50)

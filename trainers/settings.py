@@ -9,6 +9,7 @@ the trainer runs, so a bad value fails at submit and not minutes into a run.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -204,7 +205,17 @@ class RunSettings(BaseModel):
     device: str = "auto"
     precision: str | None = None
     compile: bool | None = None
+    study: str | None = None  # the study this run belongs to (trainers.runs.studies), not a user setting
     model: dict[str, Any] | None = None
+
+    @field_validator("study", mode="before")
+    @classmethod
+    def _study(cls, value: Any) -> str | None:
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str) or not re.fullmatch(r"study-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}", value):
+            raise ValueError(f"study must be a study id such as study-20261207-141502-3fa2, got {value!r}")
+        return value
 
     @field_validator(*CHOICES, mode="before")
     @classmethod

@@ -71,7 +71,8 @@ def new_study_id() -> str:
     return f"study-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
 
-def _seed_count(seeds: Any) -> int:
+def seed_count(seeds: Any) -> int:
+    """The number of training seeds of a study: a whole number from 1 to MAX_SEEDS."""
     if isinstance(seeds, bool) or not isinstance(seeds, (int, float)) or not float(seeds).is_integer():
         raise ValueError(f"seeds must be a whole number from 1 to {MAX_SEEDS}, got {seeds!r}")
     if not 1 <= int(seeds) <= MAX_SEEDS:
@@ -100,7 +101,7 @@ def plan_study(
     variants = list(dict.fromkeys(variants))
     if not variants:
         raise ValueError("a study needs at least one variant")
-    count = _seed_count(seeds)
+    count = seed_count(seeds)
     values: tuple[Any, ...] = sweep.values if sweep else (None,)
     total = len(variants) * count * len(values)
     if total > MAX_RUNS:
@@ -118,9 +119,10 @@ def plan_study(
                     extra = sweep.overrides(value)
                     model.update(extra.pop("model", {}))
                     per_run.update(extra)
-                cfg = validate_run(variant, preset, check_paths=check_paths, model=model or None, **per_run)
-                cfg.study = study_id
-                configs.append(cfg)
+                per_run["study"] = study_id
+                configs.append(
+                    validate_run(variant, preset, check_paths=check_paths, model=model or None, **per_run)
+                )
     return configs
 
 

@@ -106,8 +106,13 @@ def launch_runs(
     name: Any = "",
     tags: Any = "",
     note: Any = "",
+    seeds: Any = 1,
+    sweep: Any = "",
 ) -> list[str]:
     """Queue one run per chosen variant; every setting is checked first, so bad input launches nothing.
+
+    With ``seeds`` > 1 or a ``sweep`` ("lr=1e-3,3e-4") it is a study: variants × sweep values × seeds
+    from the seed given, queued under one study id (trainers.runs.studies), tagged with it.
 
     `owner` (the visitor, on a public Space) is recorded: the runs are theirs alone to see and act on;
     `address` (their client address) counts them against the Space's per-address cap too. `name`, `tags`
@@ -144,24 +149,65 @@ def launch_runs(
         settings["precision"] = precision
     if compile not in (None, False):  # checked with the rest by the job manager (trainers.settings)
         settings["compile"] = compile
-    for variant in chosen:  # every variant's settings are checked before the first one is queued
-        ctx.jobs.check(variant, preset, **settings)
+    plans = study_plans(chosen, settings, seeds, sweep)
+    limits = getattr(ctx.jobs, "space_limits", None)
+    if ctx.space and limits is not None and len(plans) > limits.max_jobs_per_visitor:
+        raise ValueError(
+            f"this launch is {len(plans)} runs, but a visitor of this demo Space may hold "
+            f"{limits.max_jobs_per_visitor} at once: use fewer variants, seeds or sweep values"
+        )
+    for variant, per_run in plans:  # every run's settings are checked before the first one is queued
+        ctx.jobs.check(variant, preset, **per_run)
     labels = check_labels(name, tags, note)
-    if owner is not None:
-        settings["owner"] = owner
+    extra = {"owner": owner} if owner is not None else {}
     if address:
-        settings["address"] = address
+        extra["address"] = address
     queued: list[str] = []
-    for variant in chosen:
+    for variant, per_run in plans:
         try:
             named = dict(labels)
-            if "name" in named and len(chosen) > 1:
-                named["name"] = f"{named['name']} · {variant}"
-            queued.append(ctx.jobs.submit(variant, preset, **settings, **named))
+            if per_run.get("study"):
+                named["tags"] = [*named.get("tags", []), per_run["study"]]
+            if "name" in named and len(plans) > 1:
+                named["name"] = f"{named['name']} · {variant}" + _study_suffix(
+                    per_run, len(plans) > len(chosen)
+                )
+            queued.append(ctx.jobs.submit(variant, preset, **per_run, **extra, **named))
         except (ValueError, FileNotFoundError) as exc:  # checked above, so only a change meanwhile gets here
             done = f" (already queued: {', '.join(queued)})" if queued else ""
             raise type(exc)(f"{variant}: {exc}{done}") from exc
     return queued
+
+
+def study_plans(
+    variants: Sequence[str], settings: dict[str, Any], seeds: Any, sweep: Any
+) -> list[tuple[str, dict[str, Any]]]:
+    """(variant, settings) of each run a launch queues: one per variant, or with several seeds or a sweep a
+    study of variants × sweep values × seeds (from the seed given), each carrying the study id."""
+    from trainers.runs.studies import new_study_id, parse_sweep, seed_count
+
+    count = seed_count(1 if seeds in (None, "", 0) else seeds)
+    swept = parse_sweep(sweep if isinstance(sweep, str) else None)
+    if count == 1 and swept is None:
+        return [(variant, dict(settings)) for variant in variants]
+    study = new_study_id()
+    first = int(settings.get("seed") or 0)
+    plans = []
+    for variant in variants:
+        for value in swept.values if swept else (None,):
+            for k in range(count):
+                per_run = {**settings, "seed": first + k, "study": study}
+                if swept is not None:
+                    change = swept.overrides(value)
+                    if "model" in change:
+                        per_run["model"] = {**per_run.get("model", {}), **change.pop("model")}
+                    per_run.update(change)
+                plans.append((variant, per_run))
+    return plans
+
+
+def _study_suffix(per_run: dict[str, Any], study: bool) -> str:
+    return f" · seed {per_run['seed']}" if study else ""
 
 
 def queue_note(ctx: StudioContext, run_ids: Sequence[str]) -> str:
@@ -258,6 +304,21 @@ def _launch_form(ctx: StudioContext) -> SimpleNamespace:
                     None, label="Learning rate", info="0: the preset's", step=1e-4, elem_id="train-lr"
                 )
                 ui.seed = gr.Number(0, label="Seed", info="the presets' seed is 0", elem_id="train-seed")
+            # A study: several seeds (and one setting swept) launched as one, grouped by its id.
+            with gr.Row():
+                ui.seeds = gr.Number(
+                    1,
+                    label="Seeds",
+                    info="runs per variant: seed, seed+1, ...; >1 makes a study",
+                    elem_id="train-seeds",
+                )
+                ui.sweep = gr.Textbox(
+                    "",
+                    label="Sweep",
+                    info="optional, one setting: KEY=V1,V2",
+                    placeholder="e.g. lr=1e-3,3e-4",
+                    elem_id="train-sweep",
+                )
             ui.data = gr.Textbox(
                 "",
                 label="Data spec",

@@ -102,6 +102,8 @@ def _wire_launch(
         name="",
         tags="",
         note="",
+        seeds=1,
+        sweep="",
     ):
         try:
             launched = launch_runs(
@@ -121,11 +123,16 @@ def _wire_launch(
                 name,
                 tags,
                 note,
+                seeds,
+                sweep,
             )
         except (ValueError, FileNotFoundError) as exc:
             return _warn(exc), gr.skip(), gr.skip(), state
         gr.Info(f"Queued {len(launched)} run(s)")
         message = f"Queued {len(launched)} run(s): " + ", ".join(f"`{run_id}`" for run_id in launched)
+        study = (ctx.store.get_run(launched[0]).config or {}).get("study")
+        if study:  # the jobs filter finds a study's runs by its id, which each run carries as a tag
+            message = f"Study `{study}` (filter the jobs by `tag:{study}`): " + message
         message += queue_note(ctx, launched)
         return message, plot_selection(ctx, plotted_runs, launched), launched[0], state
 
@@ -157,6 +164,8 @@ def _wire_launch(
             form.run_name,
             form.run_tags,
             form.run_note,
+            form.seeds,
+            form.sweep,
         ],
         outputs=[form.status, curves.runs, jobs.selected, session],
         api_name="launch",
@@ -177,6 +186,15 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
         return job_rows(ctx)
 
     gr.api(jobs, api_name="jobs", concurrency_limit=None)
+
+    def studies() -> list[dict[str, Any]]:
+        """Every study the visitor may see, newest first: id, variants, seeds, swept settings, runs and
+        how many of them ended (launch one with /launch's seeds and sweep)."""
+        from trainers.runs.studies import list_studies
+
+        return [study.to_dict() for study in list_studies(ctx.store)]
+
+    gr.api(studies, api_name="studies", concurrency_limit=None)
 
     def cancel(run_id: str, request: gr.Request) -> str:
         try:
