@@ -168,7 +168,7 @@ def parallel_coordinates(runs: Sequence[Any], metric: str, scores: Sequence[floa
             dimensions=dims,
         )
     )
-    fig.update_layout(margin={"l": 60, "r": 60, "t": 50, "b": 30}, height=420)
+    fig.update_layout(margin={"l": 60, "r": 60, "t": 50, "b": 30}, height=420, template="plotly_white")
     return fig
 
 
@@ -189,5 +189,7 @@ def setting_scatter(
             text=[r.label for r, _ in picked],
             hovertemplate="%{text}: %{y:.4g} at " + setting + "=%{x}<extra></extra>",
         )
-    fig.update_layout(xaxis_title=setting, yaxis_title=metric, height=380, margin={"t": 40})
+    fig.update_layout(
+        xaxis_title=setting, yaxis_title=metric, height=380, margin={"t": 40}, template="plotly_white"
+    )
     return fig

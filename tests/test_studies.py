@@ -325,3 +325,46 @@ def test_a_space_refuses_a_study_beyond_a_visitors_jobs_in_one_sentence():
     assert jobs.submitted == [] and jobs.checked == []
     with pytest.raises(ValueError, match="seeds must be a whole number from 1 to 20"):
         launch_runs(types.SimpleNamespace(space=False, jobs=_FakeJobs()), ["fragment-dae"], "smoke", seeds=50)
+
+
+def _fake_study(store, study="study-20261207-000000-abcd"):
+    """Two variants x two seeds with logged curves and best values, as a study's runs would have."""
+    ids = {}
+    for variant in ("sar-baseline", "sar-residual"):
+        for seed in (0, 1):
+            config = {
+                "variant": variant,
+                "seed": seed,
+                "study": study,
+                "lr": 1e-3,
+                "model": {"base_channels": 8},
+            }
+            run_id = store.create_run(variant, "sar", config)
+            gain = 0.5 if variant == "sar-residual" else 0.0
+            for step in range(0, 50, 5):
+                store.log_metrics(run_id, step, 0, "train", {"loss": 1 / (step + 1) + 0.01 * seed})
+            store.log_metrics(run_id, 50, 1, "val", {"psnr": 14 + gain + 0.1 * seed, "loss": 0.1})
+            ids[(variant, seed)] = run_id
+    return study, ids
+
+
+def test_studies_section_draws_grouped_curves_and_the_settings_views(tmp_path):
+    from studio.views.train.studies import grouped_figure, settings_figures, study_choices
+
+    with RunStore(tmp_path / "runs") as store:
+        study, ids = _fake_study(store)
+        ctx = types.SimpleNamespace(store=store, runs_dir=tmp_path / "runs")
+        [(label, value)] = study_choices(ctx)
+        assert value == study and "sar-baseline, sar-residual · 2 seeds · 0/4 ended" in label
+        fig = grouped_figure(ctx, study, "train/loss", "variant", "min–max")
+        lines = [t for t in fig.data if t.mode == "lines"]
+        assert [t.name for t in lines] == ["sar-baseline (mean of 2)", "sar-residual (mean of 2)"]
+        assert lines[0].y[0] == pytest.approx(1.005)  # the mean of seeds 0 and 1 at step 0
+        coords, scatter = settings_figures(ctx, study, "val/psnr", "")
+        assert [d.label for d in coords.data[0].dimensions] == ["variant", "seed", "val/psnr"]
+        assert sorted(coords.data[0].dimensions[-1].values) == pytest.approx([14.0, 14.1, 14.5, 14.6])
+        assert [t.name for t in scatter.data] == ["sar-baseline", "sar-residual"]
+        with pytest.raises(ValueError, match="no study chosen"):
+            grouped_figure(ctx, "", "train/loss", "variant", "min–max")
+        with pytest.raises(ValueError, match="no study with id"):
+            grouped_figure(ctx, "study-20990101-000000-ffff", "train/loss", "variant", "min–max")

@@ -24,6 +24,7 @@ from studio.views.train.panels import (
 from studio.views.train.polling import _wire_load, _wire_poll
 from studio.views.train.run_actions import RESUMABLE, cancel_run, log_tail, resume_run, set_run_labels
 from studio.views.train.session import TrainSession, _blank, _rows_by_id, _session, _warn, job_rows
+from studio.views.train.studies import build_studies_section
 from studio.views.train.table import _jobs_section, job_table
 
 CSS = """
@@ -367,4 +368,5 @@ def build_tab(ctx: StudioContext) -> None:
     _wire_curves(ctx, curves, session)
     _wire_poll(ctx, jobs, curves, session)
     _wire_load(ctx, jobs, curves, session)
+    build_studies_section(ctx)
     build_media_section(ctx)

@@ -1,0 +1,165 @@
+"""The Train tab's studies section: a study's (or all plotted runs') curves grouped by variant, study or
+a setting, as a mean line with a band over seeds; the parallel-coordinates and setting-vs-metric views of
+their settings against a chosen best metric; and the study leaderboard with its claims answered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from studio.context import StudioContext
+from studio.curves import PALETTE
+from studio.groups import BANDS, band_traces, group_curve, group_key, parallel_coordinates, setting_scatter
+
+GROUP_BY = ("variant", "study")
+DEFAULT_METRIC = "train/loss"
+
+
+def study_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    """(label, study id) of every study the visitor may see, newest first."""
+    from trainers.runs.studies import list_studies
+
+    out = []
+    for s in list_studies(ctx.store):
+        done = sum(n for status, n in s.statuses.items() if status not in ("queued", "running"))
+        out.append(
+            (f"{s.id} · {', '.join(s.variants)} · {len(s.seeds)} seeds · {done}/{len(s.runs)} ended", s.id)
+        )
+    return out
+
+
+def _runs(ctx: StudioContext, study: Any) -> list[Any]:
+    from trainers.runs.studies import study_runs
+
+    if not study:
+        raise ValueError("no study chosen: launch one with Seeds > 1 (or a sweep), then pick it here")
+    return study_runs(ctx.store, str(study))
+
+
+def grouped_figure(ctx: StudioContext, study: Any, metric: Any, by: Any, band: Any) -> go.Figure:
+    """The study's curves of ``metric`` grouped by ``by`` (variant, study or a setting key), one colour a
+    group, the mean line with its band."""
+    runs = _runs(ctx, study)
+    metric = str(metric or DEFAULT_METRIC)
+    split, _, name = metric.partition("/")
+    if not name:
+        raise ValueError(f"a metric is split/name such as train/loss, got {metric!r}")
+    by = str(by or "variant").strip()
+    groups: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        points = ctx.store.metric_series(run.id, name, split=split)
+        if points:
+            steps, values = zip(*points, strict=True)
+            groups.setdefault(group_key(run, by), {})[run.id] = (list(steps), list(values))
+    fig = go.Figure()
+    for k, (label, series) in enumerate(sorted(groups.items())):
+        for trace in band_traces(
+            group_curve(label, series, band=str(band)), PALETTE[k % len(PALETTE)], str(band)
+        ):
+            fig.add_trace(trace)
+    title = f"{metric} by {by}: mean of the seeds with its {band} band"
+    if not groups:
+        title = f"no run of this study has logged {metric} yet"
+    fig.update_layout(
+        title=title,
+        xaxis_title="step",
+        yaxis_title=metric,
+        height=420,
+        margin={"t": 60},
+        template="plotly_white",
+    )
+    return fig
+
+
+def settings_figures(
+    ctx: StudioContext, study: Any, metric: Any, setting: Any
+) -> tuple[go.Figure, go.Figure]:
+    """Parallel coordinates of the study's differing settings to the runs' best ``metric`` (val/...), and
+    that metric against one setting (the first differing one when none is named)."""
+    from studio.groups import numeric_settings
+
+    runs = _runs(ctx, study)
+    metric = str(metric or "val/loss")
+    name = metric.partition("/")[2] or metric
+    scores = [ctx.store.best_metrics(r.id).get(name) for r in runs]
+    chosen = str(setting or "").strip() or next(iter(numeric_settings(runs)))
+    return parallel_coordinates(runs, metric, scores), setting_scatter(runs, chosen, metric, scores)
+
+
+def study_leaderboard(ctx: StudioContext, study: Any, data: Any, claims: Any, progress: Any = None) -> str:
+    """The study leaderboard (``compare --study``) as Markdown: means over seeds, paired differences on
+    the same seeds and units, the design's claims and the user's (one per line) answered."""
+    from trainers.evaluation.claims import parse_claim
+    from trainers.evaluation.study import compare_study, study_markdown
+
+    _runs(ctx, study)  # a study the visitor may not see is "no study with id"
+    wanted = [parse_claim(line) for line in str(claims or "").splitlines() if line.strip()]
+
+    def report(fraction: float, desc: str) -> None:
+        if progress is not None:
+            progress(fraction, desc=desc)
+
+    result = compare_study(str(study), ctx.runs_dir, str(data).strip() or None, wanted, progress=report)
+    return study_markdown(result)
+
+
+def build_studies_section(ctx: StudioContext) -> None:
+    """The "Studies" accordion under the curves."""
+    with gr.Accordion("Studies: seeds grouped, settings against metrics, claims", open=False):
+        with gr.Row():
+            study = gr.Dropdown([], label="Study", scale=3, elem_id="train-study")
+            refresh = gr.Button("↻", scale=0, min_width=40)
+        with gr.Row():
+            metric = gr.Textbox(DEFAULT_METRIC, label="Metric", info="split/name, e.g. val/psnr", scale=2)
+            by = gr.Textbox(
+                "variant", label="Group by", info="variant, study or a setting (lr, model.x)", scale=2
+            )
+            band = gr.Radio(list(BANDS), value=BANDS[0], label="Band", scale=2)
+        grouped = gr.Plot(label="Grouped curves", elem_id="train-grouped")
+        with gr.Row():
+            best = gr.Textbox("val/loss", label="Best metric", scale=2)
+            setting = gr.Textbox(
+                "", label="Setting for the scatter", info="blank: the first that differs", scale=2
+            )
+        with gr.Row():
+            parcoords = gr.Plot(label="Parallel coordinates", elem_id="train-parcoords")
+            scatter = gr.Plot(label="Setting vs metric")
+        with gr.Row():
+            data = gr.Textbox("", label="Leaderboard data", info="blank: the runs' built-in data", scale=3)
+            claims = gr.Textbox("", label="Claims", info="one a line: A - B >= D on METRIC", lines=2, scale=3)
+        run_board = gr.Button("Study leaderboard", elem_id="train-study-board")
+        board = gr.Markdown(elem_id="train-study-result")
+
+    def choices():
+        return gr.update(choices=study_choices(ctx))
+
+    def draw(study_id, metric_name, group_by, band_name, best_name, setting_name):
+        try:
+            curves = grouped_figure(ctx, study_id, metric_name, group_by, band_name)
+            coords, points = settings_figures(ctx, study_id, best_name, setting_name)
+        except ValueError as exc:
+            gr.Warning(str(exc))
+            return gr.skip(), gr.skip(), gr.skip()
+        return curves, coords, points
+
+    def leaderboard(study_id, data_spec, claim_text, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        try:
+            return study_leaderboard(ctx, study_id, data_spec, claim_text, progress)
+        except (ValueError, FileNotFoundError) as exc:
+            return f"⚠ {exc}"
+
+    refresh.click(choices, outputs=study, api_visibility="private")
+    root = gr.context.Context.root_block
+    if root is not None:
+        root.load(choices, outputs=study, api_visibility="private")
+    inputs = [study, metric, by, band, best, setting]
+    gr.on(
+        [study.change, band.change, metric.submit, by.submit, best.submit, setting.submit],
+        draw,
+        inputs=inputs,
+        outputs=[grouped, parcoords, scatter],
+        api_visibility="private",
+    )
+    run_board.click(leaderboard, inputs=[study, data, claims], outputs=board, api_name="study_leaderboard")
