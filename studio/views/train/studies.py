@@ -106,7 +106,16 @@ def study_leaderboard(ctx: StudioContext, study: Any, data: Any, claims: Any, pr
 
 
 def build_studies_section(ctx: StudioContext) -> None:
-    """The "Studies" accordion under the curves."""
+    """The "Studies" accordion under the curves, and the /studies listing."""
+
+    def studies() -> list[dict[str, Any]]:
+        """Every study the visitor may see, newest first: id, variants, seeds, swept settings, runs and
+        how many of them ended (launch one with /launch's seeds and sweep)."""
+        from trainers.runs.studies import list_studies
+
+        return [study.to_dict() for study in list_studies(ctx.store)]
+
+    gr.api(studies, api_name="studies", concurrency_limit=None)
     with gr.Accordion("Studies: seeds grouped, settings against metrics, claims", open=False):
         with gr.Row():
             study = gr.Dropdown([], label="Study", scale=3, elem_id="train-study")

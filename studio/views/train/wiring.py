@@ -37,6 +37,24 @@ CSS = """
 """
 
 
+def _launch_inputs(form: SimpleNamespace, curves: SimpleNamespace, session: gr.State) -> list[Any]:
+    """The launch event's inputs, in the order of `launch`'s parameters (and /launch's, for API clients)."""
+    return [
+        *(form.variants, form.preset, form.epochs, form.batch, form.lr, form.data, form.seed, form.device),
+        *(form.precision, form.compile, curves.runs, session, form.run_name, form.run_tags, form.run_note),
+        *(form.seeds, form.sweep),
+    ]
+
+
+def _launched_message(ctx: StudioContext, launched: list[str]) -> str:
+    """What the status line says after a launch: the runs queued, their study, the queue's wait."""
+    message = f"Queued {len(launched)} run(s): " + ", ".join(f"`{run_id}`" for run_id in launched)
+    study = (ctx.store.get_run(launched[0]).config or {}).get("study")
+    if study:  # the jobs filter finds a study's runs by its id, which each run carries as a tag
+        message = f"Study `{study}` (filter the jobs by `tag:{study}`): " + message
+    return message + queue_note(ctx, launched)
+
+
 def _after_launch(ctx: StudioContext):
     """The handler after a launch: fresh choices for both run pickers; the domain's default panels when the
     plotted domain changed."""
@@ -130,12 +148,12 @@ def _wire_launch(
         except (ValueError, FileNotFoundError) as exc:
             return _warn(exc), gr.skip(), gr.skip(), state
         gr.Info(f"Queued {len(launched)} run(s)")
-        message = f"Queued {len(launched)} run(s): " + ", ".join(f"`{run_id}`" for run_id in launched)
-        study = (ctx.store.get_run(launched[0]).config or {}).get("study")
-        if study:  # the jobs filter finds a study's runs by its id, which each run carries as a tag
-            message = f"Study `{study}` (filter the jobs by `tag:{study}`): " + message
-        message += queue_note(ctx, launched)
-        return message, plot_selection(ctx, plotted_runs, launched), launched[0], state
+        return (
+            _launched_message(ctx, launched),
+            plot_selection(ctx, plotted_runs, launched),
+            launched[0],
+            state,
+        )
 
     after_launch = _after_launch(ctx)
 
@@ -149,25 +167,7 @@ def _wire_launch(
     )
     form.launch.click(
         launch,
-        inputs=[
-            form.variants,
-            form.preset,
-            form.epochs,
-            form.batch,
-            form.lr,
-            form.data,
-            form.seed,
-            form.device,
-            form.precision,
-            form.compile,
-            curves.runs,
-            session,
-            form.run_name,
-            form.run_tags,
-            form.run_note,
-            form.seeds,
-            form.sweep,
-        ],
+        inputs=_launch_inputs(form, curves, session),
         outputs=[form.status, curves.runs, jobs.selected, session],
         api_name="launch",
         concurrency_limit=4,
@@ -187,15 +187,6 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
         return job_rows(ctx)
 
     gr.api(jobs, api_name="jobs", concurrency_limit=None)
-
-    def studies() -> list[dict[str, Any]]:
-        """Every study the visitor may see, newest first: id, variants, seeds, swept settings, runs and
-        how many of them ended (launch one with /launch's seeds and sweep)."""
-        from trainers.runs.studies import list_studies
-
-        return [study.to_dict() for study in list_studies(ctx.store)]
-
-    gr.api(studies, api_name="studies", concurrency_limit=None)
 
     def cancel(run_id: str, request: gr.Request) -> str:
         try:
