@@ -9,6 +9,7 @@ and say why in the commit.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,11 +20,23 @@ DATA = "sar:folder=" + str(HERE / "sar")
 
 
 def golden() -> dict:
-    """The leaderboard without what varies between runs (inference times) or machines (paths)."""
+    """The leaderboard without what varies between runs (inference times) or machines (paths).
+
+    The models run in fp32 here: a CPU with native bf16 would otherwise run the SAR nets in bf16
+    (trainers.training.fastpath), and the figures would then depend on the machine's CPU."""
     sys.path.insert(0, str(ROOT))
     from trainers.evaluation.compare import run_compare
+    from trainers.training.fastpath import NATIVE_BF16_ENV
 
-    result = run_compare(SOURCES, DATA, baselines=True, seed=0)
+    before = os.environ.get(NATIVE_BF16_ENV)
+    os.environ[NATIVE_BF16_ENV] = "0"
+    try:
+        result = run_compare(SOURCES, DATA, baselines=True, seed=0)
+    finally:
+        if before is None:
+            os.environ.pop(NATIVE_BF16_ENV, None)
+        else:
+            os.environ[NATIVE_BF16_ENV] = before
     result["data"] = "sar:folder=assets/golden/sar"
     for row in result["rows"]:
         row.pop("inference_ms", None)
