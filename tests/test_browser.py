@@ -183,9 +183,10 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     page.get_by_role("option").filter(has_text=run_id).first.click()
     page.keyboard.press("Escape")
     page.locator("#hub-metric-export").click()
-    expect(page.locator("#hub-metric-status")).to_contain_text(f"{run_id}.csv", timeout=30_000)
+    # One run's CSV comes zipped with its settings file, named after the run.
+    expect(page.locator("#hub-metric-status")).to_contain_text(f"{run_id}-csv.zip", timeout=30_000)
     download = page.locator("#hub-metric-file a").first
-    expect(download).to_have_attribute("href", re.compile(rf"{run_id}\.csv$"), timeout=15_000)
+    expect(download).to_have_attribute("href", re.compile(rf"{run_id}-csv\.zip$"), timeout=15_000)
     assert hub.is_visible()
     page.get_by_role("tab", name="Train").click()
 

@@ -323,6 +323,8 @@ def export_download(run_ids: Iterable[str], fmt: str, runs_dir: str | Path, work
     paths = export_runs(run_ids, fmt, folder, runs_dir)
     if fmt == "jsonl" and len(paths) == 1:
         return paths[0]
-    archive = zip_folder(folder, staging / f"runs-{fmt}.zip")
+    # One run's archive is named after it (a CSV with its settings file), several runs' after the format.
+    name = f"{paths[0].name.removesuffix('.csv')}-{fmt}" if len(paths) == 1 else f"runs-{fmt}"
+    archive = zip_folder(folder, staging / f"{name}.zip")
     shutil.rmtree(folder, ignore_errors=True)
     return archive

@@ -27,9 +27,13 @@ from studio.views.train.session import TrainSession, _blank, _rows_by_id, _sessi
 from studio.views.train.studies import build_studies_section
 from studio.views.train.table import _jobs_section, job_table
 
+# The jobs table scrolls sideways rather than wrap a header (the page-wide TABLE_CSS wraps headers between
+# words, with !important, so this one needs it too).
 CSS = """
 #train-jobs td, #train-jobs th { white-space: nowrap; }
-#train-jobs td span, #train-jobs th span { white-space: nowrap; word-break: keep-all; overflow-wrap: normal; }
+#train-jobs td span, #train-jobs th span {
+  white-space: nowrap !important; word-break: keep-all; overflow-wrap: normal;
+}
 #train-jobs .run-dot { font-size: 1.1em; }
 #tab-train .gr-dropdown input, #tab-train [data-testid="dropdown"] input { padding-right: 2.2em; }
 #tab-train .wrap-inner { padding-right: 1.8em; }
