@@ -308,3 +308,26 @@ def asset_maker():
     finally:
         sys.path.remove(str(ROOT / "assets"))
     return make_assets
+
+
+@contextlib.contextmanager
+def space_server(base: Path) -> Iterator[StudioServer]:
+    """`python app.py` as on a public Space (SPACE_ID set), on a runs folder under `base` and a port of its
+    own; stopped on exit (a temporary runs folder: the app cancels its jobs as it stops)."""
+    port = free_port()
+    runs_dir, log_path = base / "runs", base / "studio.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs_dir)],
+            cwd=ROOT,
+            env=child_env(SPACE_ID="test/studio"),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = StudioServer(f"http://127.0.0.1:{port}", port, runs_dir, log_path, process)
+    try:
+        _wait_until_serving(server, 120.0)
+        yield server
+    finally:
+        stop_process(process)

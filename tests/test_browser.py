@@ -230,28 +230,10 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
 @pytest.fixture
 def space_studio(tmp_path):
     """`python app.py` as on a public Space (SPACE_ID set), on its own runs folder and port."""
-    import subprocess
-    import sys
+    from tests.conftest import space_server
 
-    from tests.conftest import ROOT, StudioServer, _wait_until_serving, child_env, free_port, stop_process
-
-    port = free_port()
-    runs_dir, log_path = tmp_path / "runs", tmp_path / "studio.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs_dir)],
-            cwd=ROOT,
-            env=child_env(SPACE_ID="test/studio"),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = StudioServer(f"http://127.0.0.1:{port}", port, runs_dir, log_path, process)
-    try:
-        _wait_until_serving(server, 120.0)
+    with space_server(tmp_path) as server:
         yield server
-    finally:
-        stop_process(process)  # a temporary runs folder: the app cancels its jobs as it stops
 
 
 def cancel_in_page(page, run_id: str) -> str:

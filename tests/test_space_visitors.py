@@ -6,14 +6,12 @@ session from the same address does not get around the per-visitor cap (issue 19 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import ROOT, StudioServer, _wait_until_serving, child_env, free_port, stop_process
+from tests.conftest import space_server
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.slow]
@@ -25,24 +23,8 @@ RUN_ID = re.compile(r"\d{8}-\d{6}-fragment-dae-[0-9a-f]{4}")
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
     """`python app.py` as on a public Space, one server for the module's tests."""
-    base = tmp_path_factory.mktemp("space-visitors")
-    port = free_port()
-    runs_dir, log_path = base / "runs", base / "studio.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs_dir)],
-            cwd=ROOT,
-            env=child_env(SPACE_ID="test/studio"),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = StudioServer(f"http://127.0.0.1:{port}", port, runs_dir, log_path, process)
-    try:
-        _wait_until_serving(server, 120.0)
+    with space_server(tmp_path_factory.mktemp("space-visitors")) as server:
         yield server
-    finally:
-        stop_process(process)  # a temporary runs folder: the app cancels its jobs as it stops
 
 
 def answer(client, *args, api_name: str, **kwargs) -> str:
