@@ -109,7 +109,8 @@ def _not_better(
         return ""
     gain = (a - b) if higher else (b - a)
     res = paired(gain, np.zeros_like(gain), units, seed=0)
-    sign = "≤" if (m <= bm if higher else m >= bm) else "vs"
+    # "≤" for a score that should be higher, "≥" for one that should be lower: the model is on the wrong side.
+    sign = ("≤" if higher else "≥") if (m <= bm if higher else m >= bm) else "vs"
     if res["ci95"] is None:
         return (
             f"{name} {m:{fmt}}{unit} {sign} {bm:{fmt}}{unit}"
