@@ -153,7 +153,13 @@ def test_new_checkpoints_get_no_normalisation_note(ctx, tmp_path):
     # A checkpoint of the older affine per-image map (today's references before the piecewise map) loads
     # and gets its own note.
     affine = SyntheticSARDataset(2, 32, pcts=(0.5, 99.5)).preprocessing()
-    assert affine == {"kind": "sar-db-per-image", "low_pct": 0.5, "high_pct": 99.5, "looks": "1-4"}
+    assert affine == {
+        "kind": "sar-db-per-image",
+        "low_pct": 0.5,
+        "high_pct": 99.5,
+        "looks": "1-4",
+        "scene": "mixed",
+    }
     r = view.sar_compare(ctx, [_external(ctx, tmp_path, "affine", affine)], size=32)
     older = "sar-baseline: this checkpoint was trained with the older affine"
     assert any(n.startswith(older) for n in r.notes)
