@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -110,7 +109,9 @@ def fragment_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("frags")
     text = "".join(f"def function_{i}(x):\n    return x * {i} + 1  # a comment\n" for i in range(120))
     (folder / "notes.txt").write_text(text)
-    dynload = Path(sysconfig.get_paths()["platstdlib"]) / "lib-dynload"
+    from trainers.data.fragments import installation_stdlib
+
+    dynload = installation_stdlib()[1] / "lib-dynload"  # the installation's, also inside a venv
     so = min((p for p in dynload.glob("*.so") if p.stat().st_size > 8192), key=lambda p: p.stat().st_size)
     (folder / "library.bin").write_bytes(so.read_bytes()[:16384])  # the name says nothing: content decides
     buf = io.BytesIO()

@@ -74,13 +74,12 @@ class FragmentComparison:
 def corpus_name(path: str | Path) -> str:
     """A built-in file's name relative to the Python installation's ``lib`` folder, e.g.
     ``python3.11/__future__.py``: the app may be public, and absolute paths would describe the server."""
-    import sysconfig
+    from trainers.data.fragments import installation_stdlib  # the installation's, also inside a venv
 
     path = Path(path)
-    paths = sysconfig.get_paths()
-    for key in ("stdlib", "platstdlib"):
-        with contextlib.suppress(KeyError, ValueError):
-            return path.relative_to(Path(paths[key]).parent).as_posix()
+    for folder in installation_stdlib():
+        with contextlib.suppress(ValueError):
+            return path.relative_to(folder.parent).as_posix()
     return path.name
 
 
