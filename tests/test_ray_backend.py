@@ -807,7 +807,8 @@ def test_closing_after_the_cluster_died_does_not_wait_for_rays_timeout(tmp_path)
     )
     closed = [line for line in out.stdout.splitlines() if line.startswith("closed in")]
     assert out.returncode == 0 and closed, (out.stdout[-1000:], out.stderr[-3000:])
-    assert float(closed[0].split()[2]) < 20.0, closed
+    # Ray's own wait is 60 s; ~6 s measured idle, 24 s on a loaded 2-core CI run: the bound says "not Ray's".
+    assert float(closed[0].split()[2]) < 45.0, closed
 
 
 # --- python -m trainers resume -----------------------------------------------------------------------------
