@@ -171,4 +171,5 @@ def build_studies_section(ctx: StudioContext) -> None:
         outputs=[grouped, parcoords, scatter],
         api_visibility="private",
     )
-    run_board.click(leaderboard, inputs=[study, data, claims], outputs=board, api_name="study_leaderboard")
+    # The CLI is the scripted way (compare --study); the page button only.
+    run_board.click(leaderboard, inputs=[study, data, claims], outputs=board, api_visibility="private")
