@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from importlib.util import find_spec
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -833,7 +834,13 @@ def test_resume_continues_a_killed_run_and_a_ray_run_whose_node_died(tmp_path):
     from trainers.runs.store import RunStore
 
     runs = tmp_path / "runs"
-    data = "fragments:folder=trainers,max_files=12"
+    # Fixed files, not the checkout's own (their count and sizes change with the code and its __pycache__).
+    files = tmp_path / "data"
+    files.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        (files / f"f{i:02d}.bin").write_bytes(rng.integers(0, 256, 10 * 1024, dtype=np.uint8).tobytes())
+    data = f"fragments:folder={files},max_files=12"
     train = ["train", "fragment-dae", "--preset", "smoke", "--no-progress", "--data", data]
     out = _cli(runs, *train, "--epochs", "1", "--max-steps", "3")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
