@@ -10,16 +10,21 @@ ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 100
 
 
-def function_lengths(folder: Path) -> list[tuple[int, str]]:
-    """(lines, "path:line name") of every function and method below folder, nested ones included."""
+def node_lengths(folder: Path, kinds: tuple[type, ...]) -> list[tuple[int, str]]:
+    """(lines, "path:line name") of every node of `kinds` below folder, nested ones included."""
     out = []
     for path in sorted(folder.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if isinstance(node, kinds):
                 lines = node.end_lineno - node.lineno + 1
                 out.append((lines, f"{path.relative_to(folder.parent)}:{node.lineno} {node.name}"))
     return out
+
+
+def function_lengths(folder: Path) -> list[tuple[int, str]]:
+    """Every function and method below folder, nested ones included."""
+    return node_lengths(folder, (ast.FunctionDef, ast.AsyncFunctionDef))
 
 
 def test_counter_measures_lines_from_def_to_last_statement(tmp_path):
@@ -44,15 +49,8 @@ MAX_TOP_MODULES = 10
 
 
 def class_lengths(folder: Path) -> list[tuple[int, str]]:
-    """(lines, "path:line name") of every class below folder."""
-    out = []
-    for path in sorted(folder.rglob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef):
-                where = f"{path.relative_to(folder.parent)} {node.name}"
-                out.append((node.end_lineno - node.lineno + 1, where))
-    return out
+    """Every class below folder."""
+    return node_lengths(folder, (ast.ClassDef,))
 
 
 def test_no_class_over_400_lines():
