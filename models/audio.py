@@ -32,6 +32,7 @@ __all__ = [
     "active_units",
     "compute_kl_divergence",
     "kl_per_dimension",
+    "spectrogram_mse",
     "vae_loss",
 ]
 
@@ -290,6 +291,29 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     return int((mu.double().var(dim=0) > threshold).sum())
 
 
+RECON_WEIGHTINGS = ("plain", "magnitude")
+
+
+def spectrogram_mse(recon: torch.Tensor, target: torch.Tensor, weighting: str = "plain") -> torch.Tensor:
+    """Reconstruction error of (B, C, n_mels, n_frames) spectrograms.
+
+    ``"plain"``: the MSE over all elements. ``"magnitude"`` (2-channel magnitude + IF input): the
+    magnitude channel's MSE plus the IF channel's squared error weighted by the target magnitude,
+    mean(m * (IF_hat - IF)^2). The phase of a near-silent bin is inaudible and random, yet its IF
+    values vary over [-1, 1] (variance ~0.33 on speech against ~0.05 for the magnitude): with the plain
+    MSE that noise dominated the loss and the magnitude channel learnt almost nothing. A 1-channel input
+    has no IF, so both weightings are the plain MSE there.
+    """
+    if weighting not in RECON_WEIGHTINGS:
+        raise ValueError(f"unknown reconstruction weighting {weighting!r}; choose one of {RECON_WEIGHTINGS}")
+    if weighting == "plain" or recon.dim() != 4 or recon.shape[1] < 2:
+        return F.mse_loss(recon, target, reduction="mean")
+    magnitude = target[:, :1]
+    mag_err = F.mse_loss(recon[:, :1], magnitude, reduction="mean")
+    if_err = (magnitude * (recon[:, 1:] - target[:, 1:]).pow(2)).mean()
+    return mag_err + if_err
+
+
 def vae_loss(
     recon: torch.Tensor,
     target: torch.Tensor,
@@ -297,11 +321,13 @@ def vae_loss(
     logvar: torch.Tensor,
     kl_weight: float = 1.0,
     free_bits: float = 0.0,
+    weighting: str = "plain",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``(total, recon_loss, kl_loss)``.
 
-    recon: MSE averaged over all elements (any channel count); kl: KL(q(z|x) || N(0, I)) summed over the
-    latent dimensions and averaged over the batch; total = recon + kl_weight * kl.
+    recon: :func:`spectrogram_mse` with ``weighting`` (default the MSE averaged over all elements, any
+    channel count); kl: KL(q(z|x) || N(0, I)) summed over the latent dimensions and averaged over the
+    batch; total = recon + kl_weight * kl.
 
     ``free_bits`` > 0 (nats per latent dimension, Kingma et al. 2016): the KL in ``total`` is
     sum_d max(free_bits, KL_d) with KL_d the batch mean of dimension d, so a dimension carrying less than
@@ -315,7 +341,7 @@ def vae_loss(
         )
     if free_bits < 0:
         raise ValueError(f"free_bits must be >= 0 nats per latent dimension, got {free_bits}")
-    recon_loss = F.mse_loss(recon, target, reduction="mean")
+    recon_loss = spectrogram_mse(recon, target, weighting)
     per_dim = kl_per_dimension(mu, logvar)
     kl_loss = per_dim.sum()
     kl_term = per_dim.clamp(min=free_bits).sum() if free_bits > 0 else kl_loss

@@ -98,7 +98,7 @@ class FragmentAutoencoder(_FragmentModel, tags=["fragment-dae"]):
     fragment. Its last layer has two channels per byte, a replacement value v = sigmoid(.) and a gate
     g = sigmoid(.); ``forward`` returns (B, 2, L): the repaired fragment x + g (v - x) (the input where g is
     0, v where g is 1) and the gate. Both are trained with MSE (trainers.tasks): the repair against the clean
-    fragment, the gate against the mask of changed bytes (a Brier score, so g estimates the probability
+    fragment, the gate against the mask of changed bytes (a cross-entropy, so g estimates the probability
     that a byte is wrong). :meth:`predict_bytes` replaces a byte only where g > 0.5. The gate's bias starts
     at -4, so the model starts as the identity repair and only learns to change the bytes it can tell are
     wrong. Regressing the whole fragment through the 64-position bottleneck instead (``correction=False``,

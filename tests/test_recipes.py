@@ -40,8 +40,25 @@ def test_audio_task_loss_uses_the_scheduled_weight_and_free_bits() -> None:
     loss = task.loss(model, x)
     torch.manual_seed(1)
     recon, mu, logvar = model(x)
-    expected = vae_loss(recon, x, mu, logvar, kl_weight=0.25, free_bits=0.1)[0]
+    expected = vae_loss(recon, x, mu, logvar, kl_weight=0.25, free_bits=0.1, weighting="magnitude")[0]
     torch.testing.assert_close(loss, expected)
+
+
+def test_magnitude_weighting_weighs_if_errors_by_the_target_magnitude() -> None:
+    from models.audio import spectrogram_mse
+
+    # One example, 1x2 bins: magnitudes 0 (silent) and 0.5; every output value off by its own amount.
+    target = torch.tensor([[[[0.0, 0.5]], [[0.9, -0.4]]]])
+    recon = torch.tensor([[[[0.1, 0.3]], [[-0.9, 0.0]]]])
+    # magnitude MSE (0.1^2 + 0.2^2) / 2 = 0.025; IF: silent bin weight 0 (its 1.8 error is free),
+    # 0.5 * 0.4^2 = 0.08, averaged over the 2 bins = 0.04.
+    assert float(spectrogram_mse(recon, target, "magnitude")) == pytest.approx(0.025 + 0.04)
+    assert float(spectrogram_mse(recon, target, "plain")) == pytest.approx((0.01 + 0.04 + 3.24 + 0.16) / 4)
+    one = target[:, :1]  # a 1-channel (log-mel) input has no IF: the plain MSE
+    assert float(spectrogram_mse(recon[:, :1], one, "magnitude")) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="weighting"):
+        spectrogram_mse(recon, target, "loud")
+    assert task_for("audio-vae").weighting == "magnitude" and task_for("audio-vae-mel").weighting == "plain"
 
 
 def test_latent_usage_counts_active_units_and_summarises_kl_per_dimension() -> None:
@@ -78,8 +95,36 @@ def test_fragment_loss_per_output_kind() -> None:
     whole = torch.rand(2, 1, 16)
     torch.testing.assert_close(fragment_loss(whole, clean, changed), F.mse_loss(whole, clean))
     two = torch.rand(2, 2, 16)
-    expected = F.mse_loss(two[:, :1], clean) + F.mse_loss(two[:, 1:], changed.float().unsqueeze(1))
+    mask = changed.float().unsqueeze(1)
+    bce = -(mask * two[:, 1:].log() + (1 - mask) * (1 - two[:, 1:]).log()).mean()
+    expected = F.mse_loss(two[:, :1], clean) + bce
     torch.testing.assert_close(fragment_loss(two, clean, changed), expected)
+
+
+def test_closed_gate_gets_the_cross_entropy_gradient_not_the_vanishing_mse_one() -> None:
+    """The fragment-dae's gate starts closed (bias -4): its loss must still push it open on corrupted bytes.
+    The MSE gate loss's gradient there is g (1 - g) = 0.018 of the cross-entropy's (the old recipe's gate
+    stayed shut through a whole reference training)."""
+    from models.fragments import FragmentAutoencoder
+
+    torch.manual_seed(0)
+    model = FragmentAutoencoder(fragment_size=64, channels=(4, 8, 8))
+    clean = torch.rand(4, 1, 64)
+    noisy = clean.clone()
+    changed = torch.zeros(4, 64, dtype=torch.bool)
+    changed[:, ::8] = True
+    noisy[:, 0][changed] = 1.0 - noisy[:, 0][changed]
+
+    def gate_bias_grad(loss_fn) -> float:
+        model.zero_grad()
+        loss_fn(model(noisy)).backward()
+        return abs(float(model.decoder[-1].bias.grad[1]))
+
+    ours = gate_bias_grad(lambda out: fragment_loss(out, clean, changed))
+    old = gate_bias_grad(
+        lambda out: F.mse_loss(out[:, :1], clean) + F.mse_loss(out[:, 1:], changed.float().unsqueeze(1))
+    )
+    assert ours > 10 * old
 
 
 @pytest.mark.parametrize(
