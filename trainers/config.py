@@ -88,13 +88,16 @@ _REFERENCE: dict[str, dict[str, Any]] = {
         "model": {"base_channels": 12, "image_size": 64},
     },
     "audio": {
-        "epochs": 60,
+        "epochs": 40,
         "batch_size": 8,
         "lr": 1e-3,
         "patience": 10,
         "data": "audio:folder=assets/speech/train,hop=0.25",
         "model": {"widths": [16, 32, 64, 128, 128], "latent_dim": 64},
-        "kl_weight": 0.001,
+        # kl_weight 1e-3 still held the latent to ~10 nats: on the validation split after 15 epochs the
+        # mel VAE's output varied 0.33 as much as its input (spectral convergence 0.886); at 1e-6 0.50
+        # (0.856). 1e-5 lies between, where a 300-nat latent costs a fifth of the reconstruction error.
+        "kl_weight": 1e-5,
         "kl_warmup": 200,
         "free_bits": 0.25,
     },
