@@ -7,7 +7,9 @@ checkpoint's weights and config are copied to ``assets/reference/<variant>/`` an
 metrics, the code commit). The studio offers these checkpoints by default (studio/context.py). Every
 checkpoint must stay under 5 MB.
 
-    python assets/make_reference.py [VARIANT ...] [--max-minutes 15]
+    python assets/make_reference.py [VARIANT ...] [--seed 0]
+
+Each variant's time is bounded by its preset's epochs (reference: each ≤ 20 minutes on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -100,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)  # the preset's data specs name shipped folders relative to the repository
     OUT.mkdir(parents=True, exist_ok=True)
     manifest_path = OUT / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     with tempfile.TemporaryDirectory(prefix="reference-runs-") as tmp:
         for variant in args.variants:
             entry = train_reference(variant, Path(tmp), args.seed)
+            # Read just before writing: variants trained by concurrent invocations keep their entries.
+            manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
             manifest[variant] = entry
             manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
             print(

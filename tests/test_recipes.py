@@ -198,3 +198,23 @@ def test_a_collapsing_run_is_flagged_at_its_first_validation(tmp_path) -> None:
     assert spread < SPREAD_WARNING
     assert flags == [1.0]
     assert "near-constant output" in collapse_note(tmp_path / "runs" / result.run_id)
+
+
+def test_audio_output_spread_is_the_magnitude_channels() -> None:
+    """A 2-channel VAE whose IF varies with the input but whose magnitude is one constant spectrogram has
+    a constant spectrum: its output_spread is 0 (the IF channel alone would have scored it far above)."""
+    from torch import nn
+
+    class ConstantSpectrum(nn.Module):
+        def forward(self, x):
+            mu = x.mean(dim=(2, 3))
+            return self.decode(mu), mu, torch.zeros_like(mu)
+
+        def decode(self, mu):
+            magnitude = torch.full((mu.shape[0], 1, 4, 3), 0.3)
+            return torch.cat([magnitude, mu[:, 1:2, None, None].expand(-1, 1, 4, 3)], dim=1)
+
+    x = torch.rand(6, 2, 4, 3)
+    metrics = task_for("audio-vae").evaluate(ConstantSpectrum(), [x], torch.device("cpu"))
+    assert metrics["output_spread"] == pytest.approx(0.0)
+    assert feature_spread_ratio(ConstantSpectrum().decode(x.mean(dim=(2, 3))), x) > 0.1

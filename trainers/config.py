@@ -88,7 +88,7 @@ _REFERENCE: dict[str, dict[str, Any]] = {
         "model": {"base_channels": 12, "image_size": 64},
     },
     "audio": {
-        "epochs": 40,
+        "epochs": 60,
         "batch_size": 8,
         "lr": 1e-3,
         "patience": 10,

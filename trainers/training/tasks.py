@@ -367,7 +367,9 @@ class AudioTask(Task):
             avg.add({"loss": float(total), "mse": mse, "kl": float(kl)}, x.shape[0])
             mus.append(mu.float().cpu())
             logvars.append(logvar.float().cpu())
-            spreads.append((model.decode(mu).float().cpu(), x.float().cpu()))
+            # The magnitude channel only: the spectrum is what the collapse check and the target
+            # ask about, and the IF of silent bins is noise that the magnitude-weighted loss ignores.
+            spreads.append((model.decode(mu)[:, :1].float().cpu(), x[:, :1].float().cpu()))
         result = avg.result()
         if mus:
             result.update(latent_usage(torch.cat(mus), torch.cat(logvars)))
