@@ -168,12 +168,18 @@ class FragmentAutoencoder(_FragmentModel, tags=["fragment-dae"]):
     def predict_bytes(self, x: torch.Tensor) -> torch.Tensor:
         """Repaired bytes as a LongTensor (B, L) in 0..255: the input byte, or round(v * 255) where the gate
         says replace (g > 0.5); without correction round(x_hat * 255)."""
+        return self.repair_from_latent(self.encode(x), x)
+
+    def repair_from_latent(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_bytes` from a latent ``z`` (as a receiver of the coded latent decodes it) and the
+        corrupted input ``x`` that the correction edits: LongTensor (B, L) in 0..255."""
+        out = self.decode(z).float()
         if not self.correction:
-            return torch.round(self.forward(x).squeeze(1) * 255).clamp(0, 255).long()
-        value, gate = self.correction_parts(x)
-        kept = torch.round(x * 255)
-        out = torch.where(gate > 0.5, torch.round(value * 255), kept)
-        return out.squeeze(1).clamp(0, 255).long()
+            return torch.round(out.squeeze(1) * 255).clamp(0, 255).long()
+        value, gate = torch.sigmoid(out[:, :1]), torch.sigmoid(out[:, 1:])
+        kept = torch.round(x.float() * 255)
+        repaired = torch.where(gate > 0.5, torch.round(value * 255), kept)
+        return repaired.squeeze(1).clamp(0, 255).long()
 
 
 class ByteFragmentAutoencoder(_FragmentModel, tags=["fragment-dae-bytes"]):

@@ -218,3 +218,21 @@ def test_audio_output_spread_is_the_magnitude_channels() -> None:
     metrics = task_for("audio-vae").evaluate(ConstantSpectrum(), [x], torch.device("cpu"))
     assert metrics["output_spread"] == pytest.approx(0.0)
     assert feature_spread_ratio(ConstantSpectrum().decode(x.mean(dim=(2, 3))), x) > 0.1
+
+
+@pytest.mark.parametrize("correction", [True, False])
+def test_compare_decodes_the_fragment_dae_latent_as_predict_bytes_does(correction: bool) -> None:
+    """compare scores fragment-dae from its latent: the gated correction of the corrupted input (the
+    receiver holds it), not the value logits scaled to bytes (which scored the reference 12.6 % of bytes)."""
+    from models.fragments import FragmentAutoencoder
+    from trainers.evaluation.compare import _fragment_bytes
+
+    torch.manual_seed(0)
+    model = FragmentAutoencoder(fragment_size=64, channels=(4, 8, 8), correction=correction).eval()
+    with torch.no_grad():
+        last = model.decoder[-1] if correction else model.decoder[-2]  # the last conv (Sigmoid after it)
+        last.bias[-1] = 0.3  # some gates open (correction) / a nonzero output
+        x = torch.randint(0, 256, (1, 1, 64)).float() / 255
+        expected = model.predict_bytes(x)[0].numpy()
+        got = _fragment_bytes(model, model.encode(x), x)
+    assert (got == expected).all()

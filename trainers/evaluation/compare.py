@@ -960,7 +960,9 @@ def _fragment_bytes(model: nn.Module, z: torch.Tensor, x: torch.Tensor) -> np.nd
     """The repaired bytes (L,) uint8 a model's decoder gives for latent `z` (and input `x`, for a skip)."""
     import inspect
 
-    if "x" in inspect.signature(model.decode).parameters:
+    if hasattr(model, "repair_from_latent"):  # fragment-dae: a gated correction of the input it holds
+        out = model.repair_from_latent(z, x)[0]
+    elif "x" in inspect.signature(model.decode).parameters:
         out = model.decode(z, x).argmax(dim=1)[0]  # per-byte logits
     else:
         out = torch.round(model.decode(z).float()[0, 0] * 255)
