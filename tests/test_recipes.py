@@ -236,3 +236,23 @@ def test_compare_decodes_the_fragment_dae_latent_as_predict_bytes_does(correctio
         expected = model.predict_bytes(x)[0].numpy()
         got = _fragment_bytes(model, model.encode(x), x)
     assert (got == expected).all()
+
+
+def test_fragment_task_loss_adds_the_value_mse_on_corrupted_bytes() -> None:
+    """The correcting fragment-dae's training loss = the gated repair's loss + the replacement value's MSE
+    against the clean bytes over the corrupted positions only (hand-computed from the model's parts)."""
+    from models.fragments import FragmentAutoencoder
+
+    torch.manual_seed(0)
+    model = FragmentAutoencoder(fragment_size=64, channels=(4, 8, 8)).eval()
+    clean = torch.rand(3, 1, 64)
+    noisy = clean.clone()
+    changed = torch.zeros(3, 64, dtype=torch.bool)
+    changed[:, 5::9] = True
+    noisy[:, 0][changed] = 0.0
+    loss = task_for("fragment-dae").loss(model, (noisy, clean, changed))
+    with torch.no_grad():
+        value, gate = model.correction_parts(noisy)
+    value_mse = (value[:, 0][changed] - clean[:, 0][changed]).pow(2).mean()
+    expected = fragment_loss(model(noisy), clean, changed) + value_mse
+    torch.testing.assert_close(loss, expected)
