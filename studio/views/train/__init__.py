@@ -9,6 +9,7 @@ every output that did not change, so an idle page costs a couple of small SQLite
 
 The modules: ``form`` (the launch form and its handlers), ``table`` (the jobs table's rows, filter, sort and
 section), ``run_actions`` (the selected run's labels, cancel, log), ``panels`` (the curve panels),
+``metric_grid`` (which metric each panel shows: the search, the order, the cap),
 ``media`` (the media section), ``polling`` (the timer and the page load), ``wiring`` (the events),
 ``session`` (what they share). The names below stay importable from ``studio.views.train``.
 """
@@ -26,12 +27,17 @@ from studio.views.train.form import (
     queue_note,
     variant_choices,
 )
-from studio.views.train.panels import (
-    DEFAULT_PANEL_COUNT,
+from studio.views.train.metric_grid import (
+    DEFAULT_MAX_PANELS,
     DEFAULT_PANELS,
+    PANEL_SLOTS,
+    PanelPlan,
+    order_metrics,
+    plan_panels,
+)
+from studio.views.train.panels import (
     INITIAL_CURVE_RUNS,
     LEGEND_SETTINGS,
-    PANEL_COUNT,
     PANEL_HEIGHT,
     _curves_section,
     check_curve_request,
@@ -40,6 +46,7 @@ from studio.views.train.panels import (
     draw_curves,
     draw_panel,
     initial_curve_runs,
+    refresh_panels,
     run_labels,
     view_js,
 )
@@ -68,17 +75,18 @@ from studio.views.train.wiring import CSS, build_tab
 __all__ = [
     "CSS",
     "DEFAULT_METRIC",
+    "DEFAULT_MAX_PANELS",
     "DEFAULT_PANELS",
-    "DEFAULT_PANEL_COUNT",
     "INITIAL_CURVE_RUNS",
     "JOB_HEADERS",
     "LEGEND_SETTINGS",
     "LOG_LINES",
     "NOTE_CHARS",
-    "PANEL_COUNT",
     "PANEL_HEIGHT",
+    "PANEL_SLOTS",
     "POLL_SECONDS",
     "PRESET_IF_ZERO",
+    "PanelPlan",
     "SORTS",
     "SPACE_MAX_EPOCHS",
     "TrainSession",
@@ -100,12 +108,15 @@ __all__ = [
     "job_table",
     "launch_runs",
     "log_tail",
+    "order_metrics",
     "parse_settings",
+    "plan_panels",
     "plot_selection",
     "poll",
     "preset_summary",
     "progress_text",
     "queue_note",
+    "refresh_panels",
     "resource_texts",
     "row_matches",
     "run_cell",

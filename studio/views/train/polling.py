@@ -11,16 +11,10 @@ from typing import Any
 import gradio as gr
 
 from studio.context import StudioContext
-from studio.views.train.panels import (
-    PANEL_COUNT,
-    default_panels,
-    draw_curves,
-    initial_curve_runs,
-    view_js,
-)
+from studio.views.train.metric_grid import PANEL_SLOTS
+from studio.views.train.panels import initial_curve_runs, refresh_panels, view_js
 from studio.views.train.run_actions import RESUMABLE, log_tail
 from studio.views.train.session import (
-    DEFAULT_METRIC,
     POLL_SECONDS,
     TrainSession,
     _blank,
@@ -41,7 +35,7 @@ def poll(
     smoothing: Any,
     log_y: Any,
     n_panels: Any,
-    metrics: Sequence[Any],
+    search: Any,
     views: Sequence[Any],
     run_id: Any,
     requester: str | None = None,
@@ -62,13 +56,17 @@ def poll(
     if run_ids != state.run_ids:
         state.run_ids = run_ids
         out["choices"] = gr.update(choices=list(run_ids))
-    shown = [m if i < int(n_panels or PANEL_COUNT) else None for i, m in enumerate(metrics)]
     try:
-        out["plots"], out["caption"] = draw_curves(
-            ctx, state, shown, runs, smoothing, log_y, views, False, rows
+        grid = refresh_panels(ctx, state, runs, search, n_panels, smoothing, log_y, views, False, rows)
+        out["plots"], out["columns"], out["caption"], out["note"] = (
+            grid.plots,
+            grid.columns,
+            grid.caption,
+            grid.note,
         )
     except ValueError:  # a bad selection; the curves event has already said so
-        out["plots"], out["caption"] = [gr.skip()] * len(metrics), gr.skip()
+        out["plots"] = out["columns"] = [gr.skip()] * PANEL_SLOTS
+        out["caption"] = out["note"] = gr.skip()
     out["log"] = out["cancel"] = out["resume"] = gr.skip()
     if not _blank(run_id):
         try:
@@ -86,21 +84,16 @@ def poll(
         if resumable != state.resume_enabled:
             state.resume_enabled = resumable
             out["resume"] = gr.update(interactive=resumable)
-    names = tuple(sorted({DEFAULT_METRIC, *state.cache.metric_names(runs or [])}))
-    out["metric_choices"] = gr.skip()
-    if names != state.metrics:
-        state.metrics = names
-        out["metric_choices"] = gr.update(choices=list(names))
     return out
 
 
 def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespace, session: gr.State) -> None:
     """The one timer: table, pickers, panels, log and Cancel's state, each only when it changed."""
     timer = gr.Timer(POLL_SECONDS)
-    n = PANEL_COUNT
+    n = PANEL_SLOTS
 
-    def tick(query, order, runs, smoothing, log_y, n_panels, run_id, *rest):
-        *values, state = rest
+    def tick(query, order, runs, smoothing, log_y, n_panels, search, run_id, *rest):
+        *views, state = rest
         try:
             out = poll(
                 ctx,
@@ -111,21 +104,22 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
                 smoothing,
                 log_y,
                 n_panels,
-                values[:n],
-                values[n:],
+                search,
+                views,
                 run_id,
                 ctx.requester(),  # the visitor of the Gradio event being handled (None off a Space)
             )
         except Exception:  # noqa: BLE001 - a failing poll must not put an error on the page every 2 s
             log.exception("Train tab poll failed")
-            return (*[gr.skip()] * (7 + 2 * n), state)
+            return (*[gr.skip()] * (8 + 2 * n), state)
         return (
             out["table"],
             out["choices"],
             out["choices"],
-            *[out["metric_choices"]] * n,
             *out["plots"],
+            *out["columns"],
             out["caption"],
+            out["note"],
             out["log"],
             out["cancel"],
             out["resume"],
@@ -141,8 +135,8 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
             curves.smoothing,
             curves.log_y,
             curves.n_panels,
+            curves.search,
             jobs.selected,
-            *curves.metrics,
             *curves.views,
             session,
         ],
@@ -150,22 +144,24 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
             jobs.table,
             curves.runs,
             jobs.selected,
-            *curves.metrics,
             *curves.plots,
+            *curves.columns,
             curves.caption,
+            curves.note,
             jobs.log,
             jobs.cancel,
             jobs.resume,
             session,
         ],
-        js=view_js({7 + n + i: i for i in range(n)}),
+        js=view_js({8 + i: i for i in range(n)}),
         api_visibility="private",
         concurrency_limit=None,
     )
 
 
 def _wire_load(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespace, session: gr.State) -> None:
-    """Fill the table, pickers and panels when the page opens, not on the first tick."""
+    """Fill the table and pickers when the page opens, not on the first tick; choosing the plotted runs
+    draws their panels (the runs picker's change event)."""
 
     def load(state: TrainSession):
         every = job_rows(ctx)
@@ -174,17 +170,14 @@ def _wire_load(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
         state.table, state.table_ids = job_table(every)
         plotted = initial_curve_runs(list(rows.values()))
         ids = list(state.run_ids)
-        domain = rows[plotted[0]].get("domain") if plotted else None
-        state.panels_domain = domain
-        panels = [gr.update(value=m) for m in default_panels(domain)]
         selected = gr.update(choices=ids, value=plotted[0] if plotted else None)
-        return state.table, gr.update(choices=ids, value=plotted), selected, *panels, state
+        return state.table, gr.update(choices=ids, value=plotted), selected, state
 
     root = gr.context.Context.root_block
     if root is not None:
         root.load(
             load,
             inputs=session,
-            outputs=[jobs.table, curves.runs, jobs.selected, *curves.metrics, session],
+            outputs=[jobs.table, curves.runs, jobs.selected, session],
             api_visibility="private",
         )

@@ -29,7 +29,6 @@ class TrainSession:
 
     cache: CurveCache = field(default_factory=CurveCache)
     run_ids: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()
     panel_keys: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     log: str | None = None
     table: list[list[Any]] | None = None
@@ -37,7 +36,8 @@ class TrainSession:
     x_axis: str = "step"
     cancel_enabled: bool | None = None
     resume_enabled: bool | None = None
-    panels_domain: str | None = None  # the domain whose default metrics the panels were last given
+    panel_metrics: tuple[str, ...] = ()  # the metric of each shown panel, in order (see metric_grid)
+    panel_note: str | None = None  # the search's line last shown
 
 
 def job_rows(ctx: StudioContext) -> list[dict[str, Any]]:

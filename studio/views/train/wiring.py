@@ -13,12 +13,12 @@ from studio.curves import check_x_axis
 from studio.jobs.policy import client_address
 from studio.views.train.form import _launch_form, launch_runs, plot_selection, preset_summary, queue_note
 from studio.views.train.media import build_media_section
+from studio.views.train.metric_grid import PANEL_SLOTS
 from studio.views.train.panels import (
-    PANEL_COUNT,
     _curves_section,
     check_curve_request,
-    default_panels,
     draw_curves,
+    refresh_panels,
     view_js,
 )
 from studio.views.train.polling import _wire_load, _wire_poll
@@ -60,18 +60,13 @@ def _launched_message(ctx: StudioContext, launched: list[str]) -> str:
 
 
 def _after_launch(ctx: StudioContext):
-    """The handler after a launch: fresh choices for both run pickers; the domain's default panels when the
-    plotted domain changed."""
+    """The handler after a launch: fresh choices for both run pickers (the panels follow the plotted runs'
+    domains by themselves: see ``refresh_panels``)."""
 
-    def after_launch(plotted: list[str], state: TrainSession):
+    def after_launch(state: TrainSession):
         state.run_ids = tuple(_rows_by_id(ctx))
-        domain = next((run.domain for r in plotted or [] if (run := ctx.store.get_run(r))), None)
-        updates = [gr.skip()] * PANEL_COUNT
-        if domain is not None and domain != state.panels_domain:
-            state.panels_domain = domain
-            updates = [gr.update(value=m) for m in default_panels(domain)]
         choices = list(state.run_ids)
-        return gr.update(choices=choices), gr.update(choices=choices), *updates, state
+        return gr.update(choices=choices), gr.update(choices=choices), state
 
     return after_launch
 
@@ -98,8 +93,8 @@ def _wire_launch(
     curves: SimpleNamespace,
     session: gr.State,
 ) -> None:
-    """Launch: queue the runs, plot them beside those of their domain, select the first; the panels switch to
-    the domain's metrics when the plotted domain changes."""
+    """Launch: queue the runs, plot them beside those of their domain, select the first; the panels follow
+    the plotted runs (their domains' defaults first)."""
     gr.on(
         [form.variants.change, form.preset.change],
         preset_summary,
@@ -177,8 +172,8 @@ def _wire_launch(
         concurrency_limit=4,
     ).success(
         after_launch,
-        inputs=[curves.runs, session],
-        outputs=[curves.runs, jobs.selected, *curves.metrics, session],
+        inputs=session,
+        outputs=[curves.runs, jobs.selected, session],
         api_visibility="private",
     )
 
@@ -282,24 +277,9 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
     )
 
 
-def _panel_handler(ctx: StudioContext, index: int):
-    """The handler of panel ``index``'s own metric picker: redraws that panel only."""
-
-    def one_panel(
-        metric: str, runs: list[str], smoothing: float, log_y: bool, view: str, state: TrainSession
-    ):
-        try:
-            metrics = [None] * index + [metric]
-            plots, _ = draw_curves(ctx, state, metrics, runs, smoothing, log_y, [""] * index + [view], True)
-        except ValueError:
-            return gr.skip(), state
-        return plots[index], state
-
-    return one_panel
-
-
 def _wire_curves(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> None:
-    """Panel 1 answers the `curves` API; any shared setting redraws every panel; a panel's metric itself."""
+    """The `curves` API (one metric's panel, for API clients); any shared setting or the metric search
+    redraws the grid of panels."""
 
     def curves(metric: str, runs: list[str], smoothing: float, log_y: bool, view: str, state: TrainSession):
         try:
@@ -309,45 +289,42 @@ def _wire_curves(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> 
             return gr.skip(), _warn(exc), state
         return plots[0], caption, state
 
-    ui.metrics[0].change(
+    ui.api_metric.change(
         curves,
-        inputs=[ui.metrics[0], ui.runs, ui.smoothing, ui.log_y, ui.views[0], session],
+        inputs=[ui.api_metric, ui.runs, ui.smoothing, ui.log_y, ui.views[0], session],
         outputs=[ui.plots[0], ui.caption, session],
-        js=view_js({4: 0}),
         api_name="curves",
         concurrency_limit=8,
     )
-    for index in range(1, PANEL_COUNT):
-        ui.metrics[index].change(
-            _panel_handler(ctx, index),
-            inputs=[ui.metrics[index], ui.runs, ui.smoothing, ui.log_y, ui.views[index], session],
-            outputs=[ui.plots[index], session],
-            js=view_js({4: index}),
-            api_visibility="private",
-        )
 
-    n = PANEL_COUNT
+    n = PANEL_SLOTS
 
-    def redraw(runs, smoothing, log_y, x_axis, n_panels, *rest):
-        *values, state = rest
-        metrics, views = values[:n], values[n:]
+    def redraw(runs, smoothing, log_y, x_axis, n_panels, search, *rest):
+        *views, state = rest
         try:
             state.x_axis = check_x_axis(x_axis)
-            shown = [m if i < int(n_panels or n) else None for i, m in enumerate(metrics)]
-            plots, caption = draw_curves(ctx, state, shown, runs, smoothing, log_y, views, force=True)
+            out = refresh_panels(ctx, state, runs, search, n_panels, smoothing, log_y, views, force=True)
         except ValueError as exc:
-            return *[gr.skip()] * n, _warn(exc), *[gr.skip()] * n, state
-        visible = [gr.update(visible=i < int(n_panels or n)) for i in range(n)]
-        return *plots, caption, *visible, state
+            return *[gr.skip()] * (2 * n), _warn(exc), gr.skip(), state
+        return *out.plots, *out.columns, out.caption, out.note, state
 
     gr.on(
-        [ui.runs.change, ui.smoothing.release, ui.log_y.change, ui.x_axis.change, ui.n_panels.change],
+        [
+            ui.runs.change,
+            ui.smoothing.release,
+            ui.log_y.change,
+            ui.x_axis.change,
+            ui.n_panels.change,
+            ui.search.submit,
+            ui.search.blur,
+        ],
         redraw,
-        inputs=[ui.runs, ui.smoothing, ui.log_y, ui.x_axis, ui.n_panels, *ui.metrics, *ui.views, session],
-        outputs=[*ui.plots, ui.caption, *ui.columns, session],
-        js=view_js({5 + n + i: i for i in range(n)}),
+        inputs=[ui.runs, ui.smoothing, ui.log_y, ui.x_axis, ui.n_panels, ui.search, *ui.views, session],
+        outputs=[*ui.plots, *ui.columns, ui.caption, ui.note, session],
+        js=view_js({6 + i: i for i in range(n)}),
         api_visibility="private",
         concurrency_limit=8,
+        trigger_mode="always_last",
     )
 
 
