@@ -156,6 +156,7 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
         js=view_js({8 + i: i for i in range(n)}),
         api_visibility="private",
         concurrency_limit=None,
+        show_progress="hidden",  # a poll every 2 s must not flash a timer over the panels and notes
     )
 
 

@@ -131,10 +131,10 @@ def build_studies_section(ctx: StudioContext) -> None:
         return [study.to_dict() for study in list_studies(ctx.store)]
 
     gr.api(studies, api_name="studies", concurrency_limit=None)
-    with gr.Accordion("Studies: seeds grouped, settings against metrics, claims", open=False):
+    with gr.Accordion("Studies: seeds grouped, settings against metrics, claims", open=False) as section:
         with gr.Row():
             study = gr.Dropdown([], label="Study", scale=3, elem_id="train-study")
-            refresh = gr.Button("↻", scale=0, min_width=40)
+            refresh = gr.Button("↻", scale=0, min_width=40, elem_id="train-study-refresh")
         with gr.Row():
             metric = gr.Textbox(DEFAULT_METRIC, label="Metric", info="split/name, e.g. val/psnr", scale=2)
             by = gr.Textbox(
@@ -174,7 +174,8 @@ def build_studies_section(ctx: StudioContext) -> None:
         except (ValueError, FileNotFoundError) as exc:
             return f"⚠ {exc}"
 
-    refresh.click(choices, outputs=study, api_visibility="private")
+    # Opening the section lists the studies launched since the page loaded, as the ↻ button does.
+    gr.on([refresh.click, section.expand], choices, outputs=study, api_visibility="private")
     root = gr.context.Context.root_block
     if root is not None:
         root.load(choices, outputs=study, api_visibility="private")
