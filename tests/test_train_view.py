@@ -683,6 +683,10 @@ def test_the_metric_search_fills_the_grid_with_what_matches(ctx):
     none = refresh_panels(ctx, state, [run], "accuracy", 12, 0.0, False, views, force=False)
     assert none.plan.metrics == () and none.columns[:2] == [gr.update(visible=False)] * 2
     assert none.caption == none.note == "*no logged metric matches 'accuracy'*"
+    empty = refresh_panels(ctx, state, [], "", 12, 0.0, False, views, force=False)
+    assert empty.plan.metrics == ("train/loss", "val/loss")  # waiting panels, and a line saying why
+    assert empty.note == "*Choose runs to plot: a panel per metric they log appears here.*"
+    assert "Choose runs to plot" in json.dumps(_panel(empty.plots[0])["layout"]["annotations"])
     with pytest.raises(ValueError, match="Panels must be a whole number from 1 to 12"):
         refresh_panels(ctx, state, [run], "", 13, 0.0, False, views, force=True)
 

@@ -36,6 +36,7 @@ from studio.views.train.table import _setting
 # Runs preselected for the curves when a page opens: the running ones, else the newest few.
 INITIAL_CURVE_RUNS = 4
 PANEL_HEIGHT = 340
+NO_RUNS_NOTE = "Choose runs to plot: a panel per metric they log appears here."
 # Settings shown in the legend (where they differ between the plotted runs) and in the hover: key -> word.
 LEGEND_SETTINGS: dict[str, str] = {
     "variant": "variant",
@@ -280,8 +281,9 @@ def refresh_panels(
         state.panel_metrics = plan.metrics
     if not plan.metrics:
         caption = f"*{plan.note}*"
-    note = gr.skip() if plan.note == state.panel_note and not force else f"*{plan.note}*"
-    state.panel_note = plan.note
+    text = plan.note if run_ids else NO_RUNS_NOTE
+    note = gr.skip() if text == state.panel_note and not force else f"*{text}*"
+    state.panel_note = text
     return PanelRefresh(plots, columns, caption, note, plan)
 
 
@@ -319,7 +321,7 @@ def _curves_section() -> SimpleNamespace:
         info="a panel per logged metric that matches (a regular expression or text), defaults first",
         elem_id="train-metric-search",
     )
-    ui.note = gr.Markdown(elem_id="train-panel-note")
+    ui.note = gr.Markdown(f"*{NO_RUNS_NOTE}*", elem_id="train-panel-note")
     ui.caption = gr.Markdown(label="Curve summary", elem_id="train-curve-info")
     # The `curves` API's metric (one metric's panel, for API clients); the page's panels follow the search.
     ui.api_metric = gr.Textbox(DEFAULT_METRIC, visible=False, label="Metric (API)")
