@@ -112,7 +112,7 @@ def test_search_is_a_case_blind_regular_expression(query, expected):
 def test_a_search_that_is_not_a_regular_expression_matches_as_text():
     pattern, note = compile_search("val/(")
     assert pattern.search("val/(x") and not pattern.search("val/x")
-    assert note.startswith("'val/(' is not a regular expression (missing ), unterminated subpattern")
+    assert note == "'val/(' is not a regular expression (missing )): matched as plain text"
     plan = plan_panels(["val/(x)", "val/x"], ["sar"], "val/(", 12)
     assert plan.metrics == ("val/(x)",)
     assert plan.note.endswith("matched as plain text · 1 metric match")
@@ -123,6 +123,26 @@ def test_nothing_matches_says_so_and_draws_no_panel():
     plan = plan_panels(SAR_LOGGED, ["sar"], "accuracy", 6)
     assert plan.metrics == () and plan.matched == 0
     assert plan.note == "no logged metric matches 'accuracy'"
+
+
+def test_a_search_that_backtracks_forever_in_re_is_answered():
+    # Python's `re` backtracks over "identity_accuracy_corrupted" for minutes on this pattern, holding the
+    # GIL (the whole studio would stop); the search answers at once that nothing matches.
+    plan = plan_panels(FRAGMENT_LOGGED, ["fragments"], r"(\w+_?)+!", 12)
+    assert plan.metrics == () and plan.note == r"no logged metric matches '(\w+_?)+!'"
+
+
+def test_a_search_over_its_time_is_matched_as_text(monkeypatch):
+    import studio.views.train.metric_grid as grid
+
+    class Slow:
+        def search(self, name, timeout):
+            raise TimeoutError("regex timed out")
+
+    monkeypatch.setattr(grid, "compile_search", lambda query: (Slow(), ""))
+    found, note = grid.search_metrics(["val/a+b", "val/ab"], "a+b")
+    assert found == ["val/a+b"]  # the characters themselves, "+" included
+    assert note == "'a+b' took too long as a regular expression: matched as plain text"
 
 
 @pytest.mark.parametrize("cap", [0, PANEL_SLOTS + 1, 2.5, True, "6"])

@@ -7,9 +7,14 @@ Pure functions of names, kept apart from Gradio so the order and the cap are tes
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+# The `regex` engine, not `re`: a search typed on a public Space such as (\w+_?)+! keeps `re` backtracking
+# over a 30-character metric name for minutes, holding the GIL, so the whole studio stops; `regex` answers it
+# at once and takes a timeout besides.
+import regex
 
 # Panels the page has room for (hidden until a metric fills them), and how many it shows unless told.
 PANEL_SLOTS = 12
@@ -26,6 +31,8 @@ FALLBACK_PANELS: tuple[str, ...] = ("train/loss", "val/loss")
 # After the defaults: training, then validation and test metrics, other splits, and resource use last.
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 LAST_SPLITS = {"sys": 9}
+# Time one search may take over all the metric names before it is matched as plain text instead.
+SEARCH_SECONDS = 0.2
 
 
 def default_metrics(domains: Iterable[str | None]) -> list[str]:
@@ -51,7 +58,7 @@ def order_metrics(logged: Iterable[str], defaults: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(defaults)) + rest
 
 
-def compile_search(query: str | None) -> tuple[re.Pattern[str] | None, str]:
+def compile_search(query: str | None) -> tuple[regex.Pattern[str] | None, str]:
     """(pattern, note) of a search: None for a blank one (everything matches); a case-insensitive regular
     expression where it is one ("val/(psnr|ssim)", "^sys/"), else the text itself (an unbalanced "val/(" is
     searched as those characters), with a note saying so."""
@@ -59,10 +66,30 @@ def compile_search(query: str | None) -> tuple[re.Pattern[str] | None, str]:
     if not text:
         return None, ""
     try:
-        return re.compile(text, re.IGNORECASE), ""
-    except re.error as exc:
+        return regex.compile(text, regex.IGNORECASE), ""
+    except regex.error as exc:
         note = f"'{text}' is not a regular expression ({exc.msg}): matched as plain text"
-        return re.compile(re.escape(text), re.IGNORECASE), note
+        return _literal(text), note
+
+
+def _literal(text: str) -> regex.Pattern[str]:
+    return regex.compile(regex.escape(text), regex.IGNORECASE)
+
+
+def search_metrics(names: Sequence[str], query: str | None) -> tuple[list[str], str]:
+    """(the names matching ``query`` in their order, a note or ""): see ``compile_search``; a search that
+    takes over ``SEARCH_SECONDS`` in all is matched as plain text, with a note saying so."""
+    pattern, note = compile_search(query)
+    if pattern is None:
+        return list(names), note
+    deadline = time.monotonic() + SEARCH_SECONDS
+    try:
+        found = [m for m in names if pattern.search(m, timeout=max(deadline - time.monotonic(), 1e-3))]
+    except TimeoutError:
+        text = (query or "").strip()
+        found = [m for m in names if _literal(text).search(m)]
+        note = f"'{text}' took too long as a regular expression: matched as plain text"
+    return found, note
 
 
 @dataclass(frozen=True)
@@ -86,12 +113,11 @@ def plan_panels(
     cap: int = DEFAULT_MAX_PANELS,
 ) -> PanelPlan:
     """The panels of the grid: the metrics the plotted runs ``logged`` plus their ``domains``' defaults,
-    ordered (``order_metrics``), those matching ``query`` (``compile_search``), the first ``cap`` of them."""
+    ordered (``order_metrics``), those matching ``query`` (``search_metrics``), the first ``cap`` of them."""
     if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= PANEL_SLOTS:
         raise ValueError(f"the panel count must be a whole number from 1 to {PANEL_SLOTS}, got {cap!r}")
-    pattern, note = compile_search(query)
     ordered = order_metrics(logged, default_metrics(domains))
-    matching = [m for m in ordered if pattern is None or pattern.search(m)]
+    matching, note = search_metrics(ordered, query)
     shown = tuple(matching[:cap])
     parts = [note] if note else []
     if not matching:
