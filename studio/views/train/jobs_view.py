@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any
 
@@ -162,10 +163,12 @@ def group_row(
     cells: Mapping[str, list[Any]],
     collapsed: bool,
     shown: bool,
+    columns: Collection[str] = OPTIONAL_COLUMNS,
 ) -> list[Any]:
     """A study's group row under (eye, ``JOB_HEADERS``): ▸/▾ and its name or id in the run cell, its shape
     ("2 variants × 3 seeds") in the variant cell, its status and progress, the best member's value, and the
-    settings its runs share (or their values side by side)."""
+    settings its runs share (or their values side by side). Only the ``columns`` shown are summed up (a
+    poll builds 250 group rows at 1,000 runs); the others read "–"."""
     rows = [cells[str(m.get("id"))] for m in members]
     label = _study_label(study, members)
     shape = study_shape(members)
@@ -177,16 +180,21 @@ def group_row(
     out[_INDEX["variant"]] = shape  # the variants are in its runs' rows
     out[_INDEX["status"]] = group_status(members)
     out[_INDEX["progress"]] = group_progress(members)
-    best = min(range(len(members)), key=lambda i: _best_key(members[i]))
-    out[_INDEX["best"]] = rows[best][_INDEX["best"]]
-    elapsed = [m.get("elapsed") for m in members if is_finite_number(m.get("elapsed"))]
-    out[_INDEX["elapsed"]] = format_elapsed(max(elapsed)) if elapsed else "–"
+    if "best" in columns:
+        best = min(range(len(members)), key=lambda i: _best_key(members[i]))
+        out[_INDEX["best"]] = rows[best][_INDEX["best"]]
+    if "elapsed" in columns:
+        elapsed = [m.get("elapsed") for m in members if is_finite_number(m.get("elapsed"))]
+        out[_INDEX["elapsed"]] = format_elapsed(max(elapsed)) if elapsed else "–"
     for name in _SHARED:
-        out[_INDEX[name]] = _distinct([row[_INDEX[name]] for row in rows])
-    common = set.intersection(*[set(m.get("tags") or []) for m in members]) if members else set()
-    out[_INDEX["tags"]] = ", ".join(t for t in (members[0].get("tags") or []) if t in common) or "–"
-    notes = {str(m.get("note") or "") for m in members}
-    out[_INDEX["note"]] = notes.pop() if len(notes) == 1 else ""
+        if name in columns:
+            out[_INDEX[name]] = _distinct([row[_INDEX[name]] for row in rows])
+    if "tags" in columns:
+        common = set.intersection(*[set(m.get("tags") or []) for m in members])
+        out[_INDEX["tags"]] = ", ".join(t for t in (members[0].get("tags") or []) if t in common) or "–"
+    if "note" in columns:
+        notes = {str(m.get("note") or "") for m in members}
+        out[_INDEX["note"]] = notes.pop() if len(notes) == 1 else ""
     return [_eye(shown, "the study's runs"), *out]
 
 
@@ -232,6 +240,7 @@ def jobs_view(
     for row in chosen:
         if row.get("study") and not row.get("anonymous"):
             matched.setdefault(str(row["study"]), []).append(row)
+    picked_names = chosen_columns(columns)
     out: list[list[Any]] = []
     keys: list[str] = []
     styles: list[bool] = []
@@ -250,7 +259,7 @@ def jobs_view(
         members = studies[study]
         shown = any(m.get("id") not in hidden for m in members)
         folded = study in collapsed
-        out.append(group_row(study, members, cells, folded, shown))
+        out.append(group_row(study, members, cells, folded, shown, picked_names))
         keys.append(group_key(study))
         styles.append(True)
         if folded:
@@ -261,9 +270,10 @@ def jobs_view(
             out.append(_run_row(member, cells[run_id], run_id in hidden, label))
             keys.append(run_id)
             styles.append(False)
-    picked = [0, 1] + [1 + _INDEX[name] for name in chosen_columns(columns)]
+    picked = [0, 1] + [1 + _INDEX[name] for name in picked_names]
     headers = [([EYE_HEADER] + JOB_HEADERS)[i] for i in picked]
-    data = [[row[i] for i in picked] for row in out]
+    pick = itemgetter(*picked)  # at least two indices: it returns tuples
+    data = [list(pick(row)) for row in out]
     value: dict[str, Any] = {"headers": headers, "data": data}
     if any(styles):
         value["metadata"] = {
@@ -290,7 +300,7 @@ def toggle_hidden(hidden: Collection[str], key: str, rows: Sequence[Mapping[str,
 
 def _jobs_section() -> SimpleNamespace:
     """The jobs table with its filter, sort, column picker and hidden runs; the selected run with Cancel and
-    Resume, its labels and its log. Built inside the narrow column beside the curve panels."""
+    Resume. Built inside the column beside the curve panels (its labels and log: ``_run_details_section``)."""
     ui = SimpleNamespace()
     gr.Markdown("### Jobs")
     with gr.Row(equal_height=True):
@@ -349,10 +359,19 @@ def _jobs_section() -> SimpleNamespace:
                 # A failed or cancelled run goes on from its last checkpoint (JobManager.resume).
                 ui.resume = gr.Button("Resume run", elem_id="train-resume", interactive=False)
             ui.cancel_status = gr.Markdown(label="Cancel status", elem_id="train-cancel-status")
+    return ui
+
+
+def _run_details_section(ui: SimpleNamespace) -> None:
+    """The selected run's labels and log, added to the jobs section's ``ui``; under the runs and panels
+    (full width), so the column beside the panels stays no taller than they are."""
     with gr.Row(equal_height=True):
-        ui.name = gr.Textbox("", label="Name", placeholder="e.g. lr sweep 3e-4", elem_id="train-name")
-        ui.tags = gr.Textbox("", label="Tags", placeholder="e.g. sweep, baseline", elem_id="train-tags")
-    with gr.Row(equal_height=True):
+        ui.name = gr.Textbox(
+            "", label="Name", placeholder="e.g. lr sweep 3e-4", scale=2, elem_id="train-name"
+        )
+        ui.tags = gr.Textbox(
+            "", label="Tags", placeholder="e.g. sweep, baseline", scale=2, elem_id="train-tags"
+        )
         ui.note = gr.Textbox(
             "", label="Note", placeholder="what this run tries", scale=3, elem_id="train-note"
         )
@@ -366,4 +385,3 @@ def _jobs_section() -> SimpleNamespace:
         interactive=False,
         elem_id="train-log",
     )
-    return ui

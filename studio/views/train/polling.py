@@ -193,7 +193,9 @@ def _wire_load(
         state.panels_domain = domain
         panels = [gr.update(value=m) for m in default_panels(domain)]
         selected = gr.update(choices=ids, value=plotted[0] if plotted else None)
-        fold = gr.update(open=saved.get("launch_open", True) is not False)
+        # Only a fold is sent: setting open=True on an open accordion makes Gradio 6.31's next click on it
+        # fire collapse and expand both, so it stays open.
+        fold = gr.update(open=False) if saved.get("launch_open") is False else gr.skip()
         return (
             state.table,
             gr.update(choices=ids, value=plotted),

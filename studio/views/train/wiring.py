@@ -15,6 +15,7 @@ from studio.views.train.form import _launch_form, launch_runs, plot_selection, p
 from studio.views.train.jobs_view import (
     DEFAULT_COLUMNS,
     _jobs_section,
+    _run_details_section,
     chosen_columns,
     jobs_view,
     study_of_key,
@@ -45,6 +46,7 @@ CSS = """
 #tab-train .gr-dropdown input, #tab-train [data-testid="dropdown"] input { padding-right: 2.2em; }
 #tab-train .wrap-inner { padding-right: 1.8em; }
 #train-cancel-status p { margin: 0.25em 0; }
+#train-css { display: none; }
 #train-jobs .run-cell {
   display: inline-block; max-width: 17em; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom;
 }
@@ -499,6 +501,7 @@ def build_tab(ctx: StudioContext) -> None:
             jobs = _jobs_section()
         with gr.Column(scale=3, min_width=480, elem_id="train-panels-column"):
             curves = _curves_section()
+    _run_details_section(jobs)
     session = gr.State(TrainSession())
     _wire_launch(ctx, form, jobs, curves, session)
     _wire_jobs(ctx, jobs, session)
