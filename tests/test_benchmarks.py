@@ -295,7 +295,11 @@ def test_jobs_table_figures():
     from benchmarks.jobs_table import measure_jobs_table
 
     figures, raw = measure_jobs_table(studies=2, repeats=3)
-    assert [f.key for f in figures] == ["studio/jobs_table/poll", "studio/jobs_table/first"]
+    assert [f.key for f in figures] == [
+        "studio/jobs_table/poll",
+        "studio/jobs_table/poll_cpu",
+        "studio/jobs_table/first",
+    ]
     assert all(_finite(f) and f.value > 0 for f in figures)
     assert raw["runs"] == 8 and len(raw["total_ms"]) == 3
     assert "10 table rows" in figures[0].note  # 8 runs under their 2 studies' group rows
