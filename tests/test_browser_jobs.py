@@ -45,8 +45,9 @@ def test_a_study_folds_in_the_jobs_table_and_the_column_choice_survives_a_reload
     study = f"study-20261207-120000-{secrets.token_hex(2)}"
     ids = write_study(studio.runs_dir, study, "browser study")
     page.goto(studio.url)
-    group = page.locator(ROWS, has_text="browser study").filter(has_text="2 variants × 2 seeds").first
+    group = page.locator(ROWS, has_text="browser study").filter(has_text="4/4 done").first
     expect(group).to_contain_text("4/4 done · 100%", timeout=20_000)
+    expect(group).to_contain_text("2 variants × 2 seeds")
     members = page.locator(ROWS, has_text=re.compile(r"sar-(baseline|residual) · seed \d"))
     expect(members).to_have_count(4)
     group.locator("[role=gridcell]").nth(1).click()  # a click on the study's row folds it
@@ -59,18 +60,18 @@ def test_a_study_folds_in_the_jobs_table_and_the_column_choice_survives_a_reload
     page.locator("#train-curve-runs input").first.fill(ids[0])
     page.keyboard.press("Enter")
     page.wait_for_function(PLOTTED, arg=[ids[0], True], timeout=20_000)
-    row = page.locator(ROWS, has_text=ids[0])
+    row = page.locator(ROWS).filter(has=page.locator(f'[title*="{ids[0]}"]'))
     row.locator("[role=gridcell]").first.click()
     expect(page.locator("#train-hidden")).to_contain_text(ids[0])
     page.wait_for_function(PLOTTED, arg=[ids[0], False], timeout=20_000)
     expect(row.locator(".run-eye.off")).to_have_count(1)
 
     # Columns: seed in, speed out; the page reloads with the same choice.
-    assert page.evaluate(HEADERS) == ["show", "run", "variant", "status", "progress", "speed · ETA", "best"]
+    assert page.evaluate(HEADERS) == ["show", "run", "status", "progress", "best", "speed · ETA", "variant"]
     page.locator("#train-columns-box").get_by_text("Columns").first.click()
     page.locator("#train-columns").get_by_label("seed", exact=True).check()
     page.locator("#train-columns").get_by_label("speed · ETA", exact=True).uncheck()
-    wanted = ["show", "run", "variant", "status", "progress", "best", "seed"]
+    wanted = ["show", "run", "status", "progress", "best", "variant", "seed"]
     page.wait_for_function(HEADERS_ARE, arg=wanted, timeout=15_000)
     page.reload()
     expect(page.locator(ROWS, has_text="browser study").first).to_be_visible(timeout=20_000)

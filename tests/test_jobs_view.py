@@ -11,6 +11,7 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from studio.curves import run_color  # noqa: E402
 from studio.views.train import JOB_HEADERS, TrainSession, draw_curves, job_row  # noqa: E402
 from studio.views.train.jobs_view import (  # noqa: E402
     DEFAULT_COLUMNS,
@@ -70,24 +71,25 @@ def _run(row, hidden=False, in_study=False, columns=DEFAULT_COLUMNS):
     """The expected table row of a run: its eye, its run cell (marked), the chosen columns of job_row."""
     cells = job_row(row)
     classes = "run-cell" + (" run-hidden" if hidden else "") + (" in-study" if in_study else "")
-    run = f'<span class="{classes}" title="{row["id"]}">{cells[0]}</span>'
+    dot = f'<span class="run-dot" style="color:{run_color(row["id"])}">●</span>'
+    run = f'<span class="{classes}" title="{row["id"]}">{dot} {row["id"]}</span>'
     return [HIDDEN if hidden else SHOWN, run, *[cells[JOB_HEADERS.index(c)] for c in columns]]
 
 
 def test_a_study_is_one_group_row_with_its_shape_and_progress_above_its_runs(rows):
     view = jobs_view(rows)
     assert view.keys == ["r5", f"study:{STUDY}", "r4", "r3", "r2", "r1"]
-    assert view.value["headers"] == ["show", "run", "variant", "status", "progress", "speed · ETA", "best"]
+    assert view.value["headers"] == ["show", "run", "status", "progress", "best", "speed · ETA", "variant"]
     best = job_row(rows[3])[5]  # r2's psnr 23.5 is the study's best
     assert best.startswith("psnr ↑ 23.5")
     assert view.value["data"][1] == [
         GROUP_SHOWN,
-        f'<span class="run-cell" title="{STUDY}: 2 variants × 2 seeds">▾ <b>{STUDY}</b></span>',
-        "2 variants × 2 seeds",
+        f'<span class="run-cell" title="{STUDY}: 2 variants × 2 seeds">▾ <b>study 120000-ab12</b></span>',
         "running",
         "3/4 done (1 failed) · 1 running · 87%",  # (100 + 100 + 100 + 48) / 4
-        "–",
         best,
+        "–",
+        "2 variants × 2 seeds",
     ]
     assert view.value["data"][0] == _run(rows[0])  # no study: a plain row
     assert view.value["data"][2:] == [_run(r, in_study=True) for r in rows[1:]]
@@ -98,14 +100,14 @@ def test_a_study_is_one_group_row_with_its_shape_and_progress_above_its_runs(row
 def test_a_collapsed_study_shows_its_group_row_only(rows):
     view = jobs_view(rows, collapsed={STUDY})
     assert view.keys == ["r5", f"study:{STUDY}"]
-    assert view.value["data"][1][1].endswith(f">▸ <b>{STUDY}</b></span>")
-    assert view.value["data"][1][4] == "3/4 done (1 failed) · 1 running · 87%"
+    assert view.value["data"][1][1].endswith(">▸ <b>study 120000-ab12</b></span>")
+    assert view.value["data"][1][3] == "3/4 done (1 failed) · 1 running · 87%"
 
 
 def test_a_filter_keeps_the_group_of_a_matching_run_whose_progress_counts_the_whole_study(rows):
     view = jobs_view(rows, "status:running")
     assert view.keys == ["r5", f"study:{STUDY}", "r4"]
-    assert view.value["data"][1][4] == "3/4 done (1 failed) · 1 running · 87%"
+    assert view.value["data"][1][3] == "3/4 done (1 failed) · 1 running · 87%"
     assert jobs_view(rows, "status:completed", "oldest").keys == [f"study:{STUDY}", "r1", "r2"]
     # Without a study every row is a plain row, as before the grouping.
     lone = [_row("a", "sar-baseline", "queued"), _row("b", "sar-resnet", "completed")]
@@ -114,7 +116,7 @@ def test_a_filter_keeps_the_group_of_a_matching_run_whose_progress_counts_the_wh
 
 def test_the_chosen_columns_in_table_order_and_a_group_shows_its_runs_differing_values(rows):
     view = jobs_view(rows, columns=["seed", "note", "preset", "lr"])
-    assert view.value["headers"] == ["show", "run", "preset", "lr", "seed", "note"]
+    assert view.value["headers"] == ["show", "run", "preset", "lr", "seed", "note"]  # the table's order
     assert view.value["data"][1][2:] == ["smoke", "0.001", "1, 0", ""]
     assert view.value["data"][2] == _run(rows[1], in_study=True, columns=("preset", "lr", "seed", "note"))
     assert chosen_columns(["tags", "no such column", "run"]) == ("tags",)
@@ -148,20 +150,32 @@ def test_study_shape_names_a_sweep_and_group_progress_counts_queued_runs():
     named = [dict(r, name=f"wide · sar-baseline · seed {r['seed']}") for r in unnamed]
     view = jobs_view(named)
     shape = "1 variant × 2 seeds × 2 sweep values"
-    assert view.value["data"][0][1:3] == [
-        f'<span class="run-cell" title="wide ({STUDY}): {shape}">▾ <b>wide</b> <small>{STUDY}</small></span>',
-        shape,
-    ]
+    title = f"wide ({STUDY}): {shape}"
+    assert view.value["data"][0][1] == (
+        f'<span class="run-cell" title="{title}">▾ <b>wide</b> <small>study 120000-ab12</small></span>'
+    )
+    assert view.value["data"][0][6] == shape
     # Under its group a run's name is told without the study's name it starts with; its tooltip has all.
-    assert "<b>sar-baseline · seed 0</b> <small>m0</small>" in view.value["data"][1][1]
+    assert view.value["data"][1][1].endswith("</span> <b>sar-baseline · seed 0</b></span>")
     assert 'title="wide · sar-baseline · seed 0 (m0)"' in view.value["data"][1][1]
+
+
+def test_the_run_cell_tells_runs_apart_by_name_or_by_the_id_without_its_creation_time():
+    from studio.views.train.jobs_view import compact_run_cell
+
+    row = {"id": "20261207-173748-sar-residual-3fa2"}
+    dot = f'<span class="run-dot" style="color:{run_color(row["id"])}">●</span>'
+    assert compact_run_cell(row) == f"{dot} sar-residual-3fa2"
+    assert compact_run_cell(row, "a <b>") == f"{dot} <b>a &lt;b&gt;</b>"
+    other = f'<span class="run-dot" style="color:{run_color("my-run")}">●</span>'
+    assert compact_run_cell({"id": "my-run"}) == f"{other} my-run"
 
 
 def test_anonymous_rows_of_other_visitors_have_no_eye_and_no_group():
     rows = [{"id": "", "anonymous": True, "status": "running"}, _row("mine", "sar-baseline", "queued")]
     view = jobs_view(rows)
     assert view.keys == ["", "mine"]
-    assert view.value["data"][0][:3] == ["", "<i>another visitor's job</i>", "–"]
+    assert view.value["data"][0][:4] == ["", "<i>another visitor's job</i>", "running", "running"]
 
 
 def test_hidden_runs_leave_the_curve_panels(tmp_path):

@@ -10,6 +10,7 @@ with its buttons, labels and log).
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -18,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.curves import is_finite_number
+from studio.curves import is_finite_number, run_color
 from studio.views.train.table import (
     JOB_HEADERS,
     SORTS,
@@ -26,7 +27,6 @@ from studio.views.train.table import (
     format_elapsed,
     job_row,
     row_matches,
-    run_cell,
     sort_rows,
 )
 from trainers.runs.store import TERMINAL
@@ -36,10 +36,13 @@ EYE_HEADER = "show"
 EYE_ON, EYE_OFF = "◉", "○"
 #: Columns every view has, pinned at the left: the eye (show/hide the run's curves) and the run.
 FIXED_HEADERS: tuple[str, ...] = (EYE_HEADER, JOB_HEADERS[0])
-#: The columns a person may pick, in table order, and those a browser starts with: enough to follow a
-#: run (what, how far, how fast, how good) in the narrow column beside the panels.
-OPTIONAL_COLUMNS: tuple[str, ...] = tuple(JOB_HEADERS[1:])
-DEFAULT_COLUMNS: tuple[str, ...] = ("variant", "status", "progress", "speed · ETA", "best")
+#: The columns a browser starts with, and all a person may pick, in table order: what changes first
+#: (status, progress, best) leads, since the column beside the panels shows only a few without scrolling.
+DEFAULT_COLUMNS: tuple[str, ...] = ("status", "progress", "best", "speed · ETA", "variant")
+OPTIONAL_COLUMNS: tuple[str, ...] = (
+    *DEFAULT_COLUMNS,
+    *(name for name in JOB_HEADERS[1:] if name not in DEFAULT_COLUMNS),
+)
 #: The table's cell types: the eye and the run cells are HTML (colour dot, name, marks), the rest text.
 DATATYPES: list[str] = ["html", "html"] + ["str"] * len(OPTIONAL_COLUMNS)
 #: Table keys of group rows are this prefix and the study id; a run's key is its id.
@@ -173,8 +176,9 @@ def group_row(
     label = _study_label(study, members)
     shape = study_shape(members)
     title = html.escape(f"{label} ({study})" if label else study, quote=True) + f": {shape}"
-    name = f"<b>{html.escape(label or study)}</b>"
-    name += f" <small>{html.escape(study)}</small>" if label else ""
+    short = _STUDY_DATE.sub("study ", study)  # the launch's time and suffix tell studies apart
+    name = f"<b>{html.escape(label or short)}</b>"
+    name += f" <small>{html.escape(short)}</small>" if label else ""
     out = ["–"] * len(JOB_HEADERS)
     out[0] = f'<span class="run-cell" title="{title}">{"▸" if collapsed else "▾"} {name}</span>'
     out[_INDEX["variant"]] = shape  # the variants are in its runs' rows
@@ -198,18 +202,35 @@ def group_row(
     return [_eye(shown, "the study's runs"), *out]
 
 
+# A run id's creation time ("20261207-173748-"): the same few seconds for a whole launch, so the table's
+# run cell shows what tells runs apart (variant and suffix), the whole id in its tooltip.
+_STAMP = re.compile(r"^\d{8}-\d{6}-")
+_STUDY_DATE = re.compile(r"^study-\d{8}-")
+
+
+def compact_run_cell(row: Mapping[str, Any], name: str = "") -> str:
+    """The run's colour dot and its name (bold), else its id without the creation time
+    ("sar-residual-3fa2"); narrower than ``table.run_cell``, which the API's table keeps."""
+    run_id = str(row.get("id"))
+    dot = f'<span class="run-dot" style="color:{run_color(run_id)}">●</span>'
+    if name:
+        return f"{dot} <b>{html.escape(name)}</b>"
+    return f"{dot} {html.escape(_STAMP.sub('', run_id))}"
+
+
 def _run_row(
     row: Mapping[str, Any], cells: list[Any], hidden: bool, study_label: str | None = None
 ) -> list[Any]:
-    """A run's table row: its eye, its run cell (under a study: indented, without the study's name that
-    its name starts with; hidden: faded), its other cells. The run cell is cut to the column's width with
-    its whole name and id in its tooltip."""
+    """A run's table row: its eye, its run cell (``compact_run_cell``; under a study: indented, without the
+    study's name that its name starts with; hidden: faded), its other cells. The run cell is cut to the
+    column's width with its whole name and id in its tooltip."""
     if row.get("anonymous"):
         return ["", *cells]
-    run = cells[0]
     name = str(row.get("name") or "")
-    if study_label is not None and study_label and name.startswith(study_label + " · "):
-        run = run_cell({**row, "name": name[len(study_label) + 3 :]})
+    short = name
+    if study_label and name.startswith(study_label + " · "):
+        short = name[len(study_label) + 3 :]
+    run = compact_run_cell(row, short)
     title = html.escape(f"{name} ({row.get('id')})" if name else str(row.get("id")), quote=True)
     classes = "run-cell" + (" run-hidden" if hidden else "")
     classes += " in-study" if study_label is not None else ""

@@ -48,9 +48,9 @@ CSS = """
 #train-cancel-status p { margin: 0.25em 0; }
 #train-css { display: none; }
 #train-jobs .run-cell {
-  display: inline-block; max-width: 17em; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom;
+  display: inline-block; max-width: 14em; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom;
 }
-#train-jobs .in-study { padding-left: 1.2em; max-width: 16em; }
+#train-jobs .in-study { padding-left: 1.2em; max-width: 13em; }
 #train-jobs .run-hidden { opacity: 0.45; }
 #train-jobs .run-eye { cursor: pointer; }
 #train-jobs .run-eye.off { opacity: 0.6; }
@@ -497,9 +497,9 @@ def build_tab(ctx: StudioContext) -> None:
     with gr.Accordion("Launch runs", open=True, elem_id="train-launch-box") as launch_box:
         form = _launch_form(ctx)
     with gr.Row(equal_height=False, elem_id="train-dashboard"):
-        with gr.Column(scale=2, min_width=380, elem_id="train-runs-column"):
+        with gr.Column(scale=9, min_width=380, elem_id="train-runs-column"):
             jobs = _jobs_section()
-        with gr.Column(scale=3, min_width=480, elem_id="train-panels-column"):
+        with gr.Column(scale=11, min_width=480, elem_id="train-panels-column"):
             curves = _curves_section()
     _run_details_section(jobs)
     session = gr.State(TrainSession())
