@@ -303,11 +303,6 @@ def jobs_view(
     return JobsView(value, keys)
 
 
-def toggled(keys: Collection[str], key: str) -> set[str]:
-    """``keys`` with ``key`` added, or removed when it was there."""
-    return set(keys) ^ {key}
-
-
 def toggle_hidden(hidden: Collection[str], key: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The hidden runs after a click on the eye of row ``key``: a run flips; a study's runs are all hidden
     when any was shown, else all shown. Sorted, for the hidden-runs picker."""
