@@ -33,6 +33,7 @@ def fill_studies(runs_dir: Path, studies: int):
     """A run store with ``studies`` studies of len(VARIANTS) × len(SEEDS) runs and their metric rows; the
     rows go in with one executemany (logging them one transaction at a time measures nothing here)."""
     from trainers.runs.store import RunStore
+    from trainers.settings import make_config
 
     store = RunStore(runs_dir)
     now = time.time()
@@ -42,7 +43,7 @@ def fill_studies(runs_dir: Path, studies: int):
         status = "running" if s < 2 else "queued" if s < 4 else "completed"
         for variant in VARIANTS:
             for seed in SEEDS:
-                config = {"study": study, "seed": seed, "preset": "smoke", "epochs": 4, "lr": 1e-3}
+                config = make_config(variant, "smoke", seed=seed, study=study).to_dict()  # all 21 keys
                 run_id = store.create_run(variant, "sar", config, status=status)
                 store.set_labels(run_id, tags=[study])
                 run_ids.append(run_id)

@@ -126,6 +126,13 @@ def check_storable(value: Any, where: str) -> None:
     raise ValueError(f"{where}{path} is {item}, beyond the 64-bit integers the run store can hold")
 
 
+def check_storable_fields(values: Mapping[str, Any]) -> None:
+    """``check_storable`` of each field, named by its key, in one walk (every listing checks every row)."""
+    bad = _unstorable(values)
+    if bad is not None:
+        check_storable(bad[1], bad[0].removeprefix("."))  # raises, naming the field and the number
+
+
 def _unstorable(value: Any) -> tuple[str, Any] | None:
     """(path below the value, e.g. ".model.x[2]", the offending number) or None when all of it stores.
 
@@ -141,6 +148,8 @@ def _unstorable(value: Any) -> tuple[str, Any] | None:
         return None if INT64_MIN <= value <= INT64_MAX else ("", value)
     if isinstance(value, Mapping):
         for key, item in value.items():
+            if type(item) is str or item is None:  # most leaves: no call for them
+                continue
             bad = _unstorable(item)
             if bad is not None:
                 return f".{key}{bad[0]}", bad[1]
