@@ -207,6 +207,7 @@ def draw_curves(
     rows = _rows_by_id(ctx) if rows is None else rows
     run_ids = _known_runs(ctx, runs, rows)
     settings = _check_plot_settings(smoothing, log_y)
+    run_ids = [run_id for run_id in run_ids if run_id not in state.hidden]  # the jobs table's eye column
     if not updated:
         state.cache.update(ctx.store, run_ids)
     plots, caption = [], gr.skip()
@@ -258,7 +259,8 @@ def refresh_panels(
     defaults first, at most ``count`` (``plan_panels``); each slot redrawn only when what it shows changed,
     its label set only when its metric changed, its column shown or hidden only when that changes."""
     rows = _rows_by_id(ctx) if rows is None else rows
-    run_ids = _known_runs(ctx, runs, rows)
+    plotted = _known_runs(ctx, runs, rows)
+    run_ids = [run_id for run_id in plotted if run_id not in state.hidden]  # the jobs table's eye column
     count = check_panel_count(count)
     _check_plot_settings(smoothing, log_y)
     state.cache.update(ctx.store, run_ids)
@@ -281,7 +283,7 @@ def refresh_panels(
         state.panel_metrics = plan.metrics
     if not plan.metrics:
         caption = f"*{plan.note}*"
-    text = plan.note if run_ids else NO_RUNS_NOTE
+    text = plan.note if plotted else NO_RUNS_NOTE
     note = gr.skip() if text == state.panel_note and not force else f"*{text}*"
     state.panel_note = text
     return PanelRefresh(plots, columns, caption, note, plan)
