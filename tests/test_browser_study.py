@@ -56,15 +56,28 @@ def choose(page, elem_id: str, text: str) -> None:
     page.keyboard.press("Escape")
 
 
+def short_id(run_id: str) -> str:
+    """A run as the jobs table names it: its id without the creation time ("sar-residual-3fa2")."""
+    return run_id.split("-", 2)[2]
+
+
+def group_name(study: str) -> str:
+    """A study's group row as the jobs table names it: "study 180105-2143" (the date left out)."""
+    return "study " + study.split("-", 2)[2]
+
+
 def expect_grouped(page, study: str, run_ids: list[str]) -> None:
-    """The study's runs are found together under its id. Today: the filter `tag:STUDY` leaves exactly a row
-    per run, each naming the study (its runs carry it as a tag). A grouped jobs table (a collapsible row
-    per study with its progress) adds its assertion here."""
+    """The study's runs sit under one group row that sums them up: the filter `tag:STUDY` (its runs carry
+    the id as a tag) leaves that row, first, and a row per run."""
     fill(page, "train-filter", f"tag:{study}")
     rows = page.locator(JOB_ROWS)
-    expect(rows).to_have_count(len(run_ids), timeout=15_000)
+    expect(rows).to_have_count(1 + len(run_ids), timeout=15_000)
+    group = rows.first
+    expect(group).to_contain_text(group_name(study))
+    expect(group).to_contain_text("2 variants × 2 seeds")
+    expect(group).to_contain_text("4/4 done · 100%")
     for run_id in run_ids:
-        expect(rows.filter(has_text=run_id)).to_contain_text(study)
+        expect(rows.filter(has_text=short_id(run_id))).to_have_count(1)
     fill(page, "train-filter", "")
 
 
@@ -84,10 +97,9 @@ def test_a_study_from_launch_to_claims_in_the_browser(studio, page, artifacts, f
     run_ids = RUN_ID.findall(status.inner_text())
     assert len(set(run_ids)) == 4, status.inner_text()
 
-    # All four end; the jobs table shows them under their study.
-    for run_id in run_ids:
-        row = page.locator(JOB_ROWS, has_text=run_id)
-        expect(row).to_contain_text("completed", timeout=RUNS_TIMEOUT_MS)
+    # All four end; the jobs table shows them under their study's row.
+    group = page.locator(JOB_ROWS, has_text=group_name(study))
+    expect(group).to_contain_text("completed", timeout=RUNS_TIMEOUT_MS)
     expect_grouped(page, study, run_ids)
 
     # Panels: the SAR defaults first, then a search leaves one panel per matching metric.
