@@ -331,7 +331,9 @@ def _curves_section() -> SimpleNamespace:
     for first in range(0, PANEL_SLOTS, 2):
         with gr.Row(equal_height=False):
             for index in range(first, min(first + 2, PANEL_SLOTS)):
-                with gr.Column(min_width=320, visible=False) as column:
+                # 400 px at least: in the dashboard's panel column a 1400 px page gets one panel a row, wide
+                # enough for its legend; a wider page two.
+                with gr.Column(min_width=400, visible=False) as column:
                     ui.plots.append(gr.Plot(label=f"Panel {index + 1}", elem_id=f"train-plot-{index}"))
                     ui.views.append(gr.Textbox("", visible=False, label=f"Zoom of panel {index + 1} (JSON)"))
                 ui.columns.append(column)
