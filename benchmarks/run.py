@@ -44,6 +44,7 @@ RUNNERS: dict[str, tuple[str, str]] = {
     "curves": ("benchmarks.studio", "measure_curve_refresh"),
     "memory": ("benchmarks.studio", "measure_app_memory"),
     "data": ("benchmarks.data", "measure_sar_simulation"),
+    "compare": ("benchmarks.compare_sar", "measure_compare_sar"),
 }
 SECTIONS: tuple[str, ...] = tuple(RUNNERS)
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -65,6 +66,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "curves": {"n_runs": 20, "histories": (1_000, 10_000), "repeats": 10},
         "memory": {"n_jobs": 4, "sample_s": 20.0},
         "data": {"scenes": 12, "repeats": 5},
+        "compare": {"images": 10, "size": 256, "repeats": 2},
     },
     "quick": {
         "overhead": {"steps": 15, "repeats": 1},
@@ -77,6 +79,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "curves": {"n_runs": 20, "histories": (1_000, 10_000), "repeats": 3},
         "memory": {"n_jobs": 4, "sample_s": 4.0},
         "data": {"scenes": 6, "repeats": 2},
+        "compare": {"images": 4, "size": 128, "repeats": 1},
     },
     "dry": {
         "overhead": {"steps": 10, "repeats": 1, "variants": ("fragment-dae",)},
@@ -89,6 +92,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "curves": {"n_runs": 3, "histories": (20, 200), "repeats": 2},
         "memory": {"n_jobs": 1, "sample_s": 1.0},
         "data": {"scenes": 2, "repeats": 1, "image_size": 64},
+        "compare": {"images": 2, "size": 64, "repeats": 1},
     },
 }
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from trainers.evaluation import codecs
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 GOLDEN_SAR = Path(__file__).resolve().parents[1] / "assets" / "golden" / "sar"
 TARGETS = (0.15, 0.3, 0.6, 1.2)
 
