@@ -263,6 +263,9 @@ def _search_knob(
         return math.exp(v) if codec.log_scale else v
 
     rate(lo)
+    if codec.log_scale and len([k for k, _ in sizes if k == knob]) < 3:
+        # JPEG 2000's nominal rate is about the file's: start there rather than double up from the bottom.
+        rate(min(max(target, lo), hi))
     bisect_next = False
     for _ in range(_SEARCH_STEPS):
         tried = [v for k, v in sizes if k == knob]
