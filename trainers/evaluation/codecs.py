@@ -306,7 +306,7 @@ def _unmet(codec: ImageCodec, sizes: dict[Any, int], pixels: int, target: float)
         )
     if largest < target * (1 - RATE_TOLERANCE):
         return (
-            f"{codec.name}'s largest file on this image is {largest:.3g} bpp, "
+            f"{codec.name}'s largest file tried on this image is {largest:.3g} bpp, "
             f"below the target {target:.3g} bpp"
         )
     under = max((r for r in rates.values() if r < target), default=smallest)
