@@ -120,3 +120,7 @@ def test_compare_scores_a_learned_model_from_its_learned_density_bytes(tmp_path)
     steps = [p["quant_step"] for p in row["rd"]]
     assert sorted(steps, reverse=True) == steps and len(steps) >= 4  # coarse steps are the low rates
     assert [p["bpp"] for p in row["rd"]] == sorted(p["bpp"] for p in row["rd"])
+    from trainers.evaluation.compare import rd_figure
+
+    names = [trace.name for trace in rd_figure(result).data]
+    assert any("quantisation step 2, 1.5, 1, 0.75, 0.5" in n for n in names), names

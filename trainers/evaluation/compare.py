@@ -1550,7 +1550,7 @@ def rd_figure(result: dict[str, Any]) -> Any:
                 x=[q["bpp"] for q in pts],
                 y=[q["metrics"][metric] for q in pts],
                 mode="lines+markers",
-                name=f"{row['name']} (bits per value {', '.join(str(q['bits_per_value']) for q in pts)})",
+                name=f"{row['name']} ({_sweep_words(pts)})",
                 marker={"size": 5},
                 line={"color": MODEL_COLOURS[k % len(MODEL_COLOURS)]},
             )
@@ -1574,6 +1574,13 @@ def rd_figure(result: dict[str, Any]) -> Any:
     if positive and max(positive) / max(min(positive), 1e-12) > 20:
         fig.update_xaxes(type="log")
     return fig
+
+
+def _sweep_words(points: list[dict[str, Any]]) -> str:
+    """What a model's R-D points sweep: bits per latent value, or a learned density's quantisation step."""
+    if points and "quant_step" in points[0]:
+        return "quantisation step " + ", ".join(f"{q['quant_step']:g}" for q in points)
+    return "bits per value " + ", ".join(str(q.get("bits_per_value")) for q in points)
 
 
 def write_png(result: dict[str, Any], path: str | Path) -> Path:
@@ -1632,7 +1639,7 @@ def write_png(result: dict[str, Any], path: str | Path) -> Path:
                 [q["metrics"][metric] for q in pts],
                 "-",
                 marker=".",
-                label=f"{row['name']} (bits per value)",
+                label=f"{row['name']} ({'quantisation steps' if 'quant_step' in row else 'bits per value'})",
                 color=MODEL_COLOURS[k % len(MODEL_COLOURS)],
             )
         positive = [p["bpp"] for p in points if p["bpp"]] + [s["bpp"] for s in sweep if s.get("bpp")]
