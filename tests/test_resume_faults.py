@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from benchmarks.fault_campaign import (
     EPOCHS,
     Injection,
+    Outcome,
     audit,
     fragment_folder,
     inject,
@@ -30,13 +32,29 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fragment_folder(tmp_path_factory.mktemp("fragments"))
 
 
+@pytest.fixture(scope="module")
+def killed(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Outcome, Path]]:
+    """Every kill point's injection and resume, three at a time (each trainer is its own one-thread process,
+    as in the fault campaign): the outcome and the folder of its runs, by kill point. One arrival in epoch 2,
+    when epoch 1's `last` exists, so each is a resume and not a fresh start (train rows come twice an epoch:
+    the third is epoch 2's first)."""
+
+    def one(point: str) -> tuple[str, tuple[Outcome, Path]]:
+        base = tmp_path_factory.mktemp(point)
+        where = f"{point}:{3 if point == 'train-row' else 2}"
+        return point, (inject(Injection("kill", where), base, data), base)
+
+    with ThreadPoolExecutor(3) as pool:
+        return dict(pool.map(one, KILL_POINTS))
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_a_kill_at_each_point_then_resume_leaves_each_row_once(point: str, data: Path, tmp_path: Path):
-    # An arrival in epoch 2, when epoch 1's `last` exists, so this is a resume and not a fresh start (train
-    # rows come twice an epoch: the third is epoch 2's first).
+def test_a_kill_at_each_point_then_resume_leaves_each_row_once(
+    point: str, killed: dict[str, tuple[Outcome, Path]]
+) -> None:
+    outcome, tmp_path = killed[point]
     where = f"{point}:{3 if point == 'train-row' else 2}"
-    outcome = inject(Injection("kill", where), tmp_path, data)
     assert outcome.struck, f"the trainer was never killed at {where}"
     assert outcome.restarts == 0 and outcome.attempts == 2
     assert outcome.status == "completed", outcome.problems
@@ -57,10 +75,10 @@ def test_a_kill_at_each_point_then_resume_leaves_each_row_once(point: str, data:
             assert epochs[("train", step)] == epochs[("val", step)]
 
 
-def test_resume_supersedes_the_killed_attempts_rows(data: Path, tmp_path: Path) -> None:
-    """The reproduction's shape: killed after an epoch's rows but before `last`; the superseded rows stay in
-    the database (nothing deleted) but no query, curve or export shows them."""
-    outcome = inject(Injection("kill", "last-files:2"), tmp_path, data)
+def test_resume_supersedes_the_killed_attempts_rows(killed: dict[str, tuple[Outcome, Path]]) -> None:
+    """The reproduction's shape: killed after an epoch's rows but before `last` (at "last-files:2"); the
+    superseded rows stay in the database (nothing deleted) but no query, curve or export shows them."""
+    outcome, tmp_path = killed["last-files"]
     assert outcome.ok, outcome.problems
     with RunStore(tmp_path / "runs") as store:
         [run] = store.list_runs()
@@ -79,7 +97,7 @@ def test_the_campaign_runs_a_handful_of_injections_through_the_same_code(tmp_pat
     injections = [
         Injection("kill-twice", "val-row:2", "last-manifest:1"),
         Injection("cancel", "validation"),
-        Injection("timed-kill", "12.0s"),
+        Injection("timed-kill", "5.0s"),
     ]
     outcomes = run_campaign(injections, workers=3, keep=tmp_path)
     result = summary(outcomes)

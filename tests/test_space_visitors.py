@@ -157,7 +157,8 @@ def test_two_browser_visitors_see_only_their_own_runs(space, browser, page, arti
         "placeholder"
     )
     # Two jobs: on a Space's one CPU slot the second waits in the queue, so the stranger surely sees an entry.
-    train.get_by_text("fragment-dae — 1D-conv denoising autoencoder").click()
+    # The first is Variant B for 10 epochs, minutes on a CPU, so it is still running when alice cancels it.
+    train.get_by_text("Variant B: pre-activation residual autoencoder").click()
     train.get_by_text("fragment-dae-bytes — ").click()
     page.locator("#train-epochs textarea, #train-epochs input").first.fill("10")
     page.locator("#train-launch-name textarea, #train-launch-name input").first.fill("alice browser run")
@@ -165,7 +166,7 @@ def test_two_browser_visitors_see_only_their_own_runs(space, browser, page, arti
     page.locator("#train-launch").click()
     status = page.locator("#train-status")
     status.get_by_text("Queued 2 run").wait_for()
-    run_id = RUN_ID.search(status.inner_text()).group(0)
+    run_id = re.search(r"\d{8}-\d{6}-sar-residual-[0-9a-f]{4}", status.inner_text()).group(0)
     expect(page.locator("#train-jobs")).to_contain_text("alice browser run", timeout=15_000)
 
     stranger = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()

@@ -125,8 +125,12 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_study_trains_every_run_and_prints_the_study_as_json(tmp_path):
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def cli_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One study made by the CLI, two variants × two seeds of a few steps each (the runs folder and the
+    printed JSON): the study and leaderboard tests below read the same one, since each trainer costs a
+    process start."""
+    runs = tmp_path_factory.mktemp("study") / "runs"
     common = [
         "--preset",
         "smoke",
@@ -139,43 +143,39 @@ def test_cli_study_trains_every_run_and_prints_the_study_as_json(tmp_path):
         "--runs-dir",
         str(runs),
     ]
-    proc = _cli("study", "fragment-dae", "--seeds", "2", "--jobs", "2", "--json", *common)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert out["study"].startswith("study-") and [r["status"] for r in out["runs"]] == ["completed"] * 2
-    listed = json.loads(_cli("studies", "--runs-dir", str(runs), "--json").stdout)
-    assert [s["study"] for s in listed] == [out["study"]] and listed[0]["done"] == 2
-    with RunStore(runs) as store:
-        seeds = sorted(r.config["seed"] for r in study_runs(store, out["study"]))
-    assert seeds == [0, 1]
-
-
-def test_study_leaderboard_answers_claims_over_seeds_and_files(tmp_path):
-    """`compare --study`: every run of the study on the same files, a row per variant with its seeds, the
-    paired difference on the same seeds and files, and a user's claim answered from the interval."""
-    runs = tmp_path / "runs"
-    common = [
-        "--preset",
-        "smoke",
-        "--epochs",
-        "1",
-        "--max-steps",
-        "4",
-        "--data",
-        TINY,
-        "--runs-dir",
-        str(runs),
-    ]
     made = _cli(
         "study", "fragment-dae", "fragment-dae-bytes", "--seeds", "2", "--jobs", "2", "--json", *common
     )
     assert made.returncode == 0, made.stderr
-    study = json.loads(made.stdout)["study"]
+    return runs, json.loads(made.stdout)
+
+
+def test_cli_study_trains_every_run_and_prints_the_study_as_json(cli_study):
+    runs, out = cli_study
+    assert out["study"].startswith("study-") and [r["status"] for r in out["runs"]] == ["completed"] * 4
+    listed = json.loads(_cli("studies", "--runs-dir", str(runs), "--json").stdout)
+    assert [s["study"] for s in listed] == [out["study"]] and listed[0]["done"] == 4
+    with RunStore(runs) as store:
+        made = sorted((r.variant, r.config["seed"]) for r in study_runs(store, out["study"]))
+    assert made == [
+        ("fragment-dae", 0),
+        ("fragment-dae", 1),
+        ("fragment-dae-bytes", 0),
+        ("fragment-dae-bytes", 1),
+    ]
+
+
+def test_study_leaderboard_answers_claims_over_seeds_and_files(cli_study, tmp_path):
+    """`compare --study`: every run of the study on the same files, a row per variant with its seeds, the
+    paired difference on the same seeds and files, and a user's claim answered from the interval."""
+    runs, made = cli_study
+    study = made["study"]
     claim = "fragment-dae-bytes - fragment-dae >= 0.5 on accuracy"
     data = "fragments:python,max_files=6,n=60"
     proc = _cli(
-        "compare", "--study", study, "--runs-dir", str(runs), "--data", data, "--claim", claim, "--json"
-    )
+        "compare", "--study", study, "--runs-dir", str(runs), "--data", data, "--claim", claim, "--json",
+        "--out", str(tmp_path),
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     [domain] = out["domains"]
@@ -186,11 +186,13 @@ def test_study_leaderboard_answers_claims_over_seeds_and_files(tmp_path):
     lo, hi = pair["ci95"]
     assert lo <= pair["diff"] <= hi and 0 < pair["p"] <= 1 and pair["seeds"] == 2
     [answer] = domain["claims"]  # no SAR variant in this study: the design's SAR claims do not apply
-    # A half-point gain in byte accuracy is far beyond what 4 training steps give: the interval says so.
+    # A half-point gain in byte accuracy is far beyond what 3 training steps give: the interval says so.
     assert answer["claim"] == "fragment-dae-bytes − fragment-dae ≥ 0.5 on accuracy"
     assert answer["verdict"] == "not supported" and answer["ci95"][1] < 0.5
-    text = _cli("compare", "--study", study, "--runs-dir", str(runs), "--data", data, "--claim", claim).stdout
+    # The same leaderboard as markdown, written beside the JSON in the same call.
+    text = (tmp_path / "study.md").read_text()
     assert "| fragment-dae-bytes | 2 |" in text and "**not supported**" in text
+    assert json.loads((tmp_path / "study.json").read_text()) == out
     bad = _cli("compare", "--study", study, "--runs-dir", str(runs), "--claim", "a beats b")
     assert bad.returncode == 2 and bad.stderr.startswith("error: a claim reads")
 

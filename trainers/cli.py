@@ -149,7 +149,9 @@ def _add_compare(sub: Any) -> None:
         "compare",
         help="leaderboard: several runs/checkpoints (and classic codecs) on the same examples",
         description="Evaluate every model on the same examples of one domain: per metric the mean with a "
-        "95%% bootstrap CI over examples, plus parameters, bpp and inference time. See README, 'Compare'.",
+        "95 percent bootstrap interval over independent units (images, recordings, files), paired "
+        "differences between models, rates from real entropy-coded bytes with an R-D curve per model, plus "
+        "parameters and inference time. See docs/leaderboard.md.",
     )
     p.add_argument("sources", nargs="*", metavar="RUN_OR_CHECKPOINT", help="run ids or checkpoint folders")
     p.add_argument(
@@ -177,7 +179,9 @@ def _add_compare(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
     p.add_argument(
-        "--out", metavar="DIR", help="also write compare.md, compare.json, rd.html and rd.png there"
+        "--out",
+        metavar="DIR",
+        help="also write compare.md, compare.json, rd.html and rd.png there (--study: study.md, study.json)",
     )
     p.add_argument(
         "--seed",
@@ -566,8 +570,8 @@ def _compare_study(args: argparse.Namespace) -> int:
 
     if args.sources:
         raise ValueError("give either run ids / checkpoints or --study, not both")
-    if args.baselines or args.out:
-        raise ValueError("--baselines and --out are for a leaderboard of runs; a study compares its own runs")
+    if args.baselines:
+        raise ValueError("--baselines is for a leaderboard of runs; a study compares its own runs")
     claims = [parse_claim(text) for text in args.claim]
     with terminal_progress("study") as progress:
         result = compare_study(
@@ -580,10 +584,14 @@ def _compare_study(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=progress,
         )
-    print(
-        json.dumps(result, allow_nan=False) if args.json else study_markdown(result),
-        end="" if not args.json else "\n",
-    )
+    as_json, as_markdown = json.dumps(result, allow_nan=False), study_markdown(result)
+    print(as_json if args.json else as_markdown, end="" if not args.json else "\n")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "study.json").write_text(as_json + "\n")
+        (out / "study.md").write_text(as_markdown)
+        print(f"wrote {out / 'study.md'} and {out / 'study.json'}", file=sys.stderr)
     return 0
 
 
