@@ -197,6 +197,7 @@ def draw_curves(
     if unknown:
         raise ValueError(f"no run with id {', '.join(map(repr, unknown))} {_where(ctx)}")
     settings = _check_plot_settings(smoothing, log_y)
+    run_ids = [run_id for run_id in run_ids if run_id not in state.hidden]  # the jobs table's eye column
     state.cache.update(ctx.store, run_ids)
     plots, caption = [], gr.skip()
     for index, metric in enumerate(metrics):

@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from studio.context import StudioContext
+from studio.views.train.jobs_view import chosen_columns, jobs_view
 from studio.views.train.panels import (
     PANEL_COUNT,
     default_panels,
@@ -27,7 +28,6 @@ from studio.views.train.session import (
     _rows_by_id,
     job_rows,
 )
-from studio.views.train.table import job_table
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def poll(
     rows = _rows_by_id(ctx, every)
     out: dict[str, Any] = {}
     try:
-        table, ids = job_table(every, query or "", order or "newest")
+        view = jobs_view(every, query or "", order or "newest", state.columns, state.collapsed, state.hidden)
+        table, ids = view.value, view.keys
     except ValueError:
         table, ids = state.table, state.table_ids
     out["table"] = gr.skip() if table == state.table else table
@@ -118,9 +119,10 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
             )
         except Exception:  # noqa: BLE001 - a failing poll must not put an error on the page every 2 s
             log.exception("Train tab poll failed")
-            return (*[gr.skip()] * (7 + 2 * n), state)
+            return (*[gr.skip()] * (8 + 2 * n), state)
         return (
             out["table"],
+            out["choices"],
             out["choices"],
             out["choices"],
             *[out["metric_choices"]] * n,
@@ -150,6 +152,7 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
             jobs.table,
             curves.runs,
             jobs.selected,
+            jobs.hidden,
             *curves.metrics,
             *curves.plots,
             curves.caption,
@@ -161,30 +164,63 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
         js=view_js({7 + n + i: i for i in range(n)}),
         api_visibility="private",
         concurrency_limit=None,
+        show_progress="hidden",
     )
 
 
-def _wire_load(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespace, session: gr.State) -> None:
-    """Fill the table, pickers and panels when the page opens, not on the first tick."""
+def _wire_load(
+    ctx: StudioContext,
+    jobs: SimpleNamespace,
+    curves: SimpleNamespace,
+    session: gr.State,
+    prefs: gr.BrowserState,
+    launch_box: gr.Accordion,
+) -> None:
+    """Fill the table, pickers and panels when the page opens, not on the first tick, with the columns and
+    the launch form's fold this browser kept (``prefs``)."""
 
-    def load(state: TrainSession):
+    def load(saved: Any, state: TrainSession):
+        saved = saved if isinstance(saved, dict) else {}
+        state.columns = chosen_columns(saved.get("columns"))
         every = job_rows(ctx)
         rows = _rows_by_id(ctx, every)
         state.run_ids = tuple(rows)
-        state.table, state.table_ids = job_table(every)
+        view = jobs_view(every, columns=state.columns)
+        state.table, state.table_ids = view.value, view.keys
         plotted = initial_curve_runs(list(rows.values()))
         ids = list(state.run_ids)
         domain = rows[plotted[0]].get("domain") if plotted else None
         state.panels_domain = domain
         panels = [gr.update(value=m) for m in default_panels(domain)]
         selected = gr.update(choices=ids, value=plotted[0] if plotted else None)
-        return state.table, gr.update(choices=ids, value=plotted), selected, *panels, state
+        # Only a fold is sent: setting open=True on an open accordion makes Gradio 6.31's next click on it
+        # fire collapse and expand both, so it stays open.
+        fold = gr.update(open=False) if saved.get("launch_open") is False else gr.skip()
+        return (
+            state.table,
+            gr.update(choices=ids, value=plotted),
+            selected,
+            gr.update(choices=ids),
+            list(state.columns),
+            fold,
+            *panels,
+            state,
+        )
 
     root = gr.context.Context.root_block
     if root is not None:
         root.load(
             load,
-            inputs=session,
-            outputs=[jobs.table, curves.runs, jobs.selected, *curves.metrics, session],
+            inputs=[prefs, session],
+            outputs=[
+                jobs.table,
+                curves.runs,
+                jobs.selected,
+                jobs.hidden,
+                jobs.columns,
+                launch_box,
+                *curves.metrics,
+                session,
+            ],
             api_visibility="private",
         )
