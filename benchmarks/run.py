@@ -46,6 +46,7 @@ RUNNERS: dict[str, tuple[str, str]] = {
     "cpu_bf16": ("benchmarks.cpu_bf16", "measure_cpu_bf16"),
     "memory": ("benchmarks.studio", "measure_app_memory"),
     "data": ("benchmarks.data", "measure_sar_simulation"),
+    "compare": ("benchmarks.compare_sar", "measure_compare_sar"),
 }
 SECTIONS: tuple[str, ...] = tuple(RUNNERS)
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -69,6 +70,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "cpu_bf16": {"steps": 4, "warmup": 2, "repeats": 3},
         "memory": {"n_jobs": 4, "sample_s": 20.0},
         "data": {"scenes": 12, "repeats": 5},
+        "compare": {"images": 10, "size": 256, "repeats": 2},
     },
     "quick": {
         "overhead": {"steps": 15, "repeats": 1},
@@ -90,6 +92,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "memory": {"n_jobs": 4, "sample_s": 4.0},
         "data": {"scenes": 6, "repeats": 2},
+        "compare": {"images": 4, "size": 128, "repeats": 1},
     },
     "dry": {
         "overhead": {"steps": 10, "repeats": 1, "variants": ("fragment-dae",)},
@@ -111,6 +114,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "memory": {"n_jobs": 1, "sample_s": 1.0},
         "data": {"scenes": 2, "repeats": 1, "image_size": 64},
+        "compare": {"images": 2, "size": 64, "repeats": 1},
     },
 }
 
