@@ -585,7 +585,9 @@ def test_run_colours_are_fixed_and_legends_name_the_differing_settings(store):
         b: {"id": b, "variant": "sar-baseline", "lr": 0.002, "batch_size": 8},
     }
     labels = run_labels(rows, [a, b])
-    assert labels[a].label == "huge lr (lr=10)" and labels[b].label == f"{b} (lr=0.002)"
+    # Unnamed: the id less its creation time (the hover keeps the whole id).
+    assert labels[a].label == "huge lr (lr=10)" and labels[b].label == f"{b[16:]} (lr=0.002)"
+    assert b[16:].startswith("sar-baseline-") and labels[b].settings.startswith(b)
     assert "batch 8" in labels[a].settings and "variant sar-baseline" in labels[a].settings
     both = make_figure(cache, "train/loss", [a, b], labels=labels)
     alone = make_figure(cache, "train/loss", [b])

@@ -27,6 +27,7 @@ from studio.views.train.table import (
     format_elapsed,
     job_row,
     row_matches,
+    short_run_id,
     sort_rows,
 )
 from trainers.runs.store import TERMINAL
@@ -202,9 +203,6 @@ def group_row(
     return [_eye(shown, "the study's runs"), *out]
 
 
-# A run id's creation time ("20261207-173748-"): the same few seconds for a whole launch, so the table's
-# run cell shows what tells runs apart (variant and suffix), the whole id in its tooltip.
-_STAMP = re.compile(r"^\d{8}-\d{6}-")
 _STUDY_DATE = re.compile(r"^study-\d{8}-")
 
 
@@ -215,7 +213,7 @@ def compact_run_cell(row: Mapping[str, Any], name: str = "") -> str:
     dot = f'<span class="run-dot" style="color:{run_color(run_id)}">●</span>'
     if name:
         return f"{dot} <b>{html.escape(name)}</b>"
-    return f"{dot} {html.escape(_STAMP.sub('', run_id))}"
+    return f"{dot} {html.escape(short_run_id(run_id))}"
 
 
 def _run_row(

@@ -31,7 +31,7 @@ from studio.views.train.metric_grid import (
     plan_panels,
 )
 from studio.views.train.session import DEFAULT_METRIC, TrainSession, _blank, _rows_by_id, _where
-from studio.views.train.table import _setting
+from studio.views.train.table import _setting, short_run_id
 
 # Runs preselected for the curves when a page opens: the running ones, else the newest few.
 INITIAL_CURVE_RUNS = 4
@@ -85,11 +85,15 @@ def run_labels(rows: Mapping[str, Mapping[str, Any]], run_ids: Sequence[str]) ->
         if row is None:
             labels[run_id] = RunLabel(run_id)
             continue
-        name = str(row.get("name") or run_id)
-        diff = ", ".join(f"{LEGEND_SETTINGS[k]}={_setting(row.get(k), 'lr')}" for k in differing)
-        settings = " · ".join(
+        # Without a name, the id less its creation time (the same for a whole launch, and what pushed the
+        # legends of a narrow panel off its left edge); the hover keeps the whole id.
+        name = str(row.get("name") or short_run_id(run_id))
+        keys = differing if row.get("name") else [k for k in differing if k != "variant"]  # the id says it
+        diff = ", ".join(f"{LEGEND_SETTINGS[k]}={_setting(row.get(k), 'lr')}" for k in keys)
+        given = [
             f"{word} {_setting(row.get(key), 'lr')}" for key, word in LEGEND_SETTINGS.items() if row.get(key)
-        )
+        ]
+        settings = " · ".join([run_id, *given])
         total, epochs = row.get("total_steps"), row.get("epochs")
         per_epoch = row.get("steps_per_epoch")
         if not per_epoch and total and epochs and not row.get("max_steps"):

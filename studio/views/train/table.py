@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,16 @@ JOB_HEADERS = [
 ]
 SORTS: tuple[str, ...] = ("newest", "oldest", "name", "status", "best", "progress")
 NOTE_CHARS = 90
+
+
+# A run id's creation time ("20261207-173748-"): the same few seconds for a whole launch, so the table's run
+# cell and the curves' legends show what tells runs apart (variant and suffix), the whole id in a tooltip.
+_RUN_STAMP = re.compile(r"^\d{8}-\d{6}-")
+
+
+def short_run_id(run_id: str) -> str:
+    """``run_id`` less its creation time: "sar-residual-3fa2"."""
+    return _RUN_STAMP.sub("", run_id)
 
 
 def format_elapsed(seconds: float | None) -> str:
