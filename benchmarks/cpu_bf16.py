@@ -38,6 +38,7 @@ from trainers.training.fastpath import (  # noqa: E402
     CPU_BF16_VARIANTS,
     NATIVE_BF16_ENV,
     FastPath,
+    cpu_bf16_kind,
     cpu_has_native_bf16,
 )
 
@@ -240,7 +241,7 @@ def forced_off() -> tuple[list[Figure], dict[str, Any]]:
     figure = Figure(
         key="cpubf16/forced-off/bf16-defaults",
         label="variants defaulting to bf16 with native bf16 detection forced off",
-        value=float(sum(desc != "fp32" for desc in resolved.values())),
+        value=float(sum(not desc.startswith("fp32") for desc in resolved.values())),
         unit="",
         bound=0.0,
         goal="max",
@@ -321,6 +322,7 @@ def measure_cpu_bf16(
     figures: list[Figure] = []
     detail: dict[str, Any] = {
         "native_bf16": cpu_has_native_bf16(),
+        "bf16_kind": cpu_bf16_kind(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
     }

@@ -42,8 +42,11 @@ RUNNERS: dict[str, tuple[str, str]] = {
     "packing": ("benchmarks.phases", "measure_packing"),
     "startup": ("benchmarks.studio", "measure_startup"),
     "curves": ("benchmarks.studio", "measure_curve_refresh"),
+    "jobs_table": ("benchmarks.jobs_table", "measure_jobs_table"),
+    "cpu_bf16": ("benchmarks.cpu_bf16", "measure_cpu_bf16"),
     "memory": ("benchmarks.studio", "measure_app_memory"),
     "data": ("benchmarks.data", "measure_sar_simulation"),
+    "compare": ("benchmarks.compare_sar", "measure_compare_sar"),
 }
 SECTIONS: tuple[str, ...] = tuple(RUNNERS)
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -63,8 +66,11 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "packing": {"max_steps": 300},
         "startup": {"repeats": 3},
         "curves": {"n_runs": 20, "histories": (1_000, 10_000), "repeats": 10},
+        "jobs_table": {"studies": 250, "repeats": 10},
+        "cpu_bf16": {"steps": 4, "warmup": 2, "repeats": 3},
         "memory": {"n_jobs": 4, "sample_s": 20.0},
         "data": {"scenes": 12, "repeats": 5},
+        "compare": {"images": 10, "size": 256, "repeats": 2},
     },
     "quick": {
         "overhead": {"steps": 15, "repeats": 1},
@@ -75,8 +81,18 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "packing": {"max_steps": 50},
         "startup": {"repeats": 1},
         "curves": {"n_runs": 20, "histories": (1_000, 10_000), "repeats": 3},
+        "jobs_table": {"studies": 250, "repeats": 3},
+        "cpu_bf16": {
+            "steps": 3,
+            "warmup": 1,
+            "repeats": 1,
+            "variants": ("sar-baseline", "audio-vae-mel", "fragment-dae"),
+            "sizes": ("reference",),
+            "sections": ("forced-off", "train"),
+        },
         "memory": {"n_jobs": 4, "sample_s": 4.0},
         "data": {"scenes": 6, "repeats": 2},
+        "compare": {"images": 4, "size": 128, "repeats": 1},
     },
     "dry": {
         "overhead": {"steps": 10, "repeats": 1, "variants": ("fragment-dae",)},
@@ -87,8 +103,18 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "packing": {"max_steps": 2, "variants": ("sar-baseline",)},
         "startup": {"repeats": 1},
         "curves": {"n_runs": 3, "histories": (20, 200), "repeats": 2},
+        "jobs_table": {"studies": 2, "repeats": 3},
+        "cpu_bf16": {
+            "steps": 1,
+            "warmup": 1,
+            "repeats": 1,
+            "variants": ("fragment-dae",),
+            "sizes": ("reference",),
+            "sections": ("forced-off", "train"),
+        },
         "memory": {"n_jobs": 1, "sample_s": 1.0},
         "data": {"scenes": 2, "repeats": 1, "image_size": 64},
+        "compare": {"images": 2, "size": 64, "repeats": 1},
     },
 }
 

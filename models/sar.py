@@ -8,6 +8,7 @@ for :meth:`get_latent_size` and :meth:`get_compression_ratio`. Every width deriv
 so that small smoke-test models (e.g. ``base_channels=8, image_size=64``) keep the same topology.
 """
 
+import math
 from typing import ClassVar
 
 import torch
@@ -29,6 +30,7 @@ from .blocks import (
     ResidualBlockWithDownsample,
     ResidualBlockWithUpsample,
 )
+from .entropy import FactorizedPrior, check_entropy_model, rate_bits
 
 __all__ = [
     "AttentionAutoencoder",
@@ -47,6 +49,9 @@ __all__ = [
 ]
 
 DOWNSAMPLING = 16  # every SAR variant halves the resolution four times
+# The rate weight of entropy_model=factorized when none is given: bits per pixel against the SAR loss
+# (0.7 MSE + 0.3 (1 - SSIM), about 0.05-0.3 for these nets), so 0.01 trades 0.1 bpp for 0.001 of loss.
+DEFAULT_RD_LAMBDA = 0.01
 
 
 def _upsample() -> nn.Upsample:
@@ -344,6 +349,38 @@ class SarAutoencoder(nn.Module, AutoencoderHubMixin, tags=["sar", "image", "auto
         head = [m for m in self.decoder.modules() if isinstance(m, nn.Conv2d)][-1]
         nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="linear")
 
+    def _init_entropy(self, entropy_model: str, rd_lambda: float | None) -> None:
+        """The optional learned entropy model of the latent (``entropy_model="factorized"``: Ballé et al.'s
+        factorized prior, :mod:`models.entropy`) and the weight ``rd_lambda`` of its rate in the training loss
+        (loss = distortion + rd_lambda * bits per pixel; default :data:`DEFAULT_RD_LAMBDA`)."""
+        self.entropy_model = check_entropy_model(entropy_model)
+        if entropy_model == "none":
+            if rd_lambda not in (None, 0, 0.0):
+                raise ValueError(
+                    f"rd_lambda={rd_lambda!r} weighs a rate term that only entropy_model=factorized adds"
+                )
+            self.rd_lambda = None
+            self.entropy = None
+            return
+        if rd_lambda is None:
+            rd_lambda = DEFAULT_RD_LAMBDA
+        number = isinstance(rd_lambda, int | float) and not isinstance(rd_lambda, bool)
+        if not number or not math.isfinite(rd_lambda) or rd_lambda < 0:
+            raise ValueError(f"rd_lambda must be a finite number >= 0, got {rd_lambda!r}")
+        self.rd_lambda = float(rd_lambda)
+        self.entropy = FactorizedPrior(self.latent_channels)
+        self.last_rate_bits: torch.Tensor | None = None
+
+    def quantise_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """What the decoder receives: with an entropy model, ``z`` + uniform noise in training and
+        ``round(z)`` in eval (its rate in bits is kept in ``last_rate_bits``); without one, ``z``."""
+        if self.entropy is None:
+            return z
+        with torch.autocast(z.device.type, enabled=False):  # the density needs float32
+            z_hat, likelihoods = self.entropy(z.float())
+        self.last_rate_bits = rate_bits(likelihoods)
+        return z_hat.to(z.dtype)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) with H, W multiples of 16 -> latent (B, latent_channels, H/16, W/16)."""
         check_tensor(x, ("B", self.in_channels, "H", "W"), note=" with H and W multiples of 16")
@@ -361,9 +398,9 @@ class SarAutoencoder(nn.Module, AutoencoderHubMixin, tags=["sar", "image", "auto
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(x_hat, z)``."""
+        """Return ``(x_hat, z)``; with an entropy model, x_hat is decoded from the quantised latent."""
         z = self.encode(x)
-        return self.decode(z), z
+        return self.decode(self.quantise_latent(z)), z
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction in the input's space (the caller picks eval mode / no_grad)."""
@@ -400,9 +437,12 @@ class _WidthOnlySarAutoencoder(SarAutoencoder):
         image_size: int = 256,
         variant: str | None = None,
         preprocessing: dict | None = None,
+        entropy_model: str = "none",
+        rd_lambda: float | None = None,
     ) -> None:
         super().__init__()
         self._build(variant, preprocessing, in_channels, base_channels, latent_channels, image_size)
+        self._init_entropy(entropy_model, rd_lambda)
 
 
 class BaselineAutoencoder(SarAutoencoder, tags=["sar-baseline"]):
@@ -420,10 +460,13 @@ class BaselineAutoencoder(SarAutoencoder, tags=["sar-baseline"]):
         kernel_size: int = 5,
         variant: str | None = None,
         preprocessing: dict | None = None,
+        entropy_model: str = "none",
+        rd_lambda: float | None = None,
     ) -> None:
         super().__init__()
         k = self.kernel_size = _odd_kernel(kernel_size, "so stride-2 convs halve the size exactly")
         self._build(variant, preprocessing, in_channels, base_channels, latent_channels, image_size, k)
+        self._init_entropy(entropy_model, rd_lambda)
 
 
 class ResNetAutoencoder(_WidthOnlySarAutoencoder, tags=["sar-resnet"]):
@@ -466,6 +509,8 @@ class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
         gate: str = "residual",
         variant: str | None = None,
         preprocessing: dict | None = None,
+        entropy_model: str = "none",
+        rd_lambda: float | None = None,
     ) -> None:
         super().__init__()
         self.reduction = check_positive_int("reduction", reduction)
@@ -485,6 +530,7 @@ class AttentionAutoencoder(SarAutoencoder, tags=["sar-attention", "cbam"]):
             gate,
             self.PLACEMENT,
         )
+        self._init_entropy(entropy_model, rd_lambda)
 
 
 class BranchAttentionAutoencoder(AttentionAutoencoder, tags=["sar-attention-branch", "cbam"]):
@@ -507,6 +553,8 @@ class BranchAttentionAutoencoder(AttentionAutoencoder, tags=["sar-attention-bran
         gate: str = "sigmoid",
         variant: str | None = None,
         preprocessing: dict | None = None,
+        entropy_model: str = "none",
+        rd_lambda: float | None = None,
     ) -> None:
         super().__init__(
             in_channels,
@@ -518,4 +566,6 @@ class BranchAttentionAutoencoder(AttentionAutoencoder, tags=["sar-attention-bran
             gate,
             variant,
             preprocessing,
+            entropy_model=entropy_model,
+            rd_lambda=rd_lambda,
         )

@@ -443,24 +443,6 @@ def _split_axes(
         layout[key] = spec
 
 
-def panel_metrics(
-    current: Sequence[str | None], available: Iterable[str], defaults: Sequence[str]
-) -> list[str | None]:
-    """The metric of each panel once the plotted runs change: a panel keeps its metric while the plotted runs
-    log it or it is one of ``defaults`` (the plotted domain's panels: a fresh run has not logged them yet);
-    another domain's metric ("val/psnr" after switching to fragment runs) takes the next of ``defaults`` not
-    already shown. An empty panel stays empty."""
-    have = set(available) | set(defaults)
-    kept = [m if (m is None or m in have) else "" for m in current]
-    spare = [m for m in defaults if m not in kept]
-    out: list[str | None] = []
-    for metric in kept:
-        if metric == "":
-            metric = spare.pop(0) if spare else (defaults[0] if defaults else None)
-        out.append(metric)
-    return out
-
-
 def plot_data(figure: go.Figure | Mapping[str, Any]) -> Any:
     """A figure (or ``figure_spec``) as Gradio's plot payload, serialised with orjson (plotly's default
     encoder took ~3x as long for 20 long runs); what ``gr.Plot.postprocess`` would send for it."""

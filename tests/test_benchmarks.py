@@ -291,6 +291,22 @@ def test_curve_refresh_figures(tmp_path):
 
 
 @pytest.mark.slow
+def test_jobs_table_figures():
+    from benchmarks.jobs_table import measure_jobs_table
+
+    figures, raw = measure_jobs_table(studies=2, repeats=3)
+    assert [f.key for f in figures] == [
+        "studio/jobs_table/poll",
+        "studio/jobs_table/poll_cpu",
+        "studio/jobs_table/first",
+    ]
+    assert all(_finite(f) and f.value > 0 for f in figures)
+    assert raw["runs"] == 8 and len(raw["total_ms"]) == 3
+    assert "10 table rows" in figures[0].note  # 8 runs under their 2 studies' group rows
+    with pytest.raises(ValueError, match="at least 1 study and 3 repeats"):
+        measure_jobs_table(studies=2, repeats=2)
+
+
 def test_app_start_and_memory_with_a_job_launched_through_the_app():
     figures, raw = measure_app_memory(n_jobs=1, sample_s=1.0, variants=("fragment-dae",))
     assert raw["startup_s"] > 0  # `python app.py` served its first page

@@ -33,7 +33,7 @@ def _resolved(variant: str, precision: str = "auto") -> FastPath:
 def test_forcing_the_detection_off_makes_every_variant_fp32(monkeypatch):
     monkeypatch.setenv(NATIVE_BF16_ENV, "0")
     assert not cpu_has_native_bf16()
-    assert all(_resolved(v) == FastPath() for v in VARIANTS)
+    assert all(_resolved(v) == FastPath(fused=True) for v in VARIANTS), "fp32 with the fused Adam kernel"
     # An explicit bf16 is still honoured (the user asked), in the variant's layout.
     assert _resolved("sar-baseline", "bf16").bf16
 
@@ -46,14 +46,14 @@ def test_with_native_bf16_the_table_decides_per_variant(monkeypatch):
         fast = _resolved(v)
         assert fast.bf16 == (v in CPU_BF16_VARIANTS), v
         assert fast.channels_last == (v in CPU_CHANNELS_LAST_VARIANTS), v
-        assert not fast.compile and not fast.fused, "no compile on the CPU; foreach Adam"
-        assert _resolved(v, "fp32") == FastPath(), "fp32 when asked, whatever the table says"
+        assert not fast.compile and fast.fused, "no compile on the CPU; the fused Adam kernel"
+        assert _resolved(v, "fp32") == FastPath(fused=True), "fp32 when asked, whatever the table says"
         assert fast.precision == ("bf16" if fast.bf16 else "fp32")
-    assert FastPath.resolve(CPU, "sar") == FastPath(), "no variant named: fp32"
+    assert FastPath.resolve(CPU, "sar") == FastPath(fused=True), "no variant named: fp32"
     # A net narrowed by its settings (the smoke and reference presets) trains in fp32: slower in bf16 here.
     for v in CPU_BF16_VARIANTS:
         narrow = make_config(v, "reference").model or {"channels": [8, 16, 16]}
-        assert FastPath.resolve(CPU, VARIANTS[v].domain, variant=v, model=narrow) == FastPath(), v
+        assert FastPath.resolve(CPU, VARIANTS[v].domain, variant=v, model=narrow) == FastPath(fused=True), v
         assert FastPath.resolve(CPU, VARIANTS[v].domain, "bf16", variant=v, model=narrow).bf16, "asked: bf16"
         wide = {"base_channels": 96}
         assert FastPath.resolve(CPU, VARIANTS[v].domain, variant=v, model=wide).bf16, "wider: bf16"
@@ -74,6 +74,28 @@ def test_detection_follows_torchs_cpu_report(monkeypatch):
     assert cpu_has_native_bf16()
 
 
+def test_with_amx_narrow_sar_nets_and_the_mel_vae_train_in_bf16(monkeypatch):
+    """AMX tiles made narrow nets and audio-vae-mel faster in bf16 too (issue 21's Xeon); without AMX a narrow
+    net stays fp32. The kind follows torch's probes, and `AE_STUDIO_CPU_BF16=amx` forces it."""
+    monkeypatch.setenv(NATIVE_BF16_ENV, "amx")
+    assert fastpath.cpu_bf16_kind() == "amx" and cpu_has_native_bf16()
+    for v in VARIANTS:
+        narrow = make_config(v, "reference").model
+        fast = FastPath.resolve(CPU, VARIANTS[v].domain, variant=v, model=narrow)
+        assert fast.bf16 == (v in fastpath.AMX_BF16_VARIANTS), v
+        assert fast.channels_last == (v in CPU_CHANNELS_LAST_VARIANTS), v
+    assert "audio-vae-mel" in fastpath.AMX_BF16_VARIANTS and "audio-vae" not in fastpath.AMX_BF16_VARIANTS
+    monkeypatch.delenv(NATIVE_BF16_ENV)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert fastpath.cpu_bf16_kind() == "amx"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert fastpath.cpu_bf16_kind() == "avx512-bf16"
+    narrow = make_config("sar-residual", "reference").model
+    assert not FastPath.resolve(CPU, "sar", variant="sar-residual", model=narrow).bf16
+
+
 @pytest.mark.parametrize("forced, precision", [("1", "bf16"), ("0", "fp32")])
 def test_a_run_records_the_precision_it_ran_in(tmp_path, monkeypatch, forced, precision):
     monkeypatch.setenv(NATIVE_BF16_ENV, forced)
@@ -83,10 +105,10 @@ def test_a_run_records_the_precision_it_ran_in(tmp_path, monkeypatch, forced, pr
         result = train(cfg, store)
         assert result.status == "completed", result.reason
         run = store.get_run(result.run_id)
-        assert run.device == f"cpu, {precision}", "the jobs table's device column says what ran"
+        assert run.device == f"cpu, {precision} + fused", "the jobs table's device column says what ran"
         assert run.config["precision"] == "auto", "the request is kept, so a resume resolves it afresh"
     phases = json.loads((tmp_path / "runs" / result.run_id / PHASES_NAME).read_text())
-    assert phases["precision"] == precision and phases["fast_path"] == precision
+    assert phases["precision"] == precision and phases["fast_path"] == f"{precision} + fused"
     assert phases["cpu_native_bf16"] is (forced == "1")
     assert phases["threads"] == torch.get_num_threads() and phases["data_workers"] == 0
 

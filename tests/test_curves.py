@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import pytest
-
-from studio.curves import CurveCache, RunLabel, domain_axes, figure_spec, panel_metrics
+from studio.curves import CurveCache, RunLabel, domain_axes, figure_spec
 
 
 class _Store:
@@ -67,28 +65,3 @@ def test_runs_of_two_domains_get_a_y_axis_each():
     assert layout["yaxis"]["title"]["text"] == "train/loss · sar"
     assert layout["yaxis2"]["title"]["text"] == "train/loss · fragments"
     assert layout["yaxis2"]["anchor"] == "x"  # one shared step axis
-
-
-@pytest.mark.parametrize(
-    ("current", "available", "defaults", "expected"),
-    [
-        # SAR panels, then fragment runs are plotted: SAR-only metrics give way to the fragments' defaults
-        (
-            ["train/loss", "val/psnr", "val/ssim"],
-            ["train/loss", "val/loss", "val/accuracy"],
-            ["train/loss", "val/loss", "val/accuracy_corrupted", "val/accuracy"],
-            ["train/loss", "val/loss", "val/accuracy_corrupted"],
-        ),
-        # a metric the runs log is kept, even if it is not a default; an empty panel stays empty
-        (
-            ["val/ber", None],
-            ["train/loss", "val/ber"],
-            ["train/loss", "val/loss"],
-            ["val/ber", None],
-        ),
-        # a fresh run has logged nothing yet: its domain's defaults stay
-        (["train/loss", "val/psnr"], [], ["train/loss", "val/psnr"], ["train/loss", "val/psnr"]),
-    ],
-)
-def test_panels_drop_a_metric_of_another_domain(current, available, defaults, expected):
-    assert panel_metrics(current, available, defaults) == expected

@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -88,16 +89,37 @@ CASES = [
 ]
 
 
-@pytest.mark.timeout(180)
+@pytest.fixture(scope="module")
+def signalled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
+    """Every case's trainer, held and signalled three at a time (each is its own process group, mostly waiting
+    at its pause point): the outcome of `_run_and_signal` by phase."""
+    pool = ThreadPoolExecutor(3)
+    futures = {
+        phase: pool.submit(
+            _run_and_signal,
+            tmp_path_factory.mktemp(phase),
+            variant,
+            data,
+            phase,
+            sig,
+            "--epochs",
+            "50",
+            *extra,
+        )
+        for phase, sig, variant, data, extra, _, _ in CASES
+    }
+    pool.shutdown(wait=True)
+    return futures
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     ("phase", "sig", "variant", "data", "extra", "stepped", "where"), CASES, ids=[c[0] for c in CASES]
 )
 def test_a_signal_to_the_group_cancels_in_every_phase(
-    tmp_path, phase, sig, variant, data, extra, stepped, where
+    signalled, phase, sig, variant, data, extra, stepped, where
 ):
-    code, out, run, folder, leftover = _run_and_signal(
-        tmp_path, variant, data, phase, sig, "--epochs", "50", *extra
-    )
+    code, out, run, folder, leftover = signalled[phase].result()
     assert "Traceback" not in out and "killed by signal" not in out, out
     assert code == 0, out
     assert run.status == "cancelled", (run.status, run.reason, out)

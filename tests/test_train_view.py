@@ -31,6 +31,7 @@ from studio.curves import (  # noqa: E402
 )
 from studio.views.train import (  # noqa: E402
     JOB_HEADERS,
+    PANEL_SLOTS,
     TrainSession,
     cancel_run,
     check_curve_request,
@@ -44,6 +45,7 @@ from studio.views.train import (  # noqa: E402
     poll,
     preset_summary,
     progress_text,
+    refresh_panels,
     resource_texts,
     run_labels,
     set_run_labels,
@@ -583,7 +585,9 @@ def test_run_colours_are_fixed_and_legends_name_the_differing_settings(store):
         b: {"id": b, "variant": "sar-baseline", "lr": 0.002, "batch_size": 8},
     }
     labels = run_labels(rows, [a, b])
-    assert labels[a].label == "huge lr (lr=10)" and labels[b].label == f"{b} (lr=0.002)"
+    # Unnamed: the id less its creation time (the hover keeps the whole id).
+    assert labels[a].label == "huge lr (lr=10)" and labels[b].label == f"{b[16:]} (lr=0.002)"
+    assert b[16:].startswith("sar-baseline-") and labels[b].settings.startswith(b)
     assert "batch 8" in labels[a].settings and "variant sar-baseline" in labels[a].settings
     both = make_figure(cache, "train/loss", [a, b], labels=labels)
     alone = make_figure(cache, "train/loss", [b])
@@ -615,28 +619,78 @@ def test_x_axes_epoch_wall_and_relative_time(store):
         make_figure(cache, "train/loss", [run], x_axis="time")
 
 
+def _panel(update) -> dict:
+    """The plotly figure of a panel's payload (a PlotData, or an update carrying one and a label)."""
+    return json.loads((update["value"] if isinstance(update, dict) else update).plot)
+
+
 def test_panels_redraw_only_what_changed_and_the_poll_reports_it(ctx):
     run = ctx.store.create_run("sar-baseline", "sar", make_config("sar-baseline", "smoke").to_dict())
     _log_losses(ctx.store, run, range(5))
     ctx.store.log_metrics(run, 5, 1, "val", {"psnr": 20.0, "ssim": 0.5})
     state = TrainSession()
-    metrics = ["train/loss", "val/psnr", "val/ssim", "val/epi"]
-    out = poll(ctx, state, "", "newest", [run], 0.0, False, 3, metrics, [""] * 4, run)
-    assert [type(p).__name__ for p in out["plots"][:3]] == ["PlotData"] * 3
-    assert out["plots"][3] == gr.skip()  # the fourth panel is hidden
-    psnr = json.loads(out["plots"][1].plot)
+    views = [""] * PANEL_SLOTS
+    out = poll(ctx, state, "", "newest", [run], 0.0, False, 3, "", views, run)
+    # The SAR defaults first, three panels (the Panels choice), each labelled with its metric and shown.
+    assert [u["label"] for u in out["plots"][:3]] == ["train/loss", "val/psnr", "val/ssim"]
+    assert out["columns"][:3] == [gr.update(visible=True)] * 3
+    assert out["plots"][3:] == [gr.skip()] * 9 and out["columns"][3:] == [gr.skip()] * 9  # never shown
+    assert (
+        out["note"]
+        == "*4 metrics match · showing the first 3; 1 more match — refine the search or show more panels*"
+    )
+    psnr = _panel(out["plots"][1])
     assert psnr["data"][0]["meta"] == run and psnr["layout"]["yaxis"]["title"]["text"] == "val/psnr"
     assert out["caption"].startswith("*train/loss: 5 points")
-    again = poll(ctx, state, "", "newest", [run], 0.0, False, 3, metrics, [""] * 4, run)
+    again = poll(ctx, state, "", "newest", [run], 0.0, False, 3, "", views, run)
     assert again["plots"][:3] == [gr.skip()] * 3 and again["table"] == gr.skip()
+    assert again["columns"] == [gr.skip()] * PANEL_SLOTS and again["note"] == gr.skip()
     ctx.store.log_metrics(run, 6, 1, "train", {"loss": 0.1})  # only train/loss changed
-    third = poll(ctx, state, "", "newest", [run], 0.0, False, 3, metrics, [""] * 4, run)
+    third = poll(ctx, state, "", "newest", [run], 0.0, False, 3, "", views, run)
     assert type(third["plots"][0]).__name__ == "PlotData" and third["plots"][1:3] == [gr.skip()] * 2
     assert third["cancel"] == gr.skip()  # a queued run stays cancellable: nothing to change
     ctx.store.set_status(run, "completed")
-    fourth = poll(ctx, state, "", "newest", [run], 0.0, False, 3, metrics, [""] * 4, run)
+    fourth = poll(ctx, state, "", "newest", [run], 0.0, False, 3, "", views, run)
     assert fourth["cancel"] == gr.update(interactive=False)  # Cancel is disabled for a finished run
     assert default_panels("sar")[:3] == ["train/loss", "val/psnr", "val/ssim"]
+
+
+def test_the_metric_search_fills_the_grid_with_what_matches(ctx):
+    run = ctx.store.create_run("sar-baseline", "sar", make_config("sar-baseline", "smoke").to_dict())
+    _log_losses(ctx.store, run, range(3))
+    ctx.store.log_metrics(run, 3, 1, "val", {"psnr": 20.0, "ssim": 0.5, "loss": 0.2})
+    ctx.store.log_metrics(run, 3, 1, "sys", {"cpu_percent": 50.0, "memory_mb": 900.0})
+    state = TrainSession()
+    views = [""] * PANEL_SLOTS
+    first = refresh_panels(ctx, state, [run], "", 12, 0.0, False, views, force=True)
+    assert first.plan.metrics == (
+        "train/loss",
+        "val/psnr",
+        "val/ssim",
+        "val/epi",  # a SAR default, waiting for its first point
+        "val/loss",
+        "sys/cpu_percent",
+        "sys/memory_mb",
+    )
+    assert first.columns == [gr.update(visible=True)] * 7 + [gr.update(visible=False)] * 5
+    assert "No points of val/epi yet" in json.dumps(_panel(first.plots[3])["layout"]["annotations"])
+    # Searching for the resource use: two panels, in the slots the others had; the rest are hidden.
+    found = refresh_panels(ctx, state, [run], "^sys/", 12, 0.0, False, views, force=False)
+    assert found.plan.metrics == ("sys/cpu_percent", "sys/memory_mb")
+    assert [u["label"] for u in found.plots[:2]] == ["sys/cpu_percent", "sys/memory_mb"]
+    assert _panel(found.plots[1])["layout"]["yaxis"]["title"]["text"] == "sys/memory_mb"
+    assert found.columns[:2] == [gr.skip()] * 2  # shown already
+    assert found.columns[2:7] == [gr.update(visible=False)] * 5 and found.columns[7:] == [gr.skip()] * 5
+    assert found.note == "*2 metrics match*"
+    none = refresh_panels(ctx, state, [run], "accuracy", 12, 0.0, False, views, force=False)
+    assert none.plan.metrics == () and none.columns[:2] == [gr.update(visible=False)] * 2
+    assert none.caption == none.note == "*no logged metric matches 'accuracy'*"
+    empty = refresh_panels(ctx, state, [], "", 12, 0.0, False, views, force=False)
+    assert empty.plan.metrics == ("train/loss", "val/loss")  # waiting panels, and a line saying why
+    assert empty.note == "*Choose runs to plot: a panel per metric they log appears here.*"
+    assert "Choose runs to plot" in json.dumps(_panel(empty.plots[0])["layout"]["annotations"])
+    with pytest.raises(ValueError, match="Panels must be a whole number from 1 to 12"):
+        refresh_panels(ctx, state, [run], "", 13, 0.0, False, views, force=True)
 
 
 def test_each_epoch_writes_one_log_line_with_loss_metrics_and_time(tmp_path, caplog):

@@ -144,6 +144,38 @@ def model_numbers(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return dict(overrides)
 
 
+#: The largest rate weight of entropy_model=factorized (beyond it the latent is all the loss sees).
+RD_LAMBDA_MAX = MODEL_NUMBER_MAX
+
+
+def entropy_settings(variant: str, model: Mapping[str, Any]) -> None:
+    """Check the learned entropy model's model settings (``--set entropy_model=factorized``, ``--set
+    rd_lambda=...``): a SAR variant's option, one of the known models, a finite non-negative rate weight
+    that only applies with an entropy model. Raises one sentence per bad value."""
+    from models.entropy import ENTROPY_MODELS
+
+    given = [k for k in ("entropy_model", "rd_lambda") if model.get(k) is not None]
+    if not given:
+        return
+    if VARIANTS[variant].domain != "sar":
+        raise ValueError(
+            f"{given[0]} is an option of the SAR variants (a learned prior of the image latent); "
+            f"{variant} has none"
+        )
+    name = model.get("entropy_model", "none")
+    if name not in ENTROPY_MODELS:
+        raise ValueError(f"entropy_model must be one of {', '.join(ENTROPY_MODELS)}, got {name!r}")
+    lam = model.get("rd_lambda")
+    if lam is None:
+        return
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"rd_lambda must be a number from 0 to {RD_LAMBDA_MAX:g}, got {lam!r}")
+    if lam > RD_LAMBDA_MAX:
+        raise ValueError(f"rd_lambda must be a number from 0 to {RD_LAMBDA_MAX:g}, got {lam!r}")
+    if name == "none" and lam:
+        raise ValueError(f"rd_lambda={lam!r} weighs a rate term that only entropy_model=factorized adds")
+
+
 def checked_data(data: Any, domain: str, check_paths: bool = True) -> str:
     """The canonical data spec string for `domain`, checked now so a typo fails at submit.
 
@@ -178,6 +210,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
         setattr(cfg, key, real(key, getattr(cfg, key)))
     one_of("precision", cfg.precision)
     cfg.model = model_numbers(cfg.model)
+    entropy_settings(cfg.variant, cfg.model)
     return cfg
 
 
@@ -258,6 +291,7 @@ class RunSettings(BaseModel):
     @model_validator(mode="after")
     def _data(self) -> RunSettings:
         self.data = checked_data(self.data, VARIANTS[self.variant].domain, check_paths=False) or None
+        entropy_settings(self.variant, self.model or {})
         return self
 
     def overrides(self) -> dict[str, Any]:

@@ -23,20 +23,23 @@ def golden() -> dict:
     """The leaderboard without what varies between runs (inference times) or machines (paths).
 
     The models run in fp32 here: a CPU with native bf16 would otherwise run the SAR nets in bf16
-    (trainers.training.fastpath), and the figures would then depend on the machine's CPU."""
+    (trainers.training.fastpath), and the figures would then depend on the machine's CPU; and on one thread,
+    which compare would otherwise choose from the machine's load (compare.eval_threads)."""
     sys.path.insert(0, str(ROOT))
-    from trainers.evaluation.compare import run_compare
+    from trainers.evaluation.compare import THREADS_ENV, run_compare
     from trainers.training.fastpath import NATIVE_BF16_ENV
 
-    before = os.environ.get(NATIVE_BF16_ENV)
-    os.environ[NATIVE_BF16_ENV] = "0"
+    pinned = {NATIVE_BF16_ENV: "0", THREADS_ENV: "1"}
+    before = {k: os.environ.get(k) for k in pinned}
+    os.environ.update(pinned)
     try:
         result = run_compare(SOURCES, DATA, baselines=True, seed=0)
     finally:
-        if before is None:
-            os.environ.pop(NATIVE_BF16_ENV, None)
-        else:
-            os.environ[NATIVE_BF16_ENV] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     result["data"] = "sar:folder=assets/golden/sar"
     for row in result["rows"]:
         row.pop("inference_ms", None)

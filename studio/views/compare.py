@@ -1,9 +1,9 @@
-"""Compare tab: the `python -m trainers compare` leaderboard for a chosen domain, its checkpoints and data.
+"""Compare tab: the `python -m trainers compare` leaderboard for a chosen domain, its checkpoints and data;
+or, with the "study" choice, the study leaderboard (``compare --study``, see ``compare_study``).
 
 :func:`compare_checkpoints` does the work (the same :func:`trainers.evaluation.compare.run_compare` as the
-CLI, with the
-tab's cached models); :func:`build_tab` wires it to Gradio and the ``compare`` / ``compare_checkpoints`` API
-endpoints.
+CLI, with the tab's cached models); :func:`build_tab` wires it to Gradio and the ``compare`` /
+``compare_checkpoints`` / ``compare_study`` API endpoints. The data choice is ``compare_data``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from studio.views.common import (
@@ -27,17 +26,19 @@ from studio.views.common import (
     page_handler,
     run_label,
     selected_folders,
-    upload_path,
     user_errors,
     wrap_title,
+)
+from studio.views.compare_data import (
+    BUILTIN_DEFAULT_N,
+    BUILTIN_MAX_N,
+    SOURCES,
+    _count,
+    chosen_data,
 )
 
 DOMAINS = ("sar", "audio", "fragments")
 DOMAIN_LABELS = {"sar": "SAR", "audio": "Audio", "fragments": "Fragments"}
-SOURCES = ("built-in", "server folder", "uploaded files")
-# Built-in data of each domain: how many examples (SAR patches, audio clips) or corpus files (fragments).
-BUILTIN_DEFAULT_N = 16
-BUILTIN_MAX_N = 256
 MAX_MODELS = 8
 
 
@@ -49,46 +50,6 @@ class CompareView:
     details: str
     figure: Any
     summary: str
-
-
-# ------------------------------------------------------------------------------------------------ inputs
-def _count(value: Any, what: str, low: int, high: int) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a whole number, got {value!r}") from None
-    if number != int(number) or not low <= number <= high:
-        raise ValueError(f"{what} must be a whole number from {low} to {high}, got {value!r}")
-    return int(number)
-
-
-def builtin_spec(domain: str, n: Any) -> str:
-    """The built-in data spec of `domain` with `n` examples (fragments: `n` corpus files)."""
-    count = _count(n, "the number of built-in examples", 1, BUILTIN_MAX_N)
-    if domain == "sar":
-        return f"sar:synthetic,n={count}"
-    if domain == "audio":
-        return f"audio:synthetic,n={count}"
-    return f"fragments:python,max_files={count}"
-
-
-def _copy_uploads(uploads: Any, folder: Path) -> int:
-    """Copy uploaded files into `folder` under their own names; the number copied."""
-    items = uploads if isinstance(uploads, (list, tuple)) else [uploads]
-    items = [u for u in items if u is not None]
-    if not items:
-        raise ValueError("no files uploaded: upload the files to compare on, or choose another data source")
-    names: set[str] = set()
-    for item in items:
-        path = upload_path(item, "file")
-        name = path.name
-        k = 2
-        while name in names:
-            name = f"{path.stem}-{k}{path.suffix}"
-            k += 1
-        names.add(name)
-        shutil.copyfile(path, folder / name)
-    return len(names)
 
 
 def _check_domain(domain: Any) -> str:
@@ -153,32 +114,7 @@ def compare_checkpoints(
             progress(fraction, desc=desc)
 
     device = str(model_device(models[0].model))  # leave the shared, cached models where they are
-    tmp: tempfile.TemporaryDirectory | None = None
-    try:
-        hide: str | None = None
-        if source == SOURCES[0]:
-            data = builtin_spec(domain, n)
-            label = f"built-in {DOMAIN_NAMES[domain]} data"
-        elif source == SOURCES[1]:
-            if getattr(ctx, "space", False):
-                raise ValueError("server folders cannot be read on a public Space: upload the files instead")
-            if not folder or not str(folder).strip():
-                raise ValueError(
-                    "no server folder given: type the folder's path, or choose another data source"
-                )
-            path = Path(str(folder).strip()).expanduser()
-            if not path.is_dir():
-                raise FileNotFoundError(f"server folder {str(path)!r} does not exist or is not a folder")
-            data = f'{domain}:folder="{path}"'
-            label = f"folder {path}"
-        elif source == SOURCES[2]:
-            tmp = tempfile.TemporaryDirectory(prefix="studio-compare-")
-            count = _copy_uploads(uploads, Path(tmp.name))
-            data = f'{domain}:folder="{tmp.name}"'
-            label = f"{count} uploaded file{'s' if count != 1 else ''}"
-            hide = tmp.name
-        else:
-            raise ValueError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
+    with chosen_data(ctx, domain, source, folder, uploads, n) as (data, label, hide):
         result = run_compare(
             [],
             data,
@@ -188,9 +124,6 @@ def compare_checkpoints(
             progress=callback,
             models=models,
         )
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     if hide is not None:  # temporary upload paths mean nothing to the user
         result["data"] = label
         for s in result.get("skipped_files", []):
@@ -428,55 +361,8 @@ def _choices_update(ctx: Any, domain: str, current: Any = None) -> Any:
     return update
 
 
-def build_tab(ctx: Any) -> tuple[Any, list[Any]]:
-    """The Compare tab's components and events (call inside ``with gr.Tab("Compare"):``)."""
-    import gradio as gr
-
-    with gr.Row():
-        # Minimum widths wrap the row on a narrow page: the leaderboard and plot get the page's width below
-        # the controls instead of 370 px beside them, where the legend left the plot a sliver.
-        with gr.Column(scale=1, min_width=300):
-            domain = gr.Radio(
-                [(DOMAIN_LABELS[d], d) for d in DOMAINS],
-                value="sar",
-                label="Domain",
-                elem_id="compare-domain",
-            )
-            with gr.Row():
-                checkpoints = gr.Dropdown(
-                    choices=ctx.checkpoint_choices("sar"),
-                    value=[f for _, f in ctx.checkpoint_choices("sar")[:MAX_MODELS]],
-                    multiselect=True,
-                    label="Checkpoints",
-                    info=f"runs and loaded checkpoints of the domain (at most {MAX_MODELS})",
-                    allow_custom_value=True,  # API clients may name runs; resolve_checkpoint checks them
-                    scale=4,
-                )
-                refresh = gr.Button("↻ refresh", scale=1, size="sm")
-            source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Data")
-            n = gr.Number(
-                value=BUILTIN_DEFAULT_N,
-                precision=0,
-                minimum=1,
-                maximum=BUILTIN_MAX_N,
-                label="Built-in data: examples (fragments: corpus files)",
-            )
-            folder = gr.Textbox(
-                label="Server folder",
-                placeholder="/data/my-sar-images",
-                visible=not ctx.space,
-            )
-            uploads = gr.File(label="Or upload files", file_count="multiple", type="filepath")
-            baselines = gr.Checkbox(value=True, label="Classic codecs (JPEG/JPEG 2000/WebP, Opus, identity)")
-            seed = gr.Number(value=0, precision=0, minimum=0, label="Bootstrap seed")
-            run = gr.Button("Run comparison", variant="primary")
-        with gr.Column(scale=3, min_width=600):
-            summary = gr.Markdown(
-                "Pick a domain, its checkpoints and the data, then press **Run comparison**.", label="Notes"
-            )
-            table = gr.Dataframe(label="Leaderboard", interactive=False, wrap=True)
-            plot = gr.Plot(label="Rate-distortion")
-            details = gr.Markdown(label="Details")
+def _wire_pickers(ctx: Any, refresh: Any, domain: Any, checkpoints: Any) -> None:
+    """The checkpoint picker: refreshed by its button (the `compare_checkpoints` API) and by the domain."""
 
     @user_errors
     def compare_checkpoints_choices(domain, checkpoints):
@@ -494,6 +380,134 @@ def build_tab(ctx: Any) -> tuple[Any, list[Any]]:
         outputs=checkpoints,
         api_visibility="private",
     )
+
+
+def _study_controls(ctx: Any) -> SimpleNamespace:
+    """The study choice's own inputs (hidden until "A study" is chosen): the study and the claims."""
+    import gradio as gr
+
+    from studio.views.train.studies import study_choices
+
+    ui = SimpleNamespace()
+    with gr.Column(visible=False) as ui.box:
+        with gr.Row():
+            ui.study = gr.Dropdown(
+                study_choices(ctx),
+                label="Study",
+                info="launched from the Train tab (Seeds, Sweep) or `python -m trainers study`",
+                scale=4,
+                elem_id="compare-study",
+            )
+            ui.refresh = gr.Button("↻ refresh", scale=1, size="sm", elem_id="compare-study-refresh")
+        ui.claims = gr.Textbox(
+            "",
+            label="Claims",
+            info="one a line: A - B >= DELTA on METRIC (the design's SAR claims are built in)",
+            lines=2,
+            elem_id="compare-claims",
+        )
+    return ui
+
+
+def _wire_study(ctx: Any, ui: SimpleNamespace, data: list[Any], outputs: list[Any]) -> None:
+    """The study choice: its picker's refresh and the study leaderboard (the `compare_study` API)."""
+    import gradio as gr
+
+    from studio.views.compare_study import compare_study, present
+    from studio.views.train.studies import study_choices
+
+    ui.refresh.click(
+        lambda: gr.update(choices=study_choices(ctx)), outputs=ui.study, api_visibility="private"
+    )
+    source, folder, uploads, n, seed = data
+    ui.run.click(
+        page_handler(ctx, compare_study, present),
+        inputs=[ui.study, source, folder, uploads, n, ui.claims, seed],
+        outputs=outputs,
+        api_name="compare_study",
+        show_progress_on=outputs[:1],
+    )
+
+
+def _wire_what(ui: SimpleNamespace, by_checkpoints: list[Any], by_study: list[Any]) -> None:
+    """Checkpoints or a study: each choice shows its own inputs, button and results."""
+    import gradio as gr
+
+    def show(what: str) -> list[Any]:
+        study = what == "study"
+        return [gr.update(visible=not study)] * len(by_checkpoints) + [gr.update(visible=study)] * len(
+            by_study
+        )
+
+    ui.what.change(show, inputs=ui.what, outputs=[*by_checkpoints, *by_study], api_visibility="private")
+
+
+def build_tab(ctx: Any) -> tuple[Any, list[Any]]:
+    """The Compare tab's components and events (call inside ``with gr.Tab("Compare"):``)."""
+    import gradio as gr
+
+    from studio.views.compare_study import WHAT
+
+    with gr.Row():
+        # Minimum widths wrap the row on a narrow page: the leaderboard and plot get the page's width below
+        # the controls instead of 370 px beside them, where the legend left the plot a sliver.
+        with gr.Column(scale=1, min_width=300):
+            what = gr.Radio(list(WHAT), value=WHAT[0][1], label="Compare", elem_id="compare-what")
+            domain = gr.Radio(
+                [(DOMAIN_LABELS[d], d) for d in DOMAINS],
+                value="sar",
+                label="Domain",
+                elem_id="compare-domain",
+            )
+            with gr.Row() as picker_row:
+                checkpoints = gr.Dropdown(
+                    choices=ctx.checkpoint_choices("sar"),
+                    value=[f for _, f in ctx.checkpoint_choices("sar")[:MAX_MODELS]],
+                    multiselect=True,
+                    label="Checkpoints",
+                    info=f"runs and loaded checkpoints of the domain (at most {MAX_MODELS})",
+                    allow_custom_value=True,  # API clients may name runs; resolve_checkpoint checks them
+                    scale=4,
+                )
+                refresh = gr.Button("↻ refresh", scale=1, size="sm")
+            study = _study_controls(ctx)
+            study.what = what
+            source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Data")
+            n = gr.Number(
+                value=BUILTIN_DEFAULT_N,
+                precision=0,
+                minimum=1,
+                maximum=BUILTIN_MAX_N,
+                label="Built-in data: examples (fragments: corpus files)",
+            )
+            folder = gr.Textbox(
+                label="Server folder",
+                placeholder="/data/my-sar-images",
+                visible=not ctx.space,
+            )
+            uploads = gr.File(label="Or upload files", file_count="multiple", type="filepath")
+            baselines = gr.Checkbox(value=True, label="Classic codecs (JPEG/JPEG 2000/WebP, Opus, identity)")
+            seed = gr.Number(value=0, precision=0, minimum=0, label="Bootstrap seed")
+            run = gr.Button("Run comparison", variant="primary")
+            study.run = gr.Button(
+                "Run study leaderboard", variant="primary", visible=False, elem_id="compare-study-run"
+            )
+        with gr.Column(scale=3, min_width=600):
+            summary = gr.Markdown(
+                "Pick a domain, its checkpoints and the data, then press **Run comparison**; or choose "
+                "**A study** to score every run of a study and answer its claims.",
+                label="Notes",
+                elem_id="compare-summary",
+            )
+            with gr.Column() as checkpoint_results:
+                table = gr.Dataframe(label="Leaderboard", interactive=False, wrap=True)
+                plot = gr.Plot(label="Rate-distortion")
+                details = gr.Markdown(label="Details")
+            with gr.Column(visible=False) as study_results:
+                study_plot = gr.Plot(label="Study: mean over seeds", elem_id="compare-study-plot")
+                study_details = gr.Markdown(label="Study leaderboard", elem_id="compare-study-result")
+
+    _wire_pickers(ctx, refresh, domain, checkpoints)
     uploads.upload(lambda _f: SOURCES[2], inputs=uploads, outputs=source, api_visibility="private")
 
     def present(view: CompareView) -> tuple:
@@ -509,8 +523,14 @@ def build_tab(ctx: Any) -> tuple[Any, list[Any]]:
         # Progress and an error badge go on the caption only: the last leaderboard stays as it was.
         show_progress_on=[summary],
     )
+    _wire_study(ctx, study, [source, folder, uploads, n, seed], [summary, study_plot, study_details])
+    by_checkpoints = [domain, picker_row, baselines, run, checkpoint_results]
+    _wire_what(study, by_checkpoints, [study.box, study.run, study_results])
 
-    def refresh_on_open(domain, current):
-        return gr.update(), _choices_update(ctx, domain if domain in DOMAINS else "sar", current)
+    from studio.views.train.studies import study_choices
 
-    return refresh_on_open, [domain, checkpoints]
+    def refresh_on_open(domain, current, chosen_study):
+        studies = gr.update(choices=study_choices(ctx), value=chosen_study)
+        return gr.update(), _choices_update(ctx, domain if domain in DOMAINS else "sar", current), studies
+
+    return refresh_on_open, [domain, checkpoints, study.study]

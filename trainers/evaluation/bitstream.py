@@ -12,6 +12,17 @@ One example's latent ``z`` (any shape; the first axis is the channel axis when i
     f16  mean, f16 scale (per channel or one) the fitted distribution, in symbol units
     u32  words                                the range coder's output (constriction)
 
+A model trained with a learned entropy model (``entropy_model=factorized``, :mod:`models.entropy`) is coded
+under that model's own density instead: the latent is rounded on a grid of ``step`` (1 is what it was trained
+for) and each channel's symbols are range-coded with the probabilities of their bins under its learned
+density (computed in float64 from the checkpoint, so encoder and decoder agree)::
+
+    u8   ndim, then ndim x u16 dims          the latent's shape
+    u8   0                                    (a learned-density stream)
+    f32  step                                 the quantisation step
+    C x (i16 lo, u16 span)                    each channel's symbols lie in lo .. lo + span
+    u32  words                                the range coder's output
+
 The symbols are ``round((z - lo) / step)`` with ``step = (hi - lo) / (2**bits - 1)``; the decoder gives
 ``lo + s * step`` in float32. The distribution is fitted per example (its moments), rounded to float16 before
 use so that encoder and decoder build the identical model; the four modes are all tried and the shortest kept.
@@ -21,8 +32,10 @@ hand-written, since no library frames a latent with its side information.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -121,14 +134,17 @@ def encode(z: np.ndarray, bits: int = DEFAULT_BITS) -> Encoded:
     return Encoded(head + best[0] + best[1], symbols, _dequantise(symbols, lo, step))
 
 
-def decode(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(symbols int32, dequantised float32 latent) of a bitstream written by :func:`encode`."""
+def decode(data: bytes, prior: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols int32, dequantised float32 latent) of a bitstream written by :func:`encode` or, given the
+    model's `prior`, by :func:`encode_learned`."""
     import constriction
 
     try:
         ndim = data[0]
         shape = struct.unpack_from(f"<{ndim}H", data, 1)
         pos = 1 + 2 * ndim
+        if data[pos] == 0:
+            return _decode_learned(data, tuple(shape), pos + 1, prior)
         bits, lo, hi = struct.unpack_from("<Bff", data, pos)
         pos += 9
         mode = data[pos]
@@ -151,10 +167,81 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return symbols, _dequantise(symbols, lo32, _step(lo32, hi32, int(bits)))
 
 
+#: The quantisation steps of a learned-density model's sweep (low rate first); 1 is its main point.
+LEARNED_STEPS: tuple[float, ...] = (2.0, 1.5, 1.0, 0.75, 0.5)
+LEARNED_MAIN_STEP = 1.0
+
+
+def encode_learned(z: np.ndarray, prior: Any, step: float = LEARNED_MAIN_STEP) -> Encoded:
+    """The bitstream of one example's (C, ...) latent rounded on a grid of `step`, range-coded per channel
+    under `prior`'s learned density (a :class:`models.entropy.FactorizedPrior`)."""
+    import constriction
+
+    arr = _check_latent(z)
+    if arr.ndim < 2 or arr.shape[0] != prior.channels:
+        raise ValueError(f"a latent of {prior.channels} channels is needed, got shape {arr.shape}")
+    if not (math.isfinite(step) and step > 0):
+        raise ValueError(f"the quantisation step must be a positive number, got {step!r}")
+    symbols = np.rint(arr / np.float32(step)).astype(np.int64)
+    flat = symbols.reshape(arr.shape[0], -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    if lo.min() < -0x8000 or (hi - lo).max() > 0xFFFF or hi.max() > 0x7FFF:
+        raise ValueError(f"the latent's symbols at step {step:g} span more than 16 bits: it cannot be coded")
+    head = struct.pack("<B", arr.ndim) + struct.pack(f"<{arr.ndim}H", *arr.shape)
+    head += struct.pack("<Bf", 0, float(step))
+    head += b"".join(struct.pack("<hH", int(a), int(b - a)) for a, b in zip(lo, hi, strict=True))
+    enc = constriction.stream.queue.RangeEncoder()
+    for c, probs in enumerate(prior.bin_probabilities(lo.tolist(), hi.tolist(), float(np.float32(step)))):
+        if hi[c] > lo[c]:  # a constant channel is all in its header (constriction needs two symbols)
+            model = constriction.stream.model.Categorical(probs.numpy(), perfect=False)
+            enc.encode((flat[c] - lo[c]).astype(np.int32), model)
+    data = head + enc.get_compressed().astype("<u4").tobytes()
+    symbols = symbols.astype(np.int32)
+    return Encoded(data, symbols, (symbols.astype(np.float32) * np.float32(step)).astype(np.float32))
+
+
+def _decode_learned(
+    data: bytes, shape: tuple[int, ...], pos: int, prior: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    import constriction
+
+    if prior is None:
+        raise ValueError("this bitstream was coded under a learned density: decoding needs the model's prior")
+    (step,) = struct.unpack_from("<f", data, pos)
+    pos += 4
+    c = shape[0]
+    ranges = [struct.unpack_from("<hH", data, pos + 4 * k) for k in range(c)]
+    pos += 4 * c
+    words = np.frombuffer(data[pos:], dtype="<u4").astype(np.uint32)
+    lo = [r[0] for r in ranges]
+    hi = [r[0] + r[1] for r in ranges]
+    dec = constriction.stream.queue.RangeDecoder(words)
+    per = int(np.prod(shape[1:]))
+    flat = np.empty((c, per), dtype=np.int32)
+    for k, probs in enumerate(prior.bin_probabilities(lo, hi, float(step))):
+        if hi[k] == lo[k]:
+            flat[k] = lo[k]
+            continue
+        model = constriction.stream.model.Categorical(probs.numpy(), perfect=False)
+        flat[k] = np.asarray(dec.decode(model, per), dtype=np.int32) + lo[k]
+    symbols = flat.reshape(shape)
+    return symbols, (symbols.astype(np.float32) * np.float32(step)).astype(np.float32)
+
+
 def roundtrip(z: np.ndarray, bits: int = DEFAULT_BITS) -> tuple[np.ndarray, int]:
     """(the latent decoded from the bytes, number of bytes): what a receiver of the bitstream gets."""
     data = encode(z, bits).data
     return decode(data)[1], len(data)
 
 
-__all__ = ["DEFAULT_BITS", "SWEEP_BITS", "Encoded", "decode", "encode", "roundtrip"]
+__all__ = [
+    "DEFAULT_BITS",
+    "LEARNED_MAIN_STEP",
+    "LEARNED_STEPS",
+    "SWEEP_BITS",
+    "Encoded",
+    "decode",
+    "encode",
+    "encode_learned",
+    "roundtrip",
+]

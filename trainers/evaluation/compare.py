@@ -1,18 +1,27 @@
 """The `compare` leaderboard: several checkpoints (and, with baselines, classic codecs) on the same examples.
 
-Every model of the data's domain sees the same examples, built once, and is scored per example, so each
-metric gets its mean with a 95% bootstrap confidence interval over the examples (percentile interval of
-:data:`BOOTSTRAP_RESAMPLES` resamples from a seeded numpy Generator). NaN per-example values (a metric that
-is undefined for that example) are left out and ``n`` says how many counted. The rate column is ``bpp``:
+Every model of the data's domain sees the same examples, built once (SAR: whole images by default, padded to
+a multiple of 16; ``size=`` tiles them), and is scored per example on what a receiver decodes:
 
-- SAR: latent bits per pixel at 8 bits per latent value; a codec's actual file bytes * 8 / pixels.
-- audio: latent bits per audio sample (48 kHz) at 8 bits per latent value; Opus packet bytes * 8 / samples.
-- fragments: latent bits per input byte at 8 bits per latent value; the identity baseline sends the bytes
-  themselves (8 bits per byte).
+- **Rates are measured bytes.** Each model's latent is quantised and range-coded (``bitstream``: uniform
+  quantisation at :data:`bitstream.DEFAULT_BITS` bits per value under a fitted Gaussian or Laplace, or, for
+  a model trained with ``entropy_model=factorized``, rounding under its own learned density); the rate is
+  those bytes, side information included, and the scores are those of the model's decoder run on the latent
+  decoded from them. Each model also gets a rate–distortion curve (``rd``: the bits sweep
+  :data:`bitstream.SWEEP_BITS`, or the quantisation steps :data:`bitstream.LEARNED_STEPS`).
+- bpp: SAR bits per pixel; audio bits per 48 kHz sample; fragments bits per input byte. Codecs pay their
+  real file or packet bytes, header included; SAR codecs are matched per image to each model's bytes within
+  ±2 % (``codecs.match_image``) or say why they cannot be, and BD-rate / BD-PSNR against JPEG 2000 are given
+  where the curves overlap.
+- **Intervals are over independent units** (SAR images, recordings, files: ``ci_unit``): a cluster bootstrap
+  with ``scipy.stats.bootstrap`` (:data:`BOOTSTRAP_RESAMPLES` resamples seeded by the seed), and **paired
+  differences** between every pair of models and against the trivial baseline (mean, interval, Wilcoxon p).
+  NaN per-example values (a metric undefined for that example) are left out and ``n`` says how many counted.
 
 Everything except inference time is a pure function of the checkpoints, the data and the seed, so two
-runs with the same seed give identical figures. :func:`run_compare` returns a JSON-ready dict; the CLI and
-the studio's Compare tab format it with :func:`markdown_report` and :func:`rd_figure`.
+runs with the same seed give identical figures (tests/test_golden.py pins a small set). :func:`run_compare`
+returns a JSON-ready dict; the CLI and the studio's Compare tab format it with :func:`markdown_report` and
+:func:`rd_figure`. docs/leaderboard.md says how to read it.
 """
 
 from __future__ import annotations
@@ -356,23 +365,48 @@ def _model_call(name: str, fn: Callable[[], Any]) -> Any:
 
 @dataclass
 class Coded:
-    """A model's results at every point of its bits sweep: per-example values, bytes and bits per unit."""
+    """A model's results at every point of its rate sweep (bits per latent value, or the quantisation step of
+    a learned-density model): per-example values, bytes and bits per unit."""
 
-    values: dict[int, list[dict[str, float]]] = field(default_factory=dict)
-    nbytes: dict[int, list[int]] = field(default_factory=dict)
-    bpp: dict[int, list[float]] = field(default_factory=dict)
+    values: dict[float, list[dict[str, float]]] = field(default_factory=dict)
+    nbytes: dict[float, list[int]] = field(default_factory=dict)
+    bpp: dict[float, list[float]] = field(default_factory=dict)
     ms: float = 0.0
+    prior: Any = None  # the model's learned entropy model (models.entropy), or None
 
-    def add(self, bits: int, values: dict[str, float], nbytes: int, units: float) -> None:
-        self.values.setdefault(bits, []).append(values)
-        self.nbytes.setdefault(bits, []).append(nbytes)
-        self.bpp.setdefault(bits, []).append(8.0 * nbytes / units)
+    @property
+    def key(self) -> str:
+        return "bits_per_value" if self.prior is None else "quant_step"
 
-    def row(self, src: ModelSource, n: int) -> Row:
-        """The leaderboard row at the main point (``bitstream.DEFAULT_BITS``) with the sweep as "rd"."""
+    @property
+    def points(self) -> tuple[float, ...]:
         from trainers.evaluation import bitstream
 
-        main = bitstream.DEFAULT_BITS
+        return bitstream.SWEEP_BITS if self.prior is None else bitstream.LEARNED_STEPS
+
+    @property
+    def main(self) -> float:
+        from trainers.evaluation import bitstream
+
+        return bitstream.DEFAULT_BITS if self.prior is None else bitstream.LEARNED_MAIN_STEP
+
+    def encode(self, z: np.ndarray, point: float) -> bytes:
+        """The bitstream of `z` at one point of the sweep."""
+        from trainers.evaluation import bitstream
+
+        if self.prior is None:
+            return bitstream.encode(z, int(point)).data
+        return bitstream.encode_learned(z, self.prior, float(point)).data
+
+    def add(self, point: float, values: dict[str, float], nbytes: int, units: float) -> None:
+        self.values.setdefault(point, []).append(values)
+        self.nbytes.setdefault(point, []).append(nbytes)
+        self.bpp.setdefault(point, []).append(8.0 * nbytes / units)
+
+    def row(self, src: ModelSource, n: int) -> Row:
+        """The leaderboard row at the main point (``bitstream.DEFAULT_BITS`` bits per value, or step 1 of a
+        learned density) with the sweep, low rate first, as "rd"."""
+        main = self.main
         values = _stack(self.values[main])
         row = Row(
             src.name, src.kind, float(np.mean(self.bpp[main])), src.params, values, self.ms / n, src.variant
@@ -381,16 +415,18 @@ class Coded:
         row.extra = {
             "rate": "measured",
             "bytes": int(sum(self.nbytes[main])),
-            "bits_per_value": main,
+            self.key: main,
             "rd": [
                 {
-                    "bits_per_value": bits,
-                    "bpp": float(np.mean(self.bpp[bits])),
-                    "metrics": {m: _finite_mean(v) for m, v in _stack(self.values[bits]).items()},
+                    self.key: point,
+                    "bpp": float(np.mean(self.bpp[point])),
+                    "metrics": {m: _finite_mean(v) for m, v in _stack(self.values[point]).items()},
                 }
-                for bits in sorted(self.values)
+                for point in sorted(self.values, key=lambda p: np.mean(self.bpp[p]))
             ],
         }
+        if self.prior is not None:
+            row.extra["entropy_model"] = "factorized"
         return row
 
 
@@ -402,20 +438,20 @@ def _coded_sweep(
     units: float,
     device: torch.device,
 ) -> Any:
-    """One example through the real bitstream at every point of the sweep: encode once, then for each bits
-    per value, the bytes, the latent decoded from them, the model's decoder on it and the scores; returns
-    the main point's decoded output. Inference time = encode + the main point's decode."""
+    """One example through the real bitstream at every point of the sweep: encode once, then for each point,
+    the bytes, the latent decoded from them, the model's decoder on it and the scores; returns the main
+    point's decoded output. Inference time = encode + the main point's decode."""
     from trainers.evaluation import bitstream
 
     z, ms = _timed(encode, device)
     z_np = z[0].detach().float().cpu().numpy()
     shown = None
-    for bits in bitstream.SWEEP_BITS:
-        enc = bitstream.encode(z_np, bits)
-        latent = bitstream.decode(enc.data)[1]  # what a receiver gets, from the bytes alone
+    for point in coded.points:
+        data = coded.encode(z_np, point)
+        latent = bitstream.decode(data, coded.prior)[1]  # what a receiver gets, from the bytes alone
         out, dec_ms = _timed(lambda latent=latent: decode(torch.from_numpy(latent)[None].to(device)), device)
-        coded.add(bits, score(out), len(enc.data), units)
-        if bits == bitstream.DEFAULT_BITS:
+        coded.add(point, score(out), len(data), units)
+        if point == coded.main:
             coded.ms += ms + dec_ms
             shown = out
     return shown
@@ -506,7 +542,7 @@ def _sar_model_row(
     device: torch.device,
     progress: Progress,
 ) -> Row:
-    coded, spreads = Coded(), []
+    coded, spreads = Coded(prior=getattr(src.model, "entropy", None)), []
     with _on_device(src.model, device) as model:
         model = prepare_for_inference(model, device)  # the variant's precision (training.fastpath)
         _model_call(src.name, partial(model, examples[0].x.to(device)))  # warm-up: first calls are slow
@@ -551,20 +587,27 @@ def _sar_matched_rows(
     model_rows: list[Row],
     device: torch.device,
 ) -> list[Row]:
-    """One row per distinct model rate: the codec's setting bisected per image to that model's measured
-    bytes on the same image (within ±2 % where the codec's settings allow it)."""
+    """One row per distinct model rate: the codec's setting searched per image for the file closest to that
+    model's measured bytes on the same image (``codecs.match_image``: within ±2 % where the codec can make
+    such a file; where it cannot, the row says why under ``rate_unmet``). The files measured while matching
+    one model's rates are reused for the next model's (one cache per image)."""
     from trainers.evaluation import codecs
 
     out, seen = [], {}
+    caches: list[dict[Any, int]] = [{} for _ in images]
     for mrow in model_rows:
         targets = [8.0 * b / e.pixels for b, e in zip(mrow.nbytes, examples, strict=True)]
         key = tuple(round(t, 9) for t in targets)
         if key in seen:
             seen[key].extra["matched_to"].append(mrow.name)
             continue
-        settings = [codecs.match_image(codec, img, t)[0] for img, t in zip(images, targets, strict=True)]
+        matches = [
+            codecs.match_image(codec, img, t, cache)
+            for img, t, cache in zip(images, targets, caches, strict=True)
+        ]
+        settings = [m.setting for m in matches]
         row = _sar_codec_row(codec, settings, images, examples, device)
-        errors = [abs(b / t - 1.0) for b, t in zip(row.extra.pop("per_bpp"), targets, strict=True) if t > 0]
+        errors = [abs(b / t - 1.0) for b, t in zip(row.extra.pop("per_bpp"), targets, strict=True)]
         row.name = f"{codec.name} at {mrow.name}'s rate"
         row.extra.update(
             {
@@ -572,7 +615,9 @@ def _sar_matched_rows(
                 "codec_setting": settings,
                 "matched_to": [mrow.name],
                 "target_bpp": float(np.mean(targets)),
-                "rate_error_max": float(max(errors)) if errors else None,
+                "rate_error_max": float(max(errors)),
+                "rate_tolerance": codecs.RATE_TOLERANCE,
+                "rate_unmet": [f"image {i + 1}: {m.unmet}" for i, m in enumerate(matches) if m.unmet],
             }
         )
         seen[key] = row
@@ -1037,7 +1082,7 @@ def run_compare(
             )
     spec = _load_data_spec(data, domain)
     dev = resolve_device(device)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _eval_threads(dev):
         warnings.simplefilter("always")
         try:
             # Every model sees the data as the first one's preprocessing and config make it.
@@ -1088,6 +1133,50 @@ def run_compare(
         result["skipped_files"] = skipped_files
     progress(1.0, "done")
     return _json_safe(result)
+
+
+#: Environment variable that fixes compare's CPU threads (the golden leaderboard sets 1).
+THREADS_ENV = "AE_STUDIO_COMPARE_THREADS"
+
+
+def eval_threads() -> int:
+    """Intra-op CPU threads for `compare`: ``$AE_STUDIO_COMPARE_THREADS`` if set, else the cores that other
+    processes leave idle (cores minus the 1-minute load average, rounded), at least 1 and at most torch's
+    setting.
+
+    Why: compare runs batch-1 inference and per-image metrics, whose every op torch splits across its
+    threads; when another process holds a core, each op then waits at a barrier for a descheduled thread.
+    On the shared 2-core development machine at load 6, a 256² SAR reference's encode + decode took 4-10x,
+    and one image's metrics 10-25x (115-350 ms against 12-15 ms), longer with 2 threads than with 1.
+    """
+    import os
+
+    fixed = os.environ.get(THREADS_ENV, "").strip()
+    if fixed:
+        try:
+            return max(1, int(fixed))
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV} must be a whole number of threads, got {fixed!r}") from None
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # no load average on this platform: torch's own setting
+        return torch.get_num_threads()
+    idle = int((os.cpu_count() or 1) - load + 0.5)
+    return max(1, min(torch.get_num_threads(), idle))
+
+
+@contextlib.contextmanager
+def _eval_threads(device: torch.device) -> Iterator[None]:
+    """torch's CPU threads set to :func:`eval_threads` for the run, then restored (CUDA runs are left be)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(eval_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _unit_means(row: Row, metrics: Sequence[str], units: np.ndarray) -> dict[str, list[float]]:
@@ -1317,22 +1406,47 @@ def markdown_report(result: dict[str, Any], main_table: bool = True) -> str:
                 f"{row['name']} against JPEG 2000: BD-rate {_fmt(row.get('bd_rate'), '+.1f')} %, "
                 f"BD-PSNR {_fmt(row.get('bd_psnr'), '+.2f')} dB"
             )
-        if row.get("rate_error_max") is not None:
-            notes.append(
-                f"{row['name']}: largest per-image rate gap to its target {row['rate_error_max']:.1%}"
-            )
     notes += [f"{n}." for n in result.get("notes", [])]
     for s in result.get("skipped", []):
         notes.append(f"{s['name']} skipped: {s['reason']}.")
     for s in result.get("skipped_files", []):
         notes.append(f"file skipped: {s['file']}: {s['reason']}.")
     lines += ["", *(f"- {_md(n)}" for n in notes)]
+    lines += _rate_table(result)
     lines += _pairs_table(result)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _fmt(v: float | None, spec: str) -> str:
     return "n/a" if v is None else f"{v:{spec}}"
+
+
+def _rate_table(result: dict[str, Any]) -> list[str]:
+    """Each rate-matched codec row: its mean target and achieved bpp and the largest per-image deviation, or
+    where the codec cannot make a file within the tolerance, on how many images and why (instead of a figure
+    that would read as a match)."""
+    rows = [r for r in result["rows"] if r.get("target_bpp") is not None]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Codecs matched per image to each model's bytes (header included, whole image):",
+        "",
+        "| codec row | target bpp | achieved bpp | largest per-image deviation |",
+        "|---|---:|---:|---|",
+    ]
+    for row in rows:
+        unmet = row.get("rate_unmet") or []
+        tol = row.get("rate_tolerance", 0.02)
+        if unmet:
+            n = len(row.get("codec_setting") or []) or "?"
+            gap = f"no file within ±{tol:.0%} on {len(unmet)} of {n} images: {unmet[0]}"
+            gap += f" (and {len(unmet) - 1} more)" if len(unmet) > 1 else ""
+        else:
+            gap = f"{row['rate_error_max']:.2%} (within ±{tol:.0%} on every image)"
+        cells = [row["name"], f"{row['target_bpp']:.4g}", _fmt(row.get("bpp"), ".4g"), gap]
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    return lines
 
 
 def _pairs_table(result: dict[str, Any]) -> list[str]:
@@ -1438,7 +1552,7 @@ def rd_figure(result: dict[str, Any]) -> Any:
                 x=[q["bpp"] for q in pts],
                 y=[q["metrics"][metric] for q in pts],
                 mode="lines+markers",
-                name=f"{row['name']} (bits per value {', '.join(str(q['bits_per_value']) for q in pts)})",
+                name=f"{row['name']} ({_sweep_words(pts)})",
                 marker={"size": 5},
                 line={"color": MODEL_COLOURS[k % len(MODEL_COLOURS)]},
             )
@@ -1462,6 +1576,13 @@ def rd_figure(result: dict[str, Any]) -> Any:
     if positive and max(positive) / max(min(positive), 1e-12) > 20:
         fig.update_xaxes(type="log")
     return fig
+
+
+def _sweep_words(points: list[dict[str, Any]]) -> str:
+    """What a model's R-D points sweep: bits per latent value, or a learned density's quantisation step."""
+    if points and "quant_step" in points[0]:
+        return "quantisation step " + ", ".join(f"{q['quant_step']:g}" for q in points)
+    return "bits per value " + ", ".join(str(q.get("bits_per_value")) for q in points)
 
 
 def write_png(result: dict[str, Any], path: str | Path) -> Path:
@@ -1520,7 +1641,7 @@ def write_png(result: dict[str, Any], path: str | Path) -> Path:
                 [q["metrics"][metric] for q in pts],
                 "-",
                 marker=".",
-                label=f"{row['name']} (bits per value)",
+                label=f"{row['name']} ({'quantisation steps' if 'quant_step' in row else 'bits per value'})",
                 color=MODEL_COLOURS[k % len(MODEL_COLOURS)],
             )
         positive = [p["bpp"] for p in points if p["bpp"]] + [s["bpp"] for s in sweep if s.get("bpp")]

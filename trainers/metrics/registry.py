@@ -168,6 +168,23 @@ _ENTRIES: tuple[MetricInfo, ...] = (
         band=(0.5, 1.5),
     ),
     _m(
+        "rate_bpp",
+        "sar",
+        "min",
+        "bpp",
+        ".4g",
+        "bits per pixel of the latent under the model's learned entropy model (entropy_model=factorized): "
+        "in training with the noise relaxation, in validation of the rounded latent",
+    ),
+    _m(
+        "distortion",
+        "sar",
+        "min",
+        "",
+        ".4g",
+        "the SAR loss without its rate term (0.7 MSE + 0.3 (1 - SSIM)) of a rate-distortion-trained model",
+    ),
+    _m(
         "collapsing",
         "all",
         "min",

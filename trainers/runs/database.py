@@ -117,18 +117,48 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 def check_storable(value: Any, where: str) -> None:
     """Raise a ValueError naming `where` if `value` (nested dicts and lists too) holds a number that cannot be
     written and read back: an int beyond 64 bits, or NaN/inf (JSON has no such numbers)."""
+    bad = _unstorable(value)
+    if bad is None:
+        return
+    path, item = bad
+    if isinstance(item, float):
+        raise ValueError(f"{where}{path} is {item}, which the run store cannot hold; give a finite number")
+    raise ValueError(f"{where}{path} is {item}, beyond the 64-bit integers the run store can hold")
+
+
+def check_storable_fields(values: Mapping[str, Any]) -> None:
+    """``check_storable`` of each field, named by its key, in one walk (every listing checks every row)."""
+    bad = _unstorable(values)
+    if bad is not None:
+        check_storable(bad[1], bad[0].removeprefix("."))  # raises, naming the field and the number
+
+
+def _unstorable(value: Any) -> tuple[str, Any] | None:
+    """(path below the value, e.g. ".model.x[2]", the offending number) or None when all of it stores.
+
+    Every run listing checks every run's config with this (the jobs table lists 1,000 runs each poll), so
+    the common leaves are told by their exact type before any isinstance against an abstract class, and
+    a path is only spelled out for an offender."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return None
+    if kind is float or (isinstance(value, float) and not isinstance(value, bool)):
+        return None if math.isfinite(value) else ("", value)
+    if kind is int or (isinstance(value, int) and not isinstance(value, bool)):
+        return None if INT64_MIN <= value <= INT64_MAX else ("", value)
     if isinstance(value, Mapping):
         for key, item in value.items():
-            check_storable(item, f"{where}.{key}")
+            if type(item) is str or item is None:  # most leaves: no call for them
+                continue
+            bad = _unstorable(item)
+            if bad is not None:
+                return f".{key}{bad[0]}", bad[1]
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            check_storable(item, f"{where}[{i}]")
-    elif isinstance(value, bool):
-        return
-    elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-        raise ValueError(f"{where} is {value}, beyond the 64-bit integers the run store can hold")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where} is {value}, which the run store cannot hold; give a finite number")
+            bad = _unstorable(item)
+            if bad is not None:
+                return f"[{i}]{bad[0]}", bad[1]
+    return None
 
 
 _Store = TypeVar("_Store", bound="Database")

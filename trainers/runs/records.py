@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainers.runs.database import _RUN_COLUMNS, Database, check_storable
+from trainers.runs.database import _RUN_COLUMNS, Database, check_storable, check_storable_fields
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +389,5 @@ class RunRecords(Database):
             raise ValueError(f"its config is a {type(config).__name__}, not a dict")
         values["config"] = config
         values["tags"] = _parse_tags_column(values["tags"])
-        for key, value in values.items():
-            check_storable(value, key)
+        check_storable_fields(values)
         return RunRecord(**values)

@@ -30,41 +30,55 @@ CHANNELS_LAST_DOMAINS = ("sar",)
 
 # The CPU default on a CPU with native bf16 (AVX512-BF16 or AMX), per variant: bf16 autocast + channels_last
 # for the SAR nets, whose whole training step (loss with SSIM, backward, Adam) inside the trainer measured
-# 2.6x faster than fp32 at full widths, and whose `compare` inference 1.6-1.8x. The audio VAEs and fragment
-# nets stay fp32: inside the trainer bf16 measured slower for them on the 2-core machine here (audio-vae-mel
-# 0.04x, fragment-dae 0.83x by wall time) though a bare step's compute was 1.1-1.5x faster. Measured by
-# `benchmarks/cpu_bf16.py` (BENCHMARKS.md, "CPU bf16"); on a CPU without native bf16 everything is fp32.
+# 2.6x faster than fp32 at full widths on an AMD EPYC with AVX512-BF16 and no AMX, and whose `compare`
+# inference 1.6-1.8x. The audio VAEs and fragment nets stay fp32 there: inside the trainer bf16 measured no
+# faster for them on the 2-core machine here. Measured by `benchmarks/cpu_bf16.py` (BENCHMARKS.md,
+# "CPU bf16"); on a CPU without native bf16 everything is fp32.
 CPU_BF16_VARIANTS: frozenset[str] = frozenset({"sar-baseline", "sar-resnet", "sar-residual", "sar-attention"})
 CPU_CHANNELS_LAST_VARIANTS: frozenset[str] = frozenset(
     {"sar-baseline", "sar-resnet", "sar-residual", "sar-attention"}
 )
+# With AMX tiles (Intel Sapphire Rapids and later) bf16 matrix work is several times faster again: issue 21
+# measured a bare training step on such a Xeon at 5.1x for sar-residual at reference widths (3.3-10.6x at full
+# widths) and 1.9x for audio-vae-mel, against 0.81x for audio-vae and 0.39x for fragment-dae. So with AMX the
+# SAR nets train in bf16 whatever their width, and audio-vae-mel in bf16 too.
+AMX_BF16_VARIANTS: frozenset[str] = CPU_BF16_VARIANTS | {"audio-vae-mel"}
 
 # Model settings that, set below the variant's default, make a net narrower (the smoke and reference presets
-# do). Training such a narrow net in bf16 measured slower than fp32 on the 2-core machine here (its small
-# kernels gain less than the casts and layout changes around them cost), so it trains in fp32; inference
-# keeps the variant's bf16 (on 256² images the narrow SAR references ran 1.7-1.8x faster in bf16).
+# do). Without AMX, such a narrow net trained slower in bf16 than in fp32 on the 2-core machine here (its
+# small kernels gain less than the casts and layout changes around them cost), so it trains in fp32 there;
+# inference keeps the variant's bf16 (on 256² images the narrow SAR references ran 1.7-1.8x faster in bf16).
 NARROWING_SETTINGS = frozenset({"base_channels", "widths", "channels", "head_channels"})
 
-# "0" makes `cpu_has_native_bf16` say no (to see, or keep, what a CPU without it gets), "1" says yes.
+# "0" makes `cpu_has_native_bf16` say no (to see, or keep, what a CPU without it gets), "1" says yes
+# (AVX512-BF16 without AMX), "amx" says yes with AMX tiles.
 NATIVE_BF16_ENV = "AE_STUDIO_CPU_BF16"
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as torch's own CPU report says;
-    `NATIVE_BF16_ENV` overrides the answer. Without it, torch emulates bf16 in fp32 and autocast is slower."""
+def cpu_bf16_kind() -> str | None:
+    """How this CPU computes bf16, as torch's own CPU report says: "amx" (AMX tiles), "avx512-bf16", or None
+    (emulated in fp32, where autocast is slower); `NATIVE_BF16_ENV` overrides the answer."""
     forced = os.environ.get(NATIVE_BF16_ENV, "").strip().lower()
     if forced in ("0", "false", "no", "off"):
-        return False
+        return None
+    if forced == "amx":
+        return "amx"
     if forced in ("1", "true", "yes", "on"):
-        return True
+        return "avx512-bf16"
     if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-        return False  # torch's kernels are built for a lower level here (e.g. ATEN_CPU_CAPABILITY=avx2)
-    probes = [
-        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    ]
-    if all(callable(probe) for probe in probes):
-        return any(probe() for probe in probes)
-    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())  # an older torch without the probes
+        return None  # torch's kernels are built for a lower level here (e.g. ATEN_CPU_CAPABILITY=avx2)
+    amx, avx = (
+        getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
+    if callable(amx) and callable(avx):
+        return "amx" if amx() else "avx512-bf16" if avx() else None
+    flags = _cpu_flags()  # an older torch without the probes
+    return "amx" if "amx_bf16" in flags else "avx512-bf16" if "avx512_bf16" in flags else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles): `cpu_bf16_kind` is not None."""
+    return cpu_bf16_kind() is not None
 
 
 def _narrowed(variant: str | None, model: dict[str, Any] | None) -> bool:
@@ -121,11 +135,18 @@ class FastPath:
         cls, variant: str | None, bf16: bool | None = None, model: dict[str, Any] | None = None
     ) -> FastPath:
         """What the loop runs for `variant` on a CPU: bf16 autocast (and channels_last) where measured faster
-        on a CPU with native bf16 (`CPU_BF16_VARIANTS`), unless `model` (the run's model settings) narrows
-        the net (`NARROWING_SETTINGS`); else fp32. `bf16` forces autocast on or off."""
+        on this kind of CPU (`cpu_bf16_kind`): with AMX `AMX_BF16_VARIANTS`; with AVX512-BF16 alone
+        `CPU_BF16_VARIANTS` unless `model` (the run's model settings) narrows the net (`NARROWING_SETTINGS`);
+        else fp32. `bf16` forces autocast on or off. Adam is the fused kernel, in either precision: on the CPU
+        it measured 2-7x faster than the foreach one (36-46 ms against 190-320 ms a step for sar-residual's
+        24 M parameters), with the same maths."""
         if bf16 is None:
-            bf16 = cpu_has_native_bf16() and variant in CPU_BF16_VARIANTS and not _narrowed(variant, model)
-        return cls(bf16=bf16, channels_last=bf16 and variant in CPU_CHANNELS_LAST_VARIANTS)
+            kind = cpu_bf16_kind()
+            if kind == "amx":
+                bf16 = variant in AMX_BF16_VARIANTS
+            else:
+                bf16 = kind is not None and variant in CPU_BF16_VARIANTS and not _narrowed(variant, model)
+        return cls(bf16=bf16, channels_last=bf16 and variant in CPU_CHANNELS_LAST_VARIANTS, fused=True)
 
     @classmethod
     def resolve(
@@ -157,8 +178,9 @@ class FastPath:
         return "bf16" if self.bf16 else "fp32"
 
     def describe(self) -> str:
-        on = [name for name, value in asdict(self).items() if value]
-        return "fp32" if not on else " + ".join(on)
+        """What ran, precision first: "fp32", "fp32 + fused", "bf16 + channels_last + fused"."""
+        on = [name for name, value in asdict(self).items() if value and name != "bf16"]
+        return " + ".join([self.precision, *on])
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Put `model` in this set-up's memory format (in place) and return the module to call in training

@@ -393,6 +393,11 @@ class LoopState:
         return saved
 
 
+def _mean_parts(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """The mean of each loss part over the steps of a logging window ({} when the task gives none)."""
+    return {k: float(torch.stack([p[k] for p in parts]).float().mean()) for k in parts[-1]} if parts else {}
+
+
 class Trainer:
     """The epochs of one run whose record exists: `setup` builds data, model, optimiser and loaders; `fit`
     runs `train_epoch` (each batch a `train_step`), `validate` and `should_stop` until the run ends.
@@ -421,6 +426,7 @@ class Trainer:
         self.bar: Any = None
         self.on_step: Callable[[int, float], None] | None = None
         self.window: list[torch.Tensor] = []  # losses not yet read back
+        self.parts: list[dict[str, torch.Tensor]] = []  # the task's loss parts of those steps (rate, ...)
         self.system = system.SystemSampler(self.device)  # sys/ metrics: CPU, memory, GPU history
         self.batches: Any = None  # the current epoch's batch iterator
         self.last_save = time.monotonic()
@@ -555,7 +561,7 @@ class Trainer:
         self.model.train()
         self.epoch_started = time.monotonic()
         self.state.loss_sum, self.state.loss_n = 0.0, 0
-        self.window = []
+        self.window, self.parts = [], []
         self.batches = _start_batches(self.train_loader)  # persistent workers: the same workers, reset
         while (batch := self._next_batch()) is not _END:
             with self.phases.phase("steps"):
@@ -593,6 +599,8 @@ class Trainer:
         self.state.steps_here += 1
         self.phases.first_step()
         self.window.append(loss)
+        if self.task.last_parts:
+            self.parts.append(self.task.last_parts)
         if len(self.window) >= self.cfg.log_every:
             self._flush(epoch)
 
@@ -683,11 +691,17 @@ class Trainer:
             bad_step = state.step - len(values) + first + 1
             raise Diverged(f"loss became {values[first].item()} at step {bad_step} (epoch {epoch + 1})")
         mean = float(values.mean())
+        parts = (
+            {k: float(torch.stack([p[k] for p in self.parts]).float().mean()) for k in self.parts[0]}
+            if self.parts
+            else {}
+        )
+        self.parts.clear()
         state.loss_sum += mean * len(values)
         state.loss_n += len(values)
         if self.ddp.main:
             # Rows carry the epoch's number counted from 1, as the validation rows at its end do.
-            self.store.log_metrics(self.run_id, state.step, epoch + 1, "train", {"loss": mean})
+            self.store.log_metrics(self.run_id, state.step, epoch + 1, "train", {"loss": mean, **parts})
             kill_point("train-row")
             self.store.update_run(self.run_id, step=state.step, epoch=epoch)
             usage = self.system.sample()

@@ -75,6 +75,8 @@ class Task:
         # The optimisation step the next loss is for (the loop sets it before each step; the KL warm-up
         # reads it). A resumed run sets it from the saved step count, so the warm-up does not restart.
         self.step = 0
+        # Parts of the last training loss worth a curve of their own (detached), logged beside train/loss.
+        self.last_parts: dict[str, torch.Tensor] = {}
 
     def kl_beta(self, step: int | None = None) -> float:
         """The KL weight at ``step`` (default the current one): linear warm-up from 0 to ``kl_weight`` over
@@ -196,6 +198,12 @@ def sar_output_spread(x: torch.Tensor, x_hat: torch.Tensor, valid: torch.Tensor)
     return float((out[ok] / inp[ok]).mean()) if ok.any() else math.nan
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model itself under a DDP (``module``) or torch.compile (``_orig_mod``) wrapper."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
 class SARTask(Task):
     domain = "sar"
 
@@ -253,9 +261,18 @@ class SARTask(Task):
         return self._datasets(spec, image_size, offset=2_000_003, n=n, pool="test")
 
     def loss(self, model, batch):
+        """The SAR loss; for a model with a learned entropy model (``entropy_model=factorized``), the
+        rate-distortion loss D + rd_lambda * R, R the latent's bits per pixel under its density (with the
+        noise relaxation), kept with D in ``last_parts`` for the train/rate_bpp and train/distortion rows."""
         x, valid, _ = sar_batch(batch)
         x_hat, _ = model(x)
-        return masked_sar_loss(x_hat.float(), x, valid)
+        distortion = masked_sar_loss(x_hat.float(), x, valid)
+        inner = _unwrapped(model)
+        if getattr(inner, "entropy", None) is None:
+            return distortion
+        rate = inner.last_rate_bits / float(x.shape[0] * x.shape[-2] * x.shape[-1])
+        self.last_parts = {"rate_bpp": rate.detach(), "distortion": distortion.detach()}
+        return distortion + inner.rd_lambda * rate
 
     @torch.no_grad()
     def evaluate(self, model, batches, device):
@@ -266,6 +283,9 @@ class SARTask(Task):
             x_hat = x_hat.float()
             values = sar_metrics.sar_metrics(x, x_hat, z, valid, db_range)
             values["loss"] = float(masked_sar_loss(x_hat, x, valid))
+            inner = _unwrapped(model)
+            if getattr(inner, "entropy", None) is not None:  # the rounded latent's bits under its density
+                values["rate_bpp"] = float(inner.last_rate_bits) / float(x[:, 0].numel())
             values["output_spread"] = sar_output_spread(x, x_hat, valid)
             avg.add(values, x.shape[0])
         return avg.result()

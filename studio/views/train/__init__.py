@@ -7,10 +7,12 @@ shows a stack trace and never launches anything. Polling is one ``gr.Timer``: ea
 table and only the metric rows newer than what this browser session has (see ``studio.curves``), and skips
 every output that did not change, so an idle page costs a couple of small SQLite queries.
 
-The modules: ``form`` (the launch form and its handlers), ``table`` (the jobs table's rows, filter, sort and
-section), ``run_actions`` (the selected run's labels, cancel, log), ``panels`` (the curve panels),
-``media`` (the media section), ``polling`` (the timer and the page load), ``wiring`` (the events),
-``session`` (what they share). The names below stay importable from ``studio.views.train``.
+The modules: ``form`` (the launch form and its handlers), ``table`` (the jobs table's rows, filter and
+sort), ``jobs_view`` (the table as the page shows it: grouped by study, chosen columns, hidden runs; and
+its section), ``run_actions`` (the selected run's labels, cancel, log), ``panels`` (the curve panels),
+``metric_grid`` (which metric each panel shows: the search, the order, the cap),
+``media`` (the media section), ``polling`` (the timer and the page load), ``wiring`` (the events and the
+layout), ``session`` (what they share). The names below stay importable from ``studio.views.train``.
 """
 
 from __future__ import annotations
@@ -26,12 +28,18 @@ from studio.views.train.form import (
     queue_note,
     variant_choices,
 )
-from studio.views.train.panels import (
-    DEFAULT_PANEL_COUNT,
+from studio.views.train.jobs_view import DEFAULT_COLUMNS, JobsView, _jobs_section, jobs_view
+from studio.views.train.metric_grid import (
+    DEFAULT_MAX_PANELS,
     DEFAULT_PANELS,
+    PANEL_SLOTS,
+    PanelPlan,
+    order_metrics,
+    plan_panels,
+)
+from studio.views.train.panels import (
     INITIAL_CURVE_RUNS,
     LEGEND_SETTINGS,
-    PANEL_COUNT,
     PANEL_HEIGHT,
     _curves_section,
     check_curve_request,
@@ -40,6 +48,7 @@ from studio.views.train.panels import (
     draw_curves,
     draw_panel,
     initial_curve_runs,
+    refresh_panels,
     run_labels,
     view_js,
 )
@@ -50,7 +59,6 @@ from studio.views.train.table import (
     JOB_HEADERS,
     NOTE_CHARS,
     SORTS,
-    _jobs_section,
     format_bytes,
     format_count,
     format_elapsed,
@@ -67,18 +75,21 @@ from studio.views.train.wiring import CSS, build_tab
 
 __all__ = [
     "CSS",
+    "DEFAULT_COLUMNS",
     "DEFAULT_METRIC",
+    "DEFAULT_MAX_PANELS",
     "DEFAULT_PANELS",
-    "DEFAULT_PANEL_COUNT",
     "INITIAL_CURVE_RUNS",
+    "JobsView",
     "JOB_HEADERS",
     "LEGEND_SETTINGS",
     "LOG_LINES",
     "NOTE_CHARS",
-    "PANEL_COUNT",
     "PANEL_HEIGHT",
+    "PANEL_SLOTS",
     "POLL_SECONDS",
     "PRESET_IF_ZERO",
+    "PanelPlan",
     "SORTS",
     "SPACE_MAX_EPOCHS",
     "TrainSession",
@@ -98,14 +109,18 @@ __all__ = [
     "initial_curve_runs",
     "job_row",
     "job_table",
+    "jobs_view",
     "launch_runs",
     "log_tail",
+    "order_metrics",
     "parse_settings",
+    "plan_panels",
     "plot_selection",
     "poll",
     "preset_summary",
     "progress_text",
     "queue_note",
+    "refresh_panels",
     "resource_texts",
     "row_matches",
     "run_cell",

@@ -1,11 +1,13 @@
-"""The curve panels: which runs and metrics a page plots first, each run's legend text, and one incremental
-refresh of every panel (only the metric rows newer than what this session has; see ``studio.curves``)."""
+"""The curve panels: which runs a page plots first, each run's legend text, and one incremental refresh of
+the grid of panels, a panel per logged metric that matches the search (``metric_grid`` picks them; only the
+metric rows newer than what this session has are read, see ``studio.curves``)."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,20 +22,21 @@ from studio.curves import (
     keep_view_spec,
     plot_data,
 )
+from studio.views.train.metric_grid import (
+    DEFAULT_MAX_PANELS,
+    MAX_PANEL_CHOICES,
+    PANEL_SLOTS,
+    PanelPlan,
+    default_metrics,
+    plan_panels,
+)
 from studio.views.train.session import DEFAULT_METRIC, TrainSession, _blank, _rows_by_id, _where
-from studio.views.train.table import _setting
+from studio.views.train.table import _setting, short_run_id
 
 # Runs preselected for the curves when a page opens: the running ones, else the newest few.
 INITIAL_CURVE_RUNS = 4
-# Metric panels side by side, and what they show first for runs of each domain.
-PANEL_COUNT = 4
-DEFAULT_PANEL_COUNT = 3
-DEFAULT_PANELS: dict[str, tuple[str, ...]] = {
-    "sar": ("train/loss", "val/psnr", "val/ssim", "val/epi"),
-    "audio": ("train/loss", "val/loss", "val/spectral_convergence", "val/lsd"),
-    "fragments": ("train/loss", "val/loss", "val/accuracy_corrupted", "val/accuracy"),
-}
 PANEL_HEIGHT = 340
+NO_RUNS_NOTE = "Choose runs to plot: a panel per metric they log appears here."
 # Settings shown in the legend (where they differ between the plotted runs) and in the hover: key -> word.
 LEGEND_SETTINGS: dict[str, str] = {
     "variant": "variant",
@@ -82,11 +85,15 @@ def run_labels(rows: Mapping[str, Mapping[str, Any]], run_ids: Sequence[str]) ->
         if row is None:
             labels[run_id] = RunLabel(run_id)
             continue
-        name = str(row.get("name") or run_id)
-        diff = ", ".join(f"{LEGEND_SETTINGS[k]}={_setting(row.get(k), 'lr')}" for k in differing)
-        settings = " · ".join(
+        # Without a name, the id less its creation time (the same for a whole launch, and what pushed the
+        # legends of a narrow panel off its left edge); the hover keeps the whole id.
+        name = str(row.get("name") or short_run_id(run_id))
+        keys = differing if row.get("name") else [k for k in differing if k != "variant"]  # the id says it
+        diff = ", ".join(f"{LEGEND_SETTINGS[k]}={_setting(row.get(k), 'lr')}" for k in keys)
+        given = [
             f"{word} {_setting(row.get(key), 'lr')}" for key, word in LEGEND_SETTINGS.items() if row.get(key)
-        )
+        ]
+        settings = " · ".join([run_id, *given])
         total, epochs = row.get("total_steps"), row.get("epochs")
         per_epoch = row.get("steps_per_epoch")
         if not per_epoch and total and epochs and not row.get("max_steps"):
@@ -130,8 +137,7 @@ def curve_caption(points: Mapping[str, int], metric: str) -> str:
 
 def default_panels(domain: str | None) -> list[str]:
     """The metrics the panels show first for runs of ``domain``."""
-    metrics = list(DEFAULT_PANELS.get(domain or "", ("train/loss", "val/loss")))
-    return (metrics + [DEFAULT_METRIC] * PANEL_COUNT)[:PANEL_COUNT]
+    return default_metrics([domain])
 
 
 def draw_panel(
@@ -176,6 +182,15 @@ def _check_plot_settings(smoothing: Any, log_y: Any) -> tuple[float, bool]:
     return float(smoothing), bool(log_y)
 
 
+def _known_runs(ctx: StudioContext, runs: Any, rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The run ids of a curves request; a run the page does not list (nor the store) is an error."""
+    _, run_ids = check_curve_request(DEFAULT_METRIC, runs)
+    unknown = [run_id for run_id in run_ids if run_id not in rows and ctx.store.get_run(run_id) is None]
+    if unknown:
+        raise ValueError(f"no run with id {', '.join(map(repr, unknown))} {_where(ctx)}")
+    return run_ids
+
+
 def draw_curves(
     ctx: StudioContext,
     state: TrainSession,
@@ -186,18 +201,19 @@ def draw_curves(
     views: Sequence[Any],
     force: bool,
     rows: Mapping[str, Mapping[str, Any]] | None = None,
+    updated: bool = False,
 ) -> tuple[list[Any], Any]:
     """Refresh every panel from one incremental read: (plot payloads or skips, caption or skip). Runs the
-    page does not list are an error with a message (a poll passes ``force=False`` and skips them)."""
-    _, run_ids = check_curve_request(
-        metrics[0] if metrics and not _blank(metrics[0]) else DEFAULT_METRIC, runs
-    )
+    page does not list are an error with a message (a poll passes ``force=False`` and skips them).
+    ``updated``: the caller has just brought the cache up to date for these runs."""
+    if metrics and not _blank(metrics[0]):
+        check_curve_request(metrics[0], runs)
     rows = _rows_by_id(ctx) if rows is None else rows
-    unknown = [run_id for run_id in run_ids if run_id not in rows and ctx.store.get_run(run_id) is None]
-    if unknown:
-        raise ValueError(f"no run with id {', '.join(map(repr, unknown))} {_where(ctx)}")
+    run_ids = _known_runs(ctx, runs, rows)
     settings = _check_plot_settings(smoothing, log_y)
-    state.cache.update(ctx.store, run_ids)
+    run_ids = [run_id for run_id in run_ids if run_id not in state.hidden]  # the jobs table's eye column
+    if not updated:
+        state.cache.update(ctx.store, run_ids)
     plots, caption = [], gr.skip()
     for index, metric in enumerate(metrics):
         view = views[index] if index < len(views) else ""
@@ -208,8 +224,78 @@ def draw_curves(
     return plots, caption
 
 
+def check_panel_count(value: Any) -> int:
+    """The Panels choice as a whole number of panels, with a message for anything else."""
+    try:
+        count = int(value) if value is not None and float(value) == int(float(value)) else None
+    except (TypeError, ValueError):
+        count = None
+    if count is None or not 1 <= count <= PANEL_SLOTS:
+        raise ValueError(f"Panels must be a whole number from 1 to {PANEL_SLOTS}, got {value!r}")
+    return count
+
+
+@dataclass
+class PanelRefresh:
+    """What one refresh of the panel grid sends: a payload (or skip) per slot, a visibility update (or skip)
+    per slot's column, the caption and the search's line (each or skip)."""
+
+    plots: list[Any]
+    columns: list[Any]
+    caption: Any
+    note: Any
+    plan: PanelPlan
+
+
+def refresh_panels(
+    ctx: StudioContext,
+    state: TrainSession,
+    runs: Any,
+    search: Any,
+    count: Any,
+    smoothing: Any,
+    log_y: Any,
+    views: Sequence[Any],
+    force: bool,
+    rows: Mapping[str, Mapping[str, Any]] | None = None,
+) -> PanelRefresh:
+    """The grid of panels: one per metric the plotted runs logged that matches ``search``, their domains'
+    defaults first, at most ``count`` (``plan_panels``); each slot redrawn only when what it shows changed,
+    its label set only when its metric changed, its column shown or hidden only when that changes."""
+    rows = _rows_by_id(ctx) if rows is None else rows
+    plotted = _known_runs(ctx, runs, rows)
+    run_ids = [run_id for run_id in plotted if run_id not in state.hidden]  # the jobs table's eye column
+    count = check_panel_count(count)
+    _check_plot_settings(smoothing, log_y)
+    state.cache.update(ctx.store, run_ids)
+    domains = [rows[r].get("domain") for r in run_ids if r in rows]
+    plan = plan_panels(state.cache.metric_names(run_ids), domains, str(search or ""), count)
+    metrics: list[str | None] = [*plan.metrics, *[None] * (PANEL_SLOTS - len(plan.metrics))]
+    plots, caption = draw_curves(ctx, state, metrics, runs, smoothing, log_y, views, force, rows, True)
+    columns = [gr.skip()] * PANEL_SLOTS
+    if plan.metrics != state.panel_metrics or force:
+        previous = state.panel_metrics
+        for index, metric in enumerate(metrics):
+            was = previous[index] if index < len(previous) else None
+            if (metric is None) != (was is None) or force:
+                columns[index] = gr.update(visible=metric is not None)
+            if metric is not None and (metric != was or force):  # its label names it, as its y axis does
+                drawn = plots[index]
+                plots[index] = (
+                    gr.update(label=metric) if drawn == gr.skip() else gr.update(value=drawn, label=metric)
+                )
+        state.panel_metrics = plan.metrics
+    if not plan.metrics:
+        caption = f"*{plan.note}*"
+    text = plan.note if plotted else NO_RUNS_NOTE
+    note = gr.skip() if text == state.panel_note and not force else f"*{text}*"
+    state.panel_note = text
+    return PanelRefresh(plots, columns, caption, note, plan)
+
+
 def _curves_section() -> SimpleNamespace:
-    """Shared curve settings (runs, x-axis, smoothing, log scale, panel count) and the metric panels."""
+    """Shared curve settings (runs, x-axis, smoothing, log scale, panel count, metric search) and the grid of
+    metric panels (``PANEL_SLOTS`` of them, hidden until a metric fills one)."""
     ui = SimpleNamespace()
     gr.Markdown("### Curves")
     ui.runs = gr.Dropdown(
@@ -227,27 +313,31 @@ def _curves_section() -> SimpleNamespace:
         )
         ui.log_y = gr.Checkbox(value=False, label="Log scale", scale=1, elem_id="train-log-scale")
         ui.n_panels = gr.Dropdown(
-            list(range(1, PANEL_COUNT + 1)),
-            value=DEFAULT_PANEL_COUNT,
+            list(MAX_PANEL_CHOICES),
+            value=DEFAULT_MAX_PANELS,
             label="Panels",
+            info="at most",
             scale=1,
             elem_id="train-panel-count",
         )
+    ui.search = gr.Textbox(
+        "",
+        label="Metrics",
+        placeholder="search: val/  ·  ^sys/  ·  psnr|ssim  (blank: all; Enter to apply)",
+        info="a panel per logged metric that matches (a regular expression or text), defaults first",
+        elem_id="train-metric-search",
+    )
+    ui.note = gr.Markdown(f"*{NO_RUNS_NOTE}*", elem_id="train-panel-note")
     ui.caption = gr.Markdown(label="Curve summary", elem_id="train-curve-info")
-    ui.columns, ui.metrics, ui.plots, ui.views = [], [], [], []
-    for first in range(0, PANEL_COUNT, 2):
+    # The `curves` API's metric (one metric's panel, for API clients); the page's panels follow the search.
+    ui.api_metric = gr.Textbox(DEFAULT_METRIC, visible=False, label="Metric (API)")
+    ui.columns, ui.plots, ui.views = [], [], []
+    for first in range(0, PANEL_SLOTS, 2):
         with gr.Row(equal_height=False):
-            for index in range(first, min(first + 2, PANEL_COUNT)):
-                with gr.Column(min_width=320, visible=index < DEFAULT_PANEL_COUNT) as column:
-                    ui.metrics.append(
-                        gr.Dropdown(
-                            choices=[DEFAULT_METRIC],
-                            value=default_panels(None)[index],
-                            label=f"Panel {index + 1} metric",
-                            allow_custom_value=True,
-                            elem_id=f"train-metric-{index}",
-                        )
-                    )
+            for index in range(first, min(first + 2, PANEL_SLOTS)):
+                # 400 px at least: in the dashboard's panel column a 1400 px page gets one panel a row, wide
+                # enough for its legend; a wider page two.
+                with gr.Column(min_width=400, visible=False) as column:
                     ui.plots.append(gr.Plot(label=f"Panel {index + 1}", elem_id=f"train-plot-{index}"))
                     ui.views.append(gr.Textbox("", visible=False, label=f"Zoom of panel {index + 1} (JSON)"))
                 ui.columns.append(column)

@@ -11,23 +11,17 @@ from typing import Any
 import gradio as gr
 
 from studio.context import StudioContext
-from studio.views.train.panels import (
-    PANEL_COUNT,
-    default_panels,
-    draw_curves,
-    initial_curve_runs,
-    view_js,
-)
+from studio.views.train.jobs_view import chosen_columns, jobs_view
+from studio.views.train.metric_grid import PANEL_SLOTS
+from studio.views.train.panels import initial_curve_runs, refresh_panels, view_js
 from studio.views.train.run_actions import RESUMABLE, log_tail
 from studio.views.train.session import (
-    DEFAULT_METRIC,
     POLL_SECONDS,
     TrainSession,
     _blank,
     _rows_by_id,
     job_rows,
 )
-from studio.views.train.table import job_table
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +35,7 @@ def poll(
     smoothing: Any,
     log_y: Any,
     n_panels: Any,
-    metrics: Sequence[Any],
+    search: Any,
     views: Sequence[Any],
     run_id: Any,
     requester: str | None = None,
@@ -52,7 +46,8 @@ def poll(
     rows = _rows_by_id(ctx, every)
     out: dict[str, Any] = {}
     try:
-        table, ids = job_table(every, query or "", order or "newest")
+        view = jobs_view(every, query or "", order or "newest", state.columns, state.collapsed, state.hidden)
+        table, ids = view.value, view.keys
     except ValueError:
         table, ids = state.table, state.table_ids
     out["table"] = gr.skip() if table == state.table else table
@@ -62,13 +57,17 @@ def poll(
     if run_ids != state.run_ids:
         state.run_ids = run_ids
         out["choices"] = gr.update(choices=list(run_ids))
-    shown = [m if i < int(n_panels or PANEL_COUNT) else None for i, m in enumerate(metrics)]
     try:
-        out["plots"], out["caption"] = draw_curves(
-            ctx, state, shown, runs, smoothing, log_y, views, False, rows
+        grid = refresh_panels(ctx, state, runs, search, n_panels, smoothing, log_y, views, False, rows)
+        out["plots"], out["columns"], out["caption"], out["note"] = (
+            grid.plots,
+            grid.columns,
+            grid.caption,
+            grid.note,
         )
     except ValueError:  # a bad selection; the curves event has already said so
-        out["plots"], out["caption"] = [gr.skip()] * len(metrics), gr.skip()
+        out["plots"] = out["columns"] = [gr.skip()] * PANEL_SLOTS
+        out["caption"] = out["note"] = gr.skip()
     out["log"] = out["cancel"] = out["resume"] = gr.skip()
     if not _blank(run_id):
         try:
@@ -86,21 +85,16 @@ def poll(
         if resumable != state.resume_enabled:
             state.resume_enabled = resumable
             out["resume"] = gr.update(interactive=resumable)
-    names = tuple(sorted({DEFAULT_METRIC, *state.cache.metric_names(runs or [])}))
-    out["metric_choices"] = gr.skip()
-    if names != state.metrics:
-        state.metrics = names
-        out["metric_choices"] = gr.update(choices=list(names))
     return out
 
 
 def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespace, session: gr.State) -> None:
     """The one timer: table, pickers, panels, log and Cancel's state, each only when it changed."""
     timer = gr.Timer(POLL_SECONDS)
-    n = PANEL_COUNT
+    n = PANEL_SLOTS
 
-    def tick(query, order, runs, smoothing, log_y, n_panels, run_id, *rest):
-        *values, state = rest
+    def tick(query, order, runs, smoothing, log_y, n_panels, search, run_id, *rest):
+        *views, state = rest
         try:
             out = poll(
                 ctx,
@@ -111,21 +105,23 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
                 smoothing,
                 log_y,
                 n_panels,
-                values[:n],
-                values[n:],
+                search,
+                views,
                 run_id,
                 ctx.requester(),  # the visitor of the Gradio event being handled (None off a Space)
             )
         except Exception:  # noqa: BLE001 - a failing poll must not put an error on the page every 2 s
             log.exception("Train tab poll failed")
-            return (*[gr.skip()] * (7 + 2 * n), state)
+            return (*[gr.skip()] * (9 + 2 * n), state)
         return (
             out["table"],
             out["choices"],
             out["choices"],
-            *[out["metric_choices"]] * n,
+            out["choices"],
             *out["plots"],
+            *out["columns"],
             out["caption"],
+            out["note"],
             out["log"],
             out["cancel"],
             out["resume"],
@@ -141,8 +137,8 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
             curves.smoothing,
             curves.log_y,
             curves.n_panels,
+            curves.search,
             jobs.selected,
-            *curves.metrics,
             *curves.views,
             session,
         ],
@@ -150,41 +146,72 @@ def _wire_poll(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespac
             jobs.table,
             curves.runs,
             jobs.selected,
-            *curves.metrics,
+            jobs.hidden,
             *curves.plots,
+            *curves.columns,
             curves.caption,
+            curves.note,
             jobs.log,
             jobs.cancel,
             jobs.resume,
             session,
         ],
-        js=view_js({7 + n + i: i for i in range(n)}),
+        js=view_js({8 + i: i for i in range(n)}),
         api_visibility="private",
         concurrency_limit=None,
+        show_progress="hidden",  # a poll every 2 s must not flash a timer over the panels and notes
     )
 
 
-def _wire_load(ctx: StudioContext, jobs: SimpleNamespace, curves: SimpleNamespace, session: gr.State) -> None:
-    """Fill the table, pickers and panels when the page opens, not on the first tick."""
+def _wire_load(
+    ctx: StudioContext,
+    jobs: SimpleNamespace,
+    curves: SimpleNamespace,
+    session: gr.State,
+    prefs: gr.BrowserState,
+    launch_box: gr.Accordion,
+) -> None:
+    """Fill the table and pickers when the page opens, not on the first tick, with the columns and the
+    launch form's fold this browser kept (``prefs``); choosing the plotted runs draws their panels (the runs
+    picker's change event)."""
 
-    def load(state: TrainSession):
+    def load(saved: Any, state: TrainSession):
+        saved = saved if isinstance(saved, dict) else {}
+        state.columns = chosen_columns(saved.get("columns"))
         every = job_rows(ctx)
         rows = _rows_by_id(ctx, every)
         state.run_ids = tuple(rows)
-        state.table, state.table_ids = job_table(every)
+        view = jobs_view(every, columns=state.columns)
+        state.table, state.table_ids = view.value, view.keys
         plotted = initial_curve_runs(list(rows.values()))
         ids = list(state.run_ids)
-        domain = rows[plotted[0]].get("domain") if plotted else None
-        state.panels_domain = domain
-        panels = [gr.update(value=m) for m in default_panels(domain)]
         selected = gr.update(choices=ids, value=plotted[0] if plotted else None)
-        return state.table, gr.update(choices=ids, value=plotted), selected, *panels, state
+        # Only a fold is sent: setting open=True on an open accordion makes Gradio 6.31's next click on it
+        # fire collapse and expand both, so it stays open.
+        fold = gr.update(open=False) if saved.get("launch_open") is False else gr.skip()
+        return (
+            state.table,
+            gr.update(choices=ids, value=plotted),
+            selected,
+            gr.update(choices=ids),
+            list(state.columns),
+            fold,
+            state,
+        )
 
     root = gr.context.Context.root_block
     if root is not None:
         root.load(
             load,
-            inputs=session,
-            outputs=[jobs.table, curves.runs, jobs.selected, *curves.metrics, session],
+            inputs=[prefs, session],
+            outputs=[
+                jobs.table,
+                curves.runs,
+                jobs.selected,
+                jobs.hidden,
+                jobs.columns,
+                launch_box,
+                session,
+            ],
             api_visibility="private",
         )

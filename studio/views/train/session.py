@@ -29,15 +29,19 @@ class TrainSession:
 
     cache: CurveCache = field(default_factory=CurveCache)
     run_ids: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()
     panel_keys: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     log: str | None = None
-    table: list[list[Any]] | None = None
-    table_ids: list[str] = field(default_factory=list)
+    table: dict[str, Any] | None = None  # the jobs table's value as last sent (studio.views.train.jobs_view)
+    table_ids: list[str] = field(default_factory=list)  # each row's key: a run id, or "study:<id>"
+    columns: tuple[str, ...] | None = None  # the jobs table's optional columns (None: the defaults)
+    collapsed: set[str] = field(default_factory=set)  # studies whose runs the jobs table folds away
+    # Runs whose curves the panels leave out (the eye column); they stay in the jobs table.
+    hidden: frozenset[str] = frozenset()
     x_axis: str = "step"
     cancel_enabled: bool | None = None
     resume_enabled: bool | None = None
-    panels_domain: str | None = None  # the domain whose default metrics the panels were last given
+    panel_metrics: tuple[str, ...] = ()  # the metric of each shown panel, in order (see metric_grid)
+    panel_note: str | None = None  # the search's line last shown
 
 
 def job_rows(ctx: StudioContext) -> list[dict[str, Any]]:

@@ -88,11 +88,19 @@ def settings_figures(
     return parallel_coordinates(runs, metric, scores), setting_scatter(runs, chosen, metric, scores)
 
 
-def study_leaderboard(ctx: StudioContext, study: Any, data: Any, claims: Any, progress: Any = None) -> str:
-    """The study leaderboard (``compare --study``) as Markdown: means over seeds, paired differences on
-    the same seeds and units, the design's claims and the user's (one per line) answered."""
+def study_domains(ctx: StudioContext, study: Any) -> list[str]:
+    """The domains of the study's runs, in the order they come (a message for no or an unknown study)."""
+    return list(dict.fromkeys(run.domain for run in _runs(ctx, study)))
+
+
+def study_result(
+    ctx: StudioContext, study: Any, data: str | None, claims: Any, progress: Any = None, seed: int = 0
+) -> dict[str, Any]:
+    """The study leaderboard (``compare --study``) of a study the visitor may see, on ``data`` (None: each
+    domain's built-in data) with the design's claims and the user's (``claims``: one per line, each
+    checked before anything is scored). The one path of the Train tab's button and the Compare tab."""
     from trainers.evaluation.claims import parse_claim
-    from trainers.evaluation.study import compare_study, study_markdown
+    from trainers.evaluation.study import compare_study
 
     _runs(ctx, study)  # a study the visitor may not see is "no study with id"
     wanted = [parse_claim(line) for line in str(claims or "").splitlines() if line.strip()]
@@ -101,8 +109,15 @@ def study_leaderboard(ctx: StudioContext, study: Any, data: Any, claims: Any, pr
         if progress is not None:
             progress(fraction, desc=desc)
 
-    result = compare_study(str(study), ctx.runs_dir, str(data).strip() or None, wanted, progress=report)
-    return study_markdown(result)
+    return compare_study(str(study), ctx.runs_dir, data, wanted, seed=seed, progress=report)
+
+
+def study_leaderboard(ctx: StudioContext, study: Any, data: Any, claims: Any, progress: Any = None) -> str:
+    """The study leaderboard as Markdown: means over seeds, paired differences on the same seeds and units,
+    the design's claims and the user's (one per line) answered."""
+    from trainers.evaluation.study import study_markdown
+
+    return study_markdown(study_result(ctx, study, str(data or "").strip() or None, claims, progress))
 
 
 def build_studies_section(ctx: StudioContext) -> None:
@@ -116,10 +131,10 @@ def build_studies_section(ctx: StudioContext) -> None:
         return [study.to_dict() for study in list_studies(ctx.store)]
 
     gr.api(studies, api_name="studies", concurrency_limit=None)
-    with gr.Accordion("Studies: seeds grouped, settings against metrics, claims", open=False):
+    with gr.Accordion("Studies: seeds grouped, settings against metrics, claims", open=False) as section:
         with gr.Row():
             study = gr.Dropdown([], label="Study", scale=3, elem_id="train-study")
-            refresh = gr.Button("↻", scale=0, min_width=40)
+            refresh = gr.Button("↻", scale=0, min_width=40, elem_id="train-study-refresh")
         with gr.Row():
             metric = gr.Textbox(DEFAULT_METRIC, label="Metric", info="split/name, e.g. val/psnr", scale=2)
             by = gr.Textbox(
@@ -159,7 +174,8 @@ def build_studies_section(ctx: StudioContext) -> None:
         except (ValueError, FileNotFoundError) as exc:
             return f"⚠ {exc}"
 
-    refresh.click(choices, outputs=study, api_visibility="private")
+    # Opening the section lists the studies launched since the page loaded, as the ↻ button does.
+    gr.on([refresh.click, section.expand], choices, outputs=study, api_visibility="private")
     root = gr.context.Context.root_block
     if root is not None:
         root.load(choices, outputs=study, api_visibility="private")

@@ -1,15 +1,13 @@
 """The jobs table: one job manager row as a table row (progress, speed, best value, settings, resources),
-the filter and the sort, and the table's section of the page (filter, table, selected run, labels, log)."""
+the filter and the sort (the page's grouped view of them: ``studio.views.train.jobs_view``)."""
 
 from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
 from typing import Any
-
-import gradio as gr
 
 from studio.curves import is_finite_number, run_color
 from trainers.metrics.registry import arrow, format_value, metric_info
@@ -38,6 +36,16 @@ JOB_HEADERS = [
 ]
 SORTS: tuple[str, ...] = ("newest", "oldest", "name", "status", "best", "progress")
 NOTE_CHARS = 90
+
+
+# A run id's creation time ("20261207-173748-"): the same few seconds for a whole launch, so the table's run
+# cell and the curves' legends show what tells runs apart (variant and suffix), the whole id in a tooltip.
+_RUN_STAMP = re.compile(r"^\d{8}-\d{6}-")
+
+
+def short_run_id(run_id: str) -> str:
+    """``run_id`` less its creation time: "sar-residual-3fa2"."""
+    return _RUN_STAMP.sub("", run_id)
 
 
 def format_elapsed(seconds: float | None) -> str:
@@ -231,72 +239,3 @@ def job_table(
         raise ValueError(f"filter must be text such as 'tag:sweep status:running', got {query!r}")
     chosen = sort_rows([row for row in rows if row_matches(row, query)], order or "newest")
     return [job_row(row) for row in chosen], [str(row.get("id")) for row in chosen]
-
-
-def _jobs_section() -> SimpleNamespace:
-    """The jobs table with its filter and sort, the selected run with Cancel, its labels and its log."""
-    ui = SimpleNamespace()
-    gr.Markdown("### Jobs")
-    with gr.Row(equal_height=True):
-        ui.filter = gr.Textbox(
-            "",
-            label="Filter",
-            placeholder="words of a name, id or note; tag:sweep; status:running",
-            scale=4,
-            elem_id="train-filter",
-        )
-        # Capitalised labels: a choice named exactly "status" collides with Gradio's own i18n group of that
-        # name (a svelte-i18n warning on every page load).
-        choices = [(s.capitalize(), s) for s in SORTS]
-        ui.sort = gr.Dropdown(choices, value="newest", label="Sort", scale=1, elem_id="train-sort")
-    ui.table = gr.Dataframe(
-        headers=JOB_HEADERS,
-        datatype=["html"] + ["str"] * (len(JOB_HEADERS) - 1),
-        interactive=False,
-        wrap=False,
-        max_height=420,
-        pinned_columns=1,
-        elem_id="train-jobs",
-        label="Click a row to select its run",
-    )
-    with gr.Row(equal_height=True):
-        # Custom values: API clients name runs this page has not listed yet; the handlers check them.
-        ui.selected = gr.Dropdown(
-            choices=[],
-            value=None,
-            label="Selected run",
-            allow_custom_value=True,
-            scale=4,
-            elem_id="train-selected",
-        )
-        with gr.Column(scale=2, min_width=200):
-            with gr.Row():
-                ui.cancel = gr.Button("Cancel run", variant="stop", elem_id="train-cancel", interactive=False)
-                # A failed or cancelled run goes on from its last checkpoint (JobManager.resume).
-                ui.resume = gr.Button("Resume run", elem_id="train-resume", interactive=False)
-            ui.cancel_status = gr.Markdown(label="Cancel status", elem_id="train-cancel-status")
-    with gr.Row(equal_height=True):
-        ui.name = gr.Textbox(
-            "", label="Name", placeholder="e.g. lr sweep 3e-4", scale=2, elem_id="train-name"
-        )
-        ui.tags = gr.Textbox(
-            "",
-            label="Tags",
-            placeholder="e.g. sweep, baseline",
-            scale=2,
-            elem_id="train-tags",
-        )
-        ui.note = gr.Textbox(
-            "", label="Note", placeholder="what this run tries", scale=3, elem_id="train-note"
-        )
-        ui.save_labels = gr.Button("Save labels", scale=1, elem_id="train-save-labels")
-    ui.labels_status = gr.Markdown(label="Labels status", elem_id="train-labels-status")
-    ui.log = gr.Textbox(
-        label="Log (last lines)",
-        lines=8,
-        max_lines=16,
-        autoscroll=True,
-        interactive=False,
-        elem_id="train-log",
-    )
-    return ui

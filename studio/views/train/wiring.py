@@ -12,20 +12,28 @@ from studio.context import StudioContext
 from studio.curves import check_x_axis
 from studio.jobs.policy import client_address
 from studio.views.train.form import _launch_form, launch_runs, plot_selection, preset_summary, queue_note
+from studio.views.train.jobs_view import (
+    DEFAULT_COLUMNS,
+    _jobs_section,
+    _run_details_section,
+    chosen_columns,
+    jobs_view,
+    study_of_key,
+    toggle_hidden,
+)
 from studio.views.train.media import build_media_section
+from studio.views.train.metric_grid import PANEL_SLOTS
 from studio.views.train.panels import (
-    PANEL_COUNT,
     _curves_section,
     check_curve_request,
-    default_panels,
     draw_curves,
+    refresh_panels,
     view_js,
 )
 from studio.views.train.polling import _wire_load, _wire_poll
 from studio.views.train.run_actions import RESUMABLE, cancel_run, log_tail, resume_run, set_run_labels
 from studio.views.train.session import TrainSession, _blank, _rows_by_id, _session, _warn, job_rows
 from studio.views.train.studies import build_studies_section
-from studio.views.train.table import _jobs_section, job_table
 
 # The jobs table scrolls sideways rather than wrap a header (the page-wide TABLE_CSS wraps headers between
 # words, with !important, so this one needs it too).
@@ -38,7 +46,21 @@ CSS = """
 #tab-train .gr-dropdown input, #tab-train [data-testid="dropdown"] input { padding-right: 2.2em; }
 #tab-train .wrap-inner { padding-right: 1.8em; }
 #train-cancel-status p { margin: 0.25em 0; }
+#train-css { display: none; }
+#train-jobs .run-cell {
+  display: inline-block; max-width: 14em; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom;
+}
+#train-jobs .in-study { padding-left: 1.2em; max-width: 13em; }
+#train-jobs .run-hidden { opacity: 0.45; }
+#train-jobs .run-eye { cursor: pointer; }
+#train-jobs .run-eye.off { opacity: 0.6; }
 """
+#: What this browser keeps of the Train tab (localStorage, gr.BrowserState): the jobs table's columns and
+#: whether the launch form is open. The "secret" only obfuscates these preferences (Gradio sends it to the
+#: page); it is fixed so that a restarted studio still reads what a browser kept.
+PREFS_KEY = "autoencoder-studio-train-view"
+PREFS_SECRET = "train-view-preferences"
+DEFAULT_PREFS: dict[str, Any] = {"columns": list(DEFAULT_COLUMNS), "launch_open": True}
 
 
 def _launch_inputs(form: SimpleNamespace, curves: SimpleNamespace, session: gr.State) -> list[Any]:
@@ -60,18 +82,18 @@ def _launched_message(ctx: StudioContext, launched: list[str]) -> str:
 
 
 def _after_launch(ctx: StudioContext):
-    """The handler after a launch: fresh choices for both run pickers; the domain's default panels when the
-    plotted domain changed."""
+    """The handler after a launch: fresh choices for the run pickers (the panels follow the plotted runs'
+    domains by themselves: see ``refresh_panels``)."""
 
-    def after_launch(plotted: list[str], state: TrainSession):
+    def after_launch(state: TrainSession):
         state.run_ids = tuple(_rows_by_id(ctx))
-        domain = next((run.domain for r in plotted or [] if (run := ctx.store.get_run(r))), None)
-        updates = [gr.skip()] * PANEL_COUNT
-        if domain is not None and domain != state.panels_domain:
-            state.panels_domain = domain
-            updates = [gr.update(value=m) for m in default_panels(domain)]
         choices = list(state.run_ids)
-        return gr.update(choices=choices), gr.update(choices=choices), *updates, state
+        return (
+            gr.update(choices=choices),
+            gr.update(choices=choices),
+            gr.update(choices=choices),
+            state,
+        )
 
     return after_launch
 
@@ -98,8 +120,8 @@ def _wire_launch(
     curves: SimpleNamespace,
     session: gr.State,
 ) -> None:
-    """Launch: queue the runs, plot them beside those of their domain, select the first; the panels switch to
-    the domain's metrics when the plotted domain changes."""
+    """Launch: queue the runs, plot them beside those of their domain, select the first; the panels follow
+    the plotted runs (their domains' defaults first)."""
     gr.on(
         [form.variants.change, form.preset.change],
         preset_summary,
@@ -177,10 +199,83 @@ def _wire_launch(
         concurrency_limit=4,
     ).success(
         after_launch,
-        inputs=[curves.runs, session],
-        outputs=[curves.runs, jobs.selected, *curves.metrics, session],
+        inputs=session,
+        outputs=[curves.runs, jobs.selected, jobs.hidden, session],
         api_visibility="private",
     )
+
+
+def _view(ctx: StudioContext, state: TrainSession, query: Any, order: Any) -> dict[str, Any]:
+    """The jobs table as this session shows it now (its columns, folded studies, hidden runs), kept in the
+    session so the poll sends it again only when it changes."""
+    view = jobs_view(
+        job_rows(ctx), query or "", order or "newest", state.columns, state.collapsed, state.hidden
+    )
+    state.table, state.table_ids = view.value, view.keys
+    return view.value
+
+
+def _wire_view(
+    ctx: StudioContext,
+    jobs: SimpleNamespace,
+    session: gr.State,
+    prefs: gr.BrowserState,
+    launch_box: gr.Accordion,
+) -> None:
+    """The column picker and the launch form's fold, kept in this browser; the hidden runs, kept in the
+    page session (the curve panels leave them out: ``draw_curves``, redrawn by ``_wire_curves``)."""
+
+    def set_columns(columns: Any, query: str, order: str, saved: Any, state: TrainSession):
+        state.columns = chosen_columns(columns)
+        saved = {
+            **DEFAULT_PREFS,
+            **(saved if isinstance(saved, dict) else {}),
+            "columns": list(state.columns),
+        }
+        try:
+            return _view(ctx, state, query, order), saved, state
+        except ValueError:  # a bad filter: its own event says so
+            return gr.skip(), saved, state
+
+    jobs.columns.change(
+        set_columns,
+        inputs=[jobs.columns, jobs.filter, jobs.sort, prefs, session],
+        outputs=[jobs.table, prefs, session],
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+    def set_hidden(hidden: Any, query: str, order: str, state: TrainSession):
+        state.hidden = frozenset(_hidden_ids(hidden))
+        try:
+            return _view(ctx, state, query, order), state
+        except ValueError:
+            return gr.skip(), state
+
+    jobs.hidden.change(
+        set_hidden,
+        inputs=[jobs.hidden, jobs.filter, jobs.sort, session],
+        outputs=[jobs.table, session],
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+    def fold(open_: bool):
+        def keep(saved: Any) -> dict[str, Any]:
+            return {**DEFAULT_PREFS, **(saved if isinstance(saved, dict) else {}), "launch_open": open_}
+
+        return keep
+
+    launch_box.expand(fold(True), inputs=prefs, outputs=prefs, api_visibility="private", queue=False)
+    launch_box.collapse(fold(False), inputs=prefs, outputs=prefs, api_visibility="private", queue=False)
+
+
+def _hidden_ids(value: Any) -> list[str]:
+    """The hidden-runs picker's value as run ids (one id, a list of them, or nothing)."""
+    if _blank(value):
+        return []
+    values = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+    return [str(v) for v in values if not _blank(v)]
 
 
 def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> None:
@@ -217,14 +312,6 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
         api_name="set_labels",
         concurrency_limit=4,
     )
-
-    def select_row(state: TrainSession, evt: gr.SelectData):
-        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        if not isinstance(index, int) or not 0 <= index < len(state.table_ids):
-            return gr.skip()
-        return gr.update(value=state.table_ids[index])
-
-    ui.table.select(select_row, inputs=session, outputs=ui.selected, api_visibility="private")
 
     def show_run(run_id: str, state: TrainSession, request: gr.Request):
         try:
@@ -264,14 +351,43 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
 
     gr.api(log_only, api_name="log_tail", concurrency_limit=None)
 
+
+def _wire_table(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> None:
+    """The table's clicks (select a run, fold a study, hide or show curves) and its filter and sort."""
+
+    def select_row(query: str, order: str, state: TrainSession, evt: gr.SelectData):
+        """A click in the table: the eye cell hides or shows the row's curves (a study's: all of them), a
+        study's row folds or unfolds it, a run's row selects the run."""
+        row, col = (evt.index[0], evt.index[1]) if isinstance(evt.index, (list, tuple)) else (evt.index, 1)
+        if not isinstance(row, int) or not 0 <= row < len(state.table_ids):
+            return gr.skip(), gr.skip(), gr.skip(), state
+        key = state.table_ids[row]
+        if col == 0 and key:
+            return gr.skip(), gr.skip(), toggle_hidden(state.hidden, key, job_rows(ctx)), state
+        study = study_of_key(key)
+        if study is not None:
+            state.collapsed ^= {study}
+            try:
+                return gr.skip(), _view(ctx, state, query, order), gr.skip(), state
+            except ValueError as exc:
+                _warn(exc)
+                return gr.skip(), gr.skip(), gr.skip(), state
+        return (gr.update(value=key) if key else gr.skip()), gr.skip(), gr.skip(), state
+
+    ui.table.select(
+        select_row,
+        inputs=[ui.filter, ui.sort, session],
+        outputs=[ui.selected, ui.table, ui.hidden, session],
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
     def refilter(query: str, order: str, state: TrainSession):
         try:
-            table, ids = job_table(job_rows(ctx), query, order)
+            return _view(ctx, state, query, order), state
         except ValueError as exc:
             _warn(exc)
             return gr.skip(), state
-        state.table, state.table_ids = table, ids
-        return table, state
 
     gr.on(
         [ui.filter.submit, ui.filter.blur, ui.sort.change],
@@ -282,24 +398,9 @@ def _wire_jobs(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> No
     )
 
 
-def _panel_handler(ctx: StudioContext, index: int):
-    """The handler of panel ``index``'s own metric picker: redraws that panel only."""
-
-    def one_panel(
-        metric: str, runs: list[str], smoothing: float, log_y: bool, view: str, state: TrainSession
-    ):
-        try:
-            metrics = [None] * index + [metric]
-            plots, _ = draw_curves(ctx, state, metrics, runs, smoothing, log_y, [""] * index + [view], True)
-        except ValueError:
-            return gr.skip(), state
-        return plots[index], state
-
-    return one_panel
-
-
-def _wire_curves(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> None:
-    """Panel 1 answers the `curves` API; any shared setting redraws every panel; a panel's metric itself."""
+def _wire_curves(ctx: StudioContext, ui: SimpleNamespace, session: gr.State, hidden: gr.Dropdown) -> None:
+    """The `curves` API (one metric's panel, for API clients); any shared setting, the metric search or the
+    hidden runs redraw the grid of panels."""
 
     def curves(metric: str, runs: list[str], smoothing: float, log_y: bool, view: str, state: TrainSession):
         try:
@@ -309,59 +410,72 @@ def _wire_curves(ctx: StudioContext, ui: SimpleNamespace, session: gr.State) -> 
             return gr.skip(), _warn(exc), state
         return plots[0], caption, state
 
-    ui.metrics[0].change(
+    ui.api_metric.change(
         curves,
-        inputs=[ui.metrics[0], ui.runs, ui.smoothing, ui.log_y, ui.views[0], session],
+        inputs=[ui.api_metric, ui.runs, ui.smoothing, ui.log_y, ui.views[0], session],
         outputs=[ui.plots[0], ui.caption, session],
-        js=view_js({4: 0}),
         api_name="curves",
         concurrency_limit=8,
     )
-    for index in range(1, PANEL_COUNT):
-        ui.metrics[index].change(
-            _panel_handler(ctx, index),
-            inputs=[ui.metrics[index], ui.runs, ui.smoothing, ui.log_y, ui.views[index], session],
-            outputs=[ui.plots[index], session],
-            js=view_js({4: index}),
-            api_visibility="private",
-        )
 
-    n = PANEL_COUNT
+    n = PANEL_SLOTS
 
-    def redraw(runs, smoothing, log_y, x_axis, n_panels, *rest):
-        *values, state = rest
-        metrics, views = values[:n], values[n:]
+    def redraw(runs, smoothing, log_y, x_axis, n_panels, search, *rest):
+        *views, state, hidden_runs = rest
+        state.hidden = frozenset(_hidden_ids(hidden_runs))  # the jobs table's set_hidden does it too
         try:
             state.x_axis = check_x_axis(x_axis)
-            shown = [m if i < int(n_panels or n) else None for i, m in enumerate(metrics)]
-            plots, caption = draw_curves(ctx, state, shown, runs, smoothing, log_y, views, force=True)
+            out = refresh_panels(ctx, state, runs, search, n_panels, smoothing, log_y, views, force=True)
         except ValueError as exc:
-            return *[gr.skip()] * n, _warn(exc), *[gr.skip()] * n, state
-        visible = [gr.update(visible=i < int(n_panels or n)) for i in range(n)]
-        return *plots, caption, *visible, state
+            return *[gr.skip()] * (2 * n), _warn(exc), gr.skip(), state
+        return *out.plots, *out.columns, out.caption, out.note, state
 
     gr.on(
-        [ui.runs.change, ui.smoothing.release, ui.log_y.change, ui.x_axis.change, ui.n_panels.change],
+        [
+            *(ui.runs.change, ui.smoothing.release, ui.log_y.change, ui.x_axis.change, ui.n_panels.change),
+            *(ui.search.submit, ui.search.blur, hidden.change),
+        ],
         redraw,
-        inputs=[ui.runs, ui.smoothing, ui.log_y, ui.x_axis, ui.n_panels, *ui.metrics, *ui.views, session],
-        outputs=[*ui.plots, ui.caption, *ui.columns, session],
-        js=view_js({5 + n + i: i for i in range(n)}),
+        inputs=[
+            ui.runs,
+            ui.smoothing,
+            ui.log_y,
+            ui.x_axis,
+            ui.n_panels,
+            ui.search,
+            *ui.views,
+            session,
+            hidden,
+        ],
+        outputs=[*ui.plots, *ui.columns, ui.caption, ui.note, session],
+        js=view_js({6 + i: i for i in range(n)}),
         api_visibility="private",
         concurrency_limit=8,
+        trigger_mode="always_last",
     )
 
 
 def build_tab(ctx: StudioContext) -> None:
-    """The Train tab's components and events (call inside ``with gr.Tab("Train"):``)."""
+    """The Train tab's components and events (call inside ``with gr.Tab("Train"):``): the launch form
+    (foldable), then the dashboard: the jobs table in a column at the left, the curve panels beside it, so
+    a run's row and its curves are on screen together; the studies and media sections under them."""
     gr.HTML(f"<style>{CSS}</style>", js_on_load=None, elem_id="train-css")
-    form = _launch_form(ctx)
-    jobs = _jobs_section()
-    curves = _curves_section()
+    prefs = gr.BrowserState(DEFAULT_PREFS, storage_key=PREFS_KEY, secret=PREFS_SECRET)
+    with gr.Accordion("Launch runs", open=True, elem_id="train-launch-box") as launch_box:
+        form = _launch_form(ctx)
+    with gr.Row(equal_height=False, elem_id="train-dashboard"):
+        with gr.Column(scale=9, min_width=380, elem_id="train-runs-column"):
+            jobs = _jobs_section()
+        with gr.Column(scale=11, min_width=480, elem_id="train-panels-column"):
+            curves = _curves_section()
+    _run_details_section(jobs)
     session = gr.State(TrainSession())
     _wire_launch(ctx, form, jobs, curves, session)
     _wire_jobs(ctx, jobs, session)
-    _wire_curves(ctx, curves, session)
+    _wire_table(ctx, jobs, session)
+    _wire_view(ctx, jobs, session, prefs, launch_box)
+    _wire_curves(ctx, curves, session, jobs.hidden)
     _wire_poll(ctx, jobs, curves, session)
-    _wire_load(ctx, jobs, curves, session)
+    _wire_load(ctx, jobs, curves, session, prefs, launch_box)
     build_studies_section(ctx)
     build_media_section(ctx)
