@@ -496,9 +496,19 @@ def test_useless_audio_and_fragment_models_are_flagged(ckpts, audio_folder, frag
         corrupted, clean, _ = dataset[i]
         key = np.rint(corrupted[0].numpy() * 255).astype(np.uint8).tobytes()
         clean_of[key] = torch.from_numpy(np.rint(clean[0].numpy() * 255).astype(np.int64))
+    from models.fragments import FragmentAutoencoder
+
+    whole = load_pretrained(ckpts["frag"])
+    # A zeroed whole-fragment regressor (the first design) writes sigmoid(0) = byte 128 whatever it reads; a
+    # zeroed gated correction keeps its gate at 0.5 (closed) and passes its input through.
+    constant = FragmentAutoencoder(channels=whole.channels, correction=False).eval()
+    with torch.no_grad():
+        for p in constant.parameters():
+            p.zero_()
     models = _sources(
         ckpts["frag"],
-        zeroed=_zeroed(ckpts["frag"]),
+        zeroed=constant,
+        gated_zeroed=_zeroed(ckpts["frag"]),
         identity=_FragmentRepair(lambda b: torch.from_numpy(b.astype(np.int64))),
         oracle=_FragmentRepair(lambda b: clean_of[b.tobytes()]),
     )
@@ -507,7 +517,8 @@ def test_useless_audio_and_fragment_models_are_flagged(ckpts, audio_folder, frag
     base = result["trivial_baseline"]["metrics"]["accuracy"]
     assert base == pytest.approx(rows["identity (corrupted input unchanged)"]["metrics"]["accuracy"]["mean"])
     assert rows["oracle"]["metrics"]["accuracy"]["mean"] == 1.0 > base and rows["oracle"]["flags"] == []
-    for name in ("zeroed", "identity"):
+    assert rows["gated_zeroed"]["metrics"]["accuracy"]["mean"] == pytest.approx(base)
+    for name in ("zeroed", "identity", "gated_zeroed"):
         acc = rows[name]["metrics"]["accuracy"]["mean"]
         assert acc <= base
         assert rows[name]["flags"][-1].startswith(
@@ -515,10 +526,10 @@ def test_useless_audio_and_fragment_models_are_flagged(ckpts, audio_folder, frag
         )
     # The zeroed net writes the same bytes whatever it reads: its byte distribution does not move.
     assert rows["zeroed"]["flags"][0].startswith("constant output: its byte distribution varies")
-    assert len(rows["identity"]["flags"]) == 1
+    assert len(rows["identity"]["flags"]) == 1 and len(rows["gated_zeroed"]["flags"]) == 1
     assert rows["identity (corrupted input unchanged)"]["flags"] == []  # a baseline row is not judged
     _, table = leaderboard(result)
-    assert [r[-1] for r in table][-1] == "–" and table[2][-1] == "none"
+    assert [r[-1] for r in table][-1] == "–" and table[3][-1] == "none"  # the oracle
 
 
 # ------------------------------------------------------------------------------------------------- errors
