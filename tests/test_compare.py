@@ -642,5 +642,6 @@ def test_compare_tab_wiring_has_a_named_api_endpoint(ctx):
         refresh, components = view.build_tab(ctx)
     api = {fn.api_name for fn in demo.fns.values()}
     assert {"compare", "compare_checkpoints"} <= api
-    _, update = refresh("fragments", None)
+    _, update, studies = refresh("fragments", None, None)
     assert [label for label, _ in update["choices"]][0].startswith("run-frag")
+    assert studies["choices"] == [] and studies["value"] is None, "no study in this store"
