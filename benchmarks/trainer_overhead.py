@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.common import Figure, build_run, median, sized_config, train_loader
 from trainers.runs.store import RunStore
+from trainers.training.fastpath import FastPath
 from trainers.training.loop import TrainStep
 
 _clock = time.perf_counter
@@ -62,7 +63,10 @@ class _BareLoop:
                 f"{cfg.variant}: one epoch has {batches} batches of {cfg.batch_size}, fewer than the "
                 f"{cfg.max_steps} timed steps; use fewer steps or a smaller batch"
             )
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # The loop's own Adam kernel on this device (fused on the CPU too), so the losses match exactly.
+        device = torch.device(cfg.device)
+        fast = FastPath.resolve(device, self.task.domain, cfg.precision, variant=cfg.variant)
+        self.optimizer = fast.optimizer(self.model.parameters(), cfg.lr, cfg.weight_decay)
         self.step = TrainStep(self.task, self.model, self.optimizer, cfg.grad_clip)  # the loop's own step
         self.batches = iter(train_loader(cfg, data.train))
         self.model.train()

@@ -116,7 +116,8 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     expect(page.locator("#train-jobs")).to_contain_text(row, timeout=JOB_TIMEOUT_MS)
     assert page.locator("#train-log textarea").input_value().strip(), "the log of the selected run is empty"
     page.wait_for_function(PLOTTED_POINTS, arg=[run_id, 2], timeout=30_000)  # both epochs' points drawn
-    assert page.locator("#train-plot-0 .legendtext", has_text=run_id).count() == 1
+    # The legend names an unnamed run by its id less the creation time.
+    assert page.locator("#train-plot-0 .legendtext", has_text=short_id).count() == 1
     # Several panels at once: the fragments defaults, each with the run's curve in the run's one colour.
     for index, metric in enumerate(("train/loss", "val/loss", "val/accuracy_corrupted")):
         page.wait_for_function(PANEL_POINTS, arg=[index, run_id, metric], timeout=30_000)
