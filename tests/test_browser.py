@@ -55,7 +55,8 @@ WRAPPED_CELLS = """() => {
         tops.sort((a, b) => a - b);
         return 1 + tops.filter((top, i) => i > 0 && top - tops[i - 1] > 8).length;
     };
-    const cells = Array.from(document.querySelectorAll('#train-jobs td, #train-jobs th'));
+    const cells = Array.from(document.querySelectorAll(
+        '#train-jobs td, #train-jobs th, #train-jobs [role=gridcell], #train-jobs [role=columnheader]'));
     return cells.filter(cell => lines(cell) > 1).map(cell => cell.innerText);
 }"""
 
@@ -136,7 +137,8 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     expect(page.locator("#train-cancel")).to_be_disabled()  # the run has ended
     page.locator("#train-filter textarea, #train-filter input").first.fill("tag:browser")
     page.locator("#train-filter textarea, #train-filter input").first.press("Enter")
-    expect(page.locator("#train-jobs tbody tr")).to_have_count(1, timeout=15_000)
+    # Gradio's virtual table draws its rows as divs (`tbody tr` is only its sizing row).
+    expect(page.locator("#train-jobs .virtual-body [role=row]")).to_have_count(1, timeout=15_000)
     expect(page.locator("#train-plot-0 .legendtext", has_text="two epochs")).to_have_count(1, timeout=15_000)
     for width in (800, 1400):  # the jobs table: no value broken over two lines, at either width
         page.set_viewport_size({"width": width, "height": 1000})
