@@ -39,6 +39,9 @@ def test_nan_cells_are_left_out_and_all_nan_is_nan():
     values = np.array([[1.0, np.nan, 3.0], [1.0, 2.0, 3.0]])
     assert crossed_bootstrap(values)[0] == pytest.approx(2.0)
     assert all(np.isnan(crossed_bootstrap(np.full((2, 2), np.nan))))
+    # A difference undefined everywhere has no p-value, not the smallest one a permutation can give.
+    nan_pair = paired_difference(np.full((2, 3), np.nan), np.ones((2, 3)))
+    assert np.isnan(nan_pair["diff"]) and np.isnan(nan_pair["p"]) and all(np.isnan(nan_pair["ci95"]))
     with pytest.raises(ValueError, match="seeds × units"):
         crossed_bootstrap(np.ones(3))
 
