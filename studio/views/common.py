@@ -38,6 +38,7 @@ TABLE_CSS = """
 .gradio-container table td span { white-space: nowrap !important; }
 .gradio-container table th span { white-space: normal !important; }
 #sar-metrics td:last-child span { white-space: normal !important; max-width: 22em; display: inline-block; }
+#compare-study-result td:first-child, #train-study-result td:first-child { white-space: nowrap; }
 """
 
 
