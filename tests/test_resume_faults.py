@@ -32,6 +32,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fragment_folder(tmp_path_factory.mktemp("fragments"))
 
 
+def _where(point: str) -> str:
+    """The kill point's arrival in epoch 2 (train rows come twice an epoch: the third is epoch 2's first)."""
+    return f"{point}:{3 if point == 'train-row' else 2}"
+
+
 @pytest.fixture(scope="module")
 def killed(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Outcome, Path]]:
     """Every kill point's injection and resume, three at a time (each trainer is its own one-thread process,
@@ -41,8 +46,7 @@ def killed(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
 
     def one(point: str) -> tuple[str, tuple[Outcome, Path]]:
         base = tmp_path_factory.mktemp(point)
-        where = f"{point}:{3 if point == 'train-row' else 2}"
-        return point, (inject(Injection("kill", where), base, data), base)
+        return point, (inject(Injection("kill", _where(point)), base, data), base)
 
     with ThreadPoolExecutor(3) as pool:
         return dict(pool.map(one, KILL_POINTS))
@@ -54,8 +58,7 @@ def test_a_kill_at_each_point_then_resume_leaves_each_row_once(
     point: str, killed: dict[str, tuple[Outcome, Path]]
 ) -> None:
     outcome, tmp_path = killed[point]
-    where = f"{point}:{3 if point == 'train-row' else 2}"
-    assert outcome.struck, f"the trainer was never killed at {where}"
+    assert outcome.struck, f"the trainer was never killed at {_where(point)}"
     assert outcome.restarts == 0 and outcome.attempts == 2
     assert outcome.status == "completed", outcome.problems
     assert (outcome.duplicates, outcome.lost) == (0, 0), outcome.problems
