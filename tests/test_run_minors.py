@@ -1,7 +1,8 @@
 """Issue 19's minor findings about runs, each replayed: a SIGKILLed CLI run no longer stays `running` in
 `trainers runs`; a damaged, a read-only and a full runs folder each get one clear sentence (CLI and app
 start) instead of a traceback; an exploding learning rate ends `diverged`; the train and validation rows of
-one step carry one epoch number; CSV/JSONL export never imports torch."""
+one step carry one epoch number; CSV/JSONL export never imports torch; a killed run resumes through the
+studio's /resume endpoint (the Train tab's Resume run button)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,37 @@ def test_a_run_killed_after_its_first_checkpoint_is_told_how_to_resume(tmp_path,
     [row] = _runs_json(runs)
     assert row["status"] == "failed"
     assert f"`python -m trainers train fragment-dae --resume {row['id']}` continues it" in row["reason"]
+
+
+def test_a_killed_run_resumes_through_the_studio_api_from_its_checkpoint(studio, client, data) -> None:
+    """Resume after a death from the studio, not only `JobManager.resume()`: the Train tab's Resume run button
+    is the `/resume` endpoint. A trainer SIGKILLed in epoch 2 (its `last` is epoch 1's) ends `failed`; the
+    API queues it again and it completes from that checkpoint's step, each step's row once."""
+    before = {row["id"] for row in _runs_json(studio.runs_dir)}
+    done = _cli(*_train_args(studio.runs_dir, data), env={KILL_ENV: "train-row:3"})
+    assert done.returncode == -signal.SIGKILL
+    [row] = [row for row in _runs_json(studio.runs_dir) if row["id"] not in before]
+    run_id = row["id"]
+    assert row["status"] == "failed"  # the listing saw its trainer gone
+    with RunStore(studio.runs_dir) as store:
+        checkpoint_step = store.get_run(run_id).step
+    answer = client.predict(run_id, api_name="/resume")
+    assert answer == f"Queued {run_id} to resume from its last checkpoint (step {checkpoint_step}).", answer
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        with RunStore(studio.runs_dir) as store:
+            run = store.get_run(run_id)
+        if run.status not in ("queued", "running"):
+            break
+        time.sleep(0.5)
+    assert run.status == "completed", (run.status, run.reason)
+    with RunStore(studio.runs_dir) as store:
+        steps = [step for step, _ in store.metric_series(run_id, "train/loss")]
+        resumed = store.get_run(run_id)
+    assert len(steps) == len(set(steps)) and steps == sorted(steps)
+    assert checkpoint_step == 7 and resumed.step == 14 and resumed.epoch == 2
+    again = client.predict(run_id, api_name="/resume")  # a completed run: one sentence, nothing queued
+    assert "is completed; only a failed or cancelled run can be resumed" in again, again
 
 
 def _damaged_store(folder: Path) -> Path:
