@@ -313,7 +313,11 @@ LEGEND_ON_X_TITLE = """(sel) => {
 def test_plots_and_tables_are_readable_at_three_widths(studio, page, artifacts, failure_screenshot):
     """With the shipped references only (issue 19, item 8): Audio and Fragments open on a reference, SAR
     panel titles neither overlap nor leave the figure, its table keeps every number on one line, and the
-    Compare plot has a legend entry per model, no text on the points and an axis fitted to the models."""
+    Compare plot has a legend entry per model, no text on the points and an axis fitted to the models. No
+    plot or page load leaves a console warning (issue 19 saw svelte-i18n's "status", "Method not
+    implemented." and plotly's 'ignored yaxis.matches' on every render)."""
+    warnings: list[str] = []
+    page.on("console", lambda msg: msg.type in ("warning", "trace") and warnings.append(msg.text))
     page.goto(studio.url)
     for name, label, reference in (
         ("Audio", "Audio VAE checkpoint", "reference · audio-vae"),
@@ -323,6 +327,11 @@ def test_plots_and_tables_are_readable_at_three_widths(studio, page, artifacts, 
         expect(page.locator(f"#tab-{name.lower()}").get_by_label(label)).to_have_value(
             re.compile(re.escape(reference)), timeout=15_000
         )
+
+    audio = page.locator("#tab-audio")
+    page.get_by_role("tab", name="Audio").click()
+    audio.get_by_role("button", name="Reconstruct", exact=True).click()  # spectrograms of the reference
+    audio.locator(".plotly .heatmaplayer image").first.wait_for(timeout=120_000)
 
     page.get_by_role("tab", name="SAR").click()
     sar = page.locator("#tab-sar")
@@ -360,3 +369,7 @@ def test_plots_and_tables_are_readable_at_three_widths(studio, page, artifacts, 
         page.wait_for_timeout(2000)
         assert not page.evaluate(LEGEND_ON_X_TITLE, "#tab-compare"), width
         page.screenshot(path=str(artifacts / f"compare-{width}.png"), full_page=True, timeout=120_000)
+    page.reload()
+    page.locator("#tab-train").wait_for()
+    page.wait_for_timeout(3000)
+    assert warnings == [] and page.console_errors == [], (warnings, page.console_errors)

@@ -538,3 +538,18 @@ def test_every_window_subplots_use_the_colours_of_their_legend():
     assert not fig.layout.annotations  # no subplot title in the legend's row: the y axes name the metrics
     assert fig.layout.yaxis.title.text.startswith("SC") and fig.layout.yaxis2.title.text.startswith("LSD")
     assert [t.y[1] for t in fig.data] == [None] * len(fig.data)  # a silent window is a gap
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_spectrogram_axes_stay_linked_and_none_matches_itself(channels):
+    """Every panel zooms together, but through the first axes: an axis that matches itself (the first one,
+    from update_yaxes(matches="y")) made plotly print 'ignored yaxis.matches: "y" to avoid an infinite
+    loop' in the browser console on every render (issue 19's console findings)."""
+    feats = np.random.default_rng(0).random((channels, 16, 12)).astype(np.float32)
+    fig = view.spectrogram_figure([("input", feats), ("reconstruction", feats)], AudioFeatureConfig())
+    axes = {name: fig.layout[name] for name in fig.layout if name.startswith(("xaxis", "yaxis"))}
+    assert len(axes) == 4 * channels
+    for name, axis in axes.items():
+        own = name[0] + name[5:]  # "yaxis3" -> "y3", "xaxis" -> "x"
+        assert axis.matches != own, name
+        assert axis.matches == (None if own in ("x", "y") else own[0]), name  # linked to the first axes

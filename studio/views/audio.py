@@ -342,9 +342,14 @@ def spectrogram_figure(
             "colorbar": {**bar, "y": 0.25, "title": "IF/π"},
         }
     fig.update_layout(**layout)
-    fig.update_xaxes(matches="x", title_text="time (s)", row=rows)
+    fig.update_xaxes(matches="x")  # every panel, both rows (the IF row zooms with the magnitudes)
+    fig.update_xaxes(title_text="time (s)", row=rows)
     fig.update_yaxes(matches="y", showticklabels=False)
     fig.update_yaxes(showticklabels=True, title_text="mel band", col=1)
+    # The first axes anchor the others: an axis matching itself is ignored by plotly with a console
+    # warning ('ignored yaxis.matches: "y" to avoid an infinite loop') on every render.
+    fig.layout.xaxis.matches = None
+    fig.layout.yaxis.matches = None
     return fig
 
 
