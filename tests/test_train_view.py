@@ -693,6 +693,25 @@ def test_the_metric_search_fills_the_grid_with_what_matches(ctx):
         refresh_panels(ctx, state, [run], "", 13, 0.0, False, views, force=True)
 
 
+def test_panels_follow_the_plotted_runs_to_another_domain(ctx):
+    """Issue 19: the panels kept a SAR metric (val/psnr) after the plotted runs changed to fragment runs. The
+    same session, once with a SAR run plotted and then with a fragment run only: no SAR panel stays."""
+    sar = ctx.store.create_run("sar-baseline", "sar", make_config("sar-baseline", "smoke").to_dict())
+    frag = ctx.store.create_run("fragment-dae", "fragments", make_config("fragment-dae", "smoke").to_dict())
+    for run in (sar, frag):
+        _log_losses(ctx.store, run, range(3))
+    ctx.store.log_metrics(sar, 3, 1, "val", {"psnr": 20.0, "ssim": 0.5})
+    ctx.store.log_metrics(frag, 3, 1, "val", {"accuracy": 0.9, "loss": 0.3})
+    state, views = TrainSession(), [""] * PANEL_SLOTS
+    before = refresh_panels(ctx, state, [sar], "", 12, 0.0, False, views, force=True)
+    assert "val/psnr" in before.plan.metrics
+    after = refresh_panels(ctx, state, [frag], "", 12, 0.0, False, views, force=False)
+    assert after.plan.metrics[:2] == ("train/loss", "val/loss") and "val/accuracy" in after.plan.metrics
+    assert not [m for m in after.plan.metrics if m in ("val/psnr", "val/ssim", "val/epi")], after.plan.metrics
+    shown = [_panel(p)["layout"]["yaxis"]["title"]["text"] for p in after.plots if p != gr.skip()]
+    assert not [t for t in shown if "psnr" in t or "ssim" in t], shown
+
+
 def test_each_epoch_writes_one_log_line_with_loss_metrics_and_time(tmp_path, caplog):
     import logging
 
