@@ -1,8 +1,8 @@
 """Issue 19's minor findings about runs, each replayed: a SIGKILLed CLI run no longer stays `running` in
 `trainers runs`; a damaged, a read-only and a full runs folder each get one clear sentence (CLI and app
-start) instead of a traceback; an exploding learning rate ends `diverged`; the train and validation rows of
-one step carry one epoch number; CSV/JSONL export never imports torch; a killed run resumes through the
-studio's /resume endpoint (the Train tab's Resume run button)."""
+start) instead of a traceback; an exploding learning rate (lr=1e9 itself) ends `diverged`; the train and
+validation rows of one step carry one epoch number; CSV/JSONL export never imports torch; a killed run
+resumes through the studio's /resume endpoint (the Train tab's Resume run button)."""
 
 from __future__ import annotations
 
@@ -231,6 +231,22 @@ def test_weights_that_blow_up_after_a_finite_loss_end_diverged_not_failed(tmp_pa
     assert result.status == "diverged" and run.status == "diverged"
     assert run.reason.startswith("weights became non-finite") and "at step 7 (epoch 1)" in run.reason
     assert not [r for r in rows if r.split == "val"]  # no validation row of NaN weights
+
+
+def test_a_learning_rate_of_1e9_ends_diverged_not_failed_nor_completed(tmp_path, data) -> None:
+    """The reproduction itself: fragment-dae at lr=1e9 ended `failed` ("repaired: byte values must lie in
+    0..255"); with its gated, bounded output the loss stays finite, so it then ended `completed` with a
+    collapsed model. Adam's ~1e9 steps put the weights far past any trained net's: `diverged`, before
+    validation."""
+    with RunStore(tmp_path) as store:
+        result = train(_tiny(data, lr=1e9), store)
+        run = store.get_run(result.run_id)
+        rows, _ = store.metrics_after(0)
+    assert (result.status, run.status) == ("diverged", "diverged"), run.reason
+    assert run.reason.startswith("weights exploded (|") and run.reason.endswith(
+        "at step 7 (epoch 1); try a lower learning rate"
+    )
+    assert not [r for r in rows if r.split == "val"]
 
 
 def test_train_and_validation_rows_of_one_step_carry_one_epoch(tmp_path, data) -> None:

@@ -50,11 +50,16 @@ log = logging.getLogger(__name__)
 
 # A `last` checkpoint is also written mid-epoch this often, so a killed long epoch loses little work.
 CHECKPOINT_EVERY_S = 300.0
+# A trained weight this large means the updates ran away (lr=1e9 put Adam's steps at ~1e9): no healthy net
+# of these variants comes near it (the references' largest weight is 4.0; BatchNorm's running
+# variances, buffers and not weights, reach ~7e3), yet the outputs may stay finite behind bounded heads, so
+# a non-finite check alone let such a run end `completed` with a collapsed model.
+WEIGHT_LIMIT = 1e6
 PHASES_NAME = "phases.json"
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss or the weights became NaN or infinite, or the weights ran away (WEIGHT_LIMIT)."""
 
 
 @dataclass
@@ -541,16 +546,22 @@ class Trainer:
         return ("completed", reason) if reason else None
 
     def check_weights(self) -> None:
-        """Diverged when a weight is no longer finite: the last steps' updates can overflow after their loss
-        was read back finite, and the validation, its media and its metrics would then fail in their own
-        ways (e.g. a repaired byte that is NaN)."""
+        """Diverged when a weight is no longer finite, or beyond WEIGHT_LIMIT: the last steps' updates can
+        overflow after their loss was read back finite, and the validation, its media and its metrics would
+        then fail in their own ways (e.g. a repaired byte that is NaN)."""
+        when = f"at step {self.state.step} (epoch {self.state.epoch}); try a lower learning rate"
         with torch.no_grad():
             bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad:
-            raise Diverged(
-                f"weights became non-finite ({bad[0]}{' and others' if len(bad) > 1 else ''}) "
-                f"at step {self.state.step} (epoch {self.state.epoch}); try a lower learning rate"
+            if bad:
+                raise Diverged(
+                    f"weights became non-finite ({bad[0]}{' and others' if len(bad) > 1 else ''}) {when}"
+                )
+            largest = max(
+                ((float(p.abs().max()), name) for name, p in self.model.named_parameters() if p.numel()),
+                default=(0.0, ""),
             )
+        if largest[0] > WEIGHT_LIMIT:
+            raise Diverged(f"weights exploded (|{largest[1]}| reached {largest[0]:.3g}) {when}")
 
     def train_epoch(self, epoch: int) -> None:
         """One pass over the training batches; it ends early at max_steps or a cancel (the flag stays set)."""
