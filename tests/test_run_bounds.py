@@ -37,11 +37,31 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"kl_weight": 1e300}, r"kl_weight must be at most 1e\+06"),
         ({"model": {"widths": [8, 10**20]}}, "model setting 'widths' must hold numbers from 0 to 65536"),
         ({"model": {"dropout": math.inf}}, "model setting 'dropout' must hold numbers from 0 to 65536"),
+        # The data spec's numbers too: audio:n=1e23 reached the data set ("OverflowError: cannot fit 'int'
+        # into an index-sized integer", a failed run with a traceback).
+        ({"data": "fragments:n=100000000000000000000000"}, "'n' .*an integer >= 1 and <= 1000000000"),
+        ({"data": "fragments:python,max_files=10000000000"}, "'max_files' .*and <= 1000000000"),
+        ({"data": "fragments:seed=4294967296"}, "'seed' .*expected an integer >= 0 and <= 4294967295"),
+        ({"data": "fragments:val=10000000000"}, "'val' .*a count >= 1 and <= 1000000000"),
     ],
 )
 def test_every_numeric_setting_is_bounded(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         validate_run("fragment-dae", "smoke", **settings)
+
+
+@pytest.mark.parametrize(
+    ("variant", "data", "key"),
+    [
+        ("audio-vae", "audio:n=100000000000000000000000", "n"),
+        ("sar-baseline", "sar:size=1048576", "size"),
+        ("sar-baseline", "sar:looks=1e300", "looks"),
+        ("sar-baseline", "sar:folder=/x,band=70000", "band"),
+    ],
+)
+def test_data_spec_numbers_of_every_domain_are_bounded(variant: str, data: str, key: str) -> None:
+    with pytest.raises(ValueError, match=f"invalid value .* for data key '{key}'.*(<=|at most) "):
+        validate_run(variant, "smoke", data=data)
 
 
 def test_the_bounds_themselves_are_accepted() -> None:

@@ -22,16 +22,16 @@ starts or ends with a space, is written in double quotes with ``\\"`` and ``\\\\
 
 | key | type | meaning |
 |---|---|---|
-| n | int >= 1 | synthetic: how many examples to make; folder/python: use at most this many |
-| val | float in (0, 1) or int >= 1 | validation share: a fraction ("0.1") or a count ("200") |
-| seed | int >= 0 | seed of generation, shuffling, the train/val split and the corruption noise |
-| size | int >= 32, multiple of 16 | SAR patch size in pixels (larger images are cut into patches) |
-| looks | float >= 1 | looks L of the simulated Gamma(L, 1/L) speckle (default: drawn from 1-4 per scene) |
+| n | int in [1, 10⁹] | synthetic: how many examples to make; folder/python: use at most this many |
+| val | float in (0, 1) or int in [1, 10⁹] | validation share: a fraction ("0.1") or a count ("200") |
+| seed | int in [0, 2³²−1] | seed of generation, shuffling, the train/val split and the corruption noise |
+| size | int in [32, 65536], multiple of 16 | SAR patch size in pixels (larger images are cut into patches) |
+| looks | float in [1, 10⁶] | looks L of the simulated Gamma(L, 1/L) speckle (default: 1-4 drawn per scene) |
 | scene | mixed, single-look | SAR synthetic: mixed scenes with L 1-4 (default), or single-look statistics |
 | kind | auto, intensity, amplitude, db, complex | what the SAR files hold (auto: see README, SAR input) |
-| band | int >= 0 | SAR: band of multi-band files (0 = first) |
+| band | int in [0, 65535] | SAR: band of multi-band files (0 = first) |
 | folder | path | folder to read with its subfolders: .npy/.tif/.png, .wav/.flac/.ogg, any files |
-| max_files | int >= 1 | fragments: read at most this many files |
+| max_files | int in [1, 10⁹] | fragments: read at most this many files |
 | ber | float in [0, 1] | fragments: bit error rate of random bit flips |
 | sub | float in [0, 1] | fragments: rate of random byte substitutions |
 | erasure | float in [0, 1] | fragments: rate of zeroed runs (erasures) |
@@ -100,10 +100,17 @@ def _float(value: Any) -> float:
     return number
 
 
-def _ranged_int(low: int, multiple: int = 1) -> Callable[[Any], int]:
+# The highest count (examples, files, a validation count) a spec may ask for: far beyond any data set here,
+# and a size every reader holds (audio:n=1e23 reached the data set as "OverflowError: cannot fit 'int' into
+# an index-sized integer"). Seeds stop where numpy's and torch's do.
+COUNT_MAX = 10**9
+SEED_MAX = 2**32 - 1
+
+
+def _ranged_int(low: int, multiple: int = 1, high: int = COUNT_MAX) -> Callable[[Any], int]:
     def convert(value: Any) -> int:
         number = _int(value)
-        if number < low or number % multiple:
+        if not low <= number <= high or number % multiple:
             raise ValueError("out of range")
         return number
 
@@ -128,7 +135,7 @@ def _val(value: Any) -> int | float:
     integral_float = isinstance(value, float) and value.is_integer() and value >= 1.0
     if isinstance(value, int) or integral_float or (isinstance(value, str) and value.strip().isdigit()):
         count = _int(value)
-        if count < 1:
+        if not 1 <= count <= COUNT_MAX:
             raise ValueError("out of range")
         return count
     fraction = _float(value)
@@ -157,22 +164,36 @@ def _path(value: Any) -> str:
 _RATE_TYPE, _RATE = "a number in [0, 1]", _ranged_float(0.0, 1.0)
 OPTIONS: dict[str, OptionSpec] = {
     "folder": OptionSpec("a folder path", _path, "the folder to read"),
-    "n": OptionSpec("an integer >= 1", _ranged_int(1), "examples to generate / at most this many"),
-    "size": OptionSpec("an integer >= 32 and a multiple of 16", _ranged_int(32, 16), "SAR patch size"),
-    "looks": OptionSpec("a number >= 1", _ranged_float(1.0), "looks of the simulated speckle"),
+    "n": OptionSpec(
+        f"an integer >= 1 and <= {COUNT_MAX}", _ranged_int(1), "examples to generate / at most this many"
+    ),
+    "size": OptionSpec(
+        "an integer >= 32 and a multiple of 16, at most 65536", _ranged_int(32, 16, 65_536), "SAR patch size"
+    ),
+    "looks": OptionSpec(
+        "a number >= 1 and <= 1000000", _ranged_float(1.0, 1e6), "looks of the simulated speckle"
+    ),
     "scene": OptionSpec(
         " or ".join(SCENES), _choice(SCENES), "simulated scenes: mixed (L 1-4) or single-look (ENL ~ 1)"
     ),
     "kind": OptionSpec(" or ".join(SAR_KINDS), _choice(SAR_KINDS), "what the SAR files hold"),
-    "band": OptionSpec("an integer >= 0", _ranged_int(0), "band of multi-band SAR files (0 = first)"),
-    "max_files": OptionSpec("an integer >= 1", _ranged_int(1), "read at most this many files"),
+    "band": OptionSpec(
+        "an integer >= 0 and <= 65535",
+        _ranged_int(0, high=65_535),
+        "band of multi-band SAR files (0 = first)",
+    ),
+    "max_files": OptionSpec(
+        f"an integer >= 1 and <= {COUNT_MAX}", _ranged_int(1), "read at most this many files"
+    ),
     "ber": OptionSpec(_RATE_TYPE, _RATE, "bit error rate of random bit flips"),
     "sub": OptionSpec(_RATE_TYPE, _RATE, "rate of random byte substitutions"),
     "erasure": OptionSpec(_RATE_TYPE, _RATE, "rate of zeroed runs"),
     "burst": OptionSpec(_RATE_TYPE, _RATE, "rate of Gilbert-Elliott error bursts"),
-    "seed": OptionSpec("an integer >= 0", _ranged_int(0), "random seed"),
+    "seed": OptionSpec(f"an integer >= 0 and <= {SEED_MAX}", _ranged_int(0, high=SEED_MAX), "random seed"),
     "hop": OptionSpec("seconds in [0.01, 60]", _ranged_float(0.01, 60.0), "seconds between audio windows"),
-    "val": OptionSpec("a fraction in (0, 1) or a count >= 1", _val, "validation fraction or count"),
+    "val": OptionSpec(
+        f"a fraction in (0, 1) or a count >= 1 and <= {COUNT_MAX}", _val, "validation fraction or count"
+    ),
 }
 
 _NOISE = ("ber", "sub", "erasure", "burst")
