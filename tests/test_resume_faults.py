@@ -101,10 +101,11 @@ def test_the_campaign_runs_a_handful_of_injections_through_the_same_code(tmp_pat
         Injection("kill-twice", "val-row:2", "last-manifest:1"),
         Injection("cancel", "validation"),
         Injection("timed-kill", "5.0s"),
+        Injection("app-trainer-kill", "0.5s"),  # the studio's job manager and its trainer, both killed
     ]
-    outcomes = run_campaign(injections, workers=3, keep=tmp_path)
+    outcomes = run_campaign(injections, workers=4, keep=tmp_path)
     result = summary(outcomes)
-    assert result["injections"] == 3 and result["completed"] == 3
+    assert result["injections"] == 4 and result["completed"] == 4, result["failed_injections"]
     assert (result["duplicate_rows"], result["lost_rows"]) == (0, 0), result["failed_injections"]
     assert result["failed_injections"] == [] or all(
         not o["struck"] and o["label"].startswith("timed-kill") for o in result["failed_injections"]
@@ -114,7 +115,14 @@ def test_the_campaign_runs_a_handful_of_injections_through_the_same_code(tmp_pat
 def test_the_full_plan_has_at_least_60_injections_of_every_kind() -> None:
     injections = plan()
     kinds = {i.kind for i in injections}
-    assert len(injections) >= 60 and kinds == {"kill", "kill-twice", "cancel", "timed-kill"}
+    assert len(injections) >= 60 and kinds == {
+        "kill",
+        "kill-twice",
+        "cancel",
+        "timed-kill",
+        "app-kill",
+        "app-trainer-kill",
+    }
     assert {i.where.split(":")[0] for i in injections if i.kind == "kill"} == set(KILL_POINTS)
 
 
