@@ -652,6 +652,10 @@ def test_panels_redraw_only_what_changed_and_the_poll_reports_it(ctx):
     ctx.store.set_status(run, "completed")
     fourth = poll(ctx, state, "", "newest", [run], 0.0, False, 3, "", views, run)
     assert fourth["cancel"] == gr.update(interactive=False)  # Cancel is disabled for a finished run
+    assert fourth["resume"] == gr.skip()  # a completed run has nothing to resume: Resume run stays disabled
+    ctx.store.set_status(run, "failed", "trainer process 1 is gone (killed or crashed)")
+    fifth = poll(ctx, state, "", "newest", [run], 0.0, False, 3, "", views, run)
+    assert fifth["resume"] == gr.update(interactive=True)  # a killed run: Resume run (the /resume endpoint)
     assert default_panels("sar")[:3] == ["train/loss", "val/psnr", "val/ssim"]
 
 
