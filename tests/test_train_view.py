@@ -436,6 +436,27 @@ def test_launch_api_needs_only_the_variants_and_checks_numbers_in_the_settings_w
         context.store.close()
 
 
+def test_a_launch_says_launching_at_once_instead_of_the_previous_launchs_ids(tmp_path):
+    """Issue 19: during a launch the status line kept the previous launch's "Queued … id". The Launch
+    button's first handler, outside the queue (it answers at once, even while launches wait), writes
+    "Launching…" into the very status line the launch itself then fills."""
+    from studio.app import build_app
+
+    context = make_context(tmp_path / "runs", cpu_slots=1, space=False)
+    try:
+        demo = build_app(context)
+        launch = next(f for f in demo.fns.values() if f.api_name == "launch")
+        button = launch.targets[0]
+        first = [f for f in demo.fns.values() if f.targets == [button] and f is not launch]
+        assert len(first) == 1 and first[0]._id < launch._id  # registered first: it runs first
+        assert first[0].queue is False and first[0].inputs == []
+        assert first[0].outputs == [launch.outputs[0]]  # the launch's own status line
+        assert first[0].fn() == "⏳ Launching…"
+    finally:
+        context.jobs.shutdown(cancel_running=True)
+        context.store.close()
+
+
 def test_parse_settings_leaves_blanks_to_the_preset():
     assert parse_settings("", " ", None, "", "") == {}
     # The page shows a number field without a value as 0: where 0 means nothing it is the preset's value.
