@@ -4,6 +4,10 @@ records, the prepared inference model and its cache, and that a bf16 step comput
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +198,23 @@ def test_a_bf16_step_has_the_fp32_loss(variant):
         torch.manual_seed(1)
         losses[fast.precision] = float(step(fast.inputs(batch)))
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02), losses
+
+
+@pytest.mark.parametrize("entry", ["trainers.cli", "studio.app", "app"])
+def test_every_entry_point_makes_openmp_threads_wait_passively_before_torch_loads(entry):
+    """libgomp reads OMP_WAIT_POLICY once, when torch loads it: each entry point (`ae-train`, `ae-studio`,
+    `python app.py`, `python -m trainers`) must set it first. Spinning threads made a 2-thread step 8-15x
+    slower on the shared 2-core machine (BENCHMARKS.md, "CPU bf16"); an explicit setting still wins."""
+    probe = (
+        "import os, sys\n"
+        "was_loaded = 'torch' in sys.modules\n"
+        f"import {entry}\n"  # trainers/__init__.py runs before any module of the entry point imports torch
+        "print(os.environ.get('OMP_WAIT_POLICY'), was_loaded)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["PASSIVE", "False"], out.stderr[-2000:]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["ACTIVE", "False"], out.stderr[-2000:]
