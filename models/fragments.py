@@ -20,9 +20,73 @@ from .base import (
     init_weights,
 )
 
-__all__ = ["ByteFragmentAutoencoder", "FragmentAutoencoder", "FragmentEncoder"]
+__all__ = [
+    "ByteFragmentAutoencoder",
+    "FragmentAutoencoder",
+    "FragmentEncoder",
+    "decide_bytes",
+    "decide_correction",
+    "nearest_bit_neighbour",
+]
 
 N_BYTE_VALUES = 256
+
+
+def _record_options(model: nn.Module, **options: object) -> None:
+    """Write options set after construction into the config ``save_pretrained`` writes (the hub mixin
+    captured the ``__init__`` arguments), so a checkpoint keeps the decision rule tuned for it."""
+    config = getattr(model, "_hub_mixin_config", None)
+    if isinstance(config, dict):
+        config.update(options)
+
+
+def decide_correction(
+    x: torch.Tensor,
+    value: torch.Tensor,
+    gate: torch.Tensor,
+    gate_threshold: float = 0.5,
+    snap_tolerance: float | None = None,
+) -> torch.Tensor:
+    """The fragment-dae's bytes from its input ``x`` and its (value, gate) outputs, each (B, 1, L) in [0, 1].
+
+    A byte keeps its input value unless the gate exceeds ``gate_threshold``. Where it does:
+    ``snap_tolerance=None`` takes round(255 v); otherwise the byte becomes the single-bit neighbour of the
+    input byte (x XOR 2^k) nearest to 255 v, and only if that neighbour lies within ``snap_tolerance`` of
+    255 v (else it keeps its input). Why snap: a regressed value is almost never the exact byte (0.4 % of
+    corrupted bytes), but the channel's commonest error is a flipped bit, so the right byte is usually one of
+    the input's 8 neighbours, 1 to 128 apart: the value only has to be near it. Returns LongTensor (B, L).
+    """
+    kept = torch.round(x.float() * 255).long()
+    target = value.float() * 255
+    opened = gate.float() > gate_threshold
+    if snap_tolerance is None:
+        repaired = torch.where(opened, torch.round(target).long(), kept)
+    else:
+        nearest, distance = nearest_bit_neighbour(kept, target)
+        repaired = torch.where(opened & (distance <= snap_tolerance), nearest, kept)
+    return repaired.squeeze(1).clamp(0, 255).long()
+
+
+def nearest_bit_neighbour(kept: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the single-bit neighbour kept XOR 2^k nearest to ``target``, its distance), for integer bytes
+    ``kept`` and float byte values ``target`` of the same shape."""
+    candidates = kept.long().unsqueeze(-1) ^ (1 << torch.arange(8, device=kept.device))
+    distance = (candidates.float() - target.float().unsqueeze(-1)).abs()
+    nearest_distance, k = distance.min(dim=-1)
+    return candidates.gather(-1, k.unsqueeze(-1)).squeeze(-1), nearest_distance
+
+
+def decide_bytes(x: torch.Tensor, logits: torch.Tensor, change_threshold: float = 0.5) -> torch.Tensor:
+    """fragment-dae-bytes' bytes from its input ``x`` (B, 1, L) and logits (B, 256, L): the most likely byte
+    where the model gives the input byte a probability under ``change_threshold``, else the input byte.
+
+    At 0.5 this is the plain argmax (an input byte with probability 0.5 or more is the most likely one);
+    lower thresholds change a byte only where the model is confident it is wrong. Returns LongTensor (B, L).
+    """
+    probs = logits.float().softmax(dim=1)
+    kept = torch.round(x[:, 0].float().clamp(0, 1) * 255).long()
+    p_input = probs.gather(1, kept.unsqueeze(1)).squeeze(1)
+    return torch.where(p_input < change_threshold, probs.argmax(dim=1), kept)
 
 
 class FragmentEncoder(nn.Module):
@@ -110,7 +174,8 @@ class FragmentAutoencoder(_FragmentModel, tags=["fragment-dae"]):
 
     VARIANT = "fragment-dae"
     # Checkpoints written before the option existed regress the whole fragment.
-    LEGACY_OPTIONS: ClassVar[dict[str, object]] = {"correction": False}
+    # Checkpoints written before the option existed regress the replacement byte itself (delta=False).
+    LEGACY_OPTIONS: ClassVar[dict[str, object]] = {"correction": False, "delta": False}
     GATE_BIAS_INIT = -4.0
 
     def __init__(
@@ -119,6 +184,9 @@ class FragmentAutoencoder(_FragmentModel, tags=["fragment-dae"]):
         channels: Sequence[int] = (32, 64, 128),
         kernel_size: int = 7,
         correction: bool = True,
+        delta: bool = True,
+        gate_threshold: float = 0.5,
+        snap_tolerance: float | None = None,
         variant: str = "fragment-dae",
         preprocessing: dict | None = None,
     ) -> None:
@@ -128,6 +196,10 @@ class FragmentAutoencoder(_FragmentModel, tags=["fragment-dae"]):
         if not isinstance(correction, bool):
             raise ValueError(f"correction must be true or false, got {correction!r}")
         self.correction = correction
+        if not isinstance(delta, bool):
+            raise ValueError(f"delta must be true or false, got {delta!r}")
+        self.delta = delta
+        self.set_decision(gate_threshold, snap_tolerance)
         if correction:
             self.decoder = nn.Sequential(*self._decoder_trunk(2))
         else:
@@ -146,12 +218,24 @@ class FragmentAutoencoder(_FragmentModel, tags=["fragment-dae"]):
         return self.decoder(z)
 
     def correction_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(value, gate), each (B, 1, L) in [0, 1]: the replacement byte / 255 and the model's probability
-        that the input byte is wrong (``correction=True`` only)."""
+        """(value, gate), each (B, 1, L): the replacement byte / 255 and the model's probability (in [0, 1])
+        that the input byte is wrong (``correction=True`` only). With ``delta`` the value is the input plus
+        a regressed change 2 sigmoid(.) - 1 in (-1, 1) (so it may leave [0, 1]; the bytes are clamped),
+        else sigmoid(.) itself."""
         if not self.correction:
             raise ValueError("this fragment-dae regresses whole fragments (correction=False)")
-        logits = self.decode(self.encode(x))
-        return torch.sigmoid(logits[:, :1]), torch.sigmoid(logits[:, 1:])
+        return self._parts(self.decode(self.encode(x)), x)
+
+    def _parts(self, logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value = torch.sigmoid(logits[:, :1])
+        if self.delta:
+            # Why a change and not the byte: the decoder sees the input only through the 64-position
+            # bottleneck, so it cannot say what an arbitrary byte was to within a few units (the regressed
+            # byte was within 16 of the right one too rarely to fix 2 % of text); but a flipped bit's change
+            # is the same wherever it happens (-128 for every high bit set in text), and the value needs
+            # only to be near the right single-bit neighbour (see decide_correction).
+            value = x.to(value.dtype) + 2.0 * value - 1.0
+        return value, torch.sigmoid(logits[:, 1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, L) floats in [0, 1] -> (B, 2, L): the repaired fragment x + g (v - x) and the gate g, both
@@ -159,7 +243,7 @@ class FragmentAutoencoder(_FragmentModel, tags=["fragment-dae"]):
         if not self.correction:
             return self.decoder(self.encode(x))
         value, gate = self.correction_parts(x)
-        return torch.cat([x + gate * (value - x), gate], dim=1)
+        return torch.cat([(x + gate * (value - x)).clamp(0.0, 1.0), gate], dim=1)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The repaired bytes / 255, (B, 1, L)."""
@@ -176,10 +260,20 @@ class FragmentAutoencoder(_FragmentModel, tags=["fragment-dae"]):
         out = self.decode(z).float()
         if not self.correction:
             return torch.round(out.squeeze(1) * 255).clamp(0, 255).long()
-        value, gate = torch.sigmoid(out[:, :1]), torch.sigmoid(out[:, 1:])
-        kept = torch.round(x.float() * 255)
-        repaired = torch.where(gate > 0.5, torch.round(value * 255), kept)
-        return repaired.squeeze(1).clamp(0, 255).long()
+        value, gate = self._parts(out, x)
+        return decide_correction(x, value, gate, self.gate_threshold, self.snap_tolerance)
+
+    def set_decision(self, gate_threshold: float, snap_tolerance: float | None) -> None:
+        """Set the rule :meth:`predict_bytes` turns (value, gate) into bytes with (see
+        :func:`decide_correction`), and record it in the config a checkpoint saves."""
+        threshold = float(gate_threshold)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"gate_threshold must lie strictly between 0 and 1, got {gate_threshold!r}")
+        if snap_tolerance is not None and not 0.0 <= float(snap_tolerance) <= 255.0:
+            raise ValueError(f"snap_tolerance must be None or in [0, 255] bytes, got {snap_tolerance!r}")
+        self.gate_threshold = threshold
+        self.snap_tolerance = None if snap_tolerance is None else float(snap_tolerance)
+        _record_options(self, gate_threshold=self.gate_threshold, snap_tolerance=self.snap_tolerance)
 
 
 class ByteFragmentAutoencoder(_FragmentModel, tags=["fragment-dae-bytes"]):
@@ -201,6 +295,7 @@ class ByteFragmentAutoencoder(_FragmentModel, tags=["fragment-dae-bytes"]):
         kernel_size: int = 7,
         head_channels: int = 64,
         byte_embedding: int = 32,
+        change_threshold: float = 0.5,
         variant: str = "fragment-dae-bytes",
         preprocessing: dict | None = None,
     ) -> None:
@@ -219,6 +314,16 @@ class ByteFragmentAutoencoder(_FragmentModel, tags=["fragment-dae-bytes"]):
         self.embed = nn.Embedding(N_BYTE_VALUES, self.byte_embedding) if self.byte_embedding else None
         self.head = nn.Conv1d(head_channels + self.byte_embedding, N_BYTE_VALUES, kernel_size=1)
         init_weights(self)
+        self.set_decision(change_threshold)
+
+    def set_decision(self, change_threshold: float) -> None:
+        """Set the rule :meth:`predict_bytes` turns logits into bytes with (see :func:`decide_bytes`), and
+        record it in the config a checkpoint saves."""
+        threshold = float(change_threshold)
+        if not 0.0 < threshold <= 0.5:
+            raise ValueError(f"change_threshold must lie in (0, 0.5], got {change_threshold!r}")
+        self.change_threshold = threshold
+        _record_options(self, change_threshold=threshold)
 
     def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Latent (and the input fragment, for the byte skip connection) -> logits (B, 256, L)."""
@@ -245,9 +350,15 @@ class ByteFragmentAutoencoder(_FragmentModel, tags=["fragment-dae-bytes"]):
         return counts
 
     def predict_bytes(self, x: torch.Tensor) -> torch.Tensor:
-        """Most likely byte per position, LongTensor (B, L) in 0..255."""
-        return self.forward(x).argmax(dim=1)
+        """Repaired bytes, LongTensor (B, L) in 0..255: the most likely byte where the input byte's
+        probability is under ``change_threshold`` (0.5: the plain argmax), else the input byte."""
+        return self.repair_from_latent(self.encode(x), x)
+
+    def repair_from_latent(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_bytes` from a latent ``z`` (as a receiver of the coded latent decodes it) and the
+        corrupted input ``x``: LongTensor (B, L) in 0..255."""
+        return decide_bytes(x, self.decode(z, x), self.change_threshold)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Most likely bytes / 255 as (B, 1, L), i.e. in the input's space."""
+        """Repaired bytes / 255 as (B, 1, L), i.e. in the input's space."""
         return (self.predict_bytes(x).to(x.dtype) / 255.0).unsqueeze(1)

@@ -28,7 +28,7 @@ def test_fragment_dae_preserves_the_512_byte_shape_with_1d_convs() -> None:
     assert out.shape == (4, 2, 512) and logits.shape == (4, 2, 512)
     assert z.shape == (4, 128, 64)
     assert out.min() >= 0 and out.max() <= 1
-    torch.testing.assert_close(value, torch.sigmoid(logits[:, :1]))
+    torch.testing.assert_close(value, x + 2 * torch.sigmoid(logits[:, :1]) - 1)  # delta: a change to x
     torch.testing.assert_close(gate, torch.sigmoid(logits[:, 1:]))
     convs = [m for m in model.encoder.modules() if isinstance(m, nn.Conv1d)]
     deconvs = [m for m in model.decoder.modules() if isinstance(m, nn.ConvTranspose1d)]
@@ -43,7 +43,8 @@ def test_fragment_dae_preserves_the_512_byte_shape_with_1d_convs() -> None:
 
 
 def test_fragment_dae_output_is_its_input_corrected_by_the_gated_value() -> None:
-    """forward = x + g (v - x); predict_bytes keeps the input byte unless g > 0.5, then round(255 v)."""
+    """forward = x + g (v - x); predict_bytes keeps the input byte unless g > 0.5, then round(255 v) (the
+    default rule; the tuned rules are in test_fragment_decision.py)."""
     model = FragmentAutoencoder().eval()
     data, x = _fragments(3)
     with torch.no_grad():
@@ -55,7 +56,7 @@ def test_fragment_dae_output_is_its_input_corrected_by_the_gated_value() -> None
         value, gate = model.correction_parts(x)
         torch.testing.assert_close(model(x), torch.cat([x + gate * (value - x), gate], dim=1))
         predicted = model.predict_bytes(x)
-        expected = torch.where(gate[:, 0] > 0.5, torch.round(value[:, 0] * 255).long(), data)
+        expected = torch.where(gate[:, 0] > 0.5, torch.round(value[:, 0] * 255).long(), data).clamp(0, 255)
     assert 0 < (gate > 0.5).float().mean() < 1
     assert predicted.dtype == torch.int64 and predicted.shape == (3, 512)
     assert torch.equal(predicted, expected)
@@ -161,10 +162,11 @@ def test_gradients_reach_every_parameter(cls: type) -> None:
 
 
 @pytest.mark.parametrize(
-    ("cls", "max_ratio"), [(FragmentAutoencoder, 0.5), (ByteFragmentAutoencoder, 0.75)], ids=["dae", "bytes"]
+    ("cls", "max_ratio"), [(FragmentAutoencoder, 0.6), (ByteFragmentAutoencoder, 0.75)], ids=["dae", "bytes"]
 )
 def test_loss_decreases_when_denoising_a_small_batch(cls: type, max_ratio: float) -> None:
-    """Reconstruction loss decreases on dummy data (corrupted -> clean)."""
+    """Reconstruction loss decreases on dummy data (corrupted -> clean): the fragment-dae's regressed repair
+    (MSE through its gate, which starts nearly closed), the byte model's cross-entropy."""
     model = cls().train()
     clean_bytes, clean = _fragments(4)
     noisy = clean.clone()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from trainers.metrics.collapse import SPREAD_WARNING, check_collapse, collapse_note, collapse_reasons
 from trainers.training.tasks import (
+    CORRUPTED_WEIGHT,
     feature_spread_ratio,
     fragment_loss,
     latent_usage,
@@ -91,7 +92,9 @@ def test_fragment_loss_per_output_kind() -> None:
     changed = torch.rand(2, 16) < 0.3
     logits = torch.randn(2, 256, 16)
     target = torch.round(clean[:, 0] * 255).long()
-    torch.testing.assert_close(fragment_loss(logits, clean, changed), F.cross_entropy(logits, target))
+    ce = F.cross_entropy(logits, target, reduction="none")  # corrupted bytes weigh CORRUPTED_WEIGHT times
+    w = torch.where(changed, CORRUPTED_WEIGHT, 1.0)
+    torch.testing.assert_close(fragment_loss(logits, clean, changed), (w * ce).sum() / w.sum())
     whole = torch.rand(2, 1, 16)
     torch.testing.assert_close(fragment_loss(whole, clean, changed), F.mse_loss(whole, clean))
     two = torch.rand(2, 2, 16)

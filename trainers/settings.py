@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from models import VARIANTS
-from trainers.config import PRESET_TABLES, PRESETS, RunConfig
+from trainers.config import PRESET_TABLES, PRESETS, RUN_BY_VARIANT, RunConfig
 from trainers.training.fastpath import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -356,6 +356,7 @@ def make_config(variant: str, preset: str = "full", **overrides: Any) -> RunConf
     domain = VARIANTS[variant].domain
     table, by_variant = PRESET_TABLES[preset]
     base = dict(table[domain])
+    base.update(RUN_BY_VARIANT.get(preset, {}).get(variant, {}))
     model = dict(base.pop("model", {}))
     model.update(by_variant.get(variant, {}))
     cfg = RunConfig(variant=variant, preset=preset, model=model, **base)

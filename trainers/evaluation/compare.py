@@ -1005,7 +1005,7 @@ def _fragment_bytes(model: nn.Module, z: torch.Tensor, x: torch.Tensor) -> np.nd
     """The repaired bytes (L,) uint8 a model's decoder gives for latent `z` (and input `x`, for a skip)."""
     import inspect
 
-    if hasattr(model, "repair_from_latent"):  # fragment-dae: a gated correction of the input it holds
+    if hasattr(model, "repair_from_latent"):  # both fragment models: their decision rule on the input
         out = model.repair_from_latent(z, x)[0]
     elif "x" in inspect.signature(model.decode).parameters:
         out = model.decode(z, x).argmax(dim=1)[0]  # per-byte logits

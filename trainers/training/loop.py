@@ -628,7 +628,7 @@ class Trainer:
                         self.model, val_batches, self.device, dataset=self.data.val
                     )
                 else:
-                    self.last_val = self.task.evaluate(self.model, val_batches, self.device)
+                    self.last_val = self.task.validate(self.model, val_batches, self.device)
         except Cancelled:
             pass  # the flag is set
         return self.last_val

@@ -101,6 +101,12 @@ class Task:
     def evaluate(self, model: nn.Module, batches: Iterable[Any], device: torch.device) -> dict[str, float]:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def validate(self, model: nn.Module, batches: Iterable[Any], device: torch.device) -> dict[str, float]:
+        """The training loop's validation: ``evaluate``, where a task may also tune what only validation
+        data may tune (the fragment models' decision rule)."""
+        return self.evaluate(model, batches, device)
+
     def dataset_for_eval(self, spec: DataSpec, preprocessing: dict[str, Any], model_config: dict[str, Any]):
         """The whole data set of `spec` preprocessed exactly as at training time (for `trainers eval`)."""
         raise NotImplementedError
@@ -552,10 +558,29 @@ def _waveform_getter(dataset: Dataset):
 
 
 # ----------------------------------------------------------------------------------------------- fragments
+# fragment-dae-bytes' cross-entropy weighs each corrupted byte this many times a clean one. Unweighted, 92 %
+# of the loss is the copy of clean bytes, learnt within the first epoch, and the repairs (the only part that
+# beats the identity) get a twelfth of the gradient. The weighting tilts the model towards changing bytes
+# (it acts as a 4x higher prior of corruption); the decision rule tuned on validation
+# (trainers.training.fragment_decision) takes that back.
+CORRUPTED_WEIGHT = 4.0
+
+
+def weighted_byte_cross_entropy(
+    logits: torch.Tensor, clean: torch.Tensor, changed: torch.Tensor, weight: float = CORRUPTED_WEIGHT
+) -> torch.Tensor:
+    """Cross-entropy of (B, 256, L) logits against the clean bytes, sum(w_i ce_i) / sum(w_i) with
+    w_i = ``weight`` on the bytes the noise changed and 1 elsewhere."""
+    ce = F.cross_entropy(logits, torch.round(clean[:, 0] * 255).long(), reduction="none")
+    w = 1.0 + (weight - 1.0) * changed.reshape(ce.shape).to(ce.dtype)
+    return (ce * w).sum() / w.sum()
+
+
 def fragment_loss(out: torch.Tensor, clean: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
     """The loss of a fragment model's output on a batch:
 
-    - (B, 256, L) logits of the byte classifier: cross-entropy against the clean bytes;
+    - (B, 256, L) logits of the byte classifier: cross-entropy against the clean bytes, the corrupted ones
+      weighted ``CORRUPTED_WEIGHT`` times (see :func:`weighted_byte_cross_entropy`);
     - (B, 2, L) of the correcting fragment-dae: MSE of the repair (channel 0) against the clean fragment
       plus the binary cross-entropy of the gate (channel 1) against the mask of changed bytes (see
       FragmentAutoencoder). Cross-entropy, not MSE: the gate starts closed (sigmoid(-4) = 0.018), where
@@ -565,7 +590,7 @@ def fragment_loss(out: torch.Tensor, clean: torch.Tensor, changed: torch.Tensor)
     """
     out = out.float()
     if out.shape[1] == 256:
-        return F.cross_entropy(out, torch.round(clean[:, 0] * 255).long())
+        return weighted_byte_cross_entropy(out, clean, changed)
     if out.shape[1] == 2:
         mask = changed.to(out.dtype).reshape(out[:, 1:].shape)
         gate = out[:, 1:].clamp(1e-6, 1 - 1e-6)  # finite log at a saturated sigmoid
@@ -631,7 +656,7 @@ class FragmentTask(Task):
             # where the input was corrupted. Through the repair x + g (v - x) alone its gradient is scaled
             # by the gate, closed at the start, and the value was the exact byte for 0.4 % of them.
             value, gate = model.correction_parts(corrupted)
-            out = torch.cat([corrupted + gate * (value - corrupted), gate], dim=1)
+            out = torch.cat([(corrupted + gate * (value - corrupted)).clamp(0.0, 1.0), gate], dim=1)
             mask = changed.to(value.dtype).reshape(value.shape)
             value_term = ((value - clean).pow(2) * mask).sum() / mask.sum().clamp_min(1.0)
             return fragment_loss(out, clean, changed) + value_term
@@ -651,6 +676,16 @@ class FragmentTask(Task):
             values["loss"] = loss
             avg.add(values, corrupted.shape[0])
         return avg.result()
+
+    @torch.no_grad()
+    def validate(self, model, batches, device):
+        """Tune the model's decision rule on the validation batches, then score under it (see
+        trainers.training.fragment_decision); a whole-fragment fragment-dae has no rule to tune."""
+        from trainers.training import fragment_decision
+
+        if not fragment_decision.tunable(model):
+            return self.evaluate(model, batches, device)
+        return fragment_decision.tune_and_score(model, batches, device, self.loss)
 
 
 _TASKS = {"sar": SARTask, "audio": AudioTask, "fragments": FragmentTask}
