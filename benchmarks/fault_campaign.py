@@ -35,6 +35,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -390,26 +391,60 @@ def audit(runs: Path, run_id: str) -> tuple[int, int, list[str]]:
     return duplicates, lost, problems
 
 
-def plan(n_target: int = 60, seed: int = 0) -> list[Injection]:
+# The seeded delays were first drawn for runs of about 25 s (the shared machine under load); they scale with
+# the run's measured length, so that a quiet machine, whose runs end sooner, is struck at the same moments
+# of the run (with the 25 s delays on an idle machine, 24 of the 27 timed faults came after their run had
+# ended).
+REFERENCE_RUN_SECONDS = 25.0
+
+
+def plan(n_target: int = 60, seed: int = 0, run_seconds: float = REFERENCE_RUN_SECONDS) -> list[Injection]:
     """The injections of a full campaign: every kill point at epochs 1-3, kills during a resumed attempt,
-    cancels in each phase and at random times, SIGKILLs at random times."""
+    cancels in each phase and at random times, SIGKILLs at random times; the random times are drawn for a
+    run of ``run_seconds`` (:func:`calibrate`)."""
+    scale = run_seconds / REFERENCE_RUN_SECONDS
+
+    def delay(rng: random.Random, lo: float, hi: float) -> str:
+        return f"{rng.uniform(lo, hi) * scale:.2f}s"
+
     rng = random.Random(seed)
     out = [Injection("kill", f"{point}:{n}") for n in (1, 2, 3) for point in KILL_POINTS]
     second = [p for p in KILL_POINTS if not p.startswith("best")]
     # the first kill after the first `last` exists (so the second strikes a resumed attempt)
     out += [Injection("kill-twice", f"{rng.choice(second)}:2", f"{rng.choice(second)}:1") for _ in range(10)]
     out += [Injection("cancel", phase) for phase in CANCEL_PHASES]
-    out += [Injection("cancel", f"{rng.uniform(8, 22):.1f}s") for _ in range(6)]
+    out += [Injection("cancel", delay(rng, 8, 22)) for _ in range(6)]
     while len(out) < n_target:
-        out.append(Injection("timed-kill", f"{rng.uniform(6, 24):.1f}s"))
+        out.append(Injection("timed-kill", delay(rng, 6, 24)))
     # The studio's side (after the 60 above, so their seeded delays stay as measured): an app killed while its
     # trainer runs, alone or with the trainer, then restarted.
     app_rng = random.Random(seed + 1)
-    # (app-kill: 2-14 s after the trainer started; app-trainer-kill: 0-1.2 s after its first `last`, within
-    # the 3 epochs)
-    out += [Injection("app-kill", f"{app_rng.uniform(2, 14):.1f}s") for _ in range(4)]
-    out += [Injection("app-trainer-kill", f"{app_rng.uniform(0, 1.2):.1f}s") for _ in range(4)]
+    # (app-kill: 2-14 s of a 25 s run after the trainer started; app-trainer-kill: 0-1.2 s after its first
+    # `last`, within the 3 epochs)
+    out += [Injection("app-kill", delay(app_rng, 2, 14)) for _ in range(4)]
+    out += [Injection("app-trainer-kill", delay(app_rng, 0, 1.2)) for _ in range(4)]
     return out
+
+
+def calibrate(workers: int = 3) -> float:
+    """The median wall time of `workers` clean runs side by side (the campaign's load), start to exit."""
+    base = Path(tempfile.mkdtemp(prefix="fault-campaign-calibration-"))
+    try:
+        data = fragment_folder(base)
+
+        def one(i: int) -> float:
+            folder = base / f"clean-{i}"
+            folder.mkdir()
+            start = time.monotonic()
+            code = _finish(_start(_train_args(folder / "runs", data, None), _env({}), folder / "log"))
+            if code != 0:
+                raise RuntimeError(f"a clean calibration run exited {code}: see {folder / 'log'}")
+            return time.monotonic() - start
+
+        with ThreadPoolExecutor(workers) as pool:
+            return float(statistics.median(pool.map(one, range(workers))))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def run_campaign(injections: list[Injection], workers: int = 3, keep: Path | None = None) -> list[Outcome]:
@@ -482,8 +517,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kinds", help="only these kinds, comma-separated (e.g. app-kill,app-trainer-kill); own result file"
     )
+    parser.add_argument(
+        "--run-seconds",
+        type=float,
+        help="length of a clean run that the random delays are drawn for (default: measured first)",
+    )
     args = parser.parse_args(argv)
-    injections = plan(seed=args.seed)
+    run_seconds = args.run_seconds or calibrate(args.workers)
+    print(f"a clean run takes {run_seconds:.1f} s here; random delays drawn for it", flush=True)
+    injections = plan(seed=args.seed, run_seconds=run_seconds)
     kinds = sorted(set(args.kinds.split(","))) if args.kinds else []
     if kinds:
         injections = [i for i in injections if i.kind in kinds]
@@ -496,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     found = figures(result, whole=not kinds)
     if not args.quick:
         settings = {"epochs": EPOCHS, "batch_size": BATCH, "data": DATA_OPTIONS, "workers": args.workers}
+        settings["run_seconds"] = round(run_seconds, 2)
         path = RESULT_PATH.with_stem("_".join([RESULT_PATH.stem, *kinds])) if kinds else RESULT_PATH
         settings["kinds"] = kinds or "all"
         write_result(path, settings, started, found, {**result, "outcomes": [asdict(o) for o in outcomes]})

@@ -139,3 +139,17 @@ def test_audit_counts_a_duplicate_and_a_lost_row(tmp_path: Path) -> None:
     duplicates, lost, problems = audit(tmp_path, run_id)
     assert duplicates == 2  # once in the query, once in the export
     assert lost == 1 and "2 validations for 3 epochs" in problems[-1]
+
+
+def test_the_plans_random_delays_scale_with_the_measured_run_length() -> None:
+    """The timed faults are drawn for the run the machine gives: on a quiet machine (a short run) they
+    must fall inside it, at the same fractions of the run as on a loaded one."""
+    slow, quick = plan(run_seconds=25.0), plan(run_seconds=5.0)
+    assert [i.kind for i in slow] == [i.kind for i in quick]
+    timed = [(a.where, b.where) for a, b in zip(slow, quick, strict=True) if a.where.endswith("s")]
+    assert len(timed) == 6 + 13 + 4 + 4  # random cancels, timed kills, app kills, app + trainer kills
+    for a, b in timed:
+        assert float(b[:-1]) == pytest.approx(float(a[:-1]) / 5, abs=0.01)
+        assert 0 <= float(b[:-1]) <= 5.0
+    fixed = [(a.where, b.where) for a, b in zip(slow, quick, strict=True) if not a.where.endswith("s")]
+    assert all(a == b for a, b in fixed)
