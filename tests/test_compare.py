@@ -618,6 +618,12 @@ def test_compare_tab_handler_on_uploads_and_its_errors(ctx, ckpts, fragment_fold
     metas = {t.meta for t in result.figure.data}
     assert {r["name"] for r in result.result["rows"] if r["kind"] != "codec"} <= metas
     assert calls and calls[-1][0] == 1.0
+    # Not a bare spinner (issue 19: 207 s of one): the fraction only rises, and the words name each model
+    # and the fragment it is on, then the baseline.
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and len(set(fractions)) > 3
+    model_words = [d for _, d in calls if d.startswith(names[0].split(" ")[0]) and "fragment" in d]
+    assert model_words and any("identity" in d for _, d in calls)
 
     with pytest.raises(ValueError, match="no checkpoint chosen"):
         view.compare_checkpoints(ctx, "fragments", [], "built-in")
