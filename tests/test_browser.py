@@ -179,6 +179,15 @@ def test_train_and_compare_in_the_browser(studio, cli_checkpoints, page, artifac
     step_box.press("Tab")  # the slider's release event: the viewer redraws at the chosen step
     expect(caption).to_contain_text("epoch 1", timeout=15_000)
     page.locator("#media-caption").screenshot(path=str(artifacts / "media.png"))
+    for width in (800, 1400, 1920):  # issue 19 item 8: the media view read at three widths
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(500)
+        for part in ("#media-run", "#media-caption", "#media-text"):
+            box = page.locator(part).bounding_box()
+            assert box is not None and box["width"] > 0.3 * width, (width, part, box)
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1, (width, part, box)
+        page.screenshot(path=str(artifacts / f"media-{width}.png"), full_page=True, timeout=120_000)
+    page.set_viewport_size({"width": 1400, "height": 1000})
 
     # Export: the run's metrics as CSV from the Hub tab, offered as a download.
     page.get_by_role("tab", name="Hub").click()
