@@ -57,14 +57,25 @@ def decide_correction(
     the input's 8 neighbours, 1 to 128 apart: the value only has to be near it. Returns LongTensor (B, L).
     """
     kept = torch.round(x.float() * 255).long()
-    target = value.float() * 255
-    opened = gate.float() > gate_threshold
+    return gate_rule(kept, value.float() * 255, gate.float() > gate_threshold, snap_tolerance).squeeze(1)
+
+
+def gate_rule(
+    kept: torch.Tensor,
+    target: torch.Tensor,
+    opened: torch.Tensor,
+    snap_tolerance: float | None,
+    snap: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """:func:`decide_correction`'s rule on its parts: integer input bytes ``kept``, the regressed byte values
+    ``target`` (0-255 scale) and where the gate is ``opened``; ``snap`` is ``nearest_bit_neighbour(kept,
+    target)`` where the caller already has it (a sweep over thresholds computes it once)."""
     if snap_tolerance is None:
         repaired = torch.where(opened, torch.round(target).long(), kept)
     else:
-        nearest, distance = nearest_bit_neighbour(kept, target)
+        nearest, distance = snap if snap is not None else nearest_bit_neighbour(kept, target)
         repaired = torch.where(opened & (distance <= snap_tolerance), nearest, kept)
-    return repaired.squeeze(1).clamp(0, 255).long()
+    return repaired.clamp(0, 255).long()
 
 
 def nearest_bit_neighbour(kept: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +97,15 @@ def decide_bytes(x: torch.Tensor, logits: torch.Tensor, change_threshold: float 
     probs = logits.float().softmax(dim=1)
     kept = torch.round(x[:, 0].float().clamp(0, 1) * 255).long()
     p_input = probs.gather(1, kept.unsqueeze(1)).squeeze(1)
-    return torch.where(p_input < change_threshold, probs.argmax(dim=1), kept)
+    return change_rule(kept, p_input, probs.argmax(dim=1), change_threshold)
+
+
+def change_rule(
+    kept: torch.Tensor, p_input: torch.Tensor, most_likely: torch.Tensor, change_threshold: float
+) -> torch.Tensor:
+    """:func:`decide_bytes`' rule on its parts: the input bytes ``kept``, the probability the model gives
+    each, and its most likely byte."""
+    return torch.where(p_input < change_threshold, most_likely.long(), kept.long())
 
 
 class FragmentEncoder(nn.Module):

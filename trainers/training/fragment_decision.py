@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.fragments import nearest_bit_neighbour
+from models.fragments import change_rule, gate_rule, nearest_bit_neighbour
 from trainers.metrics import fragments as fragment_metrics
 
 log = logging.getLogger(__name__)
@@ -104,19 +104,15 @@ def candidate_rules(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def repaired_bytes(out: ValidationOutputs, rule: dict[str, Any]) -> torch.Tensor:
-    """The bytes the model gives under ``rule``, (N, L): the arithmetic of its ``predict_bytes``
-    (``decide_bytes`` / ``decide_correction``), with the snap's neighbour search done once per sweep."""
+    """The bytes the model gives under ``rule``, (N, L): its ``predict_bytes``' own rule (``change_rule`` /
+    ``gate_rule``) on the collected outputs, with the snap's neighbour search done once per sweep."""
     kept = out.corrupted.long()
     if "change_threshold" in rule:
-        return torch.where(out.first < rule["change_threshold"], out.second.long(), kept)
-    opened = out.second > rule["gate_threshold"]
+        return change_rule(kept, out.first, out.second, rule["change_threshold"])
     target = out.first * 255
-    if rule["snap_tolerance"] is None:
-        return torch.where(opened, torch.round(target).long(), kept).clamp(0, 255)
-    if out.snap is None:
+    if rule["snap_tolerance"] is not None and out.snap is None:
         out.snap = nearest_bit_neighbour(kept, target)
-    nearest, distance = out.snap
-    return torch.where(opened & (distance <= rule["snap_tolerance"]), nearest, kept)
+    return gate_rule(kept, target, out.second > rule["gate_threshold"], rule["snap_tolerance"], out.snap)
 
 
 def choose_rule(
