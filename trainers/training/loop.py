@@ -550,16 +550,13 @@ class Trainer:
         overflow after their loss was read back finite, and the validation, its media and its metrics would
         then fail in their own ways (e.g. a repaired byte that is NaN)."""
         when = f"at step {self.state.step} (epoch {self.state.epoch}); try a lower learning rate"
-        with torch.no_grad():
-            bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
-            if bad:
-                raise Diverged(
-                    f"weights became non-finite ({bad[0]}{' and others' if len(bad) > 1 else ''}) {when}"
-                )
-            largest = max(
-                ((float(p.abs().max()), name) for name, p in self.model.named_parameters() if p.numel()),
-                default=(0.0, ""),
-            )
+        with torch.no_grad():  # one pass: a NaN or inf weight makes its tensor's largest |value| non-finite
+            sizes = [(float(p.abs().max()), name) for name, p in self.model.named_parameters() if p.numel()]
+        bad = [name for size, name in sizes if not math.isfinite(size)]
+        if bad:
+            others = " and others" if len(bad) > 1 else ""
+            raise Diverged(f"weights became non-finite ({bad[0]}{others}) {when}")
+        largest = max(sizes, default=(0.0, ""))
         if largest[0] > WEIGHT_LIMIT:
             raise Diverged(f"weights exploded (|{largest[1]}| reached {largest[0]:.3g}) {when}")
 
