@@ -237,13 +237,7 @@ def inject(injection: Injection, base: Path, data: Path) -> Outcome:
             then = ""
         if code not in (0, -signal.SIGKILL):
             out.problems.append(f"attempt {out.attempts} exited {code}")
-    run_id = _run_id(runs)
-    out.status = _status(runs, run_id)
-    if run_id is not None:
-        out.duplicates, out.lost, problems = audit(runs, run_id)
-        out.problems += problems
-    out.seconds = round(time.monotonic() - started, 1)
-    return out
+    return _audited(out, runs, started)
 
 
 APP_KINDS = ("app-kill", "app-trainer-kill")
@@ -320,6 +314,11 @@ def _inject_app(injection: Injection, base: Path, data: Path, out: Outcome, star
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("Queued "):
             out.attempts += 1
+    return _audited(out, runs, started)
+
+
+def _audited(out: Outcome, runs: Path, started: float) -> Outcome:
+    """The outcome completed with the run's final status, its audit and the injection's wall time."""
     run_id = _run_id(runs)
     out.status = _status(runs, run_id)
     if run_id is not None:
